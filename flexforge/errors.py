@@ -1,0 +1,52 @@
+"""The one error type users see, and the exit codes it maps to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CHANGES = 2  # plan --detailed-exitcode: changes pending (Terraform's convention)
+EXIT_INTERRUPTED = 130
+
+
+class FlexforgeError(Exception):
+    """An error with a message fit for users; the CLI prints it and exits with `exit_code`."""
+
+    exit_code = EXIT_ERROR
+
+
+class UsageError(FlexforgeError):
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One located problem in a manifest: `file:line:col: path: message`."""
+
+    file: str
+    line: int
+    col: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.col}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ManifestError(FlexforgeError):
+    """Every problem found in a manifest, reported at once."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        self.diagnostics = sorted(diagnostics, key=lambda d: (d.file, d.line, d.col, d.path))
+        super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+class ProviderError(FlexforgeError):
+    """An asset could not be generated. `fatal` stops every further submission in the run."""
+
+    def __init__(self, message: str, *, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.fatal = fatal

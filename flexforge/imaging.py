@@ -1,0 +1,31 @@
+"""Checks on image bytes: is this really the picture that was asked for?"""
+
+from __future__ import annotations
+
+import io
+
+# Pillow's format names for our output_format values.
+PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+class ImageCheckError(ValueError):
+    """The bytes are not a complete image of the requested size and format."""
+
+
+def verify_image(data: bytes, width: int, height: int, output_format: str) -> None:
+    """Raise ImageCheckError unless `data` fully decodes as `output_format` at width x height."""
+    from PIL import Image  # imported here: a no-op build never decodes an image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            actual_format = img.format
+            size = img.size
+            img.load()  # decodes every byte: a truncated file fails here
+    except Exception as exc:  # Pillow raises many types for broken data
+        raise ImageCheckError(f"not a decodable image ({exc})") from None
+    expected = PIL_FORMATS[output_format]
+    if actual_format != expected:
+        raise ImageCheckError(f"expected {expected}, got {actual_format}")
+    if size != (width, height):
+        raise ImageCheckError(f"expected {width}x{height}, got {size[0]}x{size[1]}")

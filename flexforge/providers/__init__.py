@@ -1,0 +1,97 @@
+"""The provider seam: a narrow Protocol and a plain registry of named factories."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from flexforge.errors import UsageError
+from flexforge.request import ImageRequest
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """A paid task submitted by this or an earlier run, recorded before it was waited on."""
+
+    asset: str
+    key: str
+    provider: str
+    task_id: str
+    polling_url: str
+    submitted_at: float
+
+
+@dataclass(slots=True)
+class GeneratedImage:
+    data: bytes
+    task_id: str | None = None
+    cost_credits: float | None = None  # as reported by the API; 1 credit = US$0.01
+    seed: int | None = None  # as reported by the API's result
+
+
+class TaskContext(Protocol):
+    """What the engine lends a provider for one asset."""
+
+    @property
+    def resumable(self) -> JournalEntry | None:
+        """A task an earlier run submitted for this very key: poll it instead of paying again."""
+
+    def submitted(self, task_id: str, polling_url: str) -> None:
+        """Record a submitted task durably (fsynced) before it is waited on."""
+
+    def finished_task(self) -> None:
+        """The journaled task is done with (fetched, or failed for good): forget it."""
+
+    def log(self, message: str) -> None:
+        """One line for the build log (retries, resubmissions, warnings)."""
+
+
+class Provider(Protocol):
+    name: str
+    # What the content key records as the generator: outputs of different generators differ.
+    generator: str
+    # The most tasks this provider accepts in flight at once.
+    max_in_flight: int
+
+    async def generate(self, request: ImageRequest, task: TaskContext) -> GeneratedImage: ...
+
+    async def aclose(self) -> None: ...
+
+
+ProviderFactory = Callable[[], Provider]
+
+# name -> "module:factory"; imported only when chosen so that unused providers cost nothing.
+PROVIDERS: dict[str, str] = {
+    "bfl": "flexforge.providers.bfl:BflProvider.from_env",
+    "cometapi": "flexforge.providers.cometapi:CometApiProvider.from_env",
+    "draft": "flexforge.providers.draft:DraftProvider",
+    "emulator": "flexforge.providers.bfl:BflProvider.for_emulator",
+}
+
+# The content key's generator for each provider, known without importing it.
+GENERATORS: dict[str, str] = {
+    "bfl": "flux",
+    "cometapi": "flux",
+    "draft": "draft",
+    "emulator": "emulator",
+}
+
+DEFAULT_PROVIDER = "bfl"
+
+
+def load_provider(name: str) -> Provider:
+    """Build the named provider; a missing key or unknown name is a clear FlexforgeError."""
+    try:
+        target = PROVIDERS[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown provider {name!r}; choose one of: {', '.join(sorted(PROVIDERS))}"
+        ) from None
+    module_name, _, attr_path = target.partition(":")
+    obj: object = importlib.import_module(module_name)
+    for attr in attr_path.split("."):
+        obj = getattr(obj, attr)
+    factory: ProviderFactory = obj  # type: ignore[assignment]
+    return factory()
