@@ -1,0 +1,333 @@
+"""The command line: parse, build domain objects, dispatch to `flexforge.commands`, map errors."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import click
+
+from flexforge import __version__
+from flexforge.context import GlobalOptions
+from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, FlexforgeError, ManifestError
+from flexforge.providers import PROVIDERS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PROVIDER_HELP = "Where images are made (default: $FLEXFORGE_PROVIDER, else bfl)."
+
+
+def _merge_global(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Global options may come before or after the command name; the later one wins."""
+    opts: GlobalOptions = ctx.ensure_object(GlobalOptions)
+    if value is None or value is False or value == 0 or value == ():
+        return value
+    name = param.name or ""
+    if name == "verbose":
+        opts.verbose += int(value)
+    elif name == "no_color":
+        opts.color = False
+    else:
+        setattr(opts, name, value)
+    return value
+
+
+def global_options(func: F) -> F:
+    options = [
+        click.option(
+            "-C",
+            "directory",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            callback=_merge_global,
+            expose_value=False,
+            is_eager=True,
+            help="Run as if started in DIR.",
+        ),
+        click.option(
+            "-f",
+            "--file",
+            "file",
+            default=None,
+            callback=_merge_global,
+            expose_value=False,
+            is_eager=True,
+            help="The manifest (default: flexforge.yaml).",
+        ),
+        click.option(
+            "-v",
+            "--verbose",
+            "verbose",
+            count=True,
+            callback=_merge_global,
+            expose_value=False,
+            is_eager=True,
+            help="Say more; -vv shows tracebacks.",
+        ),
+        click.option(
+            "-q",
+            "--quiet",
+            "quiet",
+            is_flag=True,
+            callback=_merge_global,
+            expose_value=False,
+            is_eager=True,
+            help="Say only what went wrong.",
+        ),
+        click.option(
+            "--no-color",
+            "no_color",
+            is_flag=True,
+            callback=_merge_global,
+            expose_value=False,
+            is_eager=True,
+            help="No colours (also NO_COLOR=1).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def handle_errors(func: Callable[..., int]) -> Callable[..., None]:
+    """Run a command and turn its result or error into the process exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        opts = click.get_current_context().ensure_object(GlobalOptions)
+        try:
+            code = func(*args, **kwargs)
+        except ManifestError as exc:
+            for diagnostic in exc.diagnostics:
+                click.echo(str(diagnostic), err=True)
+            n = len(exc.diagnostics)
+            click.echo(f"{n} error{'s' if n != 1 else ''} in the manifest", err=True)
+            code = exc.exit_code
+        except FlexforgeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            code = exc.exit_code
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            code = EXIT_INTERRUPTED
+        except (click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as exc:
+            if opts.verbose >= 2:
+                raise
+            click.echo(f"internal error: {type(exc).__name__}: {exc} (run with -vv for details)", err=True)
+            code = EXIT_ERROR
+        sys.exit(code)
+
+    return wrapper
+
+
+def provider_option(func: F) -> F:
+    return click.option("--provider", type=click.Choice(sorted(PROVIDERS)), default=None, help=PROVIDER_HELP)(
+        func
+    )
+
+
+class _LazyGroup(click.Group):
+    """Commands that bring heavy imports (the emulator's server) load only when invoked."""
+
+    lazy: ClassVar[dict[str, str]] = {"emulator": "flexforge.commands.emulator:emulator_command"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            import importlib
+
+            module, _, attr = self.lazy[cmd_name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flexforge")
+@global_options
+def cli() -> None:
+    """flexforge: infrastructure-as-code for images made with FLUX.2.
+
+    Declare images in flexforge.yaml; `flexforge build` makes only what changed and records it
+    in flexforge.lock.
+    """
+    if os.environ.get("NO_COLOR"):
+        click.get_current_context().ensure_object(GlobalOptions).color = False
+
+
+@cli.command()
+@click.argument("target", metavar="[DIR]", required=False, type=click.Path(file_okay=False, path_type=Path))
+@global_options
+@handle_errors
+def init(target: Path | None) -> int:
+    """Write a starter manifest, .flexforge/.gitignore and a GitHub workflow."""
+    from flexforge.commands.init import init as run
+
+    opts = click.get_current_context().find_object(GlobalOptions)
+    assert opts is not None
+    return run(opts.cwd() / target if target else opts.cwd(), opts)
+
+
+@cli.command()
+@global_options
+@handle_errors
+def validate() -> int:
+    """Check the manifest: schema and meaning. Exit 0 when valid, 1 otherwise."""
+    from flexforge.commands.validate import validate as run
+
+    return run(_opts())
+
+
+@cli.command()
+@click.argument("ids", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 nothing to do, 2 changes pending, 1 error.")
+@provider_option
+@click.option("--replace", multiple=True, metavar="ID", help="Plan ID as regenerated even if clean.")
+@click.option("--reseed", multiple=True, metavar="ID", help="Plan ID with a new seed.")
+@global_options
+@handle_errors
+def plan(
+    ids: tuple[str, ...],
+    as_json: bool,
+    detailed_exitcode: bool,
+    provider: str | None,
+    replace: tuple[str, ...],
+    reseed: tuple[str, ...],
+) -> int:
+    """What a build would do and why, with the estimated cost. No network."""
+    from flexforge.commands.plan import plan as run
+
+    return run(
+        _opts(),
+        _plan_options(ids, replace, reseed),
+        provider,
+        as_json=as_json,
+        detailed_exitcode=detailed_exitcode,
+    )
+
+
+@cli.command()
+@click.argument("ids", nargs=-1)
+@provider_option
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Tasks in flight at most (never above the provider's limit).",
+)
+@click.option("--dry-run", is_flag=True, help="Only show the plan.")
+@click.option("--frozen", is_flag=True, help="Fail if anything would be generated (CI checks).")
+@click.option("--replace", multiple=True, metavar="ID", help="Regenerate ID even if clean.")
+@click.option("--reseed", multiple=True, metavar="ID", help="Draw a new seed for ID.")
+@click.option("--keep-going", is_flag=True, help="After a failure, build all that does not need it.")
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="USD",
+    help="Never start a task that could take the run's estimated spend over USD.",
+)
+@global_options
+@handle_errors
+def build(
+    ids: tuple[str, ...],
+    provider: str | None,
+    jobs: int,
+    dry_run: bool,
+    frozen: bool,
+    replace: tuple[str, ...],
+    reseed: tuple[str, ...],
+    keep_going: bool,
+    max_cost: float | None,
+) -> int:
+    """Make the files match the manifest; IDs limit it to those assets and what they need."""
+    from flexforge.commands.build import build as run
+    from flexforge.engine import BuildOptions
+
+    options = BuildOptions(jobs=jobs, keep_going=keep_going, max_cost_usd=max_cost)
+    return run(
+        _opts(),
+        _plan_options(ids, replace, reseed),
+        provider,
+        options,
+        dry_run=dry_run,
+        frozen=frozen,
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@provider_option
+@global_options
+@handle_errors
+def status(as_json: bool, provider: str | None) -> int:
+    """The lock's view: each asset, its output, seed, cost, and whether it is up to date."""
+    from flexforge.commands.status import status as run
+
+    return run(_opts(), provider, as_json=as_json)
+
+
+@cli.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["mermaid", "dot", "json"]),
+    default="mermaid",
+    show_default=True,
+)
+@global_options
+@handle_errors
+def graph(fmt: str) -> int:
+    """The dependency graph of the assets."""
+    from flexforge.commands.graph import graph as run
+
+    return run(_opts(), fmt)
+
+
+@cli.command()
+@click.argument("asset_id", metavar="ID")
+@provider_option
+@global_options
+@handle_errors
+def explain(asset_id: str, provider: str | None) -> int:
+    """The resolved request of ID and each part of its key, old vs new."""
+    from flexforge.commands.explain import explain as run
+
+    return run(_opts(), asset_id, provider)
+
+
+@cli.command()
+@click.argument("asset_id", metavar="ID")
+@global_options
+@handle_errors
+def accept(asset_id: str) -> int:
+    """Adopt the hand-edited output of ID into the lock."""
+    from flexforge.commands.accept import accept as run
+
+    return run(_opts(), asset_id)
+
+
+def _opts() -> GlobalOptions:
+    opts = click.get_current_context().find_object(GlobalOptions)
+    assert opts is not None
+    return opts
+
+
+def _plan_options(ids: tuple[str, ...], replace: tuple[str, ...], reseed: tuple[str, ...]) -> Any:
+    from flexforge.planner import PlanOptions
+
+    return PlanOptions(frozenset(ids), frozenset(replace), frozenset(reseed))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="flexforge")

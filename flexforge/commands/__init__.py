@@ -1,0 +1,1 @@
+"""One module per command: each a function taking domain objects and returning an exit code."""

@@ -1,0 +1,163 @@
+"""`flexforge build`: make the files on disk match the manifest, generating only what changed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+
+import click
+
+from flexforge.commands.plan import compute_plan, print_plan
+from flexforge.context import GlobalOptions, Project, open_project
+from flexforge.engine import (
+    FAILED,
+    GENERATED,
+    RESTORED,
+    SKIPPED,
+    UP_TO_DATE,
+    Builder,
+    BuildOptions,
+    BuildResult,
+)
+from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, FlexforgeError, ProviderError
+from flexforge.lockfile import read_lock
+from flexforge.planner import DRIFTED, GENERATES, Plan, PlanOptions
+from flexforge.progress import make_reporter
+from flexforge.providers import GeneratedImage, Provider, TaskContext, load_provider
+from flexforge.request import ImageRequest
+
+LOCK_TIMEOUT_ENV = "FLEXFORGE_LOCK_TIMEOUT"
+
+
+class _NothingToGenerate:
+    """Stands in when the plan only restores: no provider is loaded, no key is needed."""
+
+    name = "none"
+    generator = "none"
+    max_in_flight = 1
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def generate(self, request: ImageRequest, task: TaskContext) -> GeneratedImage:
+        raise ProviderError(f"{request.asset_id}: needs generating, but the plan said it would not")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def build(
+    opts: GlobalOptions,
+    plan_options: PlanOptions,
+    provider: str | None,
+    options: BuildOptions,
+    *,
+    dry_run: bool,
+    frozen: bool,
+) -> int:
+    project = open_project(opts)
+    if dry_run:
+        print_plan(compute_plan(project, plan_options, provider), opts)
+        return EXIT_OK
+    wait = float(os.environ.get(LOCK_TIMEOUT_ENV, "300"))
+
+    def waiting() -> None:
+        click.echo(
+            f"waiting for another flexforge build in this repo to finish (up to {wait:.0f} s)...",
+            err=True,
+        )
+
+    with project.store.build_lock(wait=wait, on_wait=waiting):
+        # Another build may have finished while we waited: plan from the lock as it is now.
+        project.lock = read_lock(project.lock.path)
+        plan = compute_plan(project, plan_options, provider)
+        if frozen:
+            _check_frozen(plan)
+        if not plan.has_changes:
+            if not opts.quiet:
+                click.echo(f"Up to date: {len(plan.steps)} assets.")
+            return EXIT_OK
+        return _execute(project, plan, plan_options, options, opts)
+
+
+def _check_frozen(plan: Plan) -> None:
+    stale = [s for s in plan.steps if s.action in GENERATES or s.action == DRIFTED]
+    if stale:
+        listed = ", ".join(
+            f"{s.asset.id} ({s.action}{': ' + ', '.join(s.reasons) if s.reasons else ''})" for s in stale
+        )
+        raise FlexforgeError(
+            f"--frozen: {len(stale)} asset{'s' if len(stale) != 1 else ''} would be generated or "
+            f"differ from the lock: {listed}. Run `flexforge build` and commit the result."
+        )
+
+
+def _execute(
+    project: Project,
+    plan: Plan,
+    plan_options: PlanOptions,
+    options: BuildOptions,
+    opts: GlobalOptions,
+) -> int:
+    needs_provider = any(s.action in GENERATES for s in plan.steps)
+    provider: Provider = load_provider(plan.provider) if needs_provider else _NothingToGenerate(plan.provider)
+    reporter = make_reporter(verbose=opts.verbose, quiet=opts.quiet, color=opts.color)
+    builder = Builder(plan, project.lock, project.store, provider, reporter, plan_options, options)
+    started = time.monotonic()
+    reporter.begin(len(plan.steps), sum(1 for s in plan.steps if s.action in GENERATES))
+    interrupted = False
+    try:
+        result = asyncio.run(_run(builder, provider))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        interrupted = True
+        result = builder.result
+    finally:
+        reporter.end()
+    _summarise(result, time.monotonic() - started, plan, opts, interrupted)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR if result.failures else EXIT_OK
+
+
+async def _run(builder: Builder, provider: Provider) -> BuildResult:
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if main is not None:
+        # A cancelled CI job sends SIGTERM: stop like Ctrl-C, keeping finished work.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    try:
+        return await builder.run()
+    finally:
+        await provider.aclose()
+
+
+def _summarise(
+    result: BuildResult, seconds: float, plan: Plan, opts: GlobalOptions, interrupted: bool
+) -> None:
+    counts = [
+        f"{result.count(GENERATED)} generated",
+        f"{result.count(RESTORED)} restored",
+        f"{result.count(UP_TO_DATE)} up to date",
+    ]
+    for kind in (DRIFTED, FAILED, SKIPPED):
+        if result.count(kind):
+            counts.append(f"{result.count(kind)} {kind}")
+    if plan.orphaned:
+        counts.append(f"{len(plan.orphaned)} orphaned dropped from the lock")
+    money = ""
+    if plan.generator != "draft":
+        money = f"; estimated ${result.estimated_cost_usd:.2f}, actual ${result.actual_cost_usd:.2f}"
+    if interrupted:
+        click.echo(
+            "interrupted: every finished asset is kept and in-flight tasks are journaled; "
+            "run `flexforge build` again to resume without paying twice",
+            err=True,
+        )
+    if not opts.quiet or result.failures:
+        click.echo(f"Build: {', '.join(counts)} in {seconds:.1f}s{money}.", err=True)
+    for outcome in result.failures:
+        click.echo(f"  {outcome.result}: {outcome.asset_id}: {outcome.detail}", err=True)

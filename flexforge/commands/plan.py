@@ -1,0 +1,108 @@
+"""`flexforge plan`: what a build would do and why, with the estimated cost."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from flexforge.context import GlobalOptions, Project, choose_provider, open_project
+from flexforge.errors import EXIT_CHANGES, EXIT_OK
+from flexforge.planner import (
+    CREATE,
+    DRIFTED,
+    NONE,
+    REGENERATE,
+    RESTORE,
+    Plan,
+    PlanOptions,
+    make_plan,
+)
+
+MARKS = {CREATE: "+", REGENERATE: "~", RESTORE: "<", DRIFTED: "!", NONE: "="}
+
+
+def compute_plan(project: Project, options: PlanOptions, provider: str | None) -> Plan:
+    name, generator = choose_provider(provider)
+    plan = make_plan(project.manifest, project.lock, project.store, name, generator, options)
+    project.store.save()  # keep the digests we just computed, so the next plan hashes nothing
+    return plan
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "provider": plan.provider,
+        "assets": [
+            {
+                "id": s.asset.id,
+                "action": s.action,
+                "reasons": s.reasons,
+                "out": s.asset.out,
+                "model": s.asset.model,
+                "estimated_cost_usd": s.estimated_cost_usd,
+            }
+            for s in plan.steps
+        ],
+        "orphaned": plan.orphaned,
+        "estimated_cost_usd": plan.estimated_cost_usd,
+    }
+
+
+def summary_line(plan: Plan) -> str:
+    parts = [
+        f"{plan.count(CREATE)} to create",
+        f"{plan.count(REGENERATE)} to regenerate",
+        f"{plan.count(RESTORE)} to restore",
+    ]
+    if plan.count(DRIFTED):
+        parts.append(f"{plan.count(DRIFTED)} drifted")
+    parts.append(f"{plan.count(NONE)} up to date")
+    if plan.orphaned:
+        parts.append(f"{len(plan.orphaned)} orphaned")
+    cost = (
+        f"estimated cost ${plan.estimated_cost_usd:.2f}" if plan.generator != "draft" else "no cost (draft)"
+    )
+    return f"Plan: {', '.join(parts)}; {cost}."
+
+
+def print_plan(plan: Plan, opts: GlobalOptions) -> None:
+    shown = [s for s in plan.steps if s.action != NONE or opts.verbose]
+    width = max((len(s.asset.id) for s in shown), default=0)
+    for step in shown:
+        why = f" ({', '.join(step.reasons)})" if step.reasons else ""
+        cost = f"  ~${step.estimated_cost_usd:.4f}" if step.estimated_cost_usd else ""
+        action = (
+            click.style(f"{step.action}{why}", fg=_colour(step.action))
+            if opts.color
+            else f"{step.action}{why}"
+        )
+        click.echo(f"  {MARKS[step.action]} {step.asset.id:<{width}}  {action}  -> {step.asset.out}{cost}")
+    for orphan in plan.orphaned:
+        click.echo(f"  - {orphan:<{width}}  orphaned (in the lock, not in the manifest; its file is kept)")
+    if not opts.quiet:
+        click.echo(summary_line(plan))
+
+
+def _colour(action: str) -> str:
+    return {CREATE: "green", REGENERATE: "yellow", RESTORE: "cyan", DRIFTED: "red"}.get(action, "white")
+
+
+def plan(
+    opts: GlobalOptions,
+    options: PlanOptions,
+    provider: str | None,
+    *,
+    as_json: bool,
+    detailed_exitcode: bool,
+) -> int:
+    project = open_project(opts)
+    result = compute_plan(project, options, provider)
+    if as_json:
+        click.echo(json.dumps(plan_json(result), indent=2))
+    else:
+        print_plan(result, opts)
+    if detailed_exitcode and result.has_changes:
+        return EXIT_CHANGES
+    return EXIT_OK

@@ -1,0 +1,348 @@
+"""Carrying out a plan: an asyncio scheduler that starts each asset as soon as its inputs exist.
+
+After every asset the output is renamed into place, its object cached and the lock rewritten,
+so an interrupted build keeps all finished work. Paid tasks are journaled before being waited on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flexforge.errors import ProviderError
+from flexforge.keys import content_key
+from flexforge.lockfile import Lock, LockEntry
+from flexforge.manifest import Asset
+from flexforge.planner import (
+    DRIFTED,
+    GENERATES,
+    NONE,
+    RESTORE,
+    Plan,
+    PlanOptions,
+    Step,
+    decide,
+    reference_digests,
+    resolve_seed,
+)
+from flexforge.progress import Reporter
+from flexforge.providers import GeneratedImage, JournalEntry, Provider
+from flexforge.request import ImageRequest, ReferenceInput
+from flexforge.store import Store
+
+# Outcomes of one asset in a build.
+GENERATED, RESTORED, UP_TO_DATE, FAILED, SKIPPED = (
+    "generated",
+    "restored",
+    "up to date",
+    "failed",
+    "skipped",
+)
+SEED_RANGE = 2**32
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptions:
+    jobs: int = 8
+    keep_going: bool = False
+    max_cost_usd: float | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    asset_id: str
+    result: str
+    detail: str = ""
+    cost_usd: float = 0.0
+
+
+@dataclass(slots=True)
+class BuildResult:
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    estimated_cost_usd: float = 0.0
+
+    def count(self, result: str) -> int:
+        return sum(1 for o in self.outcomes.values() if o.result == result)
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes.values() if o.result in (FAILED, SKIPPED)]
+
+    @property
+    def actual_cost_usd(self) -> float:
+        return round(sum(o.cost_usd for o in self.outcomes.values()), 6)
+
+
+class _Failed(Exception):
+    """An input of this asset did not come to be; carries nothing further."""
+
+
+class _TaskRecord:
+    """The TaskContext one provider call gets: journal access for one asset's content key."""
+
+    def __init__(self, store: Store, step: Step, key: str, provider: str, reporter: Reporter) -> None:
+        self._store = store
+        self._asset = step.asset.id
+        self._key = key
+        self._provider = provider
+        self._reporter = reporter
+        self.finished = False
+        entry = store.journal_get(key)
+        self.resumable = entry if entry is not None and entry.provider == provider else None
+
+    def submitted(self, task_id: str, polling_url: str) -> None:
+        entry = JournalEntry(self._asset, self._key, self._provider, task_id, polling_url, time.time())
+        self._store.journal_put(entry)
+
+    def finished_task(self) -> None:
+        self.finished = True
+
+    def log(self, message: str) -> None:
+        self._reporter.log(f"{self._asset}: {message}")
+
+
+class Builder:
+    def __init__(
+        self,
+        plan: Plan,
+        lock: Lock,
+        store: Store,
+        provider: Provider,
+        reporter: Reporter,
+        plan_options: PlanOptions,
+        options: BuildOptions,
+    ) -> None:
+        self.plan = plan
+        self.lock = lock
+        self.store = store
+        self.provider = provider
+        self.reporter = reporter
+        self.plan_options = plan_options
+        self.options = options
+        self.result = BuildResult(estimated_cost_usd=plan.estimated_cost_usd)
+        self.outputs: dict[str, str | None] = {}
+        self.drifted: set[str] = set()
+        self.stop_reason: str | None = None
+        self.committed_usd = 0.0  # spent plus reserved, for --max-cost
+        self.slots = asyncio.Semaphore(max(1, min(options.jobs, provider.max_in_flight)))
+        self.tasks: dict[str, asyncio.Task[str | None]] = {}
+        self.estimates = {s.asset.id: s.estimated_cost_usd for s in plan.steps}
+
+    async def run(self) -> BuildResult:
+        for orphan in self.plan.orphaned:
+            self.lock.entries.pop(orphan, None)
+        try:
+            for step in self.plan.steps:
+                self.tasks[step.asset.id] = asyncio.create_task(self._run_step(step))
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        finally:
+            for task in self.tasks.values():
+                task.cancel()
+            self.lock.save()
+            self.store.save()
+        return self.result
+
+    def _record(self, outcome: Outcome) -> None:
+        self.result.outcomes[outcome.asset_id] = outcome
+        self.reporter.asset_done(outcome.asset_id, outcome.result, outcome.detail)
+
+    async def _run_step(self, step: Step) -> str | None:
+        asset = step.asset
+        for upstream in asset.asset_refs:
+            if await self.tasks[upstream] is None:
+                self._record(Outcome(asset.id, SKIPPED, f"needs {upstream}, which failed"))
+                return None
+        try:
+            return await self._build(asset)
+        except ProviderError as exc:
+            self._record(Outcome(asset.id, FAILED, str(exc)))
+            if exc.fatal or not self.options.keep_going:
+                self.stop_reason = self.stop_reason or f"{asset.id} failed"
+            return None
+
+    async def _build(self, asset: Asset) -> str | None:
+        entry = self.lock.entries.get(asset.id)
+        seed = resolve_seed(asset, entry, asset.id in self.plan_options.reseed)
+        digests = reference_digests(asset, self.store, self.outputs)
+        replace = asset.id in self.plan_options.replace
+        step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=replace)
+        if step.action == NONE:
+            self._record(Outcome(asset.id, UP_TO_DATE))
+            return self._output(asset.id, step.output_sha256)
+        if step.action == DRIFTED:
+            self.drifted.add(asset.id)
+            detail = "output edited by hand; left alone (`flexforge accept` or `--replace`)"
+            self._record(Outcome(asset.id, DRIFTED, detail))
+            return self._output(asset.id, step.output_sha256)
+        if step.action == RESTORE:
+            return self._output(asset.id, await self._restore(step))
+        drifted_inputs = [r for r in asset.asset_refs if r in self.drifted]
+        if drifted_inputs:
+            self._record(Outcome(asset.id, SKIPPED, f"needs {drifted_inputs[0]}, whose output drifted"))
+            return None
+        if seed is None:
+            seed = secrets.randbelow(SEED_RANGE)
+            step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=replace)
+            if step.action == RESTORE:
+                return self._output(asset.id, await self._restore(step))
+        return self._output(asset.id, await self._generate(step, seed))
+
+    def _output(self, asset_id: str, sha256: str | None) -> str | None:
+        self.outputs[asset_id] = sha256
+        return sha256
+
+    async def _restore(self, step: Step) -> str:
+        assert step.cached is not None and step.key is not None and step.seed is not None
+        asset = step.asset
+        sha = str(step.cached["sha256"])
+        await asyncio.to_thread(self.store.restore_object, sha, self.plan.manifest.root / asset.out)
+        self.store.remember_written(asset.out, sha)
+        meta = dict(step.cached)
+        old = self.lock.entries.get(asset.id)
+        if old is not None and old.key == step.key.key:  # keep what the lock knew of the task
+            meta.update(task_id=old.task_id, cost_usd=old.cost_usd, provider=old.provider)
+        self._commit(step, step.seed, sha, self.store.object_path(sha).stat().st_size, meta)
+        self._record(Outcome(asset.id, RESTORED, "from the local cache, no API call"))
+        return sha
+
+    async def _generate(self, step: Step, seed: int) -> str | None:
+        asset = step.asset
+        digests = step.reference_digests
+        assert digests is not None
+        key = content_key(asset, self.plan.generator, seed, digests)
+        estimate = self._estimate(asset)
+        async with self.slots:
+            if self.stop_reason is not None:
+                self._record(Outcome(asset.id, SKIPPED, f"not started: {self.stop_reason}"))
+                return None
+            limit = self.options.max_cost_usd
+            if limit is not None and self.committed_usd + estimate > limit + 1e-9:
+                self._record(
+                    Outcome(
+                        asset.id,
+                        SKIPPED,
+                        f"not started: its estimate ${estimate:.4f} would take the run past "
+                        f"--max-cost ${limit:.2f} (${self.committed_usd:.4f} committed)",
+                    )
+                )
+                return None
+            self.committed_usd += estimate
+            self.reporter.asset_started(asset.id, step.action)
+            record = _TaskRecord(self.store, step, key.key, self.provider.name, self.reporter)
+            try:
+                image = await self.provider.generate(self._request(asset, seed, digests), record)
+                await asyncio.to_thread(_verify, image, asset)
+            except ProviderError:
+                self.committed_usd -= estimate
+                if record.finished:
+                    self.store.journal_remove(key.key)
+                raise
+            except Exception as exc:  # a provider bug must fail one asset, not crash the build
+                self.committed_usd -= estimate
+                raise ProviderError(f"{type(exc).__name__}: {exc}") from exc
+        cost = _cost_usd(image, estimate, self.plan.generator)
+        self.committed_usd += cost - estimate
+        sha = await asyncio.to_thread(self.store.put_object, image.data)
+        out = self.plan.manifest.root / asset.out
+        await asyncio.to_thread(self.store.restore_object, sha, out)
+        self.store.remember_written(asset.out, sha)
+        meta = {"sha256": sha, "size": len(image.data), "task_id": image.task_id, "cost_usd": cost}
+        self.store.put_key_record(key.key, {**meta, "provider": self.provider.name, "seed": seed})
+        if image.task_id is not None:
+            self.store.ledger_append(
+                {
+                    "time": time.time(),
+                    "asset": asset.id,
+                    "key": key.key,
+                    "provider": self.provider.name,
+                    "task_id": image.task_id,
+                    "cost_credits": image.cost_credits,
+                    "cost_usd": cost,
+                }
+            )
+        self._commit(
+            Step(asset, step.action, step.reasons, seed, key, digests, sha),
+            seed,
+            sha,
+            len(image.data),
+            meta,
+        )
+        self.store.journal_remove(key.key)
+        detail = f"${cost:.4f}" if cost else ""
+        self._record(Outcome(asset.id, GENERATED, detail, cost))
+        return sha
+
+    def _commit(self, step: Step, seed: int, sha: str, size: int, meta: dict[str, Any]) -> None:
+        assert step.key is not None
+        asset = step.asset
+        self.lock.entries[asset.id] = LockEntry(
+            key=step.key.key,
+            parts=step.key.parts,
+            seed=seed,
+            model=asset.model,
+            generator=self.plan.generator,
+            provider=str(meta.get("provider", self.provider.name)),
+            out=asset.out,
+            sha256=sha,
+            size=size,
+            task_id=meta.get("task_id"),
+            cost_usd=meta.get("cost_usd"),
+        )
+        self.lock.save()
+
+    def _request(self, asset: Asset, seed: int, digests: list[str]) -> ImageRequest:
+        root = self.plan.manifest.root
+        refs = []
+        for ref, digest in zip(asset.references, digests, strict=True):
+            upstream = self.plan.manifest.assets.get(ref)
+            path = root / (upstream.out if upstream is not None else ref)
+            refs.append(ReferenceInput(ref, path, digest))
+        return ImageRequest(
+            asset_id=asset.id,
+            model=asset.model,
+            prompt=asset.prompt,
+            width=asset.width,
+            height=asset.height,
+            seed=seed,
+            output_format=asset.output_format,
+            safety_tolerance=asset.safety_tolerance,
+            steps=asset.steps,
+            guidance=asset.guidance,
+            prompt_upsampling=asset.prompt_upsampling,
+            references=tuple(refs),
+            structured=asset.structured,
+        )
+
+    def _estimate(self, asset: Asset) -> float:
+        if self.plan.generator == "draft":
+            return 0.0
+        if self.estimates.get(asset.id):
+            return self.estimates[asset.id]
+        from flexforge.pricing import estimate_usd
+
+        return estimate_usd(asset.model, asset.width, asset.height)
+
+
+def _verify(image: GeneratedImage, asset: Asset) -> None:
+    from flexforge.imaging import ImageCheckError, verify_image
+
+    try:
+        verify_image(image.data, asset.width, asset.height, asset.output_format)
+    except ImageCheckError as exc:
+        raise ProviderError(f"the provider returned a bad image: {exc}") from None
+
+
+def _cost_usd(image: GeneratedImage, estimate: float, generator: str) -> float:
+    if generator == "draft":
+        return 0.0
+    if image.cost_credits is not None:
+        from flexforge.pricing import credits_to_usd
+
+        return credits_to_usd(image.cost_credits)
+    return estimate
+
+
+__all__ = ["GENERATES", "BuildOptions", "BuildResult", "Builder", "Outcome"]

@@ -1,0 +1,47 @@
+"""The dependency graph of assets: order, cycles, and drawings of it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+
+class CycleError(ValueError):
+    def __init__(self, cycle: list[str]) -> None:
+        super().__init__(" -> ".join(cycle))
+        self.cycle = cycle
+
+
+def topological_order(deps: Mapping[str, Iterable[str]]) -> list[str]:
+    """Dependencies first; ties keep declaration order so output is stable."""
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from(deps)
+    for node, needs in deps.items():
+        graph.add_edges_from((need, node) for need in needs)
+    position = {node: i for i, node in enumerate(deps)}
+    try:
+        return list(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
+    except nx.NetworkXUnfeasible:
+        edges = nx.find_cycle(graph)
+        # find_cycle gives (upstream, downstream) edges; print it the way references read.
+        cycle = [edges[0][1], edges[0][0], *(u for u, _ in reversed(edges[1:]))]
+        raise CycleError(cycle) from None
+
+
+def render(deps: Mapping[str, Iterable[str]], fmt: str) -> str:
+    """The graph as Mermaid, Graphviz dot, or JSON; edges point from an input to its user."""
+    edges = [(need, node) for node, needs in deps.items() for need in needs]
+    if fmt == "json":
+        return json.dumps({"nodes": list(deps), "edges": [{"from": a, "to": b} for a, b in edges]}, indent=2)
+    if fmt == "dot":
+        lines = ["digraph flexforge {", "  rankdir=LR;"]
+        lines += [f'  "{node}";' for node in deps]
+        lines += [f'  "{a}" -> "{b}";' for a, b in edges]
+        return "\n".join([*lines, "}"])
+    lines = ["graph LR"]
+    ids = {node: f"n{i}" for i, node in enumerate(deps)}
+    lines += [f'  {ids[node]}["{node}"]' for node in deps]
+    lines += [f"  {ids[a]} --> {ids[b]}" for a, b in edges]
+    return "\n".join(lines)

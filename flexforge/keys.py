@@ -1,0 +1,72 @@
+"""Content keys: a digest of everything that can change an asset's pixels, and its named parts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from flexforge.manifest import Asset
+
+KEY_VERSION = 1
+# The order in which reasons are reported.
+PARTS = ("prompt", "params", "seed", "model", "references", "upstream")
+
+
+@dataclass(frozen=True, slots=True)
+class ContentKey:
+    key: str
+    parts: dict[str, str]  # part name -> short digest, stored in the lock to explain changes
+
+    def changed_parts(self, old_parts: dict[str, str]) -> list[str]:
+        return [p for p in PARTS if self.parts.get(p) != old_parts.get(p)]
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def request_params(asset: Asset) -> dict[str, Any]:
+    """The request parameters that shape pixels, as they will be sent (flex knobs only for flex)."""
+    params: dict[str, Any] = {
+        "width": asset.width,
+        "height": asset.height,
+        "safety_tolerance": asset.safety_tolerance,
+        "output_format": asset.output_format,
+    }
+    if asset.is_flex:
+        params["steps"] = asset.steps
+        params["guidance"] = asset.guidance
+        params["prompt_upsampling"] = asset.prompt_upsampling
+    return params
+
+
+def content_key(asset: Asset, generator: str, seed: int, reference_digests: list[str]) -> ContentKey:
+    """`reference_digests` are the sha256 of each reference's bytes, in manifest order; for an
+    asset reference, of that asset's current output."""
+    files = [
+        d for ref, d in zip(asset.references, reference_digests, strict=True) if ref not in asset.asset_refs
+    ]
+    upstream = [
+        d for ref, d in zip(asset.references, reference_digests, strict=True) if ref in asset.asset_refs
+    ]
+    full = {
+        "v": KEY_VERSION,
+        "generator": generator,
+        "model": asset.model,
+        "prompt": asset.prompt,
+        "params": request_params(asset),
+        "seed": seed,
+        "references": reference_digests,
+    }
+    parts = {
+        "prompt": _digest(asset.prompt)[:16],
+        "params": _digest(full["params"])[:16],
+        "seed": str(seed),
+        "model": f"{generator}:{asset.model}",
+        "references": _digest(files)[:16],
+        "upstream": _digest(upstream)[:16],
+    }
+    return ContentKey(_digest(full), parts)

@@ -1,0 +1,407 @@
+"""Loading `flexforge.yaml`: schema validation, semantic checks, defaults, vars -> `Manifest`."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from flexforge.errors import Diagnostic, FlexforgeError, ManifestError
+from flexforge.imaging import EXTENSIONS
+from flexforge.request import FLEX_MODEL
+
+MANIFEST_NAME = "flexforge.yaml"
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
+STATE_DIR = ".flexforge"
+
+FLEX_ONLY = ("steps", "guidance", "prompt_upsampling")
+BUILTIN_DEFAULTS: dict[str, Any] = {
+    "model": FLEX_MODEL,
+    "width": 1024,
+    "height": 1024,
+    "steps": 50,
+    "guidance": 4.5,
+    "output_format": "png",
+    "safety_tolerance": 2,
+    "prompt_upsampling": False,
+}
+MAX_REFERENCES = {
+    "flux-2-flex": 8,
+    "flux-2-pro": 8,
+    "flux-2-max": 8,
+    "flux-2-klein-4b": 4,
+    "flux-2-klein-9b": 4,
+}
+MAX_PIXELS = 2048 * 2048  # the API's 4 MP limit
+KEY_LIKE = re.compile(r"(^|_|-)(api_?key|key|token|secret|password|authorization|x-key)$", re.I)
+_VAR = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """One declared image, with defaults applied and vars substituted."""
+
+    id: str
+    model: str
+    prompt: str  # exactly as sent: structured prompts serialized
+    structured: dict[str, Any] | None
+    width: int
+    height: int
+    output_format: str
+    safety_tolerance: int
+    steps: int | None  # flex-only knobs are None on other models
+    guidance: float | None
+    prompt_upsampling: bool | None
+    seed: int | None  # None: drawn at the first build and pinned in the lock
+    references: tuple[str, ...]  # as written: asset ids or root-relative POSIX paths
+    asset_refs: tuple[str, ...]  # the subset that are asset ids
+    out: str  # root-relative POSIX path
+    line: int
+
+    @property
+    def is_flex(self) -> bool:
+        return self.model == FLEX_MODEL
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    path: Path
+    root: Path
+    assets: dict[str, Asset]  # in topological order (dependencies first)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def label(self) -> str:
+        return display_path(self.path)
+
+
+def display_path(path: Path) -> str:
+    """A path as users typed it: relative to the working directory when inside it."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def find_manifest(file: str | None, directory: Path) -> Path:
+    return (directory / file).resolve() if file else (directory / MANIFEST_NAME).resolve()
+
+
+@cache
+def _validator() -> Any:
+    import jsonschema  # costly import, needed only when a manifest must be validated
+
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate a manifest; every problem is raised at once as a ManifestError."""
+    from flexforge.yamlsource import parse_yaml
+
+    label = display_path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FlexforgeError(f"no manifest at {label}; run `flexforge init` or pass -f FILE") from None
+    except OSError as exc:
+        raise ManifestError([Diagnostic(label, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
+    doc = parse_yaml(raw)
+    checker = _Checker(path, doc)
+    for problem in doc.problems:
+        checker.error(problem.path, problem.message, at=(problem.line, problem.col))
+    if doc.data is None and not doc.problems:
+        checker.error((), "the file holds no YAML document")
+    if checker.diagnostics:
+        raise ManifestError(checker.diagnostics)
+    manifest = checker.check()
+    if checker.diagnostics:
+        raise ManifestError(checker.diagnostics)
+    assert manifest is not None
+    return manifest
+
+
+class _Checker:
+    """Collects every problem in one pass over the document, in the order a reader meets them."""
+
+    def __init__(self, path: Path, doc: Any) -> None:
+        self.path = path
+        self.label = display_path(path)
+        self.root = path.parent
+        self.doc = doc
+        self.diagnostics: list[Diagnostic] = []
+
+    def error(
+        self,
+        path: tuple[str | int, ...],
+        message: str,
+        *,
+        at: tuple[int, int] | None = None,
+        key: bool = False,
+    ) -> None:
+        if at is None:
+            at = self.doc.key_where(path) if key else self.doc.where(path)
+        dotted = ".".join(str(p) for p in path)
+        diag = Diagnostic(self.label, at[0], at[1], dotted, message)
+        if diag not in self.diagnostics:
+            self.diagnostics.append(diag)
+
+    # -- structure -------------------------------------------------------------------------------
+
+    def check(self) -> Manifest | None:
+        data = self.doc.data
+        if not isinstance(data, dict):
+            self.error((), "the manifest must be a mapping with `version: 1` and `assets:`")
+            return None
+        self._secrets(data, ())
+        self._schema(data)
+        if self.diagnostics:
+            return None
+        return self._semantics(data)
+
+    def _secrets(self, node: Any, path: tuple[str | int, ...]) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                if KEY_LIKE.search(name) and path[:1] != ("vars",) and "prompt" not in path:
+                    self.error(
+                        (*path, name),
+                        "API keys never live in the manifest: remove it and set BFL_API_KEY "
+                        "(or COMETAPI_KEY) in the environment",
+                        key=True,
+                    )
+                else:
+                    self._secrets(value, (*path, name))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                self._secrets(value, (*path, i))
+
+    def _schema(self, data: dict[str, Any]) -> None:
+        for err in _validator().iter_errors(data):
+            path = tuple(err.absolute_path)
+            if err.validator == "additionalProperties":
+                node = err.instance if isinstance(err.instance, dict) else {}
+                allowed = list(err.schema.get("properties", {}))
+                for name in node:
+                    if name in allowed or KEY_LIKE.search(name):
+                        continue
+                    hint = difflib.get_close_matches(name, allowed, n=1)
+                    also = (
+                        f" (did you mean {hint[0]!r}?)"
+                        if hint
+                        else f"; expected one of: {', '.join(allowed)}"
+                    )
+                    self.error((*path, name), f"unknown key {name!r}{also}", key=True)
+            elif err.validator == "propertyNames":
+                bad = err.instance
+                what = "asset id" if path[-1:] == ("assets",) else "name"
+                self.error(
+                    (*path, bad),
+                    f"{bad!r} is not a valid {what}: use lowercase letters, digits, '-' and '_', "
+                    "starting with a letter or digit"
+                    if what == "asset id"
+                    else f"{bad!r} is not a valid {what}: use letters, digits and '_'",
+                    key=True,
+                )
+            elif err.validator == "required":
+                self.error(path, err.message)
+            else:
+                self.error(path, err.message)
+
+    # -- meaning ---------------------------------------------------------------------------------
+
+    def _semantics(self, data: dict[str, Any]) -> Manifest | None:
+        defaults = {**BUILTIN_DEFAULTS, **(data.get("defaults") or {})}
+        variables = {k: _var_text(v) for k, v in (data.get("vars") or {}).items()}
+        raw_assets: dict[str, dict[str, Any]] = data.get("assets") or {}
+        if not raw_assets:
+            self.error(("assets",), "declare at least one asset")
+        assets: dict[str, Asset] = {}
+        for asset_id, raw in raw_assets.items():
+            asset = self._asset(asset_id, raw, defaults, variables, raw_assets)
+            if asset is not None:
+                assets[asset_id] = asset
+        self._outputs(assets)
+        if self.diagnostics:
+            return None
+        from flexforge.graph import CycleError, topological_order
+
+        try:
+            order = topological_order({a.id: a.asset_refs for a in assets.values()})
+        except CycleError as exc:
+            first = exc.cycle[0]
+            self.error(("assets", first, "references"), f"dependency cycle: {' -> '.join(exc.cycle)}")
+            return None
+        return Manifest(self.path, self.root, {i: assets[i] for i in order})
+
+    def _asset(
+        self,
+        asset_id: str,
+        raw: dict[str, Any],
+        defaults: dict[str, Any],
+        variables: dict[str, str],
+        all_assets: dict[str, Any],
+    ) -> Asset | None:
+        here = ("assets", asset_id)
+        values = {**defaults, **raw}
+        model = values["model"]
+        is_flex = model == FLEX_MODEL
+        if not is_flex:
+            for knob in FLEX_ONLY:
+                if knob in raw:
+                    self.error(
+                        (*here, knob),
+                        f"{knob!r} applies to {FLEX_MODEL} only, not {model}",
+                        key=True,
+                    )
+        width, height = values["width"], values["height"]
+        if width * height > MAX_PIXELS:
+            self.error(
+                (*here, "width" if "width" in raw else "height"),
+                f"{width}x{height} is {width * height / 1e6:.2f} MP; the API allows at most 4 MP "
+                f"({MAX_PIXELS} pixels, e.g. 2048x2048)",
+            )
+        prompt_raw = raw["prompt"]
+        structured = None
+        if isinstance(prompt_raw, dict):
+            structured = self._substitute_tree(prompt_raw, variables, (*here, "prompt"))
+            prompt = json.dumps(structured, ensure_ascii=False)
+        else:
+            prompt = self._substitute(prompt_raw, variables, (*here, "prompt"))
+        references = tuple(raw.get("references") or ())
+        limit = MAX_REFERENCES[model]
+        if len(references) > limit:
+            self.error(
+                (*here, "references"),
+                f"{model} takes at most {limit} references, got {len(references)}",
+            )
+        asset_refs = []
+        for i, ref in enumerate(references):
+            if ref in all_assets:
+                if ref == asset_id:
+                    self.error((*here, "references", i), f"an asset cannot reference itself ({ref!r})")
+                else:
+                    asset_refs.append(ref)
+                continue
+            self._reference_file(ref, (*here, "references", i), all_assets)
+        fmt = values["output_format"]
+        out = raw.get("out")
+        if out is None:
+            out = f"assets/{asset_id}.{EXTENSIONS[fmt]}"
+        else:
+            out = self._substitute(out, variables, (*here, "out"))
+            out = self._output_path(out, fmt, (*here, "out"))
+        return Asset(
+            id=asset_id,
+            model=model,
+            prompt=prompt,
+            structured=structured,
+            width=width,
+            height=height,
+            output_format=fmt,
+            safety_tolerance=values["safety_tolerance"],
+            steps=values["steps"] if is_flex else None,
+            guidance=float(values["guidance"]) if is_flex else None,
+            prompt_upsampling=values["prompt_upsampling"] if is_flex else None,
+            seed=raw.get("seed"),
+            references=references,
+            asset_refs=tuple(dict.fromkeys(asset_refs)),
+            out=out,
+            line=self.doc.key_where(here)[0],
+        )
+
+    def _inside_root(self, rel: str, path: tuple[str | int, ...], what: str) -> Path | None:
+        if "\\" in rel:
+            self.error(path, f"{what} {rel!r}: use '/' as the path separator")
+            return None
+        if rel.startswith("/") or re.match(r"^[A-Za-z]:", rel):
+            self.error(path, f"{what} {rel!r} is absolute; write it relative to the manifest's folder")
+            return None
+        target = (self.root / rel).resolve()
+        root = self.root.resolve()
+        if not target.is_relative_to(root):
+            self.error(path, f"{what} {rel!r} leaves the project root {display_path(root)}")
+            return None
+        return target
+
+    def _reference_file(self, ref: str, path: tuple[str | int, ...], all_assets: dict[str, Any]) -> None:
+        target = self._inside_root(ref, path, "reference")
+        if target is None:
+            return
+        if not target.is_file():
+            hint = difflib.get_close_matches(ref, list(all_assets), n=1)
+            also = f" (did you mean asset {hint[0]!r}?)" if hint else ""
+            self.error(path, f"reference {ref!r} is neither an asset id nor a file under the root{also}")
+
+    def _output_path(self, out: str, fmt: str, path: tuple[str | int, ...]) -> str:
+        target = self._inside_root(out, path, "out")
+        if target is None:
+            return out
+        rel = target.relative_to(self.root.resolve()).as_posix()
+        if rel.split("/")[0] == STATE_DIR:
+            self.error(path, f"out {out!r} is inside {STATE_DIR}/, flexforge's private state")
+        suffix = Path(rel).suffix.lower().lstrip(".")
+        allowed = {"jpeg": ("jpg", "jpeg")}.get(fmt, (fmt,))
+        if suffix not in allowed:
+            self.error(
+                path,
+                f"out {out!r} does not end in .{allowed[0]} but output_format is {fmt}; "
+                f"rename it or set output_format",
+            )
+        return rel
+
+    def _outputs(self, assets: dict[str, Asset]) -> None:
+        owners: dict[str, str] = {}
+        for asset in assets.values():
+            other = owners.setdefault(asset.out, asset.id)
+            if other != asset.id:
+                self.error(("assets", asset.id, "out"), f"{other!r} already writes {asset.out!r}")
+        for asset in assets.values():
+            for i, ref in enumerate(asset.references):
+                if ref not in assets and Path(ref).as_posix() in owners:
+                    self.error(
+                        ("assets", asset.id, "references", i),
+                        f"{ref!r} is the output of asset {owners[Path(ref).as_posix()]!r}; "
+                        "reference the asset id instead",
+                    )
+
+    # -- vars ------------------------------------------------------------------------------------
+
+    def _substitute(self, text: str, variables: dict[str, str], path: tuple[str | int, ...]) -> str:
+        def replace(match: re.Match[str]) -> str:
+            token = match.group(0)
+            if token == "{{":
+                return "{"
+            if token == "}}":
+                return "}"
+            name = match.group(1)
+            if name in variables:
+                return variables[name]
+            known = ", ".join(sorted(variables)) or "none declared"
+            hint = difflib.get_close_matches(name, list(variables), n=1)
+            also = f" (did you mean {{{hint[0]}}}?)" if hint else f" (vars: {known})"
+            self.error(path, f"unknown var {{{name}}}{also}; write {{{{ for a literal brace")
+            return token
+
+        return _VAR.sub(replace, text)
+
+    def _substitute_tree(self, node: Any, variables: dict[str, str], path: tuple[str | int, ...]) -> Any:
+        if isinstance(node, str):
+            return self._substitute(node, variables, path)
+        if isinstance(node, dict):
+            return {k: self._substitute_tree(v, variables, (*path, k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self._substitute_tree(v, variables, (*path, i)) for i, v in enumerate(node)]
+        return node
+
+
+def _var_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,207 @@
+"""Deciding what each asset needs: create, regenerate, restore, drifted or none — and why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flexforge.errors import UsageError
+from flexforge.keys import ContentKey, content_key
+from flexforge.lockfile import Lock, LockEntry
+from flexforge.manifest import Asset, Manifest
+from flexforge.store import Store
+
+CREATE, REGENERATE, RESTORE, DRIFTED, NONE = "create", "regenerate", "restore", "drifted", "none"
+GENERATES = (CREATE, REGENERATE)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOptions:
+    targets: frozenset[str] = frozenset()
+    replace: frozenset[str] = frozenset()
+    reseed: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class Step:
+    asset: Asset
+    action: str
+    reasons: list[str]
+    seed: int | None  # None: to be drawn when the asset is generated
+    key: ContentKey | None  # None while an upstream output is still to be made
+    reference_digests: list[str] | None
+    output_sha256: str | None  # the output's digest after this step, when known now
+    cached: dict[str, Any] | None = None  # the object-cache record a restore copies from
+    estimated_cost_usd: float = 0.0
+
+
+@dataclass(slots=True)
+class Plan:
+    manifest: Manifest
+    provider: str
+    generator: str
+    steps: list[Step]
+    orphaned: list[str] = field(default_factory=list)
+
+    @property
+    def estimated_cost_usd(self) -> float:
+        return round(sum(s.estimated_cost_usd for s in self.steps), 6)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.orphaned) or any(s.action != NONE for s in self.steps)
+
+    def count(self, *actions: str) -> int:
+        return sum(1 for s in self.steps if s.action in actions)
+
+
+def select(manifest: Manifest, targets: Iterable[str]) -> list[str]:
+    """The targets and everything they need, in build order; all assets when no targets."""
+    wanted = list(targets)
+    if not wanted:
+        return list(manifest.assets)
+    unknown = [t for t in wanted if t not in manifest.assets]
+    if unknown:
+        raise UsageError(f"unknown asset id: {', '.join(unknown)}")
+    needed: set[str] = set()
+    stack = list(wanted)
+    while stack:
+        asset_id = stack.pop()
+        if asset_id not in needed:
+            needed.add(asset_id)
+            stack.extend(manifest.assets[asset_id].asset_refs)
+    return [a for a in manifest.assets if a in needed]
+
+
+def check_options(manifest: Manifest, options: PlanOptions) -> None:
+    for flag, ids in (("--replace", options.replace), ("--reseed", options.reseed)):
+        unknown = sorted(i for i in ids if i not in manifest.assets)
+        if unknown:
+            raise UsageError(f"{flag}: unknown asset id: {', '.join(unknown)}")
+    for asset_id in sorted(options.reseed):
+        seed = manifest.assets[asset_id].seed
+        if seed is not None:
+            raise UsageError(
+                f"--reseed {asset_id}: its seed is set in the manifest ({seed}); change it there"
+            )
+
+
+def resolve_seed(asset: Asset, entry: LockEntry | None, reseed: bool) -> int | None:
+    if asset.seed is not None:
+        return asset.seed
+    if reseed or entry is None:
+        return None
+    return entry.seed
+
+
+def decide(
+    asset: Asset,
+    entry: LockEntry | None,
+    store: Store,
+    generator: str,
+    seed: int | None,
+    reference_digests: list[str | None],
+    *,
+    replace: bool = False,
+) -> Step:
+    """The action for one asset given its inputs' digests (None: an input still to be made)."""
+    current = store.digest(asset.out)
+    if entry is not None and current is not None and current != entry.sha256 and not replace:
+        # Hand-edited bytes are never overwritten by a build: accept them or --replace.
+        return Step(asset, DRIFTED, [], seed, None, None, entry.sha256)
+    known = [d for d in reference_digests if d is not None]
+    if seed is None or len(known) != len(reference_digests):
+        reasons = _unknown_reasons(asset, entry, seed, reference_digests)
+        return Step(asset, REGENERATE if entry else CREATE, reasons, seed, None, None, None)
+    key = content_key(asset, generator, seed, known)
+    if replace:
+        return Step(asset, REGENERATE, ["replace"], seed, key, known, None)
+    if entry is not None and entry.key == key.key:
+        if current == entry.sha256:
+            return Step(asset, NONE, [], seed, key, known, current)
+        cached = store.key_record(key.key)
+        if cached is None and store.has_object(entry.sha256):
+            cached = {"sha256": entry.sha256, "size": entry.size}
+        if cached is not None:
+            return Step(asset, RESTORE, ["missing"], seed, key, known, cached["sha256"], cached)
+        return Step(asset, REGENERATE, ["missing"], seed, key, known, None)
+    reasons = key.changed_parts(entry.parts) if entry is not None else []
+    cached = store.key_record(key.key)
+    if cached is not None:
+        return Step(asset, RESTORE, reasons, seed, key, known, cached["sha256"], cached)
+    return Step(asset, REGENERATE if entry else CREATE, reasons, seed, key, known, None)
+
+
+def _unknown_reasons(
+    asset: Asset, entry: LockEntry | None, seed: int | None, digests: list[str | None]
+) -> list[str]:
+    if entry is None:
+        return []
+    reasons = []
+    if seed is None:
+        reasons.append("seed")
+    if any(d is None for d in digests):
+        reasons.append("upstream")
+    return reasons
+
+
+def reference_digests(asset: Asset, store: Store, outputs: dict[str, str | None]) -> list[str | None]:
+    """Digest of each reference: a file's bytes, or an upstream asset's output after its step."""
+    digests: list[str | None] = []
+    for ref in asset.references:
+        if ref in asset.asset_refs:
+            digests.append(outputs.get(ref))
+        else:
+            digests.append(store.digest(ref))
+    return digests
+
+
+def make_plan(
+    manifest: Manifest,
+    lock: Lock,
+    store: Store,
+    provider: str,
+    generator: str,
+    options: PlanOptions,
+) -> Plan:
+    check_options(manifest, options)
+    selected = select(manifest, options.targets)
+    outputs: dict[str, str | None] = {}
+    steps = []
+    for asset_id in selected:
+        asset = manifest.assets[asset_id]
+        entry = lock.entries.get(asset_id)
+        seed = resolve_seed(asset, entry, asset_id in options.reseed)
+        digests = reference_digests(asset, store, outputs)
+        step = decide(asset, entry, store, generator, seed, digests, replace=asset_id in options.replace)
+        outputs[asset_id] = step.output_sha256
+        steps.append(step)
+    if generator != "draft":
+        _estimate(steps, manifest, store)
+    orphaned = sorted(set(lock.entries) - set(manifest.assets))
+    return Plan(manifest, provider, generator, steps, orphaned)
+
+
+def _estimate(steps: list[Step], manifest: Manifest, store: Store) -> None:
+    from flexforge.pricing import estimate_usd
+
+    for step in steps:
+        if step.action in GENERATES:
+            sizes = [_reference_size(ref, manifest) for ref in step.asset.references]
+            step.estimated_cost_usd = estimate_usd(
+                step.asset.model, step.asset.width, step.asset.height, [s for s in sizes if s]
+            )
+
+
+def _reference_size(ref: str, manifest: Manifest) -> tuple[int, int] | None:
+    upstream = manifest.assets.get(ref)
+    if upstream is not None:
+        return upstream.width, upstream.height
+    from PIL import Image
+
+    try:
+        with Image.open(manifest.root / ref) as img:
+            return img.size
+    except Exception:  # an unreadable reference fails later, with its own message
+        return None

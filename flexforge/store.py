@@ -1,0 +1,186 @@
+"""The local state in `.flexforge/`: stat cache, object cache, key index, journal, ledger, lock.
+
+Everything here is a cache or a record that can be rebuilt or lost without losing an image the
+lock points at, except the journal, which is what keeps a paid task from being paid twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from flexforge.errors import FlexforgeError
+from flexforge.fsutil import atomic_copy, atomic_write, sha256_bytes, sha256_file
+from flexforge.providers import JournalEntry
+
+GITIGNORE = "# Local state of flexforge: caches and in-flight task records. Never commit.\n*\n"
+STAT_CACHE = "stat-cache.json"
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.root = state_dir.parent
+        self._stats: dict[str, list[Any]] | None = None
+        self._stats_dirty = False
+
+    def ensure(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ignore = self.dir / ".gitignore"
+        if not ignore.exists():
+            atomic_write(ignore, GITIGNORE.encode(), durable=False)
+
+    # -- file digests, cached by (inode, size, mtime_ns) -----------------------------------------
+
+    def _stat_cache(self) -> dict[str, list[Any]]:
+        if self._stats is None:
+            try:
+                self._stats = json.loads((self.dir / STAT_CACHE).read_bytes())
+            except (OSError, ValueError):
+                self._stats = {}
+        return self._stats
+
+    def digest(self, rel: str) -> str | None:
+        """sha256 of the file at root-relative `rel`, or None when it does not exist. Content
+        decides freshness; the stat triple only spares re-reading unchanged files."""
+        path = self.root / rel
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        stamp = [st.st_ino, st.st_size, st.st_mtime_ns]
+        cached = self._stat_cache().get(rel)
+        if cached is not None and cached[:3] == stamp:
+            return str(cached[3])
+        digest = sha256_file(path)
+        self._remember(rel, stamp, digest)
+        return digest
+
+    def remember_written(self, rel: str, digest: str) -> None:
+        st = (self.root / rel).stat()
+        self._remember(rel, [st.st_ino, st.st_size, st.st_mtime_ns], digest)
+
+    def _remember(self, rel: str, stamp: list[Any], digest: str) -> None:
+        self._stat_cache()[rel] = [*stamp, digest]
+        self._stats_dirty = True
+
+    def save(self) -> None:
+        if self._stats_dirty and self._stats is not None:
+            self.ensure()
+            data = json.dumps(self._stats, separators=(",", ":"), sort_keys=True).encode()
+            atomic_write(self.dir / STAT_CACHE, data, durable=False)
+            self._stats_dirty = False
+
+    # -- object cache: generated images by content, and which key made which object ---------------
+
+    def object_path(self, sha256: str) -> Path:
+        return self.dir / "objects" / sha256[:2] / sha256
+
+    def has_object(self, sha256: str) -> bool:
+        return self.object_path(sha256).is_file()
+
+    def put_object(self, data: bytes) -> str:
+        digest = sha256_bytes(data)
+        path = self.object_path(digest)
+        if not path.is_file():
+            atomic_write(path, data)
+        return digest
+
+    def restore_object(self, sha256: str, dest: Path) -> None:
+        atomic_copy(self.object_path(sha256), dest)
+
+    def key_record(self, key: str) -> dict[str, Any] | None:
+        """What the object cache holds for a content key, if its object is still there."""
+        try:
+            record: dict[str, Any] = json.loads((self.dir / "keys" / f"{key}.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return record if self.has_object(str(record.get("sha256"))) else None
+
+    def put_key_record(self, key: str, record: dict[str, Any]) -> None:
+        atomic_write(self.dir / "keys" / f"{key}.json", json.dumps(record, sort_keys=True).encode())
+
+    # -- journal of submitted paid tasks ---------------------------------------------------------
+
+    def _journal_path(self, key: str) -> Path:
+        return self.dir / "journal" / f"{key}.json"
+
+    def journal_get(self, key: str) -> JournalEntry | None:
+        try:
+            raw = json.loads(self._journal_path(key).read_bytes())
+            return JournalEntry(**raw)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def journal_put(self, entry: JournalEntry) -> None:
+        # fsynced: the record must be on disk before we wait on a task we are paying for.
+        atomic_write(self._journal_path(entry.key), json.dumps(asdict(entry), sort_keys=True).encode())
+
+    def journal_remove(self, key: str) -> None:
+        self._journal_path(key).unlink(missing_ok=True)
+
+    def journal_entries(self) -> list[JournalEntry]:
+        folder = self.dir / "journal"
+        entries = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            entry = self.journal_get(path.stem)
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    # -- ledger of spend -------------------------------------------------------------------------
+
+    def ledger_append(self, record: dict[str, Any]) -> None:
+        self.ensure()
+        line = json.dumps(record, sort_keys=True) + "\n"
+        fd = os.open(self.dir / "ledger.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def ledger(self) -> list[dict[str, Any]]:
+        try:
+            lines = (self.dir / "ledger.jsonl").read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return []
+        records = []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line after a crash
+        return records
+
+    # -- one build at a time ---------------------------------------------------------------------
+
+    @contextmanager
+    def build_lock(self, wait: float = 30.0, on_wait: Any = None) -> Iterator[None]:
+        """Hold `.flexforge/build.lock`. An OS lock (flock): a killed holder releases it, so a
+        stale lock never needs clearing by hand."""
+        from filelock import FileLock, Timeout
+
+        self.ensure()
+        lock = FileLock(self.dir / "build.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait is not None:
+                on_wait()
+            try:
+                lock.acquire(timeout=wait)
+            except Timeout:
+                raise FlexforgeError(
+                    f"another flexforge build holds {self.dir / 'build.lock'} "
+                    f"(waited {wait:.0f} s); try again when it finishes"
+                ) from None
+        try:
+            yield
+        finally:
+            lock.release()
