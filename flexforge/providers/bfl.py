@@ -1,0 +1,52 @@
+"""Black Forest Labs' own API, and the same client pointed at a local `flexforge emulator`."""
+
+from __future__ import annotations
+
+import os
+
+from flexforge.errors import FlexforgeError
+from flexforge.providers._http import Dialect, FluxHttpProvider, HttpSettings
+
+DEFAULT_BASE = "https://api.bfl.ai"
+DEFAULT_EMULATOR_URL = "http://127.0.0.1:8787"
+KEY_ENV = "BFL_API_KEY"
+
+BFL = Dialect(service="BFL", key_env=KEY_ENV, route_prefix="/v1", bearer=False)
+EMULATOR = Dialect(service="the emulator", key_env=KEY_ENV, route_prefix="/v1", bearer=False)
+
+
+class BflProvider(FluxHttpProvider):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        emulated: bool = False,
+        max_in_flight: int = 24,
+        settings: HttpSettings | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key,
+            dialect=EMULATOR if emulated else BFL,
+            name="emulator" if emulated else "bfl",
+            generator="emulator" if emulated else "flux",
+            max_in_flight=max_in_flight,
+            settings=settings,
+        )
+
+    @classmethod
+    def from_env(cls) -> BflProvider:
+        key = os.environ.get(KEY_ENV, "").strip()
+        if not key:
+            raise FlexforgeError(
+                f"{KEY_ENV} is not set: export your BFL API key, "
+                "or build offline with --provider draft (or --provider emulator)"
+            )
+        return cls(os.environ.get("BFL_API_BASE", "").strip() or DEFAULT_BASE, key)
+
+    @classmethod
+    def for_emulator(cls) -> BflProvider:
+        base = os.environ.get("FLEXFORGE_EMULATOR_URL", "").strip() or DEFAULT_EMULATOR_URL
+        key = os.environ.get(KEY_ENV, "").strip() or "emulator"
+        return cls(base, key, emulated=True)

@@ -1,0 +1,43 @@
+"""CometAPI, a reseller serving the same FLUX.2 models under /flux/v1 with Bearer auth."""
+
+from __future__ import annotations
+
+import os
+
+from flexforge.errors import FlexforgeError
+from flexforge.providers._http import Dialect, FluxHttpProvider, HttpSettings
+
+DEFAULT_BASE = "https://api.cometapi.com"
+KEY_ENV = "COMETAPI_KEY"
+
+COMETAPI = Dialect(service="CometAPI", key_env=KEY_ENV, route_prefix="/flux/v1", bearer=True)
+
+
+class CometApiProvider(FluxHttpProvider):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        max_in_flight: int = 24,
+        settings: HttpSettings | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key,
+            dialect=COMETAPI,
+            name="cometapi",
+            generator="flux",  # the same models as BFL: switching does not regenerate
+            max_in_flight=max_in_flight,
+            settings=settings,
+        )
+
+    @classmethod
+    def from_env(cls) -> CometApiProvider:
+        key = os.environ.get(KEY_ENV, "").strip()
+        if not key:
+            raise FlexforgeError(
+                f"{KEY_ENV} is not set: export your CometAPI key, "
+                "or build offline with --provider draft (or --provider emulator)"
+            )
+        return cls(os.environ.get("COMETAPI_BASE", "").strip() or DEFAULT_BASE, key)
