@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flexforge.errors import UsageError
 from flexforge.lockfile import Lock, read_lock
-from flexforge.manifest import Manifest, find_manifest, load_manifest
+from flexforge.manifest import Manifest, display_path, find_manifest, load_manifest
 from flexforge.providers import DEFAULT_PROVIDER, GENERATORS
 from flexforge.store import Store
 
@@ -33,6 +33,10 @@ class GlobalOptions:
     def manifest_path(self) -> Path:
         return find_manifest(self.file, self.cwd())
 
+    def load_manifest(self) -> Manifest:
+        path = self.manifest_path()
+        return load_manifest(path, display_path(path, self.cwd()))
+
 
 @dataclass(slots=True)
 class Project:
@@ -42,7 +46,7 @@ class Project:
 
 
 def open_project(opts: GlobalOptions) -> Project:
-    manifest = load_manifest(opts.manifest_path())
+    manifest = opts.load_manifest()
     # flexforge.yaml -> flexforge.lock; a second manifest in one folder gets its own lock.
     lock = read_lock(manifest.path.with_suffix(".lock"))
     return Project(manifest, lock, Store(manifest.state_dir))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -73,21 +72,17 @@ class Manifest:
     path: Path
     root: Path
     assets: dict[str, Asset]  # in topological order (dependencies first)
+    label: str  # the manifest's path as messages show it
 
     @property
     def state_dir(self) -> Path:
         return self.root / STATE_DIR
 
-    def label(self) -> str:
-        return display_path(self.path)
 
-
-def display_path(path: Path) -> str:
-    """A path as users typed it: relative to the working directory when inside it."""
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return str(path)
+def display_path(path: Path, base: Path | None = None) -> str:
+    """A path as users typed it: relative to where they run (or -C) when inside it."""
+    base = base or Path.cwd()
+    return path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
 
 
 def find_manifest(file: str | None, directory: Path) -> Path:
@@ -102,11 +97,12 @@ def _validator() -> Any:
     return jsonschema.Draft202012Validator(schema)
 
 
-def load_manifest(path: Path) -> Manifest:
-    """Read and validate a manifest; every problem is raised at once as a ManifestError."""
+def load_manifest(path: Path, label: str | None = None) -> Manifest:
+    """Read and validate a manifest; every problem is raised at once as a ManifestError.
+    `label` names the file in messages (default: relative to the working directory)."""
     from flexforge.yamlsource import parse_yaml
 
-    label = display_path(path)
+    label = label or display_path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -114,7 +110,7 @@ def load_manifest(path: Path) -> Manifest:
     except OSError as exc:
         raise ManifestError([Diagnostic(label, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
     doc = parse_yaml(raw)
-    checker = _Checker(path, doc)
+    checker = _Checker(path, label, doc)
     for problem in doc.problems:
         checker.error(problem.path, problem.message, at=(problem.line, problem.col))
     if doc.data is None and not doc.problems:
@@ -131,9 +127,9 @@ def load_manifest(path: Path) -> Manifest:
 class _Checker:
     """Collects every problem in one pass over the document, in the order a reader meets them."""
 
-    def __init__(self, path: Path, doc: Any) -> None:
+    def __init__(self, path: Path, label: str, doc: Any) -> None:
         self.path = path
-        self.label = display_path(path)
+        self.label = label
         self.root = path.parent
         self.doc = doc
         self.diagnostics: list[Diagnostic] = []
@@ -198,7 +194,7 @@ class _Checker:
                         else f"; expected one of: {', '.join(allowed)}"
                     )
                     self.error((*path, name), f"unknown key {name!r}{also}", key=True)
-            elif err.validator == "propertyNames":
+            elif "propertyNames" in err.schema_path:
                 bad = err.instance
                 what = "asset id" if path[-1:] == ("assets",) else "name"
                 self.error(
@@ -238,7 +234,7 @@ class _Checker:
             first = exc.cycle[0]
             self.error(("assets", first, "references"), f"dependency cycle: {' -> '.join(exc.cycle)}")
             return None
-        return Manifest(self.path, self.root, {i: assets[i] for i in order})
+        return Manifest(self.path, self.root, {i: assets[i] for i in order}, self.label)
 
     def _asset(
         self,
@@ -326,7 +322,7 @@ class _Checker:
         target = (self.root / rel).resolve()
         root = self.root.resolve()
         if not target.is_relative_to(root):
-            self.error(path, f"{what} {rel!r} leaves the project root {display_path(root)}")
+            self.error(path, f"{what} {rel!r} leaves the project root")
             return None
         return target
 

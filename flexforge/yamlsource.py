@@ -124,10 +124,10 @@ def parse_yaml(raw: bytes) -> YamlDocument:
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.composer.ComposerError as exc:
-        _yaml_problem(doc, exc)
+        _yaml_problem(doc, exc, text)
         return doc
     except yaml.MarkedYAMLError as exc:
-        _yaml_problem(doc, exc)
+        _yaml_problem(doc, exc, text)
         return doc
     except yaml.YAMLError as exc:
         doc.problems.append(YamlProblem(1, 1, (), f"not valid YAML: {exc}"))
@@ -141,15 +141,16 @@ def parse_yaml(raw: bytes) -> YamlDocument:
         doc.problems.append(YamlProblem(1, 1, (), str(exc)))
         doc.data = None
     except yaml.constructor.ConstructorError as exc:
-        _yaml_problem(doc, exc)
+        _yaml_problem(doc, exc, text)
         doc.data = None
     return doc
 
 
-def _yaml_problem(doc: YamlDocument, exc: yaml.MarkedYAMLError) -> None:
+def _yaml_problem(doc: YamlDocument, exc: yaml.MarkedYAMLError, text: str) -> None:
     mark = exc.problem_mark or exc.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
     problem = exc.problem or "not valid YAML"
-    if "\t" in problem or "tab" in problem.lower():
+    lines = text.splitlines()
+    if "\t" in problem or (0 < line <= len(lines) and "\t" in lines[line - 1][:col]):
         problem += " (YAML forbids tabs for indentation: use spaces)"
     doc.problems.append(YamlProblem(line, col, (), f"invalid YAML: {problem}"))

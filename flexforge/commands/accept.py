@@ -30,7 +30,7 @@ def accept(opts: GlobalOptions, asset_id: str) -> int:
     project = open_project(opts)
     asset = project.manifest.assets.get(asset_id)
     if asset is None:
-        raise FlexforgeError(f"no asset {asset_id!r} in {project.manifest.label()}")
+        raise FlexforgeError(f"no asset {asset_id!r} in {project.manifest.label}")
     entry = project.lock.entries.get(asset_id)
     if entry is None:
         raise FlexforgeError(f"{asset_id} has never been built; run `flexforge build {asset_id}` first")

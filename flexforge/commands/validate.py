@@ -6,12 +6,11 @@ import click
 
 from flexforge.context import GlobalOptions
 from flexforge.errors import EXIT_OK
-from flexforge.manifest import load_manifest
 
 
 def validate(opts: GlobalOptions) -> int:
-    manifest = load_manifest(opts.manifest_path())
+    manifest = opts.load_manifest()
     if not opts.quiet:
         n = len(manifest.assets)
-        click.echo(f"{manifest.label()}: valid, {n} asset{'s' if n != 1 else ''}")
+        click.echo(f"{manifest.label}: valid, {n} asset{'s' if n != 1 else ''}")
     return EXIT_OK

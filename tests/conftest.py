@@ -1,0 +1,30 @@
+"""Shared fixtures: every test runs in its own temp dirs, never in $HOME, never with real keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Project
+
+SECRET_ENV = ("BFL_API_KEY", "BFL_API_BASE", "COMETAPI_KEY", "COMETAPI_BASE", "FLEXFORGE_PROVIDER",
+              "FLEXFORGE_EMULATOR_URL")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("NO_COLOR", "1")
+    for name in SECRET_ENV:
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(tmp_path / "repo")

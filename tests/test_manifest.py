@@ -1,0 +1,315 @@
+"""`flexforge validate`: every kind of error, located, all at once, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from flexforge.manifest import load_manifest
+from tests.helpers import Project, png
+
+GOOD = """
+version: 1
+defaults:
+  model: flux-2-flex
+  steps: 30
+vars:
+  brand: Northwind
+assets:
+  hero:
+    prompt: "A poster for {brand} with the headline 'Brew bold'"
+    seed: 42
+    width: 1536
+    height: 864
+  hero-autumn:
+    prompt: "Same poster as image 1, autumn palette, logo from image 2 top left"
+    references: [hero, brand/logo.png]
+  shelf:
+    model: flux-2-pro
+    prompt:
+      scene: Coffee bags on a wooden shelf
+      subjects: [{description: "kraft bag with '{brand}' label", position: center}]
+      color_palette: ["#3B2A1A", "#E8D5B7"]
+    out: site/img/shelf.webp
+    output_format: webp
+"""
+
+
+def errors(project: Project) -> list[str]:
+    result = project.run("validate")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].endswith("in the manifest")
+    return lines[:-1]
+
+
+def test_valid_manifest_resolves_defaults_vars_and_structured_prompts(project: Project) -> None:
+    png(project.root / "brand/logo.png")
+    project.manifest(GOOD)
+    result = project.run("validate")
+    assert result.exit_code == 0, result.stderr
+    assert "valid, 3 assets" in result.stdout
+    manifest = load_manifest(project.root / "flexforge.yaml")
+    assert list(manifest.assets) == ["hero", "hero-autumn", "shelf"]
+    hero = manifest.assets["hero"]
+    assert hero.prompt == "A poster for Northwind with the headline 'Brew bold'"
+    assert (hero.steps, hero.guidance, hero.prompt_upsampling, hero.out) == (30, 4.5, False, "assets/hero.png")
+    autumn = manifest.assets["hero-autumn"]
+    assert autumn.asset_refs == ("hero",) and autumn.references == ("hero", "brand/logo.png")
+    shelf = manifest.assets["shelf"]
+    # flex-only defaults never reach other models
+    assert (shelf.steps, shelf.guidance, shelf.prompt_upsampling) == (None, None, None)
+    assert shelf.structured is not None
+    assert shelf.structured["subjects"][0]["description"] == "kraft bag with 'Northwind' label"
+    assert shelf.prompt.startswith('{"scene": "Coffee bags on a wooden shelf"')
+    assert shelf.out == "site/img/shelf.webp"
+
+
+def test_order_is_topological_whatever_the_declaration_order(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        assets:
+          c: {prompt: c, references: [b]}
+          b: {prompt: b, references: [a]}
+          a: {prompt: a}
+    """)
+    assert list(load_manifest(project.root / "flexforge.yaml").assets) == ["a", "b", "c"]
+
+
+def test_every_error_is_reported_at_once_with_its_line(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        defaults:
+          stpes: 20
+        assets:
+          hero:
+            prompt: "Hello {brnad}"
+            steps: 80
+            width: 1000
+          pro:
+            model: flux-2-pro
+            prompt: x
+            guidance: 3
+    """)
+    lines = errors(project)
+    assert "flexforge.yaml:3:3: defaults.stpes: unknown key 'stpes' (did you mean 'steps'?)" in lines
+    assert "flexforge.yaml:7:12: assets.hero.steps: 80 is greater than the maximum of 50" in lines
+    assert "flexforge.yaml:8:12: assets.hero.width: 1000 is not a multiple of 16" in lines
+    assert "flexforge.yaml:12:5: assets.pro.guidance: 'guidance' is not allowed on flux-2-pro" not in lines
+    assert len(lines) == 3  # semantic checks wait until the structure is sound
+
+
+def test_semantic_errors_are_all_reported(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        assets:
+          hero:
+            prompt: "Hello {brnad}"
+            references: [herp, ../outside.png, /etc/passwd]
+          pro:
+            model: flux-2-pro
+            prompt: x
+            guidance: 3
+          big:
+            prompt: x
+            width: 4096
+            height: 2048
+          klein:
+            model: flux-2-klein-4b
+            prompt: x
+            references: [hero, hero, hero, hero, hero]
+    """)
+    lines = errors(project)
+    text = "\n".join(lines)
+    assert "flexforge.yaml:4:13: assets.hero.prompt: unknown var {brnad}" in text
+    assert "flexforge.yaml:5:18: assets.hero.references.0: reference 'herp' is neither an asset id nor a file" in text
+    assert "(did you mean asset 'hero'?)" in text
+    assert "assets.hero.references.1: reference '../outside.png' leaves the project root" in text
+    assert "assets.hero.references.2: reference '/etc/passwd' is absolute" in text
+    assert "flexforge.yaml:9:5: assets.pro.guidance: 'guidance' applies to flux-2-flex only, not flux-2-pro" in text
+    assert "assets.big.width: 4096x2048 is 8.39 MP; the API allows at most 4 MP" in text
+    assert "assets.klein.references: flux-2-klein-4b takes at most 4 references, got 5" in text
+
+
+def test_cycle_is_printed(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        assets:
+          hero: {prompt: a, references: [banner]}
+          banner: {prompt: b, references: [hero]}
+    """)
+    (line,) = errors(project)
+    assert "dependency cycle: " in line
+    cycle = line.split("dependency cycle: ")[1]
+    assert cycle in ("hero -> banner -> hero", "banner -> hero -> banner")
+
+
+def test_self_reference(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        assets:
+          hero: {prompt: a, references: [hero]}
+    """)
+    (line,) = errors(project)
+    assert "an asset cannot reference itself" in line
+
+
+def test_duplicate_keys_at_any_depth(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        assets:
+          hero:
+            prompt: a
+            seed: 1
+            seed: 2
+          hero:
+            prompt: b
+    """)
+    lines = errors(project)
+    assert "flexforge.yaml:6:5: assets.hero.seed: duplicate key 'seed' (first defined on line 5)" in lines
+    assert "flexforge.yaml:7:3: assets.hero: duplicate key 'hero' (first defined on line 3)" in lines
+
+
+def test_missing_reference_file(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        assets:
+          hero: {prompt: a, references: [brand/logo.png]}
+    """)
+    (line,) = errors(project)
+    assert "assets.hero.references.0: reference 'brand/logo.png' is neither an asset id nor a file" in line
+
+
+def test_symlink_leaving_the_root_is_refused(project: Project, tmp_path: pytest.TempPathFactory) -> None:
+    outside = png(project.root.parent / "secret.png")
+    (project.root / "brand").mkdir()
+    (project.root / "brand" / "logo.png").symlink_to(outside)
+    project.manifest("""
+        version: 1
+        assets:
+          hero: {prompt: a, references: [brand/logo.png]}
+    """)
+    (line,) = errors(project)
+    assert "leaves the project root" in line
+
+
+def test_output_paths(project: Project) -> None:
+    png(project.root / "brand/logo.png")
+    project.manifest("""
+        version: 1
+        assets:
+          a: {prompt: a, out: img/x.png}
+          b: {prompt: b, out: img/x.png}
+          c: {prompt: c, out: ../x.png}
+          d: {prompt: d, out: img/d.jpg}
+          e: {prompt: e, references: [img/x.png]}
+          f: {prompt: f, out: .flexforge/f.png}
+    """)
+    text = "\n".join(errors(project))
+    assert "assets.b.out: 'a' already writes 'img/x.png'" in text
+    assert "assets.c.out: out '../x.png' leaves the project root" in text
+    assert "assets.d.out: out 'img/d.jpg' does not end in .png but output_format is png" in text
+    assert "assets.e.references.0: reference 'img/x.png' is neither an asset id nor a file" in text
+    assert "inside .flexforge/" in text
+
+
+def test_reference_to_another_assets_output_file(project: Project) -> None:
+    png(project.root / "assets/hero.png")
+    project.manifest("""
+        version: 1
+        assets:
+          hero: {prompt: a}
+          edit: {prompt: b, references: [assets/hero.png]}
+    """)
+    (line,) = errors(project)
+    assert "'assets/hero.png' is the output of asset 'hero'; reference the asset id instead" in line
+
+
+def test_api_keys_never_live_in_the_manifest(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        api_key: sk-123
+        assets:
+          hero: {prompt: a, bfl_api_key: x}
+    """)
+    lines = errors(project)
+    assert any(line.startswith("flexforge.yaml:2:1: api_key: API keys never live") and "BFL_API_KEY" in line
+               for line in lines)
+    assert any("assets.hero.bfl_api_key: API keys never live" in line for line in lines)
+    assert not any("sk-123" in line for line in lines)
+
+
+def test_bad_asset_id_and_prompt(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        assets:
+          Hero: {prompt: a}
+          ok: {prompt: ""}
+          n: {prompt: 5}
+          s: {prompt: {scnee: x}}
+    """)
+    text = "\n".join(errors(project))
+    assert "flexforge.yaml:3:3: assets.Hero: 'Hero' is not a valid asset id" in text
+    assert "assets.ok.prompt: '' should be non-empty" in text
+    assert "assets.n.prompt: 5 is not of type 'string', 'object'" in text
+    assert "assets.s.prompt.scnee: unknown key 'scnee' (did you mean 'scene'?)" in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"", "flexforge.yaml:1:1: the file is empty"),
+        (b"version: 1\nassets:\n\thero: {prompt: a}\n", "flexforge.yaml:3:1: invalid YAML"),
+        (b"version: 1\nassets: [\n", "invalid YAML"),
+        (b"version: 1\nassets:\n  hero: {prompt: \"caf\xe9\"}\n", "flexforge.yaml:3:1: not UTF-8 (byte 0xe9)"),
+        (b"- just\n- a list\n", "the manifest must be a mapping"),
+        (b"version: 2\nassets: {a: {prompt: x}}\n", "flexforge.yaml:1:10: version: 1 was expected"),
+        (b"version: 1\n", "'assets' is a required property"),
+    ],
+)
+def test_broken_files(project: Project, raw: bytes, expected: str) -> None:
+    (project.root / "flexforge.yaml").write_bytes(raw)
+    text = "\n".join(errors(project))
+    assert expected in text
+
+
+def test_tabs_are_explained(project: Project) -> None:
+    (project.root / "flexforge.yaml").write_bytes(b"version: 1\nassets:\n\thero: {prompt: a}\n")
+    assert "use spaces" in "\n".join(errors(project))
+
+
+def test_bom_is_accepted(project: Project) -> None:
+    (project.root / "flexforge.yaml").write_bytes(b"\xef\xbb\xbfversion: 1\nassets:\n  a: {prompt: x}\n")
+    assert project.run("validate").exit_code == 0
+
+
+def test_alias_bomb_is_refused_fast(project: Project) -> None:
+    lines = ['version: 1', 'a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [{', '.join(['*a' + str(i - 1)] * 9)}]")
+    lines.append("assets: {x: {prompt: y}}")
+    (project.root / "flexforge.yaml").write_text("\n".join(lines) + "\n")
+    text = "\n".join(errors(project))
+    assert "alias bomb" in text
+
+
+def test_brace_escapes_and_vars_in_out(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        vars: {brand: acme, year: 2026}
+        assets:
+          hero:
+            prompt: "JSON like {{\\"a\\": 1}} for {brand} in {year}"
+            out: "img/{brand}/hero.png"
+    """)
+    manifest = load_manifest(project.root / "flexforge.yaml")
+    hero = manifest.assets["hero"]
+    assert hero.prompt == 'JSON like {"a": 1} for acme in 2026'
+    assert hero.out == "img/acme/hero.png"
+
+
+def test_missing_manifest_is_one_clear_line(project: Project) -> None:
+    result = project.run("plan")
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("error: no manifest at")
+    assert "flexforge init" in result.stderr
