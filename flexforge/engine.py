@@ -243,6 +243,12 @@ class Builder:
             except Exception as exc:  # a provider bug must fail one asset, not crash the build
                 self.committed_usd -= estimate
                 raise ProviderError(f"{type(exc).__name__}: {exc}") from exc
+        if asset.final_size is not None:
+            from flexforge.imaging import fit_cover
+
+            image.data = await asyncio.to_thread(
+                fit_cover, image.data, *asset.final_size, asset.output_format
+            )
         cost = _cost_usd(image, estimate, self.plan.generator)
         self.committed_usd += cost - estimate
         sha = await asyncio.to_thread(self.store.put_object, image.data)

@@ -29,3 +29,26 @@ def verify_image(data: bytes, width: int, height: int, output_format: str) -> No
         raise ImageCheckError(f"expected {expected}, got {actual_format}")
     if size != (width, height):
         raise ImageCheckError(f"expected {width}x{height}, got {size[0]}x{size[1]}")
+
+
+# Fixed encoder settings: the same pixels always give the same bytes.
+_SAVE_OPTIONS: dict[str, dict[str, object]] = {
+    "png": {"optimize": False, "compress_level": 6},
+    "jpeg": {"quality": 95, "subsampling": 0},
+    "webp": {"quality": 95, "method": 4},
+}
+
+
+def fit_cover(data: bytes, width: int, height: int, output_format: str) -> bytes:
+    """Scale the image to cover width x height and crop the centre: a 1088x1088 generation
+    delivered as the 1080x1080 a social network wants."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        fitted = ImageOps.fit(img, (width, height), method=Image.Resampling.LANCZOS)
+    if output_format == "jpeg" and fitted.mode not in ("RGB", "L"):
+        fitted = fitted.convert("RGB")
+    buf = io.BytesIO()
+    fitted.save(buf, format=PIL_FORMATS[output_format], **_SAVE_OPTIONS[output_format])
+    return buf.getvalue()

@@ -40,6 +40,8 @@ def request_params(asset: Asset) -> dict[str, Any]:
         params["steps"] = asset.steps
         params["guidance"] = asset.guidance
         params["prompt_upsampling"] = asset.prompt_upsampling
+    if asset.final_size is not None:
+        params["final_size"] = list(asset.final_size)
     return params
 
 

@@ -61,6 +61,8 @@ class Asset:
     asset_refs: tuple[str, ...]  # the subset that are asset ids
     out: str  # root-relative POSIX path
     line: int
+    # Delivery size when it differs from the generated width x height (cover-scale, centre-crop).
+    final_size: tuple[int, int] | None = None
 
     @property
     def is_flex(self) -> bool:
@@ -310,7 +312,20 @@ class _Checker:
             asset_refs=tuple(dict.fromkeys(asset_refs)),
             out=out,
             line=self.doc.key_where(here)[0],
+            final_size=self._final_size(raw.get("final_size"), width, height, (*here, "final_size")),
         )
+
+    def _final_size(
+        self, value: str | None, width: int, height: int, path: tuple[str | int, ...]
+    ) -> tuple[int, int] | None:
+        if value is None:
+            return None
+        w, h = (int(n) for n in value.split("x"))
+        if w > width or h > height:
+            self.error(
+                path, f"{value} is larger than the generated {width}x{height}; generate at least that size"
+            )
+        return (w, h)
 
     def _inside_root(self, rel: str, path: tuple[str | int, ...], what: str) -> Path | None:
         if "\\" in rel:

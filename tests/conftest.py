@@ -9,8 +9,14 @@ import pytest
 
 from tests.helpers import Project
 
-SECRET_ENV = ("BFL_API_KEY", "BFL_API_BASE", "COMETAPI_KEY", "COMETAPI_BASE", "FLEXFORGE_PROVIDER",
-              "FLEXFORGE_EMULATOR_URL")
+SECRET_ENV = (
+    "BFL_API_KEY",
+    "BFL_API_BASE",
+    "COMETAPI_KEY",
+    "COMETAPI_BASE",
+    "FLEXFORGE_PROVIDER",
+    "FLEXFORGE_EMULATOR_URL",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -86,7 +86,9 @@ def test_changing_a_leaf_regenerates_only_the_leaf(chain: Project) -> None:
     others = {a: chain.read(f"assets/{a}.png") for a in ("hero", "banner", "card")}
     chain.edit("An unrelated icon", "A different icon")
     assert chain.plan() == {"hero": "none", "banner": "none", "card": "none", "leaf": "regenerate"}
-    reasons = {a["id"]: a["reasons"] for a in chain.run("plan", "--json", "--provider", "draft").json()["assets"]}
+    reasons = {
+        a["id"]: a["reasons"] for a in chain.run("plan", "--json", "--provider", "draft").json()["assets"]
+    }
     assert reasons["leaf"] == ["prompt"]
     result = chain.build()
     assert generated(result.stderr) == 1
@@ -231,7 +233,7 @@ def test_targets_build_only_what_they_need(project: Project) -> None:
 
 
 def test_orphaned_entries_are_reported_and_dropped(chain: Project) -> None:
-    chain.edit("  leaf:\n    prompt: \"An unrelated icon\"\n    seed: 3\n", "")
+    chain.edit('  leaf:\n    prompt: "An unrelated icon"\n    seed: 3\n', "")
     plan = chain.run("plan", "--json", "--provider", "draft").json()
     assert plan["orphaned"] == ["leaf"]
     assert chain.run("plan", "--detailed-exitcode", "--provider", "draft").exit_code == 2
@@ -292,3 +294,28 @@ def test_init_writes_a_buildable_project(project: Project) -> None:
     assert project.run("validate").exit_code == 0
     assert project.build().exit_code == 0
     assert project.run("init").exit_code == 1  # never overwrites a manifest
+
+
+def test_final_size_delivers_exact_social_sizes(project: Project) -> None:
+    from PIL import Image
+
+    project.manifest("""
+        version: 1
+        assets:
+          square: {prompt: "a square post", seed: 1, width: 1088, height: 1088, final_size: 1080x1080}
+          card: {prompt: "a card", seed: 2, width: 1200, height: 640, final_size: 1200x628,
+                 output_format: jpeg, out: img/card.jpg}
+          bad: {prompt: "too big", seed: 3, width: 512, height: 512, final_size: 600x400}
+    """)
+    result = project.run("validate")
+    assert result.exit_code == 1
+    assert "assets.bad.final_size: 600x400 is larger than the generated 512x512" in result.stderr
+    project.edit("final_size: 600x400", "final_size: 500x400")
+    assert project.build().exit_code == 0
+    with Image.open(project.root / "assets/square.png") as img:
+        assert (img.size, img.format) == ((1080, 1080), "PNG")
+    with Image.open(project.root / "img/card.jpg") as img:
+        assert (img.size, img.format) == ((1200, 628), "JPEG")
+    assert project.plan()["square"] == "none"
+    project.edit("final_size: 1080x1080", "final_size: 1088x1080")
+    assert project.plan()["square"] == "regenerate"

@@ -53,7 +53,12 @@ def test_valid_manifest_resolves_defaults_vars_and_structured_prompts(project: P
     assert list(manifest.assets) == ["hero", "hero-autumn", "shelf"]
     hero = manifest.assets["hero"]
     assert hero.prompt == "A poster for Northwind with the headline 'Brew bold'"
-    assert (hero.steps, hero.guidance, hero.prompt_upsampling, hero.out) == (30, 4.5, False, "assets/hero.png")
+    assert (hero.steps, hero.guidance, hero.prompt_upsampling, hero.out) == (
+        30,
+        4.5,
+        False,
+        "assets/hero.png",
+    )
     autumn = manifest.assets["hero-autumn"]
     assert autumn.asset_refs == ("hero",) and autumn.references == ("hero", "brand/logo.png")
     shelf = manifest.assets["shelf"]
@@ -122,11 +127,17 @@ def test_semantic_errors_are_all_reported(project: Project) -> None:
     lines = errors(project)
     text = "\n".join(lines)
     assert "flexforge.yaml:4:13: assets.hero.prompt: unknown var {brnad}" in text
-    assert "flexforge.yaml:5:18: assets.hero.references.0: reference 'herp' is neither an asset id nor a file" in text
+    assert (
+        "flexforge.yaml:5:18: assets.hero.references.0: reference 'herp' is neither an asset id nor a file"
+        in text
+    )
     assert "(did you mean asset 'hero'?)" in text
     assert "assets.hero.references.1: reference '../outside.png' leaves the project root" in text
     assert "assets.hero.references.2: reference '/etc/passwd' is absolute" in text
-    assert "flexforge.yaml:9:5: assets.pro.guidance: 'guidance' applies to flux-2-flex only, not flux-2-pro" in text
+    assert (
+        "flexforge.yaml:9:5: assets.pro.guidance: 'guidance' applies to flux-2-flex only, not flux-2-pro"
+        in text
+    )
     assert "assets.big.width: 4096x2048 is 8.39 MP; the API allows at most 4 MP" in text
     assert "assets.klein.references: flux-2-klein-4b takes at most 4 references, got 5" in text
 
@@ -233,8 +244,10 @@ def test_api_keys_never_live_in_the_manifest(project: Project) -> None:
           hero: {prompt: a, bfl_api_key: x}
     """)
     lines = errors(project)
-    assert any(line.startswith("flexforge.yaml:2:1: api_key: API keys never live") and "BFL_API_KEY" in line
-               for line in lines)
+    assert any(
+        line.startswith("flexforge.yaml:2:1: api_key: API keys never live") and "BFL_API_KEY" in line
+        for line in lines
+    )
     assert any("assets.hero.bfl_api_key: API keys never live" in line for line in lines)
     assert not any("sk-123" in line for line in lines)
 
@@ -261,7 +274,7 @@ def test_bad_asset_id_and_prompt(project: Project) -> None:
         (b"", "flexforge.yaml:1:1: the file is empty"),
         (b"version: 1\nassets:\n\thero: {prompt: a}\n", "flexforge.yaml:3:1: invalid YAML"),
         (b"version: 1\nassets: [\n", "invalid YAML"),
-        (b"version: 1\nassets:\n  hero: {prompt: \"caf\xe9\"}\n", "flexforge.yaml:3:1: not UTF-8 (byte 0xe9)"),
+        (b'version: 1\nassets:\n  hero: {prompt: "caf\xe9"}\n', "flexforge.yaml:3:1: not UTF-8 (byte 0xe9)"),
         (b"- just\n- a list\n", "the manifest must be a mapping"),
         (b"version: 2\nassets: {a: {prompt: x}}\n", "flexforge.yaml:1:10: version: 1 was expected"),
         (b"version: 1\n", "'assets' is a required property"),
@@ -284,7 +297,7 @@ def test_bom_is_accepted(project: Project) -> None:
 
 
 def test_alias_bomb_is_refused_fast(project: Project) -> None:
-    lines = ['version: 1', 'a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines = ["version: 1", 'a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
     for i in range(1, 10):
         lines.append(f"a{i}: &a{i} [{', '.join(['*a' + str(i - 1)] * 9)}]")
     lines.append("assets: {x: {prompt: y}}")

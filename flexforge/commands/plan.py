@@ -70,15 +70,14 @@ def summary_line(plan: Plan) -> str:
 def print_plan(plan: Plan, opts: GlobalOptions) -> None:
     shown = [s for s in plan.steps if s.action != NONE or opts.verbose]
     width = max((len(s.asset.id) for s in shown), default=0)
-    for step in shown:
-        why = f" ({', '.join(step.reasons)})" if step.reasons else ""
+    actions = [s.action + (f" ({', '.join(s.reasons)})" if s.reasons else "") for s in shown]
+    action_width = max((len(a) for a in actions), default=0)
+    for step, action in zip(shown, actions, strict=True):
         cost = f"  ~${step.estimated_cost_usd:.4f}" if step.estimated_cost_usd else ""
-        action = (
-            click.style(f"{step.action}{why}", fg=_colour(step.action))
-            if opts.color
-            else f"{step.action}{why}"
-        )
-        click.echo(f"  {MARKS[step.action]} {step.asset.id:<{width}}  {action}  -> {step.asset.out}{cost}")
+        padded = f"{action:<{action_width}}"
+        if opts.color:
+            padded = click.style(padded, fg=_colour(step.action))
+        click.echo(f"  {MARKS[step.action]} {step.asset.id:<{width}}  {padded}  {step.asset.out}{cost}")
     for orphan in plan.orphaned:
         click.echo(f"  - {orphan:<{width}}  orphaned (in the lock, not in the manifest; its file is kept)")
     if not opts.quiet:
