@@ -252,7 +252,7 @@ def build(
 ) -> int:
     """Make the files match the manifest; IDs limit it to those assets and what they need."""
     from flexforge.commands.build import build as run
-    from flexforge.engine import BuildOptions
+    from flexforge.options import BuildOptions
 
     options = BuildOptions(jobs=jobs, keep_going=keep_going, max_cost_usd=max_cost)
     return run(
@@ -324,7 +324,7 @@ def _opts() -> GlobalOptions:
 
 
 def _plan_options(ids: tuple[str, ...], replace: tuple[str, ...], reseed: tuple[str, ...]) -> Any:
-    from flexforge.planner import PlanOptions
+    from flexforge.options import PlanOptions
 
     return PlanOptions(frozenset(ids), frozenset(replace), frozenset(reseed))
 

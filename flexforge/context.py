@@ -38,18 +38,26 @@ class GlobalOptions:
         return load_manifest(path, display_path(path, self.cwd()))
 
 
-@dataclass(slots=True)
 class Project:
-    manifest: Manifest
-    lock: Lock
-    store: Store
+    """A manifest with its lock and store. The lock is read when first used, so that a build
+    reads it once, after taking the build lock."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.store = Store(manifest.state_dir)
+        # flexforge.yaml -> flexforge.lock; a second manifest in one folder gets its own lock.
+        self.lock_path = manifest.path.with_suffix(".lock")
+        self._lock: Lock | None = None
+
+    @property
+    def lock(self) -> Lock:
+        if self._lock is None:
+            self._lock = read_lock(self.lock_path)
+        return self._lock
 
 
 def open_project(opts: GlobalOptions) -> Project:
-    manifest = opts.load_manifest()
-    # flexforge.yaml -> flexforge.lock; a second manifest in one folder gets its own lock.
-    lock = read_lock(manifest.path.with_suffix(".lock"))
-    return Project(manifest, lock, Store(manifest.state_dir))
+    return Project(opts.load_manifest())
 
 
 def choose_provider(flag: str | None) -> tuple[str, str]:

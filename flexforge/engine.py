@@ -22,14 +22,14 @@ from flexforge.planner import (
     NONE,
     RESTORE,
     Plan,
-    PlanOptions,
     Step,
     decide,
     reference_digests,
     resolve_seed,
 )
+from flexforge.options import BuildOptions, PlanOptions
 from flexforge.progress import Reporter
-from flexforge.providers import GeneratedImage, JournalEntry, Provider
+from flexforge.providers import GeneratedImage, JournalEntry, Provider, TaskContext
 from flexforge.request import ImageRequest, ReferenceInput
 from flexforge.store import Store
 
@@ -42,13 +42,6 @@ GENERATED, RESTORED, UP_TO_DATE, FAILED, SKIPPED = (
     "skipped",
 )
 SEED_RANGE = 2**32
-
-
-@dataclass(frozen=True, slots=True)
-class BuildOptions:
-    jobs: int = 8
-    keep_going: bool = False
-    max_cost_usd: float | None = None
 
 
 @dataclass(slots=True)
@@ -102,6 +95,22 @@ class _TaskRecord:
 
     def log(self, message: str) -> None:
         self._reporter.log(f"{self._asset}: {message}")
+
+
+class NothingToGenerate:
+    """Stands in for a provider when the plan only restores: no provider loaded, no key needed."""
+
+    generator = "none"
+    max_in_flight = 1
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def generate(self, request: ImageRequest, task: TaskContext) -> GeneratedImage:
+        raise ProviderError(f"{request.asset_id} needs generating, but the plan said it would not")
+
+    async def aclose(self) -> None:
+        pass
 
 
 class Builder:
@@ -351,4 +360,4 @@ def _cost_usd(image: GeneratedImage, estimate: float, generator: str) -> float:
     return estimate
 
 
-__all__ = ["GENERATES", "BuildOptions", "BuildResult", "Builder", "Outcome"]
+__all__ = ["GENERATES", "BuildResult", "Builder", "NothingToGenerate", "Outcome"]

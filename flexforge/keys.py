@@ -14,10 +14,31 @@ KEY_VERSION = 1
 PARTS = ("prompt", "params", "seed", "model", "references", "upstream")
 
 
-@dataclass(frozen=True, slots=True)
 class ContentKey:
-    key: str
-    parts: dict[str, str]  # part name -> short digest, stored in the lock to explain changes
+    """The key of one asset; its named parts are derived only when a change must be explained,
+    since a no-op plan computes a thousand keys and needs none of their parts."""
+
+    __slots__ = ("_inputs", "_parts", "key")
+
+    def __init__(self, key: str, inputs: dict[str, Any]) -> None:
+        self.key = key
+        self._inputs = inputs
+        self._parts: dict[str, str] | None = None
+
+    @property
+    def parts(self) -> dict[str, str]:
+        """Part name -> short digest, stored in the lock to say later which part changed."""
+        if self._parts is None:
+            full = self._inputs
+            self._parts = {
+                "prompt": _digest(full["prompt"])[:16],
+                "params": _digest(full["params"])[:16],
+                "seed": str(full["seed"]),
+                "model": f"{full['generator']}:{full['model']}",
+                "references": _digest(full["files"])[:16],
+                "upstream": _digest(full["upstream"])[:16],
+            }
+        return self._parts
 
     def changed_parts(self, old_parts: dict[str, str]) -> list[str]:
         return [p for p in PARTS if self.parts.get(p) != old_parts.get(p)]
@@ -48,12 +69,6 @@ def request_params(asset: Asset) -> dict[str, Any]:
 def content_key(asset: Asset, generator: str, seed: int, reference_digests: list[str]) -> ContentKey:
     """`reference_digests` are the sha256 of each reference's bytes, in manifest order; for an
     asset reference, of that asset's current output."""
-    files = [
-        d for ref, d in zip(asset.references, reference_digests, strict=True) if ref not in asset.asset_refs
-    ]
-    upstream = [
-        d for ref, d in zip(asset.references, reference_digests, strict=True) if ref in asset.asset_refs
-    ]
     full = {
         "v": KEY_VERSION,
         "generator": generator,
@@ -63,12 +78,8 @@ def content_key(asset: Asset, generator: str, seed: int, reference_digests: list
         "seed": seed,
         "references": reference_digests,
     }
-    parts = {
-        "prompt": _digest(asset.prompt)[:16],
-        "params": _digest(full["params"])[:16],
-        "seed": str(seed),
-        "model": f"{generator}:{asset.model}",
-        "references": _digest(files)[:16],
-        "upstream": _digest(upstream)[:16],
-    }
-    return ContentKey(_digest(full), parts)
+    key = _digest(full)
+    pairs = list(zip(asset.references, reference_digests, strict=True))
+    full["files"] = [d for ref, d in pairs if ref not in asset.asset_refs]
+    full["upstream"] = [d for ref, d in pairs if ref in asset.asset_refs]
+    return ContentKey(key, full)

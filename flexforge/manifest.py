@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -17,6 +20,7 @@ from flexforge.request import FLEX_MODEL
 MANIFEST_NAME = "flexforge.yaml"
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
 STATE_DIR = ".flexforge"
+CACHE_VERSION = 1  # bump when what validation produces changes
 
 FLEX_ONLY = ("steps", "guidance", "prompt_upsampling")
 BUILTIN_DEFAULTS: dict[str, Any] = {
@@ -101,9 +105,11 @@ def _validator() -> Any:
 
 def load_manifest(path: Path, label: str | None = None) -> Manifest:
     """Read and validate a manifest; every problem is raised at once as a ManifestError.
-    `label` names the file in messages (default: relative to the working directory)."""
-    from flexforge.yamlsource import parse_yaml
+    `label` names the file in messages (default: relative to the working directory).
 
+    A manifest whose bytes were validated before comes from `.flexforge/cache/` instead: parsing
+    YAML and running the schema dominate a no-op build, and only its reference files can change
+    under an unchanged manifest, so those are checked again."""
     label = label or display_path(path)
     try:
         raw = path.read_bytes()
@@ -111,6 +117,65 @@ def load_manifest(path: Path, label: str | None = None) -> Manifest:
         raise FlexforgeError(f"no manifest at {label}; run `flexforge init` or pass -f FILE") from None
     except OSError as exc:
         raise ManifestError([Diagnostic(label, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
+    fingerprint = _fingerprint(raw)
+    cached = _read_cache(path, fingerprint, label)
+    if cached is not None:
+        return cached
+    manifest = _validate(path, label, raw)
+    _write_cache(manifest, fingerprint)
+    return manifest
+
+
+def _fingerprint(raw: bytes) -> str:
+    from flexforge import __version__
+
+    return hashlib.sha256(f"{CACHE_VERSION}:{__version__}:".encode() + raw).hexdigest()
+
+
+def _cache_path(path: Path) -> Path:
+    return path.parent / STATE_DIR / "cache" / f"{path.name}.json"
+
+
+def _read_cache(path: Path, fingerprint: str, label: str) -> Manifest | None:
+    try:
+        doc = json.loads(_cache_path(path).read_bytes())
+        if doc["fingerprint"] != fingerprint:
+            return None
+        assets = {raw["id"]: _asset_from_json(raw) for raw in doc["assets"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    root = path.parent
+    for asset in assets.values():
+        for ref in asset.references:
+            if ref not in asset.asset_refs and not os.path.isfile(root / ref):
+                return None  # validate afresh, for an error that names the line
+    return Manifest(path, root, assets, label)
+
+
+def _write_cache(manifest: Manifest, fingerprint: str) -> None:
+    from flexforge.fsutil import atomic_write
+    from flexforge.store import Store
+
+    assets = [dataclasses.asdict(a) for a in manifest.assets.values()]
+    data = json.dumps({"fingerprint": fingerprint, "assets": assets}, separators=(",", ":"))
+    try:
+        Store(manifest.state_dir).ensure()
+        atomic_write(_cache_path(manifest.path), data.encode(), durable=False)
+    except OSError:
+        pass  # a read-only checkout still works, only slower
+
+
+def _asset_from_json(raw: dict[str, Any]) -> Asset:
+    raw["references"] = tuple(raw["references"])
+    raw["asset_refs"] = tuple(raw["asset_refs"])
+    if raw["final_size"] is not None:
+        raw["final_size"] = tuple(raw["final_size"])
+    return Asset(**raw)
+
+
+def _validate(path: Path, label: str, raw: bytes) -> Manifest:
+    from flexforge.yamlsource import parse_yaml
+
     doc = parse_yaml(raw)
     checker = _Checker(path, label, doc)
     for problem in doc.problems:

@@ -10,17 +10,11 @@ from flexforge.errors import UsageError
 from flexforge.keys import ContentKey, content_key
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset, Manifest
+from flexforge.options import PlanOptions
 from flexforge.store import Store
 
 CREATE, REGENERATE, RESTORE, DRIFTED, NONE = "create", "regenerate", "restore", "drifted", "none"
 GENERATES = (CREATE, REGENERATE)
-
-
-@dataclass(frozen=True, slots=True)
-class PlanOptions:
-    targets: frozenset[str] = frozenset()
-    replace: frozenset[str] = frozenset()
-    reseed: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)

@@ -2,51 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import signal
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from flexforge.commands.plan import compute_plan, print_plan
 from flexforge.context import GlobalOptions, Project, open_project
-from flexforge.engine import (
-    FAILED,
-    GENERATED,
-    RESTORED,
-    SKIPPED,
-    UP_TO_DATE,
-    Builder,
-    BuildOptions,
-    BuildResult,
-)
-from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, FlexforgeError, ProviderError
-from flexforge.lockfile import read_lock
-from flexforge.planner import DRIFTED, GENERATES, Plan, PlanOptions
-from flexforge.progress import make_reporter
-from flexforge.providers import GeneratedImage, Provider, TaskContext, load_provider
-from flexforge.request import ImageRequest
+from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, FlexforgeError
+from flexforge.options import BuildOptions, PlanOptions
+from flexforge.planner import DRIFTED, GENERATES, Plan
+
+if TYPE_CHECKING:
+    from flexforge.engine import Builder, BuildResult
+    from flexforge.providers import Provider
 
 LOCK_TIMEOUT_ENV = "FLEXFORGE_LOCK_TIMEOUT"
-
-
-class _NothingToGenerate:
-    """Stands in when the plan only restores: no provider is loaded, no key is needed."""
-
-    name = "none"
-    generator = "none"
-    max_in_flight = 1
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    async def generate(self, request: ImageRequest, task: TaskContext) -> GeneratedImage:
-        raise ProviderError(f"{request.asset_id}: needs generating, but the plan said it would not")
-
-    async def aclose(self) -> None:
-        pass
 
 
 def build(
@@ -66,13 +38,11 @@ def build(
 
     def waiting() -> None:
         click.echo(
-            f"waiting for another flexforge build in this repo to finish (up to {wait:.0f} s)...",
-            err=True,
+            f"waiting for another flexforge build in this repo to finish (up to {wait:.0f} s)...", err=True
         )
 
     with project.store.build_lock(wait=wait, on_wait=waiting):
-        # Another build may have finished while we waited: plan from the lock as it is now.
-        project.lock = read_lock(project.lock.path)
+        # The lock is first read here, under the build lock: another build may just have written it.
         plan = compute_plan(project, plan_options, provider)
         if frozen:
             _check_frozen(plan)
@@ -96,14 +66,17 @@ def _check_frozen(plan: Plan) -> None:
 
 
 def _execute(
-    project: Project,
-    plan: Plan,
-    plan_options: PlanOptions,
-    options: BuildOptions,
-    opts: GlobalOptions,
+    project: Project, plan: Plan, plan_options: PlanOptions, options: BuildOptions, opts: GlobalOptions
 ) -> int:
+    # Imported here: a no-op build needs no event loop, engine or provider.
+    import asyncio
+
+    from flexforge.engine import Builder, NothingToGenerate
+    from flexforge.progress import make_reporter
+    from flexforge.providers import load_provider
+
     needs_provider = any(s.action in GENERATES for s in plan.steps)
-    provider: Provider = load_provider(plan.provider) if needs_provider else _NothingToGenerate(plan.provider)
+    provider = load_provider(plan.provider) if needs_provider else NothingToGenerate(plan.provider)
     reporter = make_reporter(verbose=opts.verbose, quiet=opts.quiet, color=opts.color)
     builder = Builder(plan, project.lock, project.store, provider, reporter, plan_options, options)
     started = time.monotonic()
@@ -123,21 +96,24 @@ def _execute(
 
 
 async def _run(builder: Builder, provider: Provider) -> BuildResult:
+    import asyncio
+    import contextlib
+    import signal
+
     main = asyncio.current_task()
-    loop = asyncio.get_running_loop()
     if main is not None:
         # A cancelled CI job sends SIGTERM: stop like Ctrl-C, keeping finished work.
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGTERM, main.cancel)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     try:
         return await builder.run()
     finally:
         await provider.aclose()
 
 
-def _summarise(
-    result: BuildResult, seconds: float, plan: Plan, opts: GlobalOptions, interrupted: bool
-) -> None:
+def _summarise(result: BuildResult, seconds: float, plan: Plan, opts: GlobalOptions, interrupted: bool) -> None:
+    from flexforge.engine import FAILED, GENERATED, RESTORED, SKIPPED, UP_TO_DATE
+
     counts = [
         f"{result.count(GENERATED)} generated",
         f"{result.count(RESTORED)} restored",

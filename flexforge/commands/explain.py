@@ -10,7 +10,7 @@ from flexforge.commands.plan import compute_plan
 from flexforge.context import GlobalOptions, open_project
 from flexforge.errors import EXIT_OK, UsageError
 from flexforge.keys import PARTS, request_params
-from flexforge.planner import PlanOptions
+from flexforge.options import PlanOptions
 
 
 def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:

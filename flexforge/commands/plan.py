@@ -9,6 +9,7 @@ import click
 
 from flexforge.context import GlobalOptions, Project, choose_provider, open_project
 from flexforge.errors import EXIT_CHANGES, EXIT_OK
+from flexforge.options import PlanOptions
 from flexforge.planner import (
     CREATE,
     DRIFTED,
@@ -16,7 +17,6 @@ from flexforge.planner import (
     REGENERATE,
     RESTORE,
     Plan,
-    PlanOptions,
     make_plan,
 )
 
@@ -27,7 +27,26 @@ def compute_plan(project: Project, options: PlanOptions, provider: str | None) -
     name, generator = choose_provider(provider)
     plan = make_plan(project.manifest, project.lock, project.store, name, generator, options)
     project.store.save()  # keep the digests we just computed, so the next plan hashes nothing
+    if options == PlanOptions() and not plan.has_changes:
+        _remember_noop(project, plan)
     return plan
+
+
+def _remember_noop(project: Project, plan: Plan) -> None:
+    from flexforge import noop
+
+    files: dict[str, None] = {}
+    for step in plan.steps:
+        files[step.asset.out] = None
+        files.update((ref, None) for ref in step.asset.references if ref not in step.asset.asset_refs)
+    noop.record(
+        str(project.manifest.path),
+        str(project.lock_path),
+        plan.provider,
+        len(plan.steps),
+        list(files),
+        summary_line(plan),
+    )
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:

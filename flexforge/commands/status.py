@@ -10,7 +10,8 @@ import click
 from flexforge.commands.plan import compute_plan
 from flexforge.context import GlobalOptions, open_project
 from flexforge.errors import EXIT_OK
-from flexforge.planner import NONE, PlanOptions
+from flexforge.options import PlanOptions
+from flexforge.planner import NONE
 
 
 def status(opts: GlobalOptions, provider: str | None, *, as_json: bool) -> int:
