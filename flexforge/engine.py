@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flexforge.errors import ProviderError
+from flexforge.fsutil import atomic_write
 from flexforge.keys import content_key
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset
+from flexforge.options import BuildOptions, PlanOptions
 from flexforge.planner import (
     DRIFTED,
     GENERATES,
@@ -27,7 +29,6 @@ from flexforge.planner import (
     reference_digests,
     resolve_seed,
 )
-from flexforge.options import BuildOptions, PlanOptions
 from flexforge.progress import Reporter
 from flexforge.providers import GeneratedImage, JournalEntry, Provider, TaskContext
 from flexforge.request import ImageRequest, ReferenceInput
@@ -42,6 +43,7 @@ GENERATED, RESTORED, UP_TO_DATE, FAILED, SKIPPED = (
     "skipped",
 )
 SEED_RANGE = 2**32
+LOCK_SAVE_INTERVAL = 0.25  # seconds
 
 
 @dataclass(slots=True)
@@ -139,6 +141,8 @@ class Builder:
         self.slots = asyncio.Semaphore(max(1, min(options.jobs, provider.max_in_flight)))
         self.tasks: dict[str, asyncio.Task[str | None]] = {}
         self.estimates = {s.asset.id: s.estimated_cost_usd for s in plan.steps}
+        self.lock_saved_at = 0.0
+        self.lock_flush: asyncio.TimerHandle | None = None
 
     async def run(self) -> BuildResult:
         for orphan in self.plan.orphaned:
@@ -150,7 +154,7 @@ class Builder:
         finally:
             for task in self.tasks.values():
                 task.cancel()
-            self.lock.save()
+            self._flush_lock()
             self.store.save()
         return self.result
 
@@ -186,28 +190,34 @@ class Builder:
             detail = "output edited by hand; left alone (`flexforge accept` or `--replace`)"
             self._record(Outcome(asset.id, DRIFTED, detail))
             return self._output(asset.id, step.output_sha256)
-        if step.action == RESTORE:
-            return self._output(asset.id, await self._restore(step))
         drifted_inputs = [r for r in asset.asset_refs if r in self.drifted]
-        if drifted_inputs:
+        if drifted_inputs and step.action != RESTORE:
             self._record(Outcome(asset.id, SKIPPED, f"needs {drifted_inputs[0]}, whose output drifted"))
             return None
         if seed is None:
             seed = secrets.randbelow(SEED_RANGE)
+            self.store.pin_seed(asset.id, seed)
             step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=replace)
-            if step.action == RESTORE:
-                return self._output(asset.id, await self._restore(step))
+        if step.action == RESTORE:
+            restored = await self._restore(step)
+            if restored is not None:
+                return self._output(asset.id, restored)
+            step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=True)
         return self._output(asset.id, await self._generate(step, seed))
 
     def _output(self, asset_id: str, sha256: str | None) -> str | None:
         self.outputs[asset_id] = sha256
         return sha256
 
-    async def _restore(self, step: Step) -> str:
+    async def _restore(self, step: Step) -> str | None:
+        """Copy the cached output back; None if the cached object turned out damaged."""
         assert step.cached is not None and step.key is not None and step.seed is not None
         asset = step.asset
         sha = str(step.cached["sha256"])
-        await asyncio.to_thread(self.store.restore_object, sha, self.plan.manifest.root / asset.out)
+        out = self.plan.manifest.root / asset.out
+        if not await asyncio.to_thread(self.store.restore_object, sha, out):
+            self.reporter.log(f"{asset.id}: the cached copy is damaged; generating it again")
+            return None
         self.store.remember_written(asset.out, sha)
         meta = dict(step.cached)
         old = self.lock.entries.get(asset.id)
@@ -261,8 +271,7 @@ class Builder:
         cost = _cost_usd(image, estimate, self.plan.generator)
         self.committed_usd += cost - estimate
         sha = await asyncio.to_thread(self.store.put_object, image.data)
-        out = self.plan.manifest.root / asset.out
-        await asyncio.to_thread(self.store.restore_object, sha, out)
+        await asyncio.to_thread(atomic_write, self.plan.manifest.root / asset.out, image.data)
         self.store.remember_written(asset.out, sha)
         meta = {"sha256": sha, "size": len(image.data), "task_id": image.task_id, "cost_usd": cost}
         self.store.put_key_record(key.key, {**meta, "provider": self.provider.name, "seed": seed})
@@ -306,7 +315,25 @@ class Builder:
             task_id=meta.get("task_id"),
             cost_usd=meta.get("cost_usd"),
         )
+        self._save_lock_soon()
+
+    def _save_lock_soon(self) -> None:
+        """Rewrite the lock after an asset, at most a few times a second: rewriting a 10,000-entry
+        lock after every draft render would make a build quadratic. What finished since the last
+        write is already in the object cache, so an interrupted build restores it for free."""
+        now = time.monotonic()
+        if now - self.lock_saved_at >= LOCK_SAVE_INTERVAL:
+            self._flush_lock()
+        elif self.lock_flush is None:
+            delay = LOCK_SAVE_INTERVAL - (now - self.lock_saved_at)
+            self.lock_flush = asyncio.get_running_loop().call_later(delay, self._flush_lock)
+
+    def _flush_lock(self) -> None:
+        if self.lock_flush is not None:
+            self.lock_flush.cancel()
+            self.lock_flush = None
         self.lock.save()
+        self.lock_saved_at = time.monotonic()
 
     def _request(self, asset: Asset, seed: int, digests: list[str]) -> ImageRequest:
         root = self.plan.manifest.root

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ class Lock:
         doc = {
             "_generated": HEADER,
             "version": LOCK_VERSION,
-            "assets": {k: asdict(self.entries[k]) for k in sorted(self.entries)},
+            "assets": {k: {f: getattr(self.entries[k], f) for f in _FIELDS} for k in sorted(self.entries)},
         }
         return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
@@ -52,6 +52,9 @@ class Lock:
         atomic_write(self.path, data)
         self._on_disk = data
         return True
+
+
+_FIELDS = tuple(LockEntry.__dataclass_fields__)
 
 
 def read_lock(path: Path) -> Lock:

@@ -74,13 +74,6 @@ def record(manifest: str, lock: str, provider: str, asset_count: int, files: lis
         pass  # only a cache
 
 
-def forget(manifest: str) -> None:
-    try:
-        os.unlink(_memo_path(manifest))
-    except OSError:
-        pass
-
-
 def _parse(argv: list[str]) -> tuple[str, str, str, bool, bool] | None:
     """(command, directory, manifest file, quiet, detailed_exitcode), or None for anything the
     memo cannot answer exactly as the full command would."""
@@ -124,7 +117,11 @@ def answer(argv: list[str]) -> int | None:
         return None
     from flexforge import __version__
 
-    if memo.get("v") != MEMO_VERSION or memo.get("flexforge") != __version__ or memo.get("provider") != provider:
+    if (
+        memo.get("v") != MEMO_VERSION
+        or memo.get("flexforge") != __version__
+        or memo.get("provider") != provider
+    ):
         return None
     if memo.get("manifest") != _digest(manifest):
         return None

@@ -81,12 +81,19 @@ def check_options(manifest: Manifest, options: PlanOptions) -> None:
             )
 
 
-def resolve_seed(asset: Asset, entry: LockEntry | None, reseed: bool) -> int | None:
+def resolve_seed(
+    asset: Asset, entry: LockEntry | None, reseed: bool, pinned: int | None = None
+) -> int | None:
+    """The manifest's seed, else the lock's, else one drawn by an earlier run that did not finish
+    (`pinned`: reusing it is what lets that run's journaled task be found again)."""
     if asset.seed is not None:
         return asset.seed
-    if reseed or entry is None:
-        return None
-    return entry.seed
+    if reseed:
+        # A reseed whose build was interrupted already drew a seed, maybe paid for it: keep it.
+        return pinned if pinned is not None and (entry is None or pinned != entry.seed) else None
+    if entry is not None:
+        return entry.seed
+    return pinned
 
 
 def decide(
@@ -162,11 +169,12 @@ def make_plan(
     check_options(manifest, options)
     selected = select(manifest, options.targets)
     outputs: dict[str, str | None] = {}
+    pinned = store.pinned_seeds()
     steps = []
     for asset_id in selected:
         asset = manifest.assets[asset_id]
         entry = lock.entries.get(asset_id)
-        seed = resolve_seed(asset, entry, asset_id in options.reseed)
+        seed = resolve_seed(asset, entry, asset_id in options.reseed, pinned.get(asset_id))
         digests = reference_digests(asset, store, outputs)
         step = decide(asset, entry, store, generator, seed, digests, replace=asset_id in options.replace)
         outputs[asset_id] = step.output_sha256

@@ -88,11 +88,22 @@ class Store:
         digest = sha256_bytes(data)
         path = self.object_path(digest)
         if not path.is_file():
-            atomic_write(path, data)
+            # Not fsynced: the cache can be rebuilt, and restores check the digest first.
+            atomic_write(path, data, durable=False)
         return digest
 
-    def restore_object(self, sha256: str, dest: Path) -> None:
-        atomic_copy(self.object_path(sha256), dest)
+    def restore_object(self, sha256: str, dest: Path) -> bool:
+        """Copy a cached object to `dest` if it is intact; a damaged one is dropped."""
+        source = self.object_path(sha256)
+        try:
+            intact = sha256_file(source) == sha256
+        except OSError:
+            return False
+        if not intact:
+            source.unlink(missing_ok=True)
+            return False
+        atomic_copy(source, dest)
+        return True
 
     def key_record(self, key: str) -> dict[str, Any] | None:
         """What the object cache holds for a content key, if its object is still there."""
@@ -103,7 +114,24 @@ class Store:
         return record if self.has_object(str(record.get("sha256"))) else None
 
     def put_key_record(self, key: str, record: dict[str, Any]) -> None:
-        atomic_write(self.dir / "keys" / f"{key}.json", json.dumps(record, sort_keys=True).encode())
+        data = json.dumps(record, sort_keys=True).encode()
+        atomic_write(self.dir / "keys" / f"{key}.json", data, durable=False)
+
+    # -- seeds drawn for assets that have none in the manifest ------------------------------------
+
+    def pinned_seeds(self) -> dict[str, int]:
+        try:
+            seeds: dict[str, int] = json.loads((self.dir / "seeds.json").read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return seeds
+
+    def pin_seed(self, asset_id: str, seed: int) -> None:
+        """Record a drawn seed before it is used: if the build dies after paying, the next build
+        draws nothing new, finds the same key and so the same journaled task."""
+        seeds = self.pinned_seeds()
+        seeds[asset_id] = seed
+        atomic_write(self.dir / "seeds.json", json.dumps(seeds, sort_keys=True).encode())
 
     # -- journal of submitted paid tasks ---------------------------------------------------------
 

@@ -111,7 +111,9 @@ async def _run(builder: Builder, provider: Provider) -> BuildResult:
         await provider.aclose()
 
 
-def _summarise(result: BuildResult, seconds: float, plan: Plan, opts: GlobalOptions, interrupted: bool) -> None:
+def _summarise(
+    result: BuildResult, seconds: float, plan: Plan, opts: GlobalOptions, interrupted: bool
+) -> None:
     from flexforge.engine import FAILED, GENERATED, RESTORED, SKIPPED, UP_TO_DATE
 
     counts = [
