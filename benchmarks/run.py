@@ -1,0 +1,788 @@
+"""Time flexforge as users feel it: whole processes, compared with their floor and with make and DVC.
+
+One run measures everything it compares, so that ratios are not skewed by another day's load:
+
+  no-op     `python -c pass`, the floor script (benchmarks/floor.py), no-op `flexforge build` and
+            `flexforge plan` (console script and `python -m flexforge`), `make -s -r`, `make -s`,
+            `dvc status` and `dvc repro`, over built projects of N assets
+  cold      `flexforge plan` in a fresh `git clone` (no .flexforge/: every file hashed once) vs
+            `sha256sum` over the same files
+  makespan  a build against `flexforge emulator` with a fixed task latency, for N independent
+            assets and for a chain, vs max(critical path, ceil(N / jobs)) x latency
+  cost      CPU seconds per generated asset and peak RSS of a build from scratch (draft, emulator)
+
+Each command runs once to warm up (not counted), then --repeat times, commands interleaved round
+robin so that a burst of load elsewhere hits all of them alike; the table shows the median and
+the min-max of whole-process wall time (time.perf_counter around subprocess.run).
+
+    python benchmarks/run.py                      # the full run (sizes 100, 1,000, 10,000)
+    python benchmarks/run.py --smoke              # tiny and fast: proves the runner works
+    python benchmarks/run.py --sizes 100,1000 --only noop,cold --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Run as a script (`python benchmarks/run.py`), this folder is on sys.path.
+from generate import (
+    DEFAULT_WORK_DIR,
+    ProjectSpec,
+    ensure_git_repo,
+    ensure_project,
+    flexforge_command,
+    fresh_copy,
+    plan_assets,
+    quiet_env,
+)
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SECTIONS = ("noop", "cold", "makespan", "cost")
+# Rows of the no-op section, also accepted by --only to pick single rows.
+NOOP_ROWS = ("pass", "floor", "build", "plan", "make", "dvc")
+COLD_MAX = 1000  # cold plans are timed up to this N (the 10k clone alone would be 2 GB more)
+DVC_REPRO_MAX = 1000  # `dvc repro` no-op takes minutes at 10k; `dvc status` says the same thing
+BUDGET_S = 90.0  # stop repeating a command once it used this much time (DVC at 10k)
+
+
+class BenchmarkError(RuntimeError):
+    """A benchmarked command failed, or did not do what the benchmark says it does."""
+
+
+# -- measuring --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Probe:
+    """One command to time, and the row it makes in the table."""
+
+    section: str
+    label: str
+    n: int | None
+    cmd: list[str]
+    cwd: Path | None = None
+    env: dict[str, str] | None = None
+    setup: Callable[[], None] | None = None  # run before every run, untimed (e.g. reset state)
+    ok_codes: tuple[int, ...] = (0,)
+    samples: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "section": self.section,
+            "label": self.label,
+            "n": self.n,
+            "command": " ".join(self.cmd),
+            "samples_s": [round(s, 6) for s in self.samples],
+            "median_s": round(self.median, 6) if self.samples else None,
+            "min_s": round(min(self.samples), 6) if self.samples else None,
+            "max_s": round(max(self.samples), 6) if self.samples else None,
+            **self.extra,
+        }
+
+
+def run_once(probe: Probe) -> float:
+    """Wall seconds of one run of `probe`, from just before fork to just after exit."""
+    if probe.setup is not None:
+        probe.setup()
+    start = time.perf_counter()
+    proc = subprocess.run(
+        probe.cmd, cwd=probe.cwd, env=probe.env or quiet_env(), capture_output=True, check=False
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode not in probe.ok_codes:
+        tail = (proc.stderr or proc.stdout).decode(errors="replace")[-3000:]
+        raise BenchmarkError(f"{' '.join(probe.cmd)} (in {probe.cwd}) exited {proc.returncode}:\n{tail}")
+    return elapsed
+
+
+def measure(probes: Sequence[Probe], repeat: int, *, warmup: int = 1, budget_s: float = BUDGET_S) -> None:
+    """Time every probe `repeat` times, interleaved round robin, after `warmup` untimed runs.
+
+    A probe that has used up `budget_s` gets no more runs (at least one is always timed)."""
+    for probe in probes:
+        for _ in range(warmup):
+            run_once(probe)
+    for _ in range(repeat):
+        for probe in probes:
+            if probe.samples and sum(probe.samples) >= budget_s:
+                continue
+            probe.samples.append(run_once(probe))
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_ratio(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def ratio(a: Probe | None, b: Probe | None) -> float | None:
+    if a is None or b is None or not a.samples or not b.samples or b.median == 0:
+        return None
+    return a.median / b.median
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)]
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+# -- the tools --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Tools:
+    python: str
+    flexforge: list[str]  # the console script
+    module: list[str]  # python -m flexforge
+    make: str | None
+    sha256sum: str | None
+    dvc: str | None
+    emulator: bool
+    emulator_note: str = ""
+
+
+def find_dvc(explicit: str | None, work_dir: Path) -> str | None:
+    candidates = [explicit, os.environ.get("FLEXFORGE_BENCH_DVC"), shutil.which("dvc")]
+    candidates.append(str(work_dir / "dvc-venv" / "bin" / "dvc"))
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def install_dvc(work_dir: Path) -> str | None:
+    """pip install dvc into a venv of its own under the work dir (never into flexforge's)."""
+    venv = work_dir / "dvc-venv"
+    print(f"installing dvc into {venv} ...", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "dvc"], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"dvc: could not be installed ({exc})", flush=True)
+        return None
+    dvc = venv / "bin" / "dvc"
+    return str(dvc) if dvc.exists() else None
+
+
+def emulator_available(flexforge: list[str]) -> tuple[bool, str]:
+    """Whether this flexforge has `flexforge emulator` with the --latency knob."""
+    proc = subprocess.run([*flexforge, "emulator", "--help"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or "--latency" not in proc.stdout:
+        return False, "`flexforge emulator --help` does not offer --latency: the emulator is missing"
+    return True, ""
+
+
+def find_tools(args: argparse.Namespace) -> Tools:
+    flexforge = flexforge_command()
+    dvc = find_dvc(args.dvc, args.work_dir)
+    if dvc is None and args.install_dvc:
+        dvc = install_dvc(args.work_dir)
+    has_emulator, note = emulator_available(flexforge)
+    return Tools(
+        python=sys.executable,
+        flexforge=flexforge,
+        module=[sys.executable, "-m", "flexforge"],
+        make=shutil.which("make"),
+        sha256sum=shutil.which("sha256sum"),
+        dvc=dvc,
+        emulator=has_emulator,
+        emulator_note=note,
+    )
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return (proc.stdout or proc.stderr).strip().splitlines()[0] if (proc.stdout or proc.stderr) else "?"
+
+
+def machine_info(tools: Tools) -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                cpu = text.split(":", 1)[1].strip()
+                break
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}",
+        "python": platform.python_version(),
+        "flexforge": tool_version([*tools.flexforge, "--version"]) + (f" (git {commit})" if commit else ""),
+        "make": tool_version([tools.make, "--version"]) if tools.make else "not installed",
+        "dvc": tool_version([tools.dvc, "--version"]) if tools.dvc else "not installed",
+    }
+
+
+# -- no-op ------------------------------------------------------------------------------------------
+
+
+def check_noop(tools: Tools, root: Path, env: dict[str, str] | None = None, provider: str = "draft") -> None:
+    """The no-op must be one: `plan --json` says every asset is `none` and nothing is orphaned."""
+    cmd = [*tools.flexforge, "plan", "--json", "--provider", provider]
+    proc = subprocess.run(cmd, cwd=root, env=env or quiet_env(), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BenchmarkError(f"{' '.join(cmd)} in {root} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    plan = json.loads(proc.stdout)
+    busy = [a["id"] for a in plan["assets"] if a["action"] != "none"]
+    if busy or plan.get("orphaned"):
+        raise BenchmarkError(f"{root}: not up to date ({len(busy)} to do, e.g. {busy[:3]}); not a no-op")
+
+
+def prepare_dvc(dvc: str, root: Path) -> None:
+    """`dvc init` and record the built state in dvc.lock (`dvc commit`), once per project."""
+    if (root / "dvc.lock").exists() and (root / ".dvc").exists():
+        return
+    env = dvc_env()
+    if not (root / ".dvc").exists():
+        subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
+    print(f"  dvc commit in {root.name} (once; slow at 10k) ...", flush=True)
+    subprocess.run([dvc, "commit", "-f", "-q"], cwd=root, env=env, check=True, capture_output=True)
+
+
+def dvc_env() -> dict[str, str]:
+    return quiet_env({"DVC_NO_ANALYTICS": "1"})
+
+
+def noop_section(args: argparse.Namespace, tools: Tools, wanted: set[str]) -> list[Probe]:
+    probes: list[Probe] = []
+    py = tools.python
+    # One `python -c pass` row for the whole run; it joins every size's round robin.
+    startup = Probe("noop", "python -c pass", None, [py, "-c", "pass"])
+    for n in args.sizes:
+        print(f"no-op, N={n}: preparing the project (first time: generating and building) ...", flush=True)
+        root = ensure_project(ProjectSpec(n), args.work_dir)
+        check_noop(tools, root)
+        group: list[Probe] = []
+        if "pass" in wanted:
+            group.append(startup)
+        if "floor" in wanted:
+            group.append(Probe("noop", "floor script", n, [py, str(HERE / "floor.py"), "."], root))
+        draft = ["--provider", "draft"]
+        if "build" in wanted:
+            group.append(Probe("noop", "flexforge build", n, [*tools.flexforge, "build", *draft], root))
+            group.append(
+                Probe("noop", "python -m flexforge build", n, [*tools.module, "build", *draft], root)
+            )
+        if "plan" in wanted:
+            group.append(Probe("noop", "flexforge plan", n, [*tools.flexforge, "plan", *draft], root))
+            group.append(Probe("noop", "python -m flexforge plan", n, [*tools.module, "plan", *draft], root))
+        if "make" in wanted and tools.make:
+            # -q: exit 0 only when every target is up to date, so make agrees it is a no-op.
+            subprocess.run([tools.make, "-q", "-r"], cwd=root, check=True)
+            group.append(Probe("noop", "make -s -r", n, [tools.make, "-s", "-r"], root))
+            group.append(Probe("noop", "make -s", n, [tools.make, "-s"], root))
+        if "dvc" in wanted and tools.dvc:
+            prepare_dvc(tools.dvc, root)
+            env = dvc_env()
+            group.append(Probe("noop", "dvc status", n, [tools.dvc, "status", "-q"], root, env))
+            if n <= DVC_REPRO_MAX:
+                group.append(Probe("noop", "dvc repro", n, [tools.dvc, "repro", "-q"], root, env))
+        print(f"no-op, N={n}: timing {len(group)} commands x {args.repeat} ...", flush=True)
+        measure(group, args.repeat)
+        probes.extend(p for p in group if p is not startup)
+    if startup.samples:
+        probes.insert(0, startup)
+    return probes
+
+
+def print_noop(probes: Sequence[Probe], sizes: Sequence[int]) -> None:
+    startup = next((p for p in probes if p.label == "python -c pass"), None)
+    floors = {p.n: p for p in probes if p.label == "floor script"}
+    by_key = {(p.label, p.n): p for p in probes}
+    rows: list[list[str]] = []
+    for p in probes:
+        previous = None
+        if p.n is not None and p.n in sizes and sizes.index(p.n) > 0:
+            previous = by_key.get((p.label, sizes[sizes.index(p.n) - 1]))
+        rows.append(
+            [
+                p.label,
+                f"{p.n:,}" if p.n is not None else "-",
+                str(len(p.samples)),
+                fmt_time(p.median),
+                f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
+                fmt_ratio(ratio(p, floors.get(p.n))),
+                fmt_ratio(ratio(p, startup)),
+                fmt_ratio(ratio(p, previous)),
+            ]
+        )
+    headers = ["no-op (nothing changed)", "N", "runs", "median", "min - max", "x floor", "x pass", "x prev N"]
+    print(table(headers, rows, [False, True, True, True, True, True, True, True]))
+
+
+# -- cold plan after git clone ----------------------------------------------------------------------
+
+
+def cold_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
+    probes: list[Probe] = []
+    for n in [n for n in args.sizes if n <= COLD_MAX]:
+        print(f"cold plan, N={n}: cloning the built project ...", flush=True)
+        root = ensure_project(ProjectSpec(n), args.work_dir)
+        ensure_git_repo(root)
+        clone = args.work_dir / "clones" / f"cold-n{n}"
+        if clone.exists():
+            shutil.rmtree(clone)
+        clone.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+        files = sorted(
+            [p.relative_to(clone).as_posix() for p in (clone / "refs").iterdir()]
+            + [p.relative_to(clone).as_posix() for p in (clone / "assets").iterdir()]
+        )
+        megabytes = sum((clone / f).stat().st_size for f in files) / 1e6
+        state = clone / ".flexforge"
+
+        def forget(state: Path = state) -> None:
+            shutil.rmtree(state, ignore_errors=True)
+
+        extra = {"files": len(files), "megabytes": round(megabytes, 1)}
+        group = []
+        if tools.sha256sum:
+            group.append(
+                Probe("cold", "sha256sum (same files)", n, [tools.sha256sum, *files], clone, extra=extra)
+            )
+        plan = Probe(
+            "cold",
+            "flexforge plan, fresh clone",
+            n,
+            [*tools.flexforge, "plan", "--provider", "draft"],
+            clone,
+            setup=forget,
+            extra=extra,
+        )
+        group.append(plan)
+        # The clone has no .flexforge/: the plan must hash everything and still find nothing to do.
+        forget()
+        check_noop(tools, clone)
+        print(
+            f"cold plan, N={n}: {len(files)} files, {megabytes:.0f} MB, timing x {args.repeat} ...",
+            flush=True,
+        )
+        measure(group, args.repeat)
+        probes.extend(group)
+    return probes
+
+
+def print_cold(probes: Sequence[Probe]) -> None:
+    sha = {p.n: p for p in probes if p.label.startswith("sha256sum")}
+    rows = [
+        [
+            p.label,
+            f"{p.n:,}",
+            str(p.extra["files"]),
+            f"{p.extra['megabytes']:.0f}",
+            str(len(p.samples)),
+            fmt_time(p.median),
+            f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
+            fmt_ratio(ratio(p, sha.get(p.n))),
+        ]
+        for p in probes
+    ]
+    headers = ["cold (no .flexforge/)", "N", "files", "MB", "runs", "median", "min - max", "x sha256sum"]
+    print(table(headers, rows, [False, True, True, True, True, True, True, True]))
+
+
+# -- makespan against the emulator ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def running_emulator(tools: Tools, latency: float, log: Path) -> Iterator[dict[str, str]]:
+    """`flexforge emulator` on a free port; yields the environment that points builds at it."""
+    port = free_port()
+    cmd = [*tools.flexforge, "emulator", "--port", str(port), "--latency", str(latency), "--seed", "0"]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=quiet_env())
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise BenchmarkError(f"{' '.join(cmd)} exited {proc.returncode}: {log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"the emulator did not listen on port {port} within 30 s")
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        yield quiet_env({"FLEXFORGE_EMULATOR_URL": url, "BFL_API_KEY": "bench"})
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def critical_path(spec: ProjectSpec) -> int:
+    """The longest chain of assets, each waiting on the one before (1 when all are independent)."""
+    depth: dict[str, int] = {}
+    for a in plan_assets(spec):  # upstreams come first
+        depth[a.id] = 1 + (depth[a.upstream] if a.upstream else 0)
+    return max(depth.values())
+
+
+def makespan_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
+    if not tools.emulator:
+        print(f"makespan: skipped: {tools.emulator_note}", flush=True)
+        return []
+    small = ((64, 64),)  # the emulator renders drafts; keep its share of the 2 cores small
+    cases = [
+        ("independent", ProjectSpec(args.independent, "independent", references=False, sizes=small)),
+        ("chain", ProjectSpec(args.chain, "chain", references=False, sizes=small)),
+    ]
+    probes: list[Probe] = []
+    with running_emulator(tools, args.latency, args.work_dir / "logs" / "emulator-makespan.log") as env:
+        for kind, spec in cases:
+            template = ensure_project(spec, args.work_dir, build=False)
+            work = args.work_dir / "runs" / f"makespan-{spec.name}"
+
+            def reset(template: Path = template, work: Path = work) -> None:
+                fresh_copy(template, work, built=False)
+
+            depth = critical_path(spec)
+            waves = math.ceil(spec.assets / args.jobs)
+            bound = max(depth, waves) * args.latency
+            cmd = [*tools.flexforge, "build", "--provider", "emulator", "--jobs", str(args.jobs)]
+            probe = Probe(
+                "makespan",
+                f"{kind}, --jobs {args.jobs}",
+                spec.assets,
+                cmd,
+                work,
+                env,
+                setup=reset,
+                extra={"depth": depth, "bound_s": bound, "latency_s": args.latency, "jobs": args.jobs},
+            )
+            runs = max(1, min(args.repeat, 3))  # each run waits out real latency; 3 give a spread
+            print(f"makespan: {kind}, N={spec.assets}, bound {bound:.2f} s, x {runs} ...", flush=True)
+            measure([probe], runs, warmup=0, budget_s=math.inf)
+            check_noop(tools, work, env, provider="emulator")
+            probes.append(probe)
+    return probes
+
+
+def print_makespan(probes: Sequence[Probe]) -> None:
+    if not probes:
+        return
+    rows = [
+        [
+            p.label,
+            f"{p.n:,}",
+            str(p.extra["depth"]),
+            fmt_time(p.extra["bound_s"]),
+            str(len(p.samples)),
+            fmt_time(p.median),
+            f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
+            fmt_ratio(p.median / p.extra["bound_s"]),
+        ]
+        for p in probes
+    ]
+    latency = probes[0].extra["latency_s"]
+    headers = [
+        f"makespan (latency {latency:g} s)",
+        "N",
+        "depth",
+        "bound",
+        "runs",
+        "median",
+        "min - max",
+        "x bound",
+    ]
+    print(table(headers, rows, [False, True, True, True, True, True, True, True]))
+
+
+# -- CPU and memory of a build from scratch ---------------------------------------------------------
+
+
+def timed_rusage(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, float]:
+    """(wall s, user+sys CPU s, peak RSS MB) of one child process, from os.wait4's rusage."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
+    if proc.returncode != 0:
+        raise BenchmarkError(
+            f"{' '.join(cmd)} exited {proc.returncode}:\n{output.decode(errors='replace')[-3000:]}"
+        )
+    rss_kb = usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss / 1024  # Linux: KiB
+    return wall, usage.ru_utime + usage.ru_stime, rss_kb / 1024
+
+
+def cost_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
+    n = args.cost_size
+    spec = ProjectSpec(n)
+    template = ensure_project(spec, args.work_dir, build=False)
+    work = args.work_dir / "runs" / f"cost-{spec.name}"
+    probes: list[Probe] = []
+    providers: list[tuple[str, list[str]]] = [("draft", [])]
+    if tools.emulator:
+        providers.append(("emulator", ["--jobs", str(args.jobs)]))
+    else:
+        print(f"cost, emulator: skipped: {tools.emulator_note}", flush=True)
+    for provider, flags in providers:
+        fresh_copy(template, work, built=False)
+        cmd = [*tools.flexforge, "build", "--provider", provider, *flags]
+        print(f"cost: a {n}-asset build from scratch with --provider {provider} ...", flush=True)
+        with contextlib.ExitStack() as stack:
+            env = quiet_env()
+            if provider == "emulator":
+                # A short latency: this row is about the client's CPU and memory, not waiting.
+                log = args.work_dir / "logs" / "emulator-cost.log"
+                env = stack.enter_context(running_emulator(tools, 0.05, log))
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            wall, cpu, rss = timed_rusage(cmd, work, env)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            check_noop(tools, work, env, provider=provider)
+        # getrusage(RUSAGE_CHILDREN) cross-checks wait4: the delta covers the build alone.
+        children_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        probe = Probe(
+            "cost",
+            f"build from scratch, --provider {provider}",
+            n,
+            cmd,
+            work,
+            extra={
+                "cpu_s": round(cpu, 3),
+                "cpu_s_per_asset": round(cpu / n, 5),
+                "peak_rss_mb": round(rss, 1),
+                "children_cpu_s": round(children_cpu, 3),
+            },
+        )
+        probe.samples.append(wall)
+        probes.append(probe)
+    return probes
+
+
+def print_cost(probes: Sequence[Probe]) -> None:
+    rows = [
+        [
+            p.label,
+            f"{p.n:,}",
+            fmt_time(p.median),
+            f"{p.extra['cpu_s']:.2f} s",
+            f"{p.extra['cpu_s_per_asset'] * 1000:.1f} ms",
+            f"{p.extra['peak_rss_mb']:.0f} MB",
+        ]
+        for p in probes
+    ]
+    headers = ["cost (1 run)", "N", "wall", "CPU user+sys", "CPU / asset", "peak RSS"]
+    print(table(headers, rows, [False, True, True, True, True, True]))
+
+
+# -- targets ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Target:
+    name: str
+    value: float | None
+    limit: float
+    unit: str = ""  # "" for a ratio, else e.g. "MB"
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.value is None else self.value <= self.limit
+
+    def line(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        goal = f"(target <= {self.limit:g}{unit})"
+        if self.value is None:
+            return f"{self.name}: not measured in this run {goal}"
+        verdict = "OK" if self.met else f"MISSED by {self.value / self.limit:.2f}x"
+        value = f"{self.value:.0f}{unit}" if self.unit else f"{self.value:.2f}"
+        return f"{self.name} = {value} {goal} {verdict}"
+
+
+def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
+    """Issue 4, point 2: each target as measured in this very run."""
+
+    def get(label: str, n: int | None) -> Probe | None:
+        return next((p for p in probes if p.label == label and p.n == n), None)
+
+    def rss(provider: str) -> float | None:
+        p = get(f"build from scratch, --provider {provider}", 1000)
+        return p.extra["peak_rss_mb"] if p else None
+
+    startup = get("python -c pass", None)
+    chain = next((p for p in probes if p.section == "makespan" and p.label.startswith("chain")), None)
+    independent = next((p for p in probes if p.section == "makespan" and p.label.startswith("indep")), None)
+    return [
+        Target("no-op build 1k / floor", ratio(get("flexforge build", 1000), get("floor script", 1000)), 0.5),
+        Target("no-op build 1k / python -c pass", ratio(get("flexforge build", 1000), startup), 8),
+        Target(
+            "no-op build 10k / 1k", ratio(get("flexforge build", 10000), get("flexforge build", 1000)), 10
+        ),
+        Target(
+            "cold plan 1k / sha256sum",
+            ratio(get("flexforge plan, fresh clone", 1000), get("sha256sum (same files)", 1000)),
+            1.5,
+        ),
+        Target(
+            f"makespan {args.independent} independent, --jobs {args.jobs} / bound",
+            independent.median / independent.extra["bound_s"]
+            if independent and independent.n == 200
+            else None,
+            1.10,
+        ),
+        Target(
+            f"makespan {args.chain}-deep chain / bound",
+            chain.median / chain.extra["bound_s"] if chain and chain.n == 50 else None,
+            1.10,
+        ),
+        Target("peak RSS, 1k build (draft)", rss("draft"), 200, "MB"),
+        Target("peak RSS, 1k build (emulator)", rss("emulator"), 200, "MB"),
+    ]
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="100,1000,10000", help="project sizes for no-op and cold rows")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per command (after 1 warm-up)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repeat: proves the runner works")
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated sections ({', '.join(SECTIONS)}) and/or no-op rows ({', '.join(NOOP_ROWS)})",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="generated projects (cached)")
+    parser.add_argument("--latency", type=float, default=1.0, help="emulator task latency for makespan (s)")
+    parser.add_argument("--jobs", type=int, default=24, help="--jobs for emulator builds")
+    parser.add_argument(
+        "--independent", type=int, default=200, help="assets in the independent makespan graph"
+    )
+    parser.add_argument("--chain", type=int, default=50, help="depth of the chained makespan graph")
+    parser.add_argument("--cost-size", type=int, default=1000, help="assets in the build-from-scratch rows")
+    parser.add_argument("--dvc", default=None, help="the dvc executable (default: found on PATH or work dir)")
+    parser.add_argument("--install-dvc", action="store_true", help="pip install dvc into WORK_DIR/dvc-venv")
+    args = parser.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.smoke:
+        args.sizes, args.repeat = [10], 1
+        args.latency, args.jobs, args.independent, args.chain, args.cost_size = 0.05, 4, 10, 4, 10
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = only - set(SECTIONS) - set(NOOP_ROWS)
+    if unknown:
+        parser.error(
+            f"--only: unknown {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS + NOOP_ROWS)}"
+        )
+    rows = only & set(NOOP_ROWS)
+    args.sections = (only & set(SECTIONS)) | ({"noop"} if rows else set()) if only else set(SECTIONS)
+    args.noop_rows = rows or set(NOOP_ROWS)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    tools = find_tools(args)
+    info = machine_info(tools)
+    print(f"flexforge benchmarks, {info['date']}", flush=True)
+    for key in ("machine", "python", "flexforge", "make", "dvc"):
+        print(f"  {key}: {info[key]}")
+    if not tools.dvc:
+        print("dvc: not installed (pip install dvc, or --install-dvc)")
+    print(flush=True)
+
+    probes: list[Probe] = []
+    skipped: list[str] = []
+    sections: list[tuple[str, Callable[[], list[Probe]], Callable[[Sequence[Probe]], None]]] = [
+        ("noop", lambda: noop_section(args, tools, args.noop_rows), lambda ps: print_noop(ps, args.sizes)),
+        ("cold", lambda: cold_section(args, tools), print_cold),
+        ("makespan", lambda: makespan_section(args, tools), print_makespan),
+        ("cost", lambda: cost_section(args, tools), print_cost),
+    ]
+    results: list[tuple[Callable[[Sequence[Probe]], None], list[Probe]]] = []
+    for name, run, show in sections:
+        if name not in args.sections:
+            continue
+        got = run()
+        if not got:
+            skipped.append(name)
+        results.append((show, got))
+        probes.extend(got)
+
+    print()
+    print(f"Results ({info['date']}; {info['machine']}; whole-process wall time, {args.repeat} runs)")
+    for show, got in results:
+        if got:
+            print()
+            show(got)
+    if not tools.emulator:
+        print(f"\nmakespan and emulator cost: skipped: {tools.emulator_note}")
+    found = targets(probes, args)
+    print("\nTargets (issue 4, point 2), from this run:")
+    for target in found:
+        print(f"  {target.line()}")
+    if args.json:
+        doc = {
+            "meta": {**info, "args": {k: str(v) for k, v in vars(args).items()}},
+            "results": [p.to_json() for p in probes],
+            "targets": [{"name": t.name, "value": t.value, "limit": t.limit, "met": t.met} for t in found],
+            "skipped": skipped,
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
