@@ -270,11 +270,12 @@ class Builder:
             )
         cost = _cost_usd(image, estimate, self.plan.generator)
         self.committed_usd += cost - estimate
+        # Cache first, output second: once the output exists, a restart can always restore it.
         sha = await asyncio.to_thread(self.store.put_object, image.data)
-        await asyncio.to_thread(atomic_write, self.plan.manifest.root / asset.out, image.data)
-        self.store.remember_written(asset.out, sha)
         meta = {"sha256": sha, "size": len(image.data), "task_id": image.task_id, "cost_usd": cost}
         self.store.put_key_record(key.key, {**meta, "provider": self.provider.name, "seed": seed})
+        await asyncio.to_thread(atomic_write, self.plan.manifest.root / asset.out, image.data)
+        self.store.remember_written(asset.out, sha)
         if image.task_id is not None:
             self.store.ledger_append(
                 {
