@@ -210,7 +210,8 @@ def emulator_available(flexforge: list[str]) -> tuple[bool, str]:
 
 def find_tools(args: argparse.Namespace) -> Tools:
     flexforge = flexforge_command()
-    dvc = find_dvc(args.dvc, args.work_dir)
+    # DVC costs seconds even at N=10 (its import alone), so a smoke run uses it only when asked.
+    dvc = find_dvc(args.dvc, args.work_dir) if args.dvc or not args.smoke else None
     if dvc is None and args.install_dvc:
         dvc = install_dvc(args.work_dir)
     has_emulator, note = emulator_available(flexforge)
@@ -738,8 +739,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"flexforge benchmarks, {info['date']}", flush=True)
     for key in ("machine", "python", "flexforge", "make", "dvc"):
         print(f"  {key}: {info[key]}")
-    if not tools.dvc:
-        print("dvc: not installed (pip install dvc, or --install-dvc)")
+    if args.smoke and not args.dvc:
+        print("dvc: skipped in a smoke run (give --dvc PATH to include it)")
+    elif not tools.dvc:
+        print("dvc: not installed (pip install dvc, or run with --install-dvc)")
     print(flush=True)
 
     probes: list[Probe] = []
