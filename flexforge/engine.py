@@ -233,6 +233,7 @@ class Builder:
         assert digests is not None
         key = content_key(asset, self.plan.generator, seed, digests)
         estimate = self._estimate(asset)
+        request = self._request(asset, seed, digests)  # refuses bad references before any paid call
         async with self.slots:
             if self.stop_reason is not None:
                 self._record(Outcome(asset.id, SKIPPED, f"not started: {self.stop_reason}"))
@@ -252,7 +253,7 @@ class Builder:
             self.reporter.asset_started(asset.id, step.action)
             record = _TaskRecord(self.store, step, key.key, self.provider.name, self.reporter)
             try:
-                image = await self.provider.generate(self._request(asset, seed, digests), record)
+                image = await self.provider.generate(request, record)
                 await asyncio.to_thread(_verify, image, asset)
             except ProviderError:
                 self.committed_usd -= estimate
@@ -337,11 +338,17 @@ class Builder:
         self.lock_saved_at = time.monotonic()
 
     def _request(self, asset: Asset, seed: int, digests: list[str]) -> ImageRequest:
+        from flexforge.imaging import check_reference
+
         root = self.plan.manifest.root
         refs = []
         for ref, digest in zip(asset.references, digests, strict=True):
             upstream = self.plan.manifest.assets.get(ref)
             path = root / (upstream.out if upstream is not None else ref)
+            # Checked again here: the file may have changed since the manifest was validated.
+            problem = None if upstream is not None else check_reference(path)
+            if problem is not None:
+                raise ProviderError(f"reference {ref!r}: {problem}")
             refs.append(ReferenceInput(ref, path, digest))
         return ImageRequest(
             asset_id=asset.id,

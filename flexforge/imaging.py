@@ -3,14 +3,46 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 # Pillow's format names for our output_format values.
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 
+# What the API accepts as an input image.
+MAX_REFERENCE_BYTES = 20 * 1024 * 1024
+MAX_REFERENCE_PIXELS = 20_000_000
+REFERENCE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+
+
 class ImageCheckError(ValueError):
     """The bytes are not a complete image of the requested size and format."""
+
+
+def check_reference(path: Path) -> str | None:
+    """Why this file cannot be sent as a reference image, or None when it can. Reads only the
+    header: a decompression bomb is refused by its declared size, never decoded."""
+    from PIL import Image
+
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror})"
+    if size > MAX_REFERENCE_BYTES:
+        return f"{size / 2**20:.1f} MB; the API takes at most 20 MB per image"
+    try:
+        with Image.open(path) as img:
+            fmt, (w, h) = img.format, img.size
+    except Image.DecompressionBombError:
+        return "declares an absurd pixel count (a decompression bomb?); the API takes at most 20 MP"
+    except Exception:  # Pillow raises many types for files it cannot read
+        return "not a readable image (PNG, JPEG or WebP expected)"
+    if fmt not in REFERENCE_FORMATS:
+        return f"{fmt} images are not accepted; convert it to PNG, JPEG or WebP"
+    if w * h > MAX_REFERENCE_PIXELS:
+        return f"{w}x{h} is {w * h / 1e6:.1f} MP; the API takes at most 20 MP per image"
+    return None
 
 
 def verify_image(data: bytes, width: int, height: int, output_format: str) -> None:

@@ -414,6 +414,12 @@ class _Checker:
             hint = difflib.get_close_matches(ref, list(all_assets), n=1)
             also = f" (did you mean asset {hint[0]!r}?)" if hint else ""
             self.error(path, f"reference {ref!r} is neither an asset id nor a file under the root{also}")
+            return
+        from flexforge.imaging import check_reference
+
+        problem = check_reference(target)
+        if problem is not None:
+            self.error(path, f"reference {ref!r}: {problem}")
 
     def _output_path(self, out: str, fmt: str, path: tuple[str | int, ...]) -> str:
         target = self._inside_root(out, path, "out")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from flexforge.manifest import load_manifest
@@ -326,3 +328,28 @@ def test_missing_manifest_is_one_clear_line(project: Project) -> None:
     assert result.exit_code == 1
     assert result.stderr.strip().startswith("error: no manifest at")
     assert "flexforge init" in result.stderr
+
+
+def test_bad_reference_images_are_refused_before_any_call(project: Project) -> None:
+    from PIL import Image
+
+    (project.root / "refs").mkdir()
+    (project.root / "refs/notes.png").write_text("not an image")
+    Image.new("RGB", (5000, 5000)).save(project.root / "refs/huge.png")
+    bomb = project.root / "refs/bomb.png"
+    Image.new("1", (64, 64)).save(bomb)
+    data = bytearray(bomb.read_bytes())
+    data[16:24] = (200_000).to_bytes(4, "big") * 2  # declares 200000x200000 pixels in its header
+    data[29:33] = (zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF).to_bytes(4, "big")
+    bomb.write_bytes(bytes(data))
+    project.manifest("""
+        version: 1
+        assets:
+          a: {prompt: x, references: [refs/notes.png, refs/huge.png, refs/bomb.png]}
+    """)
+    text = "\\n".join(errors(project))
+    assert "references.0: reference 'refs/notes.png': not a readable image" in text
+    assert (
+        "references.1: reference 'refs/huge.png': 5000x5000 is 25.0 MP; the API takes at most 20 MP" in text
+    )
+    assert "references.2: reference 'refs/bomb.png': declares an absurd pixel count" in text
