@@ -53,6 +53,7 @@ _MAYBE_DELIVERED = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolErro
 # Status codes with which a signed download URL says it expired or was refused.
 _URL_REFUSED = frozenset({401, 403, 404, 410})
 MAX_SAFETY_TOLERANCE = 5
+MIN_SECRET_LENGTH = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,9 @@ class FluxHttpProvider:
         await self._client.aclose()
 
     def redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        # Shorter "keys" are placeholders (the emulator's default is "emulator") whose
+        # replacement would garble ordinary words in the message.
+        return text.replace(self._key, "***") if len(self._key) >= MIN_SECRET_LENGTH else text
 
     def result_url(self, task_id: str) -> str:
         return f"{self.base_url}{self.dialect.route_prefix}/get_result?id={quote(task_id, safe='')}"
