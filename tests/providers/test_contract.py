@@ -1,0 +1,173 @@
+"""The exact JSON and headers each provider sends: the server ignores misspelt fields silently."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from flexforge.emulator.testing import RunningEmulator
+from flexforge.errors import ProviderError
+from tests.support.emulator import (
+    SECRET,
+    EmulatorFactory,
+    RecordingTask,
+    bfl,
+    comet,
+    generate,
+    image_request,
+    reference,
+)
+
+PROMPT = "A poster for Northwind coffee with the headline 'Brew bold'"
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def only_submission(emu: RunningEmulator) -> dict[str, object]:
+    (record,) = emu.requests()
+    return record
+
+
+def test_flex_with_three_references_sends_every_knob_and_the_images_in_order(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    refs = tuple(
+        reference(tmp_path, name, color)
+        for name, color in [("a", (255, 0, 0)), ("b", (0, 255, 0)), ("c", (0, 0, 255))]
+    )
+    request = image_request(references=refs, steps=28, guidance=3.5, prompt_upsampling=False)
+
+    image = generate(bfl(emulator), request)
+
+    record = only_submission(emulator)
+    assert record["method"] == "POST"
+    assert record["path"] == "/v1/flux-2-flex"
+    assert record["body"] == {
+        "prompt": PROMPT,
+        "width": 128,
+        "height": 96,
+        "seed": 42,
+        "safety_tolerance": 2,
+        "output_format": "png",
+        "steps": 28,
+        "guidance": 3.5,
+        "prompt_upsampling": False,
+        "input_image": b64(refs[0].path),
+        "input_image_2": b64(refs[1].path),
+        "input_image_3": b64(refs[2].path),
+    }
+    headers = record["headers"]
+    assert isinstance(headers, dict)
+    assert headers["x-key"] == SECRET
+    assert headers["content-type"] == "application/json"
+    assert "authorization" not in headers
+    assert image.seed == 42
+    assert image.cost_credits is not None and image.cost_credits > 0
+
+
+def test_flex_knobs_left_unset_are_still_sent_explicitly(emulator: RunningEmulator) -> None:
+    # The API's own default for prompt_upsampling is true: never rely on it.
+    generate(bfl(emulator), image_request(steps=None, guidance=None, prompt_upsampling=None))
+
+    body = only_submission(emulator)["body"]
+    assert isinstance(body, dict)
+    assert (body["steps"], body["guidance"], body["prompt_upsampling"]) == (50, 4.5, False)
+
+
+def test_pro_never_gets_flex_knobs(emulator: RunningEmulator) -> None:
+    generate(
+        bfl(emulator), image_request(model="flux-2-pro", output_format="jpeg", safety_tolerance=4, seed=7)
+    )
+
+    record = only_submission(emulator)
+    assert record["path"] == "/v1/flux-2-pro"
+    assert record["body"] == {
+        "prompt": PROMPT,
+        "width": 128,
+        "height": 96,
+        "seed": 7,
+        "safety_tolerance": 4,
+        "output_format": "jpeg",
+    }
+    assert emulator.stats()["ignored_fields"] == {}
+
+
+def test_klein_takes_four_references_and_refuses_a_fifth_before_any_call(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    refs = tuple(reference(tmp_path, f"r{i}", (i * 40, 0, 0)) for i in range(5))
+
+    generate(bfl(emulator), image_request(model="flux-2-klein-4b", output_format="webp", references=refs[:4]))
+    record = only_submission(emulator)
+    assert record["path"] == "/v1/flux-2-klein-4b"
+    assert record["body"] == {
+        "prompt": PROMPT,
+        "width": 128,
+        "height": 96,
+        "seed": 42,
+        "safety_tolerance": 2,
+        "output_format": "webp",
+        "input_image": b64(refs[0].path),
+        "input_image_2": b64(refs[1].path),
+        "input_image_3": b64(refs[2].path),
+        "input_image_4": b64(refs[3].path),
+    }
+
+    with pytest.raises(ProviderError, match="at most 4 references"):
+        generate(bfl(emulator), image_request(model="flux-2-klein-9b", references=refs))
+    assert len(emulator.requests()) == 1
+
+
+def test_a_structured_prompt_goes_as_its_json_text(emulator: RunningEmulator) -> None:
+    structured = {
+        "scene": "Coffee bags on a wooden shelf",
+        "subjects": [{"description": "kraft coffee bag with 'Northwind' label", "position": "center"}],
+        "color_palette": ["#3B2A1A", "#E8D5B7"],
+    }
+    text = json.dumps(structured)
+    request = image_request(prompt=text, structured=structured, output_format="webp")
+
+    generate(bfl(emulator), request)
+
+    body = only_submission(emulator)["body"]
+    assert isinstance(body, dict)
+    assert body["prompt"] == text  # a string, not a nested object
+    assert json.loads(body["prompt"]) == structured
+
+
+def test_cometapi_uses_its_route_and_a_bearer_key(emulator: RunningEmulator) -> None:
+    generate(comet(emulator), image_request(model="flux-2-pro"))
+
+    record = only_submission(emulator)
+    assert record["path"] == "/flux/v1/flux-2-pro"
+    assert record["body"] == {
+        "prompt": PROMPT,
+        "width": 128,
+        "height": 96,
+        "seed": 42,
+        "safety_tolerance": 2,
+        "output_format": "png",
+    }
+    headers = record["headers"]
+    assert isinstance(headers, dict)
+    assert headers["authorization"] == f"Bearer {SECRET}"
+    assert "x-key" not in headers
+
+
+def test_polls_follow_the_returned_polling_url_even_on_another_port(
+    emulator_factory: EmulatorFactory,
+) -> None:
+    emu = emulator_factory(poll_port=0)
+    task = RecordingTask()
+
+    generate(bfl(emu), image_request(), task)
+
+    ((task_id, polling_url),) = task.submissions
+    assert polling_url.startswith("http://127.0.0.1:")
+    assert not polling_url.startswith(emu.url)  # another port
+    assert f"/cluster-eu2/v1/get_result?id={task_id}" in polling_url

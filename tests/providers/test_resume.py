@@ -1,0 +1,112 @@
+"""Never pay twice: journaled tasks are polled, not submitted again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from flexforge.emulator.testing import RunningEmulator
+from flexforge.imaging import verify_image
+from flexforge.providers import GeneratedImage, JournalEntry
+from tests.support.emulator import EmulatorFactory, RecordingTask, bfl, comet, generate, image_request, run
+
+
+def journal(task_id: str, polling_url: str, provider: str = "bfl") -> JournalEntry:
+    return JournalEntry(
+        asset="hero",
+        key="k" * 64,
+        provider=provider,
+        task_id=task_id,
+        polling_url=polling_url,
+        submitted_at=time.time(),
+    )
+
+
+def interrupted_after_submit(emu: RunningEmulator) -> tuple[str, str]:
+    """Submit, then cancel while polling (as Ctrl-C would): returns the journaled task."""
+    provider = bfl(emu)
+    task = RecordingTask()
+
+    async def interrupt() -> None:
+        job = asyncio.ensure_future(provider.generate(image_request(), task))
+        task.on_submit = lambda: asyncio.get_running_loop().call_soon(job.cancel)
+        try:
+            await job
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await provider.aclose()
+
+    run(interrupt())
+    assert task.finished == 0
+    ((task_id, polling_url),) = task.submissions
+    return task_id, polling_url
+
+
+def test_a_journaled_task_is_polled_instead_of_submitted_again(emulator_factory: EmulatorFactory) -> None:
+    emu = emulator_factory(latency=0.3)
+    task_id, polling_url = interrupted_after_submit(emu)
+    assert emu.stats()["submissions"] == 1
+
+    task = RecordingTask(resumable=journal(task_id, polling_url))
+    image = generate(bfl(emu), image_request(), task)
+
+    assert image.task_id == task_id
+    verify_image(image.data, 128, 96, "png")
+    assert emu.stats()["submissions"] == 1
+    assert task.submissions == []
+    assert task.finished == 1
+    assert any(task_id in line and "earlier run" in line for line in task.logs)
+
+
+def test_a_journaled_task_that_is_gone_is_submitted_exactly_once_afresh(emulator: RunningEmulator) -> None:
+    task_id, polling_url = interrupted_after_submit(emulator)
+    emulator.reset()  # the server forgot it, as an expired task is forgotten
+
+    task = RecordingTask(resumable=journal(task_id, polling_url))
+    image = generate(bfl(emulator), image_request(), task)
+
+    assert emulator.stats()["submissions"] == 1
+    ((new_id, _),) = task.submissions
+    assert new_id != task_id and image.task_id == new_id
+    assert any("Task not found" in line for line in task.logs)
+    assert task.finished == 1
+
+
+def test_a_resumed_task_keeps_its_seed_and_reports_no_new_cost(emulator_factory: EmulatorFactory) -> None:
+    emu = emulator_factory(latency=0.2)
+    task_id, polling_url = interrupted_after_submit(emu)
+
+    image: GeneratedImage = generate(bfl(emu), image_request(), RecordingTask(journal(task_id, polling_url)))
+
+    assert image.seed == 42
+    assert image.cost_credits is None  # this run paid nothing
+
+
+def test_cometapi_polls_its_get_result_route_when_no_polling_url_is_given(
+    emulator_factory: EmulatorFactory,
+) -> None:
+    for with_url in (False, True):
+        emu = emulator_factory(comet_polling_url=with_url)
+        task = RecordingTask()
+
+        image = generate(comet(emu), image_request(model="flux-2-max", output_format="jpeg"), task)
+
+        verify_image(image.data, 128, 96, "jpeg")
+        ((task_id, polling_url),) = task.submissions
+        assert polling_url == f"{emu.url}/flux/v1/get_result?id={task_id}"
+        assert image.cost_credits is None  # CometAPI's answer carries no cost
+        assert task.finished == 1
+
+
+def test_cometapi_resumes_a_journaled_task(emulator: RunningEmulator) -> None:
+    provider = comet(emulator)
+    first = RecordingTask()
+    generate(provider, image_request(), first)
+    ((task_id, polling_url),) = first.submissions
+
+    task = RecordingTask(resumable=journal(task_id, polling_url, provider="cometapi"))
+    image = generate(comet(emulator), image_request(), task)
+
+    assert image.task_id == task_id
+    assert emulator.stats()["submissions"] == 1

@@ -1,0 +1,123 @@
+"""Factories, environment, settings and the adaptive limiter."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from flexforge.emulator.testing import RunningEmulator
+from flexforge.errors import FlexforgeError, UsageError
+from flexforge.imaging import verify_image
+from flexforge.providers import load_provider
+from flexforge.providers._http import FluxHttpProvider, HttpSettings
+from flexforge.providers._limiter import AdaptiveLimiter
+from flexforge.providers.bfl import BflProvider
+from flexforge.providers.cometapi import CometApiProvider
+from tests.support.emulator import EmulatorFactory, RecordingTask, generate, image_request, run
+
+
+@pytest.mark.parametrize(
+    ("name", "variable"),
+    [("bfl", "BFL_API_KEY"), ("cometapi", "COMETAPI_KEY")],
+)
+def test_a_missing_key_is_one_line_naming_the_variable_and_the_draft_provider(
+    name: str, variable: str
+) -> None:
+    with pytest.raises(FlexforgeError) as info:
+        load_provider(name)
+
+    message = str(info.value)
+    assert "\n" not in message
+    assert variable in message and "--provider draft" in message
+
+
+def test_from_env_reads_key_and_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BFL_API_KEY", "sk-from-env-000000000000")
+    monkeypatch.setenv("COMETAPI_KEY", "sk-comet-000000000000000")
+    bfl = BflProvider.from_env()
+    comet = CometApiProvider.from_env()
+    assert (bfl.base_url, bfl.name, bfl.generator, bfl.max_in_flight) == (
+        "https://api.bfl.ai",
+        "bfl",
+        "flux",
+        24,
+    )
+    assert (comet.base_url, comet.name, comet.generator) == ("https://api.cometapi.com", "cometapi", "flux")
+
+    monkeypatch.setenv("BFL_API_BASE", "https://api.eu.bfl.ai/")
+    assert BflProvider.from_env().base_url == "https://api.eu.bfl.ai"
+    for provider in (bfl, comet):
+        run(provider.aclose())
+
+
+def test_the_emulator_provider_builds_end_to_end_from_the_environment(
+    emulator_factory: EmulatorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu: RunningEmulator = emulator_factory(accepted_keys=())  # any key, as by default
+    monkeypatch.setenv("FLEXFORGE_EMULATOR_URL", emu.url)
+    monkeypatch.setenv("FLEXFORGE_POLL_INTERVAL", "0.01")
+
+    provider = load_provider("emulator")
+
+    assert isinstance(provider, FluxHttpProvider)
+    assert (provider.name, provider.generator) == ("emulator", "emulator")
+    assert provider.settings.poll_interval == 0.01
+    image = generate(provider, image_request(output_format="webp"), RecordingTask())
+    verify_image(image.data, 128, 96, "webp")
+    assert emu.requests()[0]["headers"]["x-key"] == "emulator"
+
+
+def test_the_emulator_provider_defaults() -> None:
+    provider = BflProvider.for_emulator()
+    assert provider.base_url == "http://127.0.0.1:8787"
+    run(provider.aclose())
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEXFORGE_POLL_INTERVAL", "0.25")
+    monkeypatch.setenv("FLEXFORGE_RETRY_BASE_DELAY", "0.1")
+    monkeypatch.setenv("FLEXFORGE_MAX_RETRIES", "2")
+    settings = HttpSettings.from_env()
+    assert (settings.poll_interval, settings.retry_base_delay, settings.max_retries) == (0.25, 0.1, 2)
+    assert settings.poll_max_interval == 5.0
+
+    monkeypatch.setenv("FLEXFORGE_MAX_RETRIES", "lots")
+    with pytest.raises(UsageError, match="FLEXFORGE_MAX_RETRIES"):
+        HttpSettings.from_env()
+
+
+def test_the_limiter_halves_once_per_storm_and_creeps_back() -> None:
+    async def scenario() -> None:
+        limiter = AdaptiveLimiter(24)
+        epochs = [await limiter.acquire() for _ in range(10)]
+        # Ten requests sent under the same limit all see 429: one halving, not ten.
+        assert [limiter.rate_limited(epoch) for epoch in epochs] == [True] + [False] * 9
+        assert limiter.limit == 12
+        assert limiter.rate_limited(await limiter.acquire())  # a request sent after it: halve again
+        assert limiter.limit == 6
+        for _ in range(11):
+            limiter.release()
+        for _ in range(4):
+            limiter.succeeded()
+        assert limiter.limit == 8
+        assert limiter.lowest == 6
+
+    run(scenario())
+
+
+def test_the_limiter_blocks_above_its_limit_and_survives_cancelled_waiters() -> None:
+    async def scenario() -> None:
+        limiter = AdaptiveLimiter(2)
+        await limiter.acquire()
+        await limiter.acquire()
+        waiter = asyncio.ensure_future(limiter.acquire())
+        cancelled = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        cancelled.cancel()
+        limiter.release()
+        await asyncio.wait_for(waiter, 1)
+        assert limiter.in_use == 2
+
+    run(scenario())
