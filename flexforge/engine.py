@@ -10,6 +10,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flexforge.errors import ProviderError
@@ -214,7 +215,7 @@ class Builder:
         assert step.cached is not None and step.key is not None and step.seed is not None
         asset = step.asset
         sha = str(step.cached["sha256"])
-        out = self.plan.manifest.root / asset.out
+        out = self._output_path(asset)
         if not await asyncio.to_thread(self.store.restore_object, sha, out):
             self.reporter.log(f"{asset.id}: the cached copy is damaged; generating it again")
             return None
@@ -275,7 +276,7 @@ class Builder:
         sha = await asyncio.to_thread(self.store.put_object, image.data)
         meta = {"sha256": sha, "size": len(image.data), "task_id": image.task_id, "cost_usd": cost}
         self.store.put_key_record(key.key, {**meta, "provider": self.provider.name, "seed": seed})
-        await asyncio.to_thread(atomic_write, self.plan.manifest.root / asset.out, image.data)
+        await asyncio.to_thread(atomic_write, self._output_path(asset), image.data)
         self.store.remember_written(asset.out, sha)
         if image.task_id is not None:
             self.store.ledger_append(
@@ -336,6 +337,15 @@ class Builder:
             self.lock_flush = None
         self.lock.save()
         self.lock_saved_at = time.monotonic()
+
+    def _output_path(self, asset: Asset) -> Path:
+        """Where the output goes, refusing a folder swapped for a link out of the project since
+        the manifest was validated: nothing is ever written outside the root."""
+        root = self.plan.manifest.root.resolve()
+        path = root / asset.out
+        if not path.parent.resolve().is_relative_to(root) or path.is_symlink():
+            raise ProviderError(f"{asset.out} leads outside the project root (a symbolic link?); not written")
+        return path
 
     def _request(self, asset: Asset, seed: int, digests: list[str]) -> ImageRequest:
         from flexforge.imaging import check_reference

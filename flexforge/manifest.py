@@ -356,7 +356,7 @@ class _Checker:
         fmt = values["output_format"]
         out = raw.get("out")
         if out is None:
-            out = f"assets/{asset_id}.{EXTENSIONS[fmt]}"
+            out = self._output_path(f"assets/{asset_id}.{EXTENSIONS[fmt]}", fmt, here)
         else:
             out = self._substitute(out, variables, (*here, "out"))
             out = self._output_path(out, fmt, (*here, "out"))

@@ -319,3 +319,26 @@ def test_final_size_delivers_exact_social_sizes(project: Project) -> None:
     assert project.plan()["square"] == "none"
     project.edit("final_size: 1080x1080", "final_size: 1088x1080")
     assert project.plan()["square"] == "regenerate"
+
+
+def test_nothing_is_written_through_a_link_out_of_the_root(project: Project) -> None:
+    import shutil
+
+    project.manifest("""
+        version: 1
+        assets:
+          a: {prompt: "one", seed: 1, width: 128, height: 128}
+    """)
+    assert project.build().exit_code == 0
+    outside = project.root.parent / "outside"
+    outside.mkdir()
+    shutil.rmtree(project.root / "assets")
+    (project.root / "assets").symlink_to(outside, target_is_directory=True)
+    result = project.build()
+    assert result.exit_code == 1
+    assert "leads outside the project root" in result.stderr
+    assert list(outside.iterdir()) == []
+    (project.root / "flexforge.yaml").touch()  # a fresh validation names the problem too
+    project.edit("one", "two")
+    result = project.run("validate")
+    assert result.exit_code == 1 and "out 'assets/a.png' leaves the project root" in result.stderr
