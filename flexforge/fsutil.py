@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 1 << 20
 
@@ -20,15 +24,17 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
-def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write via a temp file in the same folder and rename it into place: readers never see a
-    half-written file, and a crash leaves either the old or the new bytes."""
+@contextmanager
+def replacing(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """A file to fill that replaces `path` only when the block succeeds: it is written beside
+    `path` and renamed into place, so readers and crashes see the old bytes or the new, never
+    half. `durable` also fsyncs the file and its folder (for what must survive a power cut)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -40,22 +46,14 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
         _fsync_dir(path.parent)
 
 
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    with replacing(path, durable=durable) as f:
+        f.write(data)
+
+
 def atomic_copy(src: Path, dest: Path) -> None:
-    """Copy `src` to `dest` with the same all-or-nothing guarantee as atomic_write."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-            while chunk := inp.read(CHUNK):
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(dest.parent)
+    with replacing(dest) as out, src.open("rb") as inp:
+        shutil.copyfileobj(inp, out, CHUNK)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -11,6 +11,7 @@ This module must stay light: standard library only, imported before everything e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -63,15 +64,13 @@ def record(manifest: str, lock: str, provider: str, asset_count: int, files: lis
         "summary": summary,
         "files": stamps,
     }
-    path = _memo_path(manifest)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(memo, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # only a cache
+    from pathlib import Path
+
+    from flexforge.fsutil import atomic_write
+
+    data = json.dumps(memo, separators=(",", ":")).encode()
+    with contextlib.suppress(OSError):  # only a cache
+        atomic_write(Path(_memo_path(manifest)), data, durable=False)
 
 
 def _parse(argv: list[str]) -> tuple[str, str, str, bool, bool] | None:

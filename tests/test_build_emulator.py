@@ -186,23 +186,31 @@ def test_transient_faults_complete_every_asset_without_paying_twice(
         assert sum(stats["faults"].values()) > 20  # the faults really happened
 
 
+def build_until_journaled(project: Project, tasks: int) -> subprocess.Popen[str]:
+    """A build in a child process, returned once `tasks` paid tasks are in its journal."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flexforge", "-C", str(project.root), "build", "--provider", "emulator"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    journal = project.root / ".flexforge/journal"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(list(journal.glob("*.json"))) < tasks:
+        time.sleep(0.02)
+    return proc
+
+
 def test_sigkill_after_submit_resumes_the_same_tasks(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for emu in serve(monkeypatch, latency=3.0):
         manifest(project, 5)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flexforge", "-C", str(project.root), "build", "--provider", "emulator"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(os.environ),
-        )
-        journal = project.root / ".flexforge/journal"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(list(journal.glob("*.json"))) < 5:
-            time.sleep(0.02)
+        proc = build_until_journaled(project, 5)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        journal = project.root / ".flexforge/journal"
         entries = [json.loads(p.read_text()) for p in journal.glob("*.json")]
         assert len(entries) == 5
         assert {"asset", "key", "provider", "task_id", "polling_url", "submitted_at"} <= set(entries[0])
@@ -221,17 +229,8 @@ def test_ctrl_c_keeps_the_journal_and_the_next_build_resumes(
 ) -> None:
     for emu in serve(monkeypatch, latency=2.0):
         manifest(project, 3)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flexforge", "-C", str(project.root), "build", "--provider", "emulator"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(os.environ),
-        )
+        proc = build_until_journaled(project, 3)
         journal = project.root / ".flexforge/journal"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(list(journal.glob("*.json"))) < 3:
-            time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
         assert proc.returncode == 130, stderr
