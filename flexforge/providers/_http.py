@@ -157,7 +157,7 @@ class FluxHttpProvider:
         phase: Phase,
         log: _Log,
         body: dict[str, Any] | None = None,
-        slot: Slot | None = None,
+        slot: Slot | None = None,  # only for submissions: the task's place in flight
     ) -> httpx.Response:
         """One request, retried through 429s, retryable 5xx, timeouts and resets.
 
@@ -193,12 +193,14 @@ class FluxHttpProvider:
                     )
                 rate_limited += 1
                 delay = _retry_after(response) or self.backoff(min(rate_limited, 8))
-                if slot is not None and slot.rate_limited():
-                    log(
-                        f"{phase}: rate limited (HTTP 429); at most {self.limiter.limit} "
-                        "tasks in flight from now on"
-                    )
-                await (slot.pause(delay) if slot is not None else asyncio.sleep(delay))
+                if slot is None:
+                    await asyncio.sleep(delay)
+                    continue
+                # On submit a 429 means too many tasks in flight: fewer from now on, and this
+                # one waits outside the limit so that running tasks can finish.
+                if slot.rate_limited():
+                    log(f"{phase}: rate limited (HTTP 429); at most {self.limiter.limit} tasks in flight now")
+                await slot.pause(delay)
                 continue
             if response.status_code >= 500 and _retryable(response):
                 failures += 1
@@ -278,14 +280,14 @@ class _TaskRun:
             self.task_id, self.polling_url = entry.task_id, entry.polling_url
             self.log(f"polling task {self.task_id} submitted by an earlier run instead of paying again")
             try:
-                return await self._wait(slot)
+                return await self._wait()
             except _TaskNotFound:
                 self.log(
                     f"task {self.task_id} from an earlier run is gone (Task not found); submitting it again"
                 )
         await self._submit(slot)
         try:
-            return await self._wait(slot)
+            return await self._wait()
         except _TaskNotFound:
             self.task.finished_task()
             raise self.p.error(
@@ -316,13 +318,13 @@ class _TaskRun:
         self.task.submitted(self.task_id, self.polling_url)
         self.p.limiter.succeeded()
 
-    async def _wait(self, slot: Slot | None) -> dict[str, Any]:
+    async def _wait(self) -> dict[str, Any]:
         """Poll until the task is Ready; returns its `result`."""
         settings = self.p.settings
         deadline = time.monotonic() + settings.task_timeout
         interval = settings.poll_interval
         while True:
-            response = await self.p.call("GET", self.polling_url, phase="poll", log=self.log, slot=slot)
+            response = await self.p.call("GET", self.polling_url, phase="poll", log=self.log)
             if response.status_code == 404 and NOT_FOUND.lower() in response.text.lower():
                 raise _TaskNotFound
             if not response.is_success:
@@ -395,7 +397,7 @@ class _TaskRun:
             self.log(f"{problem}; polling for a fresh download URL (retry {attempt}/{max_retries})")
             await asyncio.sleep(self.p.backoff(attempt))
             try:
-                result = await self._wait(None)
+                result = await self._wait()
             except _TaskNotFound:
                 self.task.finished_task()
                 raise self.p.error(

@@ -78,9 +78,9 @@ def test_reset_and_configure_over_http(emulator: RunningEmulator) -> None:
 
 def test_submit_and_poll_faults_follow_the_script_then_the_dice(emulator_factory: EmulatorFactory) -> None:
     emu = emulator_factory(script=("submit:429", "submit:ok", "submit:503", "poll:500"))
-    post = lambda: http().post(f"{emu.url}/v1/flux-2-pro", json={"prompt": "x"}, headers=AUTH)  # noqa: E731
+    submits = [http().post(f"{emu.url}/v1/flux-2-pro", json={"prompt": "x"}, headers=AUTH) for _ in range(4)]
 
-    assert [post().status_code for _ in range(4)] == [429, 200, 503, 200]
+    assert [response.status_code for response in submits] == [429, 200, 503, 200]
     url = f"{emu.url}/cluster-eu2/v1/get_result?id=x"
     assert [http().get(url, headers=AUTH).status_code for _ in range(2)] == [500, 200]
     assert emu.stats()["faults"] == {"submit:429": 1, "submit:503": 1, "poll:500": 1}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from flexforge.emulator.testing import RunningEmulator
@@ -22,7 +24,7 @@ def submit_statuses(emu: RunningEmulator) -> list[object]:
     return [record["status"] for record in emu.requests()]
 
 
-def fail(emu: RunningEmulator, task: RecordingTask | None = None, **request: object) -> ProviderError:
+def fail(emu: RunningEmulator, task: RecordingTask | None = None, **request: Any) -> ProviderError:
     with pytest.raises(ProviderError) as info:
         generate(bfl(emu), image_request(**request), task)
     return info.value
@@ -75,7 +77,7 @@ def test_cometapi_401_bad_key_is_fatal_naming_its_variable(emulator: RunningEmul
     ],
 )
 def test_422_fails_the_asset_with_the_field_and_message(
-    emulator: RunningEmulator, request_fields: dict[str, object], expected: str
+    emulator: RunningEmulator, request_fields: dict[str, Any], expected: str
 ) -> None:
     error = fail(emulator, **request_fields)
 

@@ -29,7 +29,11 @@ def interrupted_after_submit(emu: RunningEmulator) -> tuple[str, str]:
 
     async def interrupt() -> None:
         job = asyncio.ensure_future(provider.generate(image_request(), task))
-        task.on_submit = lambda: asyncio.get_running_loop().call_soon(job.cancel)
+
+        def cancel_once_journaled() -> None:
+            asyncio.get_running_loop().call_soon(job.cancel)
+
+        task.on_submit = cancel_once_journaled
         try:
             await job
         except asyncio.CancelledError:
