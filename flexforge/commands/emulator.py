@@ -51,7 +51,11 @@ def build_config(config_file: Path | None, flags: dict[str, Any]) -> EmulatorCon
     multiple=True,
     metavar="PHASE:KIND=RATE",
     help="Inject failures, e.g. submit:429=0.1, poll:500=0.05, download:drop=0.02, task:error=0.01. "
-    "Kinds: submit/poll 429 500 503 drop; download 500 503 drop truncate expired; task error failed.",
+    "Kinds: submit/poll 429 500 503 drop hang; download 500 503 drop hang truncate expired; "
+    "task error failed.",
+)
+@click.option(
+    "--hang-seconds", type=float, default=None, help="How long a hang fault delays its answer (30)."
 )
 @click.option(
     "--script", multiple=True, metavar="PHASE:KIND", help="Inject this fault next (in order; 'ok': none)."

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Faults are named "phase:kind". A submit `drop` closes the connection AFTER the task was created
-# and charged, as a lost response does; a download `expired` answers as an expired URL would.
+# Faults are named "phase:kind". A submit `drop` or `hang` loses (or delays past the client's
+# timeout) the answer AFTER the task was created and charged, as a lost response does; `hang`
+# answers after hang_seconds; a download `expired` answers as an expired URL would.
 FAULT_KINDS: dict[str, tuple[str, ...]] = {
-    "submit": ("429", "500", "503", "drop"),
-    "poll": ("429", "500", "503", "drop"),
-    "download": ("500", "503", "drop", "truncate", "expired"),
+    "submit": ("429", "500", "503", "drop", "hang"),
+    "poll": ("429", "500", "503", "drop", "hang"),
+    "download": ("500", "503", "drop", "hang", "truncate", "expired"),
     "task": ("error", "failed"),  # the task ends with status Error / Failed instead of Ready
 }
 NO_FAULT = "ok"  # a script entry that lets one request through
@@ -41,6 +42,7 @@ class EmulatorConfig:
     moderate_content: tuple[str, ...] = ()  # prompt words -> "Content Moderated"
     faults: Mapping[str, float] = field(default_factory=dict)  # "phase:kind" -> probability
     script: tuple[str, ...] = ()  # "phase:kind" faults injected first, in order, per phase
+    hang_seconds: float = 30.0  # how long a `hang` fault holds its answer
     seed: int | None = None  # seeds the fault and latency RNG; None: unpredictable
     comet_polling_url: bool = False  # CometAPI submit answers may carry polling_url, or not
     capture_limit: int = 1000  # submissions kept for GET /_emulator/requests
@@ -49,7 +51,7 @@ class EmulatorConfig:
         _check_range("port", self.port, 0, 65535)
         if self.poll_port is not None:
             _check_range("poll_port", self.poll_port, 0, 65535)
-        for name in ("latency", "jitter", "credits", "url_lifetime"):
+        for name in ("latency", "jitter", "credits", "url_lifetime", "hang_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if self.max_in_flight < 1:

@@ -164,9 +164,12 @@ class Emulator:
             started_wall=time.time(),
         )
         self.state.add(task, request.path, body)
-        if fault == "drop":  # the task exists and is charged, but its answer is lost
+        # The task exists and is charged, but its answer is lost or comes too late.
+        if fault == "drop":
             _drop(request)
             return None
+        if fault == "hang":
+            await asyncio.sleep(self.config.hang_seconds)
         answer: dict[str, Any] = {"id": task.id}
         if flavour == BFL:
             answer["polling_url"] = str(self._poll_url(request, task))
@@ -207,12 +210,12 @@ class Emulator:
         return await self._poll(request, COMET, owner=COMET)
 
     async def _poll(self, request: web.Request, flavour: str, owner: str | None) -> web.StreamResponse:
-        response = self._answer_poll(request, flavour, owner)
+        response = await self._answer_poll(request, flavour, owner)
         self.state.stats.polls += 1
         self.state.stats.answered("poll", "dropped" if response is None else response.status)
         return response if response is not None else web.Response(status=204)
 
-    def _answer_poll(
+    async def _answer_poll(
         self, request: web.Request, flavour: str, owner: str | None
     ) -> web.StreamResponse | None:
         denied = self._authenticate(request, flavour)
@@ -222,7 +225,9 @@ class Emulator:
         if fault == "drop":
             _drop(request)
             return None
-        if fault is not None:
+        if fault == "hang":
+            await asyncio.sleep(self.config.hang_seconds)
+        elif fault is not None:
             return _error(flavour, int(fault), f"emulated {fault}", code="emulated_fault")
         task_id = request.query.get("id")
         if not task_id:
@@ -271,6 +276,8 @@ class Emulator:
         if fault == "drop":
             _drop(request)
             return None
+        if fault == "hang":
+            await asyncio.sleep(self.config.hang_seconds)
         if fault in _HTTP_FAULTS:
             return web.Response(status=int(str(fault)), text=f"emulated {fault}")
         refusal = self.signer.check(name, request.query.get("se", ""), request.query.get("sig", ""))
@@ -441,7 +448,8 @@ class EmulatorServer:
     async def start(self) -> None:
         config = self.emulator.config
         kwargs: dict[str, Any] = {} if self._access_log else {"access_log": None}
-        runner = web.AppRunner(self.emulator.app(), handle_signals=False, **kwargs)
+        # Stopping must not wait for answers held back by `hang` faults.
+        runner = web.AppRunner(self.emulator.app(), handle_signals=False, shutdown_timeout=1.0, **kwargs)
         await runner.setup()
         self._runner = runner
         main = _listen(config.host, config.port)

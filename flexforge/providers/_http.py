@@ -282,6 +282,7 @@ class _TaskRun:
             try:
                 return await self._wait()
             except _TaskNotFound:
+                self.task.finished_task()
                 self.log(
                     f"task {self.task_id} from an earlier run is gone (Task not found); submitting it again"
                 )

@@ -130,6 +130,21 @@ def test_dropped_connections_are_retried_and_a_lost_submit_is_flagged_as_maybe_c
     assert len(task.submissions) == 1
 
 
+def test_timeouts_are_retried_and_a_timed_out_submission_is_flagged_as_maybe_charged(
+    emulator_factory: EmulatorFactory,
+) -> None:
+    emu = emulator_factory(hang_seconds=0.4, script=("submit:hang", "poll:hang", "download:hang"))
+    task = RecordingTask()
+
+    image = generate(bfl(emu, http_timeout=0.15), image_request(), task)
+
+    verify_image(image.data, 128, 96, "png")
+    timeouts = [line for line in task.logs if "ReadTimeout" in line]
+    assert [line.split(":")[0] for line in timeouts] == ["submit", "poll", "download"]
+    assert "may have created and charged" in timeouts[0]
+    assert emu.stats()["duplicates"] == 1
+
+
 def test_5xx_that_never_ends_fails_the_asset_after_bounded_retries(emulator_factory: EmulatorFactory) -> None:
     emu = emulator_factory(faults={"submit:503": 1.0})
 
