@@ -4,7 +4,8 @@ config.py     the knobs (EmulatorConfig), from defaults, a YAML/JSON file and fl
 validation.py what a submission body must look like (FastAPI-shaped 422 errors)
 state.py      tasks, credits, fault dice and counters
 signing.py    signed, expiring download URLs
-server.py     the aiohttp routes (BFL and CometAPI flavours) and the serve loop
+app.py        the aiohttp routes and handlers (BFL and CometAPI flavours)
+server.py     binding the socket(s), the start-up banner, serving until Ctrl-C
 testing.py    running_emulator(): an emulator on a free port in a background thread, for tests
 """
 

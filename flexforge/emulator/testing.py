@@ -17,8 +17,9 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from flexforge.emulator.app import Renderer
 from flexforge.emulator.config import EmulatorConfig
-from flexforge.emulator.server import EmulatorServer, Renderer, client_env
+from flexforge.emulator.server import EmulatorServer, client_env
 
 T = TypeVar("T")
 

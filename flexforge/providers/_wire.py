@@ -13,15 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from flexforge.errors import ProviderError
+from flexforge.manifest import BUILTIN_DEFAULTS, FLEX_ONLY, MAX_REFERENCES
 from flexforge.request import ImageRequest
 
 # Reference slots in the order the prompt calls them ("image 1", "image 2", ...).
 REFERENCE_FIELDS = ("input_image", *(f"input_image_{i}" for i in range(2, 9)))
-KLEIN_MAX_REFERENCES = 4
-
-# What flex is sent when the request leaves a flex knob unset: explicit values only, never the
-# API's defaults (prompt_upsampling defaults to true there and would rewrite the prompt).
-FLEX_FALLBACKS: dict[str, Any] = {"steps": 50, "guidance": 4.5, "prompt_upsampling": False}
 
 # Task statuses, as the poll endpoint spells them.
 PENDING = "Pending"
@@ -31,13 +27,9 @@ FAILED = ("Error", "Failed")
 NOT_FOUND = "Task not found"
 
 
-def max_references(model: str) -> int:
-    return KLEIN_MAX_REFERENCES if model.startswith("flux-2-klein") else len(REFERENCE_FIELDS)
-
-
 def build_body(request: ImageRequest) -> dict[str, Any]:
     """The JSON body of a submission; reads each reference file once."""
-    limit = max_references(request.model)
+    limit = MAX_REFERENCES.get(request.model, len(REFERENCE_FIELDS))
     if len(request.references) > limit:
         raise ProviderError(
             f"{request.model} accepts at most {limit} references, "
@@ -52,13 +44,11 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
         "output_format": request.output_format,
     }
     if request.is_flex:
-        explicit = {
-            "steps": request.steps,
-            "guidance": request.guidance,
-            "prompt_upsampling": request.prompt_upsampling,
-        }
-        for name, value in explicit.items():
-            body[name] = FLEX_FALLBACKS[name] if value is None else value
+        # Always explicit, never the API's defaults: its prompt_upsampling defaults to true and
+        # would rewrite the prompt.
+        for name in FLEX_ONLY:
+            value = getattr(request, name)
+            body[name] = BUILTIN_DEFAULTS[name] if value is None else value
     for field, ref in zip(REFERENCE_FIELDS, request.references, strict=False):
         body[field] = base64.b64encode(ref.path.read_bytes()).decode("ascii")
     return body
