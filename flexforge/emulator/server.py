@@ -30,17 +30,21 @@ class EmulatorServer:
 
     async def start(self) -> None:
         config = self.emulator.config
+        main = _listen(config.host, config.port)
+        sockets = [main]
+        if config.poll_port is not None:
+            try:
+                poll = _listen(config.host, config.poll_port)
+            except OSError:
+                main.close()
+                raise
+            sockets.append(poll)
+            self.emulator.poll_port = poll.getsockname()[1]
         kwargs: dict[str, Any] = {} if self._access_log else {"access_log": None}
         # Stopping must not wait for answers held back by `hang` faults.
         runner = web.AppRunner(self.emulator.app(), handle_signals=False, shutdown_timeout=1.0, **kwargs)
         await runner.setup()
         self._runner = runner
-        main = _listen(config.host, config.port)
-        sockets = [main]
-        if config.poll_port is not None:
-            poll = _listen(config.host, config.poll_port)
-            sockets.append(poll)
-            self.emulator.poll_port = poll.getsockname()[1]
         for sock in sockets:
             await web.SockSite(runner, sock).start()
         self.url = _base_url(config.host, main.getsockname()[1])

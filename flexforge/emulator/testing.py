@@ -3,8 +3,9 @@
 from flexforge.emulator.testing import running_emulator
 
 with running_emulator(latency=0.05, faults={"submit:429": 0.2}) as emu:
-    monkeypatch.setenv(...)  # or: for k, v in emu.env().items(): monkeypatch.setenv(k, v)
-    ...                      # use emu.url with any client
+    for name, value in emu.env().items():  # FLEXFORGE_EMULATOR_URL, BFL_API_BASE/KEY, ...
+        monkeypatch.setenv(name, value)
+    ...  # build with --provider emulator, or use emu.url with any HTTP client
     assert emu.stats()["duplicates"] == 0
 """
 
@@ -69,7 +70,7 @@ class RunningEmulator:
         self._call(self._server.emulator.reset)
 
     def configure(self, **knobs: Any) -> None:
-        """Change knobs (EmulatorConfig field names) while serving; host and ports stay."""
+        """Change knobs (EmulatorConfig field names) while serving; host, ports and cluster stay."""
         emulator = self._server.emulator
         self._call(lambda: emulator.configure(emulator.config.with_knobs(knobs)))
 
