@@ -89,8 +89,10 @@ class _TaskRecord:
         entry = store.journal_get(key)
         self.resumable = entry if entry is not None and entry.provider == provider else None
 
-    def submitted(self, task_id: str, polling_url: str) -> None:
-        entry = JournalEntry(self._asset, self._key, self._provider, task_id, polling_url, time.time())
+    def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
+        entry = JournalEntry(
+            self._asset, self._key, self._provider, task_id, polling_url, time.time(), cost_credits
+        )
         self._store.journal_put(entry)
 
     def finished_task(self) -> None:

@@ -365,7 +365,7 @@ class RecordingTask:
     def resumable(self) -> JournalEntry | None:
         return None
 
-    def submitted(self, task_id: str, polling_url: str) -> None:
+    def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
         self.events.append(f"submitted {task_id}")
 
     def finished_task(self) -> None:

@@ -21,6 +21,7 @@ class JournalEntry:
     task_id: str
     polling_url: str
     submitted_at: float
+    cost_credits: float | None = None  # as the submit response said, for a resumed task's ledger
 
 
 @dataclass(slots=True)
@@ -38,7 +39,7 @@ class TaskContext(Protocol):
     def resumable(self) -> JournalEntry | None:
         """A task an earlier run submitted for this very key: poll it instead of paying again."""
 
-    def submitted(self, task_id: str, polling_url: str) -> None:
+    def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
         """Record a submitted task durably (fsynced) before it is waited on."""
 
     def finished_task(self) -> None:

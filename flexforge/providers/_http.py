@@ -53,6 +53,7 @@ _MAYBE_DELIVERED = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolErro
 # Status codes with which a signed download URL says it expired or was refused.
 _URL_REFUSED = frozenset({401, 403, 404, 410})
 MAX_SAFETY_TOLERANCE = 5
+STEADY_POLLING = 30.0  # seconds of polling at the base interval before backing off
 MIN_SECRET_LENGTH = 12
 
 
@@ -278,6 +279,7 @@ class _TaskRun:
         entry = self.task.resumable
         if entry is not None and entry.provider == self.p.name:
             self.task_id, self.polling_url = entry.task_id, entry.polling_url
+            self.cost = entry.cost_credits
             self.log(f"polling task {self.task_id} submitted by an earlier run instead of paying again")
             try:
                 return await self._wait()
@@ -316,13 +318,14 @@ class _TaskRun:
             polling_url if isinstance(polling_url, str) and polling_url else self.p.result_url(task_id)
         )
         self.cost = _number(payload.get("cost"))
-        self.task.submitted(self.task_id, self.polling_url)
+        self.task.submitted(self.task_id, self.polling_url, self.cost)
         self.p.limiter.succeeded()
 
     async def _wait(self) -> dict[str, Any]:
         """Poll until the task is Ready; returns its `result`."""
         settings = self.p.settings
-        deadline = time.monotonic() + settings.task_timeout
+        started = time.monotonic()
+        deadline = started + settings.task_timeout
         interval = settings.poll_interval
         while True:
             response = await self.p.call("GET", self.polling_url, phase="poll", log=self.log)
@@ -352,7 +355,10 @@ class _TaskRun:
                     f"(last status {status!r}); the next build polls it again without paying"
                 )
             await asyncio.sleep(interval)
-            interval = min(interval * 1.5, settings.poll_max_interval)
+            # Poll at the base rate while a task is young (most finish within seconds, and every
+            # late look adds to the build's makespan); back off only for slow ones.
+            if time.monotonic() - started > STEADY_POLLING:
+                interval = min(interval * 1.5, settings.poll_max_interval)
 
     def _moderated(self, status: str, details: object) -> ProviderError:
         reasons = moderation_reasons(details)

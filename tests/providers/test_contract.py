@@ -167,7 +167,7 @@ def test_polls_follow_the_returned_polling_url_even_on_another_port(
 
     generate(bfl(emu), image_request(), task)
 
-    ((task_id, polling_url),) = task.submissions
+    ((task_id, polling_url, _),) = task.submissions
     assert polling_url.startswith("http://127.0.0.1:")
     assert not polling_url.startswith(emu.url)  # another port
     assert f"/cluster-eu2/v1/get_result?id={task_id}" in polling_url

@@ -11,7 +11,9 @@ from flexforge.providers import GeneratedImage, JournalEntry
 from tests.support.emulator import EmulatorFactory, RecordingTask, bfl, comet, generate, image_request, run
 
 
-def journal(task_id: str, polling_url: str, provider: str = "bfl") -> JournalEntry:
+def journal(
+    task_id: str, polling_url: str, provider: str = "bfl", cost_credits: float | None = None
+) -> JournalEntry:
     return JournalEntry(
         asset="hero",
         key="k" * 64,
@@ -19,10 +21,11 @@ def journal(task_id: str, polling_url: str, provider: str = "bfl") -> JournalEnt
         task_id=task_id,
         polling_url=polling_url,
         submitted_at=time.time(),
+        cost_credits=cost_credits,
     )
 
 
-def interrupted_after_submit(emu: RunningEmulator) -> tuple[str, str]:
+def interrupted_after_submit(emu: RunningEmulator) -> tuple[str, str, float | None]:
     """Submit, then cancel while polling (as Ctrl-C would): returns the journaled task."""
     provider = bfl(emu)
     task = RecordingTask()
@@ -43,13 +46,13 @@ def interrupted_after_submit(emu: RunningEmulator) -> tuple[str, str]:
 
     run(interrupt())
     assert task.finished == 0
-    ((task_id, polling_url),) = task.submissions
-    return task_id, polling_url
+    ((task_id, polling_url, cost),) = task.submissions
+    return task_id, polling_url, cost
 
 
 def test_a_journaled_task_is_polled_instead_of_submitted_again(emulator_factory: EmulatorFactory) -> None:
     emu = emulator_factory(latency=0.3)
-    task_id, polling_url = interrupted_after_submit(emu)
+    task_id, polling_url, _ = interrupted_after_submit(emu)
     assert emu.stats()["submissions"] == 1
 
     task = RecordingTask(resumable=journal(task_id, polling_url))
@@ -64,27 +67,32 @@ def test_a_journaled_task_is_polled_instead_of_submitted_again(emulator_factory:
 
 
 def test_a_journaled_task_that_is_gone_is_submitted_exactly_once_afresh(emulator: RunningEmulator) -> None:
-    task_id, polling_url = interrupted_after_submit(emulator)
+    task_id, polling_url, _ = interrupted_after_submit(emulator)
     emulator.reset()  # the server forgot it, as an expired task is forgotten
 
     task = RecordingTask(resumable=journal(task_id, polling_url))
     image = generate(bfl(emulator), image_request(), task)
 
     assert emulator.stats()["submissions"] == 1
-    ((new_id, _),) = task.submissions
+    ((new_id, _, _),) = task.submissions
     assert new_id != task_id and image.task_id == new_id
     assert any("Task not found" in line for line in task.logs)
     assert task.finished == 2  # the lost task, then the fresh one
 
 
-def test_a_resumed_task_keeps_its_seed_and_reports_no_new_cost(emulator_factory: EmulatorFactory) -> None:
+def test_a_resumed_task_keeps_its_seed_and_the_cost_its_submission_reported(
+    emulator_factory: EmulatorFactory,
+) -> None:
     emu = emulator_factory(latency=0.2)
-    task_id, polling_url = interrupted_after_submit(emu)
+    task_id, polling_url, cost = interrupted_after_submit(emu)
+    assert cost is not None and cost > 0
 
-    image: GeneratedImage = generate(bfl(emu), image_request(), RecordingTask(journal(task_id, polling_url)))
+    resumed = RecordingTask(journal(task_id, polling_url, cost_credits=cost))
+    image: GeneratedImage = generate(bfl(emu), image_request(), resumed)
 
     assert image.seed == 42
-    assert image.cost_credits is None  # this run paid nothing
+    assert image.cost_credits == cost  # paid once, by the interrupted run, and recorded now
+    assert resumed.submissions == []
 
 
 def test_cometapi_polls_its_get_result_route_when_no_polling_url_is_given(
@@ -97,7 +105,7 @@ def test_cometapi_polls_its_get_result_route_when_no_polling_url_is_given(
         image = generate(comet(emu), image_request(model="flux-2-max", output_format="jpeg"), task)
 
         verify_image(image.data, 128, 96, "jpeg")
-        ((task_id, polling_url),) = task.submissions
+        ((task_id, polling_url, _),) = task.submissions
         assert polling_url == f"{emu.url}/flux/v1/get_result?id={task_id}"
         assert image.cost_credits is None  # CometAPI's answer carries no cost
         assert task.finished == 1
@@ -107,7 +115,7 @@ def test_cometapi_resumes_a_journaled_task(emulator: RunningEmulator) -> None:
     provider = comet(emulator)
     first = RecordingTask()
     generate(provider, image_request(), first)
-    ((task_id, polling_url),) = first.submissions
+    ((task_id, polling_url, _),) = first.submissions
 
     task = RecordingTask(resumable=journal(task_id, polling_url, provider="cometapi"))
     image = generate(comet(emulator), image_request(), task)

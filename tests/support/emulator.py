@@ -48,7 +48,7 @@ class RecordingTask:
 
     def __init__(self, resumable: JournalEntry | None = None) -> None:
         self._resumable = resumable
-        self.submissions: list[tuple[str, str]] = []
+        self.submissions: list[tuple[str, str, float | None]] = []
         self.finished = 0
         self.logs: list[str] = []
         self.on_submit: Callable[[], None] | None = None
@@ -57,8 +57,8 @@ class RecordingTask:
     def resumable(self) -> JournalEntry | None:
         return self._resumable
 
-    def submitted(self, task_id: str, polling_url: str) -> None:
-        self.submissions.append((task_id, polling_url))
+    def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
+        self.submissions.append((task_id, polling_url, cost_credits))
         if self.on_submit is not None:
             self.on_submit()
 
