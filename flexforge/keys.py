@@ -29,18 +29,53 @@ class ContentKey:
         """Part name -> short digest, stored in the lock to say later which part changed."""
         if self._parts is None:
             full = self._inputs
-            self._parts = {
-                "prompt": _digest(full["prompt"])[:16],
-                "params": _digest(full["params"])[:16],
-                "seed": str(full["seed"]),
-                "model": f"{full['generator']}:{full['model']}",
-                "references": _digest(full["files"])[:16],
-                "upstream": _digest(full["upstream"])[:16],
-            }
+            self._parts = _parts(
+                full["prompt"],
+                full["params"],
+                full["seed"],
+                full["generator"],
+                full["model"],
+                full["files"],
+                full["upstream"],
+            )
         return self._parts
 
     def changed_parts(self, old_parts: dict[str, str]) -> list[str]:
-        return [p for p in PARTS if self.parts.get(p) != old_parts.get(p)]
+        return changed(self.parts, old_parts)
+
+
+def changed(new_parts: dict[str, str], old_parts: dict[str, str]) -> list[str]:
+    return [p for p in PARTS if new_parts.get(p) != old_parts.get(p)]
+
+
+def _parts(
+    prompt: str,
+    params: dict[str, Any],
+    seed: int | None,
+    generator: str,
+    model: str,
+    files: list[str | None],
+    upstream: list[str | None],
+) -> dict[str, str]:
+    return {
+        "prompt": _digest(prompt)[:16],
+        "params": _digest(params)[:16],
+        "seed": str(seed),
+        "model": f"{generator}:{model}",
+        "references": _digest(files)[:16],
+        "upstream": _digest(upstream)[:16],
+    }
+
+
+def known_parts(
+    asset: Asset, generator: str, seed: int | None, reference_digests: list[str | None]
+) -> dict[str, str]:
+    """The key parts that can be told while a seed or an upstream output is still unknown
+    (None): enough to say which parts changed before the key itself can be computed."""
+    pairs = list(zip(asset.references, reference_digests, strict=True))
+    files = [d for ref, d in pairs if ref not in asset.asset_refs]
+    upstream = [d for ref, d in pairs if ref in asset.asset_refs]
+    return _parts(asset.prompt, request_params(asset), seed, generator, asset.model, files, upstream)
 
 
 def _digest(value: Any) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flexforge.errors import UsageError
-from flexforge.keys import ContentKey, content_key
+from flexforge.keys import ContentKey, changed, content_key, known_parts
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset, Manifest
 from flexforge.options import PlanOptions
@@ -113,7 +113,9 @@ def decide(
         return Step(asset, DRIFTED, [], seed, None, None, entry.sha256)
     known = [d for d in reference_digests if d is not None]
     if seed is None or len(known) != len(reference_digests):
-        reasons = _unknown_reasons(asset, entry, seed, reference_digests)
+        reasons = (
+            changed(known_parts(asset, generator, seed, reference_digests), entry.parts) if entry else []
+        )
         return Step(asset, REGENERATE if entry else CREATE, reasons, seed, None, None, None)
     key = content_key(asset, generator, seed, known)
     if replace:
@@ -132,19 +134,6 @@ def decide(
     if cached is not None:
         return Step(asset, RESTORE, reasons, seed, key, known, cached["sha256"], cached)
     return Step(asset, REGENERATE if entry else CREATE, reasons, seed, key, known, None)
-
-
-def _unknown_reasons(
-    asset: Asset, entry: LockEntry | None, seed: int | None, digests: list[str | None]
-) -> list[str]:
-    if entry is None:
-        return []
-    reasons = []
-    if seed is None:
-        reasons.append("seed")
-    if any(d is None for d in digests):
-        reasons.append("upstream")
-    return reasons
 
 
 def reference_digests(asset: Asset, store: Store, outputs: dict[str, str | None]) -> list[str | None]:
