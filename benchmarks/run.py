@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,9 +193,13 @@ def install_dvc(work_dir: Path) -> str | None:
     print(f"installing dvc into {venv} ...", flush=True)
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "dvc"], check=True)
+        # pip's output goes to the log only: the table is what this run prints.
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "dvc"], check=True, capture_output=True, text=True
+        )
     except (OSError, subprocess.CalledProcessError) as exc:
-        print(f"dvc: could not be installed ({exc})", flush=True)
+        detail = getattr(exc, "stderr", "") or ""
+        print(f"dvc: not installed (pip install dvc failed: {exc}){detail[-1500:]}", flush=True)
         return None
     dvc = venv / "bin" / "dvc"
     return str(dvc) if dvc.exists() else None
@@ -294,7 +299,7 @@ def noop_section(args: argparse.Namespace, tools: Tools, wanted: set[str]) -> li
     # One `python -c pass` row for the whole run; it joins every size's round robin.
     startup = Probe("noop", "python -c pass", None, [py, "-c", "pass"])
     for n in args.sizes:
-        print(f"no-op, N={n}: preparing the project (first time: generating and building) ...", flush=True)
+        print(f"no-op, N={n}: preparing the project (generated and built once, then cached) ...", flush=True)
         root = ensure_project(ProjectSpec(n), args.work_dir)
         check_noop(tools, root)
         group: list[Probe] = []
@@ -465,6 +470,32 @@ def running_emulator(tools: Tools, latency: float, log: Path) -> Iterator[dict[s
             proc.wait()
 
 
+def emulator_call(env: dict[str, str], method: str, path: str) -> dict[str, Any] | None:
+    """Best effort: the emulator's test routes (stats, reset); None when it does not answer."""
+    url = env["FLEXFORGE_EMULATOR_URL"] + path
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            doc = json.loads(response.read() or b"{}")
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def emulator_counters(stats: dict[str, Any] | None, assets: int) -> dict[str, Any]:
+    """What explains a makespan: how full the pipe was, how often tasks were polled, 429s."""
+    if not stats:
+        return {}
+    responses = stats.get("responses", {})
+    rate_limited = sum(int(codes.get("429", 0)) for codes in responses.values() if isinstance(codes, dict))
+    return {
+        "peak_in_flight": stats.get("peak_in_flight"),
+        "polls_per_task": round(stats.get("polls", 0) / max(1, assets), 2),
+        "rate_limited_429": rate_limited,
+        "submissions": stats.get("submissions"),
+    }
+
+
 def critical_path(spec: ProjectSpec) -> int:
     """The longest chain of assets, each waiting on the one before (1 when all are independent)."""
     depth: dict[str, int] = {}
@@ -490,6 +521,7 @@ def makespan_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
 
             def reset(template: Path = template, work: Path = work) -> None:
                 fresh_copy(template, work, built=False)
+                emulator_call(env, "POST", "/_emulator/reset")  # so its stats are this run's
 
             depth = critical_path(spec)
             waves = math.ceil(spec.assets / args.jobs)
@@ -508,6 +540,7 @@ def makespan_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
             runs = max(1, min(args.repeat, 3))  # each run waits out real latency; 3 give a spread
             print(f"makespan: {kind}, N={spec.assets}, bound {bound:.2f} s, x {runs} ...", flush=True)
             measure([probe], runs, warmup=0, budget_s=math.inf)
+            probe.extra.update(emulator_counters(emulator_call(env, "GET", "/_emulator/stats"), spec.assets))
             check_noop(tools, work, env, provider="emulator")
             probes.append(probe)
     return probes
@@ -526,21 +559,17 @@ def print_makespan(probes: Sequence[Probe]) -> None:
             fmt_time(p.median),
             f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
             fmt_ratio(p.median / p.extra["bound_s"]),
+            str(p.extra.get("peak_in_flight", "?")),
+            str(p.extra.get("polls_per_task", "?")),
+            str(p.extra.get("rate_limited_429", "?")),
         ]
         for p in probes
     ]
     latency = probes[0].extra["latency_s"]
-    headers = [
-        f"makespan (latency {latency:g} s)",
-        "N",
-        "depth",
-        "bound",
-        "runs",
-        "median",
-        "min - max",
-        "x bound",
-    ]
-    print(table(headers, rows, [False, True, True, True, True, True, True, True]))
+    headers = [f"makespan (latency {latency:g} s)", "N", "depth", "bound", "runs", "median", "min - max"]
+    headers += ["x bound", "peak in flight", "polls/task", "429s"]
+    print(table(headers, rows, [False] + [True] * 10))
+    print("(peak in flight, polls/task, 429s: the emulator's own counters, for the last run)")
 
 
 # -- CPU and memory of a build from scratch ---------------------------------------------------------
