@@ -256,7 +256,13 @@ def machine_info(tools: Tools) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}",
-        "python": platform.python_version(),
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "bytecode": f"cached, PYTHONPYCACHEPREFIX={quiet_env()['PYTHONPYCACHEPREFIX']}"
+        + (
+            " (this shell has PYTHONDONTWRITEBYTECODE=1: not passed on)"
+            if os.environ.get("PYTHONDONTWRITEBYTECODE")
+            else ""
+        ),
         "flexforge": tool_version([*tools.flexforge, "--version"]) + (f" (git {commit})" if commit else ""),
         "make": tool_version([tools.make, "--version"]) if tools.make else "not installed",
         "dvc": tool_version([tools.dvc, "--version"]) if tools.dvc else "not installed",
@@ -766,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tools = find_tools(args)
     info = machine_info(tools)
     print(f"flexforge benchmarks, {info['date']}", flush=True)
-    for key in ("machine", "python", "flexforge", "make", "dvc"):
+    for key in ("machine", "python", "bytecode", "flexforge", "make", "dvc"):
         print(f"  {key}: {info[key]}")
     if args.smoke and not args.dvc:
         print("dvc: skipped in a smoke run (give --dvc PATH to include it)")
