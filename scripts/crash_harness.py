@@ -404,14 +404,17 @@ class Harness:
         started = time.monotonic()
         journal = project.root / ".flexforge" / "journal"
         inodes = project.inodes()
+        already = set(os.listdir(journal)) if journal.is_dir() else set()
+        seen = set(already)
         while proc.poll() is None:
             elapsed = time.monotonic() - started
             if elapsed > BUILD_TIMEOUT:
                 break
             if trigger == "time":
                 fire = elapsed >= delay
-            elif trigger == "journal":
-                fire = journal.is_dir() and len(os.listdir(journal)) >= threshold
+            elif trigger == "journal":  # the threshold-th task journaled since the start
+                seen.update(os.listdir(journal) if journal.is_dir() else ())
+                fire = len(seen - already) >= threshold
             else:
                 now = project.inodes()  # outputs written (renamed into place) since the start
                 fire = sum(1 for i, ino in now.items() if ino != inodes.get(i)) >= threshold
