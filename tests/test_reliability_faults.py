@@ -1,0 +1,495 @@
+"""Issue 5, points 3-5 and 7 against the emulator: bad downloads, interrupted builds, two builds
+at once, and the API key in every artifact of failing and succeeding runs.
+
+Tests marked xfail(strict=True) show a bug that is still open; each reason names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from flexforge.emulator.testing import RunningEmulator, running_emulator
+from flexforge.lockfile import Lock
+from flexforge.store import Store
+from tests.helpers import Project, Run, png
+
+SECRET = "sk-reliability-SECRET-9f8e7d6c5b4a"
+FAST = {
+    "FLEXFORGE_POLL_INTERVAL": "0.02",
+    "FLEXFORGE_POLL_MAX_INTERVAL": "0.1",
+    "FLEXFORGE_RETRY_BASE_DELAY": "0.01",
+    "FLEXFORGE_RETRY_MAX_DELAY": "0.05",
+}
+LOCK_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "lock-v1.schema.json"
+
+
+@contextmanager
+def serve(monkeypatch: pytest.MonkeyPatch, **knobs: Any) -> Iterator[RunningEmulator]:
+    """An emulator that accepts only SECRET, with the client pointed at it and fast timings."""
+    knobs.setdefault("accepted_keys", (SECRET,))
+    with running_emulator(**knobs) as emu:
+        for name, value in {**emu.env(), **FAST, "BFL_API_KEY": SECRET}.items():
+            monkeypatch.setenv(name, value)
+        yield emu
+
+
+def build(project: Project, *args: str) -> Run:
+    result = project.run("build", "--provider", "emulator", *args)
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def spawn(project: Project, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "flexforge", "-C", str(project.root), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
+def journal(project: Project) -> list[Path]:
+    return sorted((project.root / ".flexforge" / "journal").glob("*.json"))
+
+
+def lock_is_sound(project: Project) -> dict[str, Any]:
+    """The lock matches its schema and every entry's output has the recorded bytes."""
+    lock: dict[str, Any] = project.lock()
+    jsonschema.validate(lock, json.loads(LOCK_SCHEMA.read_text()))
+    for asset_id, entry in lock["assets"].items():
+        digest = hashlib.sha256(project.read(entry["out"])).hexdigest()
+        assert digest == entry["sha256"], asset_id
+    return lock
+
+
+def draft_render(request: Any) -> bytes:
+    from flexforge.draft import render
+
+    return bytes(render(request))
+
+
+def encoded(size: tuple[int, int], fmt: str) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (90, 20, 20)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+# -- 3. images downloaded from the provider ---------------------------------------------------------
+
+BAD_DOWNLOADS: dict[str, tuple[dict[str, Any], str]] = {
+    "wrong-size": (
+        {"renderer": lambda r: encoded((r.width + 16, r.height), "PNG")},
+        "expected 64x64, got 80x64",
+    ),
+    "wrong-format": ({"renderer": lambda r: encoded((r.width, r.height), "JPEG")}, "expected PNG, got JPEG"),
+    "not-an-image": ({"renderer": lambda r: b"<html>502 Bad Gateway</html>"}, "not a decodable image"),
+    "truncated": ({"faults": {"download:truncate": 1.0}}, "not a decodable image"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_DOWNLOADS))
+def test_a_download_that_is_bad_every_time_fails_clearly_and_writes_nothing(
+    project: Project, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    knobs, reason = BAD_DOWNLOADS[kind]
+    with serve(monkeypatch, **knobs) as emu:
+        project.manifest("""
+            version: 1
+            defaults: {width: 64, height: 64}
+            assets:
+              a: {prompt: "the one that breaks", seed: 1}
+              b: {prompt: "built on image 1", seed: 2, references: [a]}
+        """)
+        result = build(project)
+        assert result.exit_code == 1
+        assert re.search(r"^  failed: a: .*is broken \(" + re.escape(reason), result.stderr, re.M), (
+            result.stderr
+        )
+        assert "skipped: b: needs a, which failed" in result.stderr
+        stats = emu.stats()
+        assert stats["downloads"] >= 6  # retried (5 retries by default) before giving up
+        # Never written as output, never cached, never locked.
+        assert not (project.root / "assets").exists() or list((project.root / "assets").iterdir()) == []
+        assert not (project.root / "flexforge.lock").exists() or lock_is_sound(project)["assets"] == {}
+        assert not list((project.root / ".flexforge").glob("objects/*/*"))
+        # The paid task stays journaled: the next build fetches it again instead of paying again.
+        assert len(journal(project)) == 1
+        again = build(project)
+        assert again.exit_code == 1 and "polling task" in again.stderr and reason in again.stderr
+        assert emu.stats()["submissions"] == stats["submissions"] == 1
+
+
+def test_a_reference_broken_after_validation_is_refused_before_any_paid_call(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve(monkeypatch) as emu:
+        png(project.root / "brand" / "logo.png")
+        project.manifest("""
+            version: 1
+            defaults: {width: 64, height: 64}
+            assets:
+              a: {prompt: "logo from image 1", seed: 1, references: [brand/logo.png]}
+        """)
+        assert project.run("validate").exit_code == 0  # the validated manifest is cached
+        (project.root / "brand" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+        result = build(project)
+        assert result.exit_code == 1
+        assert "failed: a: reference 'brand/logo.png': not a readable image" in result.stderr
+        assert emu.stats()["submissions"] == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: an OSError while writing an output (ENAMETOOLONG here; also ENOSPC, EACCES, "
+    "EROFS, a file where a folder should be) escapes Builder._run_step, which catches only "
+    "ProviderError; gather(return_exceptions=True) swallows it: no outcome, dependents vanish, "
+    "exit 0 — after the image was paid for",
+)
+def test_an_output_that_cannot_be_written_fails_the_build(project: Project) -> None:
+    project.manifest(f"""
+        version: 1
+        defaults: {{width: 64, height: 64}}
+        assets:
+          a: {{prompt: x, seed: 1, out: "img/{"n" * 300}.png"}}
+          b: {{prompt: y, seed: 2, references: [a]}}
+          c: {{prompt: z, seed: 3}}
+    """)
+    result = project.run("build", "--provider", "draft", "--keep-going")
+    assert "Traceback" not in result.stderr
+    assert result.exit_code == 1, result.stderr
+    assert "failed: a:" in result.stderr or "assets.a.out" in result.stderr
+
+
+# -- 4. interrupted builds --------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: engine.Builder._build calls resolve_seed() without the seed pinned in "
+    ".flexforge/seeds.json, so a resumed build draws a new seed for an asset without `seed:`, "
+    "misses its journaled task (other key) and pays for it again",
+)
+def test_a_drawn_seed_survives_a_kill_so_its_task_is_not_paid_twice(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve(monkeypatch, latency=1.5) as emu:
+        project.manifest("""
+            version: 1
+            defaults: {width: 64, height: 64}
+            assets:
+              a: {prompt: "no seed in the manifest"}
+        """)
+        proc = spawn(project, "build", "--provider", "emulator")
+        wait_for(lambda: len(journal(project)) == 1, "the task to be journaled")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        assert emu.stats()["submissions"] == 1
+        assert build(project).exit_code == 0
+        assert emu.stats()["submissions"] == 1
+        assert journal(project) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a SIGINT/SIGTERM while a submission's answer is on its way cancels the request: "
+    "the API created (and charged) the task, flexforge never journals it, the next build pays "
+    "again. A graceful stop should let in-flight submissions finish and journal them",
+)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_during_a_submission_journals_the_task(
+    project: Project, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    # The emulator creates the task, then holds its answer for 2 s: a slow network.
+    with serve(monkeypatch, script=("submit:hang",), hang_seconds=2.0, latency=0.1) as emu:
+        project.manifest("""
+            version: 1
+            defaults: {width: 64, height: 64}
+            assets:
+              a: {prompt: "slow to answer", seed: 1}
+        """)
+        proc = spawn(project, "build", "--provider", "emulator")
+        wait_for(lambda: emu.stats()["submissions"] == 1, "the task to be created")
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert build(project).exit_code == 0
+        assert emu.stats()["submissions"] == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the lock is rewritten at most every 0.25 s (engine.LOCK_SAVE_INTERVAL) after the "
+    "output is renamed into place; a kill in between leaves new bytes under an old lock entry, "
+    "and planner.decide() checks drift before the key, so the resumed build calls flexforge's "
+    "own output 'edited by hand', leaves it, and skips its dependents",
+)
+def test_a_kill_between_output_and_lock_is_not_mistaken_for_a_hand_edit(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.manifest("""
+        version: 1
+        defaults: {width: 64, height: 64}
+        assets:
+          a: {prompt: "first version", seed: 1}
+          b: {prompt: "built on image 1", seed: 2, references: [a]}
+    """)
+    assert project.build().exit_code == 0
+    project.edit("first version", "second version")
+    with monkeypatch.context() as patch:
+        patch.setattr(Lock, "save", lambda self: False)  # killed before the lock write
+        assert project.build().exit_code == 0
+    assert project.plan()["a"] != "drifted"
+    result = project.build()
+    assert result.exit_code == 0, result.stderr
+    assert set(project.plan().values()) == {"none"}
+    lock_is_sound(project)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a kill after an asset is cached and locked but before journal_remove() leaves a "
+    "journal entry no build ever clears; `--replace` then polls that old task instead of "
+    "generating, and appends its cost to the ledger a second time",
+)
+def test_replace_after_a_kill_before_the_journal_cleanup_generates_anew(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve(monkeypatch) as emu:
+        project.manifest("""
+            version: 1
+            defaults: {width: 64, height: 64}
+            assets:
+              a: {prompt: one, seed: 1}
+        """)
+        with monkeypatch.context() as patch:
+            patch.setattr(Store, "journal_remove", lambda self, key: None)  # killed right before it
+            assert build(project).exit_code == 0
+        assert build(project, "--replace", "a").exit_code == 0
+        ledger = (project.root / ".flexforge" / "ledger.jsonl").read_text().splitlines()
+        task_ids = [json.loads(line)["task_id"] for line in ledger]
+        assert len(task_ids) == len(set(task_ids)), "one task's cost recorded twice"
+        assert emu.stats()["submissions"] == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (minor): a kill during fsutil.replacing() leaves `.NAME.XXXX.tmp` beside the "
+    "output, in a folder users commit; no later build removes it",
+)
+def test_temp_files_left_by_a_killed_write_are_cleaned_up(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        defaults: {width: 64, height: 64}
+        assets:
+          a: {prompt: one, seed: 1}
+    """)
+    assert project.build().exit_code == 0
+    (project.root / "assets" / ".a.png.k2x9q1ab.tmp").write_bytes(b"\x89PNG half")  # what a kill leaves
+    project.edit("one", "two")
+    assert project.build().exit_code == 0
+    assert sorted(p.name for p in (project.root / "assets").iterdir()) == ["a.png"]
+
+
+# -- 5. two processes at once -----------------------------------------------------------------------
+
+
+def test_two_builds_started_together_pay_once_and_leave_a_sound_lock(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve(monkeypatch, latency=0.3) as emu:
+        project.manifest(
+            "version: 1\ndefaults: {width: 64, height: 64}\nassets:\n"
+            + "".join(f"  a{i}: {{prompt: 'asset {i}', seed: {i}}}\n" for i in range(10))
+        )
+        first, second = (
+            spawn(project, "build", "--provider", "emulator"),
+            spawn(project, "build", "--provider", "emulator"),
+        )
+        results = [proc.communicate(timeout=120) for proc in (first, second)]
+        assert (first.returncode, second.returncode) == (0, 0), results
+        stderr = "".join(err for _, err in results)
+        assert "waiting for another flexforge build" in stderr
+        assert "Up to date: 10 assets" in "".join(out for out, _ in results)
+        assert len(lock_is_sound(project)["assets"]) == 10
+        stats = emu.stats()
+        assert (stats["submissions"], stats["duplicates"]) == (10, 0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: `accept` reads the lock before taking the build lock (commands/accept.py), "
+    "waits for a running build, then saves its stale copy: the build's new entries are lost",
+)
+def test_accept_while_a_build_runs_keeps_the_builds_entries(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve(monkeypatch) as emu:
+        project.manifest("""
+            version: 1
+            defaults: {width: 64, height: 64}
+            assets:
+              a: {prompt: one, seed: 1}
+              b: {prompt: two, seed: 2}
+        """)
+        assert build(project, "a").exit_code == 0
+        (project.root / "assets" / "a.png").write_bytes(encoded((64, 64), "PNG"))  # a hand edit
+        emu.configure(latency=2.0)
+        running = spawn(project, "build", "b", "--provider", "emulator")
+        wait_for(lambda: len(journal(project)) == 1, "the build to hold its lock")
+        assert project.run("accept", "a").exit_code == 0  # waits for the build, then accepts
+        running.communicate(timeout=60)
+        assert sorted(lock_is_sound(project)["assets"]) == ["a", "b"]
+
+
+# -- 7. the API key ---------------------------------------------------------------------------------
+
+
+def assert_key_nowhere(project: Project, runs: list[Run]) -> None:
+    for result in runs:
+        assert SECRET not in result.stdout + result.stderr
+    scanned = 0
+    for path in project.root.rglob("*"):
+        if path.is_file():
+            scanned += 1
+            assert SECRET.encode() not in path.read_bytes(), f"the key leaked into {path}"
+    assert scanned > 2  # the manifest and .flexforge/ at least (lock, journal, ledger... when made)
+
+
+def test_the_key_never_appears_in_any_artifact_of_a_failing_run(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def renderer(request: Any) -> bytes:
+        return b"not an image" if "broken" in request.prompt else draft_render(request)
+
+    with serve(monkeypatch, renderer=renderer, moderate_request=("forbidden",)):
+        project.manifest("""
+            version: 1
+            defaults: {width: 64, height: 64}
+            assets:
+              fine: {prompt: "a fine poster", seed: 1}
+              refused: {prompt: "a forbidden poster", seed: 2}
+              broken: {prompt: "a broken download", seed: 3}
+              child: {prompt: "built on image 1", seed: 4, references: [broken]}
+              unseeded: {prompt: "seed drawn and pinned"}
+        """)
+        runs = [build(project, "--keep-going"), build(project, "-vv", "--keep-going")]
+        assert runs[0].exit_code == 1 and "failed: refused" in runs[0].stderr
+        assert len(journal(project)) == 1  # the broken download's task, kept for the next build
+        runs += [
+            project.run("plan", "--json", "--provider", "emulator"),
+            project.run("status", "--json", "--provider", "emulator"),
+            project.run("-vv", "graph"),
+            *(project.run("explain", a, "--provider", "emulator") for a in ("fine", "broken", "child")),
+        ]
+        assert_key_nowhere(project, runs)
+
+
+def test_the_key_never_appears_in_any_artifact_of_a_successful_run(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve(monkeypatch, faults={"poll:500": 0.2, "download:truncate": 0.2}, seed=3):
+        png(project.root / "brand" / "logo.png")
+        project.manifest("""
+            version: 1
+            defaults: {width: 64, height: 64}
+            assets:
+              a: {prompt: "a poster", seed: 1, references: [brand/logo.png]}
+              b: {prompt: "built on image 1"}
+        """)
+        runs = [build(project, "-vv")]
+        assert runs[0].exit_code == 0, runs[0].stderr
+        runs += [
+            project.run("plan", "--json", "--provider", "emulator"),
+            project.run("status", "--json", "--provider", "emulator"),
+            project.run("explain", "a", "--provider", "emulator"),
+            build(project, "-vv"),
+        ]
+        assert_key_nowhere(project, runs)
+
+
+class _EchoingApi(BaseHTTPRequestHandler):
+    """A hostile or sloppy gateway that echoes the caller's key in every error it returns."""
+
+    def do_POST(self) -> None:
+        key = self.headers.get("x-key", "")
+        body = json.dumps({"detail": f"upstream refused credentials x-key={key}"}).encode()
+        self.send_response(500 if "flex" in self.path else 403)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("model", ["flux-2-flex", "flux-2-pro"], ids=["500-retried", "403-fatal"])
+def test_a_key_echoed_back_by_the_api_is_redacted(
+    project: Project, monkeypatch: pytest.MonkeyPatch, model: str
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for name, value in {**FAST, "BFL_API_BASE": f"http://127.0.0.1:{server.server_port}"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("BFL_API_KEY", SECRET)
+        project.manifest(f"""
+            version: 1
+            defaults: {{width: 64, height: 64, model: {model}}}
+            assets:
+              a: {{prompt: one, seed: 1}}
+        """)
+        result = project.run("-vv", "build", "--provider", "bfl")
+        assert result.exit_code == 1
+        assert "upstream refused credentials" in result.stderr or "rejected the API key" in result.stderr
+        assert_key_nowhere(project, [result])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_keys_come_from_the_environment_only(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    with running_emulator() as emu:
+        monkeypatch.setenv("BFL_API_BASE", emu.url)
+        project.write(".env", f"BFL_API_KEY={SECRET}\n")
+        project.write(".flexforge/credentials", f"{SECRET}\n")
+        project.manifest("""
+            version: 1
+            vars: {note: "keys are not read from vars either"}
+            defaults: {width: 64, height: 64}
+            assets:
+              a: {prompt: one, seed: 1}
+        """)
+        result = project.run("build", "--provider", "bfl")
+        assert result.exit_code == 1
+        assert "BFL_API_KEY is not set" in result.stderr and "--provider draft" in result.stderr
+        assert emu.stats()["responses"] == {}  # not one request made
