@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flexforge.errors import ProviderError
-from flexforge.fsutil import atomic_write
+from flexforge.fsutil import atomic_write, remove_stale_temps
 from flexforge.keys import content_key
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset
@@ -72,14 +72,12 @@ class BuildResult:
         return round(sum(o.cost_usd for o in self.outcomes.values()), 6)
 
 
-class _Failed(Exception):
-    """An input of this asset did not come to be; carries nothing further."""
-
-
 class _TaskRecord:
     """The TaskContext one provider call gets: journal access for one asset's content key."""
 
-    def __init__(self, store: Store, step: Step, key: str, provider: str, reporter: Reporter) -> None:
+    def __init__(
+        self, store: Store, step: Step, key: str, provider: str, reporter: Reporter, *, fresh: bool
+    ) -> None:
         self._store = store
         self._asset = step.asset.id
         self._key = key
@@ -87,6 +85,12 @@ class _TaskRecord:
         self._reporter = reporter
         self.finished = False
         entry = store.journal_get(key)
+        cached = store.key_record(key) if entry is not None and fresh else None
+        if entry is not None and cached is not None and cached.get("task_id") == entry.task_id:
+            # --replace wants a new image, and this journaled task's image is the one we have (a
+            # kill came between caching it and clearing the journal): its cost is already counted.
+            store.journal_remove(key)
+            entry = None
         self.resumable = entry if entry is not None and entry.provider == provider else None
 
     def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
@@ -144,12 +148,14 @@ class Builder:
         self.slots = asyncio.Semaphore(max(1, min(options.jobs, provider.max_in_flight)))
         self.tasks: dict[str, asyncio.Task[str | None]] = {}
         self.estimates = {s.asset.id: s.estimated_cost_usd for s in plan.steps}
+        self.pinned = store.pinned_seeds()
         self.lock_saved_at = 0.0
         self.lock_flush: asyncio.TimerHandle | None = None
 
     async def run(self) -> BuildResult:
         for orphan in self.plan.orphaned:
             self.lock.entries.pop(orphan, None)
+        self._remove_stale_temps()
         try:
             for step in self.plan.steps:
                 self.tasks[step.asset.id] = asyncio.create_task(self._run_step(step))
@@ -160,6 +166,15 @@ class Builder:
             self._flush_lock()
             self.store.save()
         return self.result
+
+    def _remove_stale_temps(self) -> None:
+        """A build killed mid-write leaves a temp file beside an output, in a folder users commit."""
+        folders: dict[Path, set[str]] = {}
+        for step in self.plan.steps:
+            path = self.plan.manifest.root / step.asset.out
+            folders.setdefault(path.parent, set()).add(path.name)
+        for folder, names in folders.items():
+            remove_stale_temps(folder, names)
 
     def _record(self, outcome: Outcome) -> None:
         self.result.outcomes[outcome.asset_id] = outcome
@@ -174,14 +189,20 @@ class Builder:
         try:
             return await self._build(asset)
         except ProviderError as exc:
-            self._record(Outcome(asset.id, FAILED, str(exc)))
-            if exc.fatal or not self.options.keep_going:
-                self.stop_reason = self.stop_reason or f"{asset.id} failed"
-            return None
+            self._fail(asset.id, str(exc), fatal=exc.fatal)
+        except OSError as exc:  # a full disk, a read-only folder, a name too long...
+            where = f" ({exc.filename})" if exc.filename else ""
+            self._fail(asset.id, f"cannot write: {exc.strerror or exc}{where}", fatal=False)
+        return None
+
+    def _fail(self, asset_id: str, reason: str, *, fatal: bool) -> None:
+        self._record(Outcome(asset_id, FAILED, reason))
+        if fatal or not self.options.keep_going:
+            self.stop_reason = self.stop_reason or f"{asset_id} failed"
 
     async def _build(self, asset: Asset) -> str | None:
         entry = self.lock.entries.get(asset.id)
-        seed = resolve_seed(asset, entry, asset.id in self.plan_options.reseed)
+        seed = resolve_seed(asset, entry, asset.id in self.plan_options.reseed, self.pinned.get(asset.id))
         digests = reference_digests(asset, self.store, self.outputs)
         replace = asset.id in self.plan_options.replace
         step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=replace)
@@ -254,7 +275,8 @@ class Builder:
                 return None
             self.committed_usd += estimate
             self.reporter.asset_started(asset.id, step.action)
-            record = _TaskRecord(self.store, step, key.key, self.provider.name, self.reporter)
+            fresh = asset.id in self.plan_options.replace
+            record = _TaskRecord(self.store, step, key.key, self.provider.name, self.reporter, fresh=fresh)
             try:
                 image = await self.provider.generate(request, record)
                 await asyncio.to_thread(_verify, image, asset)

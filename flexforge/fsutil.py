@@ -56,6 +56,18 @@ def atomic_copy(src: Path, dest: Path) -> None:
         shutil.copyfileobj(inp, out, CHUNK)
 
 
+def remove_stale_temps(folder: Path, names: set[str]) -> None:
+    """Delete what a killed `replacing()` left beside the files `names` in `folder`."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") and name.endswith(".tmp") and name[1:-4].rpartition(".")[0] in names:
+            Path(entry.path).unlink(missing_ok=True)
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

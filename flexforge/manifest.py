@@ -41,6 +41,7 @@ MAX_REFERENCES = {
     "flux-2-klein-9b": 4,
 }
 MAX_PIXELS = 2048 * 2048  # the API's 4 MP limit
+MAX_TEXT = 100_000  # characters of one prompt or path after vars: far past any real prompt
 KEY_LIKE = re.compile(r"(^|_|-)(api_?key|key|token|secret|password|authorization|x-key)$", re.I)
 _VAR = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 
@@ -456,6 +457,8 @@ class _Checker:
     # -- vars ------------------------------------------------------------------------------------
 
     def _substitute(self, text: str, variables: dict[str, str], path: tuple[str | int, ...]) -> str:
+        room = [MAX_TEXT - len(text)]  # what substitution may add before the text is absurd
+
         def replace(match: re.Match[str]) -> str:
             token = match.group(0)
             if token == "{{":
@@ -464,6 +467,9 @@ class _Checker:
                 return "}"
             name = match.group(1)
             if name in variables:
+                room[0] -= len(variables[name])
+                if room[0] < 0:
+                    raise _TextTooLong
                 return variables[name]
             known = ", ".join(sorted(variables)) or "none declared"
             hint = difflib.get_close_matches(name, list(variables), n=1)
@@ -471,7 +477,11 @@ class _Checker:
             self.error(path, f"unknown var {{{name}}}{also}; write {{{{ for a literal brace")
             return token
 
-        return _VAR.sub(replace, text)
+        try:
+            return _VAR.sub(replace, text)
+        except _TextTooLong:
+            self.error(path, f"longer than {MAX_TEXT} characters once vars are substituted")
+            return text
 
     def _substitute_tree(self, node: Any, variables: dict[str, str], path: tuple[str | int, ...]) -> Any:
         if isinstance(node, str):
@@ -481,6 +491,10 @@ class _Checker:
         if isinstance(node, list):
             return [self._substitute_tree(v, variables, (*path, i)) for i, v in enumerate(node)]
         return node
+
+
+class _TextTooLong(Exception):
+    pass
 
 
 def _var_text(value: Any) -> str:

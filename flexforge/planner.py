@@ -108,8 +108,11 @@ def decide(
 ) -> Step:
     """The action for one asset given its inputs' digests (None: an input still to be made)."""
     current = store.digest(asset.out)
-    if entry is not None and current is not None and current != entry.sha256 and not replace:
-        # Hand-edited bytes are never overwritten by a build: accept them or --replace.
+    # Bytes flexforge never made are a hand edit, never overwritten: accept them or --replace.
+    # Bytes it did make (a build killed before its lock write) are planned like any output.
+    edited = entry is not None and current is not None and current != entry.sha256
+    if edited and not replace and not store.has_object(str(current)):
+        assert entry is not None
         return Step(asset, DRIFTED, [], seed, None, None, entry.sha256)
     known = [d for d in reference_digests if d is not None]
     if seed is None or len(known) != len(reference_digests):

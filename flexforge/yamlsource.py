@@ -52,9 +52,10 @@ class YamlDocument:
 
 
 class _Builder:
-    def __init__(self, doc: YamlDocument) -> None:
+    def __init__(self, doc: YamlDocument, text_budget: int) -> None:
         self.doc = doc
         self.nodes = 0
+        self.text_left = text_budget  # aliases may repeat text, but not amplify it without bound
         self.scalars = yaml.constructor.SafeConstructor()
 
     def build(self, node: yaml.Node, path: Path_, depth: int) -> Any:
@@ -69,6 +70,9 @@ class _Builder:
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        self.text_left -= len(node.value)
+        if self.text_left < 0:
+            raise _TooBig("aliases repeat text to many times the file's size (an alias bomb?)")
         return self.scalars.construct_object(node)
 
     def _mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict[str, Any]:
@@ -121,8 +125,14 @@ def parse_yaml(raw: bytes) -> YamlDocument:
     if not text.strip():
         doc.problems.append(YamlProblem(1, 1, (), "the file is empty; run `flexforge init` for a starter"))
         return doc
+    # libyaml composes recursively in C: thousands of nested levels crash the process, so text
+    # that might nest deeply is composed by the pure-Python loader, whose recursion is bounded.
+    loader = yaml.SafeLoader if _may_nest_deeply(text) else _Loader
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=loader)
+    except RecursionError:
+        doc.problems.append(YamlProblem(1, 1, (), f"nested deeper than {MAX_DEPTH} levels"))
+        return doc
     except yaml.composer.ComposerError as exc:
         _yaml_problem(doc, exc, text)
         return doc
@@ -136,7 +146,7 @@ def parse_yaml(raw: bytes) -> YamlDocument:
         doc.problems.append(YamlProblem(1, 1, (), "the file holds no YAML document"))
         return doc
     try:
-        doc.data = _Builder(doc).build(node, (), 0)
+        doc.data = _Builder(doc, 4 * len(text) + 65536).build(node, (), 0)
     except _TooBig as exc:
         doc.problems.append(YamlProblem(1, 1, (), str(exc)))
         doc.data = None
@@ -144,6 +154,16 @@ def parse_yaml(raw: bytes) -> YamlDocument:
         _yaml_problem(doc, exc, text)
         doc.data = None
     return doc
+
+
+def _may_nest_deeply(text: str) -> bool:
+    """A cheap over-estimate: any line indented or bracketed past MAX_DEPTH levels."""
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        opened = stripped.count("[") + stripped.count("{") + stripped.count("- ")
+        if (len(line) - len(stripped)) // 2 + opened > MAX_DEPTH:
+            return True
+    return False
 
 
 def _yaml_problem(doc: YamlDocument, exc: yaml.MarkedYAMLError, text: str) -> None:

@@ -31,13 +31,14 @@ def accept(opts: GlobalOptions, asset_id: str) -> int:
     asset = project.manifest.assets.get(asset_id)
     if asset is None:
         raise FlexforgeError(f"no asset {asset_id!r} in {project.manifest.label}")
-    entry = project.lock.entries.get(asset_id)
-    if entry is None:
-        raise FlexforgeError(f"{asset_id} has never been built; run `flexforge build {asset_id}` first")
-    path = project.manifest.root / asset.out
-    if not path.is_file():
-        raise FlexforgeError(f"{asset.out} does not exist; nothing to accept")
+    # The lock is read under the build lock: a build running now may be about to rewrite it.
     with project.store.build_lock():
+        entry = project.lock.entries.get(asset_id)
+        if entry is None:
+            raise FlexforgeError(f"{asset_id} has never been built; run `flexforge build {asset_id}` first")
+        path = project.manifest.root / asset.out
+        if not path.is_file():
+            raise FlexforgeError(f"{asset.out} does not exist; nothing to accept")
         data = path.read_bytes()
         sha = project.store.put_object(data)
         if sha == entry.sha256:

@@ -21,7 +21,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
@@ -122,6 +122,7 @@ class FluxHttpProvider:
         self.dialect = dialect
         self.settings = settings if settings is not None else HttpSettings.from_env()
         self.limiter = AdaptiveLimiter(max_in_flight)
+        self._submitting: set[asyncio.Future[None]] = set()
         self._key = api_key
         self._headers = {**dialect.auth_headers(api_key), "Accept": "application/json"}
         self._client = httpx.AsyncClient(
@@ -134,7 +135,19 @@ class FluxHttpProvider:
         return await _TaskRun(self, request, task).run()
 
     async def aclose(self) -> None:
+        if self._submitting:
+            # Interrupted: let submissions already on the wire come back and be journaled, so a
+            # task the API created (and charged) is resumed by the next build, not paid again.
+            await asyncio.wait(set(self._submitting), timeout=self.settings.http_timeout)
         await self._client.aclose()
+
+    async def submit_shielded(self, submission: Awaitable[None]) -> None:
+        """Run a submission (the POST and the journal entry after it) to its end even if the
+        build is cancelled meanwhile; `aclose` waits for it."""
+        task = asyncio.ensure_future(submission)
+        self._submitting.add(task)
+        task.add_done_callback(self._submitting.discard)
+        await asyncio.shield(task)
 
     def redact(self, text: str) -> str:
         # Shorter "keys" are placeholders (the emulator's default is "emulator") whose
@@ -288,7 +301,7 @@ class _TaskRun:
                 self.log(
                     f"task {self.task_id} from an earlier run is gone (Task not found); submitting it again"
                 )
-        await self._submit(slot)
+        await self.p.submit_shielded(self._submit(slot))
         try:
             return await self._wait()
         except _TaskNotFound:
