@@ -166,14 +166,9 @@ def test_a_reference_broken_after_validation_is_refused_before_any_paid_call(
         assert emu.stats()["submissions"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an OSError while writing an output (ENAMETOOLONG here; also ENOSPC, EACCES, "
-    "EROFS, a file where a folder should be) escapes Builder._run_step, which catches only "
-    "ProviderError; gather(return_exceptions=True) swallows it: no outcome, dependents vanish, "
-    "exit 0 — after the image was paid for",
-)
 def test_an_output_that_cannot_be_written_fails_the_build(project: Project) -> None:
+    """Regression (fixed in fb90bd8): an OSError while writing an output escaped the engine and was swallowed
+    by gather(): no outcome, dependents vanished, exit 0, after the image was paid for."""
     project.manifest(f"""
         version: 1
         defaults: {{width: 64, height: 64}}
@@ -191,15 +186,11 @@ def test_an_output_that_cannot_be_written_fails_the_build(project: Project) -> N
 # -- 4. interrupted builds --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: engine.Builder._build calls resolve_seed() without the seed pinned in "
-    ".flexforge/seeds.json, so a resumed build draws a new seed for an asset without `seed:`, "
-    "misses its journaled task (other key) and pays for it again",
-)
 def test_a_drawn_seed_survives_a_kill_so_its_task_is_not_paid_twice(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Regression (fixed in fb90bd8): the engine ignored the seed pinned in .flexforge/seeds.json, drew a new
+    one on resume, missed the journaled task and paid again."""
     with serve(monkeypatch, latency=1.5) as emu:
         project.manifest("""
             version: 1
@@ -217,16 +208,12 @@ def test_a_drawn_seed_survives_a_kill_so_its_task_is_not_paid_twice(
         assert journal(project) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a SIGINT/SIGTERM while a submission's answer is on its way cancels the request: "
-    "the API created (and charged) the task, flexforge never journals it, the next build pays "
-    "again. A graceful stop should let in-flight submissions finish and journal them",
-)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_during_a_submission_journals_the_task(
     project: Project, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
 ) -> None:
+    """Regression (fixed in fb90bd8): Ctrl-C or SIGTERM while a submission's answer was on its way cancelled
+    it: the task was charged, never journaled, and paid again by the next build."""
     # The emulator creates the task, then holds its answer for 2 s: a slow network.
     with serve(monkeypatch, script=("submit:hang",), hang_seconds=2.0, latency=0.1) as emu:
         project.manifest("""
@@ -244,16 +231,12 @@ def test_an_interrupt_during_a_submission_journals_the_task(
         assert emu.stats()["submissions"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the lock is rewritten at most every 0.25 s (engine.LOCK_SAVE_INTERVAL) after the "
-    "output is renamed into place; a kill in between leaves new bytes under an old lock entry, "
-    "and planner.decide() checks drift before the key, so the resumed build calls flexforge's "
-    "own output 'edited by hand', leaves it, and skips its dependents",
-)
 def test_a_kill_between_output_and_lock_is_not_mistaken_for_a_hand_edit(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Regression (fixed in fb90bd8): a kill between the output rename and the coalesced lock write left new
+    bytes under an old entry, and the next build called flexforge's own output 'edited by hand' and
+    skipped its dependents."""
     project.manifest("""
         version: 1
         defaults: {width: 64, height: 64}
@@ -273,15 +256,11 @@ def test_a_kill_between_output_and_lock_is_not_mistaken_for_a_hand_edit(
     lock_is_sound(project)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a kill after an asset is cached and locked but before journal_remove() leaves a "
-    "journal entry no build ever clears; `--replace` then polls that old task instead of "
-    "generating, and appends its cost to the ledger a second time",
-)
 def test_replace_after_a_kill_before_the_journal_cleanup_generates_anew(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Regression (fixed in fb90bd8): a journal entry left by a kill after caching made `--replace` poll the
+    old task and record its cost twice in the ledger."""
     with serve(monkeypatch) as emu:
         project.manifest("""
             version: 1
@@ -299,12 +278,9 @@ def test_replace_after_a_kill_before_the_journal_cleanup_generates_anew(
         assert emu.stats()["submissions"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): a kill during fsutil.replacing() leaves `.NAME.XXXX.tmp` beside the "
-    "output, in a folder users commit; no later build removes it",
-)
 def test_temp_files_left_by_a_killed_write_are_cleaned_up(project: Project) -> None:
+    """Regression (fixed in fb90bd8): a kill mid-write left `.NAME.XXXX.tmp` beside the output, in a
+    committed folder, for good."""
     project.manifest("""
         version: 1
         defaults: {width: 64, height: 64}
@@ -316,6 +292,100 @@ def test_temp_files_left_by_a_killed_write_are_cleaned_up(project: Project) -> N
     project.edit("one", "two")
     assert project.build().exit_code == 0
     assert sorted(p.name for p in (project.root / "assets").iterdir()) == ["a.png"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (regression in fb90bd8): planner.decide() now skips the drift check for any bytes "
+    "in the object cache, so an older flexforge image put back by hand (git checkout of one file) "
+    "is planned 'restore (missing)' and overwritten; only bytes made for the *current* key should "
+    "be exempt",
+)
+def test_an_older_image_put_back_by_hand_is_drifted_and_left_alone(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        defaults: {width: 64, height: 64}
+        assets:
+          a: {prompt: "first version", seed: 1}
+    """)
+    assert project.build().exit_code == 0
+    older = project.read("assets/a.png")
+    project.edit("first version", "second version")
+    assert project.build().exit_code == 0
+    (project.root / "assets" / "a.png").write_bytes(older)  # `git checkout HEAD~1 -- assets/a.png`
+    assert project.plan()["a"] == "drifted"
+    project.build()
+    assert project.read("assets/a.png") == older
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: only ProviderError and OSError are caught in engine.Builder._run_step; any other "
+    "exception in one asset (a Pillow error in final_size, a bug) is swallowed by "
+    "gather(return_exceptions=True): the asset and its dependents vanish and the build exits 0",
+)
+def test_an_unexpected_error_in_one_asset_fails_the_build(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> bytes:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr("flexforge.imaging.fit_cover", broken)
+    project.manifest("""
+        version: 1
+        defaults: {width: 64, height: 64}
+        assets:
+          a: {prompt: one, seed: 1, final_size: 60x60}
+          b: {prompt: two, seed: 2, references: [a]}
+          c: {prompt: three, seed: 3}
+    """)
+    result = project.run("build", "--provider", "draft", "--keep-going")
+    assert result.exit_code == 1, result.stderr
+    assert "failed: a:" in result.stderr and "skipped: b:" in result.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: lockfile.read_lock checks only that the entries have the right names, not the "
+    'schema: a lock edited to `seed: "banana"` is used (the seed is sent) and written back invalid',
+)
+def test_a_lock_that_breaks_its_schema_is_refused(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        defaults: {width: 64, height: 64}
+        assets:
+          a: {prompt: one}
+    """)
+    assert project.build().exit_code == 0
+    lock = project.lock()
+    lock["assets"]["a"]["seed"] = "banana"  # a bad merge, a hand edit, a hostile pull request
+    (project.root / "flexforge.lock").write_text(json.dumps(lock))
+    for command in (("plan", "--provider", "draft"), ("build", "--provider", "draft")):
+        result = project.run(*command)
+        assert result.exit_code == 1
+        assert "not a valid flexforge lock" in result.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (minor): a file where `.flexforge/` should be, or a folder named flexforge.lock, "
+    "gives 'internal error: FileExistsError / IsADirectoryError' instead of a message naming it",
+)
+@pytest.mark.parametrize("blocked", [".flexforge", "flexforge.lock"])
+def test_state_paths_of_the_wrong_kind_are_clear_errors(project: Project, blocked: str) -> None:
+    project.manifest("""
+        version: 1
+        defaults: {width: 64, height: 64}
+        assets:
+          a: {prompt: one, seed: 1}
+    """)
+    if blocked == ".flexforge":
+        (project.root / blocked).write_text("a file, not a folder")
+    else:
+        (project.root / blocked).mkdir()
+    result = project.build()
+    assert result.exit_code == 1
+    assert "internal error" not in result.stderr and blocked in result.stderr
 
 
 # -- 5. two processes at once -----------------------------------------------------------------------
@@ -343,14 +413,11 @@ def test_two_builds_started_together_pay_once_and_leave_a_sound_lock(
         assert (stats["submissions"], stats["duplicates"]) == (10, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `accept` reads the lock before taking the build lock (commands/accept.py), "
-    "waits for a running build, then saves its stale copy: the build's new entries are lost",
-)
 def test_accept_while_a_build_runs_keeps_the_builds_entries(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Regression (fixed in fb90bd8): `accept` read the lock before waiting for the build lock and then saved
+    its stale copy, dropping the build's entries."""
     with serve(monkeypatch) as emu:
         project.manifest("""
             version: 1

@@ -70,12 +70,9 @@ def test_billion_laughs_is_refused_within_a_small_memory_and_cpu_budget(project:
     assert_refused(confined(project.root, "validate", memory_mb=512, cpu_s=20), "alias bomb")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: aliases of one long string pass the node budget (1,001 nodes here) yet expand a "
-    "130 KB manifest to a 64 MB prompt: only nodes are counted in yamlsource._Builder, not bytes",
-)
 def test_aliases_that_amplify_text_are_refused(project: Project) -> None:
+    """Regression (fixed in fb90bd8): only nodes were counted, so 1,001 aliases of a 64 KB string expanded a
+    130 KB manifest to a 64 MB prompt."""
     big = "x" * 65536
     aliases = ", ".join(["*d"] * 1000)
     project.write(
@@ -85,12 +82,9 @@ def test_aliases_that_amplify_text_are_refused(project: Project) -> None:
     assert_refused(confined(project.root, "validate"), "alias|expan|large|size")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: {var} substitution has no output limit: a 64 KB var used 1,000 times makes a "
-    "64 MB prompt from a 130 KB manifest (manifest._Checker._substitute)",
-)
 def test_vars_that_amplify_a_prompt_are_refused(project: Project) -> None:
+    """Regression (fixed in fb90bd8): {var} substitution had no output limit (a 64 MB prompt from a 130 KB
+    manifest)."""
     big = "x" * 65536
     project.write(
         "flexforge.yaml",
@@ -99,11 +93,6 @@ def test_vars_that_amplify_a_prompt_are_refused(project: Project) -> None:
     assert_refused(confined(project.root, "validate"), "long|large|size|limit")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: libyaml's composer recurses in C: ~30,000 levels of nesting crash flexforge "
-    "with SIGSEGV before yamlsource's MAX_DEPTH check runs",
-)
 @pytest.mark.parametrize(
     "nested",
     [
@@ -114,8 +103,51 @@ def test_vars_that_amplify_a_prompt_are_refused(project: Project) -> None:
     ids=["flow-sequences", "block-sequences", "flow-mappings"],
 )
 def test_deep_nesting_is_refused_without_crashing(project: Project, nested: str) -> None:
+    """Regression (fixed in fb90bd8): libyaml's composer recursed in C and ~30,000 levels crashed flexforge
+    with SIGSEGV before the depth check ran."""
     project.write("flexforge.yaml", "version: 1\nassets: {a: {prompt: x}}\n" + nested + "\n")
     assert_refused(confined(project.root, "validate"), "deeper than")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the fb90bd8 guard (yamlsource._may_nest_deeply) counts brackets per line, so flow "
+    "collections opened one per line still reach libyaml's recursive composer: SIGSEGV",
+)
+def test_deep_nesting_spread_over_lines_is_refused_without_crashing(project: Project) -> None:
+    nested = "x: " + "[\n" * 100_000 + "]" * 100_000
+    project.write("flexforge.yaml", "version: 1\nassets: {a: {prompt: x}}\n" + nested + "\n")
+    assert_refused(confined(project.root, "validate"), "deeper than")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: mapping keys are outside yamlsource's text budget, and a duplicate key's message "
+    "quotes the key in full: 20,000 aliases of a 100 KB key in a 260 KB file make 2 GB of messages",
+)
+def test_aliased_duplicate_keys_are_refused_within_a_memory_budget(project: Project) -> None:
+    big = "k" * 100_000
+    keys = ", ".join(["*k : 1"] * 20_000)
+    project.write(
+        "flexforge.yaml", f'version: 1\nassets: {{a: {{prompt: x}}}}\nz: &k "{big}"\ny: {{{keys}}}\n'
+    )
+    stderr = assert_refused(confined(project.root, "validate"))
+    assert len(stderr) < 100_000  # messages quote a name, they do not reproduce it
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the fb90bd8 limit (manifest.MAX_TEXT) applies to each string on its own: a 64 KB "
+    "var in 2,000 subjects of a structured prompt still makes a 128 MB prompt from a 140 KB file",
+)
+def test_vars_amplified_across_a_structured_prompt_are_refused(project: Project) -> None:
+    big = "v" * 65536
+    subjects = ", ".join(['{description: "{v}"}'] * 2000)
+    project.write(
+        "flexforge.yaml",
+        f'version: 1\nvars: {{v: "{big}"}}\nassets:\n  a:\n    prompt:\n      subjects: [{subjects}]\n',
+    )
+    assert_refused(confined(project.root, "validate"), "long|large|size|limit")
 
 
 def test_moderate_nesting_is_refused_by_the_depth_limit(project: Project) -> None:
