@@ -319,6 +319,9 @@ def build_project(root: Path, spec: ProjectSpec, *, jobs: int = 2) -> None:
             part.unlink()
             part.with_suffix(".lock").unlink()
         doc["assets"] = merged
+        # Whatever flexforge cached about the block manifests is of no further use.
+        for leftover in (root / ".flexforge").rglob(".bench-block-*"):
+            leftover.unlink()
         text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         (root / "flexforge.lock").write_text(text, encoding="utf-8")
     flexforge_build(root, jobs=jobs)

@@ -256,6 +256,8 @@ def machine_info(tools: Tools) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}",
+        # Other work on the machine slows everything; interleaving keeps the ratios fair.
+        "load": "load average {:.2f} {:.2f} {:.2f} (1, 5, 15 min) at the start".format(*os.getloadavg()),
         "python": f"{platform.python_version()} ({sys.executable})",
         "bytecode": f"cached, PYTHONPYCACHEPREFIX={quiet_env()['PYTHONPYCACHEPREFIX']}"
         + (
@@ -795,7 +797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tools = find_tools(args)
     info = machine_info(tools)
     print(f"flexforge benchmarks, {info['date']}", flush=True)
-    for key in ("machine", "python", "bytecode", "flexforge", "make", "dvc"):
+    for key in ("machine", "load", "python", "bytecode", "flexforge", "make", "dvc"):
         print(f"  {key}: {info[key]}")
     if args.smoke and not args.dvc:
         print("dvc: skipped in a smoke run (give --dvc PATH to include it)")
@@ -823,6 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print()
     print(f"Results ({info['date']}; {info['machine']}; whole-process wall time, {args.repeat} runs)")
+    print("{}; at the end {:.2f} {:.2f} {:.2f}".format(info["load"], *os.getloadavg()))
     for show, got in results:
         if got:
             print()
