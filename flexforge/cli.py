@@ -18,6 +18,7 @@ from flexforge.providers import PROVIDERS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+MAX_SHOWN_ERRORS = 200
 PROVIDER_HELP = "Where images are made (default: $FLEXFORGE_PROVIDER, else bfl)."
 
 
@@ -102,9 +103,11 @@ def handle_errors(func: Callable[..., int]) -> Callable[..., None]:
         try:
             code = func(*args, **kwargs)
         except ManifestError as exc:
-            for diagnostic in exc.diagnostics:
+            for diagnostic in exc.diagnostics[:MAX_SHOWN_ERRORS]:
                 click.echo(str(diagnostic), err=True)
             n = len(exc.diagnostics)
+            if n > MAX_SHOWN_ERRORS:
+                click.echo(f"... and {n - MAX_SHOWN_ERRORS} more", err=True)
             click.echo(f"{n} error{'s' if n != 1 else ''} in the manifest", err=True)
             code = exc.exit_code
         except FlexforgeError as exc:

@@ -193,6 +193,8 @@ class Builder:
         except OSError as exc:  # a full disk, a read-only folder, a name too long...
             where = f" ({exc.filename})" if exc.filename else ""
             self._fail(asset.id, f"cannot write: {exc.strerror or exc}{where}", fatal=False)
+        except Exception as exc:  # a bug must fail its asset loudly, not vanish in gather()
+            self._fail(asset.id, f"internal error: {type(exc).__name__}: {exc}", fatal=False)
         return None
 
     def _fail(self, asset_id: str, reason: str, *, fatal: bool) -> None:
@@ -380,7 +382,7 @@ class Builder:
             upstream = self.plan.manifest.assets.get(ref)
             path = root / (upstream.out if upstream is not None else ref)
             # Checked again here: the file may have changed since the manifest was validated.
-            problem = None if upstream is not None else check_reference(path)
+            problem = None if upstream is not None else check_reference(path, decode=True)
             if problem is not None:
                 raise ProviderError(f"reference {ref!r}: {problem}")
             refs.append(ReferenceInput(ref, path, digest))

@@ -33,8 +33,14 @@ class Diagnostic:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.col}"
-        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        path, message = _clip(self.path, 120), _clip(self.message, 500)
+        text = f"{where}: {path}: {message}" if path else f"{where}: {message}"
         return printable(text)
+
+
+def _clip(text: str, limit: int) -> str:
+    # A hostile manifest can hold 100 KB keys; one error line must stay readable.
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def printable(text: str) -> str:

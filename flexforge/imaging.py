@@ -20,9 +20,10 @@ class ImageCheckError(ValueError):
     """The bytes are not a complete image of the requested size and format."""
 
 
-def check_reference(path: Path) -> str | None:
-    """Why this file cannot be sent as a reference image, or None when it can. Reads only the
-    header: a decompression bomb is refused by its declared size, never decoded."""
+def check_reference(path: Path, *, decode: bool = False) -> str | None:
+    """Why this file cannot be sent as a reference image, or None when it can. Reads the header
+    and the container's end (a cut-off download fails here), and decodes every pixel only with
+    `decode` (before a paid call). A decompression bomb is refused by its declared size."""
     from PIL import Image
 
     try:
@@ -42,7 +43,32 @@ def check_reference(path: Path) -> str | None:
         return f"{fmt} images are not accepted; convert it to PNG, JPEG or WebP"
     if w * h > MAX_REFERENCE_PIXELS:
         return f"{w}x{h} is {w * h / 1e6:.1f} MP; the API takes at most 20 MP per image"
+    if not _complete(path, fmt, size):
+        return f"the {fmt} file is cut short (an interrupted download or copy?)"
+    if decode:
+        try:
+            with Image.open(path) as img:
+                img.load()
+        except Exception as exc:  # Pillow raises many types for broken data
+            return f"does not decode ({exc})"
     return None
+
+
+def _complete(path: Path, fmt: str, size: int) -> bool:
+    """Whether the container ends where it says it does; formats without a cheap check pass."""
+    with path.open("rb") as f:
+        head = f.read(12)
+        f.seek(max(0, size - 1024))
+        tail = f.read()
+    if fmt == "PNG":
+        return tail.endswith(b"IEND\xaeB`\x82")
+    if fmt == "JPEG":
+        return b"\xff\xd9" in tail  # some writers put padding after the end marker
+    if fmt == "WEBP":
+        return int.from_bytes(head[4:8], "little") + 8 <= size
+    if fmt == "GIF":
+        return tail.rstrip(b"\x00").endswith(b";")
+    return True
 
 
 def verify_image(data: bytes, width: int, height: int, output_format: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,15 @@ _FIELDS = tuple(LockEntry.__dataclass_fields__)
 
 def read_lock(path: Path) -> Lock:
     """The lock next to the manifest; a missing file is an empty lock."""
+    label = path.name
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return Lock(path)
-    label = path.name
+    except OSError as exc:
+        raise FlexforgeError(
+            f"cannot read {label}: {exc.strerror}; it should be flexforge's lock file"
+        ) from None
     if b"<<<<<<<" in raw or b">>>>>>>" in raw:
         raise FlexforgeError(
             f"{label} has merge-conflict markers: take either side (git checkout --theirs "
@@ -73,7 +78,7 @@ def read_lock(path: Path) -> Lock:
         doc = json.loads(raw)
         if doc.get("version") != LOCK_VERSION:
             raise ValueError(f"unsupported lock version {doc.get('version')!r}")
-        entries = {name: _entry(body) for name, body in doc["assets"].items()}
+        entries = {name: _entry(name, body) for name, body in doc["assets"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise FlexforgeError(
             f"{label} is not a valid flexforge lock ({exc}); restore it with "
@@ -82,6 +87,39 @@ def read_lock(path: Path) -> Lock:
     return Lock(path, entries, raw)
 
 
-def _entry(body: dict[str, Any]) -> LockEntry:
-    known = set(LockEntry.__dataclass_fields__)
-    return LockEntry(**{k: v for k, v in body.items() if k in known})
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_TYPES: dict[str, tuple[type, ...]] = {
+    "key": (str,),
+    "parts": (dict,),
+    "seed": (int,),
+    "model": (str,),
+    "generator": (str,),
+    "provider": (str,),
+    "out": (str,),
+    "sha256": (str,),
+    "size": (int,),
+    "task_id": (str, type(None)),
+    "cost_usd": (int, float, type(None)),
+}
+
+
+def _entry(name: str, body: dict[str, Any]) -> LockEntry:
+    """One stanza, checked as strictly as schemas/lock-v1.schema.json (without loading jsonschema,
+    which would cost a no-op build more than everything else it does)."""
+    values: dict[str, Any] = {}
+    for attr, types in _TYPES.items():
+        value = body.get(attr)
+        if attr not in body and type(None) not in types:
+            raise ValueError(f"assets.{name}.{attr} is missing")
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ValueError(f"assets.{name}.{attr}: {value!r} is not a {types[0].__name__}")
+        values[attr] = value
+    if not (_HEX64.match(values["key"]) and _HEX64.match(values["sha256"])):
+        raise ValueError(f"assets.{name}: key and sha256 must be 64 hex digits")
+    if (
+        values["seed"] < 0
+        or values["size"] < 0
+        or not all(isinstance(v, str) for v in values["parts"].values())
+    ):
+        raise ValueError(f"assets.{name}: seed, size or parts out of range")
+    return LockEntry(**values)

@@ -162,8 +162,8 @@ def _write_cache(manifest: Manifest, fingerprint: str) -> None:
     try:
         Store(manifest.state_dir).ensure()
         atomic_write(_cache_path(manifest.path), data.encode(), durable=False)
-    except OSError:
-        pass  # a read-only checkout still works, only slower
+    except (OSError, FlexforgeError):
+        pass  # a read-only checkout, or an unusable state folder: still works, only slower
 
 
 def _asset_from_json(raw: dict[str, Any]) -> Asset:
@@ -201,6 +201,8 @@ class _Checker:
         self.root = path.parent
         self.doc = doc
         self.diagnostics: list[Diagnostic] = []
+        # where in the manifest -> (the reference as written, the root-relative file it leads to)
+        self.file_refs: dict[tuple[str | int, ...], tuple[str, str]] = {}
 
     def error(
         self,
@@ -394,6 +396,9 @@ class _Checker:
         return (w, h)
 
     def _inside_root(self, rel: str, path: tuple[str | int, ...], what: str) -> Path | None:
+        if "\0" in rel:
+            self.error(path, f"{what} {rel!r} contains a NUL character")
+            return None
         if "\\" in rel:
             self.error(path, f"{what} {rel!r}: use '/' as the path separator")
             return None
@@ -411,6 +416,8 @@ class _Checker:
         target = self._inside_root(ref, path, "reference")
         if target is None:
             return
+        # Spelled any way ('a/../b', a link inside the root), a file is known by where it leads.
+        self.file_refs[path] = (ref, target.relative_to(self.root.resolve()).as_posix())
         if not target.is_file():
             hint = difflib.get_close_matches(ref, list(all_assets), n=1)
             also = f" (did you mean asset {hint[0]!r}?)" if hint else ""
@@ -445,19 +452,20 @@ class _Checker:
             other = owners.setdefault(asset.out, asset.id)
             if other != asset.id:
                 self.error(("assets", asset.id, "out"), f"{other!r} already writes {asset.out!r}")
-        for asset in assets.values():
-            for i, ref in enumerate(asset.references):
-                if ref not in assets and Path(ref).as_posix() in owners:
-                    self.error(
-                        ("assets", asset.id, "references", i),
-                        f"{ref!r} is the output of asset {owners[Path(ref).as_posix()]!r}; "
-                        "reference the asset id instead",
-                    )
+        for path, (ref, rel) in self.file_refs.items():
+            if rel in owners:
+                self.error(
+                    path, f"{ref!r} is the output of asset {owners[rel]!r}; reference the asset id instead"
+                )
 
     # -- vars ------------------------------------------------------------------------------------
 
-    def _substitute(self, text: str, variables: dict[str, str], path: tuple[str | int, ...]) -> str:
-        room = [MAX_TEXT - len(text)]  # what substitution may add before the text is absurd
+    def _substitute(
+        self, text: str, variables: dict[str, str], path: tuple[str | int, ...], room: list[int] | None = None
+    ) -> str:
+        # What substitution may still add before the text is absurd; shared by a whole
+        # structured prompt, so that many small strings cannot add up to a huge prompt.
+        room = room if room is not None else [MAX_TEXT - len(text)]
 
         def replace(match: re.Match[str]) -> str:
             token = match.group(0)
@@ -483,13 +491,16 @@ class _Checker:
             self.error(path, f"longer than {MAX_TEXT} characters once vars are substituted")
             return text
 
-    def _substitute_tree(self, node: Any, variables: dict[str, str], path: tuple[str | int, ...]) -> Any:
+    def _substitute_tree(
+        self, node: Any, variables: dict[str, str], path: tuple[str | int, ...], room: list[int] | None = None
+    ) -> Any:
+        room = room if room is not None else [MAX_TEXT]
         if isinstance(node, str):
-            return self._substitute(node, variables, path)
+            return self._substitute(node, variables, path, room)
         if isinstance(node, dict):
-            return {k: self._substitute_tree(v, variables, (*path, k)) for k, v in node.items()}
+            return {k: self._substitute_tree(v, variables, (*path, k), room) for k, v in node.items()}
         if isinstance(node, list):
-            return [self._substitute_tree(v, variables, (*path, i)) for i, v in enumerate(node)]
+            return [self._substitute_tree(v, variables, (*path, i), room) for i, v in enumerate(node)]
         return node
 
 

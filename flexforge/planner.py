@@ -108,19 +108,20 @@ def decide(
 ) -> Step:
     """The action for one asset given its inputs' digests (None: an input still to be made)."""
     current = store.digest(asset.out)
-    # Bytes flexforge never made are a hand edit, never overwritten: accept them or --replace.
-    # Bytes it did make (a build killed before its lock write) are planned like any output.
-    edited = entry is not None and current is not None and current != entry.sha256
-    if edited and not replace and not store.has_object(str(current)):
-        assert entry is not None
-        return Step(asset, DRIFTED, [], seed, None, None, entry.sha256)
     known = [d for d in reference_digests if d is not None]
-    if seed is None or len(known) != len(reference_digests):
+    computable = seed is not None and len(known) == len(reference_digests)
+    key = content_key(asset, generator, seed, known) if seed is not None and computable else None
+    if entry is not None and current is not None and current != entry.sha256 and not replace:
+        # Bytes made for this very key (a build killed before its lock write) are planned like any
+        # output; any others are a hand edit, never overwritten: accept them or --replace.
+        made = store.key_record(key.key) if key is not None else None
+        if made is None or made.get("sha256") != current:
+            return Step(asset, DRIFTED, [], seed, None, None, entry.sha256)
+    if key is None:
         reasons = (
             changed(known_parts(asset, generator, seed, reference_digests), entry.parts) if entry else []
         )
         return Step(asset, REGENERATE if entry else CREATE, reasons, seed, None, None, None)
-    key = content_key(asset, generator, seed, known)
     if replace:
         return Step(asset, REGENERATE, ["replace"], seed, key, known, None)
     if entry is not None and entry.key == key.key:

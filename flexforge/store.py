@@ -28,12 +28,28 @@ class Store:
         self.root = state_dir.parent
         self._stats: dict[str, list[Any]] | None = None
         self._stats_dirty = False
+        self._ready = False
 
     def ensure(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Make the state folder, refusing one that is a link (a hostile repo could commit a
+        `.flexforge` link to anywhere) or a file; every write here goes through this first."""
+        if self._ready:
+            return
+        name = self.dir.name
+        if self.dir.is_symlink():
+            raise FlexforgeError(
+                f"{name} is a symbolic link; flexforge keeps its state in a real folder there: remove it"
+            )
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise FlexforgeError(
+                f"{name} exists but is not a folder; flexforge keeps its state there: move it away"
+            ) from None
         ignore = self.dir / ".gitignore"
         if not ignore.exists():
             atomic_write(ignore, GITIGNORE.encode(), durable=False)
+        self._ready = True
 
     # -- file digests, cached by (inode, size, mtime_ns) -----------------------------------------
 
@@ -85,6 +101,7 @@ class Store:
         return self.object_path(sha256).is_file()
 
     def put_object(self, data: bytes) -> str:
+        self.ensure()
         digest = sha256_bytes(data)
         path = self.object_path(digest)
         if not path.is_file():
@@ -114,6 +131,7 @@ class Store:
         return record if self.has_object(str(record.get("sha256"))) else None
 
     def put_key_record(self, key: str, record: dict[str, Any]) -> None:
+        self.ensure()
         data = json.dumps(record, sort_keys=True).encode()
         atomic_write(self.dir / "keys" / f"{key}.json", data, durable=False)
 
@@ -129,6 +147,7 @@ class Store:
     def pin_seed(self, asset_id: str, seed: int) -> None:
         """Record a drawn seed before it is used: if the build dies after paying, the next build
         draws nothing new, finds the same key and so the same journaled task."""
+        self.ensure()
         seeds = self.pinned_seeds()
         seeds[asset_id] = seed
         atomic_write(self.dir / "seeds.json", json.dumps(seeds, sort_keys=True).encode())
@@ -146,6 +165,7 @@ class Store:
             return None
 
     def journal_put(self, entry: JournalEntry) -> None:
+        self.ensure()
         # fsynced: the record must be on disk before we wait on a task we are paying for.
         atomic_write(self._journal_path(entry.key), json.dumps(asdict(entry), sort_keys=True).encode())
 

@@ -70,10 +70,13 @@ class _Builder:
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
-        self.text_left -= len(node.value)
+        self._spend(len(node.value))
+        return self.scalars.construct_object(node)
+
+    def _spend(self, chars: int) -> None:
+        self.text_left -= chars
         if self.text_left < 0:
             raise _TooBig("aliases repeat text to many times the file's size (an alias bomb?)")
-        return self.scalars.construct_object(node)
 
     def _mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -82,14 +85,21 @@ class _Builder:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 self._problem(key_node, path, "merge keys (<<) are not supported; repeat the values")
                 continue
-            key = self.scalars.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            if isinstance(key_node, yaml.ScalarNode):
+                self._spend(len(key_node.value))
+                key = self.scalars.construct_object(key_node)
+            else:
+                key = None
             if not isinstance(key, str | int | float | bool) or key is None:
                 self._problem(key_node, path, "a mapping key must be a plain string")
                 continue
             name = str(key)
             child = (*path, name)
             if name in seen:
-                self._problem(key_node, child, f"duplicate key {name!r} (first defined on line {seen[name]})")
+                shown = name if len(name) <= 60 else name[:57] + "..."
+                self._problem(
+                    key_node, child, f"duplicate key {shown!r} (first defined on line {seen[name]})"
+                )
                 continue
             seen[name] = key_node.start_mark.line + 1
             mark = key_node.start_mark
@@ -157,11 +167,20 @@ def parse_yaml(raw: bytes) -> YamlDocument:
 
 
 def _may_nest_deeply(text: str) -> bool:
-    """A cheap over-estimate: any line indented or bracketed past MAX_DEPTH levels."""
+    """A cheap over-estimate of nesting: open brackets so far (quotes ignored), plus each line's
+    indentation and `- ` items. Passing it only means the slower, safe loader is used."""
+    depth = 0
     for line in text.splitlines():
         stripped = line.lstrip(" ")
-        opened = stripped.count("[") + stripped.count("{") + stripped.count("- ")
-        if (len(line) - len(stripped)) // 2 + opened > MAX_DEPTH:
+        peak = depth
+        if any(c in stripped for c in "[]{}"):
+            for char in stripped:
+                if char in "[{":
+                    depth += 1
+                    peak = max(peak, depth)
+                elif char in "]}":
+                    depth = max(0, depth - 1)
+        if peak + stripped.count("- ") + (len(line) - len(stripped)) // 2 > MAX_DEPTH:
             return True
     return False
 

@@ -35,6 +35,7 @@ def compute_plan(project: Project, options: PlanOptions, provider: str | None) -
 def _remember_noop(project: Project, plan: Plan) -> None:
     from flexforge import noop
 
+    project.store.ensure()  # refuses a state folder that is a link before writing into it
     files: dict[str, None] = {}
     for step in plan.steps:
         files[step.asset.out] = None
