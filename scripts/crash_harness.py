@@ -131,6 +131,7 @@ class Report:
     faults_injected: int = 0
     tmp_left_after_kill: int = 0
     tmp_left_after_resume: int = 0
+    tmp_examples: list[str] = field(default_factory=list)  # a few names, for the report
     stale_journal_after_resume: int = 0
     false_drift_accepted: int = 0
     seconds: float = 0.0
@@ -532,6 +533,7 @@ class Harness:
                     else:
                         report.violation(kind, trial, asset_id)
         report.tmp_left_after_resume += len(final.tmp_files)
+        report.tmp_examples = sorted({*report.tmp_examples, *final.tmp_files})[:5]
         if final.journal:
             report.stale_journal_after_resume += sum(len(keys) for keys in final.journal.values())
         plan = self.plan(project)
@@ -639,6 +641,8 @@ def summary(report: Report) -> str:
     ]
     total = len(report.violations)
     lines.append(f"{'TOTAL VIOLATIONS':<{width}}  {'':>14}  {total}")
+    if report.tmp_examples:
+        lines.append(f"  temp files left after a build, e.g.: {', '.join(report.tmp_examples)}")
     for v in report.violations[:20]:
         lines.append(f"  trial {v.trial}: {v.kind}: {v.detail}")
     if total > 20:

@@ -278,9 +278,23 @@ def test_replace_after_a_kill_before_the_journal_cleanup_generates_anew(
         assert emu.stats()["submissions"] == 2
 
 
-def test_temp_files_left_by_a_killed_write_are_cleaned_up(project: Project) -> None:
-    """Regression (fixed in fb90bd8): a kill mid-write left `.NAME.XXXX.tmp` beside the output, in a
-    committed folder, for good."""
+@pytest.mark.parametrize(
+    "leftover",
+    [
+        "assets/.a.png.k2x9q1ab.tmp",
+        pytest.param(
+            ".flexforge.lock.k2x9q1ab.tmp",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG (minor): the fb90bd8 clean-up covers output folders only; a kill while "
+                "the lock is rewritten leaves `.flexforge.lock.XXXX.tmp` in the project root for good",
+            ),
+        ),
+    ],
+)
+def test_temp_files_left_by_a_killed_write_are_cleaned_up(project: Project, leftover: str) -> None:
+    """Regression (fixed in fb90bd8 for outputs): a kill mid-write left `.NAME.XXXX.tmp` beside the
+    file, in a folder users commit, for good."""
     project.manifest("""
         version: 1
         defaults: {width: 64, height: 64}
@@ -288,10 +302,10 @@ def test_temp_files_left_by_a_killed_write_are_cleaned_up(project: Project) -> N
           a: {prompt: one, seed: 1}
     """)
     assert project.build().exit_code == 0
-    (project.root / "assets" / ".a.png.k2x9q1ab.tmp").write_bytes(b"\x89PNG half")  # what a kill leaves
+    project.write(leftover, "half a file")  # what a kill during fsutil.replacing() leaves
     project.edit("one", "two")
     assert project.build().exit_code == 0
-    assert sorted(p.name for p in (project.root / "assets").iterdir()) == ["a.png"]
+    assert not (project.root / leftover).exists()
 
 
 @pytest.mark.xfail(
