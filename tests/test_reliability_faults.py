@@ -308,14 +308,10 @@ def test_temp_files_left_by_a_killed_write_are_cleaned_up(project: Project, left
     assert not (project.root / leftover).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (regression in fb90bd8): planner.decide() now skips the drift check for any bytes "
-    "in the object cache, so an older flexforge image put back by hand (git checkout of one file) "
-    "is planned 'restore (missing)' and overwritten; only bytes made for the *current* key should "
-    "be exempt",
-)
 def test_an_older_image_put_back_by_hand_is_drifted_and_left_alone(project: Project) -> None:
+    """Regression (fixed in 657d207): planner.decide() now skips the drift check for any bytes in the
+    object cache, so an older flexforge image put back by hand (git checkout of one file) is planned
+    'restore (missing)' and overwritten; only bytes made for the *current* key should be exempt"""
     project.manifest("""
         version: 1
         defaults: {width: 64, height: 64}
@@ -332,15 +328,14 @@ def test_an_older_image_put_back_by_hand_is_drifted_and_left_alone(project: Proj
     assert project.read("assets/a.png") == older
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: only ProviderError and OSError are caught in engine.Builder._run_step; any other "
-    "exception in one asset (a Pillow error in final_size, a bug) is swallowed by "
-    "gather(return_exceptions=True): the asset and its dependents vanish and the build exits 0",
-)
 def test_an_unexpected_error_in_one_asset_fails_the_build(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Regression (fixed in 657d207): only ProviderError and OSError are caught in
+    engine.Builder._run_step; any other exception in one asset (a Pillow error in final_size, a bug) is
+    swallowed by gather(return_exceptions=True): the asset and its dependents vanish and the build exits
+    0"""
+
     def broken(*args: object, **kwargs: object) -> bytes:
         raise RuntimeError("injected fault")
 
@@ -358,12 +353,9 @@ def test_an_unexpected_error_in_one_asset_fails_the_build(
     assert "failed: a:" in result.stderr and "skipped: b:" in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: lockfile.read_lock checks only that the entries have the right names, not the "
-    'schema: a lock edited to `seed: "banana"` is used (the seed is sent) and written back invalid',
-)
 def test_a_lock_that_breaks_its_schema_is_refused(project: Project) -> None:
+    """Regression (fixed in 657d207): lockfile.read_lock checks only that the entries have the right names,
+    not the banana"""
     project.manifest("""
         version: 1
         defaults: {width: 64, height: 64}
@@ -380,13 +372,11 @@ def test_a_lock_that_breaks_its_schema_is_refused(project: Project) -> None:
         assert "not a valid flexforge lock" in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): a file where `.flexforge/` should be, or a folder named flexforge.lock, "
-    "gives 'internal error: FileExistsError / IsADirectoryError' instead of a message naming it",
-)
 @pytest.mark.parametrize("blocked", [".flexforge", "flexforge.lock"])
 def test_state_paths_of_the_wrong_kind_are_clear_errors(project: Project, blocked: str) -> None:
+    """Regression (fixed in 657d207): a file where `.flexforge/` should be, or a folder named
+    flexforge.lock, gives 'internal error: FileExistsError / IsADirectoryError' instead of a message
+    naming it"""
     project.manifest("""
         version: 1
         defaults: {width: 64, height: 64}

@@ -109,23 +109,18 @@ def test_deep_nesting_is_refused_without_crashing(project: Project, nested: str)
     assert_refused(confined(project.root, "validate"), "deeper than")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the fb90bd8 guard (yamlsource._may_nest_deeply) counts brackets per line, so flow "
-    "collections opened one per line still reach libyaml's recursive composer: SIGSEGV",
-)
 def test_deep_nesting_spread_over_lines_is_refused_without_crashing(project: Project) -> None:
+    """Regression (fixed in 657d207): the fb90bd8 guard (yamlsource._may_nest_deeply) counts brackets per
+    line, so flow collections opened one per line still reach libyaml's recursive composer: SIGSEGV"""
     nested = "x: " + "[\n" * 100_000 + "]" * 100_000
     project.write("flexforge.yaml", "version: 1\nassets: {a: {prompt: x}}\n" + nested + "\n")
     assert_refused(confined(project.root, "validate"), "deeper than")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: mapping keys are outside yamlsource's text budget, and a duplicate key's message "
-    "quotes the key in full: 20,000 aliases of a 100 KB key in a 260 KB file make 2 GB of messages",
-)
 def test_aliased_duplicate_keys_are_refused_within_a_memory_budget(project: Project) -> None:
+    """Regression (fixed in 657d207): mapping keys are outside yamlsource's text budget, and a duplicate
+    key's message quotes the key in full: 20,000 aliases of a 100 KB key in a 260 KB file make 2 GB of
+    messages"""
     big = "k" * 100_000
     keys = ", ".join(["*k : 1"] * 20_000)
     project.write(
@@ -135,12 +130,10 @@ def test_aliased_duplicate_keys_are_refused_within_a_memory_budget(project: Proj
     assert len(stderr) < 100_000  # messages quote a name, they do not reproduce it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the fb90bd8 limit (manifest.MAX_TEXT) applies to each string on its own: a 64 KB "
-    "var in 2,000 subjects of a structured prompt still makes a 128 MB prompt from a 140 KB file",
-)
 def test_vars_amplified_across_a_structured_prompt_are_refused(project: Project) -> None:
+    """Regression (fixed in 657d207): the fb90bd8 limit (manifest.MAX_TEXT) applies to each string on its
+    own: a 64 KB var in 2,000 subjects of a structured prompt still makes a 128 MB prompt from a 140 KB
+    file"""
     big = "v" * 65536
     subjects = ", ".join(['{description: "{v}"}'] * 2000)
     project.write(
@@ -316,14 +309,11 @@ def test_two_assets_writing_one_file_under_different_spellings(project: Project)
     assert "assets.c.out: 'a' already writes 'img/x.png'" in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: manifest._Checker._outputs compares a reference as written (Path(ref).as_posix()) "
-    "with the owners' normalised outputs: '..' segments and links inside the root evade the "
-    "'reference the asset id instead' check, so the dependency edge is silently missing",
-)
 @pytest.mark.parametrize("ref", ["assets/../assets/hero.png", "brand/hero-link.png"])
 def test_another_assets_output_under_another_spelling_is_refused(project: Project, ref: str) -> None:
+    """Regression (fixed in 657d207): manifest._Checker._outputs compares a reference as written
+    (Path(ref).as_posix()) with the owners' normalised outputs: '..' segments and links inside the root
+    evade the 'reference the asset id instead' check, so the dependency edge is silently missing"""
     project.manifest("""
         version: 1
         defaults: {width: 64, height: 64}
@@ -343,12 +333,9 @@ def test_another_assets_output_under_another_spelling_is_refused(project: Projec
     assert "is the output of asset 'hero'; reference the asset id instead" in errors(project)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a committed `.flexforge` symlink leading out of the root is followed: even "
-    "`validate` writes cache files there, `build` the object cache (Store never checks its dir)",
-)
 def test_a_state_folder_linking_out_of_the_root_is_never_written_through(project: Project) -> None:
+    """Regression (fixed in 657d207): a committed `.flexforge` symlink leading out of the root is followed:
+    even `validate` writes cache files there, `build` the object cache (Store never checks its dir)"""
     elsewhere = project.root.parent / "elsewhere"
     elsewhere.mkdir()
     (project.root / ".flexforge").symlink_to(elsewhere, target_is_directory=True)
@@ -364,13 +351,10 @@ def test_a_state_folder_linking_out_of_the_root_is_never_written_through(project
     assert sorted(p.name for p in elsewhere.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a NUL character in `out` or a reference reaches Path.resolve() unchecked: "
-    "'internal error: ValueError: embedded null byte' instead of a located message",
-)
 @pytest.mark.parametrize("field", ["out: 'a\\0.png'", "references: ['r\\0.png']"])
 def test_a_nul_in_a_path_is_a_located_error(project: Project, field: str) -> None:
+    """Regression (fixed in 657d207): a NUL character in `out` or a reference reaches Path.resolve()
+    unchecked: 'internal error: ValueError: embedded null byte' instead of a located message"""
     project.write(
         "flexforge.yaml", f"version: 1\nassets:\n  a: {{prompt: x, {field.replace(chr(39), chr(34))}}}\n"
     )
@@ -394,12 +378,9 @@ def test_a_reference_over_20_mb_is_refused(project: Project) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: imaging.check_reference reads only the header, so a truncated PNG passes "
-    "validation and is sent (paid) to the API; the issue asks for 'decodable'",
-)
 def test_a_truncated_reference_is_refused(project: Project) -> None:
+    """Regression (fixed in 657d207): imaging.check_reference reads only the header, so a truncated PNG
+    passes validation and is sent (paid) to the API; the issue asks for 'decodable'"""
     from PIL import Image
 
     ref = project.root / "refs" / "cut.png"
