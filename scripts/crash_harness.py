@@ -312,11 +312,15 @@ class Submissions:
     def _total(self) -> int:
         return sum(self.emu.stats()["responses"].get("submit", {}).values())
 
-    def settle(self) -> None:
-        """Wait until a killed client's last requests have been answered."""
-        last = -1
-        while (now := self._total()) != last:
-            last = now
+    def settle(self, quiet: float = 0.5) -> None:
+        """Wait until a killed client's last requests have been answered: a submission whose
+        bytes were sent before the kill may still be read and accepted by a busy emulator, and
+        must count for the killed build, not the next one."""
+        last, since = -1, time.monotonic()
+        while time.monotonic() - since < quiet:
+            now = self._total()
+            if now != last:
+                last, since = now, time.monotonic()
             time.sleep(0.05)
 
     def new(self) -> list[dict[str, Any]]:
