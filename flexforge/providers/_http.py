@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import statistics
 import time
+from collections import deque
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -53,6 +55,7 @@ _MAYBE_DELIVERED = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolErro
 # Status codes with which a signed download URL says it expired or was refused.
 _URL_REFUSED = frozenset({401, 403, 404, 410})
 MAX_SAFETY_TOLERANCE = 5
+POOL_CONNECTIONS = 12
 STEADY_POLLING = 30.0  # seconds of polling at the base interval before backing off
 MIN_SECRET_LENGTH = 12
 
@@ -123,11 +126,14 @@ class FluxHttpProvider:
         self.settings = settings if settings is not None else HttpSettings.from_env()
         self.limiter = AdaptiveLimiter(max_in_flight)
         self._submitting: set[asyncio.Future[None]] = set()
+        self.polls = PollTimer()
         self._key = api_key
         self._headers = {**dialect.auth_headers(api_key), "Accept": "application/json"}
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(self.settings.http_timeout, connect=min(10.0, self.settings.http_timeout)),
-            limits=httpx.Limits(max_connections=max(32, 2 * max_in_flight)),
+            # Polls are short: a few connections serve many tasks, and httpcore scans its whole
+            # pool on every request, so a large pool costs more CPU than it saves in waiting.
+            limits=httpx.Limits(max_connections=POOL_CONNECTIONS),
             headers={"User-Agent": f"flexforge/{__version__}"},
         )
 
@@ -351,6 +357,7 @@ class _TaskRun:
             if status == READY:
                 result = payload.get("result")
                 if isinstance(result, dict) and isinstance(result.get("sample"), str):
+                    self.p.polls.finished(time.monotonic() - started)
                     return result
                 self.log(f"task {self.task_id} is Ready without result.sample; polling again")
             elif status in MODERATED:
@@ -367,7 +374,7 @@ class _TaskRun:
                     f"task {self.task_id} still not ready after {settings.task_timeout:.0f}s "
                     f"(last status {status!r}); the next build polls it again without paying"
                 )
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.p.polls.wait(time.monotonic() - started, interval))
             # Poll at the base rate while a task is young (most finish within seconds, and every
             # late look adds to the build's makespan); back off only for slow ones.
             if time.monotonic() - started > STEADY_POLLING:
@@ -423,6 +430,33 @@ class _TaskRun:
                 raise self.p.error(
                     f"task {self.task_id} expired (Task not found) before its image could be downloaded"
                 ) from None
+
+
+class PollTimer:
+    """When to look at a task again. Tasks of one run take much the same time, so once a few
+    have finished, polls start a little before the next is likely done and come finely until
+    it is, instead of landing up to a whole interval late. The estimate is what polling saw, so
+    starting early lets it learn the true duration rather than its own lateness."""
+
+    WINDOW = 2.0  # seconds past the expected duration to keep polling finely
+
+    def __init__(self) -> None:
+        self._durations: deque[float] = deque(maxlen=64)
+
+    def finished(self, duration: float) -> None:
+        self._durations.append(duration)
+
+    def wait(self, elapsed: float, interval: float) -> float:
+        if len(self._durations) < 3:
+            return interval
+        expected = statistics.median(self._durations)
+        fine = min(interval, max(0.05, expected * 0.1))
+        start = expected * 0.7
+        if elapsed < start:
+            return max(0.01, min(interval, start - elapsed))
+        if elapsed < expected + self.WINDOW:
+            return fine
+        return interval
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
