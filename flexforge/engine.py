@@ -168,8 +168,9 @@ class Builder:
         return self.result
 
     def _remove_stale_temps(self) -> None:
-        """A build killed mid-write leaves a temp file beside an output, in a folder users commit."""
-        folders: dict[Path, set[str]] = {}
+        """A build killed mid-write leaves a temp file beside an output or the lock, in folders
+        users commit."""
+        folders: dict[Path, set[str]] = {self.lock.path.parent: {self.lock.path.name}}
         for step in self.plan.steps:
             path = self.plan.manifest.root / step.asset.out
             folders.setdefault(path.parent, set()).add(path.name)

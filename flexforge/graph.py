@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Iterable, Mapping
 
@@ -13,21 +14,40 @@ class CycleError(ValueError):
 
 
 def topological_order(deps: Mapping[str, Iterable[str]]) -> list[str]:
-    """Dependencies first; ties keep declaration order so output is stable."""
+    """Dependencies first; ties keep declaration order so output is stable. Kahn's algorithm on
+    a heap: importing networkx alone would cost a cold plan more than sorting 10,000 assets."""
+    position = {node: i for i, node in enumerate(deps)}
+    waiting = {node: len(set(needs)) for node, needs in deps.items()}
+    users: dict[str, list[str]] = {node: [] for node in deps}
+    for node, needs in deps.items():
+        for need in set(needs):
+            users[need].append(node)
+    ready = [position[node] for node, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    order = []
+    names = list(deps)
+    while ready:
+        node = names[heapq.heappop(ready)]
+        order.append(node)
+        for user in users[node]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                heapq.heappush(ready, position[user])
+    if len(order) < len(deps):
+        raise CycleError(_find_cycle(deps))
+    return order
+
+
+def _find_cycle(deps: Mapping[str, Iterable[str]]) -> list[str]:
     import networkx as nx
 
     graph = nx.DiGraph()
     graph.add_nodes_from(deps)
     for node, needs in deps.items():
         graph.add_edges_from((need, node) for need in needs)
-    position = {node: i for i, node in enumerate(deps)}
-    try:
-        return list(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
-    except nx.NetworkXUnfeasible:
-        edges = nx.find_cycle(graph)
-        # find_cycle gives (upstream, downstream) edges; print it the way references read.
-        cycle = [edges[0][1], edges[0][0], *(u for u, _ in reversed(edges[1:]))]
-        raise CycleError(cycle) from None
+    edges = nx.find_cycle(graph)
+    # find_cycle gives (upstream, downstream) edges; print it the way references read.
+    return [edges[0][1], edges[0][0], *(u for u, _ in reversed(edges[1:]))]
 
 
 def render(deps: Mapping[str, Iterable[str]], fmt: str) -> str:
