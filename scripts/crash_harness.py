@@ -437,7 +437,11 @@ class Harness:
             self.report.violation(NO_EXIT, -1, f"still running 60 s after {sig.name}")
             proc.kill()
             proc.wait()
-        if sig != signal.SIGKILL and proc.returncode not in (130, 0, 1):
+        if sig != signal.SIGKILL and proc.returncode == 0:
+            return None  # it finished as the signal came: not an interrupted build
+        # 130: flexforge stopped cleanly. -SIG: the signal came before Python could handle it
+        # (during start-up), which a shell reports as 128+SIG too; 1: an asset had failed.
+        if sig != signal.SIGKILL and proc.returncode not in (130, 1, -sig):
             self.report.violation(NO_EXIT, -1, f"exit {proc.returncode} after {sig.name}, not 130")
         return trigger
 
@@ -721,6 +725,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> Report:
     args = parse_args(argv)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # Started in the background (nohup, `&`): SIGINT is ignored, and an ignored signal stays
+        # ignored in every child, so the builds would never see the SIGINTs sent to them.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # A killed client makes the emulator log "Connection lost" tracebacks: expected here.
     logging.getLogger("aiohttp").setLevel(logging.CRITICAL)
     base = args.workdir or Path(tempfile.mkdtemp(prefix="flexforge-crash-"))
