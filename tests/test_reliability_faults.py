@@ -282,19 +282,12 @@ def test_replace_after_a_kill_before_the_journal_cleanup_generates_anew(
     "leftover",
     [
         "assets/.a.png.k2x9q1ab.tmp",
-        pytest.param(
-            ".flexforge.lock.k2x9q1ab.tmp",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG (minor): the fb90bd8 clean-up covers output folders only; a kill while "
-                "the lock is rewritten leaves `.flexforge.lock.XXXX.tmp` in the project root for good",
-            ),
-        ),
+        ".flexforge.lock.k2x9q1ab.tmp",
     ],
 )
 def test_temp_files_left_by_a_killed_write_are_cleaned_up(project: Project, leftover: str) -> None:
-    """Regression (fixed in fb90bd8 for outputs): a kill mid-write left `.NAME.XXXX.tmp` beside the
-    file, in a folder users commit, for good."""
+    """Regression (fixed in fb90bd8 for outputs, 73d4b03 for the lock): a kill mid-write left
+    `.NAME.XXXX.tmp` beside the file, in a folder users commit, for good."""
     project.manifest("""
         version: 1
         defaults: {width: 64, height: 64}

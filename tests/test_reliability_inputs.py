@@ -1,7 +1,7 @@
 """Issue 5, points 1-3: hostile manifests and files. Refused with located messages, quickly,
 within bounded memory; nothing read or written outside the project root.
 
-Tests marked xfail(strict=True) show a bug that is still open; each reason names it.
+A test whose docstring starts "Regression" showed a bug first (as an xfail) and names the fix.
 """
 
 from __future__ import annotations
