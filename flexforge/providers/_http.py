@@ -31,7 +31,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from flexforge import __version__
-from flexforge.errors import ProviderError, UsageError
+from flexforge.errors import FlexforgeError, ProviderError, UsageError
 from flexforge.imaging import ImageCheckError, verify_image
 from flexforge.providers import GeneratedImage, TaskContext
 from flexforge.providers._limiter import AdaptiveLimiter, Slot
@@ -430,6 +430,30 @@ class _TaskRun:
                 raise self.p.error(
                     f"task {self.task_id} expired (Task not found) before its image could be downloaded"
                 ) from None
+
+
+def key_from_env(name: str, what: str) -> str:
+    """An API key from $NAME, or from the file named by $NAME_FILE (a mounted CI secret).
+    Keys never come from the manifest, and no message ever shows one."""
+    key = os.environ.get(name, "").strip()
+    if key:
+        return key
+    path = os.environ.get(f"{name}_FILE", "").strip()
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                key = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FlexforgeError(
+                f"{name}_FILE names a file that cannot be read ({type(exc).__name__})"
+            ) from None
+        if key:
+            return key
+        raise FlexforgeError(f"{name}_FILE names an empty file")
+    raise FlexforgeError(
+        f"{name} is not set: export your {what} (or {name}_FILE, a file holding it), "
+        "or build offline with --provider draft (or --provider emulator)"
+    )
 
 
 class PollTimer:

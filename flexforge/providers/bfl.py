@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-from flexforge.errors import FlexforgeError
-from flexforge.providers._http import Dialect, FluxHttpProvider, HttpSettings
+from flexforge.providers._http import Dialect, FluxHttpProvider, HttpSettings, key_from_env
 
 DEFAULT_BASE = "https://api.bfl.ai"
 DEFAULT_EMULATOR_URL = "http://127.0.0.1:8787"
@@ -37,12 +36,7 @@ class BflProvider(FluxHttpProvider):
 
     @classmethod
     def from_env(cls) -> BflProvider:
-        key = os.environ.get(KEY_ENV, "").strip()
-        if not key:
-            raise FlexforgeError(
-                f"{KEY_ENV} is not set: export your BFL API key, "
-                "or build offline with --provider draft (or --provider emulator)"
-            )
+        key = key_from_env(KEY_ENV, "BFL API key")
         return cls(os.environ.get("BFL_API_BASE", "").strip() or DEFAULT_BASE, key)
 
     @classmethod

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-from flexforge.errors import FlexforgeError
-from flexforge.providers._http import Dialect, FluxHttpProvider, HttpSettings
+from flexforge.providers._http import Dialect, FluxHttpProvider, HttpSettings, key_from_env
 
 DEFAULT_BASE = "https://api.cometapi.com"
 KEY_ENV = "COMETAPI_KEY"
@@ -34,10 +33,5 @@ class CometApiProvider(FluxHttpProvider):
 
     @classmethod
     def from_env(cls) -> CometApiProvider:
-        key = os.environ.get(KEY_ENV, "").strip()
-        if not key:
-            raise FlexforgeError(
-                f"{KEY_ENV} is not set: export your CometAPI key, "
-                "or build offline with --provider draft (or --provider emulator)"
-            )
+        key = key_from_env(KEY_ENV, "CometAPI key")
         return cls(os.environ.get("COMETAPI_BASE", "").strip() or DEFAULT_BASE, key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,25 @@ def test_a_missing_key_is_one_line_naming_the_variable_and_the_draft_provider(
     message = str(info.value)
     assert "\n" not in message
     assert variable in message and "--provider draft" in message
+
+
+def test_a_key_can_come_from_a_file_named_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = tmp_path / "bfl-key"
+    secret.write_text("sk-from-a-file-0000000000\n")
+    monkeypatch.setenv("BFL_API_KEY_FILE", str(secret))
+    provider = BflProvider.from_env()
+    assert provider.redact("x sk-from-a-file-0000000000 y") == "x *** y"
+    run(provider.aclose())
+
+    monkeypatch.setenv("BFL_API_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(FlexforgeError, match="BFL_API_KEY_FILE names a file that cannot be read"):
+        BflProvider.from_env()
+    secret.write_text("  \n")
+    monkeypatch.setenv("BFL_API_KEY_FILE", str(secret))
+    with pytest.raises(FlexforgeError, match="empty"):
+        BflProvider.from_env()
 
 
 def test_from_env_reads_key_and_base(monkeypatch: pytest.MonkeyPatch) -> None:
