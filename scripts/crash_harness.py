@@ -402,7 +402,7 @@ class Harness:
     def kill_at_random(self, project: Project, proc: subprocess.Popen[bytes], work: int) -> str | None:
         """Signal the build at a random moment; None when it finished first. `work` is how many
         assets the plan said it would generate."""
-        trigger = self.rng.choice(self.args.triggers)
+        trigger: str = self.rng.choice(self.args.triggers)
         delay = self.rng.uniform(0.0, self.duration)
         threshold = self.rng.randint(1, max(1, work))
         lag = self.rng.uniform(0.0, 0.03)
@@ -429,7 +429,7 @@ class Harness:
             time.sleep(0.003)
         if proc.poll() is not None:
             return None
-        sig = self.args.signal
+        sig: signal.Signals = self.args.signal
         proc.send_signal(sig)
         try:
             proc.wait(timeout=60)
