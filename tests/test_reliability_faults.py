@@ -540,7 +540,31 @@ def test_a_key_echoed_back_by_the_api_is_redacted(
         server.server_close()
 
 
+def test_a_key_from_a_file_named_in_the_environment_is_used_and_never_copied(
+    project: Project, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret_file = tmp_path / "secrets" / "bfl-key"  # a mounted CI secret, outside the project
+    secret_file.parent.mkdir()
+    secret_file.write_text(f"{SECRET}\n")
+    with running_emulator(accepted_keys=(SECRET,)) as emu:
+        for name, value in {**FAST, "BFL_API_BASE": emu.url, "BFL_API_KEY_FILE": str(secret_file)}.items():
+            monkeypatch.setenv(name, value)
+        project.manifest("""
+            version: 1
+            defaults: {width: 64, height: 64}
+            assets:
+              a: {prompt: one, seed: 1}
+              b: {prompt: two}
+        """)
+        runs = [project.run("-vv", "build", "--provider", "bfl")]
+        assert runs[0].exit_code == 0, runs[0].stderr
+        assert emu.stats()["submissions"] == 2
+        runs += [project.run("status", "--json", "--provider", "bfl"), project.run("explain", "b")]
+        assert_key_nowhere(project, runs)
+
+
 def test_keys_come_from_the_environment_only(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BFL_API_KEY_FILE", raising=False)
     with running_emulator() as emu:
         monkeypatch.setenv("BFL_API_BASE", emu.url)
         project.write(".env", f"BFL_API_KEY={SECRET}\n")
