@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flexforge.errors import ProviderError
-from flexforge.fsutil import atomic_write, remove_stale_temps
+from flexforge.fsutil import install, remove_stale_temps, stage_bytes
 from flexforge.keys import content_key
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset
@@ -150,6 +150,9 @@ class Builder:
         self.estimates = {s.asset.id: s.estimated_cost_usd for s in plan.steps}
         self.pinned = store.pinned_seeds()
         self.lock_saved_at = 0.0
+        # Outputs written beside their place, renamed in just after the lock names them.
+        self.staged: dict[str, tuple[Path, str, str]] = {}
+        self.made_here: set[str] = set()
         self.lock_flush: asyncio.TimerHandle | None = None
 
     async def run(self) -> BuildResult:
@@ -242,10 +245,12 @@ class Builder:
         asset = step.asset
         sha = str(step.cached["sha256"])
         out = self._output_path(asset)
-        if not await asyncio.to_thread(self.store.restore_object, sha, out):
+        staged = await asyncio.to_thread(self.store.stage_object, sha, out)
+        if staged is None:
             self.reporter.log(f"{asset.id}: the cached copy is damaged; generating it again")
             return None
-        self.store.remember_written(asset.out, sha)
+        self.staged[asset.id] = (staged, asset.out, sha)
+        self.made_here.add(asset.id)
         meta = dict(step.cached)
         old = self.lock.entries.get(asset.id)
         if old is not None and old.key == step.key.key:  # keep what the lock knew of the task
@@ -303,8 +308,9 @@ class Builder:
         sha = await asyncio.to_thread(self.store.put_object, image.data)
         meta = {"sha256": sha, "size": len(image.data), "task_id": image.task_id, "cost_usd": cost}
         self.store.put_key_record(key.key, {**meta, "provider": self.provider.name, "seed": seed})
-        await asyncio.to_thread(atomic_write, self._output_path(asset), image.data)
-        self.store.remember_written(asset.out, sha)
+        staged = await asyncio.to_thread(stage_bytes, self._output_path(asset), image.data)
+        self.staged[asset.id] = (staged, asset.out, sha)
+        self.made_here.add(asset.id)
         if image.task_id is not None:
             self.store.ledger_append(
                 {
@@ -359,11 +365,18 @@ class Builder:
             self.lock_flush = asyncio.get_running_loop().call_later(delay, self._flush_lock)
 
     def _flush_lock(self) -> None:
+        """Write the lock, then rename the outputs it describes into place: a kill before the
+        renames leaves outputs and lock as they were (the new images wait in the object cache),
+        one after leaves them in step; only the renames themselves are in between."""
         if self.lock_flush is not None:
             self.lock_flush.cancel()
             self.lock_flush = None
         self.lock.save()
         self.lock_saved_at = time.monotonic()
+        staged, self.staged = self.staged, {}
+        for temp, rel, sha in staged.values():
+            install(temp, self.plan.manifest.root / rel)
+            self.store.remember_written(rel, sha)
 
     def _output_path(self, asset: Asset) -> Path:
         """Where the output goes, refusing a folder swapped for a link out of the project since
@@ -381,7 +394,12 @@ class Builder:
         refs = []
         for ref, digest in zip(asset.references, digests, strict=True):
             upstream = self.plan.manifest.assets.get(ref)
-            path = root / (upstream.out if upstream is not None else ref)
+            path = root / ref
+            if upstream is not None:
+                # Made in this build, an upstream output is read from the object cache (its file
+                # is renamed into place only with the next lock write); else from its file.
+                cached = self.store.object_path(digest)
+                path = cached if upstream.id in self.made_here else root / upstream.out
             # Checked again here: the file may have changed since the manifest was validated.
             problem = None if upstream is not None else check_reference(path, decode=True)
             if problem is not None:

@@ -25,35 +25,55 @@ FILE_MODE = _file_mode()
 
 
 @contextmanager
-def replacing(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
-    """A file to fill that replaces `path` only when the block succeeds: it is written beside
-    `path` and renamed into place, so readers and crashes see the old bytes or the new, never
-    half. `durable` also fsyncs the file and its folder (for what must survive a power cut)."""
+def staging(path: Path, *, durable: bool = True) -> Iterator[tuple[BinaryIO, Path]]:
+    """A temp file beside `path` to fill, for `install()` to rename into place later; removed
+    if the block fails. `durable` fsyncs it (for what must survive a power cut)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
-            yield f
+            yield f, Path(tmp)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def install(staged: Path, path: Path, *, durable: bool = True) -> None:
+    """Rename a staged file over `path`: readers and crashes see the old bytes or the new."""
+    os.replace(staged, path)
     if durable:
         _fsync_dir(path.parent)
+
+
+@contextmanager
+def replacing(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """A file to fill that replaces `path` only when the block succeeds."""
+    with staging(path, durable=durable) as (f, staged):
+        yield f
+    install(staged, path, durable=durable)
+
+
+def stage_bytes(dest: Path, data: bytes) -> Path:
+    """`data` durably staged beside `dest`, for `install()`."""
+    with staging(dest) as (out, staged):
+        out.write(data)
+    return staged
+
+
+def stage_copy(src: Path, dest: Path) -> Path:
+    """A durable copy of `src` staged beside `dest`, for `install()`."""
+    with staging(dest) as (out, staged), src.open("rb") as inp:
+        shutil.copyfileobj(inp, out, CHUNK)
+    return staged
 
 
 def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     with replacing(path, durable=durable) as f:
         f.write(data)
-
-
-def atomic_copy(src: Path, dest: Path) -> None:
-    with replacing(dest) as out, src.open("rb") as inp:
-        shutil.copyfileobj(inp, out, CHUNK)
 
 
 def remove_stale_temps(folder: Path, names: set[str]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flexforge.errors import FlexforgeError
-from flexforge.fsutil import atomic_copy, atomic_write, sha256_bytes, sha256_file
+from flexforge.fsutil import atomic_write, sha256_bytes, sha256_file, stage_copy
 from flexforge.providers import JournalEntry
 
 GITIGNORE = "# Local state of flexforge: caches and in-flight task records. Never commit.\n*\n"
@@ -109,18 +109,18 @@ class Store:
             atomic_write(path, data, durable=False)
         return digest
 
-    def restore_object(self, sha256: str, dest: Path) -> bool:
-        """Copy a cached object to `dest` if it is intact; a damaged one is dropped."""
+    def stage_object(self, sha256: str, dest: Path) -> Path | None:
+        """A copy of a cached object staged beside `dest` (see fsutil.install), if the object is
+        intact; a damaged one is dropped and None returned."""
         source = self.object_path(sha256)
         try:
             intact = sha256_file(source) == sha256
         except OSError:
-            return False
+            return None
         if not intact:
             source.unlink(missing_ok=True)
-            return False
-        atomic_copy(source, dest)
-        return True
+            return None
+        return stage_copy(source, dest)
 
     def key_record(self, key: str) -> dict[str, Any] | None:
         """What the object cache holds for a content key, if its object is still there."""
