@@ -11,8 +11,10 @@ from tests.helpers import Project
 
 SECRET_ENV = (
     "BFL_API_KEY",
+    "BFL_API_KEY_FILE",
     "BFL_API_BASE",
     "COMETAPI_KEY",
+    "COMETAPI_KEY_FILE",
     "COMETAPI_BASE",
     "FLEXFORGE_PROVIDER",
     "FLEXFORGE_EMULATOR_URL",
