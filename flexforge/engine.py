@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,17 @@ class _TaskRecord:
     """The TaskContext one provider call gets: journal access for one asset's content key."""
 
     def __init__(
-        self, store: Store, step: Step, key: str, provider: str, reporter: Reporter, *, fresh: bool
+        self,
+        store: Store,
+        step: Step,
+        key: str,
+        provider: str,
+        reporter: Reporter,
+        *,
+        fresh: bool,
+        on_ready: Callable[[], None],
     ) -> None:
+        self.ready = on_ready
         self._store = store
         self._asset = step.asset.id
         self._key = key
@@ -120,6 +130,28 @@ class NothingToGenerate:
 
     async def aclose(self) -> None:
         pass
+
+
+class _Slot:
+    """One of the build's `--jobs` places, given back early when the API says a task is Ready:
+    its download no longer counts against the tasks in flight, and the next can start."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._held = False
+
+    async def __aenter__(self) -> _Slot:
+        await self._semaphore.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._semaphore.release()
 
 
 class Builder:
@@ -266,7 +298,7 @@ class Builder:
         key = content_key(asset, self.plan.generator, seed, digests)
         estimate = self._estimate(asset)
         request = self._request(asset, seed, digests)  # refuses bad references before any paid call
-        async with self.slots:
+        async with _Slot(self.slots) as slot:
             if self.stop_reason is not None:
                 self._record(Outcome(asset.id, SKIPPED, f"not started: {self.stop_reason}"))
                 return None
@@ -284,7 +316,15 @@ class Builder:
             self.committed_usd += estimate
             self.reporter.asset_started(asset.id, step.action)
             fresh = asset.id in self.plan_options.replace
-            record = _TaskRecord(self.store, step, key.key, self.provider.name, self.reporter, fresh=fresh)
+            record = _TaskRecord(
+                self.store,
+                step,
+                key.key,
+                self.provider.name,
+                self.reporter,
+                fresh=fresh,
+                on_ready=slot.release,
+            )
             try:
                 image = await self.provider.generate(request, record)
                 await asyncio.to_thread(_verify, image, asset)

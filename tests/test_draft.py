@@ -368,6 +368,9 @@ class RecordingTask:
     def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
         self.events.append(f"submitted {task_id}")
 
+    def ready(self) -> None:
+        pass
+
     def finished_task(self) -> None:
         self.events.append("finished")
 

@@ -42,6 +42,10 @@ class TaskContext(Protocol):
     def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
         """Record a submitted task durably (fsynced) before it is waited on."""
 
+    def ready(self) -> None:
+        """The task is done at the API; what is left (the download) no longer counts against
+        the build's tasks in flight. Optional: providers that never call it hold their place."""
+
     def finished_task(self) -> None:
         """The journaled task is done with (fetched, or failed for good): forget it."""
 

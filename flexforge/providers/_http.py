@@ -292,6 +292,7 @@ class _TaskRun:
     async def run(self) -> GeneratedImage:
         async with self.p.limiter.slot() as slot:
             result = await self._result(slot)
+        self.task.ready()
         return await self._download(result)
 
     async def _result(self, slot: Slot) -> dict[str, Any]:

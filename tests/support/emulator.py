@@ -62,6 +62,9 @@ class RecordingTask:
         if self.on_submit is not None:
             self.on_submit()
 
+    def ready(self) -> None:
+        pass
+
     def finished_task(self) -> None:
         self.finished += 1
 
