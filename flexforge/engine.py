@@ -7,6 +7,7 @@ so an interrupted build keeps all finished work. Paid tasks are journaled before
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import Callable
@@ -277,7 +278,7 @@ class Builder:
         asset = step.asset
         sha = str(step.cached["sha256"])
         out = self._output_path(asset)
-        staged = await asyncio.to_thread(self.store.stage_object, sha, out)
+        staged = await _staged(self.store.stage_object, sha, out)
         if staged is None:
             self.reporter.log(f"{asset.id}: the cached copy is damaged; generating it again")
             return None
@@ -348,7 +349,8 @@ class Builder:
         sha = await asyncio.to_thread(self.store.put_object, image.data)
         meta = {"sha256": sha, "size": len(image.data), "task_id": image.task_id, "cost_usd": cost}
         self.store.put_key_record(key.key, {**meta, "provider": self.provider.name, "seed": seed})
-        staged = await asyncio.to_thread(stage_bytes, self._output_path(asset), image.data)
+        staged = await _staged(stage_bytes, self._output_path(asset), image.data)
+        assert staged is not None  # stage_bytes always stages
         self.staged[asset.id] = (staged, asset.out, sha)
         self.made_here.add(asset.id)
         if image.task_id is not None:
@@ -469,6 +471,24 @@ class Builder:
         from flexforge.pricing import estimate_usd
 
         return estimate_usd(asset.model, asset.width, asset.height)
+
+
+async def _staged(stage: Callable[..., Path | None], *args: Any) -> Path | None:
+    """Stage an output in a worker thread. Interrupted meanwhile, the thread still finishes its
+    write: its temp file is then removed, never left beside an output nor installed unlocked."""
+    # A plain executor future, not a task: shutting the loop down cancels every task, and a
+    # cancelled task could no longer say which temp file its thread went on to write.
+    write = asyncio.get_running_loop().run_in_executor(None, functools.partial(stage, *args))
+    try:
+        return await asyncio.shield(write)
+    except asyncio.CancelledError:
+        write.add_done_callback(_discard_staged)
+        raise
+
+
+def _discard_staged(write: asyncio.Future[Path | None]) -> None:
+    if not write.cancelled() and write.exception() is None and (staged := write.result()) is not None:
+        staged.unlink(missing_ok=True)
 
 
 def _verify(image: GeneratedImage, asset: Asset) -> None:
