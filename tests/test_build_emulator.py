@@ -10,33 +10,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from flexforge.emulator.testing import RunningEmulator, running_emulator
+from flexforge.emulator.testing import RunningEmulator
 from tests.helpers import Project, Run
-
-SECRET = "sk-flexforge-test-SECRET-0123456789"
-FAST = {
-    "FLEXFORGE_POLL_INTERVAL": "0.02",
-    "FLEXFORGE_POLL_MAX_INTERVAL": "0.1",
-    "FLEXFORGE_RETRY_BASE_DELAY": "0.01",
-    "FLEXFORGE_RETRY_MAX_DELAY": "0.05",
-}
-
-
-def serve(monkeypatch: pytest.MonkeyPatch, **knobs: Any) -> Iterator[RunningEmulator]:
-    knobs.setdefault("accepted_keys", (SECRET,))
-    with running_emulator(**knobs) as emu:
-        for name, value in {**emu.env(), **FAST, "BFL_API_KEY": SECRET}.items():
-            monkeypatch.setenv(name, value)
-        yield emu
+from tests.support.emulator import SECRET, serve_builds
 
 
 @pytest.fixture
 def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
-    yield from serve(monkeypatch)
+    with serve_builds(monkeypatch) as emulator:
+        yield emulator
 
 
 def build(project: Project, *args: str) -> Run:
@@ -82,7 +67,7 @@ def test_build_records_tasks_costs_and_submits_each_once(project: Project, emu: 
 def test_moderation_fails_the_asset_and_its_dependents(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for emu in serve(monkeypatch, moderate_request=("forbidden",)):
+    with serve_builds(monkeypatch, moderate_request=("forbidden",)) as emu:
         project.manifest("""
             version: 1
             defaults: {width: 256, height: 256}
@@ -107,7 +92,7 @@ def test_moderation_fails_the_asset_and_its_dependents(
 def test_out_of_credits_stops_the_run_and_keeps_finished_work(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for emu in serve(monkeypatch, credits=12.0):  # about two 256x256 flex tasks at 5 credits
+    with serve_builds(monkeypatch, credits=12.0) as emu:  # about two 256x256 flex tasks at 5 credits
         manifest(project, 5)
         result = build(project, "--jobs", "1", "--keep-going")
         assert result.exit_code == 1
@@ -133,7 +118,7 @@ def test_max_cost_never_starts_a_task_past_the_limit(project: Project, emu: Runn
 def test_wrong_key_is_one_clear_line_and_never_printed(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for _ in serve(monkeypatch, accepted_keys=("another-key-entirely",)):
+    with serve_builds(monkeypatch, accepted_keys=("another-key-entirely",)):
         manifest(project, 3)
         result = build(project)
         assert result.exit_code == 1
@@ -176,7 +161,7 @@ def test_transient_faults_complete_every_asset_without_paying_twice(
         "download:500": 0.1,
         "download:truncate": 0.1,
     }
-    for emu in serve(monkeypatch, faults=faults, seed=7, latency=0.02):
+    with serve_builds(monkeypatch, faults=faults, seed=7, latency=0.02) as emu:
         manifest(project, 100, chain_every=10)
         result = build(project, "--jobs", "24")
         assert result.exit_code == 0, result.stderr[-2000:]
@@ -205,7 +190,7 @@ def build_until_journaled(project: Project, tasks: int) -> subprocess.Popen[str]
 def test_sigkill_after_submit_resumes_the_same_tasks(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for emu in serve(monkeypatch, latency=3.0):
+    with serve_builds(monkeypatch, latency=3.0) as emu:
         manifest(project, 5)
         proc = build_until_journaled(project, 5)
         proc.send_signal(signal.SIGKILL)
@@ -227,7 +212,7 @@ def test_sigkill_after_submit_resumes_the_same_tasks(
 def test_ctrl_c_keeps_the_journal_and_the_next_build_resumes(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for emu in serve(monkeypatch, latency=2.0):
+    with serve_builds(monkeypatch, latency=2.0) as emu:
         manifest(project, 3)
         proc = build_until_journaled(project, 3)
         journal = project.root / ".flexforge/journal"

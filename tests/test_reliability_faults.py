@@ -16,8 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,29 +24,13 @@ from typing import Any
 import jsonschema
 import pytest
 
-from flexforge.emulator.testing import RunningEmulator, running_emulator
+from flexforge.emulator.testing import running_emulator
 from flexforge.lockfile import Lock
 from flexforge.store import Store
 from tests.helpers import Project, Run, png
+from tests.support.emulator import FAST_ENV, SECRET, serve_builds
 
-SECRET = "sk-reliability-SECRET-9f8e7d6c5b4a"
-FAST = {
-    "FLEXFORGE_POLL_INTERVAL": "0.02",
-    "FLEXFORGE_POLL_MAX_INTERVAL": "0.1",
-    "FLEXFORGE_RETRY_BASE_DELAY": "0.01",
-    "FLEXFORGE_RETRY_MAX_DELAY": "0.05",
-}
 LOCK_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "lock-v1.schema.json"
-
-
-@contextmanager
-def serve(monkeypatch: pytest.MonkeyPatch, **knobs: Any) -> Iterator[RunningEmulator]:
-    """An emulator that accepts only SECRET, with the client pointed at it and fast timings."""
-    knobs.setdefault("accepted_keys", (SECRET,))
-    with running_emulator(**knobs) as emu:
-        for name, value in {**emu.env(), **FAST, "BFL_API_KEY": SECRET}.items():
-            monkeypatch.setenv(name, value)
-        yield emu
 
 
 def build(project: Project, *args: str) -> Run:
@@ -120,7 +103,7 @@ def test_a_download_that_is_bad_every_time_fails_clearly_and_writes_nothing(
     project: Project, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     knobs, reason = BAD_DOWNLOADS[kind]
-    with serve(monkeypatch, **knobs) as emu:
+    with serve_builds(monkeypatch, **knobs) as emu:
         project.manifest("""
             version: 1
             defaults: {width: 64, height: 64}
@@ -150,7 +133,7 @@ def test_a_download_that_is_bad_every_time_fails_clearly_and_writes_nothing(
 def test_a_reference_broken_after_validation_is_refused_before_any_paid_call(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with serve(monkeypatch) as emu:
+    with serve_builds(monkeypatch) as emu:
         png(project.root / "brand" / "logo.png")
         project.manifest("""
             version: 1
@@ -191,7 +174,7 @@ def test_a_drawn_seed_survives_a_kill_so_its_task_is_not_paid_twice(
 ) -> None:
     """Regression (fixed in fb90bd8): the engine ignored the seed pinned in .flexforge/seeds.json, drew a new
     one on resume, missed the journaled task and paid again."""
-    with serve(monkeypatch, latency=1.5) as emu:
+    with serve_builds(monkeypatch, latency=1.5) as emu:
         project.manifest("""
             version: 1
             defaults: {width: 64, height: 64}
@@ -215,7 +198,7 @@ def test_an_interrupt_during_a_submission_journals_the_task(
     """Regression (fixed in fb90bd8): Ctrl-C or SIGTERM while a submission's answer was on its way cancelled
     it: the task was charged, never journaled, and paid again by the next build."""
     # The emulator creates the task, then holds its answer for 2 s: a slow network.
-    with serve(monkeypatch, script=("submit:hang",), hang_seconds=2.0, latency=0.1) as emu:
+    with serve_builds(monkeypatch, script=("submit:hang",), hang_seconds=2.0, latency=0.1) as emu:
         project.manifest("""
             version: 1
             defaults: {width: 64, height: 64}
@@ -261,7 +244,7 @@ def test_replace_after_a_kill_before_the_journal_cleanup_generates_anew(
 ) -> None:
     """Regression (fixed in fb90bd8): a journal entry left by a kill after caching made `--replace` poll the
     old task and record its cost twice in the ledger."""
-    with serve(monkeypatch) as emu:
+    with serve_builds(monkeypatch) as emu:
         project.manifest("""
             version: 1
             defaults: {width: 64, height: 64}
@@ -391,7 +374,7 @@ def test_state_paths_of_the_wrong_kind_are_clear_errors(project: Project, blocke
 def test_two_builds_started_together_pay_once_and_leave_a_sound_lock(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with serve(monkeypatch, latency=0.3) as emu:
+    with serve_builds(monkeypatch, latency=0.3) as emu:
         project.manifest(
             "version: 1\ndefaults: {width: 64, height: 64}\nassets:\n"
             + "".join(f"  a{i}: {{prompt: 'asset {i}', seed: {i}}}\n" for i in range(10))
@@ -414,7 +397,7 @@ def test_accept_while_a_build_runs_keeps_the_builds_entries(
 ) -> None:
     """Regression (fixed in fb90bd8): `accept` read the lock before waiting for the build lock and then saved
     its stale copy, dropping the build's entries."""
-    with serve(monkeypatch) as emu:
+    with serve_builds(monkeypatch) as emu:
         project.manifest("""
             version: 1
             defaults: {width: 64, height: 64}
@@ -452,7 +435,7 @@ def test_the_key_never_appears_in_any_artifact_of_a_failing_run(
     def renderer(request: Any) -> bytes:
         return b"not an image" if "broken" in request.prompt else draft_render(request)
 
-    with serve(monkeypatch, renderer=renderer, moderate_request=("forbidden",)):
+    with serve_builds(monkeypatch, renderer=renderer, moderate_request=("forbidden",)):
         project.manifest("""
             version: 1
             defaults: {width: 64, height: 64}
@@ -478,7 +461,7 @@ def test_the_key_never_appears_in_any_artifact_of_a_failing_run(
 def test_the_key_never_appears_in_any_artifact_of_a_successful_run(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with serve(monkeypatch, faults={"poll:500": 0.2, "download:truncate": 0.2}, seed=3):
+    with serve_builds(monkeypatch, faults={"poll:500": 0.2, "download:truncate": 0.2}, seed=3):
         png(project.root / "brand" / "logo.png")
         project.manifest("""
             version: 1
@@ -522,7 +505,7 @@ def test_a_key_echoed_back_by_the_api_is_redacted(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        for name, value in {**FAST, "BFL_API_BASE": f"http://127.0.0.1:{server.server_port}"}.items():
+        for name, value in {**FAST_ENV, "BFL_API_BASE": f"http://127.0.0.1:{server.server_port}"}.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("BFL_API_KEY", SECRET)
         project.manifest(f"""
@@ -547,7 +530,11 @@ def test_a_key_from_a_file_named_in_the_environment_is_used_and_never_copied(
     secret_file.parent.mkdir()
     secret_file.write_text(f"{SECRET}\n")
     with running_emulator(accepted_keys=(SECRET,)) as emu:
-        for name, value in {**FAST, "BFL_API_BASE": emu.url, "BFL_API_KEY_FILE": str(secret_file)}.items():
+        for name, value in {
+            **FAST_ENV,
+            "BFL_API_BASE": emu.url,
+            "BFL_API_KEY_FILE": str(secret_file),
+        }.items():
             monkeypatch.setenv(name, value)
         project.manifest("""
             version: 1

@@ -8,7 +8,7 @@ import functools
 import hashlib
 import io
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -156,3 +156,23 @@ def emulator_factory() -> Iterator[EmulatorFactory]:
             return stack.enter_context(running_emulator(**knobs))
 
         yield start
+
+
+# The same fast timings for a build in this process or a child, given through the environment.
+FAST_ENV = {
+    "FLEXFORGE_POLL_INTERVAL": "0.02",
+    "FLEXFORGE_POLL_MAX_INTERVAL": "0.1",
+    "FLEXFORGE_RETRY_BASE_DELAY": "0.01",
+    "FLEXFORGE_RETRY_MAX_DELAY": "0.05",
+}
+
+
+@contextmanager
+def serve_builds(monkeypatch: pytest.MonkeyPatch, **knobs: Any) -> Iterator[RunningEmulator]:
+    """An emulator that accepts only SECRET, with `flexforge build --provider emulator` (here or
+    in a child process) pointed at it with fast timings."""
+    knobs.setdefault("accepted_keys", (SECRET,))
+    with running_emulator(**knobs) as emu:
+        for name, value in {**emu.env(), **FAST_ENV, "BFL_API_KEY": SECRET}.items():
+            monkeypatch.setenv(name, value)
+        yield emu
