@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flexforge.errors import ProviderError
-from flexforge.fsutil import install, remove_stale_temps, stage_bytes
+from flexforge.fsutil import fsync_dir, install, remove_stale_temps, stage_bytes
 from flexforge.keys import content_key
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset
@@ -416,8 +416,16 @@ class Builder:
         self.lock.save()
         self.lock_saved_at = time.monotonic()
         staged, self.staged = self.staged, {}
-        for temp, rel, sha in staged.values():
-            install(temp, self.plan.manifest.root / rel)
+        # Renames only, back to back, so the gap between the lock and its files stays a few
+        # microseconds; each folder is made durable once afterwards.
+        folders = set()
+        for temp, rel, _ in staged.values():
+            path = self.plan.manifest.root / rel
+            install(temp, path, durable=False)
+            folders.add(path.parent)
+        for folder in folders:
+            fsync_dir(folder)
+        for _, rel, sha in staged.values():
             self.store.remember_written(rel, sha)
 
     def _output_path(self, asset: Asset) -> Path:

@@ -46,7 +46,7 @@ def install(staged: Path, path: Path, *, durable: bool = True) -> None:
     """Rename a staged file over `path`: readers and crashes see the old bytes or the new."""
     os.replace(staged, path)
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 @contextmanager
@@ -88,7 +88,7 @@ def remove_stale_temps(folder: Path, names: set[str]) -> None:
             Path(entry.path).unlink(missing_ok=True)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # not supported on every platform
