@@ -111,14 +111,16 @@ class FileTooLarge(OSError):
     """A file larger than its reader allows (a link to /dev/zero, a planted multi-GB file)."""
 
 
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-def open_regular(path: Path | str) -> int:
-    """A descriptor on `path` only if it is a plain file, never through a final link and never
-    blocking on a FIFO (O_NONBLOCK, then fstat). Raises FileNotFoundError, NotRegularFile."""
+def open_regular(path: Path | str, *, follow: bool = False) -> int:
+    """A descriptor on `path` only if it is a plain file, never blocking on a FIFO (O_NONBLOCK,
+    then fstat), and never through a final link unless `follow`. Raises FileNotFoundError,
+    NotRegularFile."""
     try:
-        fd = os.open(path, _READ_FLAGS)
+        fd = os.open(path, _READ_FLAGS | (0 if follow else _NOFOLLOW))
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
             raise NotRegularFile(exc.errno, "is a symbolic link", str(path)) from None
@@ -164,7 +166,9 @@ def real_folders(base: Path, rel_parts: tuple[str, ...]) -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
+    """The digest of a plain file (a link to one is followed: callers confine it first)."""
+    fd = open_regular(path, follow=True)
+    with os.fdopen(fd, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
