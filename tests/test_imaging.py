@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from flexforge.imaging import MAX_OPEN_PIXELS, ImageCheckError, verify_image
-from tests.support.hostile import png, png_declaring, spy_on_decodes
+from tests.support.hostile import png_bytes, png_declaring, spy_on_decodes
 
 
 @pytest.fixture
@@ -23,10 +23,10 @@ def test_an_image_declaring_another_size_is_refused_without_decoding(decodes: li
 
 
 def test_an_image_of_the_declared_size_is_decoded_in_full(decodes: list[tuple[int, int]]) -> None:
-    verify_image(png(128, 96), 128, 96, "png")
+    verify_image(png_bytes(128, 96), 128, 96, "png")
     assert decodes == [(128, 96)]
     with pytest.raises(ImageCheckError, match="not a decodable image"):
-        verify_image(png(128, 96)[:-40], 128, 96, "png")  # the header is right, the end is cut
+        verify_image(png_bytes(128, 96)[:-40], 128, 96, "png")  # the header is right, the end is cut
 
 
 def test_a_pillow_pixel_limit_lifted_elsewhere_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,7 +26,7 @@ from tests.support.hostile import (
     endless,
     flux_api,
     json_answer,
-    png,
+    png_bytes,
     png_declaring,
     redirect_to,
     serving,
@@ -38,7 +38,7 @@ from tests.support.hostile import (
 @pytest.fixture
 def attacker() -> Iterator[LoopbackServer]:
     """Another host, answering anything with an image, recording all it receives."""
-    with serving({"*": lambda handler: handler.send_bytes(png(128, 96), "image/png")}) as server:
+    with serving({"*": lambda handler: handler.send_bytes(png_bytes(128, 96), "image/png")}) as server:
         yield server
 
 
@@ -285,7 +285,7 @@ def test_an_image_larger_than_the_cap_is_refused_unread_and_kept_for_the_next_bu
 
 
 def test_a_trickled_image_fails_at_the_download_deadline(api: LoopbackServer) -> None:
-    api.routes["/image"] = trickle(png(128, 96), pause=0.05)
+    api.routes["/image"] = trickle(png_bytes(128, 96), pause=0.05)
 
     # Every byte comes well within the 10 s read timeout; the whole would take many seconds.
     error = fail(api, download_timeout=0.3, max_retries=1)

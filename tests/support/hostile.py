@@ -109,7 +109,7 @@ def json_answer(payload: Any, status: int = 200) -> Responder:
 
 
 def png_answer(width: int, height: int) -> Responder:
-    data = png(width, height)
+    data = png_bytes(width, height)
     return lambda handler: handler.send_bytes(data, "image/png")
 
 
@@ -156,7 +156,7 @@ def trickle(data: bytes, *, pause: float) -> Responder:
     return respond
 
 
-def png(width: int, height: int) -> bytes:
+def png_bytes(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "PNG")
     return buffer.getvalue()
