@@ -110,8 +110,34 @@ def test_a_cloned_journal_entry_polling_another_host_never_gets_the_key(
         assert attacker.received == []
         assert result.exit_code == 0, result.stderr
         assert emu.stats()["submissions"] == 1  # made afresh
-    assert "planted" in result.stderr  # the entry was set aside (or ignored) with a warning
+    # The entry is not this machine's record: set aside with a warning before any provider sees it
+    # (the provider's own refusal of its URL is tested below, with an entry this machine wrote).
+    assert f".flexforge/journal/{key}.json" in result.stderr
     assert (clone.root / "assets" / "hero.png").is_file()
+
+
+def test_a_journaled_polling_url_on_another_host_than_todays_base_gets_no_key(
+    project: Project, monkeypatch: pytest.MonkeyPatch, api: LoopbackServer
+) -> None:
+    # Build 1 journals a task on the API at 127.0.0.1 (it never finishes in time); build 2 runs
+    # with the base URL at another host. The journal entry is this machine's own, sealed and
+    # valid: only the provider's check keeps the key from the host it names.
+    project.manifest(MANIFEST)
+    monkeypatch.setenv("FLEXFORGE_TASK_TIMEOUT", "0.3")
+    api.routes["/poll"] = json_answer({"id": "task-1", "status": "Pending"})
+    assert build(project, "--provider", "bfl").exit_code == 1
+    assert api.received[-1].path == "/poll?id=task-1"
+
+    with serving() as moved:
+        moved.routes.update(flux_api(lambda path: moved.url(path, host="localhost")))
+        monkeypatch.setenv("BFL_API_BASE", moved.url(host="localhost"))
+        api.received.clear()
+        result = build(project, "--provider", "bfl")
+
+        assert api.received == []
+        assert result.exit_code == 0, result.stderr
+        assert [seen.path for seen in moved.received][:1] == ["/v1/flux-2-flex"]
+    assert "task-1" in result.stderr and "set aside" in result.stderr and "127.0.0.1" in result.stderr
 
 
 def test_the_emulator_provider_never_sends_the_real_keys(
@@ -155,7 +181,7 @@ def test_an_insane_api_cost_reaches_neither_lock_nor_ledger(project: Project, ap
     lock = strict_json((project.root / "flexforge.lock").read_bytes())
     assert lock["assets"]["hero"]["cost_usd"] == pytest.approx(estimate)
     (line,) = (project.root / ".flexforge" / "ledger.jsonl").read_bytes().splitlines()
-    record = strict_json(line)
+    record = strict_json(line)["body"]
     assert record["cost_credits"] is None and record["cost_usd"] == pytest.approx(estimate)
     assert read_lock(project.root / "flexforge.lock").entries["hero"].cost_usd == pytest.approx(estimate)
 
