@@ -272,15 +272,19 @@ class FluxHttpProvider:
         request = self._client.build_request(method, url, json=body, headers=headers)
         limit = MAX_IMAGE_BYTES if phase == "download" else MAX_ANSWER_BYTES
         settings = self.settings
-        if phase == "submit":
-            # Uploading references may take long on a slow line: only the answer has a deadline.
-            response = await self._client.send(request, stream=True)
-            return await _read_bounded(response, limit, settings.http_timeout)
         deadline = settings.download_timeout if phase == "download" else settings.http_timeout
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(None if phase == "submit" else deadline) as window:
+                if phase == "submit":
+                    # Uploading references may take long on a slow line: the deadline starts
+                    # once the body is sent, and covers the whole answer.
+                    async def trace(event: str, info: dict[str, Any]) -> None:
+                        if event.endswith("send_request_body.complete"):
+                            window.reschedule(asyncio.get_running_loop().time() + deadline)
+
+                    request.extensions["trace"] = trace
                 response = await self._send(request, follow=phase == "download")
-                return await _read_bounded(response, limit, None)
+                return await _read_bounded(response, limit)
         except TimeoutError:
             raise httpx.ReadTimeout(f"no complete answer within {deadline:g}s", request=request) from None
 
@@ -526,6 +530,10 @@ class _TaskRun:
         while True:
             attempt += 1
             sample = str(result["sample"])
+            if self.p.key_policy.contains_key(sample):
+                # The key travels in headers to the API only; never in a URL to a storage host.
+                self.task.finished_task()
+                raise self.p.error(f"the download URL of task {self.task_id} contains the API key: refused")
             response = await self.p.call("GET", sample, phase="download", log=self.log)
             if response.is_success:
                 data = response.content
@@ -617,25 +625,20 @@ class _TooLarge(Exception):
         self.limit = limit
 
 
-async def _read_bounded(response: httpx.Response, limit: int, deadline: float | None) -> httpx.Response:
-    """The streamed `response` read into memory: at most `limit` bytes (after any decompression),
-    within `deadline` seconds if given; closed in any case."""
+async def _read_bounded(response: httpx.Response, limit: int) -> httpx.Response:
+    """The streamed `response` read into memory, at most `limit` bytes (after any decompression:
+    a chunk read off the wire inflates at most about a thousandfold); closed in any case."""
     chunks: list[bytes] = []
     try:
         declared = response.headers.get("Content-Length", "").strip()
         if declared.isdigit() and int(declared) > limit:
             raise _TooLarge(f"it declares {int(declared)} bytes", limit)
         total = 0
-        async with asyncio.timeout(deadline):
-            async for chunk in response.aiter_bytes():
-                total += len(chunk)
-                if total > limit:
-                    raise _TooLarge(f"more than {limit} bytes arrived", limit)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise httpx.ReadTimeout(
-            f"no complete answer within {deadline or 0:g}s", request=response.request
-        ) from None
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if total > limit:
+                raise _TooLarge(f"more than {limit} bytes arrived", limit)
+            chunks.append(chunk)
     finally:
         await response.aclose()
     # The bytes are decoded already: a Content-Encoding left in would decode them again.

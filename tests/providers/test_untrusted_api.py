@@ -149,6 +149,19 @@ def test_the_image_download_never_carries_the_key_wherever_it_is(
     assert keyed(api) == ["/v1/flux-2-flex", "/poll?id=task-1"]  # the key does go to the API
 
 
+def test_a_download_url_holding_the_key_is_never_requested(
+    api: LoopbackServer, attacker: LoopbackServer
+) -> None:
+    api.routes.update(flux_api(api.url, sample=attacker.url(f"/x.png?token={SECRET}", host="localhost")))
+    task = RecordingTask()
+
+    error = fail(api, task)
+
+    assert "download URL of task task-1 contains the API key" in str(error)
+    assert attacker.received == []
+    assert task.finished == 1  # dropped: every later build would meet the same URL
+
+
 def test_a_download_redirected_to_another_host_does_not_carry_the_key_there(
     api: LoopbackServer, attacker: LoopbackServer
 ) -> None:
@@ -307,6 +320,15 @@ def test_a_huge_submit_answer_is_refused_and_may_have_been_charged(api: Loopback
     error = fail(api)
 
     assert "submit answer is larger than" in str(error) and "charged" in str(error)
+
+
+def test_a_trickled_submit_answer_fails_at_the_deadline_after_the_upload(api: LoopbackServer) -> None:
+    answer = b'{"id": "task-1", "polling_url": "' + api.url("/poll?id=task-1").encode() + b'"}'
+    api.routes["/v1/flux-2-flex"] = trickle(answer, pause=0.05)
+
+    error = fail(api, http_timeout=0.3, max_retries=0)
+
+    assert "no complete answer within 0.3s" in str(error) and "charged" in str(error)
 
 
 def test_a_trickled_poll_answer_fails_at_the_call_deadline(api: LoopbackServer) -> None:

@@ -87,7 +87,9 @@ def serving(routes: dict[str, Responder] | None = None) -> Iterator[LoopbackServ
     """A server on 127.0.0.1 (a free port) answering `routes` (path -> responder; "*" for any
     other path; unknown paths get 404), recording every request, for the `with` block."""
     server = LoopbackServer(dict(routes or {}))
-    thread = threading.Thread(target=server.serve_forever, name="loopback-server", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="loopback-server", daemon=True
+    )
     thread.start()
     try:
         yield server
