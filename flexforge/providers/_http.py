@@ -86,6 +86,13 @@ class HttpSettings:
     rate_limit_timeout: float = 1800.0
     download_timeout: float = 120.0
 
+    def __post_init__(self) -> None:
+        # A NaN or zero deadline would fail (or never end) every download.
+        if not (math.isfinite(self.download_timeout) and self.download_timeout > 0):
+            raise UsageError(
+                f"FLEXFORGE_DOWNLOAD_TIMEOUT must be a number of seconds above 0, got {self.download_timeout}"
+            )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HttpSettings:
         env = os.environ if environ is None else environ

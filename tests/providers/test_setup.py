@@ -111,6 +111,16 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         HttpSettings.from_env()
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "abc"])
+def test_a_download_deadline_that_is_no_deadline_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("FLEXFORGE_DOWNLOAD_TIMEOUT", value)
+    with pytest.raises(UsageError, match="^FLEXFORGE_DOWNLOAD_TIMEOUT") as info:
+        HttpSettings.from_env()
+    assert "\n" not in str(info.value)
+
+
 def test_the_limiter_halves_once_per_storm_and_creeps_back() -> None:
     async def scenario() -> None:
         limiter = AdaptiveLimiter(24)
