@@ -103,15 +103,53 @@ class _TaskRecord:
             store.journal_remove(key)
             entry = None
         self.resumable = entry if entry is not None and entry.provider == provider else None
+        # What the build tells the user about this task if it stops before the image is kept.
+        self.on_the_wire = False  # a submission sent, its answer (the task id) not yet read
+        resumed = self.resumable
+        self.task_id: str | None = resumed.task_id if resumed is not None else None
+        self.polling_url = resumed.polling_url if resumed is not None else ""
+        self.journaled = resumed is not None
+        self.journal_error: str | None = None
+        self.settled = False  # the image is cached, or the task ended without one
+
+    @property
+    def asset(self) -> str:
+        return self._asset
+
+    def sending(self) -> None:
+        self.on_the_wire = True
 
     def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
+        self.on_the_wire = False
+        self.task_id, self.polling_url = task_id, polling_url
         entry = JournalEntry(
             self._asset, self._key, self._provider, task_id, polling_url, time.time(), cost_credits
         )
-        self._store.journal_put(entry)
+        try:
+            self._store.journal_put(entry)
+        except OSError as exc:
+            # A full disk or a read-only mount: the task is paid for all the same. Keep it in
+            # memory and go on to fetch it; say where it is in case this build cannot.
+            self.journaled = False
+            self.journal_error = exc.strerror or type(exc).__name__
+            self.log(
+                f"task {task_id} could not be journaled ({self.journal_error}); it is paid for, "
+                f"so this build goes on to fetch it (its result: {polling_url})"
+            )
+            return
+        self.journaled = True
+        self.journal_error = None
 
     def finished_task(self) -> None:
         self.finished = True
+
+    def forget(self) -> None:
+        """Drop the journal entry of a task that is done with; a failure to (a read-only or full
+        disk) leaves an entry the next build finds settled, never an asset failed after paying."""
+        try:
+            self._store.journal_remove(self._key)
+        except OSError as exc:
+            self.log(f"could not remove the journal entry of task {self.task_id} ({exc.strerror})")
 
     def log(self, message: str) -> None:
         self._reporter.log(f"{self._asset}: {message}")
@@ -187,6 +225,7 @@ class Builder:
         self.staged: dict[str, tuple[Path, str, str]] = {}
         self.made_here: set[str] = set()
         self.lock_flush: asyncio.TimerHandle | None = None
+        self.records: dict[str, _TaskRecord] = {}
 
     async def run(self) -> BuildResult:
         for orphan in self.plan.orphaned:
@@ -326,13 +365,15 @@ class Builder:
                 fresh=fresh,
                 on_ready=slot.release,
             )
+            self.records[asset.id] = record
             try:
                 image = await self.provider.generate(request, record)
                 await asyncio.to_thread(_verify, image, asset)
             except ProviderError:
                 self.committed_usd -= estimate
                 if record.finished:
-                    self.store.journal_remove(key.key)
+                    record.settled = True
+                    record.forget()
                 raise
             except Exception as exc:  # a provider bug must fail one asset, not crash the build
                 self.committed_usd -= estimate
@@ -346,9 +387,14 @@ class Builder:
         cost = _cost_usd(image, estimate, self.plan.generator)
         self.committed_usd += cost - estimate
         # Cache first, output second: once the output exists, a restart can always restore it.
-        sha = await asyncio.to_thread(self.store.put_object, image.data)
+        # A paid image is fsynced into the cache before its journal entry goes: a power cut in
+        # between must leave one or the other, or the next build pays again.
+        paid = image.task_id is not None
+        sha = await asyncio.to_thread(self.store.put_object, image.data, durable=paid)
         meta = {"sha256": sha, "size": len(image.data), "task_id": image.task_id, "cost_usd": cost}
-        self.store.put_key_record(key.key, {**meta, "provider": self.provider.name, "seed": seed})
+        keyed = {**meta, "provider": self.provider.name, "seed": seed}
+        self.store.put_key_record(key.key, keyed, durable=paid)
+        record.settled = True
         staged = await _staged(stage_bytes, self._output_path(asset), image.data)
         assert staged is not None  # stage_bytes always stages
         self.staged[asset.id] = (staged, asset.out, sha)
@@ -372,7 +418,7 @@ class Builder:
             len(image.data),
             meta,
         )
-        self.store.journal_remove(key.key)
+        record.forget()
         detail = f"${cost:.4f}" if cost else ""
         self._record(Outcome(asset.id, GENERATED, detail, cost))
         return sha

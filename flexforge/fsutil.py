@@ -101,6 +101,32 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+PROBE_PREFIX = ".probe."
+
+
+def probe_writable(folder: Path) -> None:
+    """Create, fill, fsync and remove a small file in `folder` (made if missing); OSError when
+    that fails: a full disk (ENOSPC), a read-only mount (EROFS), no permission (EACCES)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder, {"probe"})  # what a kill mid-probe left, named by us
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=PROBE_PREFIX, suffix=".tmp")
+    try:
+        # One block, more than a journal entry takes: a disk with a few bytes free fails here.
+        os.write(fd, b"\0" * 4096)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
+
+
 def sha256_file(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flexforge.errors import FlexforgeError
-from flexforge.fsutil import atomic_write, sha256_bytes, sha256_file, stage_copy
+from flexforge.fsutil import atomic_write, fsync_file, probe_writable, sha256_bytes, sha256_file, stage_copy
 from flexforge.providers import JournalEntry
 
 GITIGNORE = "# Local state of flexforge: caches and in-flight task records. Never commit.\n*\n"
@@ -100,13 +100,16 @@ class Store:
     def has_object(self, sha256: str) -> bool:
         return self.object_path(sha256).is_file()
 
-    def put_object(self, data: bytes) -> str:
+    def put_object(self, data: bytes, *, durable: bool = False) -> str:
+        """Cache `data`. Not fsynced unless `durable` (a paid image, whose journal entry goes
+        next): the rest can be rebuilt, and restores check the digest first."""
         self.ensure()
         digest = sha256_bytes(data)
         path = self.object_path(digest)
         if not path.is_file():
-            # Not fsynced: the cache can be rebuilt, and restores check the digest first.
-            atomic_write(path, data, durable=False)
+            atomic_write(path, data, durable=durable)
+        elif durable:
+            fsync_file(path)  # cached earlier without fsync: make those bytes durable now
         return digest
 
     def stage_object(self, sha256: str, dest: Path) -> Path | None:
@@ -130,10 +133,10 @@ class Store:
             return None
         return record if self.has_object(str(record.get("sha256"))) else None
 
-    def put_key_record(self, key: str, record: dict[str, Any]) -> None:
+    def put_key_record(self, key: str, record: dict[str, Any], *, durable: bool = False) -> None:
         self.ensure()
         data = json.dumps(record, sort_keys=True).encode()
-        atomic_write(self.dir / "keys" / f"{key}.json", data, durable=False)
+        atomic_write(self.dir / "keys" / f"{key}.json", data, durable=durable)
 
     # -- seeds drawn for assets that have none in the manifest ------------------------------------
 
@@ -168,6 +171,20 @@ class Store:
         self.ensure()
         # fsynced: the record must be on disk before we wait on a task we are paying for.
         atomic_write(self._journal_path(entry.key), json.dumps(asdict(entry), sort_keys=True).encode())
+
+    def check_journal_writable(self) -> None:
+        """Before the first paid submission: a journal that cannot be written (a full disk, a
+        read-only mount) would leave paid tasks unrecorded, so nothing is submitted."""
+        self.ensure()
+        folder = self.dir / "journal"
+        try:
+            probe_writable(folder)
+        except OSError as exc:
+            raise FlexforgeError(
+                f"cannot write to {self.dir.name}/journal ({exc.strerror or type(exc).__name__}): "
+                "flexforge records each paid task there before waiting on it, so it submits "
+                "nothing; free some space or make the folder writable, then build again"
+            ) from None
 
     def journal_remove(self, key: str) -> None:
         self._journal_path(key).unlink(missing_ok=True)

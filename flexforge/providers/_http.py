@@ -321,6 +321,7 @@ class _TaskRun:
     async def _submit(self, slot: Slot) -> None:
         body = await asyncio.to_thread(build_body, self.request)
         url = f"{self.p.base_url}{self.p.dialect.route_prefix}/{self.request.model}"
+        self.task.sending()
         response = await self.p.call("POST", url, phase="submit", log=self.log, body=body, slot=slot)
         if not response.is_success:
             raise self.p.refusal(response, f"this {self.request.model} request")
