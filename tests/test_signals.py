@@ -3,14 +3,19 @@ and the build says which, naming any task it could not journal. Real processes, 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 import signal
 import subprocess
 
 import pytest
 
+from flexforge.store import Store
 from tests.helpers import Project, Run
 from tests.support.emulator import SECRET, serve_builds
+from tests.support.mounts import fill, remount_read_only, tmpfs
 from tests.support.spawn import spawn_flexforge, wait_for
 
 ONE_ASSET = """
@@ -143,3 +148,128 @@ def test_an_inherited_ignored_sighup_is_respected(project: Project, monkeypatch:
         assert proc.returncode == 0, stderr
         assert "stopping" not in stderr
         assert (project.root / "flexforge.lock").exists()
+
+
+# -- a journal that cannot be written ----------------------------------------------------------------
+
+
+def test_a_journal_write_that_fails_keeps_the_task_fetches_it_and_names_it(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC at the journal write (after the pre-flight check passed): the paid task stays in
+    memory, is polled and downloaded; its id and polling URL are printed, never the key."""
+
+    def full_disk(self: Store, entry: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.dir / "journal"))
+
+    monkeypatch.setattr(Store, "journal_put", full_disk)
+    with serve_builds(monkeypatch) as emu:
+        project.manifest(ONE_ASSET)
+        result = build(project)
+        assert result.exit_code == 0, result.stderr
+        (task_id,) = {e["task_id"] for e in project.lock()["assets"].values()}
+        assert f"task {task_id} could not be journaled (No space left on device)" in result.stderr
+        assert f"get_result?id={task_id}" in result.stderr  # where to fetch it
+        assert SECRET not in result.stdout + result.stderr
+        assert emu.stats()["submissions"] == 1
+
+
+def test_no_paid_submission_when_the_journal_cannot_be_written(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pre-flight check: a file where the journal folder belongs (or any write failure there)
+    stops the build before it pays for anything."""
+    with serve_builds(monkeypatch) as emu:
+        project.manifest(ONE_ASSET)
+        (project.root / ".flexforge").mkdir()
+        (project.root / ".flexforge" / "journal").write_text("not a folder")
+        result = build(project)
+        assert result.exit_code == 1
+        assert "error: cannot write to .flexforge/journal (File exists)" in result.stderr
+        assert "submits nothing" in result.stderr
+        assert emu.stats()["submissions"] == 0
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_journal_on_a_full_or_read_only_disk_stops_the_build_before_paying(
+    project: Project, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    with serve_builds(monkeypatch) as emu, tmpfs(project.root / ".flexforge" / "journal") as journal_dir:
+        project.manifest(ONE_ASSET)
+        if fault == "full":
+            fill(journal_dir)
+        else:
+            remount_read_only(journal_dir)
+        result = build(project)
+        assert result.exit_code == 1, result.stderr
+        reason = "No space left on device" if fault == "full" else "Read-only file system"
+        assert f"cannot write to .flexforge/journal ({reason})" in result.stderr
+        assert emu.stats()["submissions"] == 0
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+@pytest.mark.parametrize("stop", [None, signal.SIGTERM], ids=["runs-on", "stopped"])
+def test_a_disk_that_fills_after_the_check_keeps_the_paid_task(
+    project: Project, monkeypatch: pytest.MonkeyPatch, fault: str, stop: signal.Signals | None
+) -> None:
+    """The journal's disk fills (or turns read-only) while the answer is on its way: a build that
+    runs on fetches the task; one stopped meanwhile names the task id and where its result is."""
+    with (
+        serve_builds(monkeypatch, script=("submit:hang",), hang_seconds=1.5, latency=0.1) as emu,
+        tmpfs(project.root / ".flexforge" / "journal") as journal_dir,
+    ):
+        project.manifest(ONE_ASSET)
+        proc = spawn_flexforge("-C", str(project.root), "build", "--provider", "emulator")
+        wait_for(lambda: emu.stats()["submissions"] == 1, "the task to be created")
+        if fault == "full":
+            fill(journal_dir)
+        else:
+            remount_read_only(journal_dir)
+        seen = []
+        if stop is not None:
+            proc.send_signal(stop)
+            seen = read_until(proc, "stopping")
+        stderr = finish(proc, seen)
+        assert "Traceback" not in stderr and SECRET not in stderr
+        match = re.search(r"task (\S+) could not be journaled \(([^)]+)\)", stderr)
+        assert match, stderr
+        task_id = match.group(1)
+        if stop is None:
+            assert proc.returncode == 0, stderr
+            assert project.lock()["assets"]["a"]["task_id"] == task_id
+        else:
+            assert proc.returncode == 143, stderr
+            assert f"not journaled: a: task {task_id} is paid for" in stderr
+            assert f"get_result?id={task_id}" in stderr
+            assert "journaled (a)" not in stderr
+        assert journal(project) == []
+
+
+def test_a_paid_image_is_durable_in_the_cache_before_its_journal_entry_goes(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut right after the journal entry is removed must find the image in the cache:
+    its bytes and its folder entry are fsynced first, or the next build would pay again."""
+    events: list[str] = []
+    real_fsync, real_remove = os.fsync, Store.journal_remove
+
+    def fsync(fd: int) -> None:
+        events.append("fsync " + os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def journal_remove(self: Store, key: str) -> None:
+        events.append("journal_remove")
+        real_remove(self, key)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Store, "journal_remove", journal_remove)
+    with serve_builds(monkeypatch):
+        project.manifest(ONE_ASSET)
+        assert build(project).exit_code == 0
+    sha = project.lock()["assets"]["a"]["sha256"]
+    objects = str(project.root / ".flexforge" / "objects" / sha[:2])
+    before = events[: events.index("journal_remove")]
+    assert any(e.startswith(f"fsync {objects}/.{sha}.") for e in before), before  # the bytes
+    assert f"fsync {objects}" in before, before  # the rename that names them
+    key = project.lock()["assets"]["a"]["key"]
+    assert any(e.startswith(f"fsync {project.root}/.flexforge/keys/.{key}.json.") for e in before), before

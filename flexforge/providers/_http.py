@@ -126,6 +126,7 @@ class FluxHttpProvider:
         self.settings = settings if settings is not None else HttpSettings.from_env()
         self.limiter = AdaptiveLimiter(max_in_flight)
         self._submitting: set[asyncio.Future[None]] = set()
+        self._stopping = False
         self.polls = PollTimer()
         self._key = api_key
         self._headers = {**dialect.auth_headers(api_key), "Accept": "application/json"}
@@ -141,6 +142,7 @@ class FluxHttpProvider:
         return await _TaskRun(self, request, task).run()
 
     async def aclose(self) -> None:
+        self._stopping = True
         if self._submitting:
             # Interrupted: let submissions already on the wire come back and be journaled, so a
             # task the API created (and charged) is resumed by the next build, not paid again.
@@ -152,8 +154,15 @@ class FluxHttpProvider:
         build is cancelled meanwhile; `aclose` waits for it."""
         task = asyncio.ensure_future(submission)
         self._submitting.add(task)
-        task.add_done_callback(self._submitting.discard)
+        task.add_done_callback(self._submitted)
         await asyncio.shield(task)
+
+    def _submitted(self, task: asyncio.Future[None]) -> None:
+        self._submitting.discard(task)
+        if not task.cancelled():
+            # Seen here, an error of a submission whose asset stopped waiting (the build was
+            # stopped) is not reported again as "exception never retrieved".
+            task.exception()
 
     def redact(self, text: str) -> str:
         # Shorter "keys" are placeholders (the emulator's default is "emulator") whose
@@ -188,6 +197,9 @@ class FluxHttpProvider:
         # The signed download URL needs no key, and may live on a storage host: never send it.
         headers = None if phase == "download" else self._headers
         while True:
+            if phase == "submit" and self._stopping and (failures or rate_limited):
+                # Stopping: wait for an answer on its way, but never send a paid request again.
+                raise self.error(f"{phase}: not retried, the build is stopping")
             try:
                 response = await self._client.request(
                     method, url, json=body, headers=headers, follow_redirects=phase == "download"
