@@ -151,6 +151,7 @@ class FluxHttpProvider:
         self.settings = settings if settings is not None else HttpSettings.from_env()
         self.limiter = AdaptiveLimiter(max_in_flight)
         self._submitting: set[asyncio.Future[None]] = set()
+        self._stopping = False
         self.polls = PollTimer()
         self._key = api_key
         self.key_policy = KeyPolicy(self.base_url, dialect.domains, api_key)
@@ -167,6 +168,7 @@ class FluxHttpProvider:
         return await _TaskRun(self, request, task).run()
 
     async def aclose(self) -> None:
+        self._stopping = True
         if self._submitting:
             # Interrupted: let submissions already on the wire come back and be journaled, so a
             # task the API created (and charged) is resumed by the next build, not paid again.
@@ -178,8 +180,15 @@ class FluxHttpProvider:
         build is cancelled meanwhile; `aclose` waits for it."""
         task = asyncio.ensure_future(submission)
         self._submitting.add(task)
-        task.add_done_callback(self._submitting.discard)
+        task.add_done_callback(self._submitted)
         await asyncio.shield(task)
+
+    def _submitted(self, task: asyncio.Future[None]) -> None:
+        self._submitting.discard(task)
+        if not task.cancelled():
+            # Seen here, an error of a submission whose asset stopped waiting (the build was
+            # stopped) is not reported again as "exception never retrieved".
+            task.exception()
 
     def redact(self, text: str) -> str:
         # Shorter "keys" are placeholders (the emulator's default is "emulator") whose
@@ -221,6 +230,9 @@ class FluxHttpProvider:
             except UrlRefused as exc:
                 raise self.error(f"{phase}: the key is not sent to that URL: {exc}") from None
         while True:
+            if phase == "submit" and self._stopping and (failures or rate_limited):
+                # Stopping: wait for an answer on its way, but never send a paid request again.
+                raise self.error(f"{phase}: not retried, the build is stopping")
             try:
                 response = await self._fetch(method, target, body=body, headers=headers, phase=phase)
             except _TooLarge as exc:
@@ -414,6 +426,7 @@ class _TaskRun:
     async def _submit(self, slot: Slot) -> None:
         body = await asyncio.to_thread(build_body, self.request)
         url = f"{self.p.base_url}{self.p.dialect.route_prefix}/{self.request.model}"
+        self.task.sending()
         response = await self.p.call("POST", url, phase="submit", log=self.log, body=body, slot=slot)
         if not response.is_success:
             raise self.p.refusal(response, f"this {self.request.model} request")
