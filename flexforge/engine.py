@@ -7,6 +7,7 @@ so an interrupted build keeps all finished work. Paid tasks are journaled before
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import secrets
 import time
@@ -17,24 +18,25 @@ from typing import Any
 
 from flexforge.errors import ProviderError
 from flexforge.fsutil import fsync_dir, install, remove_stale_temps, stage_bytes
-from flexforge.keys import content_key
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset
 from flexforge.options import BuildOptions, PlanOptions
 from flexforge.planner import (
+    CONFLICT,
     DRIFTED,
     GENERATES,
+    HELD,
     NONE,
-    RESTORE,
+    REGENERATE,
+    RESTORES,
     Plan,
     Step,
-    decide,
-    reference_digests,
-    resolve_seed,
+    step_for,
 )
 from flexforge.progress import Reporter
 from flexforge.providers import GeneratedImage, JournalEntry, Provider, TaskContext
 from flexforge.request import ImageRequest, ReferenceInput
+from flexforge.sources import CACHE, IN_PLACE, MADE, Source
 from flexforge.store import Store
 
 # Outcomes of one asset in a build.
@@ -46,6 +48,11 @@ GENERATED, RESTORED, UP_TO_DATE, FAILED, SKIPPED = (
     "skipped",
 )
 SEED_RANGE = 2**32
+HELD_DETAIL = {
+    DRIFTED: "output edited by hand; left alone (`flexforge accept {id}` or `--replace {id}`)",
+    CONFLICT: "a file flexforge did not make is at its output path; left alone "
+    "(`flexforge accept {id}` adopts it, `build --replace {id}` overwrites it)",
+}
 LOCK_SAVE_INTERVAL = 0.25  # seconds
 
 
@@ -175,13 +182,15 @@ class Builder:
         self.options = options
         self.result = BuildResult(estimated_cost_usd=plan.estimated_cost_usd)
         self.outputs: dict[str, str | None] = {}
-        self.drifted: set[str] = set()
+        self.held: set[str] = set()  # drifted or in conflict: left alone, dependents wait
         self.stop_reason: str | None = None
         self.committed_usd = 0.0  # spent plus reserved, for --max-cost
         self.slots = asyncio.Semaphore(max(1, min(options.jobs, provider.max_in_flight)))
         self.tasks: dict[str, asyncio.Task[str | None]] = {}
         self.estimates = {s.asset.id: s.estimated_cost_usd for s in plan.steps}
-        self.pinned = store.pinned_seeds()
+        self.facts = plan.facts
+        # Restored outputs that others build on go into the object cache, where _request reads them.
+        self.referenced = {r for s in plan.steps for r in s.asset.asset_refs}
         self.lock_saved_at = 0.0
         # Outputs written beside their place, renamed in just after the lock names them.
         self.staged: dict[str, tuple[Path, str, str]] = {}
@@ -240,63 +249,62 @@ class Builder:
             self.stop_reason = self.stop_reason or f"{asset_id} failed"
 
     async def _build(self, asset: Asset) -> str | None:
-        entry = self.lock.entries.get(asset.id)
-        seed = resolve_seed(asset, entry, asset.id in self.plan_options.reseed, self.pinned.get(asset.id))
-        digests = reference_digests(asset, self.store, self.outputs)
-        replace = asset.id in self.plan_options.replace
-        step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=replace)
+        step = step_for(asset, self.facts, self.outputs)
         if step.action == NONE:
             self._record(Outcome(asset.id, UP_TO_DATE))
             return self._output(asset.id, step.output_sha256)
-        if step.action == DRIFTED:
-            self.drifted.add(asset.id)
-            detail = "output edited by hand; left alone (`flexforge accept` or `--replace`)"
-            self._record(Outcome(asset.id, DRIFTED, detail))
+        if step.action in HELD:
+            self.held.add(asset.id)
+            self._record(Outcome(asset.id, step.action, HELD_DETAIL[step.action].format(id=asset.id)))
             return self._output(asset.id, step.output_sha256)
-        drifted_inputs = [r for r in asset.asset_refs if r in self.drifted]
-        if drifted_inputs and step.action != RESTORE:
-            self._record(Outcome(asset.id, SKIPPED, f"needs {drifted_inputs[0]}, whose output drifted"))
+        held_inputs = [r for r in asset.asset_refs if r in self.held]
+        if held_inputs and step.action not in RESTORES:
+            self._record(Outcome(asset.id, SKIPPED, f"needs {held_inputs[0]}, which was left alone"))
             return None
-        if seed is None:
+        if step.seed is None:
             seed = secrets.randbelow(SEED_RANGE)
             self.store.pin_seed(asset.id, seed)
-            step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=replace)
-        if step.action == RESTORE:
+            step = step_for(asset, self.facts, self.outputs, seed=seed)
+        if step.action in RESTORES:
             restored = await self._restore(step)
             if restored is not None:
                 return self._output(asset.id, restored)
-            step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=True)
-        return self._output(asset.id, await self._generate(step, seed))
+            step = dataclasses.replace(step, action=REGENERATE, source=None)
+        return self._output(asset.id, await self._generate(step))
 
     def _output(self, asset_id: str, sha256: str | None) -> str | None:
         self.outputs[asset_id] = sha256
         return sha256
 
     async def _restore(self, step: Step) -> str | None:
-        """Copy the cached output back; None if the cached object turned out damaged."""
-        assert step.cached is not None and step.key is not None and step.seed is not None
-        asset = step.asset
-        sha = str(step.cached["sha256"])
+        """Bring the step's source back into place; None if it turned out damaged or changed."""
+        assert step.source is not None and step.key is not None and step.seed is not None
+        asset, source = step.asset, step.source
+        sources = self.facts.sources
         out = self._output_path(asset)
-        staged = await _staged(self.store.stage_object, sha, out)
-        if staged is None:
-            self.reporter.log(f"{asset.id}: the cached copy is damaged; generating it again")
+        if source.kind == IN_PLACE:
+            ok = await asyncio.to_thread(sources.in_place_ok, source, asset)
+            staged = None
+        else:
+            staged = await _staged(sources.stage, source, asset, out)
+            ok = staged is not None
+        if not ok:
+            self.reporter.log(f"{asset.id}: the copy from {source.label} is damaged; generating it again")
             return None
-        self.staged[asset.id] = (staged, asset.out, sha)
-        self.made_here.add(asset.id)
-        meta = dict(step.cached)
-        old = self.lock.entries.get(asset.id)
-        if old is not None and old.key == step.key.key:  # keep what the lock knew of the task
-            meta.update(task_id=old.task_id, cost_usd=old.cost_usd, provider=old.provider)
-        self._commit(step, step.seed, sha, self.store.object_path(sha).stat().st_size, meta)
-        self._record(Outcome(asset.id, RESTORED, "from the local cache, no API call"))
-        return sha
+        if staged is not None:
+            if asset.id in self.referenced and source.kind != CACHE:
+                await asyncio.to_thread(self.store.put_object, staged.read_bytes())
+            self.staged[asset.id] = (staged, asset.out, source.sha256)
+            self.made_here.add(asset.id)
+        self._commit(step, source.sha256, source.size, source)
+        detail = "already in place" if source.kind == IN_PLACE else f"from {source.label}, no API call"
+        self._record(Outcome(asset.id, RESTORED, detail))
+        return source.sha256
 
-    async def _generate(self, step: Step, seed: int) -> str | None:
-        asset = step.asset
-        digests = step.reference_digests
-        assert digests is not None
-        key = content_key(asset, self.plan.generator, seed, digests)
+    async def _generate(self, step: Step) -> str | None:
+        asset, key, seed = step.asset, step.key, step.seed
+        assert key is not None and seed is not None and step.reference_digests is not None
+        digests = [d for d in step.reference_digests if d is not None]
         estimate = self._estimate(asset)
         request = self._request(asset, seed, digests)  # refuses bad references before any paid call
         async with _Slot(self.slots) as slot:
@@ -365,33 +373,28 @@ class Builder:
                     "cost_usd": cost,
                 }
             )
-        self._commit(
-            Step(asset, step.action, step.reasons, seed, key, digests, sha),
-            seed,
-            sha,
-            len(image.data),
-            meta,
-        )
+        made = Source(MADE, sha, len(image.data), task_id=image.task_id, cost_usd=cost)
+        self._commit(step, sha, len(image.data), dataclasses.replace(made, provider=self.provider.name))
         self.store.journal_remove(key.key)
         detail = f"${cost:.4f}" if cost else ""
         self._record(Outcome(asset.id, GENERATED, detail, cost))
         return sha
 
-    def _commit(self, step: Step, seed: int, sha: str, size: int, meta: dict[str, Any]) -> None:
-        assert step.key is not None
+    def _commit(self, step: Step, sha: str, size: int, source: Source) -> None:
+        assert step.key is not None and step.seed is not None
         asset = step.asset
         self.lock.entries[asset.id] = LockEntry(
             key=step.key.key,
             parts=step.key.parts,
-            seed=seed,
+            seed=step.seed,
             model=asset.model,
             generator=self.plan.generator,
-            provider=str(meta.get("provider", self.provider.name)),
+            provider=source.provider or self.provider.name,
             out=asset.out,
             sha256=sha,
             size=size,
-            task_id=meta.get("task_id"),
-            cost_usd=meta.get("cost_usd"),
+            task_id=source.task_id,
+            cost_usd=source.cost_usd,
         )
         self._save_lock_soon()
 

@@ -110,3 +110,22 @@ def fit_cover(data: bytes, width: int, height: int, output_format: str) -> bytes
     buf = io.BytesIO()
     fitted.save(buf, format=PIL_FORMATS[output_format], **_SAVE_OPTIONS[output_format])
     return buf.getvalue()
+
+
+def header_matches(data: bytes, width: int, height: int, output_format: str) -> bool:
+    """Whether the header says `output_format` at width x height (reads no pixel data)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.format == PIL_FORMATS[output_format] and img.size == (width, height)
+    except Exception:  # Pillow raises many types for broken data
+        return False
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\n"
+
+
+def lfs_pointer(data: bytes) -> bool:
+    """Whether these bytes are a Git LFS pointer file standing in for the real image."""
+    return data.startswith(LFS_POINTER) and len(data) < 1024

@@ -8,12 +8,13 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from flexforge.errors import Diagnostic, FlexforgeError, ManifestError
+from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageError
 from flexforge.imaging import EXTENSIONS
 from flexforge.request import FLEX_MODEL
 
@@ -84,6 +85,18 @@ class Manifest:
     @property
     def state_dir(self) -> Path:
         return self.root / STATE_DIR
+
+    def require(self, asset_id: str) -> Asset:
+        self.check_ids([asset_id])
+        return self.assets[asset_id]
+
+    def check_ids(self, ids: Iterable[str], flag: str = "") -> None:
+        """The one message (and exit code 2) for asset ids the manifest does not have."""
+        unknown = sorted(set(ids) - set(self.assets))
+        if unknown:
+            noun = "asset id" if len(unknown) == 1 else "asset ids"
+            where = f"{flag}: " if flag else ""
+            raise UsageError(f"{where}unknown {noun} {', '.join(unknown)}: not in {self.label}")
 
 
 def display_path(path: Path, base: Path | None = None) -> str:

@@ -12,7 +12,8 @@ from flexforge.commands.plan import compute_plan, print_plan
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, FlexforgeError
 from flexforge.options import BuildOptions, PlanOptions
-from flexforge.planner import DRIFTED, GENERATES, Plan
+from flexforge.planner import DRIFTED, GENERATES, HELD, Plan, Step
+from flexforge.text import plural
 
 if TYPE_CHECKING:
     from flexforge.engine import Builder, BuildResult
@@ -48,21 +49,33 @@ def build(
             _check_frozen(plan)
         if not plan.has_changes:
             if not opts.quiet:
-                click.echo(f"Up to date: {len(plan.steps)} assets.")
+                click.echo(f"Up to date: {plural(len(plan.steps), 'asset')}.")
             return EXIT_OK
         return _execute(project, plan, plan_options, options, opts)
 
 
 def _check_frozen(plan: Plan) -> None:
-    stale = [s for s in plan.steps if s.action in GENERATES or s.action == DRIFTED]
+    stale = [s for s in plan.steps if s.action in GENERATES or s.action in HELD]
     if stale:
-        listed = ", ".join(
-            f"{s.asset.id} ({s.action}{': ' + ', '.join(s.reasons) if s.reasons else ''})" for s in stale
-        )
+        listed = ", ".join(f"{s.asset.id} ({s.action}{': ' + s.detail if s.detail else ''})" for s in stale)
         raise FlexforgeError(
-            f"--frozen: {len(stale)} asset{'s' if len(stale) != 1 else ''} would be generated or "
-            f"differ from the lock: {listed}. Run `flexforge build` and commit the result."
+            f"--frozen: {plural(len(stale), 'asset')} would be generated or differ from the lock: "
+            f"{listed}. {_frozen_hint(stale)}"
         )
+
+
+def _frozen_hint(stale: list[Step]) -> str:
+    """The fix that fits what was found, most specific first."""
+    held = [s.asset.id for s in stale if s.action in HELD]
+    if held:
+        return (
+            f"Keep the files with `flexforge accept {held[0]}`, or overwrite them with "
+            f"`flexforge build --replace {held[0]}`; then commit."
+        )
+    deleted = [s.asset.out for s in stale if s.reasons == ["missing"]]
+    if len(deleted) == len(stale):
+        return f"A committed output was deleted: `git checkout -- {' '.join(deleted)}` brings it back."
+    return "Run `flexforge build` and commit the result."
 
 
 def _execute(
