@@ -10,6 +10,7 @@ from flexforge.errors import UsageError
 from flexforge.lockfile import Lock, read_lock
 from flexforge.manifest import Manifest, display_path, find_manifest, load_manifest
 from flexforge.providers import DEFAULT_PROVIDER, GENERATORS
+from flexforge.sources import Sources
 from flexforge.store import Store
 
 PROVIDER_ENV = "FLEXFORGE_PROVIDER"
@@ -48,6 +49,18 @@ class Project:
         # flexforge.yaml -> flexforge.lock; a second manifest in one folder gets its own lock.
         self.lock_path = manifest.path.with_suffix(".lock")
         self._lock: Lock | None = None
+
+    def sources(self) -> Sources:
+        """Where bytes for a key can come from with no API call; git history is opened only if
+        the cheaper sources come up empty."""
+        from flexforge.history import History, default_cache_dir
+
+        manifest = self.manifest
+        return Sources(
+            self.lock,
+            self.store,
+            lambda: History.open(manifest.root, self.lock_path, default_cache_dir()),
+        )
 
     @property
     def lock(self) -> Lock:

@@ -210,6 +210,7 @@ class Builder:
                 task.cancel()
             self._flush_lock()
             self.store.save()
+            self.facts.sources.close()
         return self.result
 
     def _remove_stale_temps(self) -> None:

@@ -75,16 +75,25 @@ def read_lock(path: Path) -> Lock:
             f"{label}) and run `flexforge build`, which rewrites it from the manifest"
         )
     try:
-        doc = json.loads(raw)
-        if doc.get("version") != LOCK_VERSION:
-            raise ValueError(f"unsupported lock version {doc.get('version')!r}")
-        entries = {name: _entry(name, body) for name, body in doc["assets"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        entries = parse_entries(raw)
+    except ValueError as exc:
         raise FlexforgeError(
             f"{label} is not a valid flexforge lock ({exc}); restore it with "
             f"`git checkout {label}`, or delete it to rebuild from the cache"
         ) from None
     return Lock(path, entries, raw)
+
+
+def parse_entries(raw: bytes) -> dict[str, LockEntry]:
+    """The stanzas of a lock's bytes (this checkout's, or an old one from git history); any
+    malformation is a ValueError."""
+    try:
+        doc = json.loads(raw)
+        if doc.get("version") != LOCK_VERSION:
+            raise ValueError(f"unsupported lock version {doc.get('version')!r}")
+        return {name: _entry(name, body) for name, body in doc["assets"].items()}
+    except (KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

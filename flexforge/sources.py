@@ -118,7 +118,15 @@ class Sources:
             staged = self.store.stage_object(source.sha256, dest)
             return staged if staged is None or _image_ok(staged.read_bytes(), asset, staged) else None
         data = self.read(source)
-        if data is None or sha256_bytes(data) != source.sha256 or not _image_ok(data, asset, None):
+        if data is not None and sha256_bytes(data) != source.sha256:
+            data = None
+        if data is None and source.kind == GIT and self.history is not None:
+            for other in self.history.alternates(source):
+                data = self.read(other)
+                if data is not None and sha256_bytes(data) == source.sha256:
+                    break
+                data = None
+        if data is None or not _image_ok(data, asset, None):
             return None
         if source.kind == WORKING_TREE and source.path is not None:
             return stage_copy(self.store.root / source.path, dest)

@@ -12,7 +12,7 @@ from flexforge.commands.plan import compute_plan, print_plan
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, FlexforgeError
 from flexforge.options import BuildOptions, PlanOptions
-from flexforge.planner import DRIFTED, GENERATES, HELD, Plan, Step
+from flexforge.planner import CONFLICT, DRIFTED, GENERATES, HELD, Plan, Step
 from flexforge.text import plural
 
 if TYPE_CHECKING:
@@ -134,11 +134,13 @@ def _summarise(
         f"{result.count(RESTORED)} restored",
         f"{result.count(UP_TO_DATE)} up to date",
     ]
-    for kind in (DRIFTED, FAILED, SKIPPED):
+    for kind in (DRIFTED, CONFLICT, FAILED, SKIPPED):
         if result.count(kind):
             counts.append(f"{result.count(kind)} {kind}")
     if plan.orphaned:
-        counts.append(f"{len(plan.orphaned)} orphaned dropped from the lock")
+        counts.append(
+            f"{plural(len(plan.orphaned), 'orphaned entry', 'orphaned entries')} dropped from the lock"
+        )
     money = ""
     if plan.generator != "draft":
         money = f"; estimated ${result.estimated_cost_usd:.2f}, actual ${result.actual_cost_usd:.2f}"

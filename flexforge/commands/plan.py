@@ -27,7 +27,9 @@ MARKS = {CREATE: "+", REGENERATE: "~", RESTORE: "<", RENAME: ">", DRIFTED: "!", 
 
 def compute_plan(project: Project, options: PlanOptions, provider: str | None) -> Plan:
     name, generator = choose_provider(provider)
-    plan = make_plan(project.manifest, project.lock, project.store, name, generator, options)
+    plan = make_plan(
+        project.manifest, project.lock, project.store, name, generator, options, project.sources()
+    )
     project.store.save()  # keep the digests we just computed, so the next plan hashes nothing
     if options == PlanOptions() and not plan.has_changes:
         _remember_noop(project, plan)
