@@ -187,6 +187,21 @@ def _asset_from_json(raw: dict[str, Any]) -> Asset:
     return Asset(**raw)
 
 
+def _raw_refs(raw: Any, assets: dict[str, Any]) -> tuple[str, ...]:
+    refs = _mapping(raw).get("references")
+    return tuple(r for r in refs if isinstance(r, str) and r in assets) if isinstance(refs, list) else ()
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _looks_secret(name: object, value: object) -> bool:
+    """A key-like field holding a string (`api_key: sk-...`); an asset or var named `token`
+    is just a name (callers skip those sections), and `key: {prompt: ...}` holds no key."""
+    return isinstance(name, str) and bool(KEY_LIKE.search(name)) and isinstance(value, str | int)
+
+
 def _validate(path: Path, label: str, raw: bytes) -> Manifest:
     from flexforge.yamlsource import parse_yaml
 
@@ -196,9 +211,8 @@ def _validate(path: Path, label: str, raw: bytes) -> Manifest:
         checker.error(problem.path, problem.message, at=(problem.line, problem.col))
     if doc.data is None and not doc.problems:
         checker.error((), "the file holds no YAML document")
-    if checker.diagnostics:
-        raise ManifestError(checker.diagnostics)
-    manifest = checker.check()
+    # Duplicate keys leave a document to check further; a syntax error leaves none.
+    manifest = checker.check() if doc.data is not None else None
     if checker.diagnostics:
         raise ManifestError(checker.diagnostics)
     assert manifest is not None
@@ -217,6 +231,8 @@ class _Checker:
         # where in the manifest -> (the reference as written, the root-relative file it leads to)
         self.file_refs: dict[tuple[str | int, ...], tuple[str, str]] = {}
         self.resolved_dirs: dict[Path, Path] = {}
+        # (section, name) the schema refused: their meaning is not checked, their errors suffice.
+        self.invalid: set[tuple[str | int, ...]] = set()
 
     def error(
         self,
@@ -242,14 +258,13 @@ class _Checker:
             return None
         self._secrets(data, ())
         self._schema(data)
-        if self.diagnostics:
-            return None
+        # Every error at once: the meaning of what the schema accepted is checked too.
         return self._semantics(data)
 
     def _secrets(self, node: Any, path: tuple[str | int, ...]) -> None:
         if isinstance(node, dict):
             for name, value in node.items():
-                if KEY_LIKE.search(name) and path[:1] != ("vars",) and "prompt" not in path:
+                if _looks_secret(name, value) and path != ("assets",) and path[:1] != ("vars",):
                     self.error(
                         (*path, name),
                         "API keys never live in the manifest: remove it and set BFL_API_KEY "
@@ -265,11 +280,12 @@ class _Checker:
     def _schema(self, data: dict[str, Any]) -> None:
         for err in _validator().iter_errors(data):
             path = tuple(err.absolute_path)
+            self.invalid.add(path[:2])
             if err.validator == "additionalProperties":
                 node = err.instance if isinstance(err.instance, dict) else {}
                 allowed = list(err.schema.get("properties", {}))
                 for name in node:
-                    if name in allowed or KEY_LIKE.search(name):
+                    if name in allowed or _looks_secret(name, node[name]):
                         continue
                     hint = difflib.get_close_matches(name, allowed, n=1)
                     also = (
@@ -280,6 +296,7 @@ class _Checker:
                     self.error((*path, name), f"unknown key {name!r}{also}", key=True)
             elif "propertyNames" in err.schema_path:
                 bad = err.instance
+                self.invalid.add((*path, bad)[:2])
                 what = "asset id" if path[-1:] == ("assets",) else "name"
                 self.error(
                     (*path, bad),
@@ -296,27 +313,38 @@ class _Checker:
 
     # -- meaning ---------------------------------------------------------------------------------
 
+    def _valid(self, section: str, value: Any) -> dict[str, Any]:
+        """The entries of a mapping section that the schema accepted."""
+        if not isinstance(value, dict) or (section,) in self.invalid:
+            return {}
+        return {k: v for k, v in value.items() if (section, k) not in self.invalid}
+
     def _semantics(self, data: dict[str, Any]) -> Manifest | None:
-        defaults = {**BUILTIN_DEFAULTS, **(data.get("defaults") or {})}
-        variables = {k: _var_text(v) for k, v in (data.get("vars") or {}).items()}
-        raw_assets: dict[str, dict[str, Any]] = data.get("assets") or {}
-        if not raw_assets:
+        defaults = {**BUILTIN_DEFAULTS, **self._valid("defaults", data.get("defaults"))}
+        # A refused var still counts as declared: no second error where a prompt uses it.
+        raw_vars = _mapping(data.get("vars"))
+        variables = {k: _var_text(v) if ("vars", k) not in self.invalid else "" for k, v in raw_vars.items()}
+        raw_assets = _mapping(data.get("assets"))
+        if not raw_assets and ("assets",) not in self.invalid:
             self.error(("assets",), "declare at least one asset")
         assets: dict[str, Asset] = {}
-        for asset_id, raw in raw_assets.items():
+        for asset_id, raw in self._valid("assets", raw_assets).items():
             asset = self._asset(asset_id, raw, defaults, variables, raw_assets)
             if asset is not None:
                 assets[asset_id] = asset
         self._outputs(assets)
-        if self.diagnostics:
-            return None
         from flexforge.graph import CycleError, topological_order
 
+        # Cycles among every asset, even one whose other fields were refused.
+        graph = {a: _raw_refs(raw, raw_assets) for a, raw in raw_assets.items()}
+        graph.update({a.id: a.asset_refs for a in assets.values()})
         try:
-            order = topological_order({a.id: a.asset_refs for a in assets.values()})
+            order = [a for a in topological_order(graph) if a in assets]
         except CycleError as exc:
             first = exc.cycle[0]
             self.error(("assets", first, "references"), f"dependency cycle: {' -> '.join(exc.cycle)}")
+            return None
+        if self.diagnostics:
             return None
         return Manifest(self.path, self.root, {i: assets[i] for i in order}, self.label)
 

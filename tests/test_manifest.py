@@ -102,8 +102,12 @@ def test_every_error_is_reported_at_once_with_its_line(project: Project) -> None
     assert "flexforge.yaml:3:3: defaults.stpes: unknown key 'stpes' (did you mean 'steps'?)" in lines
     assert "flexforge.yaml:7:12: assets.hero.steps: 80 is greater than the maximum of 50" in lines
     assert "flexforge.yaml:8:12: assets.hero.width: 1000 is not a multiple of 16" in lines
-    assert "flexforge.yaml:12:5: assets.pro.guidance: 'guidance' is not allowed on flux-2-pro" not in lines
-    assert len(lines) == 3  # semantic checks wait until the structure is sound
+    # Semantic errors come in the same run as the schema's, sorted by line.
+    assert (
+        "flexforge.yaml:12:5: assets.pro.guidance: 'guidance' applies to flux-2-flex only, not flux-2-pro"
+        in lines
+    )
+    assert len(lines) == 4
 
 
 def test_semantic_errors_are_all_reported(project: Project) -> None:
@@ -353,3 +357,36 @@ def test_bad_reference_images_are_refused_before_any_call(project: Project) -> N
         "references.1: reference 'refs/huge.png': 5000x5000 is 25.0 MP; the API takes at most 20 MP" in text
     )
     assert "references.2: reference 'refs/bomb.png': declares an absurd pixel count" in text
+
+
+def test_duplicates_schema_semantics_and_cycles_in_one_run_sorted_by_line(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        vars: {brand: A}
+        assets:
+          a: {prompt: "uses {nope}", references: [b]}
+          b: {prompt: x, references: [a], width: 1000}
+          c: {prompt: x, prompt: y}
+          d: {prompt: x, references: [missing.png]}
+    """)
+    lines = errors(project)
+    text = "\n".join(lines)
+    assert "duplicate key 'prompt'" in text
+    assert "assets.b.width: 1000 is not a multiple of 16" in text
+    assert "unknown" in text and "nope" in text
+    assert "missing.png" in text
+    assert "dependency cycle: a -> b -> a" in text or "dependency cycle: b -> a -> b" in text
+    numbers = [int(line.split(":")[1]) for line in lines]
+    assert numbers == sorted(numbers)
+
+
+def test_assets_and_vars_named_like_credentials_are_just_names(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        vars: {token: Brew}
+        assets:
+          key: {prompt: "a {token} poster"}
+          secret: {prompt: b, references: [key]}
+    """)
+    result = project.run("validate")
+    assert result.exit_code == 0, result.stderr
