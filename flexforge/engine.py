@@ -7,18 +7,18 @@ so an interrupted build keeps all finished work. Paid tasks are journaled before
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from flexforge.errors import ProviderError
+from flexforge.confine import Resolver, output_problem
+from flexforge.errors import FlexforgeError, ProviderError
 from flexforge.fsutil import fsync_dir, install, remove_stale_temps, stage_bytes
-from flexforge.lockfile import Lock, LockEntry
+from flexforge.lockfile import Lock, LockChangedError, LockEntry
 from flexforge.manifest import Asset
 from flexforge.options import BuildOptions, PlanOptions
 from flexforge.planner import (
@@ -34,10 +34,10 @@ from flexforge.planner import (
     step_for,
 )
 from flexforge.progress import Reporter
-from flexforge.providers import GeneratedImage, JournalEntry, Provider, TaskContext
+from flexforge.providers import GeneratedImage, Provider, TaskContext
 from flexforge.request import ImageRequest, ReferenceInput
-from flexforge.sources import CACHE, IN_PLACE, MADE, Source
-from flexforge.store import Store
+from flexforge.sources import IN_PLACE, Source
+from flexforge.store import JournalEntry, KeyRecord, LedgerEntry, Store
 
 # Outcomes of one asset in a build.
 GENERATED, RESTORED, UP_TO_DATE, FAILED, SKIPPED = (
@@ -104,7 +104,7 @@ class _TaskRecord:
         self.finished = False
         entry = store.journal_get(key)
         cached = store.key_record(key) if entry is not None and fresh else None
-        if entry is not None and cached is not None and cached.get("task_id") == entry.task_id:
+        if entry is not None and cached is not None and cached.task_id == entry.task_id:
             # --replace wants a new image, and this journaled task's image is the one we have (a
             # kill came between caching it and clearing the journal): its cost is already counted.
             store.journal_remove(key)
@@ -194,6 +194,10 @@ class Builder:
         self.lock_saved_at = 0.0
         # Outputs written beside their place, renamed in just after the lock names them.
         self.staged: dict[str, tuple[Path, str, str]] = {}
+        # What the lock said of each staged asset before, to put back if its rename fails.
+        self.replaced: dict[str, LockEntry | None] = {}
+        self.resolver = Resolver(plan.manifest.root)
+        self.manifest_stamp = _stamp(plan.manifest.path)
         self.made_here: set[str] = set()
         self.lock_flush: asyncio.TimerHandle | None = None
 
@@ -238,8 +242,9 @@ class Builder:
         except ProviderError as exc:
             self._fail(asset.id, str(exc), fatal=exc.fatal)
         except OSError as exc:  # a full disk, a read-only folder, a name too long...
-            where = f" ({exc.filename})" if exc.filename else ""
-            self._fail(asset.id, f"cannot write: {exc.strerror or exc}{where}", fatal=False)
+            self._fail(asset.id, _oserror(exc), fatal=False)
+        except FlexforgeError as exc:  # local state refused (a link in .flexforge/...)
+            self._fail(asset.id, str(exc), fatal=True)
         except Exception as exc:  # a bug must fail its asset loudly, not vanish in gather()
             self._fail(asset.id, f"internal error: {type(exc).__name__}: {exc}", fatal=False)
         return None
@@ -270,7 +275,7 @@ class Builder:
             restored = await self._restore(step)
             if restored is not None:
                 return self._output(asset.id, restored)
-            step = dataclasses.replace(step, action=REGENERATE, source=None)
+            step = replace(step, action=REGENERATE, source=None)
         return self._output(asset.id, await self._generate(step))
 
     def _output(self, asset_id: str, sha256: str | None) -> str | None:
@@ -278,29 +283,35 @@ class Builder:
         return sha256
 
     async def _restore(self, step: Step) -> str | None:
-        """Bring the step's source back into place; None if it turned out damaged or changed."""
+        """Bring the step's source back into place; None if it turned out damaged, changed or
+        not the image the manifest declares (a planted object, a lock from elsewhere)."""
         assert step.source is not None and step.key is not None and step.seed is not None
         asset, source = step.asset, step.source
         sources = self.facts.sources
-        out = self._output_path(asset)
         if source.kind == IN_PLACE:
-            ok = await asyncio.to_thread(sources.in_place_ok, source, asset)
+            problem = await asyncio.to_thread(sources.in_place_problem, source, asset)
             staged = None
         else:
-            staged = await _staged(sources.stage, source, asset, out)
-            ok = staged is not None
-        if not ok:
-            self.reporter.log(f"{asset.id}: the copy from {source.label} is damaged; generating it again")
+            staged, problem = await _staged_from(sources.stage, source, asset, self._output_path(asset))
+        if problem is not None:
+            self.reporter.log(f"{asset.id}: the copy from {source.label} is {problem}; generating it again")
             return None
         if staged is not None:
-            if asset.id in self.referenced and source.kind != CACHE:
+            if asset.id in self.referenced and not self.store.has_object(source.sha256):
                 await asyncio.to_thread(self.store.put_object, staged.read_bytes())
-            self.staged[asset.id] = (staged, asset.out, source.sha256)
-            self.made_here.add(asset.id)
-        self._commit(step, source.sha256, source.size, source)
+            self._stage(asset, staged, source.sha256)
+        self._commit(step, source.sha256, source.size, self._record_of(source, step.seed))
         detail = "already in place" if source.kind == IN_PLACE else f"from {source.label}, no API call"
         self._record(Outcome(asset.id, RESTORED, detail))
         return source.sha256
+
+    def _record_of(self, source: Source, seed: int) -> KeyRecord:
+        provider = source.provider or self.provider.name
+        return KeyRecord(source.sha256, source.size, provider, seed, source.task_id, source.cost_usd)
+
+    def _stage(self, asset: Asset, staged: Path, sha: str) -> None:
+        self.staged[asset.id] = (staged, asset.out, sha)
+        self.made_here.add(asset.id)
 
     async def _generate(self, step: Step) -> str | None:
         asset, key, seed = step.asset, step.key, step.seed
@@ -356,46 +367,61 @@ class Builder:
         self.committed_usd += cost - estimate
         # Cache first, output second: once the output exists, a restart can always restore it.
         sha = await asyncio.to_thread(self.store.put_object, image.data)
-        meta = {"sha256": sha, "size": len(image.data), "task_id": image.task_id, "cost_usd": cost}
-        self.store.put_key_record(key.key, {**meta, "provider": self.provider.name, "seed": seed})
+        made = KeyRecord(
+            sha256=sha,
+            size=len(image.data),
+            provider=self.provider.name,
+            seed=seed,
+            task_id=image.task_id,
+            cost_usd=cost,
+        )
+        self.store.put_key_record(key.key, made)
         staged = await _staged(stage_bytes, self._output_path(asset), image.data)
         assert staged is not None  # stage_bytes always stages
-        self.staged[asset.id] = (staged, asset.out, sha)
-        self.made_here.add(asset.id)
+        self._stage(asset, staged, sha)
         if image.task_id is not None:
-            self.store.ledger_append(
-                {
-                    "time": time.time(),
-                    "asset": asset.id,
-                    "key": key.key,
-                    "provider": self.provider.name,
-                    "task_id": image.task_id,
-                    "cost_credits": image.cost_credits,
-                    "cost_usd": cost,
-                }
+            self._ledger(
+                LedgerEntry(
+                    time.time(),
+                    asset.id,
+                    key.key,
+                    self.provider.name,
+                    image.task_id,
+                    cost,
+                    image.cost_credits,
+                )
             )
-        made = Source(MADE, sha, len(image.data), task_id=image.task_id, cost_usd=cost)
-        self._commit(step, sha, len(image.data), dataclasses.replace(made, provider=self.provider.name))
+            # The paid image must survive a power cut before the record that would re-fetch it goes.
+            await asyncio.to_thread(self.store.sync_object, sha)
+        self._commit(step, sha, len(image.data), made)
         self.store.journal_remove(key.key)
         detail = f"${cost:.4f}" if cost else ""
         self._record(Outcome(asset.id, GENERATED, detail, cost))
         return sha
 
-    def _commit(self, step: Step, sha: str, size: int, source: Source) -> None:
+    def _ledger(self, entry: LedgerEntry) -> None:
+        """Record spend; a ledger that cannot be written costs the report, never the paid image."""
+        try:
+            self.store.ledger_append(entry)
+        except (OSError, FlexforgeError, ValueError) as exc:
+            self.reporter.log(f"{entry.asset}: spend not recorded in the ledger ({exc})")
+
+    def _commit(self, step: Step, sha: str, size: int, record: KeyRecord) -> None:
         assert step.key is not None and step.seed is not None
         asset = step.asset
+        self.replaced.setdefault(asset.id, self.lock.entries.get(asset.id))
         self.lock.entries[asset.id] = LockEntry(
             key=step.key.key,
             parts=step.key.parts,
             seed=step.seed,
             model=asset.model,
             generator=self.plan.generator,
-            provider=source.provider or self.provider.name,
+            provider=record.provider,
             out=asset.out,
             sha256=sha,
             size=size,
-            task_id=source.task_id,
-            cost_usd=source.cost_usd,
+            task_id=record.task_id,
+            cost_usd=record.cost_usd,
         )
         self._save_lock_soon()
 
@@ -417,29 +443,78 @@ class Builder:
         if self.lock_flush is not None:
             self.lock_flush.cancel()
             self.lock_flush = None
-        self.lock.save()
-        self.lock_saved_at = time.monotonic()
         staged, self.staged = self.staged, {}
+        replaced, self.replaced = self.replaced, {}
+        try:
+            self._save_lock()
+        except (LockChangedError, OSError) as exc:
+            self._abandon(staged, replaced, str(exc) if isinstance(exc, LockChangedError) else _oserror(exc))
+            return
+        self.lock_saved_at = time.monotonic()
         # Renames only, back to back, so the gap between the lock and its files stays a few
         # microseconds; each folder is made durable once afterwards.
-        folders = set()
-        for temp, rel, _ in staged.values():
+        folders, failed = set(), {}
+        for asset_id, (temp, rel, _) in staged.items():
             path = self.plan.manifest.root / rel
-            install(temp, path, durable=False)
+            try:
+                install(temp, path, durable=False)
+            except OSError as exc:
+                failed[asset_id] = _oserror(exc)
+                temp.unlink(missing_ok=True)
+                continue
             folders.add(path.parent)
         for folder in folders:
             fsync_dir(folder)
-        for _, rel, sha in staged.values():
-            self.store.remember_written(rel, sha)
+        for asset_id, (_, rel, sha) in staged.items():
+            if asset_id not in failed:
+                self.store.remember_written(rel, sha)
+        if failed:
+            # The lock already names these files: put their old entries back so the lock never
+            # names a file that is not there. Their images stay cached for the next build.
+            self._abandon({}, {a: replaced.get(a) for a in failed}, "", reasons=failed)
+            try:
+                self._save_lock()
+            except (LockChangedError, OSError) as exc:
+                self.stop_reason = self.stop_reason or f"cannot write {self.lock.path.name}: {exc}"
+
+    def _save_lock(self) -> None:
+        if _stamp(self.plan.manifest.path) != self.manifest_stamp:
+            raise LockChangedError(
+                f"{self.plan.manifest.label} changed on disk while this build ran (a `git checkout`?); "
+                f"{self.lock.path.name} was left as it is. Run `flexforge build` again: finished "
+                "images are cached"
+            )
+        self.lock.save()
+
+    def _abandon(
+        self,
+        staged: dict[str, tuple[Path, str, str]],
+        replaced: dict[str, LockEntry | None],
+        reason: str,
+        *,
+        reasons: dict[str, str] | None = None,
+    ) -> None:
+        """Undo what a failed lock write or rename would leave unrecorded, and fail those assets."""
+        for temp, _, _ in staged.values():
+            temp.unlink(missing_ok=True)
+        for asset_id, old in replaced.items():
+            if old is None:
+                self.lock.entries.pop(asset_id, None)
+            else:
+                self.lock.entries[asset_id] = old
+            why = (reasons or {}).get(asset_id, reason)
+            self._fail(asset_id, f"not recorded: {why}", fatal=reasons is None)
+        if reasons is None:
+            self.stop_reason = self.stop_reason or reason
 
     def _output_path(self, asset: Asset) -> Path:
-        """Where the output goes, refusing a folder swapped for a link out of the project since
-        the manifest was validated: nothing is ever written outside the root."""
-        root = self.plan.manifest.root.resolve()
-        path = root / asset.out
-        if not path.parent.resolve().is_relative_to(root) or path.is_symlink():
-            raise ProviderError(f"{asset.out} leads outside the project root (a symbolic link?); not written")
-        return path
+        """Where the output goes, checked as if validation had just run: a folder swapped for a
+        link since the manifest was validated, `.git/`, the state folder: nothing is ever written
+        there."""
+        problem = output_problem(self.resolver, asset.out, asset.output_format)
+        if problem is not None:
+            raise ProviderError(f"{problem}; not written")
+        return self.plan.manifest.root / asset.out
 
     def _request(self, asset: Asset, seed: int, digests: list[str]) -> ImageRequest:
         from flexforge.imaging import check_reference
@@ -454,8 +529,15 @@ class Builder:
                 # is renamed into place only with the next lock write); else from its file.
                 cached = self.store.object_path(digest)
                 path = cached if upstream.id in self.made_here else root / upstream.out
-            # Checked again here: the file may have changed since the manifest was validated.
-            problem = None if upstream is not None else check_reference(path, decode=True)
+            # Checked again here, confinement too: the file or a folder on its way may have been
+            # swapped (for a link out of the root) since the manifest was validated.
+            problem = None
+            if upstream is None:
+                problem = (
+                    check_reference(path, decode=True)
+                    if self.resolver.inside(ref)
+                    else ("leads outside the project root (a symbolic link?); not sent")
+                )
             if problem is not None:
                 raise ProviderError(f"reference {ref!r}: {problem}")
             refs.append(ReferenceInput(ref, path, digest))
@@ -485,6 +567,22 @@ class Builder:
         return estimate_usd(asset.model, asset.width, asset.height)
 
 
+async def _staged_from(
+    stage: Callable[..., tuple[Path | None, str | None]], *args: Any
+) -> tuple[Path | None, str | None]:
+    """_staged for a stage that says why it staged nothing."""
+    problems: list[str] = []
+
+    def run(*inner: Any) -> Path | None:
+        staged, problem = stage(*inner)
+        if problem is not None:
+            problems.append(problem)
+        return staged
+
+    staged = await _staged(run, *args)
+    return staged, None if staged is not None else (problems[0] if problems else "unreadable")
+
+
 async def _staged(stage: Callable[..., Path | None], *args: Any) -> Path | None:
     """Stage an output in a worker thread. Interrupted meanwhile, the thread still finishes its
     write: its temp file is then removed, never left beside an output nor installed unlocked."""
@@ -501,6 +599,19 @@ async def _staged(stage: Callable[..., Path | None], *args: Any) -> Path | None:
 def _discard_staged(write: asyncio.Future[Path | None]) -> None:
     if not write.cancelled() and write.exception() is None and (staged := write.result()) is not None:
         staged.unlink(missing_ok=True)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _oserror(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"cannot write: {exc.strerror or exc}{where}"
 
 
 def _verify(image: GeneratedImage, asset: Asset) -> None:

@@ -203,9 +203,9 @@ class History:
 
 
 def default_cache_dir() -> Path:
-    from platformdirs import user_cache_path
+    from flexforge.paths import user_cache_root
 
-    return user_cache_path("flexforge") / "history"
+    return Path(user_cache_root()) / "history"
 
 
 def _git(cwd: Path, *args: str) -> bytes:

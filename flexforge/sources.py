@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flexforge.fsutil import sha256_bytes, stage_bytes, stage_copy
+from flexforge.errors import FlexforgeError
+from flexforge.fsutil import read_regular, sha256_bytes, stage_bytes
 from flexforge.lockfile import Lock
 
 if TYPE_CHECKING:
@@ -110,44 +111,48 @@ class Sources:
                 return _with(source, kind=WORKING_TREE, commit=None)
         return next((s for s in known if s.kind == GIT), None)
 
-    def stage(self, source: Source, asset: Asset, dest: Path) -> Path | None:
-        """A verified copy of the source's bytes staged beside `dest`, for fsutil.install; None
-        when the source turned out damaged, changed or not the declared image (then the asset
-        is generated). An `in place` source stages nothing: the bytes are already there."""
-        if source.kind == CACHE:
-            staged = self.store.stage_object(source.sha256, dest)
-            return staged if staged is None or _image_ok(staged.read_bytes(), asset, staged) else None
-        data = self.read(source)
-        if data is not None and sha256_bytes(data) != source.sha256:
-            data = None
-        if data is None and source.kind == GIT and self.history is not None:
-            for other in self.history.alternates(source):
-                data = self.read(other)
-                if data is not None and sha256_bytes(data) == source.sha256:
-                    break
-                data = None
-        if data is None or not _image_ok(data, asset, None):
-            return None
-        if source.kind == WORKING_TREE and source.path is not None:
-            return stage_copy(self.store.root / source.path, dest)
-        return stage_bytes(dest, data)
+    def stage(self, source: Source, asset: Asset, dest: Path) -> tuple[Path | None, str | None]:
+        """A verified copy of the source's bytes staged beside `dest` for fsutil.install, or why
+        not: damaged, changed, or not the declared image (then the asset is generated)."""
+        data = self._verified(source)
+        if data is None:
+            return None, "damaged or gone"
+        problem = declared_problem(data, asset)
+        if problem is not None:
+            return None, problem
+        return stage_bytes(dest, data), None
 
-    def in_place_ok(self, source: Source, asset: Asset) -> bool:
-        """The file already at the output path is still the source's bytes and image."""
-        data = self.read(source)
-        return data is not None and sha256_bytes(data) == source.sha256 and _image_ok(data, asset, None)
+    def in_place_problem(self, source: Source, asset: Asset) -> str | None:
+        """Why the file already at the output path is not the source's bytes and image, or None."""
+        data = self._verified(source)
+        return "changed" if data is None else declared_problem(data, asset)
+
+    def _verified(self, source: Source) -> bytes | None:
+        """The source's bytes if their sha256 is the recorded one; for git, any commit that
+        recorded the same bytes will do."""
+        candidates = [source]
+        if source.kind == GIT and self.history is not None:
+            candidates += self.history.alternates(source)
+        for candidate in candidates:
+            data = self.read(candidate)
+            if data is not None and sha256_bytes(data) == source.sha256:
+                return data
+        return None
 
     def read(self, source: Source) -> bytes | None:
+        if source.kind == CACHE:
+            return self.store.read_object(source.sha256)
         if source.kind == GIT:
             history = self.history
             if history is None or source.commit is None or source.path is None:
                 return None
             return history.read(source.commit, source.path, source.size)
-        if source.path is None or (self.store.root / source.path).is_symlink():
-            return None  # a committed link could point anywhere on this machine
+        if source.path is None:
+            return None
         try:
-            return (self.store.root / source.path).read_bytes()
-        except OSError:
+            # Never through a link: a committed one could point anywhere on this machine.
+            return read_regular(self.store.root / source.path, max(source.size, 1) + 1)
+        except (OSError, FlexforgeError):
             return None
 
     def close(self) -> None:
@@ -173,22 +178,20 @@ def _key_record(store: Store, key: str) -> Source | None:
         return None
     return Source(
         CACHE,
-        str(record["sha256"]),
-        int(record.get("size") or 0),
-        seed=record.get("seed"),
-        task_id=record.get("task_id"),
-        cost_usd=record.get("cost_usd"),
-        provider=record.get("provider"),
+        record.sha256,
+        record.size,
+        seed=record.seed,
+        task_id=record.task_id,
+        cost_usd=record.cost_usd,
+        provider=record.provider,
     )
 
 
-def _image_ok(data: bytes, asset: Asset, path: Path | None) -> bool:
-    """The bytes are an image of the asset's declared format and size (header only: the
-    sha256 already matched bytes that were checked when they were first made)."""
-    from flexforge.imaging import header_matches
+def declared_problem(data: bytes, asset: Asset) -> str | None:
+    """Why `data` is not an image of the asset's declared format and size, by its header only
+    (no planted file is ever decoded in full), or None."""
+    from flexforge.imaging import header_problem
 
     width, height = asset.final_size or (asset.width, asset.height)
-    ok = header_matches(data, width, height, asset.output_format)
-    if not ok and path is not None:
-        path.unlink(missing_ok=True)
-    return ok
+    problem = header_problem(data, width, height, asset.output_format)
+    return None if problem is None else f"not the declared image ({problem})"

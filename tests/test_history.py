@@ -31,7 +31,7 @@ def commit_version(project: Path, key: str, data: bytes, message: str) -> str:
     entry = LockEntry(
         key, {}, 1, "flux-2-flex", "flux", "bfl", "assets/hero.png", sha, len(data), "t-1", 0.03
     )
-    Lock(project / "flexforge.lock", {"hero": entry}).save()
+    (project / "flexforge.lock").write_bytes(Lock(project / "flexforge.lock", {"hero": entry}).render())
     git(project, "add", "-A")
     git(project, "commit", "-qm", message)
     return git(project, "rev-parse", "HEAD")

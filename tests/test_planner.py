@@ -27,7 +27,7 @@ from flexforge.planner import (
     step_for,
 )
 from flexforge.sources import CACHE, IN_PLACE, WORKING_TREE
-from flexforge.store import Store
+from flexforge.store import KeyRecord, Store
 
 MANIFEST = """
 version: 1
@@ -132,9 +132,7 @@ def test_missing_output_restores_from_the_cache(world: World) -> None:
     data = (world.root / "assets/hero.png").read_bytes()
     world.store.put_object(data)
     key = world.lock.entries["hero"].key
-    world.store.put_key_record(
-        key, {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "seed": 7}
-    )
+    world.store.put_key_record(key, KeyRecord(hashlib.sha256(data).hexdigest(), len(data), "draft", 7))
     (world.root / "assets/hero.png").unlink()
     step = world.step("hero")
     assert step.source is not None

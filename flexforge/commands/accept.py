@@ -13,6 +13,7 @@ from flexforge.imaging import ImageCheckError, lfs_pointer, verify_image
 from flexforge.lockfile import LockEntry
 from flexforge.options import PlanOptions
 from flexforge.planner import NONE, Facts, Step, step_for
+from flexforge.store import KeyRecord
 
 
 def accept(opts: GlobalOptions, asset_id: str) -> int:
@@ -50,14 +51,7 @@ def accept(opts: GlobalOptions, asset_id: str) -> int:
         )
         project.lock.entries[asset_id] = adopted
         # The accepted bytes now stand for this key: a later restore brings them back, not the old.
-        record = {
-            "sha256": sha,
-            "size": len(data),
-            "task_id": adopted.task_id,
-            "cost_usd": adopted.cost_usd,
-            "provider": adopted.provider,
-            "seed": adopted.seed,
-        }
+        record = KeyRecord(sha, len(data), adopted.provider, adopted.seed, adopted.task_id, adopted.cost_usd)
         project.store.put_key_record(adopted.key, record)
         project.store.remember_written(asset.out, sha)
         project.lock.save()
