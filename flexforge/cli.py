@@ -224,9 +224,8 @@ def plan(
     "-j",
     "--jobs",
     type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Tasks in flight at most (never above the provider's limit).",
+    default=None,
+    help="Tasks in flight at most (never above the provider's limit); default 8, or settings: jobs.",
 )
 @click.option("--dry-run", is_flag=True, help="Only show the plan.")
 @click.option("--frozen", is_flag=True, help="Fail if anything would be generated (CI checks).")
@@ -240,24 +239,32 @@ def plan(
     metavar="USD",
     help="Never start a task that could take the run's estimated spend over USD.",
 )
+@click.option(
+    "--max-cost-policy",
+    type=click.Choice(["stop", "refuse"]),
+    default=None,
+    help="stop (default): start no task that could pass --max-cost; refuse: start nothing if the plan's "
+    "estimate passes it.",
+)
 @global_options
 @handle_errors
 def build(
     ids: tuple[str, ...],
     provider: str | None,
-    jobs: int,
+    jobs: int | None,
     dry_run: bool,
     frozen: bool,
     replace: tuple[str, ...],
     reseed: tuple[str, ...],
     keep_going: bool,
     max_cost: float | None,
+    max_cost_policy: str | None,
 ) -> int:
     """Make the files match the manifest; IDs limit it to those assets and what they need."""
     from flexforge.commands.build import build as run
-    from flexforge.options import BuildOptions
+    from flexforge.options import BuildFlags
 
-    options = BuildOptions(jobs=jobs, keep_going=keep_going, max_cost_usd=max_cost)
+    options = BuildFlags(jobs, keep_going, max_cost, max_cost_policy)
     return run(
         _opts(),
         _plan_options(ids, replace, reseed),

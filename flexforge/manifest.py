@@ -9,7 +9,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,10 @@ from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageErr
 from flexforge.imaging import EXTENSIONS
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
 from flexforge.request import FLEX_MODEL
+from flexforge.settings import Settings
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
-CACHE_VERSION = 2  # bump when what validation produces changes
+CACHE_VERSION = 3  # bump when what validation produces changes
 CACHE_LIMIT = 512 * 1024 * 1024
 
 FLEX_ONLY = ("steps", "guidance", "prompt_upsampling")
@@ -82,6 +83,7 @@ class Manifest:
     root: Path
     assets: dict[str, Asset]  # in topological order (dependencies first)
     label: str  # the manifest's path as messages show it
+    settings: Settings = field(default_factory=Settings)
 
     @property
     def state_dir(self) -> Path:
@@ -157,12 +159,13 @@ def _read_cache(path: Path, fingerprint: str, label: str) -> Manifest | None:
         if doc["fingerprint"] != fingerprint:
             return None
         assets = {raw["id"]: _asset_from_json(raw) for raw in doc["assets"]}
+        settings = Settings.from_data(doc["settings"])
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     root = path.parent
     if not _still_confined(root, assets.values()):
         return None  # validate afresh, for an error that names the line
-    return Manifest(path, root, assets, label)
+    return Manifest(path, root, assets, label, settings)
 
 
 def _still_confined(root: Path, assets: Any) -> bool:
@@ -186,7 +189,8 @@ def _write_cache(manifest: Manifest, fingerprint: str) -> None:
     from flexforge.fsutil import atomic_write
 
     assets = [dataclasses.asdict(a) for a in manifest.assets.values()]
-    data = json.dumps({"fingerprint": fingerprint, "assets": assets}, separators=(",", ":"), allow_nan=False)
+    doc = {"fingerprint": fingerprint, "assets": assets, "settings": manifest.settings.to_json()}
+    data = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     target = Path(manifest_cache_file(manifest.path, "manifest"))
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -362,7 +366,8 @@ class _Checker:
             return None
         if self.diagnostics:
             return None
-        return Manifest(self.path, self.root, {i: assets[i] for i in order}, self.label)
+        settings = Settings.from_data(self._valid("settings", data.get("settings")))
+        return Manifest(self.path, self.root, {i: assets[i] for i in order}, self.label, settings)
 
     def _asset(
         self,

@@ -29,7 +29,7 @@ def accept(opts: GlobalOptions, asset_id: str) -> int:
         entry = project.lock.entries.get(asset_id)
         # The generator of the entry being replaced keys the adopted bytes; a new entry takes
         # the project's default provider's generator.
-        generator = entry.generator if entry else choose_provider(None)[1]
+        generator = entry.generator if entry else choose_provider(None, project.manifest.settings)[1]
         step = _step(project, asset_id, generator)
         if step.action == NONE:
             click.echo(f"{asset_id}: {asset.out} already matches the lock; nothing to accept")

@@ -11,7 +11,7 @@ import click
 from flexforge.commands.plan import compute_plan, print_plan
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, FlexforgeError
-from flexforge.options import BuildOptions, PlanOptions
+from flexforge.options import BuildFlags, BuildOptions, PlanOptions
 from flexforge.planner import CONFLICT, DRIFTED, GENERATES, HELD, Plan, Step
 from flexforge.text import plural
 
@@ -26,7 +26,7 @@ def build(
     opts: GlobalOptions,
     plan_options: PlanOptions,
     provider: str | None,
-    options: BuildOptions,
+    flags: BuildFlags,
     *,
     dry_run: bool,
     frozen: bool,
@@ -45,13 +45,26 @@ def build(
     with project.store.build_lock(wait=wait, on_wait=waiting):
         # The lock is first read here, under the build lock: another build may just have written it.
         plan = compute_plan(project, plan_options, provider)
+        options = flags.resolve(project.manifest.settings)
         if frozen:
             _check_frozen(plan)
+        _check_budget(plan, options)
         if not plan.has_changes:
             if not opts.quiet:
                 click.echo(f"Up to date: {plural(len(plan.steps), 'asset')}.")
             return EXIT_OK
         return _execute(project, plan, plan_options, options, opts)
+
+
+def _check_budget(plan: Plan, options: BuildOptions) -> None:
+    """`refuse`: all or nothing, for whoever owns the budget; a journaled task costs nothing."""
+    limit = options.max_cost_usd
+    if limit is not None and options.max_cost_policy == "refuse" and plan.estimated_cost_usd > limit + 1e-9:
+        raise FlexforgeError(
+            f"the plan's estimate ${plan.estimated_cost_usd:.2f} is over the limit ${limit:.2f} "
+            "(max_cost_policy refuse); nothing was started. Build fewer assets (flexforge build ID...) "
+            "or raise --max-cost"
+        )
 
 
 def _check_frozen(plan: Plan) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
@@ -21,22 +22,23 @@ from flexforge.planner import (
     Plan,
     make_plan,
 )
+from flexforge.settings import PROVIDER_ENV
 
 MARKS = {CREATE: "+", REGENERATE: "~", RESTORE: "<", RENAME: ">", DRIFTED: "!", CONFLICT: "!", NONE: "="}
 
 
 def compute_plan(project: Project, options: PlanOptions, provider: str | None) -> Plan:
-    name, generator = choose_provider(provider)
+    name, generator = choose_provider(provider, project.manifest.settings)
     plan = make_plan(
         project.manifest, project.lock, project.store, name, generator, options, project.sources()
     )
     project.store.save()  # keep the digests we just computed, so the next plan hashes nothing
     if options == PlanOptions() and not plan.has_changes:
-        _remember_noop(project, plan)
+        _remember_noop(project, plan, by_default=provider is None and PROVIDER_ENV not in os.environ)
     return plan
 
 
-def _remember_noop(project: Project, plan: Plan) -> None:
+def _remember_noop(project: Project, plan: Plan, *, by_default: bool) -> None:
     from flexforge import noop
 
     project.store.ensure()  # refuses a state folder that is a link before writing into it
@@ -51,6 +53,7 @@ def _remember_noop(project: Project, plan: Plan) -> None:
         len(plan.steps),
         list(files),
         summary_line(plan),
+        by_default=by_default,
     )
 
 
