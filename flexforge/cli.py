@@ -13,7 +13,7 @@ import click
 
 from flexforge import __version__
 from flexforge.context import GlobalOptions
-from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, FlexforgeError, ManifestError
+from flexforge.errors import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, FlexforgeError, ManifestError
 from flexforge.providers import PROVIDERS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -116,6 +116,8 @@ def handle_errors(func: Callable[..., int]) -> Callable[..., None]:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             code = EXIT_INTERRUPTED
+        except BrokenPipeError:
+            code = _reader_went_away()
         except (click.exceptions.Exit, click.ClickException):
             raise
         except Exception as exc:
@@ -126,6 +128,15 @@ def handle_errors(func: Callable[..., int]) -> Callable[..., None]:
         sys.exit(code)
 
     return wrapper
+
+
+def _reader_went_away() -> int:
+    """`flexforge status | head`: the reader has all it wanted. Quiet, and 141 (128 + SIGPIPE)
+    as git and the shell's own tools exit; stdout goes to /dev/null so that the interpreter's
+    final flush does not raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def provider_option(func: F) -> F:
@@ -273,6 +284,31 @@ def build(
         dry_run=dry_run,
         frozen=frozen,
     )
+
+
+@cli.command()
+@click.option(
+    "--by", type=click.Choice(["run", "asset", "model", "month"]), default="month", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="Every grouping as one JSON object on stdout.")
+@global_options
+@handle_errors
+def cost(by: str, as_json: bool) -> int:
+    """What this machine's builds paid (from the ledger), by run, asset, model or month."""
+    from flexforge.commands.cost import cost as run
+
+    return run(_opts(), by, as_json=as_json)
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Delete what is listed (default: only list it).")
+@global_options
+@handle_errors
+def gc(yes: bool) -> int:
+    """Orphaned outputs, cached objects nothing needs, finished journal entries."""
+    from flexforge.commands.gc import gc as run
+
+    return run(_opts(), yes=yes)
 
 
 @cli.command()

@@ -189,6 +189,7 @@ class Builder:
         self.tasks: dict[str, asyncio.Task[str | None]] = {}
         self.estimates = {s.asset.id: s.estimated_cost_usd for s in plan.steps}
         self.facts = plan.facts
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())  # names this build in the ledger
         # Restored outputs that others build on go into the object cache, where _request reads them.
         self.referenced = {r for s in plan.steps for r in s.asset.asset_refs}
         self.lock_saved_at = 0.0
@@ -389,6 +390,8 @@ class Builder:
                     image.task_id,
                     cost,
                     image.cost_credits,
+                    asset.model,
+                    self.run_id,
                 )
             )
             # The paid image must survive a power cut before the record that would re-fetch it goes.

@@ -131,8 +131,9 @@ def header_problem(data: bytes, width: int, height: int, output_format: str) -> 
 
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\n"
+LFS_POINTER_LIMIT = 1024
 
 
 def lfs_pointer(data: bytes) -> bool:
     """Whether these bytes are a Git LFS pointer file standing in for the real image."""
-    return data.startswith(LFS_POINTER) and len(data) < 1024
+    return data.startswith(LFS_POINTER) and len(data) < LFS_POINTER_LIMIT

@@ -207,6 +207,13 @@ def _asset_from_json(raw: dict[str, Any]) -> Asset:
     return Asset(**raw)
 
 
+def _covering(final_size: str) -> tuple[int, int]:
+    """The smallest valid generated size (multiples of 16, at least 64) covering `final_size`:
+    `final_size: 1080x1080` alone generates 1088x1088 and crops."""
+    w, h = (int(n) for n in final_size.split("x"))
+    return max(64, -(-w // 16) * 16), max(64, -(-h // 16) * 16)
+
+
 def _raw_refs(raw: Any, assets: dict[str, Any]) -> tuple[str, ...]:
     refs = _mapping(raw).get("references")
     return tuple(r for r in refs if isinstance(r, str) and r in assets) if isinstance(refs, list) else ()
@@ -390,6 +397,8 @@ class _Checker:
                         key=True,
                     )
         width, height = values["width"], values["height"]
+        if isinstance(raw.get("final_size"), str) and "width" not in raw and "height" not in raw:
+            width, height = _covering(raw["final_size"])
         if width * height > MAX_PIXELS:
             self.error(
                 (*here, "width" if "width" in raw else "height"),

@@ -19,6 +19,8 @@ CREATE, REGENERATE, RESTORE, RENAME = "create", "regenerate", "restore", "rename
 DRIFTED, CONFLICT, NONE = "drifted", "conflict", "none"
 GENERATES = (CREATE, REGENERATE)
 RESTORES = (RESTORE, RENAME)
+RESUME = "resume: already paid"  # a reason: the journaled task is polled, not submitted again
+LFS_REASON = "a Git LFS pointer, not the image: run `git lfs pull`"
 HELD = (DRIFTED, CONFLICT)  # outputs flexforge found but does not own: a build leaves them
 
 
@@ -183,7 +185,7 @@ def decide(
         if current is not None and (source is None or source.kind != IN_PLACE):
             # Bytes nobody recorded for this key: a hand edit, never overwritten. Dependents are
             # planned from the lock's bytes until it is accepted.
-            return Step(action=DRIFTED, output_sha256=entry.sha256, **base)
+            return Step(action=DRIFTED, reasons=_lfs(facts, asset), output_sha256=entry.sha256, **base)
         if source is not None:
             return Step(
                 action=RESTORE,
@@ -197,7 +199,7 @@ def decide(
     owned = entry is not None and entry.out == asset.out
     if current is not None and not owned and (source is None or source.kind != IN_PLACE):
         # A file flexforge never made for this asset (an agency's image): never overwritten.
-        return Step(action=CONFLICT, output_sha256=current, **base)
+        return Step(action=CONFLICT, reasons=_lfs(facts, asset), output_sha256=current, **base)
     if source is not None:
         origin = source.origin
         if entry is None and (renamed or (origin is not None and origin in facts.orphans)):
@@ -210,6 +212,10 @@ def decide(
             )
         return Step(action=RESTORE, reasons=reasons, output_sha256=source.sha256, source=source, **base)
     return Step(action=REGENERATE if entry else CREATE, reasons=reasons, **base)
+
+
+def _lfs(facts: Facts, asset: Asset) -> list[str]:
+    return [LFS_REASON] if facts.sources.lfs_pointer(asset.out) else []
 
 
 def _absent(entry: LockEntry, asset: Asset) -> str:
@@ -254,16 +260,26 @@ def make_plan(
         step = step_for(manifest.assets[asset_id], facts, outputs)
         outputs[asset_id] = step.output_sha256
         steps.append(step)
+    _mark_resumes(steps, store, provider)
     if generator != "draft":
         _estimate(steps, manifest, store)
     return Plan(manifest, provider, generator, steps, sorted(facts.orphans), facts)
+
+
+def _mark_resumes(steps: list[Step], store: Store, provider: str) -> None:
+    """A task an interrupted build already paid for (journaled) is picked up, not paid again."""
+    for step in steps:
+        if step.action in GENERATES and step.key is not None and "replace" not in step.reasons:
+            entry = store.journal_get(step.key.key)
+            if entry is not None and entry.provider == provider:
+                step.reasons.append(RESUME)
 
 
 def _estimate(steps: list[Step], manifest: Manifest, store: Store) -> None:
     from flexforge.pricing import estimate_usd
 
     for step in steps:
-        if step.action in GENERATES:
+        if step.action in GENERATES and RESUME not in step.reasons:
             sizes = [_reference_size(ref, manifest) for ref in step.asset.references]
             step.estimated_cost_usd = estimate_usd(
                 step.asset.model, step.asset.width, step.asset.height, [s for s in sizes if s]

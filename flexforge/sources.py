@@ -139,6 +139,16 @@ class Sources:
                 return data
         return None
 
+    def lfs_pointer(self, rel: str) -> bool:
+        """Whether the file at `rel` is a Git LFS pointer standing in for an image (a clone
+        made without `git lfs`): reported as such instead of as a hand edit."""
+        from flexforge.imaging import LFS_POINTER_LIMIT, lfs_pointer
+
+        try:
+            return lfs_pointer(read_regular(self.store.root / rel, LFS_POINTER_LIMIT))
+        except (OSError, FlexforgeError):
+            return False
+
     def read(self, source: Source) -> bytes | None:
         if source.kind == CACHE:
             return self.store.read_object(source.sha256)

@@ -390,3 +390,18 @@ def test_assets_and_vars_named_like_credentials_are_just_names(project: Project)
     """)
     result = project.run("validate")
     assert result.exit_code == 0, result.stderr
+
+
+def test_final_size_alone_implies_the_smallest_covering_generated_size(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        defaults: {width: 512, height: 512}
+        assets:
+          square: {prompt: a, final_size: 1080x1080}
+          thin: {prompt: b, final_size: 30x100}
+          fixed: {prompt: c, final_size: 500x500, width: 512, height: 512}
+    """)
+    assets = load_manifest(project.root / "flexforge.yaml").assets
+    assert (assets["square"].width, assets["square"].height) == (1088, 1088)
+    assert (assets["thin"].width, assets["thin"].height) == (64, 112)
+    assert (assets["fixed"].width, assets["fixed"].height) == (512, 512)
