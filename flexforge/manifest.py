@@ -207,6 +207,34 @@ def _asset_from_json(raw: dict[str, Any]) -> Asset:
     return Asset(**raw)
 
 
+def _sibling_outputs(path: Path) -> dict[str, tuple[str, str]]:
+    """Output paths the other manifests in this folder write (out -> (file name, asset id)), read
+    leniently: a broken sibling is its own validation's business. Only literal `out:` values and
+    default paths are known; an `out` built from vars is skipped."""
+    import yaml
+
+    found: dict[str, tuple[str, str]] = {}
+    for sibling in sorted([*path.parent.glob("*.yaml"), *path.parent.glob("*.yml")]):
+        if sibling.name == path.name or not sibling.is_file() or sibling.is_symlink():
+            continue
+        try:
+            if sibling.stat().st_size > 4 * 2**20 or b"assets:" not in sibling.read_bytes()[: 1 << 20]:
+                continue
+            data = yaml.safe_load(sibling.read_bytes())
+        except (OSError, yaml.YAMLError, RecursionError, ValueError):
+            continue
+        if not isinstance(data, dict) or data.get("version") != 1:
+            continue
+        fmt_default = _mapping(data.get("defaults")).get("output_format", "png")
+        for asset_id, raw in _mapping(data.get("assets")).items():
+            raw = _mapping(raw)
+            fmt = raw.get("output_format", fmt_default)
+            out = raw.get("out", f"assets/{asset_id}.{EXTENSIONS.get(str(fmt), 'png')}")
+            if isinstance(out, str) and "{" not in out:
+                found.setdefault(out.removeprefix("./"), (sibling.name, str(asset_id)))
+    return found
+
+
 def _covering(final_size: str) -> tuple[int, int]:
     """The smallest valid generated size (multiples of 16, at least 64) covering `final_size`:
     `final_size: 1080x1080` alone generates 1088x1088 and crops."""
@@ -519,6 +547,20 @@ class _Checker:
             other = owners.setdefault(asset.out, asset.id)
             if other != asset.id:
                 self.error(("assets", asset.id, "out"), f"{other!r} already writes {asset.out!r}")
+        for out, (name, other_id) in _sibling_outputs(self.path).items():
+            if out in owners:
+                asset_id = owners[out]
+                where = (
+                    ("assets", asset_id, "out")
+                    if "out" in _mapping(_mapping(_mapping(self.doc.data).get("assets")).get(asset_id))
+                    else ("assets", asset_id)
+                )
+                self.error(
+                    where,
+                    f"{out!r} is also written by asset {other_id!r} of {name}, in the same folder; "
+                    "give one of them another `out:`",
+                    key=where[-1] != "out",
+                )
         for path, (ref, rel) in self.file_refs.items():
             if rel in owners:
                 self.error(

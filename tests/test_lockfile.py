@@ -70,3 +70,28 @@ def test_bad_seed_or_size_is_refused(tmp_path: Path) -> None:
     lock = Lock(tmp_path / "x.lock", {"a": entry(seed=-1)})
     with pytest.raises(ValueError, match="out of range"):
         parse_entries(lock.render())
+
+
+def test_render_is_exactly_indented_sorted_json_however_entries_change(tmp_path: Path) -> None:
+    """Stanzas are encoded once and kept; the bytes must stay json.dumps(indent=2, sort_keys)."""
+    lock = Lock(tmp_path / "flexforge.lock")
+
+    def expected() -> bytes:
+        doc = {
+            "_generated": json.loads(lock.render())["_generated"],
+            "version": 1,
+            "assets": {
+                k: {f: getattr(e, f) for f in e.__dataclass_fields__} for k, e in lock.entries.items()
+            },
+        }
+        return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+    assert lock.render() == expected()
+    lock.entries["b"] = entry()
+    lock.entries["é-ü"] = entry(out="assets/ü.png", cost_usd=0.03, task_id="t")
+    assert lock.render() == expected()
+    lock.entries["b"] = entry(seed=9, parts={"prompt": "y", "seed": "9"})
+    lock.entries["a"] = entry(size=0)
+    assert lock.render() == expected()
+    del lock.entries["é-ü"]
+    assert lock.render() == expected()

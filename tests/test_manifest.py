@@ -405,3 +405,25 @@ def test_final_size_alone_implies_the_smallest_covering_generated_size(project: 
     assert (assets["square"].width, assets["square"].height) == (1088, 1088)
     assert (assets["thin"].width, assets["thin"].height) == (64, 112)
     assert (assets["fixed"].width, assets["fixed"].height) == (512, 512)
+
+
+def test_two_manifests_in_one_folder_writing_the_same_path_is_an_error(project: Project) -> None:
+    project.write(
+        "site.yaml", "version: 1\nassets:\n  hero: {prompt: a}\n  logo: {prompt: b, out: img/logo.png}\n"
+    )
+    project.write(
+        "ads.yaml", "version: 1\nassets:\n  hero: {prompt: c}\n  mark: {prompt: d, out: img/logo.png}\n"
+    )
+    project.write("notes.yaml", "just: notes\n")
+    result = project.run("-f", "site.yaml", "validate")
+    assert result.exit_code == 1
+    assert (
+        "site.yaml:3:3: assets.hero: 'assets/hero.png' is also written by asset 'hero' of ads.yaml"
+        in result.stderr
+    )
+    assert (
+        "site.yaml:4:26: assets.logo.out: 'img/logo.png' is also written by asset 'mark' of ads.yaml"
+        in result.stderr
+    )
+    project.write("ads.yaml", "version: 1\nassets:\n  hero: {prompt: c, out: ads/hero.png}\n")
+    assert project.run("-f", "site.yaml", "validate").exit_code == 0
