@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import Project, png
 
 MANIFEST = """
@@ -153,3 +155,21 @@ def test_lfs_pointer_output_is_reported_by_plan(project: Project) -> None:
     )
     result = project.run("plan")
     assert "Git LFS pointer" in result.stdout and "git lfs pull" in result.stdout
+
+
+def test_unreachable_emulator_is_named_with_its_url_and_a_hint(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FLEXFORGE_EMULATOR_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("FLEXFORGE_RETRY_BASE_DELAY", "0.01")
+    monkeypatch.setenv("FLEXFORGE_RETRY_MAX_DELAY", "0.02")
+    project.manifest(MANIFEST.replace("provider: draft", "provider: emulator"))
+    result = project.run("build")
+    assert result.exit_code == 1
+    assert f"cannot connect to the emulator at http://127.0.0.1:{port}" in result.stderr
+    assert "`flexforge emulator` is running" in result.stderr and "Traceback" not in result.stderr
