@@ -537,9 +537,20 @@ def history_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
         if generated:
             raise BenchmarkError(f"history, N={n}: {len(generated)} assets not clean after the build")
         extra["generated"] = 0
+        # What any command pays first in a fresh clone (validate the manifest, hash every file):
+        # the build's time above it is the restoring itself.
+        plan = Probe(
+            "history",
+            "flexforge plan (same fresh clone)",
+            n,
+            [*tools.flexforge, "plan", "--provider", "draft"],
+            clone,
+            env=env,
+            setup=reset,
+        )
         print(f"history, N={n}: timing x {args.repeat} ...", flush=True)
-        measure([checkout, build], args.repeat)
-        probes += [checkout, build]
+        measure([checkout, plan, build], args.repeat)
+        probes += [checkout, plan, build]
     return probes
 
 

@@ -12,7 +12,7 @@ from flexforge.keys import ContentKey, changed, content_key, known_parts
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset, Manifest
 from flexforge.options import PlanOptions
-from flexforge.sources import IN_PLACE, Source, Sources
+from flexforge.sources import IN_PLACE, Current, Source, Sources
 from flexforge.store import Store
 
 CREATE, REGENERATE, RESTORE, RENAME = "create", "regenerate", "restore", "rename"
@@ -162,7 +162,7 @@ def decide(
 ) -> Step:
     """The action for one asset given its inputs' digests (None: an input still to be made).
     The key decides first: only an unchanged key can find its output `drifted`."""
-    current = facts.store.digest(asset.out)
+    current = Current(facts.store, asset.out)
     generator = facts.generator
     known = [d for d in digests if d is not None]
     complete = len(known) == len(digests)
@@ -175,14 +175,17 @@ def decide(
         return Step(action=REGENERATE, reasons=["replace"], **base)
     if key is None:
         if entry is None:
-            return Step(action=CONFLICT if current is not None else CREATE, output_sha256=current, **base)
+            if current.exists:
+                return Step(action=CONFLICT, output_sha256=current.digest, **base)
+            return Step(action=CREATE, **base)
         reasons = changed(known_parts(asset, generator, seed, digests), entry.parts)
         return Step(action=REGENERATE, reasons=reasons, **base)
+    unchanged = entry is not None and entry.key == key.key and entry.out == asset.out
+    if unchanged and entry is not None and current.matches(entry.sha256, entry.size):
+        return Step(action=NONE, output_sha256=entry.sha256, **base)
     source = facts.sources.find(key.key, asset.out, current)
     if entry is not None and entry.key == key.key:
-        if current == entry.sha256 and entry.out == asset.out:
-            return Step(action=NONE, output_sha256=current, **base)
-        if current is not None and (source is None or source.kind != IN_PLACE):
+        if current.exists and (source is None or source.kind != IN_PLACE):
             # Bytes nobody recorded for this key: a hand edit, never overwritten. Dependents are
             # planned from the lock's bytes until it is accepted.
             return Step(action=DRIFTED, reasons=_lfs(facts, asset), output_sha256=entry.sha256, **base)
@@ -197,9 +200,9 @@ def decide(
         return Step(action=REGENERATE, reasons=["missing"], **base)
     reasons = changed(key.parts, entry.parts) if entry is not None else []
     owned = entry is not None and entry.out == asset.out
-    if current is not None and not owned and (source is None or source.kind != IN_PLACE):
+    if current.exists and not owned and (source is None or source.kind != IN_PLACE):
         # A file flexforge never made for this asset (an agency's image): never overwritten.
-        return Step(action=CONFLICT, reasons=_lfs(facts, asset), output_sha256=current, **base)
+        return Step(action=CONFLICT, reasons=_lfs(facts, asset), output_sha256=current.digest, **base)
     if source is not None:
         origin = source.origin
         if entry is None and (renamed or (origin is not None and origin in facts.orphans)):

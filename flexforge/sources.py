@@ -7,6 +7,8 @@ Every source is verified before it counts (sha256, then an image of the declared
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,44 @@ class Source:
         return self.kind
 
 
+class Current:
+    """The file at an output path, hashed only when its size says it could be the bytes asked
+    about: a fresh clone whose prompts were reverted need not hash every old output."""
+
+    def __init__(self, store: Store, rel: str) -> None:
+        self._store = store
+        self._rel = rel
+        self._size: int | None = None
+        self._stat_done = False
+        self._digest: str | None = None
+        self._hashed = False
+
+    @property
+    def exists(self) -> bool:
+        return self.size is not None
+
+    @property
+    def size(self) -> int | None:
+        if not self._stat_done:
+            self._stat_done = True
+            try:
+                st = os.stat(self._store.root / self._rel)
+                self._size = st.st_size if stat.S_ISREG(st.st_mode) else -1
+            except OSError:
+                self._size = None
+        return self._size
+
+    @property
+    def digest(self) -> str | None:
+        if not self._hashed:
+            self._hashed = True
+            self._digest = self._store.digest(self._rel)
+        return self._digest
+
+    def matches(self, sha256: str, size: int) -> bool:
+        return self.size in (size, -1) and self.digest == sha256
+
+
 class Sources:
     """The restore sources of one project, searched per key; git history is read only when the
     cheaper sources have nothing, so a no-op plan never starts git."""
@@ -89,7 +129,7 @@ class Sources:
             self._history = self._history_factory() if self._history_factory is not None else None
         return self._history
 
-    def find(self, key: str, out: str, current: str | None) -> Source | None:
+    def find(self, key: str, out: str, current: Current) -> Source | None:
         """Where the bytes for `key` come from, cheapest first; None when only the API has them."""
         record = _key_record(self.store, key)
         found = self._search([*self._lock_index().get(key, ()), *([record] if record else [])], out, current)
@@ -98,10 +138,10 @@ class Sources:
         history = self.history
         return self._search(history.lookup(key), out, current) if history is not None else None
 
-    def _search(self, known: list[Source], out: str, current: str | None) -> Source | None:
+    def _search(self, known: list[Source], out: str, current: Current) -> Source | None:
         """In place, else a working-tree file the records name, else (for history) git itself."""
         for source in known:
-            if current is not None and source.sha256 == current:
+            if current.matches(source.sha256, source.size):
                 return _with(source, kind=IN_PLACE, path=out, commit=None)
         for source in known:
             path = source.path
