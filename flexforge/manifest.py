@@ -17,15 +17,14 @@ from typing import Any
 from flexforge.confine import Resolver, extension_problem, output_problem, private_part
 from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageError
 from flexforge.imaging import EXTENSIONS
+from flexforge.models import FLEX_MODEL, FLEX_ONLY, MAX_REFERENCES
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
-from flexforge.request import FLEX_MODEL
 from flexforge.settings import Settings
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
 CACHE_VERSION = 3  # bump when what validation produces changes
 CACHE_LIMIT = 512 * 1024 * 1024
 
-FLEX_ONLY = ("steps", "guidance", "prompt_upsampling")
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "model": FLEX_MODEL,
     "width": 1024,
@@ -35,13 +34,6 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "output_format": "png",
     "safety_tolerance": 2,
     "prompt_upsampling": False,
-}
-MAX_REFERENCES = {
-    "flux-2-flex": 8,
-    "flux-2-pro": 8,
-    "flux-2-max": 8,
-    "flux-2-klein-4b": 4,
-    "flux-2-klein-9b": 4,
 }
 MAX_PIXELS = 2048 * 2048  # the API's 4 MP limit
 MAX_TEXT = 100_000  # characters of one prompt or path after vars: far past any real prompt
