@@ -116,6 +116,9 @@ class _TaskRecord:
             self._asset, self._key, self._provider, task_id, polling_url, time.time(), cost_credits
         )
         self._store.journal_put(entry)
+        # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
+        # holds, and a failure now must keep this one journaled.
+        self.finished = False
 
     def finished_task(self) -> None:
         self.finished = True
@@ -312,9 +315,10 @@ class Builder:
             if asset.id in self.referenced and not self.store.has_object(source.sha256):
                 await asyncio.to_thread(self.store.put_object, staged.read_bytes())
             self._stage(asset, staged, source.sha256)
-        self._commit(step, source.sha256, source.size, self._record_of(source, step.seed))
         detail = "already in place" if source.kind == IN_PLACE else f"from {source.label}, no API call"
+        # Reported before the lock write, which may still fail it (a rename refused).
         self._record(Outcome(asset.id, RESTORED, detail))
+        self._commit(step, source.sha256, source.size, self._record_of(source, step.seed))
         return source.sha256
 
     def _record_of(self, source: Source, seed: int) -> KeyRecord:
@@ -407,10 +411,10 @@ class Builder:
             )
             # The paid image must survive a power cut before the record that would re-fetch it goes.
             await asyncio.to_thread(self.store.sync_object, sha)
-        self._commit(step, sha, len(image.data), made)
-        self.store.journal_remove(key.key)
         detail = f"${cost:.4f}" if cost else ""
         self._record(Outcome(asset.id, GENERATED, detail, cost))
+        self._commit(step, sha, len(image.data), made)
+        self.store.journal_remove(key.key)
         return sha
 
     def _ledger(self, entry: LedgerEntry) -> None:
