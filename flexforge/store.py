@@ -118,6 +118,8 @@ class LedgerEntry:
     task_id: str
     cost_usd: float
     cost_credits: float | None = None
+    model: str | None = None  # for `flexforge cost --by model`; absent in older lines
+    run: str | None = None  # the build that paid it, for `flexforge cost --by run`
 
     def check(self) -> None:
         _require(ASSET_ID.match(self.asset) is not None, "asset is not an asset id")

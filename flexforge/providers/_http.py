@@ -244,6 +244,10 @@ class FluxHttpProvider:
             except httpx.TransportError as exc:
                 failures += 1
                 reason = _describe_transport(exc)
+                if isinstance(exc, httpx.ConnectError):
+                    # Name the place and the likely fix: a typo'd base URL, an emulator not started.
+                    where = f"{self.dialect.service} at {self.base_url}"
+                    reason = f"cannot connect to {where} ({reason}); {UNREACHABLE_HINT}"
                 if phase == "submit" and isinstance(exc, _MAYBE_DELIVERED):
                     reason += (
                         f"; the response to this submission was lost, so {self.dialect.service}"
@@ -687,6 +691,12 @@ def _retry_after(response: httpx.Response) -> float | None:
         return min(max(0.0, float(value)), 3600.0) if value else None
     except ValueError:
         return None
+
+
+UNREACHABLE_HINT = (
+    "check the network, the base URL (BFL_API_BASE, COMETAPI_BASE, FLEXFORGE_EMULATOR_URL) "
+    "and, for the emulator, that `flexforge emulator` is running"
+)
 
 
 def _describe_transport(exc: httpx.TransportError) -> str:
