@@ -450,7 +450,7 @@ class _TaskRun:
         except UrlRefused as exc:
             self.task.finished_task()
             self.log(
-                f"warning: the journal entry of task {entry.task_id} from an earlier run is set aside: "
+                f"warning: the journal entry of task {entry.task_id} from an earlier run is dropped: "
                 f"its polling URL is refused ({exc}), so the key is not sent there; submitting anew"
             )
             return False
