@@ -124,7 +124,7 @@ def test_a_polling_url_holding_the_key_is_never_requested_nor_journaled(api: Loo
     assert [seen.path for seen in api.received] == ["/v1/flux-2-flex"]
 
 
-def test_a_journaled_polling_url_holding_the_key_is_set_aside(emulator: RunningEmulator) -> None:
+def test_a_journaled_polling_url_holding_the_key_is_dropped_unrequested(emulator: RunningEmulator) -> None:
     leaky = f"{emulator.url}/cluster-eu2/v1/get_result?id=old&k={SECRET}"
     task = RecordingTask(resumable=journal("old", leaky))
 
