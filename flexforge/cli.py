@@ -320,6 +320,119 @@ def accept(asset_id: str) -> int:
     return run(_opts(), asset_id)
 
 
+@cli.group()
+def ci() -> None:
+    """What the GitHub Action runs; inputs also come from FLEXFORGE_CI_* variables."""
+
+
+def _optional_float(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    # An unset action input arrives as an empty string.
+    if value is None or value.strip() == "":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an amount in USD") from None
+    if not number >= 0 or number == float("inf"):
+        raise click.BadParameter(f"{value!r} is not an amount in USD")
+    return number
+
+
+def _flag(ctx: click.Context, param: click.Parameter, value: str | None) -> bool:
+    from flexforge.ci.action import env_flag
+
+    try:
+        return env_flag(value, default=True)
+    except FlexforgeError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@ci.command("run")
+@click.option(
+    "--command",
+    "command",
+    envvar="FLEXFORGE_CI_COMMAND",
+    default="check",
+    show_default=True,
+    type=click.Choice(["check", "plan", "build"]),
+    help="check: fail if anything must be generated.",
+)
+@click.option("--provider", envvar="FLEXFORGE_CI_PROVIDER", default=None, help=PROVIDER_HELP)
+@click.option(
+    "--max-cost",
+    envvar="FLEXFORGE_CI_MAX_COST",
+    default=None,
+    callback=_optional_float,
+    metavar="USD",
+    help="build: never start a task that could take the spend over USD.",
+)
+@click.option(
+    "--comment",
+    envvar="FLEXFORGE_CI_COMMENT",
+    default="true",
+    callback=_flag,
+    help="Post or update the pull-request comment (true/false).",
+)
+@click.option(
+    "--summary",
+    envvar="FLEXFORGE_CI_SUMMARY",
+    default="true",
+    callback=_flag,
+    help="Write the job summary (true/false).",
+)
+@click.option("--args", "args", envvar="FLEXFORGE_CI_ARGS", default="", help="More `build` arguments.")
+@click.option(
+    "--out-dir",
+    envvar="FLEXFORGE_CI_OUT_DIR",
+    default="flexforge-ci",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where plan.json, review.json go.",
+)
+@global_options
+@handle_errors
+def ci_run(
+    command: str,
+    provider: str | None,
+    max_cost: float | None,
+    comment: bool,
+    summary: bool,
+    args: str,
+    out_dir: Path,
+) -> int:
+    """Validate, plan and review; then check (frozen) or build. For the GitHub Action."""
+    import shlex
+
+    from flexforge.ci.action import Inputs
+    from flexforge.commands.ci import ci_run as run
+
+    try:
+        extra = shlex.split(args)
+    except ValueError as exc:
+        raise click.BadParameter(f"{args!r}: {exc}", param_hint="--args") from None
+    inputs = Inputs(
+        command=command,
+        provider=provider or None,
+        max_cost=max_cost,
+        comment=comment,
+        summary=summary,
+        args=extra,
+        out_dir=out_dir,
+        token=os.environ.get("FLEXFORGE_CI_TOKEN", ""),
+    )
+    return run(_opts(), inputs)
+
+
+@ci.command("comment")
+@click.argument("review_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@global_options
+@handle_errors
+def ci_comment(review_file: Path) -> int:
+    """Post a review.json made by an untrusted pull-request job (run from `workflow_run`)."""
+    from flexforge.commands.ci import ci_comment as run
+
+    return run(review_file, os.environ.get("FLEXFORGE_CI_TOKEN", ""))
+
+
 def _opts() -> GlobalOptions:
     opts = click.get_current_context().find_object(GlobalOptions)
     assert opts is not None
