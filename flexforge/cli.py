@@ -167,15 +167,56 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("target", metavar="[DIR]", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--workflows-only",
+    is_flag=True,
+    help="For an existing project: add the GitHub workflows and .flexforge/.gitignore only.",
+)
+@click.option(
+    "--action",
+    metavar="OWNER/REPO@SHA",
+    default=None,
+    help="The flexforge action the workflows pin (default: $FLEXFORGE_ACTION, or where pip got flexforge).",
+)
+@click.option("--force", is_flag=True, help="Rewrite workflows that are already there.")
 @global_options
 @handle_errors
-def init(target: Path | None) -> int:
-    """Write a starter manifest, .flexforge/.gitignore and a GitHub workflow."""
+def init(target: Path | None, workflows_only: bool, action: str | None, force: bool) -> int:
+    """Write a starter manifest, .flexforge/.gitignore and the GitHub workflows (at the git root)."""
     from flexforge.commands.init import init as run
 
     opts = click.get_current_context().find_object(GlobalOptions)
     assert opts is not None
-    return run(opts.cwd() / target if target else opts.cwd(), opts)
+    return run(
+        opts.cwd() / target if target else opts.cwd(),
+        opts,
+        workflows_only=workflows_only,
+        action=action,
+        force=force,
+    )
+
+
+@cli.command()
+@click.option(
+    "--draft",
+    type=click.Choice(["2020-12", "07"]),
+    default="2020-12",
+    show_default=True,
+    help="07: the draft-07 copy editors (yaml-language-server) and SchemaStore use.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to FILE instead of printing.",
+)
+@handle_errors
+def schema(draft: str, output: Path | None) -> int:
+    """Print the manifest's JSON Schema."""
+    from flexforge.commands.schema import schema as run
+
+    return run(draft, output)
 
 
 @cli.command()
@@ -388,6 +429,14 @@ def _flag(ctx: click.Context, param: click.Parameter, value: str | None) -> bool
     type=click.Path(file_okay=False, path_type=Path),
     help="Where plan.json, review.json go.",
 )
+@click.option(
+    "--publish",
+    envvar="FLEXFORGE_CI_PUBLISH",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "push", "pull-request"]),
+    help="build: commit the images and lock back, or open a pull request with them.",
+)
 @global_options
 @handle_errors
 def ci_run(
@@ -398,6 +447,7 @@ def ci_run(
     summary: bool,
     args: str,
     out_dir: Path,
+    publish: str,
 ) -> int:
     """Validate, plan and review; then check (frozen) or build. For the GitHub Action."""
     import shlex
@@ -418,8 +468,21 @@ def ci_run(
         args=extra,
         out_dir=out_dir,
         token=os.environ.get("FLEXFORGE_CI_TOKEN", ""),
+        publish=publish,
     )
     return run(_opts(), inputs)
+
+
+@ci.command("hook")
+@click.argument("hook", type=click.Choice(["validate", "frozen"]))
+@click.argument("files", nargs=-1)
+@global_options
+@handle_errors
+def ci_hook(hook: str, files: tuple[str, ...]) -> int:
+    """pre-commit: validate, or build --frozen, each project that FILES belong to."""
+    from flexforge.ci.hooks import run_hook
+
+    return run_hook(hook, files, _opts().cwd())
 
 
 @ci.command("comment")

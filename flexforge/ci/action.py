@@ -19,7 +19,7 @@ from flexforge.ci.rest import GitHub
 from flexforge.ci.review import Review
 from flexforge.ci.runner import Runner
 from flexforge.context import GlobalOptions, Project, choose_provider
-from flexforge.errors import EXIT_ERROR, EXIT_OK, FlexforgeError, ManifestError, UsageError
+from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, FlexforgeError, ManifestError, UsageError
 from flexforge.manifest import Manifest
 from flexforge.options import PlanOptions
 from flexforge.planner import DRIFTED, GENERATES, RESTORE, Plan
@@ -41,6 +41,7 @@ class Inputs:
     args: list[str] = field(default_factory=list)
     out_dir: Path = Path("flexforge-ci")
     token: str = ""
+    publish: str = "none"  # build: none | push | pull-request
 
 
 @dataclass(slots=True)
@@ -167,7 +168,7 @@ def collect(opts: GlobalOptions, inputs: Inputs, runner: Runner, manifest: Manif
     )
 
 
-def publish(runner: Runner, inputs: Inputs, review: Review, plan: Plan | None) -> None:
+def report(runner: Runner, inputs: Inputs, review: Review, plan: Plan | None) -> None:
     """Files, outputs and the job summary every command leaves behind."""
     out = inputs.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -237,7 +238,7 @@ def run(opts: GlobalOptions, inputs: Inputs, runner: Runner) -> int:
                 pull_request=_number(pr),
                 project=_project_rel(cwd),
             )
-            publish(runner, inputs, review, None)
+            report(runner, inputs, review, None)
             if inputs.comment:
                 post_comment(runner, inputs, review)
             return EXIT_ERROR
@@ -245,14 +246,48 @@ def run(opts: GlobalOptions, inputs: Inputs, runner: Runner) -> int:
     code = EXIT_OK
     if inputs.command == "build":
         code = _build(opts, inputs, provider, runner)
+        if code != EXIT_INTERRUPTED:
+            # Whatever finished is kept, even when some asset failed or the budget ran out.
+            _publish(runner, inputs, manifest)
     plan = _plan(manifest, provider)
     review = collect(opts, inputs, runner, manifest, plan)
-    publish(runner, inputs, review, plan)
+    report(runner, inputs, review, plan)
     if inputs.comment:
         post_comment(runner, inputs, review)
     if inputs.command == "check":
         code = _check(opts, runner, plan, provider, manifest)
     return code
+
+
+def _publish(runner: Runner, inputs: Inputs, manifest: Manifest) -> None:
+    from flexforge.ci.publish import publish
+
+    if inputs.publish == "none":
+        return
+    root = repository_root(manifest.root)
+    if root is None:
+        raise FlexforgeError(f"publish {inputs.publish}: {manifest.root} is not in a git repository")
+    github = GitHub(runner.api_url, runner.repository, inputs.token) if runner.repository else None
+    project = Project(manifest)
+    with runner.group(f"flexforge publish ({inputs.publish})"):
+        done = publish(
+            inputs.publish,
+            root=root,
+            project=manifest.root,
+            lock=project.lock,
+            token=inputs.token,
+            server_url=runner.server_url,
+            github=github,
+            run_id=runner.run_url.rsplit("/", 1)[-1] if runner.run_url else "",
+        )
+        if done.commit:
+            runner.emit(f"committed {done.commit[:12]} to {done.pushed_to}")
+        else:
+            runner.emit("nothing new to commit")
+        if done.pull_request_url:
+            runner.emit(f"opened {done.pull_request_url}")
+    runner.set_output("commit", done.commit)
+    runner.set_output("pull-request-url", done.pull_request_url)
 
 
 def _plan(manifest: Manifest, provider: str) -> Plan:
