@@ -9,7 +9,7 @@ import click
 
 from flexforge.context import GlobalOptions
 from flexforge.errors import EXIT_OK, FlexforgeError, ManifestError
-from flexforge.manifest import MANIFEST_NAME
+from flexforge.paths import MANIFEST_NAME
 
 
 def projects_of(files: Iterable[str], top: Path) -> list[Path]:
