@@ -430,6 +430,13 @@ def _flag(ctx: click.Context, param: click.Parameter, value: str | None) -> bool
     help="Where plan.json, review.json go.",
 )
 @click.option(
+    "--previews",
+    envvar="FLEXFORGE_CI_PREVIEWS",
+    default="true",
+    callback=_flag,
+    help="check/plan: render draft previews of what would be built (true/false).",
+)
+@click.option(
     "--publish",
     envvar="FLEXFORGE_CI_PUBLISH",
     default="none",
@@ -447,6 +454,7 @@ def ci_run(
     summary: bool,
     args: str,
     out_dir: Path,
+    previews: bool,
     publish: str,
 ) -> int:
     """Validate, plan and review; then check (frozen) or build. For the GitHub Action."""
@@ -469,6 +477,7 @@ def ci_run(
         out_dir=out_dir,
         token=os.environ.get("FLEXFORGE_CI_TOKEN", ""),
         publish=publish,
+        previews=previews,
     )
     return run(_opts(), inputs)
 

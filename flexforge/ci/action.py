@@ -42,6 +42,7 @@ class Inputs:
     out_dir: Path = Path("flexforge-ci")
     token: str = ""
     publish: str = "none"  # build: none | push | pull-request
+    previews: bool = True  # check/plan: draft previews of what would be built
 
 
 @dataclass(slots=True)
@@ -251,12 +252,30 @@ def run(opts: GlobalOptions, inputs: Inputs, runner: Runner) -> int:
             _publish(runner, inputs, manifest)
     plan = _plan(manifest, provider)
     review = collect(opts, inputs, runner, manifest, plan)
+    if inputs.previews and inputs.command != "build":
+        review = _previews(runner, inputs, manifest, review)
     report(runner, inputs, review, plan)
     if inputs.comment:
         post_comment(runner, inputs, review)
     if inputs.command == "check":
         code = _check(opts, runner, plan, provider, manifest)
     return code
+
+
+def _previews(runner: Runner, inputs: Inputs, manifest: Manifest, review: Review) -> Review:
+    """Draft previews for the artifact; a failure here costs the comment its previews, not the check."""
+    from flexforge.ci.previews import render_previews
+
+    folder = inputs.out_dir / "previews"
+    url = f"{runner.run_url}#artifacts" if runner.run_url else ""
+    with runner.group("flexforge previews (draft renderer)"):
+        try:
+            review = render_previews(manifest.root, review, folder, url)
+        except FlexforgeError as exc:
+            runner.annotate("warning", f"no draft previews: {exc}", title="flexforge previews")
+    made = folder.is_dir() and any(folder.iterdir())
+    runner.set_output("previews-dir", str(folder.resolve()) if made else "")
+    return review
 
 
 def _publish(runner: Runner, inputs: Inputs, manifest: Manifest) -> None:

@@ -157,6 +157,6 @@ def _money(value: Any, name: str) -> float:
 
 def _url(value: Any) -> str:
     text = _text(value, "url")
-    if text and not re.match(r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/%-]*)?$", text):
+    if text and not re.match(r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/%-]*)?(#[A-Za-z0-9_-]*)?$", text):
         raise FlexforgeError(f"review data: {text[:80]!r} is not a plain http(s) URL")
     return text

@@ -14,7 +14,7 @@ MARKER = marker("site")
 
 def _open_pr(actions: Actions, number: int = 7, *, fork: bool = False) -> tuple[str, str]:
     base = git(actions.repo.root, "rev-parse", "HEAD")
-    actions.repo.edit("A flat logo", "A flat logo, in green")
+    actions.repo.edit("A flat logo", "A flat logo reading 'GREEN'")
     head = actions.repo.commit("greener logo")
     actions.pull_request(number, base, head, fork=fork)
     return base, head
@@ -32,7 +32,7 @@ def test_first_run_creates_the_comment_and_the_second_updates_the_same_one(actio
     assert "`logo`" in body and "regenerate (prompt)" in body
     assert "`hero`" not in body  # unchanged assets stay out of the comment
 
-    actions.repo.edit("A flat logo, in green", "A flat logo, in blue")
+    actions.repo.edit("'GREEN'", "'BLUE'")
     actions.repo.commit("bluer")
     second = actions.run("run", "--command", "plan")
     assert second.exit_code == 0, second.output
@@ -183,3 +183,30 @@ def test_extra_arguments_cannot_switch_to_a_paid_provider(actions: Actions) -> N
 def test_unbalanced_quotes_in_args_are_a_usage_error(actions: Actions) -> None:
     result = actions.run("run", "--command", "plan", "--args", "'open")
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and ".git" not in p.parts and ".flexforge" not in p.parts
+    }
+
+
+def test_draft_previews_of_what_would_be_built_leave_the_checkout_alone(actions: Actions) -> None:
+    _open_pr(actions)
+    before = _tree(actions.repo.root)
+    result = actions.run("run", "--command", "plan")
+    assert result.exit_code == 0, result.output
+    previews = Path(actions.outputs()["previews-dir"])
+    assert [p.name for p in previews.iterdir()] == ["logo.png"]
+    assert previews.joinpath("logo.png").read_bytes() != before["site/assets/logo.png"]
+    assert _tree(actions.repo.root) == before
+    body = actions.github.writes()[0].body["body"]
+    assert '<a href="https://github.com/acme/site/actions/runs/42#artifacts">draft preview</a>' in body
+
+
+def test_no_previews_when_asked_for_none(actions: Actions) -> None:
+    _open_pr(actions)
+    assert actions.run("run", "--command", "plan", "--previews", "false").exit_code == 0
+    assert actions.outputs()["changes"] == "true" and "previews-dir" not in actions.outputs()
