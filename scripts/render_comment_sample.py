@@ -93,8 +93,21 @@ def main() -> None:
             "GITHUB_WORKSPACE": str(repo),
             "GITHUB_OUTPUT": str(runner / "output"),
         }
-        run(*flexforge, "ci", "run", "--command", "plan", "--provider", "emulator", "--comment", "false",
-            "--out-dir", str(runner / "out"), cwd=repo, env=ci_env)
+        run(
+            *flexforge,
+            "ci",
+            "run",
+            "--command",
+            "plan",
+            "--provider",
+            "emulator",
+            "--comment",
+            "false",
+            "--out-dir",
+            str(runner / "out"),
+            cwd=repo,
+            env=ci_env,
+        )
         comment = (runner / "out" / "comment.md").read_text()
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "pr-comment.md").write_text(comment)
@@ -127,9 +140,18 @@ def screenshot(comment: str, repo: Path, shas: dict[str, str], previews: Path) -
         page_file.write_text(page)
         target = OUT / "pr-comment.png"
         subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             f"--screenshot={target}", "--window-size=912,1400", page_file.as_uri()],
-            check=True, capture_output=True,
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--screenshot={target}",
+                "--window-size=912,1400",
+                page_file.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
         )
     print(f"wrote {target}")
 

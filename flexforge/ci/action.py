@@ -15,7 +15,6 @@ from typing import Any
 
 from flexforge.ci.collect import lock_at, repository_root, review_from_plan
 from flexforge.ci.comment import marker, render_comment, render_summary
-from flexforge.ci.rest import GitHub
 from flexforge.ci.review import Review
 from flexforge.ci.runner import Runner
 from flexforge.context import GlobalOptions, Project, choose_provider
@@ -206,6 +205,8 @@ def post_comment(runner: Runner, inputs: Inputs, review: Review) -> None:
             "summary and in review.json for a `workflow_run` job to post (see the README)"
         )
         return
+    from flexforge.ci.rest import GitHub
+
     github = GitHub(runner.api_url, runner.repository, inputs.token)
     action, comment_id = github.upsert_comment(
         review.pull_request, marker(review.project), render_comment(review)
@@ -252,7 +253,7 @@ def run(opts: GlobalOptions, inputs: Inputs, runner: Runner) -> int:
             _publish(runner, inputs, manifest)
     plan = _plan(manifest, provider)
     review = collect(opts, inputs, runner, manifest, plan)
-    if inputs.previews and inputs.command != "build":
+    if inputs.previews and inputs.command != "build" and review.pending:
         review = _previews(runner, inputs, manifest, review)
     report(runner, inputs, review, plan)
     if inputs.comment:
@@ -286,6 +287,8 @@ def _publish(runner: Runner, inputs: Inputs, manifest: Manifest) -> None:
     root = repository_root(manifest.root)
     if root is None:
         raise FlexforgeError(f"publish {inputs.publish}: {manifest.root} is not in a git repository")
+    from flexforge.ci.rest import GitHub
+
     github = GitHub(runner.api_url, runner.repository, inputs.token) if runner.repository else None
     project = Project(manifest)
     with runner.group(f"flexforge publish ({inputs.publish})"):
@@ -365,6 +368,8 @@ def comment_from_review(review_file: Path, token: str, runner: Runner | None = N
     if not review.pull_request:
         runner.emit("flexforge: the review is not for a pull request; nothing to comment")
         return EXIT_OK
+    from flexforge.ci.rest import GitHub
+
     github = GitHub(runner.api_url, runner.repository, token)
     pr = github.pull_request(review.pull_request)
     head = _sha((pr.get("head") or {}).get("sha"))

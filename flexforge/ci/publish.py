@@ -11,10 +11,13 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flexforge.ci.rest import GitHub
 from flexforge.errors import FlexforgeError, UsageError
 from flexforge.lockfile import Lock
+
+if TYPE_CHECKING:
+    from flexforge.ci.rest import GitHub
 
 MODES = ("none", "push", "pull-request")
 BOT_NAME = "github-actions[bot]"
