@@ -269,11 +269,14 @@ def _previews(runner: Runner, inputs: Inputs, manifest: Manifest, review: Review
 
     folder = inputs.out_dir / "previews"
     url = f"{runner.run_url}#artifacts" if runner.run_url else ""
-    with runner.group("flexforge previews (draft renderer)"):
+    failed: FlexforgeError | None = None
+    with runner.group("flexforge previews (draft renderer)"), runner.untrusted():
         try:
             review = render_previews(manifest.root, review, folder, url)
         except FlexforgeError as exc:
-            runner.annotate("warning", f"no draft previews: {exc}", title="flexforge previews")
+            failed = exc
+    if failed is not None:  # outside the stop-commands section, or GitHub would ignore it
+        runner.annotate("warning", f"no draft previews: {failed}", title="flexforge previews")
     made = folder.is_dir() and any(folder.iterdir())
     runner.set_output("previews-dir", str(folder.resolve()) if made else "")
     return review
@@ -332,7 +335,7 @@ def _check(opts: GlobalOptions, runner: Runner, plan: Plan, provider: str, manif
         from flexforge.commands.build import build
         from flexforge.options import BuildOptions
 
-        with runner.group("flexforge build --frozen (restores from the cache)"):
+        with runner.group("flexforge build --frozen (restores from the cache)"), runner.untrusted():
             return build(opts, PlanOptions(), provider, BuildOptions(), dry_run=False, frozen=True)
     return EXIT_OK
 

@@ -210,3 +210,32 @@ def test_no_previews_when_asked_for_none(actions: Actions) -> None:
     _open_pr(actions)
     assert actions.run("run", "--command", "plan", "--previews", "false").exit_code == 0
     assert actions.outputs()["changes"] == "true" and "previews-dir" not in actions.outputs()
+
+
+def executed_commands(log: str) -> list[str]:
+    """The workflow commands GitHub's runner would act on in `log` (it honours stop-commands)."""
+    commands, stopped_by = [], None
+    for line in log.splitlines():
+        if stopped_by is not None:
+            if line == f"::{stopped_by}::":
+                stopped_by = None
+            continue
+        if line.startswith("::stop-commands::"):
+            stopped_by = line.removeprefix("::stop-commands::")
+        elif line.startswith("::"):
+            commands.append(line)
+    return commands
+
+
+def test_a_manifest_cannot_issue_workflow_commands_through_the_log(actions: Actions) -> None:
+    base = git(actions.repo.root, "rev-parse", "HEAD")
+    text = (actions.repo.project / "flexforge.yaml").read_text()
+    hostile = '\n  evil:\n    prompt: "x"\n    out: "assets/e\\n::add-mask::github\\n::error::pwned.png"\n'
+    (actions.repo.project / "flexforge.yaml").write_text(text + hostile)
+    head = actions.repo.commit("hostile")
+    actions.pull_request(11, base, head)
+    for command in ("plan", "check"):
+        result = actions.run("run", "--command", command)
+        assert not [c for c in executed_commands(result.output) if "pwned" in c or "add-mask" in c]
+    body = actions.github.writes()[0].body["body"]
+    assert "`evil`" in body and "pwned" not in body  # the thumbnail table shows no path
