@@ -195,7 +195,15 @@ def report(runner: Runner, inputs: Inputs, review: Review, plan: Plan | None) ->
 
 
 def post_comment(runner: Runner, inputs: Inputs, review: Review) -> None:
-    """Create or update the sticky comment when this job may; say why not otherwise."""
+    """Create or update the sticky comment when this job may; say why not otherwise. A failure
+    here is a warning: the review is in the job summary, and the check's verdict stands alone."""
+    try:
+        _post_comment(runner, inputs, review)
+    except FlexforgeError as exc:
+        runner.annotate("warning", f"the pull-request comment was not posted: {exc}", title="flexforge")
+
+
+def _post_comment(runner: Runner, inputs: Inputs, review: Review) -> None:
     event = runner.event()
     if not review.pull_request:
         return

@@ -239,3 +239,12 @@ def test_a_manifest_cannot_issue_workflow_commands_through_the_log(actions: Acti
         assert not [c for c in executed_commands(result.output) if "pwned" in c or "add-mask" in c]
     body = actions.github.writes()[0].body["body"]
     assert "`evil`" in body and "pwned" not in body  # the thumbnail table shows no path
+
+
+def test_a_comment_github_refuses_is_a_warning_not_a_failed_check(actions: Actions) -> None:
+    sha = git(actions.repo.root, "rev-parse", "HEAD")
+    actions.pull_request(12, sha, sha)
+    result = actions.run("run", "--command", "check", FLEXFORGE_CI_TOKEN="revoked")
+    assert result.exit_code == 0, result.output
+    assert "::warning title=flexforge::the pull-request comment was not posted: GitHub: GET" in result.output
+    assert "revoked" not in result.output
