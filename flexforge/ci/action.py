@@ -44,13 +44,6 @@ class Inputs:
     previews: bool = True  # check/plan: draft previews of what would be built
 
 
-@dataclass(slots=True)
-class Result:
-    review: Review
-    plan: Plan | None
-    exit_code: int
-
-
 def pull_request_of(event: dict[str, Any]) -> dict[str, Any]:
     pr = event.get("pull_request")
     return pr if isinstance(pr, dict) else {}
@@ -142,9 +135,9 @@ def _build(opts: GlobalOptions, inputs: Inputs, provider: str, runner: Runner) -
         return child.returncode
 
 
-def collect(opts: GlobalOptions, inputs: Inputs, runner: Runner, manifest: Manifest, plan: Plan) -> Review:
-    from flexforge.context import Project
-
+def collect(runner: Runner, manifest: Manifest, plan: Plan) -> Review:
+    """The review of this run: the plan, with the lock at the base commit (a pull request's base,
+    or the commit before a push) for what changed."""
     project = Project(manifest)
     event = runner.event()
     pr = pull_request_of(event)
@@ -260,7 +253,7 @@ def run(opts: GlobalOptions, inputs: Inputs, runner: Runner) -> int:
             # Whatever finished is kept, even when some asset failed or the budget ran out.
             _publish(runner, inputs, manifest)
     plan = _plan(manifest, provider)
-    review = collect(opts, inputs, runner, manifest, plan)
+    review = collect(runner, manifest, plan)
     if inputs.previews and inputs.command != "build" and review.pending:
         review = _previews(runner, inputs, manifest, review)
     report(runner, inputs, review, plan)
