@@ -320,6 +320,23 @@ def accept(asset_id: str) -> int:
     return run(_opts(), asset_id)
 
 
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder to write the site to (default: .flexforge/gallery).",
+)
+@provider_option
+@global_options
+@handle_errors
+def gallery(out: Path | None, provider: str | None) -> int:
+    """A static site of every asset: picture, status, prompt, parameters, lineage; filters."""
+    from flexforge.commands.gallery import gallery as run
+
+    return run(_opts(), provider, out)
+
+
 def _opts() -> GlobalOptions:
     opts = click.get_current_context().find_object(GlobalOptions)
     assert opts is not None

@@ -1,0 +1,261 @@
+"""The review data model: what the gallery, the diff page and the pull-request comment show.
+
+One shape, documented in docs/review-json.md and versioned by REPORT_VERSION: fields are only ever
+added within a version. The pages render it and `flexforge diff --json` prints it, so a consumer
+(the GitHub action's comment) sees exactly what a reviewer sees. Images are named by sha256 only;
+where their bytes come from is `imagesource`'s job and where the site puts them is `render`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from flexforge.keys import PARTS, request_params
+from flexforge.lockfile import Lock, LockEntry
+from flexforge.manifest import Asset
+from flexforge.planner import Plan
+
+REPORT_VERSION = 1
+ORPHANED = "orphaned"
+# Kinds of change in a diff, in the order pages list them.
+ADDED, REMOVED, REGENERATED, RENAMED, RESTORED, UNCHANGED = (
+    "added",
+    "removed",
+    "regenerated",
+    "renamed",
+    "restored",
+    "unchanged",
+)
+CHANGES = (ADDED, REGENERATED, RESTORED, RENAMED, REMOVED, UNCHANGED)
+
+
+@dataclass(slots=True)
+class Variant:
+    """One candidate image of an asset. Until variants land (issue 11) an asset has one, selected."""
+
+    sha256: str
+    seed: int | None
+    selected: bool
+
+
+@dataclass(slots=True)
+class Reference:
+    ref: str
+    kind: str  # "asset" (that asset's output) or "file" (under the project root)
+
+
+@dataclass(slots=True)
+class GalleryAsset:
+    id: str
+    status: str  # a plan action (create, regenerate, restore, drifted, none) or "orphaned"
+    reasons: list[str]
+    out: str
+    image: str | None  # sha256 of the picture shown (the file on disk, else the lock's cached one)
+    lock_sha256: str | None
+    prompt: str
+    structured: dict[str, Any] | None
+    params: dict[str, Any]
+    seed: int | None
+    model: str
+    generator: str | None
+    provider: str | None
+    cost_usd: float | None
+    estimated_cost_usd: float
+    references: list[Reference]
+    dependents: list[str]
+    tags: list[str]
+    variants: list[Variant]
+
+
+@dataclass(slots=True)
+class Gallery:
+    assets: list[GalleryAsset]
+    provider: str
+    total_cost_usd: float
+    estimated_cost_usd: float
+    kind: str = "gallery"
+    version: int = REPORT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def facets(self) -> dict[str, list[str]]:
+        """The values each filter offers, in a stable order."""
+        return {
+            "status": sorted({a.status for a in self.assets}),
+            "model": sorted({a.model for a in self.assets}),
+            "tag": sorted({t for a in self.assets for t in a.tags}),
+        }
+
+
+@dataclass(slots=True)
+class Side:
+    """An asset as one revision's lock (and manifest) recorded it."""
+
+    id: str
+    out: str
+    sha256: str
+    key: str
+    parts: dict[str, str]
+    seed: int
+    model: str
+    generator: str
+    provider: str
+    task_id: str | None
+    cost_usd: float | None
+    prompt: str | None  # as written in that revision's manifest; None when it cannot be read
+    structured: dict[str, Any] | None
+    image: bool  # whether its bytes were found (git history, working tree or cache)
+
+    @classmethod
+    def of(cls, asset_id: str, entry: LockEntry, prompt: Any, image: bool) -> Side:
+        structured = prompt if isinstance(prompt, dict) else None
+        text = prompt if isinstance(prompt, str) else None
+        return cls(
+            id=asset_id,
+            out=entry.out,
+            sha256=entry.sha256,
+            key=entry.key,
+            parts=dict(entry.parts),
+            seed=entry.seed,
+            model=entry.model,
+            generator=entry.generator,
+            provider=entry.provider,
+            task_id=entry.task_id,
+            cost_usd=entry.cost_usd,
+            prompt=text,
+            structured=structured,
+            image=image,
+        )
+
+
+@dataclass(slots=True)
+class DiffAsset:
+    id: str
+    change: str  # one of CHANGES
+    previous_id: str | None  # for a rename: the id before
+    changed_parts: list[str]  # key parts that differ (keys.PARTS order), plus "out" when it moved
+    distance: int | None  # perceptual distance 0..64 (imagehash.phash), when both images are there
+    cost_usd: float  # what this change cost: the API's reported cost of a new generation, else 0
+    before: Side | None
+    after: Side | None
+
+
+@dataclass(slots=True)
+class Revision:
+    rev: str | None  # full commit id; None for the working tree
+    label: str  # as the user named it, e.g. "merge-base of HEAD and main" or "working tree"
+
+
+@dataclass(slots=True)
+class Diff:
+    base: Revision
+    head: Revision
+    assets: list[DiffAsset]
+    summary: dict[str, Any] = field(default_factory=dict)
+    kind: str = "diff"
+    version: int = REPORT_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.summary:
+            counts = {c: sum(1 for a in self.assets if a.change == c) for c in CHANGES}
+            cost = round(sum(a.cost_usd for a in self.assets), 6)
+            self.summary = {**counts, "cost_usd": cost}
+
+    @property
+    def changed(self) -> list[DiffAsset]:
+        return [a for a in self.assets if a.change != UNCHANGED]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- building a gallery from a project's plan ---------------------------------------------------
+
+
+def gallery_assets(plan: Plan, lock: Lock, shown: dict[str, str | None]) -> list[GalleryAsset]:
+    """One card per planned asset, then one per orphaned lock entry. `shown` maps an asset id to
+    the sha256 of the picture to show (None: nothing to show yet)."""
+    manifest = plan.manifest
+    dependents: dict[str, list[str]] = {asset_id: [] for asset_id in manifest.assets}
+    for asset in manifest.assets.values():
+        for ref in asset.asset_refs:
+            dependents[ref].append(asset.id)
+    cards = []
+    for step in plan.steps:
+        asset = step.asset
+        entry = lock.entries.get(asset.id)
+        cards.append(
+            _card(asset, entry, step.action, step.reasons, step.seed, shown.get(asset.id), dependents)
+        )
+        cards[-1].estimated_cost_usd = step.estimated_cost_usd
+    for orphan in plan.orphaned:
+        entry = lock.entries[orphan]
+        cards.append(_orphan_card(orphan, entry, shown.get(orphan)))
+    return cards
+
+
+def _card(
+    asset: Asset,
+    entry: LockEntry | None,
+    action: str,
+    reasons: list[str],
+    seed: int | None,
+    image: str | None,
+    dependents: dict[str, list[str]],
+) -> GalleryAsset:
+    # Tags and variants arrive with issue 11 ("Marketing sets"); read them when the model has them.
+    tags = [str(t) for t in getattr(asset, "tags", None) or ()]
+    return GalleryAsset(
+        id=asset.id,
+        status=action,
+        reasons=list(reasons),
+        out=asset.out,
+        image=image,
+        lock_sha256=entry.sha256 if entry else None,
+        prompt=asset.prompt,
+        structured=asset.structured,
+        params=request_params(asset),
+        seed=seed,
+        model=asset.model,
+        generator=entry.generator if entry else None,
+        provider=entry.provider if entry else None,
+        cost_usd=entry.cost_usd if entry else None,
+        estimated_cost_usd=0.0,
+        references=[Reference(r, "asset" if r in asset.asset_refs else "file") for r in asset.references],
+        dependents=dependents.get(asset.id, []),
+        tags=tags,
+        variants=[Variant(image, seed, True)] if image else [],
+    )
+
+
+def _orphan_card(asset_id: str, entry: LockEntry, image: str | None) -> GalleryAsset:
+    return GalleryAsset(
+        id=asset_id,
+        status=ORPHANED,
+        reasons=[],
+        out=entry.out,
+        image=image,
+        lock_sha256=entry.sha256,
+        prompt="",
+        structured=None,
+        params={},
+        seed=entry.seed,
+        model=entry.model,
+        generator=entry.generator,
+        provider=entry.provider,
+        cost_usd=entry.cost_usd,
+        estimated_cost_usd=0.0,
+        references=[],
+        dependents=[],
+        tags=[],
+        variants=[Variant(image, entry.seed, True)] if image else [],
+    )
+
+
+def changed_parts(before: LockEntry, after: LockEntry) -> list[str]:
+    parts = [p for p in PARTS if before.parts.get(p) != after.parts.get(p)]
+    if before.out != after.out:
+        parts.append("out")
+    return parts

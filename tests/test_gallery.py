@@ -1,0 +1,93 @@
+"""`flexforge gallery` through the CLI on real built projects (the browser checks are in
+tests/test_pages_browser.py)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Project
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "launch-kit"
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Project:
+    """The launch-kit example, built with the draft provider."""
+    root = tmp_path / "kit"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".flexforge", "assets", "site"))
+    project = Project(root)
+    assert project.build().exit_code == 0
+    return project
+
+
+def _made(stdout: str) -> tuple[int, int]:
+    match = re.search(r"thumbnails: (\d+) made, (\d+) reused", stdout)
+    assert match, stdout
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_gallery_shows_every_asset_with_its_image(kit: Project, tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    result = kit.run("gallery", "--provider", "draft", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    html = (out / "index.html").read_text(encoding="utf-8")
+    lock = kit.lock()["assets"]
+    for asset_id, entry in lock.items():
+        assert f'id="asset-{asset_id}"' in html
+        sha = entry["sha256"]
+        assert f"thumbs/{sha}.webp" in html
+        full = next((out / "images").glob(f"{sha}.*"))
+        assert full.read_bytes() == kit.read(entry["out"])
+    assert (out / "_static" / "site.js").is_file()
+    assert "http://" not in html and "https://" not in html  # self-contained: no CDN
+    assert html.count('loading="lazy"') >= len(lock)
+    assert _made(result.stdout) == (len(lock), 0)
+
+
+def test_rerun_after_one_change_makes_one_thumbnail(kit: Project, tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    assert kit.run("gallery", "--provider", "draft", "--out", str(out)).exit_code == 0
+    kit.edit("seed: 3002", "seed: 3003")  # product-shot: no dependents
+    assert kit.build().exit_code == 0
+    again = kit.run("gallery", "--provider", "draft", "--out", str(out))
+    assert again.exit_code == 0, again.stderr
+    assert _made(again.stdout) == (1, 8)
+    new_sha = kit.lock()["assets"]["product-shot"]["sha256"]
+    thumbs = sorted(p.stem for p in (out / "thumbs").iterdir())
+    assert new_sha in thumbs and len(thumbs) == 9  # the old thumbnail was pruned
+
+
+def test_gallery_shows_plan_status_and_reasons(kit: Project, tmp_path: Path) -> None:
+    kit.edit("Brew bold", "Brew bolder")  # a var: every asset using {tagline} changes
+    out = tmp_path / "site"
+    result = kit.run("gallery", "--provider", "draft", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    html = (out / "index.html").read_text(encoding="utf-8")
+    hero = html.split('id="asset-hero"')[1].split("</article>")[0]
+    assert 'data-status="regenerate"' in html.split('id="asset-hero"')[0].rsplit("<article", 1)[1] + hero
+    assert "prompt" in hero
+    # lineage is linked both ways
+    assert 'href="#asset-hero-autumn"' in hero
+    autumn = html.split('id="asset-hero-autumn"')[1].split("</article>")[0]
+    assert 'href="#asset-hero"' in autumn
+
+
+def test_gallery_refuses_a_folder_it_did_not_write(kit: Project, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    result = kit.run("gallery", "--provider", "draft", "--out", str(out))
+    assert result.exit_code == 1
+    assert "not empty and was not written by flexforge" in result.stderr
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_gallery_default_folder_is_inside_the_state_folder(kit: Project) -> None:
+    result = kit.run("gallery", "--provider", "draft")
+    assert result.exit_code == 0, result.stderr
+    assert (kit.root / ".flexforge" / "gallery" / "index.html").is_file()
