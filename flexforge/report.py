@@ -19,15 +19,16 @@ from flexforge.planner import Plan
 REPORT_VERSION = 1
 ORPHANED = "orphaned"
 # Kinds of change in a diff, in the order pages list them.
-ADDED, REMOVED, REGENERATED, RENAMED, RESTORED, UNCHANGED = (
+ADDED, REMOVED, REGENERATED, RENAMED, RESTORED, EDITED, UNCHANGED = (
     "added",
     "removed",
     "regenerated",
     "renamed",
     "restored",
+    "edited",  # same key, other bytes: a hand edit adopted with `flexforge accept`
     "unchanged",
 )
-CHANGES = (ADDED, REGENERATED, RESTORED, RENAMED, REMOVED, UNCHANGED)
+CHANGES = (ADDED, REGENERATED, RESTORED, EDITED, RENAMED, REMOVED, UNCHANGED)
 
 
 @dataclass(slots=True)
@@ -105,13 +106,13 @@ class Side:
     task_id: str | None
     cost_usd: float | None
     prompt: str | None  # as written in that revision's manifest; None when it cannot be read
+    tags: list[str]
     structured: dict[str, Any] | None
-    image: bool  # whether its bytes were found (git history, working tree or cache)
+    image: bool | None  # its bytes were found (git, working tree, cache); None: not looked up
 
     @classmethod
-    def of(cls, asset_id: str, entry: LockEntry, prompt: Any, image: bool) -> Side:
-        structured = prompt if isinstance(prompt, dict) else None
-        text = prompt if isinstance(prompt, str) else None
+    def of(cls, asset_id: str, entry: LockEntry, written: Written | None) -> Side:
+        prompt = written.prompt if written else None
         return cls(
             id=asset_id,
             out=entry.out,
@@ -124,10 +125,19 @@ class Side:
             provider=entry.provider,
             task_id=entry.task_id,
             cost_usd=entry.cost_usd,
-            prompt=text,
-            structured=structured,
-            image=image,
+            prompt=prompt if isinstance(prompt, str) else None,
+            structured=prompt if isinstance(prompt, dict) else None,
+            tags=list(written.tags) if written else [],
+            image=None,
         )
+
+
+@dataclass(slots=True)
+class Written:
+    """An asset as a revision's manifest wrote it (vars filled in): for showing, never for keys."""
+
+    prompt: str | dict[str, Any] | None
+    tags: list[str]
 
 
 @dataclass(slots=True)
@@ -259,3 +269,72 @@ def changed_parts(before: LockEntry, after: LockEntry) -> list[str]:
     if before.out != after.out:
         parts.append("out")
     return parts
+
+
+# -- comparing two revisions' locks -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class State:
+    """One side of a diff: a lock's entries, and its assets as that revision's manifest wrote them."""
+
+    revision: Revision
+    entries: dict[str, LockEntry]
+    written: dict[str, Written]
+
+
+def compare(base: State, head: State, known_keys: set[str]) -> Diff:
+    """What changed from `base` to `head`, asset by asset. `known_keys` are the keys recorded by
+    locks up to the base: an image whose key is among them was restored, not paid for again."""
+
+    def side(state: State, asset_id: str) -> Side:
+        return Side.of(asset_id, state.entries[asset_id], state.written.get(asset_id))
+
+    rows: list[DiffAsset] = []
+    for asset_id in sorted(base.entries.keys() & head.entries.keys()):
+        old, new = base.entries[asset_id], head.entries[asset_id]
+        change, parts = _change(old, new, known_keys)
+        cost = (new.cost_usd or 0.0) if change == REGENERATED else 0.0
+        rows.append(
+            DiffAsset(asset_id, change, None, parts, None, cost, side(base, asset_id), side(head, asset_id))
+        )
+    gone = sorted(base.entries.keys() - head.entries.keys())
+    for asset_id in sorted(head.entries.keys() - base.entries.keys()):
+        new = head.entries[asset_id]
+        previous = _renamed_from(new, gone, base.entries)
+        if previous is not None:
+            gone.remove(previous)
+            parts = changed_parts(base.entries[previous], new)
+            rows.append(
+                DiffAsset(
+                    asset_id, RENAMED, previous, parts, None, 0.0, side(base, previous), side(head, asset_id)
+                )
+            )
+            continue
+        restored = new.key in known_keys
+        cost = 0.0 if restored else (new.cost_usd or 0.0)
+        change = RESTORED if restored else ADDED
+        rows.append(DiffAsset(asset_id, change, None, [], None, cost, None, side(head, asset_id)))
+    rows += [DiffAsset(i, REMOVED, None, [], None, 0.0, side(base, i), None) for i in gone]
+    rows.sort(key=lambda r: (CHANGES.index(r.change), r.id))
+    return Diff(base.revision, head.revision, rows)
+
+
+def _change(old: LockEntry, new: LockEntry, known_keys: set[str]) -> tuple[str, list[str]]:
+    parts = changed_parts(old, new)
+    if old.sha256 == new.sha256:
+        return (RENAMED if "out" in parts else UNCHANGED), parts
+    if old.key == new.key:
+        return EDITED, parts
+    return (RESTORED if new.key in known_keys else REGENERATED), parts
+
+
+def _renamed_from(new: LockEntry, gone: list[str], before: dict[str, LockEntry]) -> str | None:
+    """The removed asset this new one is (same key, else same bytes): a rename keeps its image."""
+    for asset_id in gone:
+        if before[asset_id].key == new.key:
+            return asset_id
+    for asset_id in gone:
+        if before[asset_id].sha256 == new.sha256:
+            return asset_id
+    return None

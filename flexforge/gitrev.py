@@ -1,0 +1,179 @@
+"""Reading a project's files as a git revision has them, through one `git cat-file --batch`.
+
+No checkout and no network: `diff` reads the lock, the manifest and the images of a commit
+straight from the object database. Everything read is untrusted repository content, so paths are
+normalised and confined to the project's folder, and blobs are size-bounded (a huge one is
+streamed past, never held in memory).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import subprocess
+from pathlib import Path
+from typing import IO
+
+from flexforge.errors import FlexforgeError
+
+CHUNK = 1 << 20
+HISTORY_COMMITS = 200  # how far back `diff` looks for a key built before (a restore, not a new image)
+
+
+class GitError(FlexforgeError):
+    """git is missing, this is not a repository, or a revision does not exist."""
+
+
+def _git(cwd: Path, *args: str) -> str:
+    try:
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+        )
+    except FileNotFoundError:
+        raise GitError("git is not installed; `flexforge diff` reads revisions with it") from None
+    if proc.returncode != 0:
+        raise GitError(
+            proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"git {args[0]} failed"
+        )
+    return proc.stdout
+
+
+class GitRevisions:
+    """The repository holding a project folder, and a long-lived `git cat-file --batch`."""
+
+    def __init__(self, project_root: Path) -> None:
+        try:
+            top = _git(project_root, "rev-parse", "--show-toplevel").strip()
+        except GitError:
+            raise GitError(
+                f"{project_root} is not inside a git repository; `flexforge diff` compares commits"
+            ) from None
+        self.top = Path(top)
+        self.prefix = _git(project_root, "rev-parse", "--show-prefix").strip()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def commit(self, rev: str) -> str:
+        """The full id of the commit `rev` names; a clear error when it names none."""
+        if rev.startswith("-") or "\n" in rev:
+            raise GitError(f"{rev!r} is not a revision")
+        try:
+            return _git(
+                self.top, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"
+            ).strip()
+        except GitError:
+            raise GitError(
+                f"unknown revision {rev!r}: name a commit, branch or tag (see `git log`)"
+            ) from None
+
+    def default_base(self) -> tuple[str, str]:
+        """The merge-base of HEAD and the default branch, as a pull request sees it."""
+        head = self.commit("HEAD")
+        for branch in self._default_branches():
+            try:
+                base = _git(self.top, "merge-base", "HEAD", branch).strip()
+            except GitError:
+                continue
+            return base, f"merge-base of HEAD and {branch}"
+        return head, "HEAD"
+
+    def _default_branches(self) -> list[str]:
+        try:
+            origin = _git(self.top, "symbolic-ref", "--quiet", "--short", "refs/remotes/origin/HEAD").strip()
+        except GitError:
+            origin = ""
+        names = [origin] if origin else []
+        for name in ("main", "master", "origin/main", "origin/master"):
+            try:
+                _git(self.top, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}")
+            except GitError:
+                continue
+            names.append(name)
+        return names
+
+    def repo_path(self, rel: str) -> str | None:
+        """The repository path of a project-relative path, or None when it would leave the project
+        (or cannot be named in cat-file's line protocol)."""
+        if not rel or "\n" in rel or "\0" in rel or rel.startswith("/"):
+            return None
+        norm = posixpath.normpath(rel)
+        if norm == "." or norm.startswith("../") or norm == "..":
+            return None
+        return self.prefix + norm
+
+    def read(self, commit: str, rel: str, limit: int) -> bytes | None:
+        """The bytes of project-relative `rel` at `commit`; None when absent, not a file, or
+        larger than `limit`."""
+        path = self.repo_path(rel)
+        if path is None:
+            return None
+        return self._cat(f"{commit}:{path}", limit)
+
+    def history(self, commit: str, rel: str, count: int = HISTORY_COMMITS) -> list[str]:
+        """Commits reachable from `commit` that changed `rel`, newest first, at most `count`."""
+        path = self.repo_path(rel)
+        if path is None:
+            return []
+        out = _git(self.top, "rev-list", f"--max-count={count}", commit, "--", f":(literal){path}")
+        return out.split()
+
+    def _cat(self, name: str, limit: int) -> bytes | None:
+        proc = self._batch()
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(name.encode() + b"\n")
+        proc.stdin.flush()
+        header = proc.stdout.readline().split()
+        if len(header) != 3:  # "<name> missing" or "ambiguous"
+            return None
+        kind, size = header[1], int(header[2])
+        if kind != b"blob" or size > limit:
+            _skip(proc.stdout, size + 1)
+            return None
+        data = _read_exactly(proc.stdout, size)
+        proc.stdout.read(1)  # the newline after each object
+        return data
+
+    def _batch(self) -> subprocess.Popen[bytes]:
+        if self._proc is None:
+            self._proc = subprocess.Popen(
+                ["git", "cat-file", "--batch"],
+                cwd=self.top,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        return self._proc
+
+    def close(self) -> None:
+        if self._proc is not None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            self._proc.wait()
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
+            self._proc = None
+
+    def __enter__(self) -> GitRevisions:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    parts = []
+    left = size
+    while left:
+        chunk = stream.read(min(left, CHUNK))
+        if not chunk:
+            raise GitError("git cat-file stopped in the middle of an object")
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _skip(stream: IO[bytes], size: int) -> None:
+    left = size
+    while left:
+        chunk = stream.read(min(left, CHUNK))
+        if not chunk:
+            return
+        left -= len(chunk)
