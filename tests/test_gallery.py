@@ -4,25 +4,9 @@ tests/test_pages_browser.py)."""
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import Project
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "examples" / "launch-kit"
-
-
-@pytest.fixture
-def kit(tmp_path: Path) -> Project:
-    """The launch-kit example, built with the draft provider."""
-    root = tmp_path / "kit"
-    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".flexforge", "assets", "site"))
-    project = Project(root)
-    assert project.build().exit_code == 0
-    return project
 
 
 def _made(stdout: str) -> tuple[int, int]:
