@@ -212,8 +212,9 @@ def _write_site(model: Diff, sources: ImageSources, thumbs: Thumbs, out: Path, t
                 picture = site.image(side.sha256, sources.loader(side.sha256))
                 if picture is not None:
                     images[side.sha256] = picture
-        if row.before and row.after and row.before.image and row.after.image and row.distance is not None:
-            a, b = row.before.sha256, row.after.sha256
+        before, after = row.before, row.after
+        if before and after and before.image and after.image and before.sha256 != after.sha256:
+            a, b = before.sha256, after.sha256
             heat = site.heatmap(a, b, sources.loader(a), sources.loader(b))
             if heat is not None:
                 heatmaps[row.id] = heat

@@ -40,25 +40,31 @@
   const caption = box.querySelector("figcaption");
   let current = -1;
 
+  // Arrow keys step through the main pictures; a variant opens on its own.
   const visibleZooms = () =>
-    Array.from(document.querySelectorAll("#cards > .card:not([hidden]) a.zoom"));
+    Array.from(document.querySelectorAll("#cards > .card:not([hidden]) a.zoom:not(.variant)"));
 
-  function show(index) {
-    const zooms = visibleZooms();
-    if (!zooms.length) return;
-    current = (index + zooms.length) % zooms.length;
-    const link = zooms[current];
+  function open(link) {
     big.src = link.getAttribute("href");
     big.alt = link.dataset.caption || "";
     caption.textContent = link.dataset.caption || "";
     if (!box.open) box.showModal();
   }
 
+  function show(index) {
+    const zooms = visibleZooms();
+    if (!zooms.length) return;
+    current = (index + zooms.length) % zooms.length;
+    open(zooms[current]);
+  }
+
   document.addEventListener("click", (event) => {
     const link = event.target.closest("a.zoom");
     if (!link) return;
     event.preventDefault();
-    show(visibleZooms().indexOf(link));
+    const index = visibleZooms().indexOf(link);
+    if (index >= 0) show(index);
+    else open(link);
   });
   box.addEventListener("click", (event) => {
     const go = event.target.closest("button[data-go]");
