@@ -8,7 +8,7 @@ flexforge before (it holds MARKER); files of earlier runs that no page names any
 
 from __future__ import annotations
 
-import json
+import re
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ TEMPLATES = Path(__file__).parent / "templates" / "site"
 STATIC = ("site.css", "site.js")
 MARKER = ".flexforge-site"
 OWNED = ("thumbs", "images", "heatmaps")  # folders whose files are all ours, named by digest
+_HEX_COLOR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
 _EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
 
 
@@ -47,7 +48,8 @@ def environment() -> Any:
         lstrip_blocks=True,
     )
     env.filters["usd"] = lambda v: "-" if v is None else f"${v:.4f}"
-    env.filters["tojson_compact"] = lambda v: json.dumps(v, ensure_ascii=False, sort_keys=True)
+    # Only a plain hex colour goes into a style attribute (a prompt's palette is repository text).
+    env.tests["hexcolor"] = lambda v: isinstance(v, str) and _HEX_COLOR.fullmatch(v) is not None
     return env
 
 
