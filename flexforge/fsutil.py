@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,6 +101,66 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class NotRegularFile(OSError):
+    """A path that is a link, folder, FIFO, device or socket where a plain file belongs."""
+
+
+class FileTooLarge(OSError):
+    """A file larger than its reader allows (a link to /dev/zero, a planted multi-GB file)."""
+
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC
+
+
+def open_regular(path: Path | str) -> int:
+    """A descriptor on `path` only if it is a plain file, never through a final link and never
+    blocking on a FIFO (O_NONBLOCK, then fstat). Raises FileNotFoundError, NotRegularFile."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+            raise NotRegularFile(exc.errno, "is a symbolic link", str(path)) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "folder" if stat.S_ISDIR(mode) else "special file (FIFO, device or socket)"
+            raise NotRegularFile(errno.EINVAL, f"is a {kind}, not a file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path | str, limit: int) -> bytes:
+    """The bytes of the plain file at `path`, at most `limit` of them (else FileTooLarge)."""
+    fd = open_regular(path)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise FileTooLarge(errno.EFBIG, f"is larger than {limit} bytes", str(path))
+    return data
+
+
+def real_folders(base: Path, rel_parts: tuple[str, ...]) -> Path:
+    """`base/rel_parts...`, refusing any existing component that is a link or not a folder:
+    inside flexforge's state folder a link would send a read or write anywhere on the disk."""
+    path = base
+    for part in rel_parts:
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(mode):
+            what = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+            raise NotRegularFile(errno.ENOTDIR, f"is {what}", str(path))
+    return path
 
 
 def sha256_file(path: Path) -> str:

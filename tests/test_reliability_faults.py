@@ -256,7 +256,7 @@ def test_replace_after_a_kill_before_the_journal_cleanup_generates_anew(
             assert build(project).exit_code == 0
         assert build(project, "--replace", "a").exit_code == 0
         ledger = (project.root / ".flexforge" / "ledger.jsonl").read_text().splitlines()
-        task_ids = [json.loads(line)["task_id"] for line in ledger]
+        task_ids = [json.loads(line)["body"]["task_id"] for line in ledger]
         assert len(task_ids) == len(set(task_ids)), "one task's cost recorded twice"
         assert emu.stats()["submissions"] == 2
 
