@@ -2,7 +2,8 @@
 
 Everything here is a pure function of the source bytes' sha256, so a file named by that digest is
 never stale: a rerun after one asset changed makes one new thumbnail and reuses the rest. The
-cache lives in `.flexforge/thumbs/` (derived, safe to delete).
+cache lives in the project's user cache folder (`paths.project_cache_dir`), never in the
+repository: a committed thumbnail could show another picture than the image it stands for.
 """
 
 from __future__ import annotations

@@ -3,10 +3,20 @@ tests/test_pages_browser.py)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 from pathlib import Path
 
-from tests.helpers import Project
+from tests.helpers import Project, png
+
+
+def _tag(html: str, asset_id: str) -> str:
+    """The opening <article> tag of an asset's card."""
+    match = re.search(rf'<article [^>]*id="asset-{re.escape(asset_id)}"[^>]*>', html)
+    assert match, asset_id
+    return match.group(0)
 
 
 def _made(stdout: str) -> tuple[int, int]:
@@ -53,7 +63,7 @@ def test_gallery_shows_plan_status_and_reasons(kit: Project, tmp_path: Path) -> 
     assert result.exit_code == 0, result.stderr
     html = (out / "index.html").read_text(encoding="utf-8")
     hero = html.split('id="asset-hero"')[1].split("</article>")[0]
-    assert 'data-status="regenerate"' in html.split('id="asset-hero"')[0].rsplit("<article", 1)[1] + hero
+    assert 'data-status="regenerate"' in _tag(html, "hero")
     assert "prompt" in hero
     # lineage is linked both ways
     assert 'href="#asset-hero-autumn"' in hero
@@ -71,7 +81,44 @@ def test_gallery_refuses_a_folder_it_did_not_write(kit: Project, tmp_path: Path)
     assert (out / "notes.txt").read_text() == "precious"
 
 
-def test_gallery_default_folder_is_inside_the_state_folder(kit: Project) -> None:
+def test_gallery_default_folder_is_in_the_user_cache(kit: Project) -> None:
     result = kit.run("gallery", "--provider", "draft")
     assert result.exit_code == 0, result.stderr
-    assert (kit.root / ".flexforge" / "gallery" / "index.html").is_file()
+    url = result.stdout.split("Gallery of 9 assets: ", 1)[1].split()[0]
+    index = Path(url.removeprefix("file://"))
+    assert index.is_file() and index.is_relative_to(Path(os.environ["XDG_CACHE_HOME"]))
+    assert not (kit.root / ".flexforge" / "gallery").exists()
+
+
+def test_an_orphan_lock_entry_pointing_outside_is_not_published(kit: Project, tmp_path: Path) -> None:
+    # Manifest outputs are confined by validation; an orphaned lock entry is only in the lock,
+    # which the repository controls: it names a file outside with that file's true digest.
+    secret = png(tmp_path / "secret.png", color=(9, 9, 9))
+    lock = kit.lock()
+    stanza = dict(
+        lock["assets"]["hero"], out="../secret.png", sha256=hashlib.sha256(secret.read_bytes()).hexdigest()
+    )
+    lock["assets"]["gone"] = stanza
+    (kit.root / "flexforge.lock").write_text(json.dumps(lock))
+    (kit.root / "link.png").symlink_to(secret)
+    lock["assets"]["gone-too"] = dict(stanza, out="link.png")
+    (kit.root / "flexforge.lock").write_text(json.dumps(lock))
+    out = tmp_path / "site"
+    result = kit.run("gallery", "--provider", "draft", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    html = (out / "index.html").read_text()
+    assert 'id="asset-gone"' in html and 'data-status="orphaned"' in html
+    assert secret.read_bytes() not in [p.read_bytes() for p in (out / "images").iterdir()]
+
+
+def test_a_deleted_output_is_shown_from_the_cache_as_the_lock_recorded_it(
+    kit: Project, tmp_path: Path
+) -> None:
+    recorded = kit.read("assets/hero.png")
+    (kit.root / "assets" / "hero.png").unlink()
+    out = tmp_path / "site"
+    result = kit.run("gallery", "--provider", "draft", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    html = (out / "index.html").read_text()
+    assert 'data-status="restore"' in _tag(html, "hero")
+    assert recorded in [p.read_bytes() for p in (out / "images").iterdir()]

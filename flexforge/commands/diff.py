@@ -17,11 +17,13 @@ from typing import Any
 import click
 
 from flexforge import __version__
+from flexforge.confine import Resolver
 from flexforge.context import GlobalOptions
 from flexforge.errors import EXIT_OK, UsageError
 from flexforge.gitrev import GitRevisions
 from flexforge.imagesource import MAX_IMAGE_BYTES, ImageSources, MissingImage, confined
 from flexforge.lockfile import Lock, parse_lock, read_lock
+from flexforge.paths import STATE_DIR
 from flexforge.report import (
     CHANGES,
     UNCHANGED,
@@ -45,7 +47,7 @@ def diff(opts: GlobalOptions, revs: tuple[str, ...], html: Path | None, as_json:
         raise UsageError("diff takes at most two revisions: flexforge diff [BASE [HEAD]]")
     manifest = opts.manifest_path()
     root = manifest.parent
-    store = Store(root / ".flexforge")
+    store = Store(root / STATE_DIR)
     with GitRevisions(root) as git:
         if revs:
             base_rev, base_label = git.commit(revs[0]), revs[0]
@@ -58,8 +60,7 @@ def diff(opts: GlobalOptions, revs: tuple[str, ...], html: Path | None, as_json:
         known = _known_keys(git, base_rev, manifest.with_suffix(".lock").name)
         model = compare(base, head, known)
         sources = _sources(git, root, store, base, head)
-        store.ensure()
-        thumbs = Thumbs(store.dir / "thumbs")
+        thumbs = Thumbs(store.cache_dir / "thumbs")
         _measure(model, sources, thumbs)
         if html is not None:
             index = _write_site(model, sources, thumbs, html, root.name)
@@ -162,13 +163,14 @@ def _known_keys(git: GitRevisions, base: str, lock_name: str) -> set[str]:
 def _sources(git: GitRevisions, root: Path, store: Store, base: State, head: State) -> ImageSources:
     """Where each side's images may be: that commit's blob at the output path, the working tree
     file at that path, the object cache; every read is checked against the lock's sha256."""
-    sources = ImageSources(store.dir / "objects")
+    sources = ImageSources(store)
+    resolver = Resolver(root)
     for state in (base, head):
         commit = state.revision.rev
         for entry in state.entries.values():
             if commit is not None:
                 sources.add_reader(entry.sha256, _blob_reader(git, commit, entry.out))
-            path = confined(root, entry.out)
+            path = confined(resolver, entry.out)
             if path is not None:
                 sources.add_file(entry.sha256, path)
     return sources

@@ -9,6 +9,7 @@ import click
 
 from flexforge import __version__
 from flexforge.commands.plan import compute_plan
+from flexforge.confine import Resolver
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_OK
 from flexforge.imagesource import ImageSources, confined
@@ -18,7 +19,7 @@ from flexforge.render import Site, SiteImage
 from flexforge.report import Gallery, gallery_assets
 from flexforge.thumbs import Thumbs
 
-DEFAULT_OUT = "gallery"  # under the state folder: derived, never committed
+DEFAULT_OUT = "gallery"  # in the project's user cache folder, like every derived file
 
 
 def gallery(opts: GlobalOptions, provider: str | None, out: Path | None) -> int:
@@ -32,8 +33,8 @@ def gallery(opts: GlobalOptions, provider: str | None, out: Path | None) -> int:
         total_cost_usd=round(sum(c.cost_usd or 0.0 for c in cards), 6),
         estimated_cost_usd=plan.estimated_cost_usd,
     )
-    project.store.ensure()
-    site = Site(out or project.manifest.state_dir / DEFAULT_OUT, Thumbs(project.store.dir / "thumbs"))
+    store = project.store
+    site = Site(out or store.cache_dir / DEFAULT_OUT, Thumbs(store.cache_dir / "thumbs"))
     images: dict[str, SiteImage] = {}
     for sha in dict.fromkeys(c.image for c in cards if c.image):
         picture = site.image(sha, sources.loader(sha))
@@ -66,13 +67,14 @@ def gallery(opts: GlobalOptions, provider: str | None, out: Path | None) -> int:
 def shown_images(project: Project, plan: Plan) -> tuple[dict[str, str | None], ImageSources]:
     """The picture for each asset: the file on disk, else the lock's output from the object
     cache (a deleted file still shows what the lock recorded)."""
-    store, root = project.store, project.manifest.root
-    sources = ImageSources(store.dir / "objects")
+    store = project.store
+    resolver = Resolver(project.manifest.root)
+    sources = ImageSources(store)
     outs = {s.asset.id: s.asset.out for s in plan.steps}
     outs.update((o, project.lock.entries[o].out) for o in plan.orphaned)
     shown: dict[str, str | None] = {}
     for asset_id, out in outs.items():
-        path = confined(root, out)
+        path = confined(resolver, out)
         digest = store.digest(out) if path is not None and path.is_file() else None
         if digest is not None and path is not None:
             sources.add_file(digest, path)
