@@ -24,6 +24,7 @@ TEMPLATES = Path(__file__).parent / "templates" / "site"
 STATIC = ("site.css", "site.js")
 MARKER = ".flexforge-site"
 OWNED = ("thumbs", "images", "heatmaps")  # folders whose files are all ours, named by digest
+LABELS = {"none": "up to date"}  # plan action "none" as a person reads it
 _HEX_COLOR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
 _EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
 
@@ -47,6 +48,7 @@ def environment() -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["label"] = lambda v: LABELS.get(v, v)
     env.filters["usd"] = lambda v: "-" if v is None else f"${v:.4f}"
     # Only a plain hex colour goes into a style attribute (a prompt's palette is repository text).
     env.tests["hexcolor"] = lambda v: isinstance(v, str) and _HEX_COLOR.fullmatch(v) is not None
