@@ -79,7 +79,7 @@ class Gallery:
     version: int = REPORT_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return _head_first(asdict(self))
 
     def facets(self) -> dict[str, list[str]]:
         """The values each filter offers, in a stable order."""
@@ -178,7 +178,12 @@ class Diff:
         return [a for a in self.assets if a.change != UNCHANGED]
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return _head_first(asdict(self))
+
+
+def _head_first(doc: dict[str, Any]) -> dict[str, Any]:
+    """`kind` and `version` first, so a reader (or a person) knows the shape before the data."""
+    return {"kind": doc.pop("kind"), "version": doc.pop("version"), **doc}
 
 
 # -- building a gallery from a project's plan ---------------------------------------------------

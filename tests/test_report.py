@@ -95,6 +95,7 @@ def test_rows_are_grouped_by_change_then_id_and_json_is_versioned() -> None:
     )
     assert [r.id for r in d.assets] == ["a", "b", "z", "k"]
     doc = d.to_json()
+    assert list(doc) == ["kind", "version", "base", "head", "assets", "summary"]  # docs/review-json.md
     assert doc["version"] == 1 and doc["kind"] == "diff"
     assert doc["summary"] == {
         "added": 1,
