@@ -66,7 +66,10 @@ class GitRevisions:
 
     def default_base(self) -> tuple[str, str]:
         """The merge-base of HEAD and the default branch, as a pull request sees it."""
-        head = self.commit("HEAD")
+        try:
+            head = self.commit("HEAD")
+        except GitError:
+            raise GitError("this repository has no commits yet: commit the project, then diff") from None
         for branch in self._default_branches():
             try:
                 base = _git(self.top, "merge-base", "HEAD", branch).strip()

@@ -185,3 +185,26 @@ def test_bad_lock_at_a_revision_names_it(kit: Project) -> None:
     assert result.exit_code == 1
     assert f"flexforge.lock at {bad} ({bad[:12]}) is not a valid flexforge lock" in result.stderr
     assert "diff cannot compare that revision" in result.stderr
+
+
+def test_a_repository_without_commits_says_so(project: Project) -> None:
+    project.manifest("version: 1\nassets:\n  a:\n    prompt: x\n")
+    git(project.root, "init", "-q", "-b", "main")
+    result = project.run("diff")
+    assert result.exit_code == 1
+    assert "no commits yet" in result.stderr
+
+
+def test_an_unreadable_manifest_at_the_base_still_diffs_the_locks(kit: Project) -> None:
+    good = (kit.root / "flexforge.yaml").read_text()
+    (kit.root / "flexforge.yaml").write_text("a: &a [*a, *a]\nassets: {hero: [unclosed\n")
+    bad = commit(kit, "broken manifest")
+    (kit.root / "flexforge.yaml").write_text(good.replace("seed: 3002", "seed: 3003"))
+    assert kit.build().exit_code == 0
+    rows = _rows(_diff(kit, bad))
+    assert rows["product-shot"]["change"] == "regenerated"
+    assert rows["product-shot"]["before"]["prompt"] is None  # the base's manifest could not be read
+    assert (
+        rows["product-shot"]["after"]["structured"]["scene"]
+        == "A single bag of Midnight Roast on seamless paper"
+    )

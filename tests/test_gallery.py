@@ -122,3 +122,21 @@ def test_a_deleted_output_is_shown_from_the_cache_as_the_lock_recorded_it(
     html = (out / "index.html").read_text()
     assert 'data-status="restore"' in _tag(html, "hero")
     assert recorded in [p.read_bytes() for p in (out / "images").iterdir()]
+
+
+def test_a_project_never_built_shows_every_asset_waiting(project: Project, tmp_path: Path) -> None:
+    project.manifest(
+        """
+        version: 1
+        assets:
+          poster: {prompt: "A poster", seed: 1, width: 256, height: 256}
+          square: {prompt: "The poster from image 1, square", references: [poster], width: 256, height: 256}
+        """
+    )
+    out = tmp_path / "site"
+    result = project.run("gallery", "--provider", "draft", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    html = (out / "index.html").read_text()
+    cards = html.split('<main id="cards"')[1].split("</main>")[0]
+    assert html.count("not built yet") == 2 and "<img" not in cards
+    assert 'data-status="create"' in _tag(html, "poster")

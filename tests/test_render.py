@@ -58,3 +58,48 @@ def test_templates_escape_what_the_repository_wrote() -> None:
     assert "<b>" not in str(structured) and "--c: #fff" in str(structured)
     sneaky = env.get_template("_macros.html.j2").module.prompt("", {"color_palette": ["#f;x:1"]})
     assert "--c" not in str(sneaky) and "#f;x:1" in str(sneaky)
+
+
+def test_variants_mark_the_selected_candidate() -> None:
+    from flexforge.render import SiteImage
+    from flexforge.report import Gallery, GalleryAsset, Variant
+
+    card = GalleryAsset(
+        id="hero",
+        status="none",
+        reasons=[],
+        out="assets/hero.png",
+        image="a" * 64,
+        lock_sha256="a" * 64,
+        prompt="p",
+        structured=None,
+        params={},
+        seed=1,
+        model="flux-2-flex",
+        generator="draft",
+        provider="draft",
+        cost_usd=0.0,
+        estimated_cost_usd=0.0,
+        references=[],
+        dependents=[],
+        tags=["launch"],
+        variants=[Variant("a" * 64, 1, False), Variant("b" * 64, 2, True)],
+    )
+    images = {s: SiteImage(f"images/{s}.png", f"thumbs/{s}.webp", 32, 32) for s in ("a" * 64, "b" * 64)}
+    gallery = Gallery([card], "draft", 0.0, 0.0)
+    html = (
+        environment()
+        .get_template("gallery.html.j2")
+        .render(
+            gallery=gallery,
+            images=images,
+            facets=gallery.facets(),
+            counts=[("none", 1)],
+            title="t",
+            flexforge_version="0",
+        )
+    )
+    items = html.split('<section class="variants">')[1].split("</section>")[0].split("<li")[1:]
+    assert 'class=""' in items[0] and "selected" not in items[0].split(">", 1)[1]
+    assert 'class="selected"' in items[1] and "2 · selected · seed 2" in items[1]
+    assert '<option value="launch">launch</option>' in html  # tags feed the tag filter
