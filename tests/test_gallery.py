@@ -140,3 +140,16 @@ def test_a_project_never_built_shows_every_asset_waiting(project: Project, tmp_p
     cards = html.split('<main id="cards"')[1].split("</main>")[0]
     assert html.count("not built yet") == 2 and "<img" not in cards
     assert 'data-status="create"' in _tag(html, "poster")
+
+
+def test_markup_in_lock_ids_and_paths_is_shown_as_text(kit: Project, tmp_path: Path) -> None:
+    lock = kit.lock()
+    evil = '"><script>alert(1)</script><x y="'
+    lock["assets"][evil] = dict(lock["assets"]["hero"], out="<img src=x onerror=alert(2)>.png")
+    (kit.root / "flexforge.lock").write_text(json.dumps(lock))
+    out = tmp_path / "site"
+    result = kit.run("gallery", "--provider", "draft", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    html = (out / "index.html").read_text()
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
