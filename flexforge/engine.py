@@ -110,6 +110,9 @@ class _TaskRecord:
             self._asset, self._key, self._provider, task_id, polling_url, time.time(), cost_credits
         )
         self._store.journal_put(entry)
+        # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
+        # holds, and a failure now must keep this one journaled.
+        self.finished = False
 
     def finished_task(self) -> None:
         self.finished = True
@@ -297,8 +300,9 @@ class Builder:
         old = self.lock.entries.get(asset.id)
         if old is not None and old.key == step.key.key:  # keep what the lock knew of the task
             record = replace(record, task_id=old.task_id, cost_usd=old.cost_usd, provider=old.provider)
-        self._commit(step, step.seed, sha, len(data), record)
+        # Reported before the lock write, which may still fail it (a rename refused).
         self._record(Outcome(asset.id, RESTORED, "from the local cache, no API call"))
+        self._commit(step, step.seed, sha, len(data), record)
         return sha
 
     def _stage(self, asset: Asset, staged: Path, sha: str) -> None:
@@ -386,10 +390,10 @@ class Builder:
             )
             # The paid image must survive a power cut before the record that would re-fetch it goes.
             await asyncio.to_thread(self.store.sync_object, sha)
-        self._commit(replace(step, key=key, seed=seed, output_sha256=sha), seed, sha, len(image.data), made)
-        self.store.journal_remove(key.key)
         detail = f"${cost:.4f}" if cost else ""
         self._record(Outcome(asset.id, GENERATED, detail, cost))
+        self._commit(replace(step, key=key, seed=seed, output_sha256=sha), seed, sha, len(image.data), made)
+        self.store.journal_remove(key.key)
         return sha
 
     def _ledger(self, entry: LedgerEntry) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from flexforge.paths import lock_path_for, manifest_cache_file
 
-MEMO_VERSION = 2
+MEMO_VERSION = 3
 _PROVIDER_ENV = "FLEXFORGE_PROVIDER"
 
 
@@ -30,12 +30,21 @@ def _memo_path(manifest: str) -> str:
     return manifest_cache_file(manifest, "noop")
 
 
-def _stamp(path: str) -> list[int] | None:
+def file_stamp(path: str) -> list[int] | None:
+    """What tells a file changed without reading it: inode, size, mtime and ctime (which no
+    program can set back, unlike an mtime restored with `touch -r`)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def racy(stamp: list[int], recorded_at: int) -> bool:
+    """git's "racy" rule: a file changed in the same clock tick as the moment its stamp was
+    recorded (`recorded_at`: that record's own mtime) may change again without its stamp
+    changing, so the stamp cannot vouch for it."""
+    return max(stamp[2], stamp[3]) >= recorded_at
 
 
 def _digest(path: str) -> str | None:
@@ -53,7 +62,7 @@ def record(manifest: str, lock: str, provider: str, asset_count: int, files: lis
     root = os.path.dirname(manifest)
     stamps = []
     for rel in files:
-        stamp = _stamp(os.path.join(root, rel))
+        stamp = file_stamp(os.path.join(root, rel))
         if stamp is None:
             return
         stamps.append([rel, *stamp])
@@ -140,10 +149,8 @@ def _check(
         return None
     root = os.path.dirname(manifest)
     for rel, *stamp in memo["files"]:
-        now = _stamp(os.path.join(root, rel))
-        # git's "racy" rule: a file not older than the memo may have changed again within the
-        # same clock tick, keeping its size and mtime; only the full command can tell.
-        if now is None or now != stamp or now[2] >= written:
+        now = file_stamp(os.path.join(root, rel))
+        if now is None or now != stamp or racy(now, written):
             return None
     summary, assets = memo["summary"], memo["assets"]
     if not quiet:

@@ -35,6 +35,7 @@ from flexforge.fsutil import (
     sha256_bytes,
     staging,
 )
+from flexforge.noop import file_stamp, racy
 from flexforge.paths import STATE_DIR, project_cache_dir
 from flexforge.records import RecordError, seal, unseal
 
@@ -260,16 +261,14 @@ class Store:
             os.close(fd)
         if not isinstance(doc, dict):
             return {}
-        # git's "racy" rule: a file whose mtime is not older than the moment its digest was saved
-        # may have changed again within the same clock tick, so its entry is not trusted.
         return {
             rel: entry
             for rel, entry in doc.items()
             if isinstance(entry, list)
-            and len(entry) == 4
-            and all(type(n) is int for n in entry[:3])
-            and isinstance(entry[3], str)
-            and entry[2] < written
+            and len(entry) == 5
+            and all(type(n) is int for n in entry[:4])
+            and isinstance(entry[4], str)
+            and not racy(entry, written)
         }
 
     def digest(self, rel: str) -> str | None:
@@ -278,23 +277,22 @@ class Store:
         from flexforge.fsutil import sha256_file
 
         path = self.root / rel
-        try:
-            st = path.stat()
-        except (FileNotFoundError, NotADirectoryError):
+        stamp = file_stamp(str(path))
+        if stamp is None:
             return None
-        stamp = [st.st_ino, st.st_size, st.st_mtime_ns]
         cached = self._stat_cache().get(rel)
-        if cached is not None and cached[:3] == stamp:
-            return str(cached[3])
+        if cached is not None and cached[:4] == stamp:
+            return str(cached[4])
         digest = sha256_file(path)
         self._remember(rel, stamp, digest)
         return digest
 
     def remember_written(self, rel: str, digest: str) -> None:
-        st = (self.root / rel).stat()
-        self._remember(rel, [st.st_ino, st.st_size, st.st_mtime_ns], digest)
+        stamp = file_stamp(str(self.root / rel))
+        if stamp is not None:
+            self._remember(rel, stamp, digest)
 
-    def _remember(self, rel: str, stamp: list[Any], digest: str) -> None:
+    def _remember(self, rel: str, stamp: list[int], digest: str) -> None:
         self._stat_cache()[rel] = [*stamp, digest]
         self._stats_dirty = True
 

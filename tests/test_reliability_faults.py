@@ -264,8 +264,8 @@ def test_replace_after_a_kill_before_the_journal_cleanup_generates_anew(
 @pytest.mark.parametrize(
     "leftover",
     [
-        "assets/.a.png.k2x9q1ab.tmp",
-        ".flexforge.lock.k2x9q1ab.tmp",
+        "assets/.a.png.ff-k2x9q1ab.tmp",
+        ".flexforge.lock.ff-k2x9q1ab.tmp",
     ],
 )
 def test_temp_files_left_by_a_killed_write_are_cleaned_up(project: Project, leftover: str) -> None:
