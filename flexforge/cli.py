@@ -325,7 +325,7 @@ def accept(asset_id: str) -> int:
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Folder to write the site to (default: .flexforge/gallery).",
+    help="Folder to write the site to (default: gallery/ in the project's user cache; printed).",
 )
 @provider_option
 @global_options
