@@ -70,13 +70,19 @@ class GitRevisions:
             head = self.commit("HEAD")
         except GitError:
             raise GitError("this repository has no commits yet: commit the project, then diff") from None
-        for branch in self._default_branches():
+        branches = self._default_branches()
+        for branch in branches:
             try:
-                base = _git(self.top, "merge-base", "HEAD", branch).strip()
+                base = _git(self.top, "merge-base", head, branch).strip()
             except GitError:
                 continue
             return base, f"merge-base of HEAD and {branch}"
-        return head, "HEAD"
+        # Never fall back to HEAD silently: in a shallow CI clone that would show "no changes".
+        tried = f"no merge-base of HEAD and {' or '.join(branches)}" if branches else "no default branch"
+        raise GitError(
+            f"{tried} (origin/HEAD, main or master) to compare with (a shallow clone? fetch with "
+            "`fetch-depth: 0`); name the base instead: flexforge diff REV"
+        )
 
     def _default_branches(self) -> list[str]:
         try:

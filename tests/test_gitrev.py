@@ -82,3 +82,40 @@ def test_default_base_is_the_merge_base_with_main(repo: Project) -> None:
 def test_not_a_repository(tmp_path: Path) -> None:
     with pytest.raises(GitError, match="not inside a git repository"):
         GitRevisions(tmp_path)
+
+
+def test_no_default_branch_is_an_error_not_a_silent_head(repo: Project) -> None:
+    git(repo.root, "branch", "-m", "main", "trunk")
+    with (
+        GitRevisions(repo.root) as g,
+        pytest.raises(GitError, match=r"no default branch .* flexforge diff REV"),
+    ):
+        g.default_base()
+
+
+def test_a_shallow_clone_without_the_base_says_how_to_fix_it(repo: Project, tmp_path: Path) -> None:
+    repo.write("sub/e.txt", "e\n")
+    commit(repo, "second")
+    git(repo.root, "checkout", "-q", "-b", "feature")
+    repo.write("sub/f.txt", "f\n")
+    commit(repo, "feature")
+    git(repo.root, "checkout", "-q", "main")  # the remote's default branch, as on GitHub
+    clone = tmp_path / "shallow"
+    git(
+        tmp_path,
+        "clone",
+        "-q",
+        "--depth",
+        "1",
+        "--no-local",
+        "--branch",
+        "feature",
+        str(repo.root),
+        str(clone),
+    )
+    git(clone, "fetch", "-q", "--depth", "1", "origin", "main:refs/remotes/origin/main")
+    with (
+        GitRevisions(clone) as g,
+        pytest.raises(GitError, match=r"no merge-base of HEAD and .*origin/main.*fetch-depth: 0"),
+    ):
+        g.default_base()
