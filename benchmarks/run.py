@@ -792,7 +792,14 @@ def review_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
     diff_probes = [
         Probe("review", f"diff, {changed} changed, cold cache", n, diff, env=env, setup=clear(cache)),
         Probe("review", f"diff, {changed} changed", n, diff, env=env),
-        Probe("review", f"diff --html, {changed} changed", n, [*diff, "--html", str(diff_site)], env=env),
+        # Runs after the cold row cleared the cache: it makes every thumbnail and heatmap again.
+        Probe(
+            "review",
+            f"diff --html, {changed} changed, thumbnails made",
+            n,
+            [*diff, "--html", str(diff_site)],
+            env=env,
+        ),
         Probe("review", f"diff --json, {changed} changed", n, [*diff, "--json"], env=env),
     ]
     print(f"review, N={n}: timing the diff over {changed} changed assets x {args.repeat} ...", flush=True)

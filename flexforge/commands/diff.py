@@ -21,7 +21,7 @@ from flexforge.confine import Resolver
 from flexforge.context import GlobalOptions
 from flexforge.errors import EXIT_OK, UsageError
 from flexforge.gitrev import GitRevisions
-from flexforge.imagesource import MAX_IMAGE_BYTES, ImageSources, MissingImage, confined
+from flexforge.imagesource import MAX_IMAGE_BYTES, ImageSources, MissingImage, confined, read_bounded
 from flexforge.lockfile import Lock, parse_lock, read_lock
 from flexforge.paths import STATE_DIR
 from flexforge.report import (
@@ -170,10 +170,19 @@ def _sources(git: GitRevisions, root: Path, store: Store, base: State, head: Sta
         for entry in state.entries.values():
             if commit is not None:
                 sources.add_reader(entry.sha256, _blob_reader(git, commit, entry.out))
-            path = confined(resolver, entry.out)
-            if path is not None:
-                sources.add_file(entry.sha256, path)
+            sources.add_reader(entry.sha256, _worktree_reader(resolver, entry.out))
     return sources
+
+
+def _worktree_reader(resolver: Resolver, out: str) -> Callable[[], bytes | None]:
+    """The working-tree file at `out`, confined when it is first read: a diff of 1,000 assets
+    reads the images of the changed few."""
+
+    def read() -> bytes | None:
+        path = confined(resolver, out)
+        return read_bounded(path) if path is not None else None
+
+    return read
 
 
 def _blob_reader(git: GitRevisions, commit: str, out: str) -> Callable[[], bytes | None]:
