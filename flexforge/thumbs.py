@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flexforge.fsutil import atomic_write
+from flexforge.imaging import MAX_REFERENCE_PIXELS
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -21,8 +22,9 @@ if TYPE_CHECKING:
 THUMB_BOX = (320, 320)  # fits a card at 2x on most screens while staying ~10 KB in WebP
 THUMB_QUALITY = 78
 HEATMAP_BOX = (640, 640)
-# Refused before decoding (a decompression bomb): outputs are at most 4 MP, references 20 MP.
-MAX_PIXELS = 64_000_000
+# Refused before decoding (a decompression bomb): outputs are at most 4 MP, and no image flexforge
+# opens may be larger than a reference the API accepts.
+MAX_PIXELS = MAX_REFERENCE_PIXELS
 
 Loader = Callable[[], bytes]
 
