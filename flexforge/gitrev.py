@@ -1,9 +1,10 @@
-"""Reading a project's files as a git revision has them, through one `git cat-file --batch`.
+"""Naming and reading git revisions for `diff`: which commits to compare, and the project's files
+as a commit has them.
 
-No checkout and no network: `diff` reads the lock, the manifest and the images of a commit
-straight from the object database. Everything read is untrusted repository content, so paths are
-normalised and confined to the project's folder, and blobs are size-bounded (a huge one is
-streamed past, never held in memory).
+Revisions are resolved here (with the default base a pull request uses); bytes are read through
+the git-history object store (`flexforge.history`, one `git cat-file --batch`). Everything read is
+untrusted repository content, so paths are normalised and confined to the project's folder, and
+blobs are size-bounded (a huge one is streamed past, never held in memory).
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from __future__ import annotations
 import posixpath
 import subprocess
 from pathlib import Path
-from typing import IO
 
 from flexforge.errors import FlexforgeError
+from flexforge.history import History
 
-CHUNK = 1 << 20
 HISTORY_COMMITS = 200  # how far back `diff` looks for a key built before (a restore, not a new image)
 
 
@@ -38,9 +38,9 @@ def _git(cwd: Path, *args: str) -> str:
 
 
 class GitRevisions:
-    """The repository holding a project folder, and a long-lived `git cat-file --batch`."""
+    """The repository holding a project folder; `history` reads its objects (None: no commit yet)."""
 
-    def __init__(self, project_root: Path) -> None:
+    def __init__(self, project_root: Path, lock_path: Path) -> None:
         try:
             top = _git(project_root, "rev-parse", "--show-toplevel").strip()
         except GitError:
@@ -49,7 +49,7 @@ class GitRevisions:
             ) from None
         self.top = Path(top)
         self.prefix = _git(project_root, "rev-parse", "--show-prefix").strip()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.history = History.open(project_root, lock_path, None)
 
     def commit(self, rev: str) -> str:
         """The full id of the commit `rev` names; a clear error when it names none."""
@@ -112,11 +112,11 @@ class GitRevisions:
         """The bytes of project-relative `rel` at `commit`; None when absent, not a file, or
         larger than `limit`."""
         path = self.repo_path(rel)
-        if path is None:
+        if path is None or self.history is None:
             return None
-        return self._cat(f"{commit}:{path}", limit)
+        return self.history.blob(commit, path, limit)
 
-    def history(self, commit: str, rel: str, count: int = HISTORY_COMMITS) -> list[str]:
+    def changed_in(self, commit: str, rel: str, count: int = HISTORY_COMMITS) -> list[str]:
         """Commits reachable from `commit` that changed `rel`, newest first, at most `count`."""
         path = self.repo_path(rel)
         if path is None:
@@ -124,65 +124,12 @@ class GitRevisions:
         out = _git(self.top, "rev-list", f"--max-count={count}", commit, "--", f":(literal){path}")
         return out.split()
 
-    def _cat(self, name: str, limit: int) -> bytes | None:
-        proc = self._batch()
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(name.encode() + b"\n")
-        proc.stdin.flush()
-        header = proc.stdout.readline().split()
-        if len(header) != 3:  # "<name> missing" or "ambiguous"
-            return None
-        kind, size = header[1], int(header[2])
-        if kind != b"blob" or size > limit:
-            _skip(proc.stdout, size + 1)
-            return None
-        data = _read_exactly(proc.stdout, size)
-        proc.stdout.read(1)  # the newline after each object
-        return data
-
-    def _batch(self) -> subprocess.Popen[bytes]:
-        if self._proc is None:
-            self._proc = subprocess.Popen(
-                ["git", "cat-file", "--batch"],
-                cwd=self.top,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-        return self._proc
-
     def close(self) -> None:
-        if self._proc is not None:
-            assert self._proc.stdin is not None
-            self._proc.stdin.close()
-            self._proc.wait()
-            if self._proc.stdout is not None:
-                self._proc.stdout.close()
-            self._proc = None
+        if self.history is not None:
+            self.history.close()
 
     def __enter__(self) -> GitRevisions:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _read_exactly(stream: IO[bytes], size: int) -> bytes:
-    parts = []
-    left = size
-    while left:
-        chunk = stream.read(min(left, CHUNK))
-        if not chunk:
-            raise GitError("git cat-file stopped in the middle of an object")
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
-
-
-def _skip(stream: IO[bytes], size: int) -> None:
-    left = size
-    while left:
-        chunk = stream.read(min(left, CHUNK))
-        if not chunk:
-            return
-        left -= len(chunk)

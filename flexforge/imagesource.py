@@ -28,6 +28,7 @@ class MissingImage(LookupError):
 class ImageSources:
     def __init__(self, store: Store | None = None) -> None:
         self._readers: dict[str, list[Reader]] = {}
+        self._fallbacks: dict[str, list[Reader]] = {}  # tried after the object cache
         self._store = store
 
     def add_file(self, sha256: str, path: Path) -> None:
@@ -35,6 +36,10 @@ class ImageSources:
 
     def add_reader(self, sha256: str, reader: Reader) -> None:
         self._readers.setdefault(sha256, []).append(reader)
+
+    def add_fallback(self, sha256: str, reader: Reader) -> None:
+        """A costlier reader, tried only when the others and the object cache have nothing."""
+        self._fallbacks.setdefault(sha256, []).append(reader)
 
     def has(self, sha256: str) -> bool:
         return sha256 in self._readers or (self._store is not None and self._store.has_object(sha256))
@@ -44,6 +49,7 @@ class ImageSources:
         if self._store is not None:
             store = self._store
             readers.append(lambda: store.read_object(sha256))
+        readers += self._fallbacks.get(sha256, ())
         for reader in readers:
             data = reader()
             if data is not None and sha256_bytes(data) == sha256:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,15 @@ def test_an_unreadable_manifest_at_the_base_still_diffs_the_locks(kit: Project) 
         rows["product-shot"]["after"]["structured"]["scene"]
         == "A single bag of Midnight Roast on seamless paper"
     )
+
+
+def test_before_image_missing_from_its_commit_comes_from_an_older_one(kit: Project) -> None:
+    git(kit.root, "rm", "-q", "--cached", "site/img/product.jpg")
+    without = commit(kit, "product shot left out of git (the lock still names it)")
+    kit.edit("seed: 3002", "seed: 3003")
+    assert kit.build().exit_code == 0
+    shutil.rmtree(kit.root / ".flexforge" / "objects")  # no local cache to fall back on
+    row = _rows(_diff(kit, without))["product-shot"]
+    assert row["change"] == "regenerated"
+    assert row["before"]["image"] is True  # read from the first commit, through git history
+    assert row["distance"] is not None

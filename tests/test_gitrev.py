@@ -22,7 +22,7 @@ def repo(project: Project) -> Project:
 
 
 def test_reads_files_relative_to_a_project_in_a_subfolder(repo: Project) -> None:
-    with GitRevisions(repo.root / "sub") as g:
+    with GitRevisions(repo.root / "sub", repo.root / "sub" / "flexforge.lock") as g:
         head = g.commit("HEAD")
         assert g.prefix == "sub/"
         assert g.read(head, "a.txt", 100) == b"alpha\n"
@@ -31,7 +31,7 @@ def test_reads_files_relative_to_a_project_in_a_subfolder(repo: Project) -> None
 
 
 def test_a_blob_over_the_limit_is_skipped_and_the_stream_stays_in_step(repo: Project) -> None:
-    with GitRevisions(repo.root / "sub") as g:
+    with GitRevisions(repo.root / "sub", repo.root / "sub" / "flexforge.lock") as g:
         head = g.commit("HEAD")
         assert g.read(head, "big.bin", 100) is None
         assert g.read(head, "b.txt", 100) == b"beta\n"  # the skipped bytes were consumed
@@ -39,7 +39,7 @@ def test_a_blob_over_the_limit_is_skipped_and_the_stream_stays_in_step(repo: Pro
 
 
 def test_paths_leaving_the_project_or_breaking_the_protocol_are_refused(repo: Project) -> None:
-    with GitRevisions(repo.root / "sub") as g:
+    with GitRevisions(repo.root / "sub", repo.root / "sub" / "flexforge.lock") as g:
         head = g.commit("HEAD")
         for bad in ("../sub/a.txt", "/etc/passwd", "a.txt\nHEAD:sub/b.txt", "", "x/../../a"):
             assert g.read(head, bad, 100) is None
@@ -51,14 +51,14 @@ def test_history_lists_commits_that_changed_a_file(repo: Project) -> None:
     repo.write("sub/b.txt", "beta 2\n")
     second = commit(repo, "second")
     commit(repo, "unrelated")
-    with GitRevisions(repo.root / "sub") as g:
-        assert g.history(g.commit("HEAD"), "b.txt") == [second, first]
-        assert g.history(g.commit("HEAD"), "b.txt", count=1) == [second]
+    with GitRevisions(repo.root / "sub", repo.root / "sub" / "flexforge.lock") as g:
+        assert g.changed_in(g.commit("HEAD"), "b.txt") == [second, first]
+        assert g.changed_in(g.commit("HEAD"), "b.txt", count=1) == [second]
         assert g.read(first, "b.txt", 100) == b"beta\n"
 
 
 def test_revisions_that_look_like_options_are_refused(repo: Project) -> None:
-    with GitRevisions(repo.root) as g:
+    with GitRevisions(repo.root, repo.root / "flexforge.lock") as g:
         for bad in ("--output=/tmp/x", "-p", "HEAD\nmain"):
             with pytest.raises(GitError, match="is not a revision"):
                 g.commit(bad)
@@ -75,19 +75,19 @@ def test_default_base_is_the_merge_base_with_main(repo: Project) -> None:
     repo.write("sub/d.txt", "d\n")
     commit(repo, "main moves on")
     git(repo.root, "checkout", "-q", "feature")
-    with GitRevisions(repo.root) as g:
+    with GitRevisions(repo.root, repo.root / "flexforge.lock") as g:
         assert g.default_base() == (fork, "merge-base of HEAD and main")
 
 
 def test_not_a_repository(tmp_path: Path) -> None:
     with pytest.raises(GitError, match="not inside a git repository"):
-        GitRevisions(tmp_path)
+        GitRevisions(tmp_path, tmp_path / "flexforge.lock")
 
 
 def test_no_default_branch_is_an_error_not_a_silent_head(repo: Project) -> None:
     git(repo.root, "branch", "-m", "main", "trunk")
     with (
-        GitRevisions(repo.root) as g,
+        GitRevisions(repo.root, repo.root / "flexforge.lock") as g,
         pytest.raises(GitError, match=r"no default branch .* flexforge diff REV"),
     ):
         g.default_base()
@@ -115,7 +115,7 @@ def test_a_shallow_clone_without_the_base_says_how_to_fix_it(repo: Project, tmp_
     )
     git(clone, "fetch", "-q", "--depth", "1", "origin", "main:refs/remotes/origin/main")
     with (
-        GitRevisions(clone) as g,
+        GitRevisions(clone, clone / "flexforge.lock") as g,
         pytest.raises(GitError, match=r"no merge-base of HEAD and .*origin/main.*fetch-depth: 0"),
     ):
         g.default_base()

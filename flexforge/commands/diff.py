@@ -48,7 +48,7 @@ def diff(opts: GlobalOptions, revs: tuple[str, ...], html: Path | None, as_json:
     manifest = opts.manifest_path()
     root = manifest.parent
     store = Store(root / STATE_DIR)
-    with GitRevisions(root) as git:
+    with GitRevisions(root, manifest.with_suffix(".lock")) as git:
         if revs:
             base_rev, base_label = git.commit(revs[0]), revs[0]
         else:
@@ -147,7 +147,7 @@ def _fill(node: Any, variables: dict[str, str]) -> Any:
 def _known_keys(git: GitRevisions, base: str, lock_name: str) -> set[str]:
     """Keys recorded by the lock in the base commit and the commits before it."""
     keys: set[str] = set()
-    for commit in git.history(base, lock_name):
+    for commit in git.changed_in(base, lock_name):
         raw = git.read(commit, lock_name, MAX_TEXT_BYTES)
         try:
             doc = json.loads(raw) if raw is not None else {}
@@ -162,7 +162,8 @@ def _known_keys(git: GitRevisions, base: str, lock_name: str) -> set[str]:
 
 def _sources(git: GitRevisions, root: Path, store: Store, base: State, head: State) -> ImageSources:
     """Where each side's images may be: that commit's blob at the output path, the working tree
-    file at that path, the object cache; every read is checked against the lock's sha256."""
+    file at that path, the object cache, another commit that recorded them; every read is
+    checked against the lock's sha256, and tried in that order only until one matches."""
     sources = ImageSources(store)
     resolver = Resolver(root)
     for state in (base, head):
@@ -171,7 +172,25 @@ def _sources(git: GitRevisions, root: Path, store: Store, base: State, head: Sta
             if commit is not None:
                 sources.add_reader(entry.sha256, _blob_reader(git, commit, entry.out))
             sources.add_reader(entry.sha256, _worktree_reader(resolver, entry.out))
+            sources.add_fallback(entry.sha256, _history_reader(git, entry.key, entry.sha256))
     return sources
+
+
+def _history_reader(git: GitRevisions, key: str, sha256: str) -> Callable[[], bytes | None]:
+    """Any other commit whose lock recorded these bytes for this key (the git-history object
+    store): the last resort, when the revision's own tree lacks the file."""
+
+    def read() -> bytes | None:
+        if git.history is None:
+            return None
+        for source in git.history.lookup(key):
+            if source.sha256 == sha256 and source.commit and source.path:
+                data = git.read(source.commit, source.path, MAX_IMAGE_BYTES)
+                if data is not None:
+                    return data
+        return None
+
+    return read
 
 
 def _worktree_reader(resolver: Resolver, out: str) -> Callable[[], bytes | None]:
