@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from flexforge.imagesource import ImageSources, MissingImage
 from flexforge.thumbs import MAX_PIXELS, DerivedImageError, Thumbs, distance
 
 
@@ -80,15 +79,3 @@ def test_unreadable_bytes_and_bombs_are_refused(tmp_path: Path) -> None:
     Image.new("1", (side, side)).save(bomb, format="PNG")
     with pytest.raises(DerivedImageError, match="too many pixels"):
         thumbs.thumbnail("1" * 64, bomb.getvalue)
-
-
-def test_sources_return_only_bytes_with_the_asked_digest(tmp_path: Path) -> None:
-    good, bad = picture(), picture(shift=5)
-    (tmp_path / "wrong.png").write_bytes(bad)
-    (tmp_path / "right.png").write_bytes(good)
-    sources = ImageSources()
-    sources.add_file(sha(good), tmp_path / "wrong.png")  # a lock naming the wrong file
-    with pytest.raises(MissingImage):
-        sources.load(sha(good))
-    sources.add_file(sha(good), tmp_path / "right.png")
-    assert sources.load(sha(good)) == good
