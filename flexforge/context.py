@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flexforge.errors import UsageError
 from flexforge.lockfile import Lock, read_lock
 from flexforge.manifest import Manifest, display_path, find_manifest, load_manifest
 from flexforge.providers import DEFAULT_PROVIDER, GENERATORS
 from flexforge.store import Store
+
+if TYPE_CHECKING:
+    from flexforge.remote import FsspecRemote
 
 PROVIDER_ENV = "FLEXFORGE_PROVIDER"
 
@@ -49,6 +54,17 @@ class Project:
         self.lock_path = manifest.path.with_suffix(".lock")
         self._lock: Lock | None = None
 
+    @functools.cached_property
+    def remote(self) -> FsspecRemote | None:
+        """The team remote (flexforge.toml or $FLEXFORGE_REMOTE), opened once; its key index is
+        attached to the store so that plans restore from it."""
+        from flexforge.remote import RemoteIndex, configured_remote
+
+        remote = configured_remote(self.manifest.root)
+        if remote is not None:
+            self.store.remote = RemoteIndex(remote, _warn)
+        return remote
+
     @property
     def lock(self) -> Lock:
         if self._lock is None:
@@ -68,3 +84,9 @@ def choose_provider(flag: str | None) -> tuple[str, str]:
             f"{PROVIDER_ENV}={name!r} is not a provider; choose one of: {', '.join(sorted(GENERATORS))}"
         )
     return name, GENERATORS[name]
+
+
+def _warn(message: str) -> None:
+    import click
+
+    click.echo(f"warning: {message}", err=True)

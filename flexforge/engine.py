@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import secrets
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 from flexforge.errors import ProviderError
 from flexforge.fsutil import fsync_dir, install, remove_stale_temps, stage_bytes
 from flexforge.keys import content_key
+from flexforge.leases import Claim, Team
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset
 from flexforge.options import BuildOptions, PlanOptions
@@ -87,6 +89,8 @@ class _TaskRecord:
         *,
         fresh: bool,
         on_ready: Callable[[], None],
+        team: Team | None = None,
+        claim: Claim | None = None,
     ) -> None:
         self.ready = on_ready
         self._store = store
@@ -103,12 +107,17 @@ class _TaskRecord:
             store.journal_remove(key)
             entry = None
         self.resumable = entry if entry is not None and entry.provider == provider else None
+        if self.resumable is None and claim is not None:
+            self.resumable = claim.resume  # another runner's task, from the team remote's lease
+        self._team = team
 
     def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
         entry = JournalEntry(
             self._asset, self._key, self._provider, task_id, polling_url, time.time(), cost_credits
         )
         self._store.journal_put(entry)
+        if self._team is not None:
+            self._team.submitted(self._key, task_id, polling_url, cost_credits)
 
     def finished_task(self) -> None:
         self.finished = True
@@ -118,19 +127,35 @@ class _TaskRecord:
 
 
 class NothingToGenerate:
-    """Stands in for a provider when the plan only restores: no provider loaded, no key needed."""
+    """Stands in for a provider when the plan only restores: no provider loaded, no key needed.
+    A restore source that turns out damaged (a tampered remote object) still needs its image:
+    then the real provider is loaded (`load`), unless the build may not pay (`--frozen`)."""
 
     generator = "none"
     max_in_flight = 1
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, load: Callable[[], Provider] | None = None) -> None:
         self.name = name
+        self._load = load
+        self._real: Provider | None = None
 
     async def generate(self, request: ImageRequest, task: TaskContext) -> GeneratedImage:
-        raise ProviderError(f"{request.asset_id} needs generating, but the plan said it would not")
+        if self._load is None:
+            raise ProviderError(
+                f"{request.asset_id}: its restore source was damaged and this build may not generate"
+            )
+        if self._real is None:
+            from flexforge.errors import FlexforgeError
+
+            try:
+                self._real = self._load()
+            except FlexforgeError as exc:
+                raise ProviderError(str(exc), fatal=True) from None
+        return await self._real.generate(request, task)
 
     async def aclose(self) -> None:
-        pass
+        if self._real is not None:
+            await self._real.aclose()
 
 
 class _Slot:
@@ -165,8 +190,10 @@ class Builder:
         reporter: Reporter,
         plan_options: PlanOptions,
         options: BuildOptions,
+        team: Team | None = None,
     ) -> None:
         self.plan = plan
+        self.team = team
         self.lock = lock
         self.store = store
         self.provider = provider
@@ -199,6 +226,8 @@ class Builder:
         finally:
             for task in self.tasks.values():
                 task.cancel()
+            if self.team is not None:
+                self.team.close()
             self._flush_lock()
             self.store.save()
         return self.result
@@ -258,7 +287,7 @@ class Builder:
             self._record(Outcome(asset.id, SKIPPED, f"needs {drifted_inputs[0]}, whose output drifted"))
             return None
         if seed is None:
-            seed = secrets.randbelow(SEED_RANGE)
+            seed = self._draw_seed(asset, digests)
             self.store.pin_seed(asset.id, seed)
             step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=replace)
         if step.action == RESTORE:
@@ -267,6 +296,16 @@ class Builder:
                 return self._output(asset.id, restored)
             step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=True)
         return self._output(asset.id, await self._generate(step, seed))
+
+    def _draw_seed(self, asset: Asset, digests: list[str | None]) -> int:
+        """A seed for an asset that has none. With a team remote, every machine draws the same one
+        (from the asset's other key parts), so that their builds share one key, one lease and one
+        paid task; `--reseed` still draws at random."""
+        if self.team is None or asset.id in self.plan_options.reseed:
+            return secrets.randbelow(SEED_RANGE)
+        known = [d for d in digests if d is not None]
+        unseeded = content_key(asset, self.plan.generator, 0, known).key
+        return int.from_bytes(hashlib.sha256(f"seed:{unseeded}".encode()).digest()[:4], "big")
 
     def _output(self, asset_id: str, sha256: str | None) -> str | None:
         self.outputs[asset_id] = sha256
@@ -278,6 +317,8 @@ class Builder:
         asset = step.asset
         sha = str(step.cached["sha256"])
         out = self._output_path(asset)
+        if step.cached.get("source") == "remote" and not await self._fetch(step, sha):
+            return None
         staged = await _staged(self.store.stage_object, sha, out)
         if staged is None:
             self.reporter.log(f"{asset.id}: the cached copy is damaged; generating it again")
@@ -288,9 +329,27 @@ class Builder:
         old = self.lock.entries.get(asset.id)
         if old is not None and old.key == step.key.key:  # keep what the lock knew of the task
             meta.update(task_id=old.task_id, cost_usd=old.cost_usd, provider=old.provider)
+        meta.pop("source", None)
         self._commit(step, step.seed, sha, self.store.object_path(sha).stat().st_size, meta)
-        self._record(Outcome(asset.id, RESTORED, "from the local cache, no API call"))
+        where = "the team remote" if step.cached.get("source") == "remote" else "the local cache"
+        self._record(Outcome(asset.id, RESTORED, f"from {where}, no API call"))
         return sha
+
+    async def _fetch(self, step: Step, sha: str) -> bool:
+        """Bring a remote object into the local cache, verified as this asset's image first."""
+        index = self.store.remote
+        assert index is not None and step.key is not None
+        data = await asyncio.to_thread(index.fetch, sha)
+        try:
+            if data is None:
+                raise ProviderError("missing or not its sha256")
+            await asyncio.to_thread(_verify, GeneratedImage(data), step.asset)
+        except ProviderError:
+            self.reporter.log(f"{step.asset.id}: the remote's copy is damaged or not this image")
+            return False
+        await asyncio.to_thread(self.store.put_object, data)
+        self.store.put_key_record(step.key.key, {"sha256": sha, "size": len(data), "seed": step.seed})
+        return True
 
     async def _generate(self, step: Step, seed: int) -> str | None:
         asset = step.asset
@@ -317,6 +376,8 @@ class Builder:
             self.committed_usd += estimate
             self.reporter.asset_started(asset.id, step.action)
             fresh = asset.id in self.plan_options.replace
+            claim = await self._claim(key.key, asset.id) if not fresh else None
+            shared = await self._from_remote(claim, asset)
             record = _TaskRecord(
                 self.store,
                 step,
@@ -325,26 +386,36 @@ class Builder:
                 self.reporter,
                 fresh=fresh,
                 on_ready=slot.release,
+                team=self.team,
+                claim=claim,
             )
             try:
-                image = await self.provider.generate(request, record)
+                image = shared or await self.provider.generate(request, record)
                 await asyncio.to_thread(_verify, image, asset)
             except ProviderError:
                 self.committed_usd -= estimate
                 if record.finished:
                     self.store.journal_remove(key.key)
+                await self._release(key.key, keep_task=not record.finished)
+                raise
+            except asyncio.CancelledError:
+                if self.team is not None:
+                    self.team.release_now(key.key)  # kept if it names a task: the next runner resumes
                 raise
             except Exception as exc:  # a provider bug must fail one asset, not crash the build
                 self.committed_usd -= estimate
+                await self._release(key.key, keep_task=True)
                 raise ProviderError(f"{type(exc).__name__}: {exc}") from exc
+        # Made by another runner (finished, or a task it is still polling): paid on its account.
+        paid_here = shared is None and not (claim is not None and claim.followed)
         if asset.final_size is not None:
             from flexforge.imaging import fit_cover
 
             image.data = await asyncio.to_thread(
                 fit_cover, image.data, *asset.final_size, asset.output_format
             )
-        cost = _cost_usd(image, estimate, self.plan.generator)
-        self.committed_usd += cost - estimate
+        cost = _cost_usd(image, estimate, self.plan.generator) if shared is None else 0.0
+        self.committed_usd += (cost if paid_here else 0.0) - estimate
         # Cache first, output second: once the output exists, a restart can always restore it.
         sha = await asyncio.to_thread(self.store.put_object, image.data)
         meta = {"sha256": sha, "size": len(image.data), "task_id": image.task_id, "cost_usd": cost}
@@ -353,7 +424,7 @@ class Builder:
         assert staged is not None  # stage_bytes always stages
         self.staged[asset.id] = (staged, asset.out, sha)
         self.made_here.add(asset.id)
-        if image.task_id is not None:
+        if image.task_id is not None and paid_here:
             self.store.ledger_append(
                 {
                     "time": time.time(),
@@ -373,9 +444,49 @@ class Builder:
             meta,
         )
         self.store.journal_remove(key.key)
-        detail = f"${cost:.4f}" if cost else ""
-        self._record(Outcome(asset.id, GENERATED, detail, cost))
+        if self.team is not None:
+            if shared is None:
+                record_meta = {**meta, "provider": self.provider.name, "seed": seed}
+                await self.team.push(key.key, image.data, record_meta)
+            await self.team.release(key.key)
+        if shared is not None:
+            self._record(Outcome(asset.id, RESTORED, "from the team remote (made meanwhile), no API call"))
+        elif not paid_here:
+            detail = f"by another runner's task {image.task_id}, paid there"
+            self._record(Outcome(asset.id, GENERATED, detail))
+        else:
+            self._record(Outcome(asset.id, GENERATED, f"${cost:.4f}" if cost else "", cost))
         return sha
+
+    async def _claim(self, key: str, asset_id: str) -> Claim | None:
+        """Wait for this runner's turn at a key in the team remote (see flexforge.leases)."""
+        if self.team is None:
+            return None
+        try:
+            return await self.team.claim(key, asset_id, self.provider.name)
+        except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
+            # botocore has already retried; the journal still keeps this machine from paying twice.
+            self.reporter.log(f"{asset_id}: the remote's lease could not be taken ({exc}); going on without")
+            return None
+
+    async def _from_remote(self, claim: Claim | None, asset: Asset) -> GeneratedImage | None:
+        """The image another runner finished while this one waited, if intact in the remote."""
+        if claim is None or claim.sha256 is None or self.team is None:
+            return None
+        data = await asyncio.to_thread(self.team.remote.get, claim.sha256)
+        image = GeneratedImage(data) if data is not None else None
+        try:
+            if image is not None:
+                await asyncio.to_thread(_verify, image, asset)
+        except ProviderError:
+            image = None
+        if image is None:
+            self.reporter.log(f"{asset.id}: the remote's copy is damaged or not this image; generating it")
+        return image
+
+    async def _release(self, key: str, *, keep_task: bool) -> None:
+        if self.team is not None:
+            await self.team.release(key, keep_task=keep_task)
 
     def _commit(self, step: Step, seed: int, sha: str, size: int, meta: dict[str, Any]) -> None:
         assert step.key is not None

@@ -130,14 +130,22 @@ def decide(
         cached = store.key_record(key.key)
         if cached is None and store.has_object(entry.sha256):
             cached = {"sha256": entry.sha256, "size": entry.size}
+        cached = cached or store.remote_record(key.key)
         if cached is not None:
-            return Step(asset, RESTORE, ["missing"], seed, key, known, cached["sha256"], cached)
+            reasons = ["missing", *_remote(cached)]
+            return Step(asset, RESTORE, reasons, seed, key, known, cached["sha256"], cached)
         return Step(asset, REGENERATE, ["missing"], seed, key, known, None)
     reasons = key.changed_parts(entry.parts) if entry is not None else []
-    cached = store.key_record(key.key)
+    cached = store.key_record(key.key) or store.remote_record(key.key)
     if cached is not None:
+        reasons = [*reasons, *_remote(cached)]
         return Step(asset, RESTORE, reasons, seed, key, known, cached["sha256"], cached)
     return Step(asset, REGENERATE if entry else CREATE, reasons, seed, key, known, None)
+
+
+def _remote(cached: dict[str, Any]) -> list[str]:
+    """`restore (remote)`: the plan says when the bytes come from the team remote."""
+    return ["remote"] if cached.get("source") == "remote" else []
 
 
 def reference_digests(asset: Asset, store: Store, outputs: dict[str, str | None]) -> list[str | None]:

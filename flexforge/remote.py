@@ -26,6 +26,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -134,6 +135,7 @@ class RemoteStore(Protocol):
     def put(self, data: bytes) -> str: ...
     def present(self, shas: Iterable[str]) -> set[str]: ...
     def key_index(self) -> dict[str, str]: ...
+    def key_object(self, key: str) -> str | None: ...
     def put_key(self, key: str, sha256: str, record: dict[str, Any]) -> None: ...
     def probe(self) -> str | None: ...
     def lease_acquire(self, lease: Lease) -> Lease | None: ...
@@ -407,6 +409,17 @@ class FsspecRemote:
                 index[parts[1]] = parts[2]
         return index
 
+    def key_object(self, key: str) -> str | None:
+        """The object one content key made, from a listing of its folder alone."""
+        path = f"{self.root}/keys/{key}"
+        self.fs.invalidate_cache(path)
+        try:
+            names = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return None
+        shas = sorted(n for n in (str(n).rsplit("/", 1)[-1] for n in names) if _HEX64.fullmatch(n))
+        return shas[0] if shas else None
+
     def put_key(self, key: str, sha256: str, record: dict[str, Any]) -> None:
         self._write_guard(f"key record {key}")
         body = json.dumps({**record, "sha256": sha256}, sort_keys=True, allow_nan=False).encode()
@@ -485,7 +498,8 @@ def _open_fs(url: str, scheme: str) -> tuple[Any, str]:
     except ImportError:  # pragma: no cover - fsspec is a dependency
         raise RemoteError("the remote needs fsspec: pip install fsspec") from None
     try:
-        fs, root = url_to_fs(url)
+        # A fresh instance: fsspec's cache would keep one made under another environment.
+        fs, root = url_to_fs(url, skip_instance_cache=True)
     except ImportError:
         extra = EXTRAS.get(scheme)
         hint = f"pip install 'flexforge[{extra}]'" if extra else "install its fsspec driver"
@@ -505,17 +519,83 @@ def read_only_from_env(configured: bool) -> bool:
     raise RemoteError(f"{READONLY_ENV}={value!r}: use 1 (read-only) or 0")
 
 
-def lease_ttl() -> float:
-    raw = os.environ.get(LEASE_TTL_ENV)
-    if raw is None:
-        return DEFAULT_LEASE_TTL
+def env_seconds(name: str, default: float, low: float, high: float) -> float:
+    """A duration knob from the environment, refused (one line, naming it) when not in range."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
     try:
-        ttl = float(raw)
+        value = float(raw)
     except ValueError:
-        ttl = -1.0
-    if not (1.0 <= ttl <= 86400.0):
-        raise RemoteError(f"{LEASE_TTL_ENV}={raw!r}: give seconds between 1 and 86400")
-    return ttl
+        value = float("nan")
+    if not (low <= value <= high):
+        raise RemoteError(f"{name}={raw!r}: give seconds between {low:g} and {high:g}")
+    return value
+
+
+def lease_ttl() -> float:
+    return env_seconds(LEASE_TTL_ENV, DEFAULT_LEASE_TTL, 1.0, 86400.0)
+
+
+class RemoteIndex:
+    """What the team remote holds, by content key, for one plan or build: listed once, on the
+    first key the local state lacks (so an up-to-date project never touches the network)."""
+
+    def __init__(self, remote: FsspecRemote, warn: Callable[[str], None]) -> None:
+        self.remote = remote
+        self.warn = warn
+        self._index: dict[str, str] | None = None
+
+    def record(self, key: str) -> dict[str, Any] | None:
+        if self._index is None:
+            try:
+                self._index = self.remote.key_index()
+            except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
+                self.warn(f"remote {self.remote.url} cannot be listed ({exc}); planning without it")
+                self._index = {}
+        sha = self._index.get(key)
+        return None if sha is None else {"sha256": sha, "size": None, "source": "remote"}
+
+    def fetch(self, sha256: str) -> bytes | None:
+        try:
+            return self.remote.get(sha256)
+        except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
+            self.warn(f"remote {self.remote.url}: cannot read object {sha256[:12]} ({exc})")
+            return None
+
+
+SETTINGS_FILE = "flexforge.toml"
+
+
+def configured_remote(root: Path) -> FsspecRemote | None:
+    """The project's remote: $FLEXFORGE_REMOTE (empty or `none` turns it off), else the `[remote]`
+    table of `flexforge.toml` beside the manifest (`url = "s3://..."`, `read_only = true`)."""
+    env = os.environ.get(REMOTE_ENV)
+    if env is not None:
+        env = env.strip()
+        return None if env.lower() in ("", "none", "off") else open_remote(env)
+    path = root / SETTINGS_FILE
+    try:
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise RemoteError(f"{SETTINGS_FILE}: cannot read it ({exc.strerror})") from None
+    import tomllib
+
+    try:
+        data = tomllib.loads(raw[:MAX_RECORD_BYTES].decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RemoteError(f"{SETTINGS_FILE}: {exc}; fix the TOML") from None
+    table = data.get("remote")
+    if table is None:
+        return None
+    url, read_only = (table.get("url"), table.get("read_only", False)) if isinstance(table, dict) else (0, 0)
+    if not isinstance(url, str) or not isinstance(read_only, bool):
+        raise RemoteError(
+            f'{SETTINGS_FILE}: [remote] takes url = "s3://bucket/prefix" and an optional read_only = true'
+        )
+    return open_remote(url, read_only=read_only)
 
 
 def open_remote(url: str, *, read_only: bool = False) -> FsspecRemote:

@@ -12,11 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flexforge.errors import FlexforgeError
 from flexforge.fsutil import atomic_write, sha256_bytes, sha256_file, stage_copy
 from flexforge.providers import JournalEntry
+
+if TYPE_CHECKING:
+    from flexforge.remote import RemoteIndex
 
 GITIGNORE = "# Local state of flexforge: caches and in-flight task records. Never commit.\n*\n"
 STAT_CACHE = "stat-cache.json"
@@ -29,6 +32,8 @@ class Store:
         self._stats: dict[str, list[Any]] | None = None
         self._stats_dirty = False
         self._ready = False
+        # The team remote's key index, attached by the command when a remote is configured.
+        self.remote: RemoteIndex | None = None
 
     def ensure(self) -> None:
         """Make the state folder, refusing one that is a link (a hostile repo could commit a
@@ -129,6 +134,10 @@ class Store:
         except (OSError, ValueError):
             return None
         return record if self.has_object(str(record.get("sha256"))) else None
+
+    def remote_record(self, key: str) -> dict[str, Any] | None:
+        """What the team remote holds for a content key (listed once per run), if anything."""
+        return self.remote.record(key) if self.remote is not None else None
 
     def put_key_record(self, key: str, record: dict[str, Any]) -> None:
         self.ensure()

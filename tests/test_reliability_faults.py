@@ -9,14 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,6 +24,7 @@ from flexforge.lockfile import Lock
 from flexforge.store import Store
 from tests.helpers import Project, Run, png
 from tests.support.emulator import FAST_ENV, SECRET, serve_builds
+from tests.support.processes import spawn, wait_for
 
 LOCK_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "lock-v1.schema.json"
 
@@ -37,24 +33,6 @@ def build(project: Project, *args: str) -> Run:
     result = project.run("build", "--provider", "emulator", *args)
     assert "Traceback" not in result.stderr
     return result
-
-
-def spawn(project: Project, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "flexforge", "-C", str(project.root), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ),
-    )
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 def journal(project: Project) -> list[Path]:

@@ -16,6 +16,8 @@ from flexforge.planner import DRIFTED, GENERATES, Plan
 
 if TYPE_CHECKING:
     from flexforge.engine import Builder, BuildResult
+    from flexforge.leases import Team
+    from flexforge.progress import Reporter
     from flexforge.providers import Provider
 
 LOCK_TIMEOUT_ENV = "FLEXFORGE_LOCK_TIMEOUT"
@@ -50,7 +52,7 @@ def build(
             if not opts.quiet:
                 click.echo(f"Up to date: {len(plan.steps)} assets.")
             return EXIT_OK
-        return _execute(project, plan, plan_options, options, opts)
+        return _execute(project, plan, plan_options, options, opts, frozen=frozen)
 
 
 def _check_frozen(plan: Plan) -> None:
@@ -66,19 +68,31 @@ def _check_frozen(plan: Plan) -> None:
 
 
 def _execute(
-    project: Project, plan: Plan, plan_options: PlanOptions, options: BuildOptions, opts: GlobalOptions
+    project: Project,
+    plan: Plan,
+    plan_options: PlanOptions,
+    options: BuildOptions,
+    opts: GlobalOptions,
+    *,
+    frozen: bool = False,
 ) -> int:
     # Imported here: a no-op build needs no event loop, engine or provider.
     import asyncio
+    import functools
 
     from flexforge.engine import Builder, NothingToGenerate
     from flexforge.progress import make_reporter
     from flexforge.providers import load_provider
 
     needs_provider = any(s.action in GENERATES for s in plan.steps)
-    provider = load_provider(plan.provider) if needs_provider else NothingToGenerate(plan.provider)
+    if needs_provider:
+        provider: Provider = load_provider(plan.provider)
+    else:
+        load = None if frozen else functools.partial(load_provider, plan.provider)
+        provider = NothingToGenerate(plan.provider, load)
     reporter = make_reporter(verbose=opts.verbose, quiet=opts.quiet, color=opts.color)
-    builder = Builder(plan, project.lock, project.store, provider, reporter, plan_options, options)
+    team = _team(project, reporter, needs_provider)
+    builder = Builder(plan, project.lock, project.store, provider, reporter, plan_options, options, team)
     started = time.monotonic()
     reporter.begin(len(plan.steps), sum(1 for s in plan.steps if s.action in GENERATES))
     interrupted = False
@@ -93,6 +107,19 @@ def _execute(
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_ERROR if result.failures else EXIT_OK
+
+
+def _team(project: Project, reporter: Reporter, paying: bool) -> Team | None:
+    """The team remote this build shares images (and, when it pays, leases) through, if any."""
+    from flexforge.leases import Team
+
+    remote = project.remote
+    if remote is None:
+        return None
+    team = Team(remote, reporter.log)
+    if paying:
+        team.start()
+    return team
 
 
 async def _run(builder: Builder, provider: Provider) -> BuildResult:

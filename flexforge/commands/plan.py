@@ -25,6 +25,7 @@ MARKS = {CREATE: "+", REGENERATE: "~", RESTORE: "<", DRIFTED: "!", NONE: "="}
 
 def compute_plan(project: Project, options: PlanOptions, provider: str | None) -> Plan:
     name, generator = choose_provider(provider)
+    _ = project.remote  # a team remote, if configured, is one more place to restore from
     plan = make_plan(project.manifest, project.lock, project.store, name, generator, options)
     project.store.save()  # keep the digests we just computed, so the next plan hashes nothing
     if options == PlanOptions() and not plan.has_changes:
