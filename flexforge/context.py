@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from flexforge.errors import UsageError
 from flexforge.lockfile import Lock, read_lock
 from flexforge.manifest import Manifest, display_path, find_manifest, load_manifest
+from flexforge.paths import lock_path_for
 from flexforge.providers import DEFAULT_PROVIDER, GENERATORS
 from flexforge.store import Store
 
@@ -50,8 +51,7 @@ class Project:
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
         self.store = Store(manifest.state_dir)
-        # flexforge.yaml -> flexforge.lock; a second manifest in one folder gets its own lock.
-        self.lock_path = manifest.path.with_suffix(".lock")
+        self.lock_path = Path(lock_path_for(str(manifest.path)))
         self._lock: Lock | None = None
 
     @functools.cached_property

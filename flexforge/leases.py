@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 
 from flexforge.providers import JournalEntry
 from flexforge.remote import FsspecRemote, Lease, env_seconds, holder_id, lease_ttl
+from flexforge.store import KeyRecord
 
 LEASE_POLL_ENV = "FLEXFORGE_LEASE_POLL"
 DEFAULT_LEASE_POLL = 1.0  # seconds between looks at another runner's lease
@@ -174,13 +176,13 @@ class Team:
 
     # -- after paying -------------------------------------------------------------------------
 
-    async def push(self, key: str, data: bytes, record: dict[str, Any]) -> None:
+    async def push(self, key: str, data: bytes, record: KeyRecord) -> None:
         """Share a finished image: object first, then the key record naming it."""
         if self.remote.read_only:
             return
         try:
             sha = await asyncio.to_thread(self.remote.put, data)
-            await asyncio.to_thread(self.remote.put_key, key, sha, record)
+            await asyncio.to_thread(self.remote.put_key, key, sha, dataclasses.asdict(record))
         except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
             self.log(f"could not push {key[:12]} to {self.remote.url} ({exc}); it stays local")
 

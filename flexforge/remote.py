@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from flexforge.errors import FlexforgeError
+from flexforge.store import KeyRecord
 
 READONLY_ENV = "FLEXFORGE_REMOTE_READONLY"
 REMOTE_ENV = "FLEXFORGE_REMOTE"
@@ -537,6 +538,11 @@ def lease_ttl() -> float:
     return env_seconds(LEASE_TTL_ENV, DEFAULT_LEASE_TTL, 1.0, 86400.0)
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteRecord(KeyRecord):
+    """A key record known from the remote's listing: its object is still to be fetched."""
+
+
 class RemoteIndex:
     """What the team remote holds, by content key, for one plan or build: listed once, on the
     first key the local state lacks (so an up-to-date project never touches the network)."""
@@ -546,7 +552,7 @@ class RemoteIndex:
         self.warn = warn
         self._index: dict[str, str] | None = None
 
-    def record(self, key: str) -> dict[str, Any] | None:
+    def record(self, key: str) -> RemoteRecord | None:
         if self._index is None:
             try:
                 self._index = self.remote.key_index()
@@ -554,7 +560,25 @@ class RemoteIndex:
                 self.warn(f"remote {self.remote.url} cannot be listed ({exc}); planning without it")
                 self._index = {}
         sha = self._index.get(key)
-        return None if sha is None else {"sha256": sha, "size": None, "source": "remote"}
+        # Only the digest is known from the listing; the rest comes with the object (details).
+        return None if sha is None else RemoteRecord(sha, 0, "remote", 0)
+
+    def details(self, key: str, sha256: str, size: int) -> KeyRecord | None:
+        """The key record another machine pushed with the object, if it is a sound one."""
+        try:
+            raw = json.loads(self.remote.fs.cat_file(f"{self.remote.root}/keys/{key}/{sha256}"))
+            record = KeyRecord(
+                sha256,
+                size,
+                raw["provider"],
+                raw["seed"],
+                raw.get("task_id"),
+                raw.get("cost_usd"),
+            )
+            record.check()
+        except Exception:  # missing, not JSON, wrong types: the record is only a nicety
+            return None
+        return record
 
     def fetch(self, sha256: str) -> bytes | None:
         try:
