@@ -320,6 +320,39 @@ def accept(asset_id: str) -> int:
     return run(_opts(), asset_id)
 
 
+def _transfer_jobs(func: F) -> F:
+    return click.option(
+        "-j",
+        "--jobs",
+        type=click.IntRange(min=1, max=256),
+        default=32,
+        show_default=True,
+        help="Transfers at once.",
+    )(func)
+
+
+@cli.command()
+@_transfer_jobs
+@global_options
+@handle_errors
+def push(jobs: int) -> int:
+    """Upload the lock's images the team remote lacks (flexforge.toml [remote] or $FLEXFORGE_REMOTE)."""
+    from flexforge.commands.transfer import push as run
+
+    return run(_opts(), jobs)
+
+
+@cli.command()
+@_transfer_jobs
+@global_options
+@handle_errors
+def pull(jobs: int) -> int:
+    """Download the lock's images from the team remote into the local cache, verified."""
+    from flexforge.commands.transfer import pull as run
+
+    return run(_opts(), jobs)
+
+
 def _opts() -> GlobalOptions:
     opts = click.get_current_context().find_object(GlobalOptions)
     assert opts is not None

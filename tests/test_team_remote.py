@@ -6,10 +6,13 @@ remote is a real folder or a real S3-compatible server (moto's server mode).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +74,7 @@ def leases(url: str) -> list[dict[str, Any]]:
     found = []
     for name in names:
         if str(name).endswith(".json") and "/probe-" not in str(name):
-            with __import__("contextlib").suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
                 found.append(json.loads(remote.fs.cat_file(name)))
     return found
 
@@ -82,7 +85,11 @@ def remote_objects(remote: FsspecRemote) -> dict[str, bytes]:
         names = remote.fs.find(f"{remote.root}/objects")
     except FileNotFoundError:
         return {}
-    return {str(n).rsplit("/", 1)[-1]: bytes(remote.fs.cat_file(n)) for n in names}
+    found = {}
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):  # listed while another process writes
+            found[str(name).rsplit("/", 1)[-1]] = bytes(remote.fs.cat_file(name))
+    return found
 
 
 def outputs(project: Project) -> dict[str, str]:
@@ -194,3 +201,70 @@ def test_a_remote_that_cannot_be_reached_is_a_warning_not_a_failure(
     assert result.exit_code == 0
     assert "cannot be listed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_push_then_pull_moves_every_image_and_a_build_restores_them_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remote_url: str
+) -> None:
+    monkeypatch.setenv("FLEXFORGE_REMOTE", "none")
+    maker, clone = copies(tmp_path, manifest(12), 2)
+    assert maker.build().exit_code == 0  # made with no remote at all
+    monkeypatch.setenv("FLEXFORGE_REMOTE", remote_url)
+    pushed = maker.run("push")
+    assert pushed.exit_code == 0, pushed.stderr
+    assert "Pushed 12 images" in pushed.stderr
+    assert "Pushed 0 images" in maker.run("push").stderr  # nothing left to do
+    shutil.copy(maker.root / "flexforge.lock", clone.root / "flexforge.lock")
+    pulled = clone.run("pull")
+    assert pulled.exit_code == 0, pulled.stderr
+    assert "Pulled 12 images" in pulled.stderr
+    monkeypatch.setenv("FLEXFORGE_REMOTE", "none")  # the cache alone now has them
+    result = clone.build()
+    assert result.exit_code == 0 and "12 restored" in result.stderr, result.stderr
+    assert outputs(clone) == outputs(maker)
+
+
+def test_pull_never_caches_an_object_that_fails_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remote_url: str
+) -> None:
+    maker, clone = copies(tmp_path, manifest(2), 2)
+    assert maker.build().exit_code == 0
+    remote = open_remote(remote_url)
+    sha = outputs(maker)["a000"]
+    remote.fs.pipe_file(remote._object(sha), b"\x89PNG not really")
+    shutil.copy(maker.root / "flexforge.lock", clone.root / "flexforge.lock")
+    pulled = clone.run("pull")
+    assert pulled.exit_code == 1
+    assert "not pulled: a000: missing or damaged in the remote" in pulled.stderr
+    assert not clone.root.joinpath(".flexforge").exists() or not Store_has(clone, sha)
+
+
+def Store_has(project: Project, sha: str) -> bool:
+    from flexforge.store import Store
+
+    return Store(project.root / ".flexforge").has_object(sha)
+
+
+def test_a_push_killed_midway_leaves_no_object_that_fails_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remote_url: str
+) -> None:
+    monkeypatch.setenv("FLEXFORGE_REMOTE", "none")
+    (maker,) = copies(tmp_path, manifest(150).replace("64, height: 64", "512, height: 512"), 1)
+    assert maker.build().exit_code == 0
+    monkeypatch.setenv("FLEXFORGE_REMOTE", remote_url)
+    remote = open_remote(remote_url)
+    killed_mid_push = 0
+    for _ in range(3):
+        proc = spawn(maker, "push", "--jobs", "4")
+        wait_for(lambda: len(remote_objects(remote)) > 0 or proc.poll() is not None, "the first upload")
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        held = remote_objects(remote)
+        killed_mid_push += 0 < len(held) < 150
+        for sha, data in held.items():
+            assert hashlib.sha256(data).hexdigest() == sha
+        assert all(s in held for s in open_remote(remote_url).key_index().values())
+    assert killed_mid_push >= 1  # the kill did land during the push
+    assert maker.run("push").exit_code == 0
+    assert len(remote_objects(remote)) == 150
