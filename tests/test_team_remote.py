@@ -7,6 +7,7 @@ remote is a real folder or a real S3-compatible server (moto's server mode).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import shutil
@@ -256,7 +257,8 @@ def test_a_push_killed_midway_leaves_no_object_that_fails_verification(
     killed_mid_push = 0
     for _ in range(3):
         proc = spawn(maker, "push", "--jobs", "4")
-        wait_for(lambda: len(remote_objects(remote)) > 0 or proc.poll() is not None, "the first upload")
+        started = functools.partial(lambda p: len(remote_objects(remote)) > 0 or p.poll() is not None, proc)
+        wait_for(started, "the first upload")
         time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
