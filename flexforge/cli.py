@@ -234,6 +234,12 @@ def plan(
 @click.option("--reseed", multiple=True, metavar="ID", help="Draw a new seed for ID.")
 @click.option("--keep-going", is_flag=True, help="After a failure, build all that does not need it.")
 @click.option(
+    "--shard",
+    metavar="I/N",
+    default=None,
+    help="Build only the I-th of N parts (whole dependency groups, balanced by cost), for N CI runners.",
+)
+@click.option(
     "--max-cost",
     type=click.FloatRange(min=0),
     default=None,
@@ -251,6 +257,7 @@ def build(
     replace: tuple[str, ...],
     reseed: tuple[str, ...],
     keep_going: bool,
+    shard: str | None,
     max_cost: float | None,
 ) -> int:
     """Make the files match the manifest; IDs limit it to those assets and what they need."""
@@ -265,6 +272,7 @@ def build(
         options,
         dry_run=dry_run,
         frozen=frozen,
+        shard=shard,
     )
 
 

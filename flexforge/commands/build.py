@@ -31,8 +31,13 @@ def build(
     *,
     dry_run: bool,
     frozen: bool,
+    shard: str | None = None,
 ) -> int:
     project = open_project(opts)
+    if shard is not None:
+        plan_options = _shard_options(project, plan_options, shard, opts)
+        if not plan_options.targets:
+            return EXIT_OK
     if dry_run:
         print_plan(compute_plan(project, plan_options, provider), opts)
         return EXIT_OK
@@ -53,6 +58,24 @@ def build(
                 click.echo(f"Up to date: {len(plan.steps)} assets.")
             return EXIT_OK
         return _execute(project, plan, plan_options, options, opts, frozen=frozen)
+
+
+def _shard_options(project: Project, options: PlanOptions, shard: str, opts: GlobalOptions) -> PlanOptions:
+    """The build's targets for `--shard I/N`: the I-th part of the dependency graph."""
+    import dataclasses
+
+    from flexforge.errors import UsageError
+    from flexforge.shards import parse_shard, shard_targets
+
+    index, count = parse_shard(shard)
+    if options.targets:
+        raise UsageError("--shard picks the assets itself; give either asset ids or --shard, not both")
+    targets = shard_targets(project.manifest, index, count)
+    if not opts.quiet:
+        click.echo(
+            f"Shard {index}/{count}: {len(targets)} of {len(project.manifest.assets)} assets.", err=True
+        )
+    return dataclasses.replace(options, targets=targets)
 
 
 def _check_frozen(plan: Plan) -> None:
