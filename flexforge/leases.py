@@ -77,9 +77,8 @@ class Team:
         if not self.leasing:
             return Claim()
         while True:
-            sha = await asyncio.to_thread(self.remote.key_object, key)
-            if sha is not None:
-                return Claim(sha256=sha)
+            # No look for the finished object first: the plan listed the remote a moment ago, and
+            # the look after winning the lease (below) catches one pushed since.
             mine = Lease(key, self.holder, time.time() + self.ttl, asset, provider)
             got = await asyncio.to_thread(self.remote.lease_acquire, mine)
             if got is not None:
