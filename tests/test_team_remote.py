@@ -270,3 +270,68 @@ def test_a_push_killed_midway_leaves_no_object_that_fails_verification(
     assert killed_mid_push >= 1  # the kill did land during the push
     assert maker.run("push").exit_code == 0
     assert len(remote_objects(remote)) == 150
+
+
+class _Listener:
+    """An HTTP server on another loopback address that records whatever reaches it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.seen: list[str] = []
+        seen = self.seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(f"{self.path} {dict(self.headers)}")
+                self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.2:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_polling_url_planted_in_a_lease_never_receives_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remote_url: str
+) -> None:
+    from flexforge import keys
+    from flexforge.manifest import load_manifest
+    from flexforge.remote import Lease
+    from tests.support.emulator import SECRET
+
+    listener = _Listener()
+    try:
+        with serve_builds(monkeypatch, latency=0.05) as emu:
+            (victim,) = copies(tmp_path, manifest(1), 1)
+            # The key of a000, as the remote will see it: planted by someone with write access.
+            asset = load_manifest(victim.root / "flexforge.yaml").assets["a000"]
+            content_key = keys.content_key(asset, "emulator", 1, []).key
+            planted = Lease(
+                key=content_key,
+                holder="mallory",
+                expires_at=time.time() + 600,
+                asset="a000",
+                provider="emulator",
+                task_id="stolen-task",
+                polling_url=f"{listener.url}/v1/get_result?id=stolen-task",
+            )
+            remote = open_remote(remote_url)
+            remote.fs.makedirs(f"{remote.root}/leases", exist_ok=True)
+            assert remote.lease_acquire(planted) is not None
+            result = victim.run("build", "--provider", "emulator")
+            assert result.exit_code == 0, result.stderr
+            assert "refused" in result.stderr
+            assert emu.stats()["submissions"] == 1  # paid here rather than trusting that URL
+    finally:
+        listener.close()
+    assert not any(SECRET in line for line in listener.seen)
+    assert listener.seen == []
