@@ -150,8 +150,18 @@ def transfer_rows(
 
 
 def shard_row(
-    n: int, shards: int, jobs: int, latency: float, work: Path, server: S3Server, base_env: dict[str, str]
+    n: int,
+    shards: int,
+    jobs: int,
+    latency: float,
+    work: Path,
+    server: S3Server,
+    base_env: dict[str, str],
+    *,
+    remote: bool = True,
 ) -> dict[str, Any]:
+    """N runners at once; with `remote`, through one team remote (leases, pushes) and a fan-in;
+    without, each on its own (the reference: what the remote costs)."""
     from flexforge.emulator.testing import running_emulator
 
     text = manifest(n)
@@ -162,13 +172,13 @@ def shard_row(
             **base_env,
             **emu.env(),
             "BFL_API_KEY": "bench-key-0123456789",
-            "FLEXFORGE_REMOTE": f"s3://{server.new_bucket()}/ci",
+            "FLEXFORGE_REMOTE": f"s3://{server.new_bucket()}/ci" if remote else "none",
             "FLEXFORGE_POLL_INTERVAL": "0.05",
             "FLEXFORGE_POLL_MAX_INTERVAL": "0.2",
         }
         runners = []
         for i in range(1, shards + 1):
-            root = work / f"shard-{i}"
+            root = work / f"shard-{i}{'' if remote else '-alone'}"
             root.mkdir(parents=True)
             (root / "flexforge.yaml").write_text(text)
             runners.append(root)
@@ -204,16 +214,18 @@ def shard_row(
                 raise SystemExit(f"shard build failed:\n{err}")
         makespan = max(ends)
         submissions = emu.stats()["submissions"]
-        fan_in = work / "fan-in"
-        fan_in.mkdir()
-        (fan_in / "flexforge.yaml").write_text(text)
-        fan_in_s = flexforge(fan_in, "build", "--provider", "emulator", "--frozen", env=env)
-        assert emu.stats()["submissions"] == submissions, "the fan-in made an API call"
+        fan_in_s = 0.0
+        if remote:
+            fan_in = work / "fan-in"
+            fan_in.mkdir()
+            (fan_in / "flexforge.yaml").write_text(text)
+            fan_in_s = flexforge(fan_in, "build", "--provider", "emulator", "--frozen", env=env)
+            assert emu.stats()["submissions"] == submissions, "the fan-in made an API call"
     import math
 
     bound = math.ceil(n / (shards * jobs)) * latency
     return {
-        "row": f"{shards}-shard build, {n} assets",
+        "row": f"{shards}-shard build, {n} assets, {'one team remote' if remote else 'no remote'}",
         "makespan_s": round(makespan, 2),
         "bound_s": round(bound, 2),
         "ratio": round(makespan / bound, 2),
@@ -254,9 +266,19 @@ def main(argv: list[str] | None = None) -> int:
         if "transfer" in only:
             rows += transfer_rows(args.objects, args.repeat, work / "transfer", server, base_env)
         if "shard" in only:
-            rows.append(
-                shard_row(args.assets, args.shards, args.jobs, args.latency, work / "shard", server, base_env)
-            )
+            for remote in (True, False):
+                rows.append(
+                    shard_row(
+                        args.assets,
+                        args.shards,
+                        args.jobs,
+                        args.latency,
+                        work / "shard",
+                        server,
+                        base_env,
+                        remote=remote,
+                    )
+                )
     show: Callable[[dict[str, Any]], str] = lambda r: "  ".join(  # noqa: E731
         f"{k}={v}" for k, v in r.items() if not k.endswith("samples")
     )

@@ -51,6 +51,7 @@ GENERATED, RESTORED, UP_TO_DATE, FAILED, SKIPPED = (
 )
 SEED_RANGE = 2**32
 LOCK_SAVE_INTERVAL = 0.25  # seconds
+CLAIM_ATTEMPTS = 4  # a lease's remote calls that fail (a 500 from the store) are tried again
 
 
 @dataclass(slots=True)
@@ -481,12 +482,15 @@ class Builder:
         """Wait for this runner's turn at a key in the team remote (see flexforge.leases)."""
         if self.team is None:
             return None
-        try:
-            return await self.team.claim(key, asset_id, self.provider.name)
-        except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
-            # botocore has already retried; the journal still keeps this machine from paying twice.
-            self.reporter.log(f"{asset_id}: the remote's lease could not be taken ({exc}); going on without")
-            return None
+        for attempt in range(CLAIM_ATTEMPTS):
+            try:
+                return await self.team.claim(key, asset_id, self.provider.name)
+            except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
+                problem = exc
+                await asyncio.sleep(0.5 * 2**attempt)
+        # The backend's client has retried too; the journal still keeps this machine from paying twice.
+        self.reporter.log(f"{asset_id}: the remote's lease could not be taken ({problem}); going on without")
+        return None
 
     async def _from_remote(self, claim: Claim | None, asset: Asset) -> GeneratedImage | None:
         """The image another runner finished while this one waited, if intact in the remote."""

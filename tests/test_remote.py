@@ -208,3 +208,53 @@ def test_credentials_in_the_url_are_refused() -> None:
 def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RemoteError, match=r"flexforge\[gcs\]"):
         open_remote("gs://bucket/x")
+
+
+def test_the_project_names_its_remote_in_flexforge_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flexforge.remote import configured_remote
+
+    monkeypatch.delenv("FLEXFORGE_REMOTE", raising=False)
+    assert configured_remote(tmp_path) is None
+    (tmp_path / "flexforge.toml").write_text(f'[remote]\nurl = "file://{tmp_path}/share"\nread_only = true\n')
+    remote = configured_remote(tmp_path)
+    assert remote is not None and remote.read_only and remote.url.endswith("/share")
+    monkeypatch.setenv("FLEXFORGE_REMOTE", "none")
+    assert configured_remote(tmp_path) is None
+    monkeypatch.setenv("FLEXFORGE_REMOTE", f"file://{tmp_path}/other")
+    other = configured_remote(tmp_path)
+    assert other is not None and other.url.endswith("/other") and not other.read_only
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[remote\nurl = 1", "flexforge.toml: .*fix the TOML"),
+        ("[remote]\nurl = 3", r"flexforge.toml: \[remote\] takes url"),
+        ('[remote]\nurl = "file:///x"\nread_only = "yes"', r"flexforge.toml: \[remote\] takes url"),
+        ("remote = 5", r"flexforge.toml: \[remote\] takes url"),
+    ],
+)
+def test_a_bad_remote_setting_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
+) -> None:
+    from flexforge.remote import configured_remote
+
+    monkeypatch.delenv("FLEXFORGE_REMOTE", raising=False)
+    (tmp_path / "flexforge.toml").write_text(text)
+    with pytest.raises(RemoteError, match=message) as info:
+        configured_remote(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("FLEXFORGE_REMOTE_READONLY", "maybe"), ("FLEXFORGE_LEASE_TTL", "nan")]
+)
+def test_bad_remote_knobs_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    from flexforge.remote import lease_ttl
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(RemoteError, match=name):
+        open_remote("memory://x")
+        lease_ttl()
