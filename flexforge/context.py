@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,12 +12,12 @@ from flexforge.lockfile import Lock, read_lock
 from flexforge.manifest import Manifest, display_path, find_manifest, load_manifest
 from flexforge.paths import lock_path_for
 from flexforge.providers import DEFAULT_PROVIDER, GENERATORS
+from flexforge.settings import PROVIDER_ENV, Settings, effective
+from flexforge.sources import Sources
 from flexforge.store import Store
 
 if TYPE_CHECKING:
     from flexforge.remote import FsspecRemote
-
-PROVIDER_ENV = "FLEXFORGE_PROVIDER"
 
 
 @dataclass(slots=True)
@@ -54,16 +53,29 @@ class Project:
         self.lock_path = Path(lock_path_for(str(manifest.path)))
         self._lock: Lock | None = None
 
+    def sources(self) -> Sources:
+        """Where bytes for a key can come from with no API call; git history is opened only if
+        the cheaper sources come up empty."""
+        from flexforge.history import History, default_cache_dir
+
+        manifest = self.manifest
+        sources = Sources(
+            self.lock,
+            self.store,
+            lambda: History.open(manifest.root, self.lock_path, default_cache_dir()),
+        )
+        if self.remote is not None:
+            from flexforge.remote import RemoteIndex
+
+            sources.remote = RemoteIndex(self.remote, _warn)
+        return sources
+
     @functools.cached_property
     def remote(self) -> FsspecRemote | None:
-        """The team remote (flexforge.toml or $FLEXFORGE_REMOTE), opened once; its key index is
-        attached to the store so that plans restore from it."""
-        from flexforge.remote import RemoteIndex, configured_remote
+        """The team remote (`settings: remote:` or $FLEXFORGE_REMOTE), opened once."""
+        from flexforge.remote import configured_remote
 
-        remote = configured_remote(self.manifest.root)
-        if remote is not None:
-            self.store.remote = RemoteIndex(remote, _warn)
-        return remote
+        return configured_remote(self.manifest.settings.remote)
 
     @property
     def lock(self) -> Lock:
@@ -76,9 +88,10 @@ def open_project(opts: GlobalOptions) -> Project:
     return Project(opts.load_manifest())
 
 
-def choose_provider(flag: str | None) -> tuple[str, str]:
-    """(provider name, content-key generator): the flag, else $FLEXFORGE_PROVIDER, else bfl."""
-    name = flag or os.environ.get(PROVIDER_ENV) or DEFAULT_PROVIDER
+def choose_provider(flag: str | None, settings: Settings | None = None) -> tuple[str, str]:
+    """(provider name, content-key generator): the flag, else $FLEXFORGE_PROVIDER, else the
+    manifest's `settings: provider`, else bfl."""
+    name = effective(settings or Settings(), provider=flag, default_provider=DEFAULT_PROVIDER).provider
     if name not in GENERATORS:
         raise UsageError(
             f"{PROVIDER_ENV}={name!r} is not a provider; choose one of: {', '.join(sorted(GENERATORS))}"

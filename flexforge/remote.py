@@ -26,11 +26,11 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from flexforge.errors import FlexforgeError
+from flexforge.settings import RemoteSetting
 from flexforge.store import KeyRecord
 
 READONLY_ENV = "FLEXFORGE_REMOTE_READONLY"
@@ -383,15 +383,21 @@ class FsspecRemote:
     def present(self, shas: Iterable[str]) -> set[str]:
         """Which of these objects the remote holds, from one listing of `objects/`."""
         wanted = set(shas)
-        if not wanted:
-            return set()
+        return wanted & set(self.object_sizes()) if wanted else set()
+
+    def object_sizes(self) -> dict[str, int]:
+        """sha256 -> size of every object, from one listing."""
         self.fs.invalidate_cache()
         try:
-            names = self.fs.find(f"{self.root}/objects")
+            found = self.fs.find(f"{self.root}/objects", detail=True)
         except FileNotFoundError:
-            return set()
-        held = {str(n).rsplit("/", 1)[-1] for n in names}
-        return wanted & held
+            return {}
+        sizes = {}
+        for name, info in found.items():
+            sha = str(name).rsplit("/", 1)[-1]
+            if _HEX64.fullmatch(sha) and isinstance(info.get("size"), int):
+                sizes[sha] = int(info["size"])
+        return sizes
 
     # -- key records: which object a content key made ----------------------------------------
 
@@ -538,11 +544,6 @@ def lease_ttl() -> float:
     return env_seconds(LEASE_TTL_ENV, DEFAULT_LEASE_TTL, 1.0, 86400.0)
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteRecord(KeyRecord):
-    """A key record known from the remote's listing: its object is still to be fetched."""
-
-
 class RemoteIndex:
     """What the team remote holds, by content key, for one plan or build: listed once, on the
     first key the local state lacks (so an up-to-date project never touches the network)."""
@@ -551,17 +552,21 @@ class RemoteIndex:
         self.remote = remote
         self.warn = warn
         self._index: dict[str, str] | None = None
+        self._sizes: dict[str, int] = {}
 
-    def record(self, key: str) -> RemoteRecord | None:
+    def record(self, key: str) -> tuple[str, int] | None:
+        """(sha256, size) of the object the remote holds for `key`: two listings (key records,
+        then objects with their sizes), made once; the rest comes with the object (details)."""
         if self._index is None:
             try:
                 self._index = self.remote.key_index()
+                self._sizes = self.remote.object_sizes() if self._index else {}
             except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
                 self.warn(f"remote {self.remote.url} cannot be listed ({exc}); planning without it")
                 self._index = {}
         sha = self._index.get(key)
-        # Only the digest is known from the listing; the rest comes with the object (details).
-        return None if sha is None else RemoteRecord(sha, 0, "remote", 0)
+        size = self._sizes.get(sha) if sha is not None else None
+        return None if sha is None or size is None else (sha, size)
 
     def details(self, key: str, sha256: str, size: int) -> KeyRecord | None:
         """The key record another machine pushed with the object, if it is a sound one."""
@@ -588,38 +593,14 @@ class RemoteIndex:
             return None
 
 
-SETTINGS_FILE = "flexforge.toml"
-
-
-def configured_remote(root: Path) -> FsspecRemote | None:
-    """The project's remote: $FLEXFORGE_REMOTE (empty or `none` turns it off), else the `[remote]`
-    table of `flexforge.toml` beside the manifest (`url = "s3://..."`, `read_only = true`)."""
+def configured_remote(setting: RemoteSetting | None) -> FsspecRemote | None:
+    """The project's remote: $FLEXFORGE_REMOTE (empty or `none` turns it off), else the manifest's
+    `settings: remote:` (`url`, optional `read_only`)."""
     env = os.environ.get(REMOTE_ENV)
     if env is not None:
         env = env.strip()
         return None if env.lower() in ("", "none", "off") else open_remote(env)
-    path = root / SETTINGS_FILE
-    try:
-        raw = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        raise RemoteError(f"{SETTINGS_FILE}: cannot read it ({exc.strerror})") from None
-    import tomllib
-
-    try:
-        data = tomllib.loads(raw[:MAX_RECORD_BYTES].decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise RemoteError(f"{SETTINGS_FILE}: {exc}; fix the TOML") from None
-    table = data.get("remote")
-    if table is None:
-        return None
-    url, read_only = (table.get("url"), table.get("read_only", False)) if isinstance(table, dict) else (0, 0)
-    if not isinstance(url, str) or not isinstance(read_only, bool):
-        raise RemoteError(
-            f'{SETTINGS_FILE}: [remote] takes url = "s3://bucket/prefix" and an optional read_only = true'
-        )
-    return open_remote(url, read_only=read_only)
+    return None if setting is None else open_remote(setting.url, read_only=setting.read_only)
 
 
 def open_remote(url: str, *, read_only: bool = False) -> FsspecRemote:

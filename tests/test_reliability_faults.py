@@ -11,6 +11,7 @@ import io
 import json
 import re
 import signal
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,7 +25,7 @@ from flexforge.lockfile import Lock
 from flexforge.store import Store
 from tests.helpers import Project, Run, png
 from tests.support.emulator import FAST_ENV, SECRET, serve_builds
-from tests.support.processes import spawn, wait_for
+from tests.support.spawn import spawn_flexforge, wait_for
 
 LOCK_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "lock-v1.schema.json"
 
@@ -33,6 +34,10 @@ def build(project: Project, *args: str) -> Run:
     result = project.run("build", "--provider", "emulator", *args)
     assert "Traceback" not in result.stderr
     return result
+
+
+def spawn(project: Project, *args: str) -> subprocess.Popen[str]:
+    return spawn_flexforge("-C", str(project.root), *args)
 
 
 def journal(project: Project) -> list[Path]:
@@ -187,7 +192,7 @@ def test_an_interrupt_during_a_submission_journals_the_task(
         wait_for(lambda: emu.stats()["submissions"] == 1, "the task to be created")
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 130, stderr
+        assert proc.returncode == 128 + sig, stderr
         assert build(project).exit_code == 0
         assert emu.stats()["submissions"] == 1
 

@@ -210,42 +210,34 @@ def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
         open_remote("gs://bucket/x")
 
 
-def test_the_project_names_its_remote_in_flexforge_toml(
+def test_the_project_names_its_remote_in_its_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flexforge.remote import configured_remote
+    from flexforge.settings import Settings
 
     monkeypatch.delenv("FLEXFORGE_REMOTE", raising=False)
-    assert configured_remote(tmp_path) is None
-    (tmp_path / "flexforge.toml").write_text(f'[remote]\nurl = "file://{tmp_path}/share"\nread_only = true\n')
-    remote = configured_remote(tmp_path)
+    assert configured_remote(Settings().remote) is None
+    settings = Settings.from_data({"remote": {"url": f"file://{tmp_path}/share", "read_only": True}})
+    remote = configured_remote(settings.remote)
     assert remote is not None and remote.read_only and remote.url.endswith("/share")
+    assert Settings.from_data(settings.to_json()) == settings  # the validated-manifest cache keeps it
     monkeypatch.setenv("FLEXFORGE_REMOTE", "none")
-    assert configured_remote(tmp_path) is None
+    assert configured_remote(settings.remote) is None
     monkeypatch.setenv("FLEXFORGE_REMOTE", f"file://{tmp_path}/other")
-    other = configured_remote(tmp_path)
+    other = configured_remote(settings.remote)
     assert other is not None and other.url.endswith("/other") and not other.read_only
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("[remote\nurl = 1", "flexforge.toml: .*fix the TOML"),
-        ("[remote]\nurl = 3", r"flexforge.toml: \[remote\] takes url"),
-        ('[remote]\nurl = "file:///x"\nread_only = "yes"', r"flexforge.toml: \[remote\] takes url"),
-        ("remote = 5", r"flexforge.toml: \[remote\] takes url"),
-    ],
-)
-def test_a_bad_remote_setting_is_one_clear_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
-) -> None:
-    from flexforge.remote import configured_remote
+def test_a_remote_setting_is_checked_by_the_manifest_schema(tmp_path: Path) -> None:
+    from flexforge.errors import ManifestError
+    from flexforge.manifest import load_manifest
 
-    monkeypatch.delenv("FLEXFORGE_REMOTE", raising=False)
-    (tmp_path / "flexforge.toml").write_text(text)
-    with pytest.raises(RemoteError, match=message) as info:
-        configured_remote(tmp_path)
-    assert "\n" not in str(info.value)
+    path = tmp_path / "flexforge.yaml"
+    path.write_text('version: 1\nsettings: {remote: {url: "bucket/x"}}\nassets: {a: {prompt: "x"}}\n')
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert "settings" in str(info.value) and "remote" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,8 @@ import pytest
 from flexforge.remote import FsspecRemote, open_remote
 from tests.helpers import Project
 from tests.support.emulator import serve_builds
-from tests.support.processes import spawn, wait_for
 from tests.support.s3 import S3Server, s3_env, s3_server
+from tests.support.spawn import spawn_flexforge, wait_for
 
 __all__ = ["s3_env", "s3_server"]
 
@@ -57,6 +57,10 @@ def copies(tmp_path: Path, text: str, n: int) -> list[Project]:
         project.manifest(text)
         projects.append(project)
     return projects
+
+
+def spawn(project: Project, *args: str) -> subprocess.Popen[str]:
+    return spawn_flexforge("-C", str(project.root), *args)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str]:
@@ -167,7 +171,7 @@ def test_a_fresh_clone_plans_restore_remote_and_builds_with_no_api_call(
         assert plan.stdout.count("restore (remote)") == 3, plan.stdout
         result = clone.run("build", "--provider", "emulator")
         assert result.exit_code == 0, result.stderr
-        assert "3 restored" in result.stderr and "from the team remote" in result.stderr
+        assert "3 restored" in result.stderr and "from remote, no API call" in result.stderr
         assert emu.stats()["submissions"] == 3
         assert outputs(clone) == outputs(maker)
         for entry in clone.lock()["assets"].values():
