@@ -128,19 +128,29 @@ class _TaskRecord:
 
 
 class NothingToGenerate:
-    """Stands in for a provider when the plan only restores: no provider loaded, no key needed."""
+    """Stands in for a provider when the plan only restores: no provider loaded, no key needed
+    unless a restore source turns out damaged, when the real one is loaded for that asset."""
 
     generator = "none"
     max_in_flight = 1
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self._real: Provider | None = None
 
     async def generate(self, request: ImageRequest, task: TaskContext) -> GeneratedImage:
-        raise ProviderError(f"{request.asset_id} needs generating, but the plan said it would not")
+        if self._real is None:
+            from flexforge.providers import load_provider
+
+            try:
+                self._real = load_provider(self.name)
+            except FlexforgeError as exc:  # a missing key: this asset fails, with the reason
+                raise ProviderError(f"its restore source failed, and generating it needs: {exc}") from None
+        return await self._real.generate(request, task)
 
     async def aclose(self) -> None:
-        pass
+        if self._real is not None:
+            await self._real.aclose()
 
 
 class _Slot:

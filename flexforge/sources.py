@@ -131,10 +131,16 @@ class Sources:
 
     def find(self, key: str, out: str, current: Current) -> Source | None:
         """Where the bytes for `key` come from, cheapest first; None when only the API has them."""
+        recorded = self._lock_index().get(key, [])
         record = _key_record(self.store, key)
-        found = self._search([*self._lock_index().get(key, ()), *([record] if record else [])], out, current)
+        found = self._search([*recorded, *([record] if record else [])], out, current)
         if found is not None or record is not None:
             return found or record
+        # The object cache is content-addressed: an object with the lock's digest is those bytes,
+        # even when the record saying which key made it is gone (or was not written here).
+        for source in recorded:
+            if self.store.has_object(source.sha256):
+                return _with(source, kind=CACHE, path=None)
         history = self.history
         return self._search(history.lookup(key), out, current) if history is not None else None
 
