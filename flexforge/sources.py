@@ -151,7 +151,7 @@ class Sources:
                 return _with(source, kind=IN_PLACE, path=out, commit=None)
         for source in known:
             path = source.path
-            if path is None or path == out or not _is_safe(path):
+            if path is None or path == out or not _is_safe(path) or (self.store.root / path).is_symlink():
                 continue
             if self.store.digest(path) == source.sha256:
                 return _with(source, kind=WORKING_TREE, commit=None)

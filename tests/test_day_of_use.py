@@ -195,3 +195,20 @@ def test_a_git_source_that_fails_its_check_falls_back_to_generating(project: Pro
     assert result.exit_code == 0, result.stderr
     assert "damaged or gone; generating it again" in result.stderr and "1 generated" in result.stderr
     assert hero.read_bytes() == good  # the draft renderer is deterministic
+
+
+def test_a_link_at_an_old_output_path_is_never_read_through(project: Project, tmp_path: Path) -> None:
+    """A committed link where the lock records an old output: the working-tree source is not
+    followed, even when what it points at has the recorded bytes."""
+    built(project)
+    hero = project.root / "assets/hero.png"
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(hero.read_bytes())
+    hero.unlink()
+    hero.symlink_to(outside)
+    project.edit("'Brew bold'\"}", "'Brew bold'\", out: img/hero.png}")
+    assert "working tree" not in project.run("plan").stdout
+    project.build()
+    made = project.root / "img/hero.png"
+    assert made.is_file() and not made.is_symlink()
+    assert made.read_bytes() == outside.read_bytes()  # generated again (deterministic draft)
