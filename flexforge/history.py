@@ -23,6 +23,9 @@ from flexforge.sources import GIT, Source
 
 INDEX_VERSION = 1
 MAX_LOCK_BYTES = 64 * 2**20  # an old lock bigger than this is skipped, not read
+# Distinct lock versions read when an index is first built, newest first: a long history must not
+# make one plan read gigabytes of old JSON. What is older simply is not a source.
+MAX_VERSIONS = 2000
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
 # Each row: sha256, size, out, commit, seed, task_id, cost_usd, provider, asset id.
 Row = list[Any]
@@ -98,13 +101,17 @@ class History:
             return index, seen
         known_blobs = set(seen)
         fresh: dict[str, list[Row]] = {}
+        added = 0
         for commit in (c.decode() for c in commits):
+            if added >= MAX_VERSIONS:
+                break
             found = self._object(f"{commit}:{self.lock_rel}", MAX_LOCK_BYTES)
             if found is None or found[0] in known_blobs:
                 continue
             oid, raw = found
             known_blobs.add(oid)
             seen.append(oid)
+            added += 1
             try:
                 entries = parse_entries(raw)
             except ValueError:

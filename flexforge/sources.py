@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,7 @@ class Sources:
         self._history_factory = history
         self._history: History | None = None
         self._history_loaded = False
+        self._history_mutex = threading.Lock()
         self._by_key: dict[str, list[Source]] | None = None
 
     def _lock_index(self) -> dict[str, list[Source]]:
@@ -124,9 +126,10 @@ class Sources:
 
     @property
     def history(self) -> History | None:
-        if not self._history_loaded:
-            self._history_loaded = True
-            self._history = self._history_factory() if self._history_factory is not None else None
+        with self._history_mutex:  # staging threads may ask first
+            if not self._history_loaded:
+                self._history = self._history_factory() if self._history_factory is not None else None
+                self._history_loaded = True
         return self._history
 
     def find(self, key: str, out: str, current: Current) -> Source | None:
