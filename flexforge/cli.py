@@ -15,6 +15,7 @@ from flexforge import __version__
 from flexforge.context import GlobalOptions
 from flexforge.errors import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, FlexforgeError, ManifestError
 from flexforge.providers import PROVIDERS
+from flexforge.signals import Interrupted, exit_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -113,9 +114,9 @@ def handle_errors(func: Callable[..., int]) -> Callable[..., None]:
         except FlexforgeError as exc:
             click.echo(f"error: {exc}", err=True)
             code = exc.exit_code
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or another stop signal (flexforge.signals)
             click.echo("interrupted", err=True)
-            code = EXIT_INTERRUPTED
+            code = exit_code(exc.signum) if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
         except BrokenPipeError:
             code = _reader_went_away()
         except (click.exceptions.Exit, click.ClickException):

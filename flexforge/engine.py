@@ -35,6 +35,7 @@ from flexforge.planner import (
 )
 from flexforge.progress import Reporter
 from flexforge.providers import GeneratedImage, Provider, TaskContext
+from flexforge.records import RecordError
 from flexforge.request import ImageRequest, ReferenceInput
 from flexforge.sources import IN_PLACE, Source
 from flexforge.store import JournalEntry, KeyRecord, LedgerEntry, Store
@@ -110,18 +111,57 @@ class _TaskRecord:
             store.journal_remove(key)
             entry = None
         self.resumable = entry if entry is not None and entry.provider == provider else None
+        # What the build tells the user about this task if it stops before the image is kept.
+        self.on_the_wire = False  # a submission sent, its answer (the task id) not yet read
+        resumed = self.resumable
+        self.task_id: str | None = resumed.task_id if resumed is not None else None
+        self.polling_url = resumed.polling_url if resumed is not None else ""
+        self.journaled = resumed is not None
+        self.journal_error: str | None = None
+        self.settled = False  # the image is cached, or the task ended without one
+
+    @property
+    def asset(self) -> str:
+        return self._asset
+
+    def sending(self) -> None:
+        self.on_the_wire = True
 
     def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
+        self.on_the_wire = False
+        self.task_id, self.polling_url = task_id, polling_url
         entry = JournalEntry(
             self._asset, self._key, self._provider, task_id, polling_url, time.time(), cost_credits
         )
-        self._store.journal_put(entry)
+        try:
+            self._store.journal_put(entry)
+        except (OSError, RecordError) as exc:
+            # A full disk, a read-only mount, a task id no journal may hold: the task is paid for
+            # all the same. Keep it in memory and go on to fetch it; say where it is in case this
+            # build cannot.
+            self.journaled = False
+            self.journal_error = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            self.log(
+                f"task {task_id} could not be journaled ({self.journal_error}); it is paid for, "
+                f"so this build goes on to fetch it (its result: {polling_url})"
+            )
+        else:
+            self.journaled = True
+            self.journal_error = None
         # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
         # holds, and a failure now must keep this one journaled.
         self.finished = False
 
     def finished_task(self) -> None:
         self.finished = True
+
+    def forget(self) -> None:
+        """Drop the journal entry of a task that is done with; a failure to (a read-only or full
+        disk) leaves an entry the next build finds settled, never an asset failed after paying."""
+        try:
+            self._store.journal_remove(self._key)
+        except OSError as exc:
+            self.log(f"could not remove the journal entry of task {self.task_id} ({exc.strerror})")
 
     def log(self, message: str) -> None:
         self._reporter.log(f"{self._asset}: {message}")
@@ -215,6 +255,7 @@ class Builder:
         self.manifest_stamp = _stamp(plan.manifest.path)
         self.made_here: set[str] = set()
         self.lock_flush: asyncio.TimerHandle | None = None
+        self.records: dict[str, _TaskRecord] = {}
 
     async def run(self) -> BuildResult:
         for orphan in self.plan.orphaned:
@@ -372,13 +413,15 @@ class Builder:
                 fresh=fresh,
                 on_ready=slot.release,
             )
+            self.records[asset.id] = record
             try:
                 image = await self.provider.generate(request, record)
                 await asyncio.to_thread(_verify, image, asset)
             except ProviderError:
                 self.committed_usd -= estimate
                 if record.finished:
-                    self.store.journal_remove(key.key)
+                    record.settled = True
+                    record.forget()
                 raise
             except Exception as exc:  # a provider bug must fail one asset, not crash the build
                 self.committed_usd -= estimate
@@ -392,7 +435,10 @@ class Builder:
         cost = _cost_usd(image, estimate, self.plan.generator)
         self.committed_usd += cost - estimate
         # Cache first, output second: once the output exists, a restart can always restore it.
-        sha = await asyncio.to_thread(self.store.put_object, image.data)
+        # A paid image is fsynced into the cache before its journal entry goes: a power cut in
+        # between must leave one or the other, or the next build pays again.
+        paid = image.task_id is not None
+        sha = await asyncio.to_thread(self.store.put_object, image.data, durable=paid)
         made = KeyRecord(
             sha256=sha,
             size=len(image.data),
@@ -401,7 +447,8 @@ class Builder:
             task_id=image.task_id,
             cost_usd=cost,
         )
-        self.store.put_key_record(key.key, made)
+        self.store.put_key_record(key.key, made, durable=paid)
+        record.settled = True
         staged = await _staged(stage_bytes, self._output_path(asset), image.data)
         assert staged is not None  # stage_bytes always stages
         self._stage(asset, staged, sha)
@@ -419,12 +466,10 @@ class Builder:
                     self.run_id,
                 )
             )
-            # The paid image must survive a power cut before the record that would re-fetch it goes.
-            await asyncio.to_thread(self.store.sync_object, sha)
         detail = f"${cost:.4f}" if cost else ""
         self._record(Outcome(asset.id, GENERATED, detail, cost))
-        self._commit(step, sha, len(image.data), made)
-        self.store.journal_remove(key.key)
+        self._commit(replace(step, key=key, seed=seed, output_sha256=sha), sha, len(image.data), made)
+        record.forget()
         return sha
 
     def _ledger(self, entry: LedgerEntry) -> None:

@@ -158,6 +158,11 @@ class Sources:
                 continue
             if self.store.digest(path) == source.sha256:
                 return _with(source, kind=WORKING_TREE, commit=None)
+        for source in known:
+            # The object cache by digest: an object is checked against its name on every read, so
+            # a lock's digest finds it even when the key record is missing or not this machine's.
+            if source.kind != GIT and self.store.has_object(source.sha256):
+                return _with(source, kind=CACHE, path=None, commit=None)
         return next((s for s in known if s.kind == GIT), None)
 
     def stage(self, source: Source, asset: Asset, dest: Path) -> tuple[Path | None, str | None]:
