@@ -116,7 +116,7 @@ def test_a_download_deadline_that_is_no_deadline_is_one_clear_error(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     monkeypatch.setenv("FLEXFORGE_DOWNLOAD_TIMEOUT", value)
-    with pytest.raises(UsageError, match="^FLEXFORGE_DOWNLOAD_TIMEOUT") as info:
+    with pytest.raises(UsageError, match=r"^FLEXFORGE_DOWNLOAD_TIMEOUT") as info:
         HttpSettings.from_env()
     assert "\n" not in str(info.value)
 
