@@ -220,12 +220,11 @@ def run(opts: GlobalOptions, inputs: Inputs, runner: Runner) -> int:
     if inputs.command not in COMMANDS:
         raise UsageError(f"command {inputs.command!r}: choose one of {', '.join(COMMANDS)}")
     event = runner.event()
-    provider, _ = choose_provider(inputs.provider)
     if any(a == "--provider" or a.startswith("--provider=") for a in inputs.args):
         # The paid-build guard below reads the provider input; extra arguments must not change it.
         raise UsageError("pass the provider as the action's `provider` input, not in `args`")
-    if inputs.command == "build":
-        refuse_untrusted_build(runner, event, provider)
+    if inputs.command == "build" and inputs.provider:
+        refuse_untrusted_build(runner, event, choose_provider(inputs.provider)[0])
     cwd = opts.cwd()
     with runner.group("flexforge validate"):
         try:
@@ -246,6 +245,10 @@ def run(opts: GlobalOptions, inputs: Inputs, runner: Runner) -> int:
                 post_comment(runner, inputs, review)
             return EXIT_ERROR
         runner.emit(f"{manifest.label}: valid, {len(manifest.assets)} assets")
+    # The input, else $FLEXFORGE_PROVIDER, else the manifest's `settings: provider`, else bfl.
+    provider, _ = choose_provider(inputs.provider, manifest.settings)
+    if inputs.command == "build":
+        refuse_untrusted_build(runner, event, provider)
     code = EXIT_OK
     if inputs.command == "build":
         code = _build(opts, inputs, provider, runner)
@@ -334,10 +337,10 @@ def _check(opts: GlobalOptions, runner: Runner, plan: Plan, provider: str, manif
         return EXIT_ERROR
     if any(s.action == RESTORE for s in plan.steps):
         from flexforge.commands.build import build
-        from flexforge.options import BuildOptions
+        from flexforge.options import BuildFlags
 
         with runner.group("flexforge build --frozen (restores from the cache)"), runner.untrusted():
-            return build(opts, PlanOptions(), provider, BuildOptions(), dry_run=False, frozen=True)
+            return build(opts, PlanOptions(), provider, BuildFlags(), dry_run=False, frozen=True)
     return EXIT_OK
 
 

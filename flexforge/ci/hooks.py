@@ -31,7 +31,7 @@ def projects_of(files: Iterable[str], top: Path) -> list[Path]:
 def run_hook(hook: str, files: Iterable[str], top: Path) -> int:
     from flexforge.commands.build import build
     from flexforge.commands.validate import validate
-    from flexforge.options import BuildOptions, PlanOptions
+    from flexforge.options import BuildFlags, PlanOptions
 
     worst = EXIT_OK
     for folder in projects_of(files, top):
@@ -40,7 +40,7 @@ def run_hook(hook: str, files: Iterable[str], top: Path) -> int:
             if hook == "validate":
                 code = validate(opts)
             else:
-                code = build(opts, PlanOptions(), None, BuildOptions(), dry_run=False, frozen=True)
+                code = build(opts, PlanOptions(), None, BuildFlags(), dry_run=False, frozen=True)
         except ManifestError as exc:
             for diagnostic in exc.diagnostics:
                 click.echo(f"{_shown(folder, top)}/{diagnostic}", err=True)

@@ -32,7 +32,7 @@ def _link_or_copy(src: str, dst: str) -> str:
 def render_previews(project_root: Path, review: Review, out_dir: Path, previews_url: str) -> Review:
     """Render previews of the pending images into `out_dir`; the review, naming each preview."""
     from flexforge.commands.build import build
-    from flexforge.options import BuildOptions, PlanOptions
+    from flexforge.options import BuildFlags, PlanOptions
 
     wanted = [c for c in review.changes if c.kind in PREVIEWED][:MAX_PREVIEWS]
     if not wanted:
@@ -49,7 +49,7 @@ def render_previews(project_root: Path, review: Review, out_dir: Path, previews_
         )
         opts = GlobalOptions(directory=scratch, quiet=True)
         targets = PlanOptions(targets=frozenset(c.id for c in wanted))
-        build(opts, targets, "draft", BuildOptions(), dry_run=False, frozen=False)
+        build(opts, targets, "draft", BuildFlags(), dry_run=False, frozen=False)
         named: dict[str, str] = {}
         for change in wanted:
             rel = (

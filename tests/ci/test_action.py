@@ -248,3 +248,16 @@ def test_a_comment_github_refuses_is_a_warning_not_a_failed_check(actions: Actio
     assert result.exit_code == 0, result.output
     assert "::warning title=flexforge::the pull-request comment was not posted: GitHub: GET" in result.output
     assert "revoked" not in result.output
+
+
+def test_the_paid_build_guard_reads_the_projects_provider_setting(actions: Actions) -> None:
+    text = (actions.repo.project / "flexforge.yaml").read_text()
+    _open_pr(actions, fork=True)
+    env = {k: v for k, v in actions.env.items() if k != "FLEXFORGE_CI_PROVIDER"}
+    actions.env = env
+    (actions.repo.project / "flexforge.yaml").write_text("settings:\n  provider: bfl\n" + text)
+    refused = actions.run("run", "--command", "build")
+    assert refused.exit_code == 2 and "refusing a paid build (bfl)" in refused.output
+    (actions.repo.project / "flexforge.yaml").write_text("settings:\n  provider: draft\n" + text)
+    free = actions.run("run", "--command", "build", "--comment", "false")
+    assert free.exit_code == 0, free.output
