@@ -370,7 +370,8 @@ def comment_from_review(review_file: Path, token: str, runner: Runner | None = N
     runner = runner or Runner.from_env()
     review = from_json(review_file.read_bytes())
     event = runner.event()
-    run_event = event.get("workflow_run") if isinstance(event.get("workflow_run"), dict) else {}
+    found = event.get("workflow_run")
+    run_event: dict[str, Any] = found if isinstance(found, dict) else {}
     expected = _sha(run_event.get("head_sha")) if run_event else ""
     if not review.pull_request:
         runner.emit("flexforge: the review is not for a pull request; nothing to comment")
@@ -385,7 +386,20 @@ def comment_from_review(review_file: Path, token: str, runner: Runner | None = N
             f"the review names pull request {review.pull_request}, whose head is {head[:7] or '?'}, "
             f"but the workflow run was for {expected[:7] or '?'}: not commenting"
         )
-    trusted = Review(**{**_fields(review), "repository": runner.repository, "server_url": runner.server_url})
+    # Links come from the trusted event, never from the file: a bot comment must not carry a
+    # stranger's URL. The run that made the review is the one this workflow_run names.
+    run_url = run_event.get("html_url", "") if isinstance(run_event.get("html_url"), str) else ""
+    run_url = run_url if run_url.startswith(runner.server_url + "/") else ""
+    trusted = Review(
+        **{
+            **_fields(review),
+            "repository": runner.repository,
+            "server_url": runner.server_url,
+            "head_sha": expected,
+            "run_url": run_url,
+            "previews_url": f"{run_url}#artifacts" if run_url and review.previews_url else "",
+        }
+    )
     action, comment_id = github.upsert_comment(
         review.pull_request, marker(trusted.project), render_comment(trusted)
     )

@@ -156,11 +156,18 @@ def test_the_trusted_comment_job_checks_the_pull_request_head(actions: Actions) 
     _base, head = _open_pr(actions, fork=True)
     assert actions.run("run", "--command", "plan").exit_code == 0
     review_file = actions.outputs()["review-json"]
-    run = {"workflow_run": {"head_sha": head, "event": "pull_request"}}
+    check_run = "https://github.com/acme/site/actions/runs/77"
+    run = {"workflow_run": {"head_sha": head, "event": "pull_request", "html_url": check_run}}
     actions.event("workflow_run", run, "c" * 40)
+    planted = json.loads(Path(review_file).read_text())
+    planted["run_url"] = "https://evil.example/phish"
+    Path(review_file).write_text(json.dumps(planted))
     posted = actions.run("comment", review_file)
     assert posted.exit_code == 0, posted.output
     assert [w.method for w in actions.github.writes()] == ["POST"]
+    body = actions.github.writes()[0].body["body"]
+    assert "evil.example" not in body
+    assert f"[full table and logs]({check_run})" in body and f"({check_run}#artifacts)" in body
 
     # A review that names another pull request (whose head is not the run's) is refused.
     tampered = json.loads(Path(review_file).read_text())
