@@ -209,9 +209,14 @@ def _post_comment(runner: Runner, inputs: Inputs, review: Review) -> None:
     from flexforge.ci.rest import GitHub
 
     github = GitHub(runner.api_url, runner.repository, inputs.token)
+    # A pull request with nothing to say gets no new comment; one already there is updated.
+    quiet = not review.changes and not review.errors
     action, comment_id = github.upsert_comment(
-        review.pull_request, marker(review.project), render_comment(review)
+        review.pull_request, marker(review.project), render_comment(review), create=not quiet
     )
+    if action == "skipped":
+        runner.emit("flexforge: no image changes; no comment made")
+        return
     runner.emit(f"flexforge: {action} the pull-request comment {comment_id}")
     runner.set_output("comment-id", str(comment_id))
 

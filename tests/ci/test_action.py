@@ -268,3 +268,18 @@ def test_the_paid_build_guard_reads_the_projects_provider_setting(actions: Actio
     (actions.repo.project / "flexforge.yaml").write_text("settings:\n  provider: draft\n" + text)
     free = actions.run("run", "--command", "build", "--comment", "false")
     assert free.exit_code == 0, free.output
+
+
+def test_no_new_comment_without_changes_but_an_old_one_is_brought_up_to_date(actions: Actions) -> None:
+    base = git(actions.repo.root, "rev-parse", "HEAD")
+    actions.pull_request(13, base, base)
+    assert actions.run("run", "--command", "plan").exit_code == 0
+    assert actions.github.writes() == []
+    _open_pr(actions, 13)
+    assert actions.run("run", "--command", "plan").exit_code == 0
+    actions.repo.edit("A flat logo reading 'GREEN'", "A flat logo")
+    head = actions.repo.commit("never mind")
+    actions.pull_request(13, base, head)
+    assert actions.run("run", "--command", "plan").exit_code == 0
+    assert [w.method for w in actions.github.writes()] == ["POST", "PATCH"]
+    assert "no image changes" in actions.github.comments[13][0]["body"]
