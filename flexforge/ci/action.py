@@ -44,6 +44,15 @@ class Inputs:
     previews: bool = True  # check/plan: draft previews of what would be built
 
 
+def dig(doc: Any, *keys: str) -> Any:
+    """doc[k1][k2]... or None where a level is missing or not an object (payloads vary)."""
+    for key in keys:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
 def pull_request_of(event: dict[str, Any]) -> dict[str, Any]:
     pr = event.get("pull_request")
     return pr if isinstance(pr, dict) else {}
@@ -54,8 +63,8 @@ def from_fork(event: dict[str, Any]) -> bool:
     pr = pull_request_of(event)
     if not pr:
         return False
-    head = ((pr.get("head") or {}).get("repo") or {}).get("full_name")
-    base = ((pr.get("base") or {}).get("repo") or {}).get("full_name")
+    head = dig(pr, "head", "repo", "full_name")
+    base = dig(pr, "base", "repo", "full_name")
     return not head or head != base
 
 
@@ -144,8 +153,8 @@ def collect(runner: Runner, manifest: Manifest, plan: Plan) -> Review:
     root = repository_root(manifest.root) or manifest.root
     project_rel = manifest.root.relative_to(root).as_posix() if manifest.root.is_relative_to(root) else "."
     lock_rel = project.lock_path.relative_to(root).as_posix()
-    base_sha = _sha((pr.get("base") or {}).get("sha")) or _sha(event.get("before"))
-    head_sha = _sha((pr.get("head") or {}).get("sha")) or _sha(runner.sha)
+    base_sha = _sha(dig(pr, "base", "sha")) or _sha(event.get("before"))
+    head_sha = _sha(dig(pr, "head", "sha")) or _sha(runner.sha)
     base = lock_at(root, base_sha, lock_rel)
     return review_from_plan(
         plan,
@@ -385,7 +394,7 @@ def comment_from_review(review_file: Path, token: str, runner: Runner | None = N
 
     github = GitHub(runner.api_url, runner.repository, token)
     pr = github.pull_request(review.pull_request)
-    head = _sha((pr.get("head") or {}).get("sha"))
+    head = _sha(dig(pr, "head", "sha"))
     if not expected or head != expected:
         raise FlexforgeError(
             f"the review names pull request {review.pull_request}, whose head is {head[:7] or '?'}, "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from flexforge.ci.comment import marker
 from tests.ci.conftest import Actions, git
 from tests.support.fake_github import TOKEN
@@ -283,3 +285,19 @@ def test_no_new_comment_without_changes_but_an_old_one_is_brought_up_to_date(act
     assert actions.run("run", "--command", "plan").exit_code == 0
     assert [w.method for w in actions.github.writes()] == ["POST", "PATCH"]
     assert "no image changes" in actions.github.comments[13][0]["body"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"pull_request": {"number": 3, "base": "main", "head": None}},
+        {"pull_request": {"number": "3", "base": {"sha": 7}, "head": {"repo": []}}},
+        {"pull_request": []},
+        [],
+    ],
+)
+def test_odd_event_payloads_are_read_without_a_traceback(actions: Actions, payload: object) -> None:
+    actions.event("pull_request", payload, "0" * 40)  # type: ignore[arg-type]
+    result = actions.run("run", "--command", "plan")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
