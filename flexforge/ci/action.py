@@ -21,7 +21,7 @@ from flexforge.context import GlobalOptions, Project, choose_provider
 from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, FlexforgeError, ManifestError, UsageError
 from flexforge.manifest import Manifest
 from flexforge.options import PlanOptions
-from flexforge.planner import DRIFTED, GENERATES, RESTORE, Plan
+from flexforge.planner import GENERATES, HELD, RESTORES, Plan
 
 COMMANDS = ("check", "plan", "build")
 FREE_PROVIDERS = ("draft",)
@@ -100,16 +100,16 @@ def _annotate_manifest_errors(runner: Runner, exc: ManifestError, cwd: Path) -> 
 
 
 def _stale(plan: Plan) -> list[str]:
-    return [s.asset.id for s in plan.steps if s.action in GENERATES or s.action == DRIFTED]
+    return [s.asset.id for s in plan.steps if s.action in GENERATES or s.action in HELD]
 
 
 def _annotate_stale(runner: Runner, plan: Plan, manifest_file: str) -> None:
     for step in plan.steps:
-        if step.action in GENERATES or step.action == DRIFTED:
+        if step.action in GENERATES or step.action in HELD:
             why = f" ({', '.join(step.reasons)})" if step.reasons else ""
             hint = (
-                "run `flexforge accept` or `--replace`"
-                if step.action == DRIFTED
+                f"keep the file with `flexforge accept {step.asset.id}`, or `build --replace {step.asset.id}`"
+                if step.action in HELD
                 else "run `flexforge build` and commit the images and the lock"
             )
             runner.annotate(
@@ -349,7 +349,7 @@ def _check(opts: GlobalOptions, runner: Runner, plan: Plan, provider: str, manif
             f"flexforge check: {n} asset{'s' if n != 1 else ''} would be generated or differ from the lock"
         )
         return EXIT_ERROR
-    if any(s.action == RESTORE for s in plan.steps):
+    if any(s.action in RESTORES for s in plan.steps):
         from flexforge.commands.build import build
         from flexforge.options import BuildFlags
 

@@ -24,8 +24,12 @@ MARKS = {
     "restore": "<",
     "drifted": "!",
     "conflict": "!",
+    "rename": ">",
     "added": "+",
-    "updated": "~",
+    "regenerated": "~",
+    "restored": "<",
+    "edited": "!",
+    "renamed": ">",
     "removed": "-",
     "orphaned": "-",
 }

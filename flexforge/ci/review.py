@@ -17,8 +17,9 @@ from flexforge.errors import FlexforgeError
 
 REVIEW_VERSION = 1
 # Kinds of change: the plan's pending actions, and what the pull request already committed.
-PENDING = ("create", "regenerate", "restore", "drifted", "conflict")
-COMMITTED = ("added", "updated", "removed")
+PENDING = ("create", "regenerate", "restore", "drifted", "conflict", "rename")
+# What the commits changed, in `flexforge diff`'s words (flexforge.report.CHANGES).
+COMMITTED = ("added", "regenerated", "restored", "edited", "renamed", "removed")
 KINDS = (*PENDING, *COMMITTED, "orphaned")
 MAX_REVIEW_BYTES = 64 * 1024 * 1024
 _SHA = re.compile(r"^[0-9a-f]{40}$|^$")

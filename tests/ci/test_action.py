@@ -120,7 +120,7 @@ def test_a_committed_image_change_shows_before_and_after_at_base_and_head(action
     body = actions.github.writes()[0].body["body"]
     assert f"https://github.com/acme/site/raw/{base}/site/assets/logo.png" in body
     assert f"https://github.com/acme/site/raw/{head}/site/assets/logo.png" in body
-    assert "updated" in body
+    assert "regenerated (prompt)" in body
 
 
 def test_a_fork_pull_request_is_reviewed_without_writing_to_github(actions: Actions) -> None:
@@ -301,3 +301,18 @@ def test_odd_event_payloads_are_read_without_a_traceback(actions: Actions, paylo
     result = actions.run("run", "--command", "plan")
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output and "internal error" not in result.output
+
+
+def test_a_committed_rename_reads_as_flexforge_diff_would(actions: Actions) -> None:
+    base = git(actions.repo.root, "rev-parse", "HEAD")
+    actions.repo.edit("  logo:\n", "  brand-mark:\n")
+    built = actions.repo.flexforge("build", "--provider", "draft")
+    assert built.exit_code == 0, built.output
+    head = actions.repo.commit("logo is now brand-mark")
+    actions.pull_request(14, base, head)
+    assert actions.run("run", "--command", "check").exit_code == 0
+    review = json.loads(Path(actions.outputs()["review-json"]).read_text())
+    assert [(c["id"], c["kind"], c["reasons"][0]) for c in review["changes"]] == [
+        ("brand-mark", "renamed", "from logo")
+    ]
+    assert "renamed (from logo" in actions.github.writes()[0].body["body"]

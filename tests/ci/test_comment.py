@@ -61,7 +61,7 @@ def test_comment_starts_with_the_hidden_marker_and_shows_reasons_and_cost() -> N
 
 
 def test_before_and_after_link_the_committed_images_at_base_and_head() -> None:
-    change = AssetChange("hero", "updated", (), "site/a b.png", before="site/old.png", after="site/a b.png")
+    change = AssetChange("hero", "regenerated", (), "site/a b.png", before="site/old.png", after="site/a b.png")
     body = render_comment(review([change]))
     assert f'src="https://github.com/acme/site/raw/{BASE}/site/old.png"' in body
     assert f'src="https://github.com/acme/site/raw/{HEAD}/site/a%20b.png"' in body
