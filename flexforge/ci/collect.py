@@ -78,6 +78,7 @@ def committed(head: Lock, base: Lock | None, project: str) -> dict[str, AssetCha
             model=row.after.model if row.after else "",
             before=_joined(project, row.before.out) if row.before else None,
             after=_joined(project, row.after.out) if row.after else None,
+            paid_usd=row.cost_usd,
         )
     return found
 

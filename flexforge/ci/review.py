@@ -38,6 +38,7 @@ class AssetChange:
     before: str | None = None  # path at the base commit, when the base lock had an image
     after: str | None = None  # path at the head commit, when the head commit holds the new image
     preview: str | None = None  # file name of a draft preview in the previews artifact
+    paid_usd: float = 0.0  # what a committed new image cost (the API's report, from the lock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ def _change(value: Any, index: int) -> AssetChange:
         before=_optional(value.get("before"), f"{where}.before"),
         after=_optional(value.get("after"), f"{where}.after"),
         preview=_optional(value.get("preview"), f"{where}.preview"),
+        paid_usd=_money(value.get("paid_usd", 0.0), f"{where}.paid_usd"),
     )
 
 
