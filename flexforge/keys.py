@@ -84,16 +84,19 @@ def _digest(value: Any) -> str:
 
 
 def request_params(asset: Asset) -> dict[str, Any]:
-    """The request parameters that shape pixels, as they will be sent (flex knobs only for flex)."""
+    """The request parameters that shape pixels, as they will be sent (knobs only for the models
+    that take them: flex's steps and guidance; upsampling for flex, pro and max)."""
     params: dict[str, Any] = {
         "width": asset.width,
         "height": asset.height,
         "safety_tolerance": asset.safety_tolerance,
         "output_format": asset.output_format,
     }
-    if asset.is_flex:
+    if asset.steps is not None:
         params["steps"] = asset.steps
+    if asset.guidance is not None:
         params["guidance"] = asset.guidance
+    if asset.prompt_upsampling is not None:
         params["prompt_upsampling"] = asset.prompt_upsampling
     if asset.final_size is not None:
         params["final_size"] = list(asset.final_size)

@@ -13,34 +13,21 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from flexforge import models
 from flexforge.errors import Diagnostic, FlexforgeError, ManifestError
 from flexforge.imaging import EXTENSIONS
-from flexforge.request import FLEX_MODEL
+from flexforge.models import FLEX_MODEL
 
 MANIFEST_NAME = "flexforge.yaml"
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
 STATE_DIR = ".flexforge"
 CACHE_VERSION = 1  # bump when what validation produces changes
 
-FLEX_ONLY = ("steps", "guidance", "prompt_upsampling")
-BUILTIN_DEFAULTS: dict[str, Any] = {
-    "model": FLEX_MODEL,
-    "width": 1024,
-    "height": 1024,
-    "steps": 50,
-    "guidance": 4.5,
-    "output_format": "png",
-    "safety_tolerance": 2,
-    "prompt_upsampling": False,
-}
-MAX_REFERENCES = {
-    "flux-2-flex": 8,
-    "flux-2-pro": 8,
-    "flux-2-max": 8,
-    "flux-2-klein-4b": 4,
-    "flux-2-klein-9b": 4,
-}
-MAX_PIXELS = 2048 * 2048  # the API's 4 MP limit
+# Knobs that only some models take: set on another asset itself they are an error, in `defaults`
+# they apply to the models that take them.
+MODEL_KNOBS = (*models.FLEX_KNOBS, models.UPSAMPLING)
+BUILTIN_DEFAULTS: dict[str, Any] = dict(models.DEFAULTS)
+MAX_PIXELS = models.MAX_PIXELS
 MAX_TEXT = 100_000  # characters of one prompt or path after vars: far past any real prompt
 KEY_LIKE = re.compile(r"(^|_|-)(api_?key|key|token|secret|password|authorization|x-key)$", re.I)
 _VAR = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -58,9 +45,9 @@ class Asset:
     height: int
     output_format: str
     safety_tolerance: int
-    steps: int | None  # flex-only knobs are None on other models
+    steps: int | None  # knobs a model does not take (models.py) are None
     guidance: float | None
-    prompt_upsampling: bool | None
+    prompt_upsampling: bool | None  # flex, pro and max
     seed: int | None  # None: drawn at the first build and pinned in the lock
     references: tuple[str, ...]  # as written: asset ids or root-relative POSIX paths
     asset_refs: tuple[str, ...]  # the subset that are asset ids
@@ -318,15 +305,15 @@ class _Checker:
         here = ("assets", asset_id)
         values = {**defaults, **raw}
         model = values["model"]
-        is_flex = model == FLEX_MODEL
-        if not is_flex:
-            for knob in FLEX_ONLY:
-                if knob in raw:
-                    self.error(
-                        (*here, knob),
-                        f"{knob!r} applies to {FLEX_MODEL} only, not {model}",
-                        key=True,
-                    )
+        spec = models.get(model)
+        for knob in MODEL_KNOBS:
+            if knob in raw and knob not in spec.knobs:
+                takers = [m.name for m in models.MODELS.values() if knob in m.knobs and not m.preview_of]
+                self.error(
+                    (*here, knob),
+                    f"{knob!r} applies to {', '.join(takers)} only, not {model}",
+                    key=True,
+                )
         width, height = values["width"], values["height"]
         if width * height > MAX_PIXELS:
             self.error(
@@ -342,7 +329,7 @@ class _Checker:
         else:
             prompt = self._substitute(prompt_raw, variables, (*here, "prompt"))
         references = tuple(raw.get("references") or ())
-        limit = MAX_REFERENCES[model]
+        limit = spec.max_references
         if len(references) > limit:
             self.error(
                 (*here, "references"),
@@ -373,9 +360,9 @@ class _Checker:
             height=height,
             output_format=fmt,
             safety_tolerance=values["safety_tolerance"],
-            steps=values["steps"] if is_flex else None,
-            guidance=float(values["guidance"]) if is_flex else None,
-            prompt_upsampling=values["prompt_upsampling"] if is_flex else None,
+            steps=values["steps"] if spec.flex_knobs else None,
+            guidance=float(values["guidance"]) if spec.flex_knobs else None,
+            prompt_upsampling=bool(values["prompt_upsampling"]) if spec.upsampling else None,
             seed=raw.get("seed"),
             references=references,
             asset_refs=tuple(dict.fromkeys(asset_refs)),

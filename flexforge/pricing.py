@@ -33,8 +33,11 @@ def megapixels(width: int, height: int) -> float:
 
 def estimate_usd(model: str, width: int, height: int, input_sizes: Iterable[tuple[int, int]] = ()) -> float:
     """Estimated price of one generation: output megapixels plus reference megapixels."""
+    from flexforge.models import MODELS
+
     prices, rounding = _table()
-    price = prices.get(model)
+    spec = MODELS.get(model)
+    price = prices.get(spec.price_key if spec is not None else model)
     if price is None:
         return 0.0
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FLEX_MODEL = "flux-2-flex"
+from flexforge.models import FLEX_MODEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +21,7 @@ class ReferenceInput:
 
 @dataclass(frozen=True, slots=True)
 class ImageRequest:
-    """A fully resolved generation request; flex-only knobs are None for other models."""
+    """A fully resolved generation request; knobs its model does not take are None."""
 
     asset_id: str
     model: str

@@ -44,6 +44,7 @@ from flexforge.providers._wire import (
     describe_details,
     moderation_reasons,
     parse_error,
+    route,
 )
 from flexforge.request import ImageRequest
 
@@ -320,7 +321,7 @@ class _TaskRun:
 
     async def _submit(self, slot: Slot) -> None:
         body = await asyncio.to_thread(build_body, self.request)
-        url = f"{self.p.base_url}{self.p.dialect.route_prefix}/{self.request.model}"
+        url = f"{self.p.base_url}{self.p.dialect.route_prefix}/{route(self.request.model)}"
         response = await self.p.call("POST", url, phase="submit", log=self.log, body=body, slot=slot)
         if not response.is_success:
             raise self.p.refusal(response, f"this {self.request.model} request")

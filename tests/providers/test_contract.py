@@ -79,7 +79,7 @@ def test_flex_knobs_left_unset_are_still_sent_explicitly(emulator: RunningEmulat
     assert (body["steps"], body["guidance"], body["prompt_upsampling"]) == (50, 4.5, False)
 
 
-def test_pro_never_gets_flex_knobs(emulator: RunningEmulator) -> None:
+def test_pro_never_gets_flex_knobs_and_is_told_not_to_rewrite_the_prompt(emulator: RunningEmulator) -> None:
     generate(
         bfl(emulator), image_request(model="flux-2-pro", output_format="jpeg", safety_tolerance=4, seed=7)
     )
@@ -93,6 +93,7 @@ def test_pro_never_gets_flex_knobs(emulator: RunningEmulator) -> None:
         "seed": 7,
         "safety_tolerance": 4,
         "output_format": "jpeg",
+        "disable_pup": True,
     }
     assert emulator.stats()["ignored_fields"] == {}
 
@@ -152,6 +153,7 @@ def test_cometapi_uses_its_route_and_a_bearer_key(emulator: RunningEmulator) -> 
         "seed": 42,
         "safety_tolerance": 2,
         "output_format": "png",
+        "disable_pup": True,
     }
     headers = record["headers"]
     assert isinstance(headers, dict)

@@ -1,0 +1,52 @@
+"""The model table is the one source: the schema's enum, the price table and the emulator agree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flexforge import models
+from flexforge.emulator import validation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_schema_model_enum_is_exactly_the_model_table() -> None:
+    for name in ("manifest-v1.schema.json",):
+        schema = json.loads((ROOT / "schemas" / name).read_text(encoding="utf-8"))
+        enum = schema["$defs"]["params"]["properties"]["model"]["enum"]
+        assert enum == list(models.MODELS), name
+
+
+def test_every_model_has_a_price_row() -> None:
+    table = json.loads((ROOT / "flexforge" / "data" / "pricing.json").read_text(encoding="utf-8"))
+    priced = set(table["models"])
+    assert {m.price_key for m in models.MODELS.values()} == priced
+
+
+def test_the_emulator_serves_every_model_from_its_own_list() -> None:
+    assert set(validation.MODELS) == set(models.MODELS)
+
+
+def test_previews_take_what_their_model_takes() -> None:
+    for model in models.MODELS.values():
+        if model.preview_of is not None:
+            base = models.get(model.preview_of)
+            assert (model.knobs, model.max_references, model.price_key) == (
+                base.knobs,
+                base.max_references,
+                base.price_key,
+            )
+            assert model.route == model.name != base.route
+
+
+def test_upsampling_switches_follow_the_reference() -> None:
+    switches = {name: m.upsampling for name, m in models.MODELS.items() if not m.preview_of}
+    assert switches == {
+        "flux-2-flex": "prompt_upsampling",
+        "flux-2-pro": "disable_pup",
+        "flux-2-max": "disable_pup",
+        "flux-2-klein-4b": None,
+        "flux-2-klein-9b": None,
+    }
+    assert models.get("flux-2-pro").max_reference_mp == 9.0
