@@ -348,7 +348,11 @@ class Builder:
         # Cache first, output second: once the output exists, a restart can always restore it.
         sha = await asyncio.to_thread(self.store.put_object, image.data)
         meta = {"sha256": sha, "size": len(image.data), "task_id": image.task_id, "cost_usd": cost}
-        self.store.put_key_record(key.key, {**meta, "provider": self.provider.name, "seed": seed})
+        made = {**meta, "provider": self.provider.name, "seed": seed}
+        if image.prompt is not None:
+            made["api_prompt"] = image.prompt  # what the model followed: `explain` shows it
+            self._check_prompt(asset, image.prompt)
+        self.store.put_key_record(key.key, made)
         staged = await _staged(stage_bytes, self._output_path(asset), image.data)
         assert staged is not None  # stage_bytes always stages
         self.staged[asset.id] = (staged, asset.out, sha)
@@ -376,6 +380,21 @@ class Builder:
         detail = f"${cost:.4f}" if cost else ""
         self._record(Outcome(asset.id, GENERATED, detail, cost))
         return sha
+
+    def _check_prompt(self, asset: Asset, used: str) -> None:
+        """Say so when the API followed another prompt than the one sent: an LLM rewrite makes
+        the image hard to reproduce from the manifest."""
+        if used == asset.prompt:
+            return
+        why = (
+            "prompt_upsampling is on"
+            if asset.prompt_upsampling
+            else "although prompt_upsampling is off; the service ignored the switch"
+        )
+        self.reporter.log(
+            f"{asset.id}: warning: the API rewrote the prompt ({why}); "
+            f"`flexforge explain {asset.id}` shows the prompt it used"
+        )
 
     def _commit(self, step: Step, seed: int, sha: str, size: int, meta: dict[str, Any]) -> None:
         assert step.key is not None

@@ -11,6 +11,7 @@ from flexforge.context import GlobalOptions, open_project
 from flexforge.errors import EXIT_OK, UsageError
 from flexforge.keys import PARTS, request_params
 from flexforge.options import PlanOptions
+from flexforge.store import Store
 
 
 def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
@@ -33,6 +34,10 @@ def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
     echo(f"  seed      {step.seed if step.seed is not None else '-'} ({seed_note})")
     echo("  params    " + json.dumps(request_params(asset), sort_keys=True))
     echo("  prompt    " + asset.prompt)
+    used = _api_prompt(project.store, step.key.key if step.key else None, entry.key if entry else None)
+    if used is not None and used != asset.prompt:
+        echo("  used      " + used)
+        echo("            (the prompt the API says it followed: rewritten by prompt upsampling)")
     for i, ref in enumerate(asset.references):
         digest = step.reference_digests[i] if step.reference_digests else None
         kind = "asset" if ref in asset.asset_refs else "file"
@@ -46,3 +51,13 @@ def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
     new_key = step.key.key if step.key else "unknown until its inputs are built"
     echo(f"  key       {entry.key if entry else '-'} -> {new_key}")
     return EXIT_OK
+
+
+def _api_prompt(store: Store, *keys: str | None) -> str | None:
+    """The prompt the API reported for the current key's image, else for the lock's."""
+    for key in keys:
+        record = store.key_record(key) if key else None
+        used = record.get("api_prompt") if record else None
+        if isinstance(used, str):
+            return used
+    return None

@@ -32,7 +32,7 @@ from yarl import URL
 from flexforge.emulator.config import ConfigError, EmulatorConfig
 from flexforge.emulator.signing import UrlSigner
 from flexforge.emulator.state import PENDING, READY, EmulatorState, Task
-from flexforge.emulator.validation import MODELS, Invalid, Submission, parse_json, validate
+from flexforge.emulator.validation import MODELS, Invalid, Submission, parse_json, used_prompt, validate
 from flexforge.imaging import EXTENSIONS
 from flexforge.pricing import estimate_usd, megapixels
 from flexforge.request import ImageRequest, ReferenceInput
@@ -247,7 +247,7 @@ class Emulator:
         end = task.started_wall + (task.ready_at - task.submitted_at)
         result = {
             "sample": str(sample),
-            "prompt": task.submission.prompt,
+            "prompt": used_prompt(task.submission),
             "seed": task.seed,
             "start_time": round(task.started_wall, 3),
             "end_time": round(end, 3),
@@ -349,13 +349,14 @@ class Emulator:
 
 def _image_request(task: Task) -> ImageRequest:
     sub: Submission = task.submission
+    prompt = used_prompt(sub)  # an upsampled prompt changes the picture, as it would at BFL
     structured: Any = None
     with contextlib.suppress(ValueError):  # a plain prompt is not JSON
-        structured = json.loads(sub.prompt)
+        structured = json.loads(prompt)
     return ImageRequest(
         asset_id=task.id,
         model=sub.model,
-        prompt=sub.prompt,
+        prompt=prompt,
         width=sub.width,
         height=sub.height,
         seed=task.seed,

@@ -38,6 +38,18 @@ AUTO_SIZE = 1024  # what width/height 0 means without an input image
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
 
+def used_prompt(submission: Submission) -> str:
+    """The prompt the model actually follows: rewritten ("upsampled") by an LLM when flex's
+    prompt_upsampling is on (its default), and on pro and max unless disable_pup is true, as live
+    answers show. The emulator's rewrite is a fixed, visible suffix."""
+    if submission.prompt_upsampling or submission.disable_pup is False:
+        return f"{submission.prompt} {UPSAMPLED_SUFFIX}"
+    return submission.prompt
+
+
+UPSAMPLED_SUFFIX = "Rendered in rich detail, with soft natural light and a balanced composition."
+
+
 def max_images(model: str) -> int:
     return 4 if model.startswith("flux-2-klein") else 8
 

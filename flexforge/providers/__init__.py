@@ -30,6 +30,7 @@ class GeneratedImage:
     task_id: str | None = None
     cost_credits: float | None = None  # as reported by the API; 1 credit = US$0.01
     seed: int | None = None  # as reported by the API's result
+    prompt: str | None = None  # the prompt the API says it used (rewritten when upsampled)
 
 
 class TaskContext(Protocol):

@@ -411,7 +411,14 @@ class _TaskRun:
                     problem = f"the image downloaded for task {self.task_id} is broken ({exc})"
                 else:
                     self.task.finished_task()
-                    return GeneratedImage(data, self.task_id, self.cost, _int(result.get("seed")))
+                    used = result.get("prompt")
+                    return GeneratedImage(
+                        data,
+                        self.task_id,
+                        self.cost,
+                        _int(result.get("seed")),
+                        used if isinstance(used, str) else None,
+                    )
             elif response.status_code in _URL_REFUSED:
                 problem = (
                     f"the download URL of task {self.task_id} was refused "
