@@ -367,6 +367,8 @@ class Builder:
                     "task_id": image.task_id,
                     "cost_credits": image.cost_credits,
                     "cost_usd": cost,
+                    # who charged, and whether the figure is theirs or flexforge's estimate
+                    "cost_source": "reported" if image.cost_credits is not None else "estimate",
                 }
             )
         self._commit(
@@ -495,9 +497,9 @@ class Builder:
             return 0.0
         if self.estimates.get(asset.id):
             return self.estimates[asset.id]
-        from flexforge.pricing import estimate_usd
+        from flexforge.planner import estimate_asset
 
-        return estimate_usd(asset.model, asset.width, asset.height)
+        return estimate_asset(asset, self.plan.manifest, self.plan.provider)
 
 
 async def _staged(stage: Callable[..., Path | None], *args: Any) -> Path | None:

@@ -173,26 +173,27 @@ def make_plan(
         outputs[asset_id] = step.output_sha256
         steps.append(step)
     if generator != "draft":
-        _estimate(steps, manifest, store)
+        for step in steps:
+            if step.action in GENERATES:
+                step.estimated_cost_usd = estimate_asset(step.asset, manifest, provider)
     orphaned = sorted(set(lock.entries) - set(manifest.assets))
     return Plan(manifest, provider, generator, steps, orphaned)
 
 
-def _estimate(steps: list[Step], manifest: Manifest, store: Store) -> None:
+def estimate_asset(asset: Asset, manifest: Manifest, provider: str) -> float:
+    """What generating `asset` is estimated to cost on `provider`, references included."""
     from flexforge.pricing import estimate_usd
 
-    for step in steps:
-        if step.action in GENERATES:
-            sizes = [_reference_size(ref, manifest) for ref in step.asset.references]
-            step.estimated_cost_usd = estimate_usd(
-                step.asset.model, step.asset.width, step.asset.height, [s for s in sizes if s]
-            )
+    sizes = [_reference_size(ref, manifest) for ref in asset.references]
+    # A reference whose size cannot be read is billed at least the minimum: count it as 1x1.
+    known = [size or (1, 1) for size in sizes]
+    return estimate_usd(asset.model, asset.width, asset.height, known, provider)
 
 
 def _reference_size(ref: str, manifest: Manifest) -> tuple[int, int] | None:
     upstream = manifest.assets.get(ref)
     if upstream is not None:
-        return upstream.width, upstream.height
+        return upstream.final_size or (upstream.width, upstream.height)
     from PIL import Image
 
     try:

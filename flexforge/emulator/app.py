@@ -29,12 +29,12 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
+from flexforge.emulator import billing
 from flexforge.emulator.config import ConfigError, EmulatorConfig
 from flexforge.emulator.signing import UrlSigner
 from flexforge.emulator.state import PENDING, READY, EmulatorState, Task
 from flexforge.emulator.validation import MODELS, Invalid, Submission, parse_json, used_prompt, validate
 from flexforge.imaging import EXTENSIONS
-from flexforge.pricing import estimate_usd, megapixels
 from flexforge.request import ImageRequest, ReferenceInput
 
 Renderer = Callable[[ImageRequest], bytes]
@@ -136,9 +136,9 @@ class Emulator:
         except Invalid as exc:
             return _invalid(flavour, exc.errors)
 
-        input_sizes = [image.size for image in submission.images if image.size is not None]
-        usd = estimate_usd(model, submission.width, submission.height, input_sizes)
-        cost = round(usd * 100, 4)  # 1 credit = US$0.01
+        input_sizes = [image.size for image in submission.images]
+        size = (submission.width, submission.height)
+        cost = billing.credits(model, *size, input_sizes, comet=flavour == COMET)
         outcome, details = self.state.outcome(submission.prompt)
         charged = outcome == READY  # moderated or failed tasks are not charged
         if charged and cost > self.state.credits:
@@ -173,8 +173,9 @@ class Emulator:
         if flavour == BFL:
             answer["polling_url"] = str(self._poll_url(request, task))
             answer["cost"] = cost
-            answer["input_mp"] = round(sum(megapixels(w, h) for w, h in input_sizes), 4)
-            answer["output_mp"] = round(megapixels(submission.width, submission.height), 4)
+            known = [size for size in input_sizes if size is not None]
+            answer["input_mp"] = round(sum(w * h for w, h in known) / billing.PIXELS_PER_MP, 4)
+            answer["output_mp"] = round(submission.width * submission.height / billing.PIXELS_PER_MP, 4)
         else:
             answer["status"] = PENDING
             if self.config.comet_polling_url:
