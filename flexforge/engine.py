@@ -61,6 +61,13 @@ class Outcome:
 class BuildResult:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     estimated_cost_usd: float = 0.0
+    # Submissions that got no answer saying whether they created (and charged) a task, as
+    # (asset, its estimate: what each may have cost).
+    maybe_charged: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def maybe_charged_usd(self) -> float:
+        return round(sum(usd for _, usd in self.maybe_charged), 6)
 
     def count(self, result: str) -> int:
         return sum(1 for o in self.outcomes.values() if o.result == result)
@@ -87,8 +94,12 @@ class _TaskRecord:
         *,
         fresh: bool,
         on_ready: Callable[[], None],
+        on_maybe_charged: Callable[[bool], bool],
     ) -> None:
         self.ready = on_ready
+        self._on_maybe_charged = on_maybe_charged
+        self.uncertain = 0  # submissions that may have been charged
+        self.replays = 0
         self._store = store
         self._asset = step.asset.id
         self._key = key
@@ -112,6 +123,12 @@ class _TaskRecord:
 
     def finished_task(self) -> None:
         self.finished = True
+
+    def maybe_charged(self, reason: str, *, replay: bool) -> bool:
+        self.uncertain += 1
+        allowed = self._on_maybe_charged(replay)
+        self.replays += int(replay and allowed)
+        return allowed
 
     def log(self, message: str) -> None:
         self._reporter.log(f"{self._asset}: {message}")
@@ -325,17 +342,18 @@ class Builder:
                 self.reporter,
                 fresh=fresh,
                 on_ready=slot.release,
+                on_maybe_charged=functools.partial(self._maybe_charged, asset.id, estimate),
             )
             try:
                 image = await self.provider.generate(request, record)
                 await asyncio.to_thread(_verify, image, asset)
             except ProviderError:
-                self.committed_usd -= estimate
+                self._release(record, estimate)
                 if record.finished:
                     self.store.journal_remove(key.key)
                 raise
             except Exception as exc:  # a provider bug must fail one asset, not crash the build
-                self.committed_usd -= estimate
+                self._release(record, estimate)
                 raise ProviderError(f"{type(exc).__name__}: {exc}") from exc
         if asset.final_size is not None:
             from flexforge.imaging import fit_cover
@@ -382,6 +400,25 @@ class Builder:
         detail = f"${cost:.4f}" if cost else ""
         self._record(Outcome(asset.id, GENERATED, detail, cost))
         return sha
+
+    def _maybe_charged(self, asset_id: str, estimate: float, replay: bool) -> bool:
+        """Count a submission that may have been paid for; its reservation is kept. A replay is
+        allowed when --max-cost has room for paying once more, and then reserved too."""
+        self.result.maybe_charged.append((asset_id, estimate))
+        if not replay:
+            return False
+        limit = self.options.max_cost_usd
+        if limit is not None and self.committed_usd + estimate > limit + 1e-9:
+            return False
+        self.committed_usd += estimate
+        return True
+
+    def _release(self, record: _TaskRecord, estimate: float) -> None:
+        """Give back the reservation of a failed asset, except for submissions that may have
+        been charged: each attempt reserved its estimate, and only the last, if it surely made
+        no task, is released."""
+        attempts = 1 + record.replays
+        self.committed_usd -= estimate * max(0, attempts - record.uncertain)
 
     def _check_prompt(self, asset: Asset, used: str) -> None:
         """Say so when the API followed another prompt than the one sent: an LLM rewrite makes

@@ -30,7 +30,7 @@ from aiohttp import web
 from yarl import URL
 
 from flexforge.emulator import billing
-from flexforge.emulator.config import ConfigError, EmulatorConfig
+from flexforge.emulator.config import SUBMIT_AMBIGUOUS, ConfigError, EmulatorConfig
 from flexforge.emulator.signing import UrlSigner
 from flexforge.emulator.state import PENDING, READY, EmulatorState, Task
 from flexforge.emulator.validation import MODELS, Invalid, Submission, parse_json, used_prompt, validate
@@ -122,8 +122,18 @@ class Emulator:
         if denied is not None:
             return denied
         fault = self.state.fault("submit")
-        if fault in _HTTP_FAULTS:
-            return _error(flavour, int(str(fault)), f"emulated {fault}", code="emulated_fault")
+        if fault == "429":
+            return _error(flavour, 429, "emulated 429", code="emulated_fault")
+        if fault == "503":  # turned away before anything was made, and it says so
+            return _error(
+                flavour,
+                503,
+                "Service temporarily unavailable: no task was created; retry later",
+                code="emulated_fault",
+                retry_after=1,
+            )
+        if fault in SUBMIT_AMBIGUOUS and not self.state.fault_creates_task():
+            return await self._fault_answer(request, flavour, fault)
         now = time.monotonic()
         limit = self.config.max_in_flight
         if self.state.in_flight(now) >= limit:
@@ -163,11 +173,10 @@ class Emulator:
             started_wall=time.time(),
         )
         self.state.add(task, request.path, body)
-        # The task exists and is charged, but its answer is lost or comes too late.
-        if fault == "drop":
-            _drop(request)
-            return None
-        if fault == "hang":
+        if fault in SUBMIT_AMBIGUOUS:  # the task exists and is charged, but its answer is lost
+            self.state.stats.unanswered_tasks += 1
+            if fault != "hang":
+                return await self._fault_answer(request, flavour, fault)
             await asyncio.sleep(self.config.hang_seconds)
         answer: dict[str, Any] = {"id": task.id}
         if flavour == BFL:
@@ -181,6 +190,17 @@ class Emulator:
             if self.config.comet_polling_url:
                 answer["polling_url"] = str(self._poll_url(request, task))
         return web.json_response(answer)
+
+    async def _fault_answer(self, request: web.Request, flavour: str, fault: str) -> web.Response | None:
+        """What an ambiguous submit fault answers: an error that says nothing of a task, a
+        dropped connection, or (hang, no task made) a gateway timeout after hang_seconds."""
+        if fault == "drop":
+            _drop(request)
+            return None
+        if fault == "hang":
+            await asyncio.sleep(self.config.hang_seconds)
+            fault = "504"
+        return _error(flavour, int(fault), f"emulated {fault}", code="emulated_fault")
 
     def _store_reference(self, data: bytes) -> Path:
         path = Path(self._scratch.name) / hashlib.sha256(data).hexdigest()
@@ -211,6 +231,8 @@ class Emulator:
 
     async def _poll(self, request: web.Request, flavour: str, owner: str | None) -> web.StreamResponse:
         response = await self._answer_poll(request, flavour, owner)
+        if response is not None and self.config.poll_retry_after is not None:
+            response.headers["Retry-After"] = f"{self.config.poll_retry_after:g}"
         self.state.stats.polls += 1
         self.state.stats.answered("poll", "dropped" if response is None else response.status)
         return response if response is not None else web.Response(status=204)
@@ -392,11 +414,14 @@ def _poll_body(
     }
 
 
-def _error(flavour: str, status: int, message: str, code: str) -> web.Response:
+def _error(
+    flavour: str, status: int, message: str, code: str, *, retry_after: int | None = None
+) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     if flavour == BFL:
-        return web.json_response({"detail": message}, status=status)
+        return web.json_response({"detail": message}, status=status, headers=headers)
     envelope = {"message": message, "type": "comet_api_error", "param": "", "code": code}
-    return web.json_response({"error": envelope}, status=status)
+    return web.json_response({"error": envelope}, status=status, headers=headers)
 
 
 def _invalid(flavour: str, errors: list[dict[str, Any]]) -> web.Response:

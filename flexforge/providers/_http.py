@@ -13,6 +13,19 @@ variables, else the defaults shown (seconds unless said otherwise):
     FLEXFORGE_HTTP_TIMEOUT        timeout of one HTTP call                       60
     FLEXFORGE_TASK_TIMEOUT        how long a task may stay pending               900
     FLEXFORGE_RATE_LIMIT_TIMEOUT  how long 429s may go on for one call           1800
+    FLEXFORGE_SUBMIT_REPLAY       replays of a submission that may have been      0
+                                  charged (0 or 1; see "Submitting" below)
+
+Submitting: there is no idempotency key, so a submission is retried only when it surely created
+no task: the connection failed before the body was sent, a 429, or a 503 that says the service
+is unavailable (a Retry-After header, or words to that effect). After anything else (a read
+timeout or a dropped connection once the body was sent, a 500, 502 or 504, a 503 that says
+nothing) the service may have created and charged the task: the asset fails saying so, and the
+engine counts it and keeps its reservation against --max-cost. FLEXFORGE_SUBMIT_REPLAY=1 allows
+one replay of such a submission (so at most two paid tasks for it) for those who prefer that.
+
+Retry-After is honoured on every answer that carries it, bounded: by FLEXFORGE_RETRY_MAX_DELAY
+for 429s and 5xx, by FLEXFORGE_POLL_MAX_INTERVAL between polls of a pending task.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import statistics
 import time
 from collections import deque
@@ -39,6 +53,7 @@ from flexforge.providers._wire import (
     FAILED,
     MODERATED,
     NOT_FOUND,
+    PENDING,
     READY,
     build_body,
     describe_details,
@@ -53,6 +68,8 @@ Phase = Literal["submit", "poll", "download"]
 # Transport errors after which the request may have reached the server: a submission whose
 # response is lost this way may have created (and charged) a task.
 _MAYBE_DELIVERED = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
+# A 503 whose text says this never reached the point of creating a task.
+_UNAVAILABLE = re.compile(r"unavailable|overload|capacity|maintenance|try again|retry later", re.I)
 # Status codes with which a signed download URL says it expired or was refused.
 _URL_REFUSED = frozenset({401, 403, 404, 410})
 MAX_SAFETY_TOLERANCE = 5
@@ -71,6 +88,13 @@ class HttpSettings:
     http_timeout: float = 60.0
     task_timeout: float = 900.0
     rate_limit_timeout: float = 1800.0
+    submit_replay: int = 0  # 0 or 1: replays of a submission that may have been charged
+
+    def __post_init__(self) -> None:
+        if self.submit_replay not in (0, 1):
+            raise UsageError(
+                f"FLEXFORGE_SUBMIT_REPLAY must be 0 or 1 (at most one replay), got {self.submit_replay}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HttpSettings:
@@ -197,10 +221,7 @@ class FluxHttpProvider:
                 failures += 1
                 reason = _describe_transport(exc)
                 if phase == "submit" and isinstance(exc, _MAYBE_DELIVERED):
-                    reason += (
-                        f"; the response to this submission was lost, so {self.dialect.service}"
-                        " may have created and charged a task for it"
-                    )
+                    raise AmbiguousSubmit(f"{reason} after the request was sent") from None
                 await self._pause_or_give_up(phase, failures, reason, log)
                 continue
             if response.status_code == 429:
@@ -213,7 +234,7 @@ class FluxHttpProvider:
                         f"{now - rate_limited_since:.0f}s of retries"
                     )
                 rate_limited += 1
-                delay = _retry_after(response) or self.backoff(min(rate_limited, 8))
+                delay = self.retry_after(response) or self.backoff(min(rate_limited, 8))
                 if slot is None:
                     await asyncio.sleep(delay)
                     continue
@@ -224,17 +245,31 @@ class FluxHttpProvider:
                 await slot.pause(delay)
                 continue
             if response.status_code >= 500 and _retryable(response):
-                failures += 1
                 detail = parse_error(response.status_code, response.text).message
-                await self._pause_or_give_up(phase, failures, f"HTTP {response.status_code} {detail}", log)
+                reason = f"HTTP {response.status_code} {detail}"
+                if phase == "submit" and not _surely_refused(response):
+                    raise AmbiguousSubmit(reason)
+                failures += 1
+                await self._pause_or_give_up(phase, failures, reason, log, self.retry_after(response))
                 continue
             return response
 
-    async def _pause_or_give_up(self, phase: Phase, failures: int, reason: str, log: _Log) -> None:
+    def retry_after(self, response: httpx.Response, ceiling: float | None = None) -> float | None:
+        """The answer's Retry-After in seconds, bounded: a server must not stall a build."""
+        value = _retry_after(response)
+        return (
+            None
+            if value is None
+            else min(value, self.settings.retry_max_delay if ceiling is None else ceiling)
+        )
+
+    async def _pause_or_give_up(
+        self, phase: Phase, failures: int, reason: str, log: _Log, retry_after: float | None = None
+    ) -> None:
         limit = self.settings.max_retries
         if failures > limit:
             raise self.error(f"{phase} failed after {failures} attempts: {reason}")
-        delay = self.backoff(failures)
+        delay = self.backoff(failures) if retry_after is None else retry_after
         log(f"{phase}: {reason}; retry {failures}/{limit} in {delay:.1f}s")
         await asyncio.sleep(delay)
 
@@ -276,6 +311,10 @@ class _Log:
 
 class _TaskNotFound(Exception):
     pass
+
+
+class AmbiguousSubmit(Exception):
+    """A submission that may have created (and charged) a task though no answer says so."""
 
 
 class _TaskRun:
@@ -322,7 +361,7 @@ class _TaskRun:
     async def _submit(self, slot: Slot) -> None:
         body = await asyncio.to_thread(build_body, self.request)
         url = f"{self.p.base_url}{self.p.dialect.route_prefix}/{route(self.request.model)}"
-        response = await self.p.call("POST", url, phase="submit", log=self.log, body=body, slot=slot)
+        response = await self._post_once(url, body, slot)
         if not response.is_success:
             raise self.p.refusal(response, f"this {self.request.model} request")
         payload = _json_object(response)
@@ -341,6 +380,30 @@ class _TaskRun:
         self.cost = _number(payload.get("cost"))
         self.task.submitted(self.task_id, self.polling_url, self.cost)
         self.p.limiter.succeeded()
+
+    async def _post_once(self, url: str, body: dict[str, Any], slot: Slot) -> httpx.Response:
+        """POST the submission; after an answer that leaves it unknown whether a task was made,
+        fail rather than pay twice, unless FLEXFORGE_SUBMIT_REPLAY allows (and the engine's
+        budget has room for) one replay."""
+        replays = 0
+        while True:
+            try:
+                return await self.p.call("POST", url, phase="submit", log=self.log, body=body, slot=slot)
+            except AmbiguousSubmit as exc:
+                service = self.p.dialect.service
+                lost = f"submit: {exc}: {service} may have created the task, so it may have been charged"
+                wants = replays < self.p.settings.submit_replay
+                if self.task.maybe_charged(lost, replay=wants) and wants:
+                    replays += 1
+                    self.log(f"{lost}; replaying it once, as FLEXFORGE_SUBMIT_REPLAY=1 allows")
+                    await asyncio.sleep(self.p.backoff(1))
+                    continue
+                hint = (
+                    "not replayed: the run's --max-cost has no room for a second payment"
+                    if wants
+                    else "not sent again so as not to pay twice (FLEXFORGE_SUBMIT_REPLAY=1 allows one replay)"
+                )
+                raise self.p.error(f"{lost}; {hint}; check the account before building again") from None
 
     async def _wait(self) -> dict[str, Any]:
         """Poll until the task is Ready; returns its `result`."""
@@ -371,12 +434,23 @@ class _TaskRun:
                 raise self.p.error(f"task {self.task_id} ended with status {status}: {details}")
             elif status == NOT_FOUND:
                 raise _TaskNotFound
+            elif isinstance(status, str) and status != PENDING:
+                # As BFL's SDK does: a status this client does not know is the end of the task,
+                # not something to poll for 900 s while holding a place in flight.
+                self.task.finished_task()
+                details = describe_details(payload.get("details"))
+                raise self.p.error(
+                    f"task {self.task_id} ended with status {status!r}, which flexforge does not know "
+                    f"({details}); treated as failed"
+                )
             if time.monotonic() > deadline:
                 raise self.p.error(
                     f"task {self.task_id} still not ready after {settings.task_timeout:.0f}s "
                     f"(last status {status!r}); the next build polls it again without paying"
                 )
-            await asyncio.sleep(self.p.polls.wait(time.monotonic() - started, interval))
+            wait = self.p.polls.wait(time.monotonic() - started, interval)
+            asked = self.p.retry_after(response, ceiling=settings.poll_max_interval)
+            await asyncio.sleep(wait if asked is None else max(wait, asked))
             # Poll at the base rate while a task is young (most finish within seconds, and every
             # late look adds to the build's makespan); back off only for slow ones.
             if time.monotonic() - started > STEADY_POLLING:
@@ -500,17 +574,34 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     return payload if isinstance(payload, dict) else {}
 
 
+def _surely_refused(response: httpx.Response) -> bool:
+    """A 503 that says the service is unavailable (Retry-After, or words to that effect) was
+    turned away before any task was made; any other 5xx to a submission may have made one."""
+    if response.status_code != 503:
+        return False
+    return "Retry-After" in response.headers or bool(_UNAVAILABLE.search(response.text[:2000]))
+
+
 def _retryable(response: httpx.Response) -> bool:
     # CometAPI reports requests its upstream refused as 500 "invalid_request": retrying cannot help.
     return parse_error(response.status_code, response.text).code != "invalid_request"
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After as seconds (a number, or an HTTP date), or None when absent or unreadable."""
     value = response.headers.get("Retry-After")
-    try:
-        return min(max(0.0, float(value)), 3600.0) if value else None
-    except ValueError:
+    if not value:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
 
 
 def _describe_transport(exc: httpx.TransportError) -> str:

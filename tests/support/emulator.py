@@ -53,6 +53,8 @@ class RecordingTask:
         self.finished = 0
         self.logs: list[str] = []
         self.on_submit: Callable[[], None] | None = None
+        self.uncertain: list[str] = []  # submissions that may have been charged
+        self.allow_replay = True
 
     @property
     def resumable(self) -> JournalEntry | None:
@@ -68,6 +70,10 @@ class RecordingTask:
 
     def finished_task(self) -> None:
         self.finished += 1
+
+    def maybe_charged(self, reason: str, *, replay: bool) -> bool:
+        self.uncertain.append(reason)
+        return self.allow_replay
 
     def log(self, message: str) -> None:
         self.logs.append(message)
