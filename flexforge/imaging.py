@@ -110,3 +110,21 @@ def fit_cover(data: bytes, width: int, height: int, output_format: str) -> bytes
     buf = io.BytesIO()
     fitted.save(buf, format=PIL_FORMATS[output_format], **_SAVE_OPTIONS[output_format])
     return buf.getvalue()
+
+
+def header_problem(data: bytes, width: int, height: int, output_format: str) -> str | None:
+    """Why `data` is not a `output_format` image of width x height by its header, or None. Reads
+    the header only: what restores check, so that no planted file is ever decoded in full."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            actual_format, size = img.format, img.size
+    except Exception:  # Pillow raises many types for files it cannot read
+        return "not a readable image"
+    expected = PIL_FORMATS[output_format]
+    if actual_format != expected:
+        return f"a {actual_format} image where {expected} is declared"
+    if size != (width, height):
+        return f"{size[0]}x{size[1]} where {width}x{height} is declared"
+    return None

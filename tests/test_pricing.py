@@ -13,6 +13,7 @@ from flexforge import models
 from flexforge.emulator import billing
 from flexforge.emulator.testing import RunningEmulator
 from flexforge.pricing import billed_mp, estimate_usd, price_basis
+from flexforge.store import Store
 from tests.helpers import Project, png
 from tests.support.emulator import serve_builds
 
@@ -87,7 +88,5 @@ def test_max_cost_reserves_the_rounded_estimate_of_small_references(
     stats = emu.stats()
     assert stats["submissions"] == 2
     assert stats["charged_credits"] / 100 == pytest.approx(2 * each)  # the bill is the estimate
-    ledger = [
-        json.loads(line) for line in (project.root / ".flexforge/ledger.jsonl").read_text().splitlines()
-    ]
-    assert {(r["provider"], r["cost_source"]) for r in ledger} == {("emulator", "reported")}
+    ledger = Store(project.root / ".flexforge").ledger()
+    assert {(r.provider, r.cost_source) for r in ledger} == {("emulator", "reported")}

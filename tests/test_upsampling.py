@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
 
 from flexforge.emulator.testing import RunningEmulator
 from flexforge.emulator.validation import UPSAMPLED_SUFFIX
+from flexforge.store import KeyRecord, Store
 from tests.helpers import Project
 from tests.support.emulator import serve_builds
 
@@ -31,8 +31,10 @@ def pro_manifest(project: Project, upsampling: bool) -> None:
     """)
 
 
-def key_records(project: Project) -> list[dict[str, object]]:
-    return [json.loads(p.read_text()) for p in (project.root / ".flexforge/keys").glob("*.json")]
+def key_records(project: Project) -> list[KeyRecord]:
+    store = Store(project.root / ".flexforge")
+    found = [store.key_record(p.stem) for p in (project.root / ".flexforge/keys").glob("*.json")]
+    return [record for record in found if record is not None]
 
 
 def test_a_pro_prompt_is_kept_when_upsampling_is_off(project: Project, emu: RunningEmulator) -> None:
@@ -45,7 +47,7 @@ def test_a_pro_prompt_is_kept_when_upsampling_is_off(project: Project, emu: Runn
     assert submission["body"]["disable_pup"] is True  # type: ignore[index]
     assert "rewrote the prompt" not in result.stderr
     (record,) = key_records(project)
-    assert record["api_prompt"] == PROMPT
+    assert record.result_prompt == PROMPT
     explained = project.run("explain", "hero", "--provider", "emulator").stdout
     assert f"prompt    {PROMPT}" in explained and "used " not in explained
 
@@ -62,7 +64,7 @@ def test_a_pro_prompt_rewritten_by_upsampling_is_recorded_shown_and_warned_about
     assert "disable_pup" not in submission["body"]  # type: ignore[operator]
     assert "hero: warning: the API rewrote the prompt (prompt_upsampling is on)" in result.stderr
     (record,) = key_records(project)
-    assert record["api_prompt"] == f"{PROMPT} {UPSAMPLED_SUFFIX}"
+    assert record.result_prompt == f"{PROMPT} {UPSAMPLED_SUFFIX}"
     explained = project.run("explain", "hero", "--provider", "emulator").stdout
     assert f"used      {PROMPT} {UPSAMPLED_SUFFIX}" in explained
 

@@ -57,7 +57,6 @@ def _api_prompt(store: Store, *keys: str | None) -> str | None:
     """The prompt the API reported for the current key's image, else for the lock's."""
     for key in keys:
         record = store.key_record(key) if key else None
-        used = record.get("api_prompt") if record else None
-        if isinstance(used, str):
-            return used
+        if record is not None and record.result_prompt is not None:
+            return record.result_prompt
     return None
