@@ -195,6 +195,9 @@ def validate() -> int:
 @provider_option
 @click.option("--replace", multiple=True, metavar="ID", help="Plan ID as regenerated even if clean.")
 @click.option("--reseed", multiple=True, metavar="ID", help="Plan ID with a new seed.")
+@click.option(
+    "--check-credits", is_flag=True, help="Ask the provider for the balance (the only network call)."
+)
 @global_options
 @handle_errors
 def plan(
@@ -204,8 +207,9 @@ def plan(
     provider: str | None,
     replace: tuple[str, ...],
     reseed: tuple[str, ...],
+    check_credits: bool,
 ) -> int:
-    """What a build would do and why, with the estimated cost. No network."""
+    """What a build would do and why, with the estimated cost. No network unless --check-credits."""
     from flexforge.commands.plan import plan as run
 
     return run(
@@ -214,6 +218,7 @@ def plan(
         provider,
         as_json=as_json,
         detailed_exitcode=detailed_exitcode,
+        check_credits=check_credits,
     )
 
 
@@ -240,6 +245,11 @@ def plan(
     metavar="USD",
     help="Never start a task that could take the run's estimated spend over USD.",
 )
+@click.option(
+    "--ignore-credits",
+    is_flag=True,
+    help="Build even if the account's balance is below the plan's estimate.",
+)
 @global_options
 @handle_errors
 def build(
@@ -252,12 +262,15 @@ def build(
     reseed: tuple[str, ...],
     keep_going: bool,
     max_cost: float | None,
+    ignore_credits: bool,
 ) -> int:
     """Make the files match the manifest; IDs limit it to those assets and what they need."""
     from flexforge.commands.build import build as run
     from flexforge.options import BuildOptions
 
-    options = BuildOptions(jobs=jobs, keep_going=keep_going, max_cost_usd=max_cost)
+    options = BuildOptions(
+        jobs=jobs, keep_going=keep_going, max_cost_usd=max_cost, check_credits=not ignore_credits
+    )
     return run(
         _opts(),
         _plan_options(ids, replace, reseed),

@@ -17,3 +17,4 @@ class BuildOptions:
     jobs: int = 8
     keep_going: bool = False
     max_cost_usd: float | None = None
+    check_credits: bool = True  # ask the balance before the first paid submission

@@ -94,7 +94,7 @@ def test_out_of_credits_stops_the_run_and_keeps_finished_work(
 ) -> None:
     with serve_builds(monkeypatch, credits=12.0) as emu:  # about two 256x256 flex tasks at 5 credits
         manifest(project, 5)
-        result = build(project, "--jobs", "1", "--keep-going")
+        result = build(project, "--jobs", "1", "--keep-going", "--ignore-credits")
         assert result.exit_code == 1
         assert "credit" in result.stderr.lower()
         built = set(project.lock()["assets"])

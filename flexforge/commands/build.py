@@ -83,7 +83,9 @@ def _execute(
     reporter.begin(len(plan.steps), sum(1 for s in plan.steps if s.action in GENERATES))
     interrupted = False
     try:
-        result = asyncio.run(_run(builder, provider))
+        result = asyncio.run(
+            _run(builder, provider, _credits_needed(plan, options) if needs_provider else 0.0)
+        )
     except (KeyboardInterrupt, asyncio.CancelledError):
         interrupted = True
         result = builder.result
@@ -95,7 +97,16 @@ def _execute(
     return EXIT_ERROR if result.failures else EXIT_OK
 
 
-async def _run(builder: Builder, provider: Provider) -> BuildResult:
+def _credits_needed(plan: Plan, options: BuildOptions) -> float:
+    """What the balance must cover before anything is paid: the plan's estimate, at most
+    --max-cost; nothing when the check is off or the provider is free."""
+    if not options.check_credits or plan.generator == "draft":
+        return 0.0
+    needed = plan.estimated_cost_usd
+    return needed if options.max_cost_usd is None else min(needed, options.max_cost_usd)
+
+
+async def _run(builder: Builder, provider: Provider, credits_needed: float) -> BuildResult:
     import asyncio
     import contextlib
     import signal
@@ -106,6 +117,13 @@ async def _run(builder: Builder, provider: Provider) -> BuildResult:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     try:
+        if credits_needed > 0:
+            from flexforge import credits
+
+            checked = await credits.check(provider, provider.name, credits_needed)
+            if checked.balance_credits is None:
+                builder.reporter.log(checked.line())
+            credits.refuse_when_short(checked)
         return await builder.run()
     finally:
         await provider.aclose()

@@ -280,6 +280,7 @@ class Emulator:
 
     async def _credits(self, request: web.Request) -> web.StreamResponse:
         denied = self._authenticate(request, BFL)
+        self.state.stats.answered("credits", 403 if denied is not None else 200)
         if denied is not None:
             return denied
         return web.json_response({"credits": round(self.state.credits, 4)})

@@ -31,13 +31,14 @@ for 429s and 5xx, by FLEXFORGE_POLL_MAX_INTERVAL between polls of a pending task
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import re
 import statistics
 import time
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
@@ -63,7 +64,7 @@ from flexforge.providers._wire import (
 )
 from flexforge.request import ImageRequest
 
-Phase = Literal["submit", "poll", "download"]
+Phase = Literal["submit", "poll", "download", "credits"]
 
 # Transport errors after which the request may have reached the server: a submission whose
 # response is lost this way may have created (and charged) a task.
@@ -124,6 +125,7 @@ class Dialect:
     key_env: str  # the variable that holds the key, named in auth errors
     route_prefix: str  # submit is POST {base}{prefix}/{model}; results at {prefix}/get_result
     bearer: bool  # Authorization: Bearer <key>, else x-key: <key>
+    credits_path: str | None = None  # GET {base}{path} -> {"credits": n}; None: no documented one
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if self.bearer else {"x-key": key}
@@ -172,6 +174,20 @@ class FluxHttpProvider:
             await asyncio.wait(set(self._submitting), timeout=self.settings.http_timeout)
         await self._client.aclose()
 
+    async def credits(self) -> float | None:
+        """The account's balance in credits (1 credit = US$0.01), or None when the service
+        documents no way to ask."""
+        if self.dialect.credits_path is None:
+            return None
+        url = f"{self.base_url}{self.dialect.credits_path}"
+        response = await self.call("GET", url, phase="credits", log=lambda line: None)
+        if not response.is_success:
+            raise self.refusal(response, "the credit balance")
+        balance = _number(_json_object(response).get("credits"))
+        if balance is None or not math.isfinite(balance) or balance < 0:
+            raise self.error(f"{self.dialect.service} answered the credit balance with no usable number")
+        return balance
+
     async def submit_shielded(self, submission: Awaitable[None]) -> None:
         """Run a submission (the POST and the journal entry after it) to its end even if the
         build is cancelled meanwhile; `aclose` waits for it."""
@@ -200,7 +216,7 @@ class FluxHttpProvider:
         url: str,
         *,
         phase: Phase,
-        log: _Log,
+        log: Callable[[str], None],
         body: dict[str, Any] | None = None,
         slot: Slot | None = None,  # only for submissions: the task's place in flight
     ) -> httpx.Response:
@@ -264,7 +280,12 @@ class FluxHttpProvider:
         )
 
     async def _pause_or_give_up(
-        self, phase: Phase, failures: int, reason: str, log: _Log, retry_after: float | None = None
+        self,
+        phase: Phase,
+        failures: int,
+        reason: str,
+        log: Callable[[str], None],
+        retry_after: float | None = None,
     ) -> None:
         limit = self.settings.max_retries
         if failures > limit:

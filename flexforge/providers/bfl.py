@@ -10,8 +10,10 @@ DEFAULT_BASE = "https://api.bfl.ai"
 DEFAULT_EMULATOR_URL = "http://127.0.0.1:8787"
 KEY_ENV = "BFL_API_KEY"
 
-BFL = Dialect(service="BFL", key_env=KEY_ENV, route_prefix="/v1", bearer=False)
-EMULATOR = Dialect(service="the emulator", key_env=KEY_ENV, route_prefix="/v1", bearer=False)
+BFL = Dialect(service="BFL", key_env=KEY_ENV, route_prefix="/v1", bearer=False, credits_path="/v1/credits")
+EMULATOR = Dialect(
+    service="the emulator", key_env=KEY_ENV, route_prefix="/v1", bearer=False, credits_path="/v1/credits"
+)
 
 
 class BflProvider(FluxHttpProvider):

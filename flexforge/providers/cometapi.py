@@ -9,6 +9,7 @@ from flexforge.providers._http import Dialect, FluxHttpProvider, HttpSettings, k
 DEFAULT_BASE = "https://api.cometapi.com"
 KEY_ENV = "COMETAPI_KEY"
 
+# CometAPI's docs give no balance endpoint for its FLUX API: the credit check says it is unavailable.
 COMETAPI = Dialect(service="CometAPI", key_env=KEY_ENV, route_prefix="/flux/v1", bearer=True)
 
 
