@@ -121,6 +121,9 @@ class _TaskRecord:
             self._asset, self._key, self._provider, task_id, polling_url, time.time(), cost_credits
         )
         self._store.journal_put(entry)
+        # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
+        # holds, and a failure now must keep this one journaled.
+        self.finished = False
 
     def finished_task(self) -> None:
         self.finished = True

@@ -122,7 +122,7 @@ def test_wrong_key_is_one_clear_line_and_never_printed(
         manifest(project, 3)
         result = build(project)
         assert result.exit_code == 1
-        assert "BFL_API_KEY" in result.stderr
+        assert "FLEXFORGE_EMULATOR_KEY" in result.stderr
         assert SECRET not in result.stderr + result.stdout
         assert emu_free_of_secret(project)
 
