@@ -191,7 +191,10 @@ class Emulator:
             answer["output_mp"] = round(submission.width * submission.height / billing.PIXELS_PER_MP, 4)
         else:
             answer["status"] = PENDING
-            if self.config.comet_polling_url:
+            upstream = self.config.comet_upstream_url.rstrip("/")
+            if upstream:
+                answer["polling_url"] = f"{upstream}/v1/get_result?id={task.id}"
+            elif self.config.comet_polling_url:
                 answer["polling_url"] = str(self._poll_url(request, task))
         return web.json_response(answer)
 

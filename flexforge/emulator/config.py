@@ -54,6 +54,9 @@ class EmulatorConfig:
     poll_retry_after: float | None = None
     seed: int | None = None  # seeds the fault and latency RNG; None: unpredictable
     comet_polling_url: bool = False  # CometAPI submit answers may carry polling_url, or not
+    # A base URL (e.g. https://api.eu2.bfl.ai) whose get_result CometAPI answers name as their
+    # polling_url, as a reseller passing its upstream's answer through would; "": its own.
+    comet_upstream_url: str = ""
     capture_limit: int = 1000  # submissions kept for GET /_emulator/requests
 
     def __post_init__(self) -> None:

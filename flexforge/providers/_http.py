@@ -150,6 +150,9 @@ class Dialect:
     # (besides the base URL's host): see _hosts.KeyPolicy.
     domains: tuple[str, ...] = ()
     credits_path: str | None = None  # GET {base}{path} -> {"credits": n}; None: no documented one
+    # Poll {base}{prefix}/get_result?id= always, and a polling_url only when it is on the base
+    # URL's host: a reseller may pass its upstream's URL through, where its key has no business.
+    own_results: bool = False
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if self.bearer else {"x-key": key}
@@ -491,6 +494,12 @@ class _TaskRun:
         polling_url = payload.get("polling_url")
         if not isinstance(polling_url, str) or not polling_url:
             polling_url = self.p.result_url(task_id)
+        elif self.p.dialect.own_results and not _same_host(polling_url, self.p.base_url):
+            self.log(
+                f"{self.p.dialect.service} named a polling URL on another host; "
+                "polling its own get_result instead"
+            )
+            polling_url = self.p.result_url(task_id)
         policy = self.p.key_policy
         try:
             if policy.contains_key(task_id):
@@ -766,6 +775,14 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return payload if isinstance(payload, dict) else {}
+
+
+def _same_host(url: str, base: str) -> bool:
+    try:
+        host = httpx.URL(url).host
+    except (httpx.InvalidURL, TypeError):
+        return False
+    return bool(host) and host.lower() == httpx.URL(base).host.lower()
 
 
 def _surely_refused(response: httpx.Response) -> bool:
