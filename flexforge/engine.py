@@ -332,7 +332,8 @@ class Builder:
         assert digests is not None
         key = content_key(asset, self.plan.generator, seed, digests)
         estimate = self._estimate(asset)
-        request = self._request(asset, seed, digests)  # refuses bad references before any paid call
+        # Refuses bad references before any paid call; scaling one down takes a moment: off the loop.
+        request = await asyncio.to_thread(self._request, asset, seed, digests)
         async with _Slot(self.slots) as slot:
             if self.stop_reason is not None:
                 self._record(Outcome(asset.id, SKIPPED, f"not started: {self.stop_reason}"))
@@ -570,6 +571,16 @@ class Builder:
             raise ProviderError(f"{problem}; not written")
         return self.plan.manifest.root / asset.out
 
+    def _scaled_reference(self, path: Path, max_mp: float) -> Path:
+        """The reference scaled down to `max_mp` megapixels, kept in the object cache by its
+        digest (a rebuild scales nothing again); the file itself when it already fits."""
+        from flexforge.imaging import downscale
+
+        small = downscale(path.read_bytes(), max_mp)
+        if small is None:
+            return path
+        return self.store.object_path(self.store.put_object(small))
+
     def _request(self, asset: Asset, seed: int, digests: list[str]) -> ImageRequest:
         from flexforge.imaging import check_reference
 
@@ -594,6 +605,8 @@ class Builder:
                 )
             if problem is not None:
                 raise ProviderError(f"reference {ref!r}: {problem}")
+            if asset.reference_max_mp is not None:
+                path = self._scaled_reference(path, asset.reference_max_mp)
             refs.append(ReferenceInput(ref, path, digest))
         return ImageRequest(
             asset_id=asset.id,

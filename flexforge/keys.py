@@ -100,6 +100,8 @@ def request_params(asset: Asset) -> dict[str, Any]:
         params["prompt_upsampling"] = asset.prompt_upsampling
     if asset.final_size is not None:
         params["final_size"] = list(asset.final_size)
+    if asset.reference_max_mp is not None:
+        params["reference_max_mp"] = asset.reference_max_mp
     return params
 
 

@@ -21,7 +21,7 @@ from flexforge.models import FLEX_MODEL
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
-CACHE_VERSION = 2  # bump when what validation produces changes
+CACHE_VERSION = 3  # bump when what validation produces changes
 CACHE_LIMIT = 512 * 1024 * 1024
 
 # Knobs that only some models take: set on another asset itself they are an error, in `defaults`
@@ -56,6 +56,16 @@ class Asset:
     line: int
     # Delivery size when it differs from the generated width x height (cover-scale, centre-crop).
     final_size: tuple[int, int] | None = None
+    # References are scaled down to at most this many megapixels before upload; None: as they are.
+    reference_max_mp: float | None = None
+
+    def reference_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size a reference of width x height is uploaded at."""
+        if self.reference_max_mp is None:
+            return width, height
+        from flexforge.imaging import fit_megapixels
+
+        return fit_megapixels(width, height, self.reference_max_mp)
 
     @property
     def is_flex(self) -> bool:
@@ -298,6 +308,8 @@ class _Checker:
             if asset is not None:
                 assets[asset_id] = asset
         self._outputs(assets)
+        if not self.diagnostics:
+            self._reference_limits(assets)
         if self.diagnostics:
             return None
         from flexforge.graph import CycleError, topological_order
@@ -385,7 +397,33 @@ class _Checker:
             out=out,
             line=self.doc.key_where(here)[0],
             final_size=self._final_size(raw.get("final_size"), width, height, (*here, "final_size")),
+            reference_max_mp=values.get("reference_max_mp"),
         )
+
+    def _reference_limits(self, assets: dict[str, Asset]) -> None:
+        """Models that cap all references together (pro: 9 MP) get no more, counted at the size
+        each is uploaded at (after reference_max_mp)."""
+        from flexforge.imaging import image_size
+
+        for asset in assets.values():
+            cap = models.get(asset.model).max_reference_mp
+            if cap is None or not asset.references:
+                continue
+            total = 0
+            for ref in asset.references:
+                upstream = assets.get(ref)
+                if upstream is not None:
+                    size = upstream.final_size or (upstream.width, upstream.height)
+                else:
+                    size = image_size(self.root / ref) or (0, 0)
+                w, h = asset.reference_size(*size)
+                total += w * h
+            if total > cap * 1_000_000:
+                self.error(
+                    ("assets", asset.id, "references"),
+                    f"{asset.model} takes at most {cap:g} MP of references together, these are "
+                    f"{total / 1e6:.2f} MP; use fewer or smaller ones, or set reference_max_mp",
+                )
 
     def _final_size(
         self, value: str | None, width: int, height: int, path: tuple[str | int, ...]

@@ -187,7 +187,7 @@ def estimate_asset(asset: Asset, manifest: Manifest, provider: str) -> float:
 
     sizes = [_reference_size(ref, manifest) for ref in asset.references]
     # A reference whose size cannot be read is billed at least the minimum: count it as 1x1.
-    known = [size or (1, 1) for size in sizes]
+    known = [asset.reference_size(*size) if size else (1, 1) for size in sizes]
     return estimate_usd(asset.model, asset.width, asset.height, known, provider)
 
 
