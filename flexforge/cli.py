@@ -13,8 +13,9 @@ import click
 
 from flexforge import __version__
 from flexforge.context import GlobalOptions
-from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, FlexforgeError, ManifestError
+from flexforge.errors import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, FlexforgeError, ManifestError
 from flexforge.providers import PROVIDERS
+from flexforge.signals import Interrupted, exit_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -113,9 +114,11 @@ def handle_errors(func: Callable[..., int]) -> Callable[..., None]:
         except FlexforgeError as exc:
             click.echo(f"error: {exc}", err=True)
             code = exc.exit_code
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or another stop signal (flexforge.signals)
             click.echo("interrupted", err=True)
-            code = EXIT_INTERRUPTED
+            code = exit_code(exc.signum) if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
+        except BrokenPipeError:
+            code = _reader_went_away()
         except (click.exceptions.Exit, click.ClickException):
             raise
         except Exception as exc:
@@ -126,6 +129,15 @@ def handle_errors(func: Callable[..., int]) -> Callable[..., None]:
         sys.exit(code)
 
     return wrapper
+
+
+def _reader_went_away() -> int:
+    """`flexforge status | head`: the reader has all it wanted. Quiet, and 141 (128 + SIGPIPE)
+    as git and the shell's own tools exit; stdout goes to /dev/null so that the interpreter's
+    final flush does not raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def provider_option(func: F) -> F:
@@ -229,9 +241,8 @@ def plan(
     "-j",
     "--jobs",
     type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Tasks in flight at most (never above the provider's limit).",
+    default=None,
+    help="Tasks in flight at most (never above the provider's limit); default 8, or settings: jobs.",
 )
 @click.option("--dry-run", is_flag=True, help="Only show the plan.")
 @click.option("--frozen", is_flag=True, help="Fail if anything would be generated (CI checks).")
@@ -246,6 +257,13 @@ def plan(
     help="Never start a task that could take the run's estimated spend over USD.",
 )
 @click.option(
+    "--max-cost-policy",
+    type=click.Choice(["stop", "refuse"]),
+    default=None,
+    help="stop (default): start no task that could pass --max-cost; refuse: start nothing if the plan's "
+    "estimate passes it.",
+)
+@click.option(
     "--ignore-credits",
     is_flag=True,
     help="Build even if the account's balance is below the plan's estimate.",
@@ -255,22 +273,21 @@ def plan(
 def build(
     ids: tuple[str, ...],
     provider: str | None,
-    jobs: int,
+    jobs: int | None,
     dry_run: bool,
     frozen: bool,
     replace: tuple[str, ...],
     reseed: tuple[str, ...],
     keep_going: bool,
     max_cost: float | None,
+    max_cost_policy: str | None,
     ignore_credits: bool,
 ) -> int:
     """Make the files match the manifest; IDs limit it to those assets and what they need."""
     from flexforge.commands.build import build as run
-    from flexforge.options import BuildOptions
+    from flexforge.options import BuildFlags
 
-    options = BuildOptions(
-        jobs=jobs, keep_going=keep_going, max_cost_usd=max_cost, check_credits=not ignore_credits
-    )
+    options = BuildFlags(jobs, keep_going, max_cost, max_cost_policy, check_credits=not ignore_credits)
     return run(
         _opts(),
         _plan_options(ids, replace, reseed),
@@ -279,6 +296,31 @@ def build(
         dry_run=dry_run,
         frozen=frozen,
     )
+
+
+@cli.command()
+@click.option(
+    "--by", type=click.Choice(["run", "asset", "model", "month"]), default="month", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="Every grouping as one JSON object on stdout.")
+@global_options
+@handle_errors
+def cost(by: str, as_json: bool) -> int:
+    """What this machine's builds paid (from the ledger), by run, asset, model or month."""
+    from flexforge.commands.cost import cost as run
+
+    return run(_opts(), by, as_json=as_json)
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Delete what is listed (default: only list it).")
+@global_options
+@handle_errors
+def gc(yes: bool) -> int:
+    """Orphaned outputs, cached objects nothing needs, finished journal entries."""
+    from flexforge.commands.gc import gc as run
+
+    return run(_opts(), yes=yes)
 
 
 @cli.command()

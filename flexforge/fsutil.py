@@ -170,6 +170,21 @@ def real_folders(base: Path, rel_parts: tuple[str, ...]) -> Path:
     return path
 
 
+def probe_writable(folder: Path) -> None:
+    """Create, fill, fsync and remove a small file in `folder` (made if missing); OSError when
+    that fails: a full disk (ENOSPC), a read-only mount (EROFS), no permission (EACCES)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder, {"probe"})  # what a kill mid-probe left, named by us
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".probe{TEMP_MARK}", suffix=".tmp")
+    try:
+        # One block, more than a journal entry takes: a disk with a few bytes free fails here.
+        os.write(fd, b"\0" * 4096)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
+
+
 def sha256_file(path: Path) -> str:
     """The digest of a plain file (a link to one is followed: callers confine it first)."""
     fd = open_regular(path, follow=True)

@@ -190,3 +190,12 @@ def downscale(data: bytes, max_mp: float) -> bytes | None:
     out = io.BytesIO()
     small.save(out, format="PNG", optimize=False)
     return out.getvalue()
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\n"
+LFS_POINTER_LIMIT = 1024
+
+
+def lfs_pointer(data: bytes) -> bool:
+    """Whether these bytes are a Git LFS pointer file standing in for the real image."""
+    return data.startswith(LFS_POINTER) and len(data) < LFS_POINTER_LIMIT

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from flexforge.manifest import Asset
+from flexforge.models import FLEX_KNOBS, UPSAMPLING, takes
 
 KEY_VERSION = 1
 # The order in which reasons are reported.
@@ -45,7 +46,21 @@ class ContentKey:
 
 
 def changed(new_parts: dict[str, str], old_parts: dict[str, str]) -> list[str]:
-    return [p for p in PARTS if new_parts.get(p) != old_parts.get(p)]
+    """The parts that differ, in PARTS order; a change of generator alone (`draft:flux-2-flex`
+    -> `flux:flux-2-flex`) reads `generator: draft -> flux`, since the model did not change."""
+    reasons = []
+    for part in PARTS:
+        new, old = new_parts.get(part), old_parts.get(part)
+        if new == old:
+            continue
+        if part == "model" and new is not None and old is not None:
+            new_gen, _, new_model = new.partition(":")
+            old_gen, _, old_model = old.partition(":")
+            if new_model == old_model and new_gen != old_gen:
+                reasons.append(f"generator: {old_gen} -> {new_gen}")
+                continue
+        reasons.append(part)
+    return reasons
 
 
 def _parts(
@@ -92,12 +107,9 @@ def request_params(asset: Asset) -> dict[str, Any]:
         "safety_tolerance": asset.safety_tolerance,
         "output_format": asset.output_format,
     }
-    if asset.steps is not None:
-        params["steps"] = asset.steps
-    if asset.guidance is not None:
-        params["guidance"] = asset.guidance
-    if asset.prompt_upsampling is not None:
-        params["prompt_upsampling"] = asset.prompt_upsampling
+    for knob in (*FLEX_KNOBS, UPSAMPLING):
+        if takes(asset.model, knob):
+            params[knob] = getattr(asset, knob)
     if asset.final_size is not None:
         params["final_size"] = list(asset.final_size)
     if asset.reference_max_mp is not None:

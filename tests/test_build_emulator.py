@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -16,6 +14,7 @@ import pytest
 from flexforge.emulator.testing import RunningEmulator
 from tests.helpers import Project, Run
 from tests.support.emulator import SECRET, serve_builds
+from tests.support.spawn import spawn_flexforge
 
 
 @pytest.fixture
@@ -172,13 +171,7 @@ def test_transient_faults_complete_every_asset_without_paying_twice(
 
 def build_until_journaled(project: Project, tasks: int) -> subprocess.Popen[str]:
     """A build in a child process, returned once `tasks` paid tasks are in its journal."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flexforge", "-C", str(project.root), "build", "--provider", "emulator"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ),
-    )
+    proc = spawn_flexforge("-C", str(project.root), "build", "--provider", "emulator")
     journal = project.root / ".flexforge/journal"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(list(journal.glob("*.json"))) < tasks:
@@ -217,7 +210,7 @@ def test_ctrl_c_keeps_the_journal_and_the_next_build_resumes(
         journal = project.root / ".flexforge/journal"
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
-        assert proc.returncode == 130, stderr
+        assert proc.returncode == 130, stderr  # 128 + SIGINT
         assert "journaled" in stderr
         assert len(list(journal.glob("*.json"))) == 3
         assert build(project).exit_code == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import sys
 from filelock import FileLock
 
 from tests.helpers import Project
+from tests.support.spawn import run_flexforge, spawn_flexforge
 
 MANIFEST = """
 version: 1
@@ -20,12 +20,8 @@ assets:
 
 
 def build(project: Project, timeout: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flexforge", "-C", str(project.root), "build", "--provider", "draft"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "FLEXFORGE_LOCK_TIMEOUT": timeout},
-        timeout=60,
+    return run_flexforge(
+        "-C", str(project.root), "build", "--provider", "draft", env={"FLEXFORGE_LOCK_TIMEOUT": timeout}
     )
 
 
@@ -47,12 +43,7 @@ def test_second_build_proceeds_when_the_first_finishes(project: Project) -> None
     (project.root / ".flexforge").mkdir()
     lock = FileLock(project.root / ".flexforge" / "build.lock")
     lock.acquire()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flexforge", "-C", str(project.root), "build", "--provider", "draft"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_flexforge("-C", str(project.root), "build", "--provider", "draft")
     assert proc.stderr is not None
     first_line = proc.stderr.readline()  # the build says it waits, then waits
     lock.release()

@@ -7,34 +7,18 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.helpers import Project
+from tests.support.spawn import spawn_flexforge
 
 N = 30
 
 
 def start_build(project: Project) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flexforge",
-            "-C",
-            str(project.root),
-            "build",
-            "--provider",
-            "draft",
-            "--jobs",
-            "1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return spawn_flexforge("-C", str(project.root), "build", "--provider", "draft", "--jobs", "1")
 
 
 def wait_for_outputs(project: Project, count: int, proc: subprocess.Popen[str]) -> None:
@@ -69,7 +53,7 @@ def test_interrupted_build_keeps_finished_work(project: Project, sig: signal.Sig
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     if sig != signal.SIGKILL:
-        assert proc.returncode == 130, stderr
+        assert proc.returncode == 128 + sig, stderr
         assert "interrupted" in stderr and "Traceback" not in stderr
 
     # The lock parses, and each entry's output is there with the recorded bytes.

@@ -139,7 +139,7 @@ def test_a_journaled_polling_url_on_another_host_than_todays_base_gets_no_key(
         # (after the credit balance, asked of the configured base before any paid submission)
         paid = [seen.path for seen in moved.received if seen.path != "/v1/credits"]
         assert paid[:1] == ["/v1/flux-2-flex"]
-    assert "task-1" in result.stderr and "set aside" in result.stderr and "127.0.0.1" in result.stderr
+    assert "task-1" in result.stderr and "dropped" in result.stderr and "127.0.0.1" in result.stderr
 
 
 def test_the_emulator_provider_never_sends_the_real_keys(

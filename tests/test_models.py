@@ -50,3 +50,8 @@ def test_upsampling_switches_follow_the_reference() -> None:
         "flux-2-klein-9b": None,
     }
     assert models.get("flux-2-pro").max_reference_mp == 9.0
+
+
+def test_only_flex_takes_steps_and_guidance() -> None:
+    assert [m.name for m in models.MODELS.values() if m.flex_knobs] == [models.FLEX_MODEL]
+    assert all(m.max_references in (4, 8) for m in models.MODELS.values())

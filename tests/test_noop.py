@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from flexforge import noop
 from tests.helpers import Project, png
+from tests.support.spawn import run_flexforge
 
 
 def flexforge(
     project: Project, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flexforge", "-C", str(project.root), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-    )
+    return run_flexforge("-C", str(project.root), *args, env=env, timeout=60)
 
 
 @pytest.fixture
@@ -74,7 +67,7 @@ def test_a_hand_edited_output_falls_through(built: Project) -> None:
 
 def test_another_provider_or_lock_falls_through(built: Project) -> None:
     result = flexforge(built, "plan", env={"FLEXFORGE_PROVIDER": "bfl"})
-    assert "regenerate (model)" in result.stdout
+    assert "regenerate (generator: draft -> flux)" in result.stdout
     lock = built.root / "flexforge.lock"
     doc = json.loads(lock.read_text())
     doc["assets"]["b"]["key"] = "0" * 64

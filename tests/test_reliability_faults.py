@@ -9,14 +9,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,6 +25,7 @@ from flexforge.lockfile import Lock
 from flexforge.store import Store
 from tests.helpers import Project, Run, png
 from tests.support.emulator import FAST_ENV, SECRET, serve_builds
+from tests.support.spawn import spawn_flexforge, wait_for
 
 LOCK_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "lock-v1.schema.json"
 
@@ -40,21 +37,7 @@ def build(project: Project, *args: str) -> Run:
 
 
 def spawn(project: Project, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "flexforge", "-C", str(project.root), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ),
-    )
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.01)
+    return spawn_flexforge("-C", str(project.root), *args)
 
 
 def journal(project: Project) -> list[Path]:
@@ -209,7 +192,7 @@ def test_an_interrupt_during_a_submission_journals_the_task(
         wait_for(lambda: emu.stats()["submissions"] == 1, "the task to be created")
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 130, stderr
+        assert proc.returncode == 128 + sig, stderr
         assert build(project).exit_code == 0
         assert emu.stats()["submissions"] == 1
 

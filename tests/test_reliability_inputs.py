@@ -10,12 +10,12 @@ import os
 import re
 import resource
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import Project, png
+from tests.support.spawn import run_flexforge
 
 LOCATED = re.compile(r"^flexforge\.yaml:\d+:\d+: ", re.M)
 
@@ -41,13 +41,7 @@ def confined(
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb * 2**20, memory_mb * 2**20))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
 
-    return subprocess.run(
-        [sys.executable, "-m", "flexforge", "-C", str(root), *args],
-        capture_output=True,
-        text=True,
-        preexec_fn=limit,
-        timeout=120,
-    )
+    return run_flexforge("-C", str(root), *args, preexec_fn=limit, timeout=120)
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], *fragments: str) -> str:

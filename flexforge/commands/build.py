@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import TYPE_CHECKING
 
@@ -10,13 +11,15 @@ import click
 
 from flexforge.commands.plan import compute_plan, print_plan
 from flexforge.context import GlobalOptions, Project, open_project
-from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, FlexforgeError
-from flexforge.options import BuildOptions, PlanOptions
-from flexforge.planner import DRIFTED, GENERATES, Plan
+from flexforge.errors import EXIT_ERROR, EXIT_OK, FlexforgeError
+from flexforge.options import BuildFlags, BuildOptions, PlanOptions
+from flexforge.planner import CONFLICT, DRIFTED, GENERATES, HELD, Plan, Step
+from flexforge.text import plural
 
 if TYPE_CHECKING:
     from flexforge.engine import Builder, BuildResult
     from flexforge.providers import Provider
+    from flexforge.signals import StopSignals
 
 LOCK_TIMEOUT_ENV = "FLEXFORGE_LOCK_TIMEOUT"
 
@@ -25,7 +28,7 @@ def build(
     opts: GlobalOptions,
     plan_options: PlanOptions,
     provider: str | None,
-    options: BuildOptions,
+    flags: BuildFlags,
     *,
     dry_run: bool,
     frozen: bool,
@@ -44,25 +47,50 @@ def build(
     with project.store.build_lock(wait=wait, on_wait=waiting):
         # The lock is first read here, under the build lock: another build may just have written it.
         plan = compute_plan(project, plan_options, provider)
+        options = flags.resolve(project.manifest.settings)
         if frozen:
             _check_frozen(plan)
+        _check_budget(plan, options)
         if not plan.has_changes:
             if not opts.quiet:
-                click.echo(f"Up to date: {len(plan.steps)} assets.")
+                click.echo(f"Up to date: {plural(len(plan.steps), 'asset')}.")
             return EXIT_OK
         return _execute(project, plan, plan_options, options, opts)
 
 
-def _check_frozen(plan: Plan) -> None:
-    stale = [s for s in plan.steps if s.action in GENERATES or s.action == DRIFTED]
-    if stale:
-        listed = ", ".join(
-            f"{s.asset.id} ({s.action}{': ' + ', '.join(s.reasons) if s.reasons else ''})" for s in stale
-        )
+def _check_budget(plan: Plan, options: BuildOptions) -> None:
+    """`refuse`: all or nothing, for whoever owns the budget; a journaled task costs nothing."""
+    limit = options.max_cost_usd
+    if limit is not None and options.max_cost_policy == "refuse" and plan.estimated_cost_usd > limit + 1e-9:
         raise FlexforgeError(
-            f"--frozen: {len(stale)} asset{'s' if len(stale) != 1 else ''} would be generated or "
-            f"differ from the lock: {listed}. Run `flexforge build` and commit the result."
+            f"the plan's estimate ${plan.estimated_cost_usd:.2f} is over the limit ${limit:.2f} "
+            "(max_cost_policy refuse); nothing was started. Build fewer assets (flexforge build ID...) "
+            "or raise --max-cost"
         )
+
+
+def _check_frozen(plan: Plan) -> None:
+    stale = [s for s in plan.steps if s.action in GENERATES or s.action in HELD]
+    if stale:
+        listed = ", ".join(f"{s.asset.id} ({s.action}{': ' + s.detail if s.detail else ''})" for s in stale)
+        raise FlexforgeError(
+            f"--frozen: {plural(len(stale), 'asset')} would be generated or differ from the lock: "
+            f"{listed}. {_frozen_hint(stale)}"
+        )
+
+
+def _frozen_hint(stale: list[Step]) -> str:
+    """The fix that fits what was found, most specific first."""
+    held = [s.asset.id for s in stale if s.action in HELD]
+    if held:
+        return (
+            f"Keep the files with `flexforge accept {held[0]}`, or overwrite them with "
+            f"`flexforge build --replace {held[0]}`; then commit."
+        )
+    deleted = [s.asset.out for s in stale if s.reasons == ["missing"]]
+    if len(deleted) == len(stale):
+        return f"A committed output was deleted: `git checkout -- {' '.join(deleted)}` brings it back."
+    return "Run `flexforge build` and commit the result."
 
 
 def _execute(
@@ -74,26 +102,29 @@ def _execute(
     from flexforge.engine import Builder, NothingToGenerate
     from flexforge.progress import make_reporter
     from flexforge.providers import load_provider
+    from flexforge.signals import StopSignals, exit_code
 
     needs_provider = any(s.action in GENERATES for s in plan.steps)
     provider = load_provider(plan.provider) if needs_provider else NothingToGenerate(plan.provider)
+    if needs_provider and plan.generator != "draft":
+        project.store.check_journal_writable()
     reporter = make_reporter(verbose=opts.verbose, quiet=opts.quiet, color=opts.color)
     builder = Builder(plan, project.lock, project.store, provider, reporter, plan_options, options)
     started = time.monotonic()
     reporter.begin(len(plan.steps), sum(1 for s in plan.steps if s.action in GENERATES))
-    interrupted = False
-    try:
-        result = asyncio.run(
-            _run(builder, provider, _credits_needed(plan, options) if needs_provider else 0.0)
-        )
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        interrupted = True
-        result = builder.result
-    finally:
-        reporter.end()
-    _summarise(result, time.monotonic() - started, plan, opts, interrupted)
-    if interrupted:
-        return EXIT_INTERRUPTED
+    with StopSignals() as stop:
+        stop.notify = lambda signum, first: _stopping(builder, signum, first)
+        try:
+            needed = _credits_needed(plan, options) if needs_provider else 0.0
+            result = asyncio.run(_run(builder, provider, stop, needed))
+        except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+            stop.signum = stop.signum or getattr(exc, "signum", signal.SIGINT)
+            result = builder.result
+        finally:
+            reporter.end()
+        _summarise(result, time.monotonic() - started, plan, opts, stop.signum, builder)
+    if stop.signum is not None:
+        return exit_code(stop.signum)
     return EXIT_ERROR if result.failures else EXIT_OK
 
 
@@ -106,16 +137,12 @@ def _credits_needed(plan: Plan, options: BuildOptions) -> float:
     return needed if options.max_cost_usd is None else min(needed, options.max_cost_usd)
 
 
-async def _run(builder: Builder, provider: Provider, credits_needed: float) -> BuildResult:
+async def _run(builder: Builder, provider: Provider, stop: StopSignals, credits_needed: float) -> BuildResult:
     import asyncio
-    import contextlib
-    import signal
 
     main = asyncio.current_task()
     if main is not None:
-        # A cancelled CI job sends SIGTERM: stop like Ctrl-C, keeping finished work.
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+        stop.attach(main)
     try:
         if credits_needed > 0:
             from flexforge import credits
@@ -126,33 +153,62 @@ async def _run(builder: Builder, provider: Provider, credits_needed: float) -> B
             credits.refuse_when_short(checked)
         return await builder.run()
     finally:
+        # Stopped, this waits (bounded) for submissions whose answers are on their way, so that
+        # their tasks are journaled; further signals only say so (see flexforge.signals).
         await provider.aclose()
+        stop.detach()
+
+
+def _stopping(builder: Builder, signum: int, first: bool) -> None:
+    """Say at once what a stop signal does, and what a repeated one cannot cut short."""
+    from flexforge.signals import signal_name
+
+    waiting = [r.asset for r in builder.records.values() if r.on_the_wire]
+    name = signal_name(signum)
+    head = f"stopping ({name}): no new submissions" if first else f"{name} again"
+    if waiting:
+        n = len(waiting)
+        what = (
+            f"waiting for the answer to {n} submission{'s' if n != 1 else ''} already sent "
+            f"({_listed(waiting)}), so that each paid task is journaled, not paid twice "
+            "(at most $FLEXFORGE_HTTP_TIMEOUT s); SIGKILL stops at once"
+        )
+    else:
+        what = "saving the lock and what finished"
+    click.echo(f"{head}; {what}", err=True)
+
+
+def _listed(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _summarise(
-    result: BuildResult, seconds: float, plan: Plan, opts: GlobalOptions, interrupted: bool
+    result: BuildResult, seconds: float, plan: Plan, opts: GlobalOptions, signum: int | None, builder: Builder
 ) -> None:
     from flexforge.engine import FAILED, GENERATED, RESTORED, SKIPPED, UP_TO_DATE
+    from flexforge.signals import signal_name
 
     counts = [
         f"{result.count(GENERATED)} generated",
         f"{result.count(RESTORED)} restored",
         f"{result.count(UP_TO_DATE)} up to date",
     ]
-    for kind in (DRIFTED, FAILED, SKIPPED):
+    for kind in (DRIFTED, CONFLICT, FAILED, SKIPPED):
         if result.count(kind):
             counts.append(f"{result.count(kind)} {kind}")
     if plan.orphaned:
-        counts.append(f"{len(plan.orphaned)} orphaned dropped from the lock")
+        counts.append(
+            f"{plural(len(plan.orphaned), 'orphaned entry', 'orphaned entries')} dropped from the lock"
+        )
     money = ""
     if plan.generator != "draft":
         money = f"; estimated ${result.estimated_cost_usd:.2f}, actual ${result.actual_cost_usd:.2f}"
-    if interrupted:
-        click.echo(
-            "interrupted: every finished asset is kept and in-flight tasks are journaled; "
-            "run `flexforge build` again to resume without paying twice",
-            err=True,
-        )
+    if signum is not None:
+        click.echo(f"interrupted ({signal_name(signum)}): {_in_flight(builder)}", err=True)
+    else:
+        for line in _unjournaled(builder):
+            click.echo(line, err=True)
     if not opts.quiet or result.failures:
         click.echo(f"Build: {', '.join(counts)} in {seconds:.1f}s{money}.", err=True)
     if result.maybe_charged:
@@ -165,3 +221,41 @@ def _summarise(
         )
     for outcome in result.failures:
         click.echo(f"  {outcome.result}: {outcome.asset_id}: {outcome.detail}", err=True)
+
+
+def _in_flight(builder: Builder) -> str:
+    """What became of the tasks in flight, claiming "journaled" only for those that are."""
+    unsettled = [r for r in builder.records.values() if not r.settled]
+    journaled = [r for r in unsettled if r.task_id is not None and r.journaled]
+    parts = ["every finished asset is kept"]
+    if journaled:
+        n = len(journaled)
+        parts.append(
+            f"{n} task{'s' if n != 1 else ''} in flight {'are' if n != 1 else 'is'} journaled "
+            f"({_listed([r.asset for r in journaled])}); run `flexforge build` again to resume "
+            "without paying twice"
+        )
+    elif not _unjournaled(builder):
+        parts.append("nothing paid was in flight; run `flexforge build` again to do the rest")
+    return "; ".join(parts) + "".join("\n" + line for line in _unjournaled(builder))
+
+
+def _unjournaled(builder: Builder) -> list[str]:
+    """One line for each paid task that is neither kept nor journaled: its id and where to fetch
+    it, or, when its answer never came, that it may have been charged."""
+    lines = []
+    for r in builder.records.values():
+        if r.settled:
+            continue
+        if r.task_id is not None and not r.journaled:
+            lines.append(
+                f"  not journaled: {r.asset}: task {r.task_id} is paid for, but the journal could not "
+                f"be written ({r.journal_error}); its result is at {r.polling_url} — the next build "
+                "cannot resume it and would pay again"
+            )
+        elif r.task_id is None and r.on_the_wire:
+            lines.append(
+                f"  not journaled: {r.asset}: its submission got no answer before the build stopped; "
+                "the API may have created and charged a task that no build can resume"
+            )
+    return lines

@@ -28,6 +28,10 @@ class TaskContext(Protocol):
     def resumable(self) -> JournalEntry | None:
         """A task an earlier run submitted for this very key: poll it instead of paying again."""
 
+    def sending(self) -> None:
+        """A paid submission is going on the wire: until `submitted`, the API may have created
+        (and charged) a task whose id only its answer carries."""
+
     def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
         """Record a submitted task durably (fsynced) before it is waited on."""
 

@@ -110,9 +110,8 @@ class HttpSettings:
     def __post_init__(self) -> None:
         # A NaN or zero deadline would fail (or never end) every download.
         if not (math.isfinite(self.download_timeout) and self.download_timeout > 0):
-            raise UsageError(
-                f"FLEXFORGE_DOWNLOAD_TIMEOUT must be a number of seconds above 0, got {self.download_timeout}"
-            )
+            got = self.download_timeout
+            raise UsageError(f"FLEXFORGE_DOWNLOAD_TIMEOUT must be a number of seconds above 0, got {got}")
         if self.submit_replay not in (0, 1):
             raise UsageError(
                 f"FLEXFORGE_SUBMIT_REPLAY must be 0 or 1 (at most one replay), got {self.submit_replay}"
@@ -180,6 +179,7 @@ class FluxHttpProvider:
         self.settings = settings if settings is not None else HttpSettings.from_env()
         self.limiter = AdaptiveLimiter(max_in_flight)
         self._submitting: set[asyncio.Future[None]] = set()
+        self._stopping = False
         self.polls = PollTimer()
         self._key = api_key
         self.key_policy = KeyPolicy(self.base_url, dialect.domains, api_key)
@@ -196,6 +196,7 @@ class FluxHttpProvider:
         return await _TaskRun(self, request, task).run()
 
     async def aclose(self) -> None:
+        self._stopping = True
         if self._submitting:
             # Interrupted: let submissions already on the wire come back and be journaled, so a
             # task the API created (and charged) is resumed by the next build, not paid again.
@@ -224,8 +225,15 @@ class FluxHttpProvider:
         build is cancelled meanwhile; `aclose` waits for it."""
         task = asyncio.ensure_future(submission)
         self._submitting.add(task)
-        task.add_done_callback(self._submitting.discard)
+        task.add_done_callback(self._submitted)
         await asyncio.shield(task)
+
+    def _submitted(self, task: asyncio.Future[None]) -> None:
+        self._submitting.discard(task)
+        if not task.cancelled():
+            # Seen here, an error of a submission whose asset stopped waiting (the build was
+            # stopped) is not reported again as "exception never retrieved".
+            task.exception()
 
     def redact(self, text: str) -> str:
         # Shorter "keys" are placeholders (the emulator's default is "emulator") whose
@@ -267,6 +275,9 @@ class FluxHttpProvider:
             except UrlRefused as exc:
                 raise self.error(f"{phase}: the key is not sent to that URL: {exc}") from None
         while True:
+            if phase == "submit" and self._stopping and (failures or rate_limited):
+                # Stopping: wait for an answer on its way, but never send a paid request again.
+                raise self.error(f"{phase}: not retried, the build is stopping")
             try:
                 response = await self._fetch(method, target, body=body, headers=headers, phase=phase)
             except _TooLarge as exc:
@@ -278,6 +289,10 @@ class FluxHttpProvider:
             except httpx.TransportError as exc:
                 failures += 1
                 reason = _describe_transport(exc)
+                if isinstance(exc, httpx.ConnectError):
+                    # Name the place and the likely fix: a typo'd base URL, an emulator not started.
+                    where = f"{self.dialect.service} at {self.base_url}"
+                    reason = f"cannot connect to {where} ({reason}); {UNREACHABLE_HINT}"
                 if phase == "submit" and isinstance(exc, _MAYBE_DELIVERED):
                     raise AmbiguousSubmit(f"{reason} after the request was sent") from None
                 await self._pause_or_give_up(phase, failures, reason, log)
@@ -500,11 +515,8 @@ class _TaskRun:
                 "polling its own get_result instead"
             )
             polling_url = self.p.result_url(task_id)
-        policy = self.p.key_policy
         try:
-            if policy.contains_key(task_id):
-                raise UrlRefused("its task id contains the API key")
-            policy.check(polling_url)
+            self.p.key_policy.check_task(task_id, polling_url)
         except UrlRefused as exc:
             # Not journaled: no request goes there now, and none from a later build either.
             raise self.p.error(
@@ -525,6 +537,7 @@ class _TaskRun:
         replays = 0
         while True:
             try:
+                self.task.sending()
                 return await self.p.call("POST", url, phase="submit", log=self.log, body=body, slot=slot)
             except AmbiguousSubmit as exc:
                 service = self.p.dialect.service
@@ -545,15 +558,12 @@ class _TaskRun:
     def _may_resume(self, entry: JournalEntry) -> bool:
         """Whether the key may go to the journaled task's polling URL; says why not if not.
         The journal may come from a cloned repository, so its URL is as untrusted as an answer."""
-        policy = self.p.key_policy
         try:
-            if policy.contains_key(entry.task_id):
-                raise UrlRefused("its task id contains the API key")
-            policy.check(entry.polling_url)
+            self.p.key_policy.check_task(entry.task_id, entry.polling_url)
         except UrlRefused as exc:
             self.task.finished_task()
             self.log(
-                f"warning: the journal entry of task {entry.task_id} from an earlier run is set aside: "
+                f"warning: the journal entry of task {entry.task_id} from an earlier run is dropped: "
                 f"its polling URL is refused ({exc}), so the key is not sent there; submitting anew"
             )
             return False
@@ -751,8 +761,9 @@ async def _read_bounded(response: httpx.Response, limit: int) -> httpx.Response:
     a chunk read off the wire inflates at most about a thousandfold); closed in any case."""
     chunks: list[bytes] = []
     try:
-        declared = response.headers.get("Content-Length", "").strip()
-        if declared.isdigit() and int(declared) > limit:
+        declared = response.headers.get("Content-Length", "").strip().lstrip("0")
+        # (A length of more digits than any limit is refused before int() would balk at it.)
+        if declared.isdigit() and (len(declared) > len(str(limit)) or int(declared) > limit):
             raise _TooLarge(f"it declares {int(declared)} bytes", limit)
         total = 0
         async for chunk in response.aiter_bytes():
@@ -813,6 +824,12 @@ def _retry_after(response: httpx.Response) -> float | None:
         except (TypeError, ValueError, IndexError):
             return None
     return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
+
+
+UNREACHABLE_HINT = (
+    "check the network, the base URL (BFL_API_BASE, COMETAPI_BASE, FLEXFORGE_EMULATOR_URL) "
+    "and, for the emulator, that `flexforge emulator` is running"
+)
 
 
 def _describe_transport(exc: httpx.TransportError) -> str:

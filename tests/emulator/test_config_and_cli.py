@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -14,6 +11,7 @@ import pytest
 from flexforge.commands.emulator import build_config
 from flexforge.emulator.config import ConfigError, EmulatorConfig, load_config_file, parse_fault
 from flexforge.emulator.testing import running_emulator
+from tests.support.spawn import run_flexforge, spawn_flexforge
 
 
 def test_a_config_file_then_flags(tmp_path: Path) -> None:
@@ -76,15 +74,7 @@ def test_the_runner_exposes_env_and_knobs() -> None:
 
 
 def test_the_command_serves_prints_what_to_export_and_exits_0_on_ctrl_c(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flexforge", "emulator", "--port", "0", "--latency", "0", "--key", "sekrit"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    process = spawn_flexforge("emulator", "--port", "0", "--latency", "0", "--key", "sekrit", cwd=tmp_path)
     try:
         assert process.stdout is not None
         lines = [process.stdout.readline() for _ in range(7)]
@@ -112,13 +102,6 @@ def test_the_command_serves_prints_what_to_export_and_exits_0_on_ctrl_c(tmp_path
 def test_a_busy_port_is_a_usage_error(tmp_path: Path) -> None:
     with running_emulator() as emu:
         port = httpx.URL(emu.url).port
-        result = subprocess.run(
-            [sys.executable, "-m", "flexforge", "emulator", "--port", str(port)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-            cwd=tmp_path,
-            timeout=30,
-        )
+        result = run_flexforge("emulator", "--port", str(port), cwd=tmp_path, timeout=30)
     assert result.returncode == 2
     assert "in use" in result.stderr and "Traceback" not in result.stderr

@@ -50,6 +50,7 @@ class RecordingTask:
     def __init__(self, resumable: JournalEntry | None = None) -> None:
         self._resumable = resumable
         self.submissions: list[tuple[str, str, float | None]] = []
+        self.sending_count = 0
         self.finished = 0
         self.logs: list[str] = []
         self.on_submit: Callable[[], None] | None = None
@@ -59,6 +60,9 @@ class RecordingTask:
     @property
     def resumable(self) -> JournalEntry | None:
         return self._resumable
+
+    def sending(self) -> None:
+        self.sending_count += 1
 
     def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
         self.submissions.append((task_id, polling_url, cost_credits))
