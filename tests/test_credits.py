@@ -115,3 +115,30 @@ def test_draft_needs_no_credits(project: Project) -> None:
         "Credits: none needed (draft)."
         in project.run("plan", "--provider", "draft", "--check-credits").stdout
     )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"credits": "1e9"}, {"credits": None}, {"credits": True}, {"credits": -5}, {"credits": 1e300}, {}, []],
+)
+def test_a_balance_that_is_no_number_never_passes_the_check(answer: object) -> None:
+    import asyncio
+
+    from flexforge import credits
+    from flexforge.providers.bfl import BflProvider
+    from tests.support.emulator import FAST
+    from tests.support.hostile import json_answer, serving
+
+    with serving({"/v1/credits": json_answer(answer)}) as api:
+        provider = BflProvider(api.url(), "sk-test-credits-000000000000", settings=FAST)
+
+        async def ask() -> credits.CreditCheck:
+            try:
+                return await credits.check(provider, "bfl", 1.0)
+            finally:
+                await provider.aclose()
+
+        checked = asyncio.run(ask())
+
+    assert checked.balance_credits is None and checked.enough is None
+    assert "no usable number" in checked.line()
