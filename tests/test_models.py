@@ -11,11 +11,14 @@ from flexforge.emulator import validation
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_schema_model_enum_is_exactly_the_model_table() -> None:
-    for name in ("manifest-v1.schema.json",):
-        schema = json.loads((ROOT / "schemas" / name).read_text(encoding="utf-8"))
-        enum = schema["$defs"]["params"]["properties"]["model"]["enum"]
-        assert enum == list(models.MODELS), name
+def test_every_schema_model_enum_is_exactly_the_model_table() -> None:
+    found = 0
+    for path in sorted((ROOT / "schemas").glob("manifest-*.json")):  # the source and the draft-07 copy
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        defs = schema.get("$defs") or schema["definitions"]
+        assert defs["params"]["properties"]["model"]["enum"] == list(models.MODELS), path.name
+        found += 1
+    assert found >= 2
 
 
 def test_every_model_has_a_price_row() -> None:
