@@ -90,3 +90,20 @@ def test_max_cost_reserves_the_rounded_estimate_of_small_references(
     assert stats["charged_credits"] / 100 == pytest.approx(2 * each)  # the bill is the estimate
     ledger = Store(project.root / ".flexforge").ledger()
     assert {(r.provider, r.cost_source) for r in ledger} == {("emulator", "reported")}
+
+
+def test_plan_says_how_cometapi_runs_are_estimated(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.write(
+        "flexforge.yaml",
+        "version: 1\nassets:\n  a: {prompt: x, seed: 1}\n  b: {model: flux-2-pro, prompt: y, seed: 2}\n",
+    )
+    monkeypatch.setenv("COMETAPI_KEY", "sk-comet-test-0000000000")
+
+    planned = project.run("plan", "--provider", "cometapi")
+
+    assert planned.exit_code == 0, planned.stderr
+    assert "~$0.0080" in planned.stdout  # flex: per request, whatever the size
+    assert (
+        "Estimated with flux-2-flex: cometapi per request; flux-2-pro: BFL's per-megapixel table "
+        "(no cometapi price known for flux-2-pro)."
+    ) in planned.stdout

@@ -112,6 +112,19 @@ def print_plan(plan: Plan, opts: GlobalOptions) -> None:
         click.echo(f"  - {orphan:<{width}}  orphaned (in the lock, not in the manifest; its file is kept)")
     if not opts.quiet:
         click.echo(summary_line(plan))
+        basis = _price_basis(plan)
+        if basis:
+            click.echo(f"Estimated with {basis}.")
+
+
+def _price_basis(plan: Plan) -> str:
+    """How the estimates were made, when the provider does not bill by BFL's table."""
+    from flexforge.pricing import PER_REQUEST_PROVIDERS, price_basis
+
+    if plan.provider not in PER_REQUEST_PROVIDERS:
+        return ""
+    paid = sorted({s.asset.model for s in plan.steps if s.estimated_cost_usd})
+    return "; ".join(f"{model}: {price_basis(model, plan.provider)}" for model in paid)
 
 
 def _colour(action: str) -> str:
