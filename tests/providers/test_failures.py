@@ -212,10 +212,12 @@ def test_dropped_polls_and_downloads_are_retried(emulator_factory: EmulatorFacto
 
 
 def test_timed_out_polls_and_downloads_are_retried(emulator_factory: EmulatorFactory) -> None:
-    emu = emulator_factory(hang_seconds=0.4, script=("poll:hang", "download:hang"))
+    # A timeout no unhung answer comes near, even on a loaded machine: the submit must not time
+    # out (that would be an ambiguous submission, failed on purpose).
+    emu = emulator_factory(hang_seconds=3.0, script=("poll:hang", "download:hang"))
     task = RecordingTask()
 
-    image = generate(bfl(emu, http_timeout=0.15), image_request(), task)
+    image = generate(bfl(emu, http_timeout=1.5), image_request(), task)
 
     verify_image(image.data, 128, 96, "png")
     timeouts = [line for line in task.logs if "ReadTimeout" in line]
