@@ -127,11 +127,12 @@ class _TaskRecord:
         )
         try:
             self._store.journal_put(entry)
-        except OSError as exc:
-            # A full disk or a read-only mount: the task is paid for all the same. Keep it in
-            # memory and go on to fetch it; say where it is in case this build cannot.
+        except (OSError, ValueError) as exc:
+            # A full disk or a read-only mount (or a value JSON cannot hold): the task is paid
+            # for all the same. Keep it in memory and go on to fetch it; say where it is in case
+            # this build cannot.
             self.journaled = False
-            self.journal_error = exc.strerror or type(exc).__name__
+            self.journal_error = getattr(exc, "strerror", None) or type(exc).__name__
             self.log(
                 f"task {task_id} could not be journaled ({self.journal_error}); it is paid for, "
                 f"so this build goes on to fetch it (its result: {polling_url})"

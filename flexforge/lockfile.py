@@ -43,7 +43,9 @@ class Lock:
             "version": LOCK_VERSION,
             "assets": {k: {f: getattr(self.entries[k], f) for f in _FIELDS} for k in sorted(self.entries)},
         }
-        return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        return (
+            json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+        ).encode()
 
     def save(self) -> bool:
         """Write the lock if its bytes would change; a no-op build leaves the file untouched."""

@@ -158,7 +158,7 @@ def _write_cache(manifest: Manifest, fingerprint: str) -> None:
     from flexforge.store import Store
 
     assets = [dataclasses.asdict(a) for a in manifest.assets.values()]
-    data = json.dumps({"fingerprint": fingerprint, "assets": assets}, separators=(",", ":"))
+    data = json.dumps({"fingerprint": fingerprint, "assets": assets}, separators=(",", ":"), allow_nan=False)
     try:
         Store(manifest.state_dir).ensure()
         atomic_write(_cache_path(manifest.path), data.encode(), durable=False)
@@ -338,7 +338,7 @@ class _Checker:
         structured = None
         if isinstance(prompt_raw, dict):
             structured = self._substitute_tree(prompt_raw, variables, (*here, "prompt"))
-            prompt = json.dumps(structured, ensure_ascii=False)
+            prompt = json.dumps(structured, ensure_ascii=False, allow_nan=False)
         else:
             prompt = self._substitute(prompt_raw, variables, (*here, "prompt"))
         references = tuple(raw.get("references") or ())

@@ -68,7 +68,7 @@ def record(manifest: str, lock: str, provider: str, asset_count: int, files: lis
 
     from flexforge.fsutil import atomic_write
 
-    data = json.dumps(memo, separators=(",", ":")).encode()
+    data = json.dumps(memo, separators=(",", ":"), allow_nan=False).encode()
     with contextlib.suppress(OSError):  # only a cache
         atomic_write(Path(_memo_path(manifest)), data, durable=False)
 

@@ -88,7 +88,7 @@ class Store:
     def save(self) -> None:
         if self._stats_dirty and self._stats is not None:
             self.ensure()
-            data = json.dumps(self._stats, separators=(",", ":"), sort_keys=True).encode()
+            data = json.dumps(self._stats, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
             atomic_write(self.dir / STAT_CACHE, data, durable=False)
             self._stats_dirty = False
 
@@ -135,7 +135,7 @@ class Store:
 
     def put_key_record(self, key: str, record: dict[str, Any], *, durable: bool = False) -> None:
         self.ensure()
-        data = json.dumps(record, sort_keys=True).encode()
+        data = json.dumps(record, sort_keys=True, allow_nan=False).encode()
         atomic_write(self.dir / "keys" / f"{key}.json", data, durable=durable)
 
     # -- seeds drawn for assets that have none in the manifest ------------------------------------
@@ -153,7 +153,7 @@ class Store:
         self.ensure()
         seeds = self.pinned_seeds()
         seeds[asset_id] = seed
-        atomic_write(self.dir / "seeds.json", json.dumps(seeds, sort_keys=True).encode())
+        atomic_write(self.dir / "seeds.json", json.dumps(seeds, sort_keys=True, allow_nan=False).encode())
 
     # -- journal of submitted paid tasks ---------------------------------------------------------
 
@@ -170,7 +170,9 @@ class Store:
     def journal_put(self, entry: JournalEntry) -> None:
         self.ensure()
         # fsynced: the record must be on disk before we wait on a task we are paying for.
-        atomic_write(self._journal_path(entry.key), json.dumps(asdict(entry), sort_keys=True).encode())
+        atomic_write(
+            self._journal_path(entry.key), json.dumps(asdict(entry), sort_keys=True, allow_nan=False).encode()
+        )
 
     def check_journal_writable(self) -> None:
         """Before the first paid submission: a journal that cannot be written (a full disk, a
@@ -202,7 +204,7 @@ class Store:
 
     def ledger_append(self, record: dict[str, Any]) -> None:
         self.ensure()
-        line = json.dumps(record, sort_keys=True) + "\n"
+        line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
         fd = os.open(self.dir / "ledger.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode())

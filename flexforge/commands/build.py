@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from typing import TYPE_CHECKING
 
 import click
 
+from flexforge import knobs
 from flexforge.commands.plan import compute_plan, print_plan
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_ERROR, EXIT_OK, FlexforgeError
@@ -36,7 +36,7 @@ def build(
     if dry_run:
         print_plan(compute_plan(project, plan_options, provider), opts)
         return EXIT_OK
-    wait = float(os.environ.get(LOCK_TIMEOUT_ENV, "300"))
+    wait = knobs.seconds(LOCK_TIMEOUT_ENV, 300.0)
 
     def waiting() -> None:
         click.echo(

@@ -119,7 +119,7 @@ def plan(
     project = open_project(opts)
     result = compute_plan(project, options, provider)
     if as_json:
-        click.echo(json.dumps(plan_json(result), indent=2))
+        click.echo(json.dumps(plan_json(result), indent=2, allow_nan=False))
     else:
         print_plan(result, opts)
     if detailed_exitcode and result.has_changes:

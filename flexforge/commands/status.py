@@ -36,7 +36,7 @@ def status(opts: GlobalOptions, provider: str | None, *, as_json: bool) -> int:
     total = round(sum(r["cost_usd"] or 0.0 for r in rows), 6)
     if as_json:
         doc = {"version": 1, "assets": rows, "orphaned": plan.orphaned, "total_cost_usd": total}
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps(doc, indent=2, allow_nan=False))
         return EXIT_OK
     width = max((len(r["id"]) for r in rows), default=2)
     click.echo(f"  {'ID':<{width}}  {'STATE':<10}  {'SEED':>10}  {'COST':>8}  {'PROVIDER':<9} OUT")

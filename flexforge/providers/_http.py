@@ -13,6 +13,9 @@ variables, else the defaults shown (seconds unless said otherwise):
     FLEXFORGE_HTTP_TIMEOUT        timeout of one HTTP call                       60
     FLEXFORGE_TASK_TIMEOUT        how long a task may stay pending               900
     FLEXFORGE_RATE_LIMIT_TIMEOUT  how long 429s may go on for one call           1800
+
+Each is checked by `flexforge.knobs` (finite, not negative; the poll intervals and the HTTP and
+task timeouts above 0): a bad value is a usage error naming the variable.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from flexforge import __version__
-from flexforge.errors import FlexforgeError, ProviderError, UsageError
+from flexforge.errors import FlexforgeError, ProviderError
 from flexforge.imaging import ImageCheckError, verify_image
 from flexforge.providers import GeneratedImage, TaskContext
 from flexforge.providers._limiter import AdaptiveLimiter, Slot
@@ -73,22 +76,22 @@ class HttpSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HttpSettings:
-        env = os.environ if environ is None else environ
+        from flexforge import knobs
+
         values: dict[str, Any] = {}
         for field in fields(cls):
             var = f"FLEXFORGE_{field.name.upper()}"
-            raw = env.get(var)
-            if raw is None or not raw.strip():
-                continue
-            kind = int if field.type in (int, "int") else float
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise UsageError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
-            if value < 0:
-                raise UsageError(f"{var} must not be negative, got {raw}")
-            values[field.name] = value
+            if isinstance(field.default, int):
+                values[field.name] = knobs.count(var, field.default, environ=environ)
+            else:
+                assert isinstance(field.default, float)
+                positive = field.name in _POSITIVE
+                values[field.name] = knobs.seconds(var, field.default, positive=positive, environ=environ)
         return cls(**values)
+
+
+# Zero would poll in a busy loop or time out every call at once; the other waits may be zero.
+_POSITIVE = frozenset({"poll_interval", "poll_max_interval", "http_timeout", "task_timeout"})
 
 
 @dataclass(frozen=True, slots=True)

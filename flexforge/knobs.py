@@ -1,0 +1,66 @@
+"""The `FLEXFORGE_*` environment knobs: each read through one typed, checked helper, so that a bad
+value is a one-line usage error (exit 2) naming the variable and the form it wants.
+
+A timeout of NaN never expires, an infinite one overflows the event loop's clock, a poll interval
+of zero spins on the API: none of them gets past here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+from flexforge.errors import UsageError, printable
+
+# Longer than any wait anyone means (about 11.6 days); far below what would overflow a timer.
+MAX_SECONDS = 1_000_000.0
+MAX_COUNT = 10_000
+
+
+def _raw(name: str, environ: Mapping[str, str] | None) -> str | None:
+    value = (os.environ if environ is None else environ).get(name)
+    return value.strip() if value is not None and value.strip() else None
+
+
+def _bad(name: str, raw: str, expected: str) -> UsageError:
+    shown = raw if len(raw) <= 40 else raw[:37] + "..."
+    return UsageError(printable(f"{name}={shown!r} is not valid: expected {expected}"))
+
+
+def seconds(
+    name: str, default: float, *, positive: bool = False, environ: Mapping[str, str] | None = None
+) -> float:
+    """A duration in seconds from $NAME: a finite number >= 0 (> 0 when `positive`), at most
+    MAX_SECONDS; `default` when unset or blank."""
+    raw = _raw(name, environ)
+    if raw is None:
+        return default
+    expected = (
+        f"a number of seconds {'above' if positive else 'from'} 0 {'' if positive else 'up '}to "
+        f"{MAX_SECONDS:.0f}, like {default:g}"
+    )
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _bad(name, raw, expected) from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0) or value > MAX_SECONDS:
+        raise _bad(name, raw, expected)
+    return value
+
+
+def count(name: str, default: int, *, environ: Mapping[str, str] | None = None) -> int:
+    """A whole number from 0 to MAX_COUNT from $NAME; `default` when unset or blank."""
+    raw = _raw(name, environ)
+    if raw is None:
+        return default
+    expected = f"a whole number from 0 to {MAX_COUNT}, like {default}"
+    if not raw.isascii() or not raw.isdigit() or len(raw) > len(str(MAX_COUNT)):
+        raise _bad(name, raw, expected)
+    value = int(raw)
+    if value > MAX_COUNT:
+        raise _bad(name, raw, expected)
+    return value
+
+
+__all__ = ["MAX_COUNT", "MAX_SECONDS", "count", "seconds"]
