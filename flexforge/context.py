@@ -9,6 +9,7 @@ from pathlib import Path
 from flexforge.errors import UsageError
 from flexforge.lockfile import Lock, read_lock
 from flexforge.manifest import Manifest, display_path, find_manifest, load_manifest
+from flexforge.paths import lock_path_for
 from flexforge.providers import DEFAULT_PROVIDER, GENERATORS
 from flexforge.store import Store
 
@@ -45,8 +46,7 @@ class Project:
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
         self.store = Store(manifest.state_dir)
-        # flexforge.yaml -> flexforge.lock; a second manifest in one folder gets its own lock.
-        self.lock_path = manifest.path.with_suffix(".lock")
+        self.lock_path = Path(lock_path_for(str(manifest.path)))
         self._lock: Lock | None = None
 
     @property

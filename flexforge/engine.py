@@ -11,14 +11,15 @@ import functools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from flexforge.errors import ProviderError
+from flexforge.confine import Resolver, output_problem
+from flexforge.errors import FlexforgeError, ProviderError
 from flexforge.fsutil import fsync_dir, install, remove_stale_temps, stage_bytes
 from flexforge.keys import content_key
-from flexforge.lockfile import Lock, LockEntry
+from flexforge.lockfile import Lock, LockChangedError, LockEntry
 from flexforge.manifest import Asset
 from flexforge.options import BuildOptions, PlanOptions
 from flexforge.planner import (
@@ -33,9 +34,9 @@ from flexforge.planner import (
     resolve_seed,
 )
 from flexforge.progress import Reporter
-from flexforge.providers import GeneratedImage, JournalEntry, Provider, TaskContext
+from flexforge.providers import GeneratedImage, Provider, TaskContext
 from flexforge.request import ImageRequest, ReferenceInput
-from flexforge.store import Store
+from flexforge.store import JournalEntry, KeyRecord, LedgerEntry, Store
 
 # Outcomes of one asset in a build.
 GENERATED, RESTORED, UP_TO_DATE, FAILED, SKIPPED = (
@@ -97,7 +98,7 @@ class _TaskRecord:
         self.finished = False
         entry = store.journal_get(key)
         cached = store.key_record(key) if entry is not None and fresh else None
-        if entry is not None and cached is not None and cached.get("task_id") == entry.task_id:
+        if entry is not None and cached is not None and cached.task_id == entry.task_id:
             # --replace wants a new image, and this journaled task's image is the one we have (a
             # kill came between caching it and clearing the journal): its cost is already counted.
             store.journal_remove(key)
@@ -140,6 +141,9 @@ class _TaskRecord:
             return
         self.journaled = True
         self.journal_error = None
+        # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
+        # holds, and a failure now must keep this one journaled.
+        self.finished = False
 
     def finished_task(self) -> None:
         self.finished = True
@@ -224,6 +228,10 @@ class Builder:
         self.lock_saved_at = 0.0
         # Outputs written beside their place, renamed in just after the lock names them.
         self.staged: dict[str, tuple[Path, str, str]] = {}
+        # What the lock said of each staged asset before, to put back if its rename fails.
+        self.replaced: dict[str, LockEntry | None] = {}
+        self.resolver = Resolver(plan.manifest.root)
+        self.manifest_stamp = _stamp(plan.manifest.path)
         self.made_here: set[str] = set()
         self.lock_flush: asyncio.TimerHandle | None = None
         self.records: dict[str, _TaskRecord] = {}
@@ -268,8 +276,9 @@ class Builder:
         except ProviderError as exc:
             self._fail(asset.id, str(exc), fatal=exc.fatal)
         except OSError as exc:  # a full disk, a read-only folder, a name too long...
-            where = f" ({exc.filename})" if exc.filename else ""
-            self._fail(asset.id, f"cannot write: {exc.strerror or exc}{where}", fatal=False)
+            self._fail(asset.id, _oserror(exc), fatal=False)
+        except FlexforgeError as exc:  # local state refused (a link in .flexforge/...)
+            self._fail(asset.id, str(exc), fatal=True)
         except Exception as exc:  # a bug must fail its asset loudly, not vanish in gather()
             self._fail(asset.id, f"internal error: {type(exc).__name__}: {exc}", fatal=False)
         return None
@@ -313,24 +322,32 @@ class Builder:
         return sha256
 
     async def _restore(self, step: Step) -> str | None:
-        """Copy the cached output back; None if the cached object turned out damaged."""
+        """Copy the cached output back; None if the cached object turned out damaged or is not
+        the image the manifest declares (a planted object, a lock from elsewhere)."""
         assert step.cached is not None and step.key is not None and step.seed is not None
         asset = step.asset
-        sha = str(step.cached["sha256"])
+        sha = step.cached.sha256
         out = self._output_path(asset)
-        staged = await _staged(self.store.stage_object, sha, out)
-        if staged is None:
-            self.reporter.log(f"{asset.id}: the cached copy is damaged; generating it again")
+        data = await asyncio.to_thread(self.store.read_object, sha)
+        problem = "damaged" if data is None else _declared_problem(data, asset)
+        if data is None or problem is not None:
+            self.reporter.log(f"{asset.id}: the cached copy is {problem}; generating it again")
             return None
-        self.staged[asset.id] = (staged, asset.out, sha)
-        self.made_here.add(asset.id)
-        meta = dict(step.cached)
+        staged = await _staged(stage_bytes, out, data)
+        assert staged is not None  # stage_bytes always stages
+        self._stage(asset, staged, sha)
+        record = step.cached
         old = self.lock.entries.get(asset.id)
         if old is not None and old.key == step.key.key:  # keep what the lock knew of the task
-            meta.update(task_id=old.task_id, cost_usd=old.cost_usd, provider=old.provider)
-        self._commit(step, step.seed, sha, self.store.object_path(sha).stat().st_size, meta)
+            record = replace(record, task_id=old.task_id, cost_usd=old.cost_usd, provider=old.provider)
+        # Reported before the lock write, which may still fail it (a rename refused).
         self._record(Outcome(asset.id, RESTORED, "from the local cache, no API call"))
+        self._commit(step, step.seed, sha, len(data), record)
         return sha
+
+    def _stage(self, asset: Asset, staged: Path, sha: str) -> None:
+        self.staged[asset.id] = (staged, asset.out, sha)
+        self.made_here.add(asset.id)
 
     async def _generate(self, step: Step, seed: int) -> str | None:
         asset = step.asset
@@ -388,57 +405,66 @@ class Builder:
         cost = _cost_usd(image, estimate, self.plan.generator)
         self.committed_usd += cost - estimate
         # Cache first, output second: once the output exists, a restart can always restore it.
-        # A paid image is fsynced into the cache before its journal entry goes: a power cut in
-        # between must leave one or the other, or the next build pays again.
+        # A paid image (its object fsynced below, its key record here) must survive a power cut
+        # before the journal entry that would re-fetch it goes.
         paid = image.task_id is not None
-        sha = await asyncio.to_thread(self.store.put_object, image.data, durable=paid)
-        meta = {"sha256": sha, "size": len(image.data), "task_id": image.task_id, "cost_usd": cost}
-        keyed = {**meta, "provider": self.provider.name, "seed": seed}
-        self.store.put_key_record(key.key, keyed, durable=paid)
+        sha = await asyncio.to_thread(self.store.put_object, image.data)
+        made = KeyRecord(
+            sha256=sha,
+            size=len(image.data),
+            provider=self.provider.name,
+            seed=seed,
+            task_id=image.task_id,
+            cost_usd=cost,
+        )
+        self.store.put_key_record(key.key, made, durable=paid)
         record.settled = True
         staged = await _staged(stage_bytes, self._output_path(asset), image.data)
         assert staged is not None  # stage_bytes always stages
-        self.staged[asset.id] = (staged, asset.out, sha)
-        self.made_here.add(asset.id)
+        self._stage(asset, staged, sha)
         if image.task_id is not None:
-            self.store.ledger_append(
-                {
-                    "time": time.time(),
-                    "asset": asset.id,
-                    "key": key.key,
-                    "provider": self.provider.name,
-                    "task_id": image.task_id,
-                    "cost_credits": image.cost_credits,
-                    "cost_usd": cost,
-                }
+            self._ledger(
+                LedgerEntry(
+                    time.time(),
+                    asset.id,
+                    key.key,
+                    self.provider.name,
+                    image.task_id,
+                    cost,
+                    image.cost_credits,
+                )
             )
-        self._commit(
-            Step(asset, step.action, step.reasons, seed, key, digests, sha),
-            seed,
-            sha,
-            len(image.data),
-            meta,
-        )
-        record.forget()
+            # The paid image must survive a power cut before the record that would re-fetch it goes.
+            await asyncio.to_thread(self.store.sync_object, sha)
         detail = f"${cost:.4f}" if cost else ""
         self._record(Outcome(asset.id, GENERATED, detail, cost))
+        self._commit(replace(step, key=key, seed=seed, output_sha256=sha), seed, sha, len(image.data), made)
+        record.forget()
         return sha
 
-    def _commit(self, step: Step, seed: int, sha: str, size: int, meta: dict[str, Any]) -> None:
+    def _ledger(self, entry: LedgerEntry) -> None:
+        """Record spend; a ledger that cannot be written costs the report, never the paid image."""
+        try:
+            self.store.ledger_append(entry)
+        except (OSError, FlexforgeError, ValueError) as exc:
+            self.reporter.log(f"{entry.asset}: spend not recorded in the ledger ({exc})")
+
+    def _commit(self, step: Step, seed: int, sha: str, size: int, record: KeyRecord) -> None:
         assert step.key is not None
         asset = step.asset
+        self.replaced.setdefault(asset.id, self.lock.entries.get(asset.id))
         self.lock.entries[asset.id] = LockEntry(
             key=step.key.key,
             parts=step.key.parts,
             seed=seed,
             model=asset.model,
             generator=self.plan.generator,
-            provider=str(meta.get("provider", self.provider.name)),
+            provider=record.provider,
             out=asset.out,
             sha256=sha,
             size=size,
-            task_id=meta.get("task_id"),
-            cost_usd=meta.get("cost_usd"),
+            task_id=record.task_id,
+            cost_usd=record.cost_usd,
         )
         self._save_lock_soon()
 
@@ -460,29 +486,78 @@ class Builder:
         if self.lock_flush is not None:
             self.lock_flush.cancel()
             self.lock_flush = None
-        self.lock.save()
-        self.lock_saved_at = time.monotonic()
         staged, self.staged = self.staged, {}
+        replaced, self.replaced = self.replaced, {}
+        try:
+            self._save_lock()
+        except (LockChangedError, OSError) as exc:
+            self._abandon(staged, replaced, str(exc) if isinstance(exc, LockChangedError) else _oserror(exc))
+            return
+        self.lock_saved_at = time.monotonic()
         # Renames only, back to back, so the gap between the lock and its files stays a few
         # microseconds; each folder is made durable once afterwards.
-        folders = set()
-        for temp, rel, _ in staged.values():
+        folders, failed = set(), {}
+        for asset_id, (temp, rel, _) in staged.items():
             path = self.plan.manifest.root / rel
-            install(temp, path, durable=False)
+            try:
+                install(temp, path, durable=False)
+            except OSError as exc:
+                failed[asset_id] = _oserror(exc)
+                temp.unlink(missing_ok=True)
+                continue
             folders.add(path.parent)
         for folder in folders:
             fsync_dir(folder)
-        for _, rel, sha in staged.values():
-            self.store.remember_written(rel, sha)
+        for asset_id, (_, rel, sha) in staged.items():
+            if asset_id not in failed:
+                self.store.remember_written(rel, sha)
+        if failed:
+            # The lock already names these files: put their old entries back so the lock never
+            # names a file that is not there. Their images stay cached for the next build.
+            self._abandon({}, {a: replaced.get(a) for a in failed}, "", reasons=failed)
+            try:
+                self._save_lock()
+            except (LockChangedError, OSError) as exc:
+                self.stop_reason = self.stop_reason or f"cannot write {self.lock.path.name}: {exc}"
+
+    def _save_lock(self) -> None:
+        if _stamp(self.plan.manifest.path) != self.manifest_stamp:
+            raise LockChangedError(
+                f"{self.plan.manifest.label} changed on disk while this build ran (a `git checkout`?); "
+                f"{self.lock.path.name} was left as it is. Run `flexforge build` again: finished "
+                "images are cached"
+            )
+        self.lock.save()
+
+    def _abandon(
+        self,
+        staged: dict[str, tuple[Path, str, str]],
+        replaced: dict[str, LockEntry | None],
+        reason: str,
+        *,
+        reasons: dict[str, str] | None = None,
+    ) -> None:
+        """Undo what a failed lock write or rename would leave unrecorded, and fail those assets."""
+        for temp, _, _ in staged.values():
+            temp.unlink(missing_ok=True)
+        for asset_id, old in replaced.items():
+            if old is None:
+                self.lock.entries.pop(asset_id, None)
+            else:
+                self.lock.entries[asset_id] = old
+            why = (reasons or {}).get(asset_id, reason)
+            self._fail(asset_id, f"not recorded: {why}", fatal=reasons is None)
+        if reasons is None:
+            self.stop_reason = self.stop_reason or reason
 
     def _output_path(self, asset: Asset) -> Path:
-        """Where the output goes, refusing a folder swapped for a link out of the project since
-        the manifest was validated: nothing is ever written outside the root."""
-        root = self.plan.manifest.root.resolve()
-        path = root / asset.out
-        if not path.parent.resolve().is_relative_to(root) or path.is_symlink():
-            raise ProviderError(f"{asset.out} leads outside the project root (a symbolic link?); not written")
-        return path
+        """Where the output goes, checked as if validation had just run: a folder swapped for a
+        link since the manifest was validated, `.git/`, the state folder: nothing is ever written
+        there."""
+        problem = output_problem(self.resolver, asset.out, asset.output_format)
+        if problem is not None:
+            raise ProviderError(f"{problem}; not written")
+        return self.plan.manifest.root / asset.out
 
     def _request(self, asset: Asset, seed: int, digests: list[str]) -> ImageRequest:
         from flexforge.imaging import check_reference
@@ -497,8 +572,15 @@ class Builder:
                 # is renamed into place only with the next lock write); else from its file.
                 cached = self.store.object_path(digest)
                 path = cached if upstream.id in self.made_here else root / upstream.out
-            # Checked again here: the file may have changed since the manifest was validated.
-            problem = None if upstream is not None else check_reference(path, decode=True)
+            # Checked again here, confinement too: the file or a folder on its way may have been
+            # swapped (for a link out of the root) since the manifest was validated.
+            problem = None
+            if upstream is None:
+                problem = (
+                    check_reference(path, decode=True)
+                    if self.resolver.inside(ref)
+                    else ("leads outside the project root (a symbolic link?); not sent")
+                )
             if problem is not None:
                 raise ProviderError(f"reference {ref!r}: {problem}")
             refs.append(ReferenceInput(ref, path, digest))
@@ -544,6 +626,27 @@ async def _staged(stage: Callable[..., Path | None], *args: Any) -> Path | None:
 def _discard_staged(write: asyncio.Future[Path | None]) -> None:
     if not write.cancelled() and write.exception() is None and (staged := write.result()) is not None:
         staged.unlink(missing_ok=True)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _oserror(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"cannot write: {exc.strerror or exc}{where}"
+
+
+def _declared_problem(data: bytes, asset: Asset) -> str | None:
+    from flexforge.imaging import header_problem
+
+    width, height = asset.final_size or (asset.width, asset.height)
+    problem = header_problem(data, width, height, asset.output_format)
+    return None if problem is None else f"not the declared image ({problem})"
 
 
 def _verify(image: GeneratedImage, asset: Asset) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +15,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1 << 20
+TEMP_MARK = ".ff-"  # in every temp file's name, so that only flexforge's own are ever removed
+# mkstemp's random part: 8 characters from [a-z0-9_].
+_TEMP_NAME = re.compile(r"^\.(.+)\.ff-[a-z0-9_]{8}\.tmp$")
 
 
 def _file_mode() -> int:
@@ -29,7 +35,7 @@ def staging(path: Path, *, durable: bool = True) -> Iterator[tuple[BinaryIO, Pat
     """A temp file beside `path` to fill, for `install()` to rename into place later; removed
     if the block fails. `durable` fsyncs it (for what must survive a power cut)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
@@ -77,14 +83,15 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
 
 
 def remove_stale_temps(folder: Path, names: set[str]) -> None:
-    """Delete what a killed `replacing()` left beside the files `names` in `folder`."""
+    """Delete what a killed `replacing()` left beside the files `names` in `folder`: only names
+    flexforge makes (`.NAME.ff-XXXXXXXX.tmp`), never a user's own `.NAME.backup.tmp`."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return
     for entry in entries:
-        name = entry.name
-        if name.startswith(".") and name.endswith(".tmp") and name[1:-4].rpartition(".")[0] in names:
+        match = _TEMP_NAME.match(entry.name)
+        if match is not None and match.group(1) in names and entry.is_file(follow_symlinks=False):
             Path(entry.path).unlink(missing_ok=True)
 
 
@@ -101,15 +108,7 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-PROBE_PREFIX = ".probe."
+PROBE_PREFIX = f".probe{TEMP_MARK}"
 
 
 def probe_writable(folder: Path) -> None:
@@ -127,8 +126,72 @@ def probe_writable(folder: Path) -> None:
         os.unlink(tmp)
 
 
+class NotRegularFile(OSError):
+    """A path that is a link, folder, FIFO, device or socket where a plain file belongs."""
+
+
+class FileTooLarge(OSError):
+    """A file larger than its reader allows (a link to /dev/zero, a planted multi-GB file)."""
+
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def open_regular(path: Path | str, *, follow: bool = False) -> int:
+    """A descriptor on `path` only if it is a plain file, never blocking on a FIFO (O_NONBLOCK,
+    then fstat), and never through a final link unless `follow`. Raises FileNotFoundError,
+    NotRegularFile."""
+    try:
+        fd = os.open(path, _READ_FLAGS | (0 if follow else _NOFOLLOW))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+            raise NotRegularFile(exc.errno, "is a symbolic link", str(path)) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "folder" if stat.S_ISDIR(mode) else "special file (FIFO, device or socket)"
+            raise NotRegularFile(errno.EINVAL, f"is a {kind}, not a file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path | str, limit: int) -> bytes:
+    """The bytes of the plain file at `path`, at most `limit` of them (else FileTooLarge)."""
+    fd = open_regular(path)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise FileTooLarge(errno.EFBIG, f"is larger than {limit} bytes", str(path))
+    return data
+
+
+def real_folders(base: Path, rel_parts: tuple[str, ...]) -> Path:
+    """`base/rel_parts...`, refusing any existing component that is a link or not a folder:
+    inside flexforge's state folder a link would send a read or write anywhere on the disk."""
+    path = base
+    for part in rel_parts:
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(mode):
+            what = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+            raise NotRegularFile(errno.ENOTDIR, f"is {what}", str(path))
+    return path
+
+
 def sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
+    """The digest of a plain file (a link to one is followed: callers confine it first)."""
+    fd = open_regular(path, follow=True)
+    with os.fdopen(fd, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
+from types import ModuleType
 
 # Pillow's format names for our output_format values.
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -16,6 +18,22 @@ MAX_REFERENCE_PIXELS = 20_000_000
 REFERENCE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 
+# Pillow refuses to open images above twice this many pixels (a warning above it): the largest
+# picture flexforge ever opens is a 20 MP reference, and no setting elsewhere may lift the limit.
+MAX_OPEN_PIXELS = 2 * MAX_REFERENCE_PIXELS
+
+
+def _pillow() -> ModuleType:
+    """PIL.Image with the pixel limit set; imported late: a no-op build never opens an image."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_OPEN_PIXELS
+    # Above the limit Pillow only warns (on stderr, mid-progress): flexforge's own size checks
+    # refuse such images with a message of their own.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    return Image
+
+
 class ImageCheckError(ValueError):
     """The bytes are not a complete image of the requested size and format."""
 
@@ -24,7 +42,7 @@ def check_reference(path: Path, *, decode: bool = False) -> str | None:
     """Why this file cannot be sent as a reference image, or None when it can. Reads the header
     and the container's end (a cut-off download fails here), and decodes every pixel only with
     `decode` (before a paid call). A decompression bomb is refused by its declared size."""
-    from PIL import Image
+    Image = _pillow()
 
     try:
         size = path.stat().st_size
@@ -72,17 +90,22 @@ def _complete(path: Path, fmt: str, size: int) -> bool:
 
 
 def verify_image(data: bytes, width: int, height: int, output_format: str) -> None:
-    """Raise ImageCheckError unless `data` fully decodes as `output_format` at width x height."""
-    from PIL import Image  # imported here: a no-op build never decodes an image
-
+    """Raise ImageCheckError unless `data` fully decodes as `output_format` at width x height.
+    The header's format and size are compared first: an image declaring another size (a
+    decompression bomb among them) is refused without decoding a pixel."""
+    Image = _pillow()
+    expected = PIL_FORMATS[output_format]
     try:
         with Image.open(io.BytesIO(data)) as img:
-            actual_format = img.format
-            size = img.size
-            img.load()  # decodes every byte: a truncated file fails here
+            actual_format, size = img.format, img.size
+            if actual_format == expected and size == (width, height):
+                img.load()  # decodes every byte: a truncated file fails here
+    except Image.DecompressionBombError:
+        raise ImageCheckError(
+            f"expected {width}x{height}, got an image declaring over {2 * MAX_OPEN_PIXELS / 1e6:.0f} MP"
+        ) from None
     except Exception as exc:  # Pillow raises many types for broken data
         raise ImageCheckError(f"not a decodable image ({exc})") from None
-    expected = PIL_FORMATS[output_format]
     if actual_format != expected:
         raise ImageCheckError(f"expected {expected}, got {actual_format}")
     if size != (width, height):
@@ -110,3 +133,21 @@ def fit_cover(data: bytes, width: int, height: int, output_format: str) -> bytes
     buf = io.BytesIO()
     fitted.save(buf, format=PIL_FORMATS[output_format], **_SAVE_OPTIONS[output_format])
     return buf.getvalue()
+
+
+def header_problem(data: bytes, width: int, height: int, output_format: str) -> str | None:
+    """Why `data` is not a `output_format` image of width x height by its header, or None. Reads
+    the header only: what restores check, so that no planted file is ever decoded in full."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            actual_format, size = img.format, img.size
+    except Exception:  # Pillow raises many types for files it cannot read
+        return "not a readable image"
+    expected = PIL_FORMATS[output_format]
+    if actual_format != expected:
+        return f"a {actual_format} image where {expected} is declared"
+    if size != (width, height):
+        return f"{size[0]}x{size[1]} where {width}x{height} is declared"
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +32,24 @@ class LockEntry:
     cost_usd: float | None = None
 
 
+class LockChangedError(FlexforgeError):
+    """The lock file changed on disk since this build read it (a `git checkout`, another tool)."""
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 @dataclass(slots=True)
 class Lock:
     path: Path
     entries: dict[str, LockEntry] = field(default_factory=dict)
     _on_disk: bytes | None = None
+    _stamp: tuple[int, int, int] | None = None  # of the file as last read or written here
 
     def render(self) -> bytes:
         doc = {
@@ -52,8 +66,15 @@ class Lock:
         data = self.render()
         if data == self._on_disk:
             return False
+        if _stamp(self.path) != self._stamp:
+            # Writing now would put this build's view over what another branch or tool wrote.
+            raise LockChangedError(
+                f"{self.path.name} changed on disk while this build ran (a `git checkout`?); "
+                f"it was left as it is. Run `flexforge build` again: finished images are cached"
+            )
         atomic_write(self.path, data)
         self._on_disk = data
+        self._stamp = _stamp(self.path)
         return True
 
 
@@ -66,7 +87,7 @@ def read_lock(path: Path) -> Lock:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return Lock(path)
+        return Lock(path)  # _stamp None: the lock must still be absent when first written
     except OSError as exc:
         raise FlexforgeError(
             f"cannot read {label}: {exc.strerror}; it should be flexforge's lock file"
@@ -86,7 +107,7 @@ def read_lock(path: Path) -> Lock:
             f"{label} is not a valid flexforge lock ({exc}); restore it with "
             f"`git checkout {label}`, or delete it to rebuild from the cache"
         ) from None
-    return Lock(path, entries, raw)
+    return Lock(path, entries, raw, _stamp(path))
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -13,14 +13,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from flexforge.confine import Resolver, extension_problem, output_problem, private_part
 from flexforge.errors import Diagnostic, FlexforgeError, ManifestError
 from flexforge.imaging import EXTENSIONS
+from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
 from flexforge.request import FLEX_MODEL
 
-MANIFEST_NAME = "flexforge.yaml"
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
-STATE_DIR = ".flexforge"
-CACHE_VERSION = 1  # bump when what validation produces changes
+CACHE_VERSION = 2  # bump when what validation produces changes
+CACHE_LIMIT = 512 * 1024 * 1024
 
 FLEX_ONLY = ("steps", "guidance", "prompt_upsampling")
 BUILTIN_DEFAULTS: dict[str, Any] = {
@@ -108,7 +109,7 @@ def load_manifest(path: Path, label: str | None = None) -> Manifest:
     """Read and validate a manifest; every problem is raised at once as a ManifestError.
     `label` names the file in messages (default: relative to the working directory).
 
-    A manifest whose bytes were validated before comes from `.flexforge/cache/` instead: parsing
+    A manifest whose bytes were validated before comes from the user's cache instead: parsing
     YAML and running the schema dominate a no-op build, and only its reference files can change
     under an unchanged manifest, so those are checked again."""
     label = label or display_path(path)
@@ -133,37 +134,52 @@ def _fingerprint(raw: bytes) -> str:
     return hashlib.sha256(f"{CACHE_VERSION}:{__version__}:".encode() + raw).hexdigest()
 
 
-def _cache_path(path: Path) -> Path:
-    return path.parent / STATE_DIR / "cache" / f"{path.name}.json"
-
-
 def _read_cache(path: Path, fingerprint: str, label: str) -> Manifest | None:
+    """The manifest validated earlier from these very bytes, from the user's cache (never from
+    the repository: docs/security.md), if the files it relied on are still where they were."""
+    from flexforge.fsutil import read_regular
+
     try:
-        doc = json.loads(_cache_path(path).read_bytes())
+        doc = json.loads(read_regular(manifest_cache_file(path, "manifest"), CACHE_LIMIT))
         if doc["fingerprint"] != fingerprint:
             return None
         assets = {raw["id"]: _asset_from_json(raw) for raw in doc["assets"]}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     root = path.parent
-    for asset in assets.values():
-        for ref in asset.references:
-            if ref not in asset.asset_refs and not os.path.isfile(root / ref):
-                return None  # validate afresh, for an error that names the line
+    if not _still_confined(root, assets.values()):
+        return None  # validate afresh, for an error that names the line
     return Manifest(path, root, assets, label)
+
+
+def _still_confined(root: Path, assets: Any) -> bool:
+    """What validation checked on the filesystem, checked again: every reference file is a file
+    inside the root, and every output may be written. A folder swapped for a link since the
+    cache was written must not slip through as "valid"."""
+    resolver = Resolver(root)
+    for asset in assets:
+        if output_problem(resolver, asset.out, asset.output_format) is not None:
+            return False
+        for ref in asset.references:
+            if ref in asset.asset_refs:
+                continue
+            real = resolver.inside(ref)
+            if real is None or not os.path.isfile(resolver.root / real):
+                return False
+    return True
 
 
 def _write_cache(manifest: Manifest, fingerprint: str) -> None:
     from flexforge.fsutil import atomic_write
-    from flexforge.store import Store
 
     assets = [dataclasses.asdict(a) for a in manifest.assets.values()]
     data = json.dumps({"fingerprint": fingerprint, "assets": assets}, separators=(",", ":"), allow_nan=False)
+    target = Path(manifest_cache_file(manifest.path, "manifest"))
     try:
-        Store(manifest.state_dir).ensure()
-        atomic_write(_cache_path(manifest.path), data.encode(), durable=False)
-    except (OSError, FlexforgeError):
-        pass  # a read-only checkout, or an unusable state folder: still works, only slower
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(target, data.encode(), durable=False)
+    except (OSError, ValueError):
+        pass  # an unwritable cache folder: still works, only slower
 
 
 def _asset_from_json(raw: dict[str, Any]) -> Asset:
@@ -203,7 +219,7 @@ class _Checker:
         self.diagnostics: list[Diagnostic] = []
         # where in the manifest -> (the reference as written, the root-relative file it leads to)
         self.file_refs: dict[tuple[str | int, ...], tuple[str, str]] = {}
-        self.resolved_dirs: dict[Path, Path] = {}
+        self.resolver = Resolver(self.root)
 
     def error(
         self,
@@ -406,30 +422,18 @@ class _Checker:
         if rel.startswith("/") or re.match(r"^[A-Za-z]:", rel):
             self.error(path, f"{what} {rel!r} is absolute; write it relative to the manifest's folder")
             return None
-        target = self._resolve(self.root / rel)
-        root = self._resolve(self.root)
-        if not target.is_relative_to(root):
+        target = self.resolver.resolve(self.root / rel)
+        if not target.is_relative_to(self.resolver.root):
             self.error(path, f"{what} {rel!r} leaves the project root")
             return None
         return target
-
-    def _resolve(self, path: Path) -> Path:
-        """Path.resolve(), with each folder resolved once: a thousand references in one folder
-        otherwise cost a thousand walks over every component of their path."""
-        if path.name in ("", ".", ".."):
-            return path.resolve()
-        folder = self.resolved_dirs.get(path.parent)
-        if folder is None:
-            folder = self.resolved_dirs[path.parent] = path.parent.resolve()
-        target = folder / path.name
-        return target.resolve() if target.is_symlink() else target
 
     def _reference_file(self, ref: str, path: tuple[str | int, ...], all_assets: dict[str, Any]) -> None:
         target = self._inside_root(ref, path, "reference")
         if target is None:
             return
         # Spelled any way ('a/../b', a link inside the root), a file is known by where it leads.
-        self.file_refs[path] = (ref, target.relative_to(self._resolve(self.root)).as_posix())
+        self.file_refs[path] = (ref, target.relative_to(self.resolver.root).as_posix())
         if not target.is_file():
             hint = difflib.get_close_matches(ref, list(all_assets), n=1)
             also = f" (did you mean asset {hint[0]!r}?)" if hint else ""
@@ -445,17 +449,13 @@ class _Checker:
         target = self._inside_root(out, path, "out")
         if target is None:
             return out
-        rel = target.relative_to(self._resolve(self.root)).as_posix()
-        if rel.split("/")[0] == STATE_DIR:
-            self.error(path, f"out {out!r} is inside {STATE_DIR}/, flexforge's private state")
-        suffix = Path(rel).suffix.lower().lstrip(".")
-        allowed = {"jpeg": ("jpg", "jpeg")}.get(fmt, (fmt,))
-        if suffix not in allowed:
-            self.error(
-                path,
-                f"out {out!r} does not end in .{allowed[0]} but output_format is {fmt}; "
-                f"rename it or set output_format",
-            )
+        rel = target.relative_to(self.resolver.root).as_posix()
+        private = private_part(out) or private_part(rel)
+        if private is not None:
+            self.error(path, f"out {out!r} is inside {private}/, which flexforge never writes")
+        wrong_type = extension_problem(rel, fmt)
+        if wrong_type is not None:
+            self.error(path, f"out {out!r} {wrong_type}; rename it or set output_format")
         return rel
 
     def _outputs(self, assets: dict[str, Asset]) -> None:

@@ -16,23 +16,35 @@ import hashlib
 import json
 import os
 import sys
+from typing import Any
 
-MEMO_VERSION = 1
-_STATE_DIR = ".flexforge"
+from flexforge.paths import lock_path_for, manifest_cache_file
+
+MEMO_VERSION = 3
 _PROVIDER_ENV = "FLEXFORGE_PROVIDER"
 
 
 def _memo_path(manifest: str) -> str:
-    folder, name = os.path.split(manifest)
-    return os.path.join(folder, _STATE_DIR, "cache", f"{name}.noop.json")
+    # In the user's cache, never in the repository: a committed memo would answer "nothing to
+    # do" for whatever the repository holds (docs/security.md).
+    return manifest_cache_file(manifest, "noop")
 
 
-def _stamp(path: str) -> list[int] | None:
+def file_stamp(path: str) -> list[int] | None:
+    """What tells a file changed without reading it: inode, size, mtime and ctime (which no
+    program can set back, unlike an mtime restored with `touch -r`)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def racy(stamp: list[int], recorded_at: int) -> bool:
+    """git's "racy" rule: a file changed in the same clock tick as the moment its stamp was
+    recorded (`recorded_at`: that record's own mtime) may change again without its stamp
+    changing, so the stamp cannot vouch for it."""
+    return max(stamp[2], stamp[3]) >= recorded_at
 
 
 def _digest(path: str) -> str | None:
@@ -50,7 +62,7 @@ def record(manifest: str, lock: str, provider: str, asset_count: int, files: lis
     root = os.path.dirname(manifest)
     stamps = []
     for rel in files:
-        stamp = _stamp(os.path.join(root, rel))
+        stamp = file_stamp(os.path.join(root, rel))
         if stamp is None:
             return
         stamps.append([rel, *stamp])
@@ -69,8 +81,10 @@ def record(manifest: str, lock: str, provider: str, asset_count: int, files: lis
     from flexforge.fsutil import atomic_write
 
     data = json.dumps(memo, separators=(",", ":"), allow_nan=False).encode()
+    target = Path(_memo_path(manifest))
     with contextlib.suppress(OSError):  # only a cache
-        atomic_write(Path(_memo_path(manifest)), data, durable=False)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(target, data, durable=False)
 
 
 def _parse(argv: list[str]) -> tuple[str, str, str, bool, bool] | None:
@@ -110,10 +124,17 @@ def answer(argv: list[str]) -> int | None:
     command, manifest, provider, quiet, _ = parsed
     manifest = os.path.abspath(manifest)
     try:
-        with open(_memo_path(manifest), encoding="utf-8") as f:
-            memo = json.load(f)
-    except (OSError, ValueError):
-        return None
+        with open(_memo_path(manifest), "rb") as f:
+            written = os.fstat(f.fileno()).st_mtime_ns
+            memo = json.loads(f.read())
+        return _check(memo, written, command, manifest, provider, quiet)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None  # no memo, or one damaged: the full command answers
+
+
+def _check(
+    memo: dict[str, Any], written: int, command: str, manifest: str, provider: str, quiet: bool
+) -> int | None:
     from flexforge import __version__
 
     if (
@@ -124,16 +145,17 @@ def answer(argv: list[str]) -> int | None:
         return None
     if memo.get("manifest") != _digest(manifest):
         return None
-    lock = os.path.splitext(manifest)[0] + ".lock"
-    if memo.get("lock") != _digest(lock):
+    if memo.get("lock") != _digest(str(lock_path_for(manifest))):
         return None
     root = os.path.dirname(manifest)
     for rel, *stamp in memo["files"]:
-        if _stamp(os.path.join(root, rel)) != stamp:
+        now = file_stamp(os.path.join(root, rel))
+        if now is None or now != stamp or racy(now, written):
             return None
+    summary, assets = memo["summary"], memo["assets"]
     if not quiet:
         if command == "build":
-            sys.stdout.write(f"Up to date: {memo['assets']} assets.\n")
+            sys.stdout.write(f"Up to date: {int(assets)} assets.\n")
         else:
-            sys.stdout.write(memo["summary"] + "\n")
+            sys.stdout.write(str(summary) + "\n")
     return 0

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from flexforge.errors import UsageError
 from flexforge.keys import ContentKey, changed, content_key, known_parts
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset, Manifest
 from flexforge.options import PlanOptions
-from flexforge.store import Store
+from flexforge.store import KeyRecord, Store
 
 CREATE, REGENERATE, RESTORE, DRIFTED, NONE = "create", "regenerate", "restore", "drifted", "none"
 GENERATES = (CREATE, REGENERATE)
@@ -26,7 +25,7 @@ class Step:
     key: ContentKey | None  # None while an upstream output is still to be made
     reference_digests: list[str] | None
     output_sha256: str | None  # the output's digest after this step, when known now
-    cached: dict[str, Any] | None = None  # the object-cache record a restore copies from
+    cached: KeyRecord | None = None  # the object-cache record a restore copies from
     estimated_cost_usd: float = 0.0
 
 
@@ -115,7 +114,7 @@ def decide(
         # Bytes made for this very key (a build killed before its lock write) are planned like any
         # output; any others are a hand edit, never overwritten: accept them or --replace.
         made = store.key_record(key.key) if key is not None else None
-        if made is None or made.get("sha256") != current:
+        if made is None or made.sha256 != current:
             return Step(asset, DRIFTED, [], seed, None, None, entry.sha256)
     if key is None:
         reasons = (
@@ -129,14 +128,16 @@ def decide(
             return Step(asset, NONE, [], seed, key, known, current)
         cached = store.key_record(key.key)
         if cached is None and store.has_object(entry.sha256):
-            cached = {"sha256": entry.sha256, "size": entry.size}
+            cached = KeyRecord(
+                entry.sha256, entry.size, entry.provider, entry.seed, entry.task_id, entry.cost_usd
+            )
         if cached is not None:
-            return Step(asset, RESTORE, ["missing"], seed, key, known, cached["sha256"], cached)
+            return Step(asset, RESTORE, ["missing"], seed, key, known, cached.sha256, cached)
         return Step(asset, REGENERATE, ["missing"], seed, key, known, None)
     reasons = key.changed_parts(entry.parts) if entry is not None else []
     cached = store.key_record(key.key)
     if cached is not None:
-        return Step(asset, RESTORE, reasons, seed, key, known, cached["sha256"], cached)
+        return Step(asset, RESTORE, reasons, seed, key, known, cached.sha256, cached)
     return Step(asset, REGENERATE if entry else CREATE, reasons, seed, key, known, None)
 
 

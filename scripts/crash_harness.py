@@ -259,7 +259,7 @@ def snapshot(project: Project) -> Snapshot:
     journal: dict[str, set[str]] = {}
     for path in sorted((root / ".flexforge" / "journal").glob("*.json")):
         try:
-            entry = json.loads(path.read_bytes())
+            entry = json.loads(path.read_bytes())["body"]  # a sealed record (flexforge.records)
             journal.setdefault(str(entry["asset"]), set()).add(str(entry["key"]))
         except (OSError, ValueError, KeyError, TypeError):
             journal.setdefault("?", set()).add(path.stem)

@@ -18,6 +18,9 @@ SECRET_ENV = (
     "COMETAPI_BASE",
     "FLEXFORGE_PROVIDER",
     "FLEXFORGE_EMULATOR_URL",
+    "FLEXFORGE_EMULATOR_KEY",
+    "FLEXFORGE_CACHE_DIR",  # flexforge's caches and machine key follow $HOME like everything else
+    "FLEXFORGE_DATA_DIR",
 )
 
 

@@ -51,7 +51,7 @@ def test_build_records_tasks_costs_and_submits_each_once(project: Project, emu: 
         assert entry["provider"] == "emulator" and entry["generator"] == "emulator"
         assert entry["task_id"] and entry["cost_usd"] > 0
     ledger = (project.root / ".flexforge/ledger.jsonl").read_text().splitlines()
-    assert {json.loads(line)["task_id"] for line in ledger} == {e["task_id"] for e in lock.values()}
+    assert {json.loads(line)["body"]["task_id"] for line in ledger} == {e["task_id"] for e in lock.values()}
     stats = emu.stats()
     assert (stats["submissions"], stats["duplicates"]) == (6, 0)
     assert "actual $" in result.stderr
@@ -121,7 +121,7 @@ def test_wrong_key_is_one_clear_line_and_never_printed(
         manifest(project, 3)
         result = build(project)
         assert result.exit_code == 1
-        assert "BFL_API_KEY" in result.stderr
+        assert "FLEXFORGE_EMULATOR_KEY" in result.stderr
         assert SECRET not in result.stderr + result.stdout
         assert emu_free_of_secret(project)
 
@@ -189,7 +189,7 @@ def test_sigkill_after_submit_resumes_the_same_tasks(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         journal = project.root / ".flexforge/journal"
-        entries = [json.loads(p.read_text()) for p in journal.glob("*.json")]
+        entries = [json.loads(p.read_text())["body"] for p in journal.glob("*.json")]
         assert len(entries) == 5
         assert {"asset", "key", "provider", "task_id", "polling_url", "submitted_at"} <= set(entries[0])
         assert emu.stats()["submissions"] == 5

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from flexforge import noop
 from tests.helpers import Project, png
 from tests.support.spawn import run_flexforge
 
@@ -30,7 +31,7 @@ def built(project: Project) -> Project:
     """)
     assert project.build().exit_code == 0
     assert project.build().exit_code == 0  # an up-to-date plan records the memo
-    assert (project.root / ".flexforge/cache/flexforge.yaml.noop.json").exists()
+    assert Path(noop._memo_path(str(project.root / "flexforge.yaml"))).exists()
     return project
 
 

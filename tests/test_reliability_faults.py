@@ -239,7 +239,7 @@ def test_replace_after_a_kill_before_the_journal_cleanup_generates_anew(
             assert build(project).exit_code == 0
         assert build(project, "--replace", "a").exit_code == 0
         ledger = (project.root / ".flexforge" / "ledger.jsonl").read_text().splitlines()
-        task_ids = [json.loads(line)["task_id"] for line in ledger]
+        task_ids = [json.loads(line)["body"]["task_id"] for line in ledger]
         assert len(task_ids) == len(set(task_ids)), "one task's cost recorded twice"
         assert emu.stats()["submissions"] == 2
 
@@ -247,8 +247,8 @@ def test_replace_after_a_kill_before_the_journal_cleanup_generates_anew(
 @pytest.mark.parametrize(
     "leftover",
     [
-        "assets/.a.png.k2x9q1ab.tmp",
-        ".flexforge.lock.k2x9q1ab.tmp",
+        "assets/.a.png.ff-k2x9q1ab.tmp",
+        ".flexforge.lock.ff-k2x9q1ab.tmp",
     ],
 )
 def test_temp_files_left_by_a_killed_write_are_cleaned_up(project: Project, leftover: str) -> None:

@@ -235,7 +235,7 @@ def test_crlf_line_endings_are_fine(project: Project) -> None:
         ("out", "img/../../x.png", "leaves the project root"),
         ("out", "img\\\\x.png", "use '/' as the path separator"),
         ("out", "outside/x.png", "leaves the project root"),  # a folder linking out of the root
-        ("out", ".flexforge/x.png", "flexforge's private state"),
+        ("out", ".flexforge/x.png", "inside .flexforge/, which flexforge never writes"),
         ("references", "[/etc/hostname]", "is absolute"),
         ("references", "[brand/../../secret.png]", "leaves the project root"),
         ("references", "[brand/secret-link.png]", "leaves the project root"),  # a file linking out

@@ -8,6 +8,7 @@ from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_OK, FlexforgeError
 from flexforge.keys import ContentKey, content_key
 from flexforge.planner import reference_digests, resolve_seed
+from flexforge.store import KeyRecord
 
 
 def current_key(project: Project, asset_id: str, generator: str) -> ContentKey:
@@ -49,14 +50,7 @@ def accept(opts: GlobalOptions, asset_id: str) -> int:
         entry.key, entry.parts = key.key, key.parts
         entry.sha256, entry.size, entry.out = sha, len(data), asset.out
         # The accepted bytes now stand for this key: a later restore brings them back, not the old.
-        record = {
-            "sha256": sha,
-            "size": len(data),
-            "task_id": entry.task_id,
-            "cost_usd": entry.cost_usd,
-            "provider": entry.provider,
-            "seed": entry.seed,
-        }
+        record = KeyRecord(sha, len(data), entry.provider, entry.seed, entry.task_id, entry.cost_usd)
         project.store.put_key_record(entry.key, record)
         project.store.remember_written(asset.out, sha)
         project.lock.save()

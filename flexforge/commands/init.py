@@ -9,7 +9,7 @@ import click
 from flexforge.context import GlobalOptions
 from flexforge.errors import EXIT_OK, FlexforgeError
 from flexforge.fsutil import atomic_write
-from flexforge.manifest import MANIFEST_NAME, STATE_DIR
+from flexforge.paths import MANIFEST_NAME, STATE_DIR
 from flexforge.store import Store
 
 TEMPLATES = Path(__file__).parent.parent / "templates"

@@ -22,7 +22,7 @@ import json
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ BFL, COMET = "bfl", "comet"
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _FORMAT_OF_EXTENSION = {ext: fmt for fmt, ext in EXTENSIONS.items()}
 _HTTP_FAULTS = ("429", "500", "503")
+# Headers that carry credentials: kept out of everything the emulator records or serves (its
+# request log is unauthenticated, and a client may have sent a real key by mistake).
+AUTH_HEADERS = frozenset({"x-key", "authorization", "api-key", "x-api-key", "proxy-authorization", "cookie"})
+REDACTED = "[redacted]"
 
 
 class Emulator:
@@ -105,7 +109,7 @@ class Emulator:
             "flavour": flavour,
             "method": request.method,
             "path": request.path,
-            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "headers": redacted_headers(request.headers),
             "body": _loads_or_text(raw),
         }
         self.state.captured.append(record)
@@ -412,6 +416,11 @@ def _drop(request: web.Request) -> None:
     """Close the connection without an answer, as a reset or a crashed proxy would."""
     if request.transport is not None:
         request.transport.close()
+
+
+def redacted_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Lower-cased headers with every credential replaced by REDACTED (its presence still shows)."""
+    return {k.lower(): REDACTED if k.lower() in AUTH_HEADERS else v for k, v in headers.items()}
 
 
 def _loads_or_text(raw: bytes) -> Any:

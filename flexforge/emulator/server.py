@@ -76,6 +76,7 @@ def client_env(url: str, key: str) -> dict[str, str]:
     """The environment that points flexforge's providers at an emulator serving `url`."""
     return {
         "FLEXFORGE_EMULATOR_URL": url,
+        "FLEXFORGE_EMULATOR_KEY": key,
         "BFL_API_BASE": url,
         "BFL_API_KEY": key,
         "COMETAPI_BASE": url,
@@ -95,7 +96,8 @@ def banner(server: EmulatorServer) -> str:
         f"{config.credits:g} credits, download URLs valid {config.url_lifetime:g}s, faults: {faults}",
         "Point flexforge at it:",
         f"  export FLEXFORGE_EMULATOR_URL={env['FLEXFORGE_EMULATOR_URL']}"
-        "   # then: flexforge build --provider emulator",
+        + (f" FLEXFORGE_EMULATOR_KEY={key}" if config.accepted_keys else "")
+        + "   # then: flexforge build --provider emulator",
         f"  export BFL_API_BASE={env['BFL_API_BASE']} BFL_API_KEY={env['BFL_API_KEY']}",
         f"  export COMETAPI_BASE={env['COMETAPI_BASE']} COMETAPI_KEY={env['COMETAPI_KEY']}",
         f"Stats: curl {server.url}/_emulator/stats   (Ctrl-C stops)",

@@ -9,19 +9,7 @@ from typing import Protocol
 
 from flexforge.errors import UsageError
 from flexforge.request import ImageRequest
-
-
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
-    """A paid task submitted by this or an earlier run, recorded before it was waited on."""
-
-    asset: str
-    key: str
-    provider: str
-    task_id: str
-    polling_url: str
-    submitted_at: float
-    cost_credits: float | None = None  # as the submit response said, for a resumed task's ledger
+from flexforge.store import JournalEntry as JournalEntry  # re-exported: providers resume tasks
 
 
 @dataclass(slots=True)

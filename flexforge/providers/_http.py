@@ -13,14 +13,20 @@ variables, else the defaults shown (seconds unless said otherwise):
     FLEXFORGE_HTTP_TIMEOUT        timeout of one HTTP call                       60
     FLEXFORGE_TASK_TIMEOUT        how long a task may stay pending               900
     FLEXFORGE_RATE_LIMIT_TIMEOUT  how long 429s may go on for one call           1800
+    FLEXFORGE_DOWNLOAD_TIMEOUT    the whole of one image download, however slow   120
 
-Each is checked by `flexforge.knobs` (finite, not negative; the poll intervals and the HTTP and
-task timeouts above 0): a bad value is a usage error naming the variable.
+Each is checked by `flexforge.knobs` (finite, not negative; the poll intervals, the HTTP, task
+and download timeouts above 0): a bad value is a usage error naming the variable.
+
+Every answer is read with a bound: an image at most MAX_IMAGE_BYTES, a JSON answer at most
+MAX_ANSWER_BYTES, each within a total deadline (not only a per-read timeout, which a trickle of one
+byte a second never trips). Numbers the API sends (cost) count only when they are finite and sane.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import statistics
@@ -34,9 +40,10 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from flexforge import __version__
-from flexforge.errors import FlexforgeError, ProviderError
+from flexforge.errors import FlexforgeError, ProviderError, UsageError
 from flexforge.imaging import ImageCheckError, verify_image
-from flexforge.providers import GeneratedImage, TaskContext
+from flexforge.providers import GeneratedImage, JournalEntry, TaskContext
+from flexforge.providers._hosts import MIN_SECRET_LENGTH, KeyPolicy, UrlRefused
 from flexforge.providers._limiter import AdaptiveLimiter, Slot
 from flexforge.providers._wire import (
     FAILED,
@@ -60,7 +67,14 @@ _URL_REFUSED = frozenset({401, 403, 404, 410})
 MAX_SAFETY_TOLERANCE = 5
 POOL_CONNECTIONS = 12
 STEADY_POLLING = 30.0  # seconds of polling at the base interval before backing off
-MIN_SECRET_LENGTH = 12
+# A 4 MP image is at most 16 MiB as raw RGBA; no encoded one comes near four times that.
+MAX_IMAGE_BYTES = 64 * 2**20
+# Submit and poll answers are a few hundred bytes of JSON; this leaves room for a preview.
+MAX_ANSWER_BYTES = 4 * 2**20
+MAX_REDIRECTS = 5  # a signed download URL may redirect to its storage host, not endlessly
+# No single image costs anywhere near this (the dearest is about 120 credits): a larger `cost`
+# is nonsense, and counting it would stop a build at its --max-cost for nothing.
+MAX_TASK_CREDITS = 10_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +87,14 @@ class HttpSettings:
     http_timeout: float = 60.0
     task_timeout: float = 900.0
     rate_limit_timeout: float = 1800.0
+    download_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        # A NaN or zero deadline would fail (or never end) every download.
+        if not (math.isfinite(self.download_timeout) and self.download_timeout > 0):
+            raise UsageError(
+                f"FLEXFORGE_DOWNLOAD_TIMEOUT must be a number of seconds above 0, got {self.download_timeout}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HttpSettings:
@@ -91,7 +113,9 @@ class HttpSettings:
 
 
 # Zero would poll in a busy loop or time out every call at once; the other waits may be zero.
-_POSITIVE = frozenset({"poll_interval", "poll_max_interval", "http_timeout", "task_timeout"})
+_POSITIVE = frozenset(
+    {"poll_interval", "poll_max_interval", "http_timeout", "task_timeout", "download_timeout"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +126,9 @@ class Dialect:
     key_env: str  # the variable that holds the key, named in auth errors
     route_prefix: str  # submit is POST {base}{prefix}/{model}; results at {prefix}/get_result
     bearer: bool  # Authorization: Bearer <key>, else x-key: <key>
+    # Domains the service documents as its own, where polling URLs may point over https
+    # (besides the base URL's host): see _hosts.KeyPolicy.
+    domains: tuple[str, ...] = ()
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if self.bearer else {"x-key": key}
@@ -132,6 +159,7 @@ class FluxHttpProvider:
         self._stopping = False
         self.polls = PollTimer()
         self._key = api_key
+        self.key_policy = KeyPolicy(self.base_url, dialect.domains, api_key)
         self._headers = {**dialect.auth_headers(api_key), "Accept": "application/json"}
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(self.settings.http_timeout, connect=min(10.0, self.settings.http_timeout)),
@@ -199,14 +227,25 @@ class FluxHttpProvider:
         rate_limited_since = 0.0
         # The signed download URL needs no key, and may live on a storage host: never send it.
         headers = None if phase == "download" else self._headers
+        target: str | httpx.URL = url
+        if headers is not None:
+            # The last word before the key leaves: whatever the caller checked or built.
+            try:
+                target = self.key_policy.check(url)
+            except UrlRefused as exc:
+                raise self.error(f"{phase}: the key is not sent to that URL: {exc}") from None
         while True:
             if phase == "submit" and self._stopping and (failures or rate_limited):
                 # Stopping: wait for an answer on its way, but never send a paid request again.
                 raise self.error(f"{phase}: not retried, the build is stopping")
             try:
-                response = await self._client.request(
-                    method, url, json=body, headers=headers, follow_redirects=phase == "download"
-                )
+                response = await self._fetch(method, target, body=body, headers=headers, phase=phase)
+            except _TooLarge as exc:
+                what = "the image" if phase == "download" else f"the {phase} answer"
+                message = f"{phase}: {what} is larger than {exc.limit // 2**20} MiB ({exc}); refused unread"
+                if phase == "submit":
+                    message += f"; {self.dialect.service} may have created and charged a task for it"
+                raise self.error(message) from None
             except httpx.TransportError as exc:
                 failures += 1
                 reason = _describe_transport(exc)
@@ -243,6 +282,46 @@ class FluxHttpProvider:
                 await self._pause_or_give_up(phase, failures, f"HTTP {response.status_code} {detail}", log)
                 continue
             return response
+
+    async def _fetch(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        body: dict[str, Any] | None,
+        headers: dict[str, str] | None,
+        phase: Phase,
+    ) -> httpx.Response:
+        """One exchange, its answer read whole but bounded in size and in total time."""
+        request = self._client.build_request(method, url, json=body, headers=headers)
+        limit = MAX_IMAGE_BYTES if phase == "download" else MAX_ANSWER_BYTES
+        settings = self.settings
+        deadline = settings.download_timeout if phase == "download" else settings.http_timeout
+        try:
+            async with asyncio.timeout(None if phase == "submit" else deadline) as window:
+                if phase == "submit":
+                    # Uploading references may take long on a slow line: the deadline starts
+                    # once the body is sent, and covers the whole answer.
+                    async def trace(event: str, info: dict[str, Any]) -> None:
+                        if event.endswith("send_request_body.complete"):
+                            window.reschedule(asyncio.get_running_loop().time() + deadline)
+
+                    request.extensions["trace"] = trace
+                response = await self._send(request, follow=phase == "download")
+                return await _read_bounded(response, limit)
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"no complete answer within {deadline:g}s", request=request) from None
+
+    async def _send(self, request: httpx.Request, *, follow: bool) -> httpx.Response:
+        """Send, following at most MAX_REDIRECTS redirects when `follow` without reading their
+        bodies (httpx would read each one whole)."""
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._client.send(request, stream=True)
+            if not follow or response.next_request is None:
+                return response
+            await response.aclose()
+            request = response.next_request
+        raise self.error(f"download: more than {MAX_REDIRECTS} redirects from {request.url.host}")
 
     async def _pause_or_give_up(self, phase: Phase, failures: int, reason: str, log: _Log) -> None:
         limit = self.settings.max_retries
@@ -292,6 +371,12 @@ class _TaskNotFound(Exception):
     pass
 
 
+class _KeyRefused(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 class _TaskRun:
     """One asset's way through submit (or resume), poll and download."""
 
@@ -312,17 +397,27 @@ class _TaskRun:
 
     async def _result(self, slot: Slot) -> dict[str, Any]:
         entry = self.task.resumable
-        if entry is not None and entry.provider == self.p.name:
+        if entry is not None and entry.provider == self.p.name and self._may_resume(entry):
             self.task_id, self.polling_url = entry.task_id, entry.polling_url
-            self.cost = entry.cost_credits
+            self.cost = self._cost(entry.cost_credits, f"the journal entry of task {entry.task_id}")
             self.log(f"polling task {self.task_id} submitted by an earlier run instead of paying again")
             try:
-                return await self._wait()
+                return await self._wait(journaled=True)
             except _TaskNotFound:
                 self.task.finished_task()
                 self.log(
                     f"task {self.task_id} from an earlier run is gone (Task not found); submitting it again"
                 )
+            except _KeyRefused as exc:
+                # The key changed since that run (rotated, or another account's): its task cannot
+                # be reached with this key, and failing the build for it would fail every build.
+                self.task.finished_task()
+                self.log(
+                    f"warning: polling task {self.task_id} from an earlier run was refused (HTTP "
+                    f"{exc.status}: the key changed since it was submitted?); dropped from the journal, "
+                    "submitting it again (if that task was charged, its image is lost)"
+                )
+            self.cost = None
         await self.p.submit_shielded(self._submit(slot))
         try:
             return await self._wait()
@@ -349,16 +444,59 @@ class _TaskRun:
                 "check the account before building again"
             )
         polling_url = payload.get("polling_url")
+        if not isinstance(polling_url, str) or not polling_url:
+            polling_url = self.p.result_url(task_id)
+        policy = self.p.key_policy
+        try:
+            if policy.contains_key(task_id):
+                raise UrlRefused("its task id contains the API key")
+            policy.check(polling_url)
+        except UrlRefused as exc:
+            # Not journaled: no request goes there now, and none from a later build either.
+            raise self.p.error(
+                f"{self.p.dialect.service} accepted the submission as task {task_id}, but its polling "
+                f"URL is refused ({exc}), so the key is not sent there; it may have been charged, "
+                "check the account before building again"
+            ) from None
         self.task_id = task_id
-        self.polling_url = (
-            polling_url if isinstance(polling_url, str) and polling_url else self.p.result_url(task_id)
-        )
-        self.cost = _number(payload.get("cost"))
+        self.polling_url = polling_url
+        self.cost = self._cost(payload.get("cost"), f"task {task_id}")
         self.task.submitted(self.task_id, self.polling_url, self.cost)
         self.p.limiter.succeeded()
 
-    async def _wait(self) -> dict[str, Any]:
-        """Poll until the task is Ready; returns its `result`."""
+    def _may_resume(self, entry: JournalEntry) -> bool:
+        """Whether the key may go to the journaled task's polling URL; says why not if not.
+        The journal may come from a cloned repository, so its URL is as untrusted as an answer."""
+        policy = self.p.key_policy
+        try:
+            if policy.contains_key(entry.task_id):
+                raise UrlRefused("its task id contains the API key")
+            policy.check(entry.polling_url)
+        except UrlRefused as exc:
+            self.task.finished_task()
+            self.log(
+                f"warning: the journal entry of task {entry.task_id} from an earlier run is set aside: "
+                f"its polling URL is refused ({exc}), so the key is not sent there; submitting anew"
+            )
+            return False
+        return True
+
+    def _cost(self, value: object, where: str) -> float | None:
+        """The API's cost if it is a sane number of credits; else None (the estimate counts)."""
+        if value is None:
+            return None
+        cost = _credits(value)
+        if cost is None:
+            shown = repr(value) if isinstance(value, (int, float, str)) else type(value).__name__
+            self.log(
+                f"warning: {where} has cost {shown[:40]}, not a number of credits from 0 to "
+                f"{MAX_TASK_CREDITS:g}; the estimate counts instead"
+            )
+        return cost
+
+    async def _wait(self, *, journaled: bool = False) -> dict[str, Any]:
+        """Poll until the task is Ready; returns its `result`. A `journaled` task (an earlier
+        run's) whose poll is refused as unauthorised raises _KeyRefused, not a fatal error."""
         settings = self.p.settings
         started = time.monotonic()
         deadline = started + settings.task_timeout
@@ -367,6 +505,8 @@ class _TaskRun:
             response = await self.p.call("GET", self.polling_url, phase="poll", log=self.log)
             if response.status_code == 404 and NOT_FOUND.lower() in response.text.lower():
                 raise _TaskNotFound
+            if journaled and response.status_code in (401, 403):
+                raise _KeyRefused(response.status_code)
             if not response.is_success:
                 raise self.p.refusal(response, f"polling task {self.task_id}")
             payload = _json_object(response)
@@ -415,6 +555,10 @@ class _TaskRun:
         while True:
             attempt += 1
             sample = str(result["sample"])
+            if self.p.key_policy.contains_key(sample):
+                # The key travels in headers to the API only; never in a URL to a storage host.
+                self.task.finished_task()
+                raise self.p.error(f"the download URL of task {self.task_id} contains the API key: refused")
             response = await self.p.call("GET", sample, phase="download", log=self.log)
             if response.is_success:
                 data = response.content
@@ -426,7 +570,7 @@ class _TaskRun:
                     problem = f"the image downloaded for task {self.task_id} is broken ({exc})"
                 else:
                     self.task.finished_task()
-                    return GeneratedImage(data, self.task_id, self.cost, _int(result.get("seed")))
+                    return GeneratedImage(data, self.task_id, self.cost, _seed(result.get("seed")))
             elif response.status_code in _URL_REFUSED:
                 problem = (
                     f"the download URL of task {self.task_id} was refused "
@@ -500,6 +644,35 @@ class PollTimer:
         return interval
 
 
+class _TooLarge(Exception):
+    def __init__(self, detail: str, limit: int) -> None:
+        super().__init__(detail)
+        self.limit = limit
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> httpx.Response:
+    """The streamed `response` read into memory, at most `limit` bytes (after any decompression:
+    a chunk read off the wire inflates at most about a thousandfold); closed in any case."""
+    chunks: list[bytes] = []
+    try:
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > limit:
+            raise _TooLarge(f"it declares {int(declared)} bytes", limit)
+        total = 0
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if total > limit:
+                raise _TooLarge(f"more than {limit} bytes arrived", limit)
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    # The bytes are decoded already: a Content-Encoding left in would decode them again.
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() != b"content-encoding"]
+    return httpx.Response(
+        response.status_code, headers=headers, content=b"".join(chunks), request=response.request
+    )
+
+
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     try:
         payload = response.json()
@@ -527,19 +700,22 @@ def _describe_transport(exc: httpx.TransportError) -> str:
     return f"{kind} ({text})" if text else kind
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or value is None:
+def _seed(value: object) -> int | None:
+    """The seed a result reports, if it is one: a whole number in 0..2**63 (JSON numbers only)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value < 2**63 else None
+
+
+def _credits(value: object) -> float | None:
+    """A cost as the API sent it, if it is a real number of credits: no strings (the API sends
+    numbers; "NaN" would pass float()), no bools, nothing infinite, negative or absurd."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        cost = float(value)
+    except OverflowError:  # an int beyond any float
         return None
-
-
-def _int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    number = _number(value)
-    return int(number) if number is not None and number.is_integer() else None
+    return cost if math.isfinite(cost) and 0.0 <= cost <= MAX_TASK_CREDITS else None

@@ -9,9 +9,14 @@ from flexforge.providers._http import Dialect, FluxHttpProvider, HttpSettings, k
 DEFAULT_BASE = "https://api.bfl.ai"
 DEFAULT_EMULATOR_URL = "http://127.0.0.1:8787"
 KEY_ENV = "BFL_API_KEY"
+# The emulator provider never sends BFL_API_KEY (an emulator may be anyone's, and records what it
+# gets): it sends this variable's value, for an emulator started with --key, else a dummy key.
+EMULATOR_KEY_ENV = "FLEXFORGE_EMULATOR_KEY"
+EMULATOR_DUMMY_KEY = "emulator"
 
-BFL = Dialect(service="BFL", key_env=KEY_ENV, route_prefix="/v1", bearer=False)
-EMULATOR = Dialect(service="the emulator", key_env=KEY_ENV, route_prefix="/v1", bearer=False)
+# Polling URLs name a cluster (https://api.eu2.bfl.ai/...): anywhere under bfl.ai over https.
+BFL = Dialect(service="BFL", key_env=KEY_ENV, route_prefix="/v1", bearer=False, domains=("bfl.ai",))
+EMULATOR = Dialect(service="the emulator", key_env=EMULATOR_KEY_ENV, route_prefix="/v1", bearer=False)
 
 
 class BflProvider(FluxHttpProvider):
@@ -42,5 +47,5 @@ class BflProvider(FluxHttpProvider):
     @classmethod
     def for_emulator(cls) -> BflProvider:
         base = os.environ.get("FLEXFORGE_EMULATOR_URL", "").strip() or DEFAULT_EMULATOR_URL
-        key = os.environ.get(KEY_ENV, "").strip() or "emulator"
+        key = os.environ.get(EMULATOR_KEY_ENV, "").strip() or EMULATOR_DUMMY_KEY
         return cls(base, key, emulated=True)

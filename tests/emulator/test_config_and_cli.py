@@ -64,7 +64,7 @@ def test_the_runner_exposes_env_and_knobs() -> None:
     with running_emulator(accepted_keys=("k1",), latency=3) as emu:
         env = emu.env()
         assert env["FLEXFORGE_EMULATOR_URL"] == emu.url == env["BFL_API_BASE"] == env["COMETAPI_BASE"]
-        assert env["BFL_API_KEY"] == env["COMETAPI_KEY"] == "k1"
+        assert env["BFL_API_KEY"] == env["COMETAPI_KEY"] == env["FLEXFORGE_EMULATOR_KEY"] == "k1"
         assert emu.config.latency == 3
         emu.configure(latency=0.01, url_lifetime=5)
         assert (emu.config.latency, emu.config.url_lifetime) == (0.01, 5)
@@ -87,6 +87,7 @@ def test_the_command_serves_prints_what_to_export_and_exits_0_on_ctrl_c(tmp_path
         )
         url = exports["FLEXFORGE_EMULATOR_URL"]
         assert exports["BFL_API_BASE"] == url and exports["BFL_API_KEY"] == "sekrit"
+        assert exports["FLEXFORGE_EMULATOR_KEY"] == "sekrit"
         assert f"{url}/_emulator/stats" in banner
 
         answer = httpx.post(f"{url}/v1/flux-2-pro", json={"prompt": "x"}, headers={"x-key": "sekrit"})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from flexforge.emulator.app import REDACTED
 from flexforge.emulator.testing import RunningEmulator
 from flexforge.errors import ProviderError
 from tests.support.emulator import (
@@ -63,7 +64,9 @@ def test_flex_with_three_references_sends_every_knob_and_the_images_in_order(
     }
     headers = record["headers"]
     assert isinstance(headers, dict)
-    assert headers["x-key"] == SECRET
+    # The emulator accepts SECRET only and keeps no key in its log: accepted means it was sent.
+    assert record["status"] == 200 and emulator.config.accepted_keys == (SECRET,)
+    assert headers["x-key"] == REDACTED and SECRET not in str(record)
     assert headers["content-type"] == "application/json"
     assert "authorization" not in headers
     assert image.seed == 42
@@ -155,7 +158,8 @@ def test_cometapi_uses_its_route_and_a_bearer_key(emulator: RunningEmulator) -> 
     }
     headers = record["headers"]
     assert isinstance(headers, dict)
-    assert headers["authorization"] == f"Bearer {SECRET}"
+    assert record["status"] == 200 and emulator.config.accepted_keys == (SECRET,)
+    assert headers["authorization"] == REDACTED and SECRET not in str(record)
     assert "x-key" not in headers
 
 

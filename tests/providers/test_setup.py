@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from flexforge.emulator.app import REDACTED
 from flexforge.emulator.testing import RunningEmulator
 from flexforge.errors import FlexforgeError, UsageError
 from flexforge.imaging import verify_image
@@ -15,7 +16,7 @@ from flexforge.providers._http import FluxHttpProvider, HttpSettings
 from flexforge.providers._limiter import AdaptiveLimiter
 from flexforge.providers.bfl import BflProvider
 from flexforge.providers.cometapi import CometApiProvider
-from tests.support.emulator import EmulatorFactory, RecordingTask, generate, image_request, run
+from tests.support.emulator import SECRET, EmulatorFactory, RecordingTask, generate, image_request, run
 
 
 @pytest.mark.parametrize(
@@ -74,8 +75,10 @@ def test_from_env_reads_key_and_base(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_emulator_provider_builds_end_to_end_from_the_environment(
     emulator_factory: EmulatorFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    emu: RunningEmulator = emulator_factory(accepted_keys=())  # any key, as by default
+    # Accepting only the dummy key: a real BFL_API_KEY in the environment is never sent.
+    emu: RunningEmulator = emulator_factory(accepted_keys=("emulator",))
     monkeypatch.setenv("FLEXFORGE_EMULATOR_URL", emu.url)
+    monkeypatch.setenv("BFL_API_KEY", SECRET)
     monkeypatch.setenv("FLEXFORGE_POLL_INTERVAL", "0.01")
 
     provider = load_provider("emulator")
@@ -85,7 +88,8 @@ def test_the_emulator_provider_builds_end_to_end_from_the_environment(
     assert provider.settings.poll_interval == 0.01
     image = generate(provider, image_request(output_format="webp"), RecordingTask())
     verify_image(image.data, 128, 96, "webp")
-    assert emu.requests()[0]["headers"]["x-key"] == "emulator"
+    (record,) = emu.requests()
+    assert record["status"] == 200 and record["headers"]["x-key"] == REDACTED
 
 
 def test_the_emulator_provider_defaults() -> None:
@@ -105,6 +109,16 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("FLEXFORGE_MAX_RETRIES", "lots")
     with pytest.raises(UsageError, match="FLEXFORGE_MAX_RETRIES"):
         HttpSettings.from_env()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "abc"])
+def test_a_download_deadline_that_is_no_deadline_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("FLEXFORGE_DOWNLOAD_TIMEOUT", value)
+    with pytest.raises(UsageError, match=r"^FLEXFORGE_DOWNLOAD_TIMEOUT") as info:
+        HttpSettings.from_env()
+    assert "\n" not in str(info.value)
 
 
 def test_the_limiter_halves_once_per_storm_and_creeps_back() -> None:

@@ -174,9 +174,11 @@ FAST_ENV = {
 @contextmanager
 def serve_builds(monkeypatch: pytest.MonkeyPatch, **knobs: Any) -> Iterator[RunningEmulator]:
     """An emulator that accepts only SECRET, with `flexforge build --provider emulator` (here or
-    in a child process) pointed at it with fast timings."""
+    in a child process) pointed at it with fast timings; SECRET is FLEXFORGE_EMULATOR_KEY (the
+    emulator provider never sends BFL_API_KEY)."""
     knobs.setdefault("accepted_keys", (SECRET,))
     with running_emulator(**knobs) as emu:
-        for name, value in {**emu.env(), **FAST_ENV, "BFL_API_KEY": SECRET}.items():
+        env = {**emu.env(), **FAST_ENV, "FLEXFORGE_EMULATOR_KEY": SECRET, "BFL_API_KEY": SECRET}
+        for name, value in env.items():
             monkeypatch.setenv(name, value)
         yield emu

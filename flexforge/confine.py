@@ -1,0 +1,74 @@
+"""Keeping every path flexforge reads or writes for a project inside its root, and out of `.git/`
+and the state folder.
+
+Validation asks these questions once; the build asks them again right before each read and
+write, because a repository's folders can be swapped for links after (or without) validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flexforge.paths import STATE_DIR
+
+PRIVATE = (".git", STATE_DIR)
+
+
+class Resolver:
+    """Path.resolve() with each folder resolved once: a thousand files in one folder otherwise
+    cost a thousand walks over every component of their path."""
+
+    def __init__(self, root: Path) -> None:
+        self._folders: dict[Path, Path] = {}
+        self.root = self.resolve(root)
+
+    def resolve(self, path: Path) -> Path:
+        if path.name in ("", ".", ".."):
+            return path.resolve()
+        folder = self._folders.get(path.parent)
+        if folder is None:
+            folder = self._folders[path.parent] = path.parent.resolve()
+        target = folder / path.name
+        return target.resolve() if target.is_symlink() else target
+
+    def inside(self, rel: str) -> str | None:
+        """Where root-relative `rel` really leads, root-relative; None if it leaves the root."""
+        target = self.resolve(self.root / rel)
+        if not target.is_relative_to(self.root):
+            return None
+        return target.relative_to(self.root).as_posix()
+
+
+def private_part(rel: str) -> str | None:
+    """The `.git` or state folder a root-relative path lies in, if any. Any `.git` counts (a
+    submodule's too), in any case: on macOS and Windows `.GIT/config` is `.git/config`."""
+    parts = [p.lower() for p in rel.split("/")]
+    if parts[:1] == [STATE_DIR]:
+        return STATE_DIR
+    return ".git" if ".git" in parts else None
+
+
+def extension_problem(out: str, output_format: str) -> str | None:
+    """Why `out`'s name does not fit its format (said after the path), or None."""
+    suffix = out.rpartition("/")[2].rpartition(".")[2].lower() if "." in out.rpartition("/")[2] else ""
+    allowed = {"jpeg": ("jpg", "jpeg")}.get(output_format, (output_format,))
+    if suffix not in allowed:
+        return f"does not end in .{allowed[0]} but output_format is {output_format}"
+    return None
+
+
+def output_problem(resolver: Resolver, out: str, output_format: str) -> str | None:
+    """Why flexforge may not write the output `out` now, or None. Checked at validation and
+    again right before every write or restore."""
+    wrong_type = extension_problem(out, output_format)
+    if wrong_type is not None:
+        return f"{out} {wrong_type}"
+    real = resolver.inside(out)
+    if real is None:
+        return f"{out} leads outside the project root (a symbolic link?)"
+    private = private_part(out) or private_part(real)
+    if private is not None:
+        return f"{out} is inside {private}/, which flexforge never writes"
+    if (resolver.root / real).is_symlink() or (resolver.root / out).is_symlink():
+        return f"{out} is a symbolic link; flexforge writes outputs only as plain files"
+    return None
