@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -13,13 +14,27 @@ import click
 
 from flexforge import __version__
 from flexforge.context import GlobalOptions
-from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, FlexforgeError, ManifestError
+from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, FlexforgeError, ManifestError, clip, printable
 from flexforge.providers import PROVIDERS
 from flexforge.signals import Interrupted, exit_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_SHOWN_ERRORS = 200
+# OS errors that say what is wrong with the machine or the checkout in their own words.
+_ENVIRONMENT = frozenset(
+    {
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+        errno.EISDIR,
+        errno.ENOTDIR,
+    }
+)
 PROVIDER_HELP = "Where images are made (default: $FLEXFORGE_PROVIDER, else bfl)."
 
 
@@ -119,6 +134,13 @@ def handle_errors(func: Callable[..., int]) -> Callable[..., None]:
             code = exit_code(exc.signum) if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
         except (click.exceptions.Exit, click.ClickException):
             raise
+        except OSError as exc:
+            if exc.errno not in _ENVIRONMENT or opts.verbose >= 2:
+                raise
+            # The machine, not flexforge: a read-only checkout, a full disk, a path too long.
+            where = f"{clip(str(exc.filename), 120)}: " if exc.filename else ""
+            click.echo(printable(f"error: {where}{exc.strerror}"), err=True)
+            code = EXIT_ERROR
         except Exception as exc:
             if opts.verbose >= 2:
                 raise

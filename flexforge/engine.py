@@ -23,6 +23,7 @@ from flexforge.lockfile import Lock, LockChangedError, LockEntry
 from flexforge.manifest import Asset
 from flexforge.options import BuildOptions, PlanOptions
 from flexforge.planner import (
+    BLOCKED,
     DRIFTED,
     GENERATES,
     NONE,
@@ -297,6 +298,9 @@ class Builder:
         if step.action == NONE:
             self._record(Outcome(asset.id, UP_TO_DATE))
             return self._output(asset.id, step.output_sha256)
+        if step.action == BLOCKED:
+            self._fail(asset.id, step.reasons[0], fatal=False)
+            return None
         if step.action == DRIFTED:
             self.drifted.add(asset.id)
             detail = "output edited by hand; left alone (`flexforge accept` or `--replace`)"

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import sys
 from typing import Any
 
@@ -48,11 +49,24 @@ def racy(stamp: list[int], recorded_at: int) -> bool:
 
 
 def _digest(path: str) -> str | None:
+    """sha256 of a plain file; None for anything else (a FIFO must not hang the fast path)."""
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_DIGESTED:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return hashlib.sha256(f.read(_MAX_DIGESTED + 1)).hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+_MAX_DIGESTED = 64 * 2**20  # the lock's and manifest's own caps are lower
 
 
 def record(manifest: str, lock: str, provider: str, asset_count: int, files: list[str], summary: str) -> None:

@@ -13,6 +13,9 @@ from flexforge.options import PlanOptions
 from flexforge.store import KeyRecord, Store
 
 CREATE, REGENERATE, RESTORE, DRIFTED, NONE = "create", "regenerate", "restore", "drifted", "none"
+# The output path holds something flexforge cannot read or replace (a folder, a FIFO, a file it
+# may not read): nothing is done for the asset, and the reason says what to move away.
+BLOCKED = "blocked"
 GENERATES = (CREATE, REGENERATE)
 
 
@@ -106,7 +109,10 @@ def decide(
     replace: bool = False,
 ) -> Step:
     """The action for one asset given its inputs' digests (None: an input still to be made)."""
-    current = store.digest(asset.out)
+    try:
+        current = store.digest(asset.out)
+    except OSError as exc:
+        return Step(asset, BLOCKED, [unusable_output(asset.out, exc)], seed, None, None, None)
     known = [d for d in reference_digests if d is not None]
     computable = seed is not None and len(known) == len(reference_digests)
     key = content_key(asset, generator, seed, known) if seed is not None and computable else None
@@ -139,6 +145,17 @@ def decide(
     if cached is not None:
         return Step(asset, RESTORE, reasons, seed, key, known, cached.sha256, cached)
     return Step(asset, REGENERATE if entry else CREATE, reasons, seed, key, known, None)
+
+
+def unusable_output(out: str, exc: OSError) -> str:
+    """Why the file at `out` cannot be read or replaced, and what to do, in one line."""
+    from flexforge.errors import clip
+
+    shown = clip(out, 120)
+    reason = exc.strerror or type(exc).__name__
+    if reason.startswith("is "):  # fsutil.NotRegularFile: "is a folder, not a file"
+        return f"{shown} {reason}; move it away so flexforge can write the image there"
+    return f"cannot read {shown} ({reason}); fix its permissions or move it away"
 
 
 def reference_digests(asset: Asset, store: Store, outputs: dict[str, str | None]) -> list[str | None]:

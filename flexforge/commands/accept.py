@@ -5,10 +5,13 @@ from __future__ import annotations
 import click
 
 from flexforge.context import GlobalOptions, Project, open_project
-from flexforge.errors import EXIT_OK, FlexforgeError
+from flexforge.errors import EXIT_OK, FlexforgeError, clip
+from flexforge.fsutil import FileTooLarge, read_regular
 from flexforge.keys import ContentKey, content_key
-from flexforge.planner import reference_digests, resolve_seed
+from flexforge.planner import reference_digests, resolve_seed, unusable_output
 from flexforge.store import KeyRecord
+
+MAX_ACCEPTED_BYTES = 256 * 2**20  # a link to /dev/zero stops here
 
 
 def current_key(project: Project, asset_id: str, generator: str) -> ContentKey:
@@ -38,9 +41,14 @@ def accept(opts: GlobalOptions, asset_id: str) -> int:
         if entry is None:
             raise FlexforgeError(f"{asset_id} has never been built; run `flexforge build {asset_id}` first")
         path = project.manifest.root / asset.out
-        if not path.is_file():
-            raise FlexforgeError(f"{asset.out} does not exist; nothing to accept")
-        data = path.read_bytes()
+        try:
+            data = read_regular(path, MAX_ACCEPTED_BYTES)
+        except FileNotFoundError:
+            raise FlexforgeError(f"{clip(asset.out, 120)} does not exist; nothing to accept") from None
+        except FileTooLarge:
+            raise FlexforgeError(f"{clip(asset.out, 120)} is larger than any image flexforge makes") from None
+        except OSError as exc:
+            raise FlexforgeError(f"{asset_id}: {unusable_output(asset.out, exc)}") from None
         sha = project.store.put_object(data)
         if sha == entry.sha256:
             click.echo(f"{asset_id}: {asset.out} already matches the lock; nothing to accept")

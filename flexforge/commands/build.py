@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import signal
 import time
 from typing import TYPE_CHECKING
@@ -43,7 +45,16 @@ def build(
             f"waiting for another flexforge build in this repo to finish (up to {wait:.0f} s)...", err=True
         )
 
-    with project.store.build_lock(wait=wait, on_wait=waiting):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(project.store.build_lock(wait=wait, on_wait=waiting))
+            read_only: OSError | None = None
+        except OSError as exc:
+            if exc.errno not in _READ_ONLY:
+                raise
+            # A read-only checkout: no build can write here, so none can race this one; a build
+            # with nothing to write (what --frozen checks) goes on without the lock.
+            read_only = exc
         # The lock is first read here, under the build lock: another build may just have written it.
         plan = compute_plan(project, plan_options, provider)
         if frozen:
@@ -52,7 +63,17 @@ def build(
             if not opts.quiet:
                 click.echo(f"Up to date: {len(plan.steps)} assets.")
             return EXIT_OK
+        if read_only is not None:
+            raise FlexforgeError(
+                f"cannot write in {project.store.dir.name} ({read_only.strerror}): this checkout is "
+                "read-only, and the build has work to do; `flexforge plan` shows it, and "
+                "`flexforge build --frozen` checks a checkout without writing"
+            )
         return _execute(project, plan, plan_options, options, opts)
+
+
+# What a read-only checkout (a read-only mount, files the user may not write) answers a write with.
+_READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def _check_frozen(plan: Plan) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 import click
 
 from flexforge.context import GlobalOptions, Project, choose_provider, open_project
-from flexforge.errors import EXIT_CHANGES, EXIT_OK
+from flexforge.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
 from flexforge.options import PlanOptions
 from flexforge.planner import (
+    BLOCKED,
     CREATE,
     DRIFTED,
     NONE,
@@ -20,7 +21,7 @@ from flexforge.planner import (
     make_plan,
 )
 
-MARKS = {CREATE: "+", REGENERATE: "~", RESTORE: "<", DRIFTED: "!", NONE: "="}
+MARKS = {CREATE: "+", REGENERATE: "~", RESTORE: "<", DRIFTED: "!", NONE: "=", BLOCKED: "x"}
 
 
 def compute_plan(project: Project, options: PlanOptions, provider: str | None) -> Plan:
@@ -35,7 +36,10 @@ def compute_plan(project: Project, options: PlanOptions, provider: str | None) -
 def _remember_noop(project: Project, plan: Plan) -> None:
     from flexforge import noop
 
-    project.store.ensure()  # refuses a state folder that is a link before writing into it
+    try:
+        project.store.ensure()  # refuses a state folder that is a link before writing into it
+    except OSError:
+        return  # a read-only checkout: plan works all the same, the next one is only slower
     files: dict[str, None] = {}
     for step in plan.steps:
         files[step.asset.out] = None
@@ -78,6 +82,8 @@ def summary_line(plan: Plan) -> str:
     ]
     if plan.count(DRIFTED):
         parts.append(f"{plan.count(DRIFTED)} drifted")
+    if plan.count(BLOCKED):
+        parts.append(f"{plan.count(BLOCKED)} blocked")
     parts.append(f"{plan.count(NONE)} up to date")
     if plan.orphaned:
         parts.append(f"{len(plan.orphaned)} orphaned")
@@ -105,7 +111,8 @@ def print_plan(plan: Plan, opts: GlobalOptions) -> None:
 
 
 def _colour(action: str) -> str:
-    return {CREATE: "green", REGENERATE: "yellow", RESTORE: "cyan", DRIFTED: "red"}.get(action, "white")
+    colours = {CREATE: "green", REGENERATE: "yellow", RESTORE: "cyan", DRIFTED: "red", BLOCKED: "red"}
+    return colours.get(action, "white")
 
 
 def plan(
@@ -122,6 +129,8 @@ def plan(
         click.echo(json.dumps(plan_json(result), indent=2, allow_nan=False))
     else:
         print_plan(result, opts)
+    if result.count(BLOCKED):
+        return EXIT_ERROR  # an output path flexforge cannot use: the reason is on its line
     if detailed_exitcode and result.has_changes:
         return EXIT_CHANGES
     return EXIT_OK
