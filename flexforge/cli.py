@@ -14,7 +14,15 @@ import click
 
 from flexforge import __version__
 from flexforge.context import GlobalOptions
-from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, FlexforgeError, ManifestError, clip, printable
+from flexforge.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    FlexforgeError,
+    ManifestError,
+    UsageError,
+    clip,
+    printable,
+)
 from flexforge.providers import PROVIDERS
 from flexforge.signals import Interrupted, exit_code
 
@@ -186,6 +194,16 @@ def cli() -> None:
     """
     if os.environ.get("NO_COLOR"):
         click.get_current_context().ensure_object(GlobalOptions).color = False
+    # Folders every command may use: a bad one is said once, up front, not once per record.
+    from flexforge import knobs
+    from flexforge.paths import CACHE_DIR_ENV, DATA_DIR_ENV
+
+    try:
+        for name in (CACHE_DIR_ENV, DATA_DIR_ENV):
+            knobs.folder(name)
+    except UsageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
 
 
 @cli.command()

@@ -1,6 +1,9 @@
 """The `FLEXFORGE_*` environment knobs: each read through one typed, checked helper, so that a bad
 value is a one-line usage error (exit 2) naming the variable and the form it wants.
 
+Numbers and folders here; FLEXFORGE_PROVIDER is checked against the providers (context.py), and
+the emulator's URL and key are the provider's own (providers/bfl.py).
+
 A timeout of NaN never expires, an infinite one overflows the event loop's clock, a poll interval
 of zero spins on the API: none of them gets past here.
 """
@@ -63,4 +66,15 @@ def count(name: str, default: int, *, environ: Mapping[str, str] | None = None) 
     return value
 
 
-__all__ = ["MAX_COUNT", "MAX_SECONDS", "count", "seconds"]
+def folder(name: str, *, environ: Mapping[str, str] | None = None) -> str | None:
+    """An absolute folder path from $NAME, or None when unset or blank. A relative one would
+    move with the working directory (the XDG rules ignore those; flexforge refuses them)."""
+    raw = _raw(name, environ)
+    if raw is None:
+        return None
+    if not os.path.isabs(raw):
+        raise _bad(name, raw, "an absolute path to a folder")
+    return raw
+
+
+__all__ = ["MAX_COUNT", "MAX_SECONDS", "count", "folder", "seconds"]

@@ -19,6 +19,7 @@ import stat
 import sys
 from typing import Any
 
+from flexforge.errors import FlexforgeError
 from flexforge.paths import lock_path_for, manifest_cache_file
 
 MEMO_VERSION = 3
@@ -142,8 +143,8 @@ def answer(argv: list[str]) -> int | None:
             written = os.fstat(f.fileno()).st_mtime_ns
             memo = json.loads(f.read())
         return _check(memo, written, command, manifest, provider, quiet)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        return None  # no memo, or one damaged: the full command answers
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError, FlexforgeError):
+        return None  # no memo, one damaged, or a bad knob: the full command answers (and says so)
 
 
 def _check(

@@ -8,6 +8,7 @@ import pytest
 from flexforge import knobs
 from flexforge.errors import UsageError
 from flexforge.providers._http import HttpSettings
+from tests.helpers import Project
 
 BAD_SECONDS = ["abc", "nan", "NaN", "inf", "-inf", "-1", "1e309", "1e7", "0x10", "5s", "1,5", "\x00"]
 
@@ -59,3 +60,30 @@ def test_http_settings_read_every_knob_through_the_checks() -> None:
         HttpSettings.from_env({f"FLEXFORGE_{name}": "0"})  # zero is a meaningful choice here
         with pytest.raises(UsageError, match=f"FLEXFORGE_{name}='nan'"):
             HttpSettings.from_env({f"FLEXFORGE_{name}": "nan"})
+
+
+def test_a_relative_folder_knob_is_a_usage_error() -> None:
+    assert knobs.folder("FLEXFORGE_CACHE_DIR", environ={}) is None
+    assert (
+        knobs.folder("FLEXFORGE_CACHE_DIR", environ={"FLEXFORGE_CACHE_DIR": "/var/cache/ff"})
+        == "/var/cache/ff"
+    )
+    with pytest.raises(
+        UsageError, match="FLEXFORGE_CACHE_DIR='rel/cache' is not valid: expected an absolute"
+    ):
+        knobs.folder("FLEXFORGE_CACHE_DIR", environ={"FLEXFORGE_CACHE_DIR": "rel/cache"})
+
+
+@pytest.mark.parametrize("name", ["FLEXFORGE_CACHE_DIR", "FLEXFORGE_DATA_DIR"])
+def test_a_bad_folder_knob_stops_every_command_up_front(
+    project: Project, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Regression: a relative FLEXFORGE_DATA_DIR failed each asset of a build with its own warning."""
+    project.manifest('version: 1\nassets:\n  a: {prompt: "x", seed: 1, width: 64, height: 64}\n')
+    monkeypatch.setenv(name, "relative")
+    for command in (("build", "--provider", "draft"), ("plan", "--provider", "draft"), ("validate",)):
+        result = project.run(*command)
+        assert result.exit_code == 2, result.stderr
+        assert (
+            result.stderr == f"error: {name}='relative' is not valid: expected an absolute path to a folder\n"
+        )
