@@ -133,6 +133,7 @@ def test_a_lock_that_is_not_a_plain_file_is_refused_without_blocking(built: Proj
     """Real processes (a FIFO would block one forever): after a no-op build has left its memo,
     so the fast path meets the FIFO too."""
     make, what = NOT_FILES[kind]
+    assert run_flexforge("-C", str(built.root), "plan", "--provider", "draft").returncode == 0  # the memo
     make(built.root / "flexforge.lock")
     for command in COMMANDS:
         result = run_flexforge("-C", str(built.root), *command, timeout=30)
@@ -147,6 +148,7 @@ def test_a_lock_that_is_not_a_plain_file_is_refused_without_blocking(built: Proj
 @pytest.mark.parametrize("kind", list(NOT_FILES))
 def test_a_manifest_that_is_not_a_plain_file_is_refused_without_blocking(built: Project, kind: str) -> None:
     make, what = NOT_FILES[kind]
+    assert run_flexforge("-C", str(built.root), "plan", "--provider", "draft").returncode == 0  # the memo
     make(built.root / "flexforge.yaml")
     for command in [("validate",), *COMMANDS]:
         result = run_flexforge("-C", str(built.root), *command, timeout=30)
