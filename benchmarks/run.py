@@ -10,6 +10,8 @@ One run measures everything it compares, so that ratios are not skewed by anothe
   makespan  a build against `flexforge emulator` with a fixed task latency, for N independent
             assets and for a chain, vs max(critical path, ceil(N / jobs)) x latency
   cost      CPU seconds per generated asset and peak RSS of a build from scratch (draft, emulator)
+  history   a fresh clone whose prompts were all reverted to an earlier commit: `flexforge build`
+            restoring every output from git history (0 generated) vs `git checkout REV -- assets`
 
 Each command runs once to warm up (not counted), then --repeat times, commands interleaved round
 robin so that a burst of load elsewhere hits all of them alike; the table shows the median and
@@ -56,7 +58,7 @@ from generate import (
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SECTIONS = ("noop", "cold", "makespan", "cost")
+SECTIONS = ("noop", "cold", "makespan", "cost", "history")
 # Rows of the no-op section, also accepted by --only to pick single rows.
 NOOP_ROWS = ("pass", "floor", "build", "plan", "make", "dvc")
 COLD_MAX = 1000  # cold plans are timed up to this N (the 10k clone alone would be 2 GB more)
@@ -462,6 +464,127 @@ def print_cold(probes: Sequence[Probe]) -> None:
     print(table(headers, rows, [False] + [True] * 8))
 
 
+# -- restores from git history ----------------------------------------------------------------------
+
+
+def history_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
+    probes: list[Probe] = []
+    for n in [n for n in args.sizes if n <= COLD_MAX]:
+        print(f"history, N={n}: building a second version of every prompt, then reverting ...", flush=True)
+        base = ensure_project(ProjectSpec(n), args.work_dir)
+        ensure_git_repo(base)
+        origin = args.work_dir / "history" / f"origin-n{n}"
+        clone = args.work_dir / "history" / f"clone-n{n}"
+        first = subprocess.run(
+            ["git", "-C", str(base), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        ready = args.work_dir / "history" / f"ready-n{n}"
+        if not ready.is_file() or ready.read_text() != first:
+            for path in (origin, clone):
+                shutil.rmtree(path, ignore_errors=True)
+            _history_repo(tools, base, origin)
+            subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
+            ready.write_text(first)
+        cache = args.work_dir / "history" / f"cache-n{n}"
+        env = quiet_env({"FLEXFORGE_CACHE_DIR": str(cache)})
+
+        def reset(clone: Path = clone, cache: Path = cache) -> None:
+            """A fresh clone again: HEAD's outputs and lock, no state, no history index."""
+            subprocess.run(["git", "-C", str(clone), "checkout", "-q", "HEAD", "--", "."], check=True)
+            shutil.rmtree(clone / ".flexforge", ignore_errors=True)
+            shutil.rmtree(cache, ignore_errors=True)
+
+        extra = {"rev": first[:7]}
+        checkout = Probe(
+            "history",
+            "git checkout REV -- assets",
+            n,
+            ["git", "checkout", first, "--", "assets"],
+            clone,
+            setup=reset,
+        )
+        build = Probe(
+            "history",
+            "flexforge build (restores from git)",
+            n,
+            [*tools.flexforge, "-q", "build", "--provider", "draft"],
+            clone,
+            env=env,
+            setup=reset,
+            extra=extra,
+        )
+        reset()
+        loud = [c for c in build.cmd if c != "-q"]
+        result = subprocess.run(loud, cwd=clone, env=env, capture_output=True, text=True, check=False)
+        summary = result.stderr + result.stdout
+        if f"0 generated, {n} restored" not in summary:
+            raise BenchmarkError(f"history, N={n}: expected {n} restores and nothing generated:\n{summary}")
+        diff = subprocess.run(
+            ["git", "-C", str(clone), "diff", "--quiet", first, "--", "assets", "flexforge.lock"]
+        )
+        if result.returncode != 0 or diff.returncode != 0:
+            raise BenchmarkError(
+                f"history, N={n}: the build did not bring back {first[:7]}'s outputs:\n{summary}"
+            )
+        plan_after = subprocess.run(
+            [*tools.flexforge, "plan", "--json", "--provider", "draft"],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        generated = [a for a in json.loads(plan_after.stdout)["assets"] if a["action"] != "none"]
+        if generated:
+            raise BenchmarkError(f"history, N={n}: {len(generated)} assets not clean after the build")
+        extra["generated"] = 0
+        # What any command pays first in a fresh clone (validate the manifest, hash every file):
+        # the build's time above it is the restoring itself.
+        plan = Probe(
+            "history",
+            "flexforge plan (same fresh clone)",
+            n,
+            [*tools.flexforge, "plan", "--provider", "draft"],
+            clone,
+            env=env,
+            setup=reset,
+        )
+        print(f"history, N={n}: timing x {args.repeat} ...", flush=True)
+        measure([checkout, plan, build], args.repeat)
+        probes += [checkout, plan, build]
+    return probes
+
+
+def _history_repo(tools: Tools, base: Path, origin: Path) -> None:
+    """A clone of `base` where every prompt got a second version (built, committed) and was then
+    reverted (committed, not built): HEAD's outputs are the second version's."""
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+    subprocess.run([*git, "clone", "-q", str(base), str(origin)], check=True)
+    manifest = origin / "flexforge.yaml"
+    original = manifest.read_text(encoding="utf-8")
+    manifest.write_text(original.replace('    prompt: "', '    prompt: "v2 '), encoding="utf-8")
+    subprocess.run([*tools.flexforge, "-C", str(origin), "-q", "build", "--provider", "draft"], check=True)
+    subprocess.run([*git, "-C", str(origin), "commit", "-qam", "v2 prompts"], check=True)
+    manifest.write_text(original, encoding="utf-8")
+    subprocess.run([*git, "-C", str(origin), "commit", "-qam", "revert prompts"], check=True)
+
+
+def print_history(probes: Sequence[Probe]) -> None:
+    floor = {p.n: p for p in probes if p.label.startswith("git checkout")}
+    rows = [
+        [
+            p.label,
+            f"{p.n:,}",
+            str(len(p.samples)),
+            fmt_time(p.median),
+            f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
+            fmt_ratio(ratio(p, floor.get(p.n))),
+        ]
+        for p in probes
+    ]
+    headers = ["prompts reverted, fresh clone", "N", "runs", "median", "min - max", "x git checkout"]
+    print(table(headers, rows, [False] + [True] * 5))
+
+
 # -- makespan against the emulator ------------------------------------------------------------------
 
 
@@ -812,6 +935,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("cold", lambda: cold_section(args, tools), print_cold),
         ("makespan", lambda: makespan_section(args, tools), print_makespan),
         ("cost", lambda: cost_section(args, tools), print_cost),
+        ("history", lambda: history_section(args, tools), print_history),
     ]
     results: list[tuple[Callable[[Sequence[Probe]], None], list[Probe]]] = []
     for name, run, show in sections:

@@ -15,6 +15,7 @@ import click
 from flexforge import __version__
 from flexforge.context import GlobalOptions
 from flexforge.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     FlexforgeError,
@@ -140,6 +141,8 @@ def handle_errors(func: Callable[..., int]) -> Callable[..., None]:
         except KeyboardInterrupt as exc:  # Ctrl-C, or another stop signal (flexforge.signals)
             click.echo("interrupted", err=True)
             code = exit_code(exc.signum) if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
+        except BrokenPipeError:
+            code = _reader_went_away()
         except (click.exceptions.Exit, click.ClickException):
             raise
         except OSError as exc:
@@ -157,6 +160,15 @@ def handle_errors(func: Callable[..., int]) -> Callable[..., None]:
         sys.exit(code)
 
     return wrapper
+
+
+def _reader_went_away() -> int:
+    """`flexforge status | head`: the reader has all it wanted. Quiet, and 141 (128 + SIGPIPE)
+    as git and the shell's own tools exit; stdout goes to /dev/null so that the interpreter's
+    final flush does not raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def provider_option(func: F) -> F:
@@ -265,9 +277,8 @@ def plan(
     "-j",
     "--jobs",
     type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Tasks in flight at most (never above the provider's limit).",
+    default=None,
+    help="Tasks in flight at most (never above the provider's limit); default 8, or settings: jobs.",
 )
 @click.option("--dry-run", is_flag=True, help="Only show the plan.")
 @click.option("--frozen", is_flag=True, help="Fail if anything would be generated (CI checks).")
@@ -281,24 +292,32 @@ def plan(
     metavar="USD",
     help="Never start a task that could take the run's estimated spend over USD.",
 )
+@click.option(
+    "--max-cost-policy",
+    type=click.Choice(["stop", "refuse"]),
+    default=None,
+    help="stop (default): start no task that could pass --max-cost; refuse: start nothing if the plan's "
+    "estimate passes it.",
+)
 @global_options
 @handle_errors
 def build(
     ids: tuple[str, ...],
     provider: str | None,
-    jobs: int,
+    jobs: int | None,
     dry_run: bool,
     frozen: bool,
     replace: tuple[str, ...],
     reseed: tuple[str, ...],
     keep_going: bool,
     max_cost: float | None,
+    max_cost_policy: str | None,
 ) -> int:
     """Make the files match the manifest; IDs limit it to those assets and what they need."""
     from flexforge.commands.build import build as run
-    from flexforge.options import BuildOptions
+    from flexforge.options import BuildFlags
 
-    options = BuildOptions(jobs=jobs, keep_going=keep_going, max_cost_usd=max_cost)
+    options = BuildFlags(jobs, keep_going, max_cost, max_cost_policy)
     return run(
         _opts(),
         _plan_options(ids, replace, reseed),
@@ -307,6 +326,31 @@ def build(
         dry_run=dry_run,
         frozen=frozen,
     )
+
+
+@cli.command()
+@click.option(
+    "--by", type=click.Choice(["run", "asset", "model", "month"]), default="month", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="Every grouping as one JSON object on stdout.")
+@global_options
+@handle_errors
+def cost(by: str, as_json: bool) -> int:
+    """What this machine's builds paid (from the ledger), by run, asset, model or month."""
+    from flexforge.commands.cost import cost as run
+
+    return run(_opts(), by, as_json=as_json)
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Delete what is listed (default: only list it).")
+@global_options
+@handle_errors
+def gc(yes: bool) -> int:
+    """Orphaned outputs, cached objects nothing needs, finished journal entries."""
+    from flexforge.commands.gc import gc as run
+
+    return run(_opts(), yes=yes)
 
 
 @cli.command()

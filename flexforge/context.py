@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,9 +10,9 @@ from flexforge.lockfile import Lock, read_lock
 from flexforge.manifest import Manifest, display_path, find_manifest, load_manifest
 from flexforge.paths import lock_path_for
 from flexforge.providers import DEFAULT_PROVIDER, GENERATORS
+from flexforge.settings import PROVIDER_ENV, Settings, effective
+from flexforge.sources import Sources
 from flexforge.store import Store
-
-PROVIDER_ENV = "FLEXFORGE_PROVIDER"
 
 
 @dataclass(slots=True)
@@ -49,6 +48,18 @@ class Project:
         self.lock_path = Path(lock_path_for(str(manifest.path)))
         self._lock: Lock | None = None
 
+    def sources(self) -> Sources:
+        """Where bytes for a key can come from with no API call; git history is opened only if
+        the cheaper sources come up empty."""
+        from flexforge.history import History, default_cache_dir
+
+        manifest = self.manifest
+        return Sources(
+            self.lock,
+            self.store,
+            lambda: History.open(manifest.root, self.lock_path, default_cache_dir()),
+        )
+
     @property
     def lock(self) -> Lock:
         if self._lock is None:
@@ -60,9 +71,10 @@ def open_project(opts: GlobalOptions) -> Project:
     return Project(opts.load_manifest())
 
 
-def choose_provider(flag: str | None) -> tuple[str, str]:
-    """(provider name, content-key generator): the flag, else $FLEXFORGE_PROVIDER, else bfl."""
-    name = flag or os.environ.get(PROVIDER_ENV) or DEFAULT_PROVIDER
+def choose_provider(flag: str | None, settings: Settings | None = None) -> tuple[str, str]:
+    """(provider name, content-key generator): the flag, else $FLEXFORGE_PROVIDER, else the
+    manifest's `settings: provider`, else bfl."""
+    name = effective(settings or Settings(), provider=flag, default_provider=DEFAULT_PROVIDER).provider
     if name not in GENERATORS:
         raise UsageError(
             f"{PROVIDER_ENV}={name!r} is not a provider; choose one of: {', '.join(sorted(GENERATORS))}"

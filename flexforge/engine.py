@@ -18,25 +18,27 @@ from typing import Any
 from flexforge.confine import Resolver, output_problem
 from flexforge.errors import FlexforgeError, ProviderError
 from flexforge.fsutil import fsync_dir, install, remove_stale_temps, stage_bytes
-from flexforge.keys import content_key
 from flexforge.lockfile import Lock, LockChangedError, LockEntry
 from flexforge.manifest import Asset
 from flexforge.options import BuildOptions, PlanOptions
 from flexforge.planner import (
     BLOCKED,
+    CONFLICT,
     DRIFTED,
     GENERATES,
+    HELD,
     NONE,
-    RESTORE,
+    REGENERATE,
+    RESTORES,
     Plan,
     Step,
-    decide,
-    reference_digests,
-    resolve_seed,
+    step_for,
 )
 from flexforge.progress import Reporter
 from flexforge.providers import GeneratedImage, Provider, TaskContext
+from flexforge.records import RecordError
 from flexforge.request import ImageRequest, ReferenceInput
+from flexforge.sources import IN_PLACE, Source
 from flexforge.store import JournalEntry, KeyRecord, LedgerEntry, Store
 
 # Outcomes of one asset in a build.
@@ -48,6 +50,11 @@ GENERATED, RESTORED, UP_TO_DATE, FAILED, SKIPPED = (
     "skipped",
 )
 SEED_RANGE = 2**32
+HELD_DETAIL = {
+    DRIFTED: "output edited by hand; left alone (`flexforge accept {id}` or `--replace {id}`)",
+    CONFLICT: "a file flexforge did not make is at its output path; left alone "
+    "(`flexforge accept {id}` adopts it, `build --replace {id}` overwrites it)",
+}
 LOCK_SAVE_INTERVAL = 0.25  # seconds
 
 
@@ -129,19 +136,19 @@ class _TaskRecord:
         )
         try:
             self._store.journal_put(entry)
-        except (OSError, ValueError) as exc:
-            # A full disk or a read-only mount (or a value JSON cannot hold): the task is paid
-            # for all the same. Keep it in memory and go on to fetch it; say where it is in case
-            # this build cannot.
+        except (OSError, RecordError) as exc:
+            # A full disk, a read-only mount, a task id no journal may hold: the task is paid for
+            # all the same. Keep it in memory and go on to fetch it; say where it is in case this
+            # build cannot.
             self.journaled = False
-            self.journal_error = getattr(exc, "strerror", None) or type(exc).__name__
+            self.journal_error = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             self.log(
                 f"task {task_id} could not be journaled ({self.journal_error}); it is paid for, "
                 f"so this build goes on to fetch it (its result: {polling_url})"
             )
-            return
-        self.journaled = True
-        self.journal_error = None
+        else:
+            self.journaled = True
+            self.journal_error = None
         # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
         # holds, and a failure now must keep this one journaled.
         self.finished = False
@@ -219,13 +226,17 @@ class Builder:
         self.options = options
         self.result = BuildResult(estimated_cost_usd=plan.estimated_cost_usd)
         self.outputs: dict[str, str | None] = {}
-        self.drifted: set[str] = set()
+        self.held: set[str] = set()  # drifted or in conflict: left alone, dependents wait
         self.stop_reason: str | None = None
         self.committed_usd = 0.0  # spent plus reserved, for --max-cost
         self.slots = asyncio.Semaphore(max(1, min(options.jobs, provider.max_in_flight)))
         self.tasks: dict[str, asyncio.Task[str | None]] = {}
         self.estimates = {s.asset.id: s.estimated_cost_usd for s in plan.steps}
-        self.pinned = store.pinned_seeds()
+        self.facts = plan.facts
+        self.planned = {s.asset.id: s for s in plan.steps}
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())  # names this build in the ledger
+        # Restored outputs that others build on go into the object cache, where _request reads them.
+        self.referenced = {r for s in plan.steps for r in s.asset.asset_refs}
         self.lock_saved_at = 0.0
         # Outputs written beside their place, renamed in just after the lock names them.
         self.staged: dict[str, tuple[Path, str, str]] = {}
@@ -250,6 +261,7 @@ class Builder:
                 task.cancel()
             self._flush_lock()
             self.store.save()
+            self.facts.sources.close()
         return self.result
 
     def _remove_stale_temps(self) -> None:
@@ -289,75 +301,83 @@ class Builder:
         if fatal or not self.options.keep_going:
             self.stop_reason = self.stop_reason or f"{asset_id} failed"
 
+    def _step(self, asset: Asset) -> Step:
+        """step_for, or the plan's own answer when every input came out as the plan expected
+        (the same call on the same inputs, made moments ago under this build lock)."""
+        planned = self.planned.get(asset.id)
+        if planned is not None and planned.reference_digests is not None:
+            pairs = zip(asset.references, planned.reference_digests, strict=True)
+            if all(self.outputs.get(ref) == digest for ref, digest in pairs if ref in asset.asset_refs):
+                return planned
+        return step_for(asset, self.facts, self.outputs)
+
     async def _build(self, asset: Asset) -> str | None:
-        entry = self.lock.entries.get(asset.id)
-        seed = resolve_seed(asset, entry, asset.id in self.plan_options.reseed, self.pinned.get(asset.id))
-        digests = reference_digests(asset, self.store, self.outputs)
-        replace = asset.id in self.plan_options.replace
-        step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=replace)
+        step = self._step(asset)
         if step.action == NONE:
             self._record(Outcome(asset.id, UP_TO_DATE))
             return self._output(asset.id, step.output_sha256)
         if step.action == BLOCKED:
             self._fail(asset.id, step.reasons[0], fatal=False)
             return None
-        if step.action == DRIFTED:
-            self.drifted.add(asset.id)
-            detail = "output edited by hand; left alone (`flexforge accept` or `--replace`)"
-            self._record(Outcome(asset.id, DRIFTED, detail))
+        if step.action in HELD:
+            self.held.add(asset.id)
+            self._record(Outcome(asset.id, step.action, HELD_DETAIL[step.action].format(id=asset.id)))
             return self._output(asset.id, step.output_sha256)
-        drifted_inputs = [r for r in asset.asset_refs if r in self.drifted]
-        if drifted_inputs and step.action != RESTORE:
-            self._record(Outcome(asset.id, SKIPPED, f"needs {drifted_inputs[0]}, whose output drifted"))
+        held_inputs = [r for r in asset.asset_refs if r in self.held]
+        if held_inputs and step.action not in RESTORES:
+            self._record(Outcome(asset.id, SKIPPED, f"needs {held_inputs[0]}, which was left alone"))
             return None
-        if seed is None:
+        if step.seed is None:
             seed = secrets.randbelow(SEED_RANGE)
             self.store.pin_seed(asset.id, seed)
-            step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=replace)
-        if step.action == RESTORE:
+            step = step_for(asset, self.facts, self.outputs, seed=seed)
+        if step.action in RESTORES:
             restored = await self._restore(step)
             if restored is not None:
                 return self._output(asset.id, restored)
-            step = decide(asset, entry, self.store, self.plan.generator, seed, digests, replace=True)
-        return self._output(asset.id, await self._generate(step, seed))
+            step = replace(step, action=REGENERATE, source=None)
+        return self._output(asset.id, await self._generate(step))
 
     def _output(self, asset_id: str, sha256: str | None) -> str | None:
         self.outputs[asset_id] = sha256
         return sha256
 
     async def _restore(self, step: Step) -> str | None:
-        """Copy the cached output back; None if the cached object turned out damaged or is not
-        the image the manifest declares (a planted object, a lock from elsewhere)."""
-        assert step.cached is not None and step.key is not None and step.seed is not None
-        asset = step.asset
-        sha = step.cached.sha256
-        out = self._output_path(asset)
-        data = await asyncio.to_thread(self.store.read_object, sha)
-        problem = "damaged" if data is None else _declared_problem(data, asset)
-        if data is None or problem is not None:
-            self.reporter.log(f"{asset.id}: the cached copy is {problem}; generating it again")
+        """Bring the step's source back into place; None if it turned out damaged, changed or
+        not the image the manifest declares (a planted object, a lock from elsewhere)."""
+        assert step.source is not None and step.key is not None and step.seed is not None
+        asset, source = step.asset, step.source
+        sources = self.facts.sources
+        if source.kind == IN_PLACE:
+            problem = await asyncio.to_thread(sources.in_place_problem, source, asset)
+            staged = None
+        else:
+            staged, problem = await _staged_from(sources.stage, source, asset, self._output_path(asset))
+        if problem is not None:
+            self.reporter.log(f"{asset.id}: the copy from {source.label} is {problem}; generating it again")
             return None
-        staged = await _staged(stage_bytes, out, data)
-        assert staged is not None  # stage_bytes always stages
-        self._stage(asset, staged, sha)
-        record = step.cached
-        old = self.lock.entries.get(asset.id)
-        if old is not None and old.key == step.key.key:  # keep what the lock knew of the task
-            record = replace(record, task_id=old.task_id, cost_usd=old.cost_usd, provider=old.provider)
+        if staged is not None:
+            if asset.id in self.referenced and not self.store.has_object(source.sha256):
+                await asyncio.to_thread(self.store.put_object, staged.read_bytes())
+            self._stage(asset, staged, source.sha256)
+        detail = "already in place" if source.kind == IN_PLACE else f"from {source.label}, no API call"
         # Reported before the lock write, which may still fail it (a rename refused).
-        self._record(Outcome(asset.id, RESTORED, "from the local cache, no API call"))
-        self._commit(step, step.seed, sha, len(data), record)
-        return sha
+        self._record(Outcome(asset.id, RESTORED, detail))
+        self._commit(step, source.sha256, source.size, self._record_of(source, step.seed))
+        return source.sha256
+
+    def _record_of(self, source: Source, seed: int) -> KeyRecord:
+        provider = source.provider or self.provider.name
+        return KeyRecord(source.sha256, source.size, provider, seed, source.task_id, source.cost_usd)
 
     def _stage(self, asset: Asset, staged: Path, sha: str) -> None:
         self.staged[asset.id] = (staged, asset.out, sha)
         self.made_here.add(asset.id)
 
-    async def _generate(self, step: Step, seed: int) -> str | None:
-        asset = step.asset
-        digests = step.reference_digests
-        assert digests is not None
-        key = content_key(asset, self.plan.generator, seed, digests)
+    async def _generate(self, step: Step) -> str | None:
+        asset, key, seed = step.asset, step.key, step.seed
+        assert key is not None and seed is not None and step.reference_digests is not None
+        digests = [d for d in step.reference_digests if d is not None]
         estimate = self._estimate(asset)
         request = self._request(asset, seed, digests)  # refuses bad references before any paid call
         async with _Slot(self.slots) as slot:
@@ -409,10 +429,10 @@ class Builder:
         cost = _cost_usd(image, estimate, self.plan.generator)
         self.committed_usd += cost - estimate
         # Cache first, output second: once the output exists, a restart can always restore it.
-        # A paid image (its object fsynced below, its key record here) must survive a power cut
-        # before the journal entry that would re-fetch it goes.
+        # A paid image is fsynced into the cache before its journal entry goes: a power cut in
+        # between must leave one or the other, or the next build pays again.
         paid = image.task_id is not None
-        sha = await asyncio.to_thread(self.store.put_object, image.data)
+        sha = await asyncio.to_thread(self.store.put_object, image.data, durable=paid)
         made = KeyRecord(
             sha256=sha,
             size=len(image.data),
@@ -436,13 +456,13 @@ class Builder:
                     image.task_id,
                     cost,
                     image.cost_credits,
+                    asset.model,
+                    self.run_id,
                 )
             )
-            # The paid image must survive a power cut before the record that would re-fetch it goes.
-            await asyncio.to_thread(self.store.sync_object, sha)
         detail = f"${cost:.4f}" if cost else ""
         self._record(Outcome(asset.id, GENERATED, detail, cost))
-        self._commit(replace(step, key=key, seed=seed, output_sha256=sha), seed, sha, len(image.data), made)
+        self._commit(replace(step, key=key, seed=seed, output_sha256=sha), sha, len(image.data), made)
         record.forget()
         return sha
 
@@ -453,14 +473,14 @@ class Builder:
         except (OSError, FlexforgeError, ValueError) as exc:
             self.reporter.log(f"{entry.asset}: spend not recorded in the ledger ({exc})")
 
-    def _commit(self, step: Step, seed: int, sha: str, size: int, record: KeyRecord) -> None:
-        assert step.key is not None
+    def _commit(self, step: Step, sha: str, size: int, record: KeyRecord) -> None:
+        assert step.key is not None and step.seed is not None
         asset = step.asset
         self.replaced.setdefault(asset.id, self.lock.entries.get(asset.id))
         self.lock.entries[asset.id] = LockEntry(
             key=step.key.key,
             parts=step.key.parts,
-            seed=seed,
+            seed=step.seed,
             model=asset.model,
             generator=self.plan.generator,
             provider=record.provider,
@@ -614,6 +634,22 @@ class Builder:
         return estimate_usd(asset.model, asset.width, asset.height)
 
 
+async def _staged_from(
+    stage: Callable[..., tuple[Path | None, str | None]], *args: Any
+) -> tuple[Path | None, str | None]:
+    """_staged for a stage that says why it staged nothing."""
+    problems: list[str] = []
+
+    def run(*inner: Any) -> Path | None:
+        staged, problem = stage(*inner)
+        if problem is not None:
+            problems.append(problem)
+        return staged
+
+    staged = await _staged(run, *args)
+    return staged, None if staged is not None else (problems[0] if problems else "unreadable")
+
+
 async def _staged(stage: Callable[..., Path | None], *args: Any) -> Path | None:
     """Stage an output in a worker thread. Interrupted meanwhile, the thread still finishes its
     write: its temp file is then removed, never left beside an output nor installed unlocked."""
@@ -643,14 +679,6 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 def _oserror(exc: OSError) -> str:
     where = f" ({exc.filename})" if exc.filename else ""
     return f"cannot write: {exc.strerror or exc}{where}"
-
-
-def _declared_problem(data: bytes, asset: Asset) -> str | None:
-    from flexforge.imaging import header_problem
-
-    width, height = asset.final_size or (asset.width, asset.height)
-    problem = header_problem(data, width, height, asset.output_format)
-    return None if problem is None else f"not the declared image ({problem})"
 
 
 def _verify(image: GeneratedImage, asset: Asset) -> None:

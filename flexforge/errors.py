@@ -9,6 +9,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CHANGES = 2  # plan --detailed-exitcode: changes pending (Terraform's convention)
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # the reader of our output went away (`| head`): 128 + SIGPIPE
 
 
 class FlexforgeError(Exception):

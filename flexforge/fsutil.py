@@ -108,24 +108,6 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-PROBE_PREFIX = f".probe{TEMP_MARK}"
-
-
-def probe_writable(folder: Path) -> None:
-    """Create, fill, fsync and remove a small file in `folder` (made if missing); OSError when
-    that fails: a full disk (ENOSPC), a read-only mount (EROFS), no permission (EACCES)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(folder, {"probe"})  # what a kill mid-probe left, named by us
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=PROBE_PREFIX, suffix=".tmp")
-    try:
-        # One block, more than a journal entry takes: a disk with a few bytes free fails here.
-        os.write(fd, b"\0" * 4096)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        os.unlink(tmp)
-
-
 class NotRegularFile(OSError):
     """A path that is a link, folder, FIFO, device or socket where a plain file belongs."""
 
@@ -186,6 +168,21 @@ def real_folders(base: Path, rel_parts: tuple[str, ...]) -> Path:
             what = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
             raise NotRegularFile(errno.ENOTDIR, f"is {what}", str(path))
     return path
+
+
+def probe_writable(folder: Path) -> None:
+    """Create, fill, fsync and remove a small file in `folder` (made if missing); OSError when
+    that fails: a full disk (ENOSPC), a read-only mount (EROFS), no permission (EACCES)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder, {"probe"})  # what a kill mid-probe left, named by us
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".probe{TEMP_MARK}", suffix=".tmp")
+    try:
+        # One block, more than a journal entry takes: a disk with a few bytes free fails here.
+        os.write(fd, b"\0" * 4096)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
 
 
 def sha256_file(path: Path) -> str:

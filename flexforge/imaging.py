@@ -151,3 +151,12 @@ def header_problem(data: bytes, width: int, height: int, output_format: str) -> 
     if size != (width, height):
         return f"{size[0]}x{size[1]} where {width}x{height} is declared"
     return None
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\n"
+LFS_POINTER_LIMIT = 1024
+
+
+def lfs_pointer(data: bytes) -> bool:
+    """Whether these bytes are a Git LFS pointer file standing in for the real image."""
+    return data.startswith(LFS_POINTER) and len(data) < LFS_POINTER_LIMIT

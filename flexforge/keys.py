@@ -45,7 +45,21 @@ class ContentKey:
 
 
 def changed(new_parts: dict[str, str], old_parts: dict[str, str]) -> list[str]:
-    return [p for p in PARTS if new_parts.get(p) != old_parts.get(p)]
+    """The parts that differ, in PARTS order; a change of generator alone (`draft:flux-2-flex`
+    -> `flux:flux-2-flex`) reads `generator: draft -> flux`, since the model did not change."""
+    reasons = []
+    for part in PARTS:
+        new, old = new_parts.get(part), old_parts.get(part)
+        if new == old:
+            continue
+        if part == "model" and new is not None and old is not None:
+            new_gen, _, new_model = new.partition(":")
+            old_gen, _, old_model = old.partition(":")
+            if new_model == old_model and new_gen != old_gen:
+                reasons.append(f"generator: {old_gen} -> {new_gen}")
+                continue
+        reasons.append(part)
+    return reasons
 
 
 def _parts(

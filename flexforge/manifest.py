@@ -9,22 +9,23 @@ import json
 import os
 import re
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from flexforge.confine import Resolver, extension_problem, output_problem, private_part
-from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, clip
+from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageError, clip
 from flexforge.imaging import EXTENSIONS
+from flexforge.models import FLEX_MODEL, FLEX_ONLY, MAX_REFERENCES
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
-from flexforge.request import FLEX_MODEL
+from flexforge.settings import Settings
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
-CACHE_VERSION = 2  # bump when what validation produces changes
+CACHE_VERSION = 3  # bump when what validation produces changes
 CACHE_LIMIT = 512 * 1024 * 1024
 
-FLEX_ONLY = ("steps", "guidance", "prompt_upsampling")
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "model": FLEX_MODEL,
     "width": 1024,
@@ -34,13 +35,6 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "output_format": "png",
     "safety_tolerance": 2,
     "prompt_upsampling": False,
-}
-MAX_REFERENCES = {
-    "flux-2-flex": 8,
-    "flux-2-pro": 8,
-    "flux-2-max": 8,
-    "flux-2-klein-4b": 4,
-    "flux-2-klein-9b": 4,
 }
 MAX_PIXELS = 2048 * 2048  # the API's 4 MP limit
 MAX_TEXT = 100_000  # characters of one prompt or path after vars: far past any real prompt
@@ -82,10 +76,23 @@ class Manifest:
     root: Path
     assets: dict[str, Asset]  # in topological order (dependencies first)
     label: str  # the manifest's path as messages show it
+    settings: Settings = field(default_factory=Settings)
 
     @property
     def state_dir(self) -> Path:
         return self.root / STATE_DIR
+
+    def require(self, asset_id: str) -> Asset:
+        self.check_ids([asset_id])
+        return self.assets[asset_id]
+
+    def check_ids(self, ids: Iterable[str], flag: str = "") -> None:
+        """The one message (and exit code 2) for asset ids the manifest does not have."""
+        unknown = sorted(set(ids) - set(self.assets))
+        if unknown:
+            noun = "asset id" if len(unknown) == 1 else "asset ids"
+            where = f"{flag}: " if flag else ""
+            raise UsageError(f"{where}unknown {noun} {', '.join(unknown)}: not in {self.label}")
 
 
 # Outputs are committed and checked out everywhere: a path must fit the tightest common limits
@@ -175,12 +182,13 @@ def _read_cache(path: Path, fingerprint: str, label: str) -> Manifest | None:
         if doc["fingerprint"] != fingerprint:
             return None
         assets = {raw["id"]: _asset_from_json(raw) for raw in doc["assets"]}
+        settings = Settings.from_data(doc["settings"])
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     root = path.parent
     if not _still_confined(root, assets.values()):
         return None  # validate afresh, for an error that names the line
-    return Manifest(path, root, assets, label)
+    return Manifest(path, root, assets, label, settings)
 
 
 def _still_confined(root: Path, assets: Any) -> bool:
@@ -204,7 +212,8 @@ def _write_cache(manifest: Manifest, fingerprint: str) -> None:
     from flexforge.fsutil import atomic_write
 
     assets = [dataclasses.asdict(a) for a in manifest.assets.values()]
-    data = json.dumps({"fingerprint": fingerprint, "assets": assets}, separators=(",", ":"), allow_nan=False)
+    doc = {"fingerprint": fingerprint, "assets": assets, "settings": manifest.settings.to_json()}
+    data = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     target = Path(manifest_cache_file(manifest.path, "manifest"))
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -221,6 +230,56 @@ def _asset_from_json(raw: dict[str, Any]) -> Asset:
     return Asset(**raw)
 
 
+def _sibling_outputs(path: Path) -> dict[str, tuple[str, str]]:
+    """Output paths the other manifests in this folder write (out -> (file name, asset id)), read
+    leniently: a broken sibling is its own validation's business. Only literal `out:` values and
+    default paths are known; an `out` built from vars is skipped."""
+    import yaml
+
+    found: dict[str, tuple[str, str]] = {}
+    for sibling in sorted([*path.parent.glob("*.yaml"), *path.parent.glob("*.yml")]):
+        if sibling.name == path.name or not sibling.is_file() or sibling.is_symlink():
+            continue
+        try:
+            if sibling.stat().st_size > 4 * 2**20 or b"assets:" not in sibling.read_bytes()[: 1 << 20]:
+                continue
+            data = yaml.safe_load(sibling.read_bytes())
+        except (OSError, yaml.YAMLError, RecursionError, ValueError):
+            continue
+        if not isinstance(data, dict) or data.get("version") != 1:
+            continue
+        fmt_default = _mapping(data.get("defaults")).get("output_format", "png")
+        for asset_id, raw in _mapping(data.get("assets")).items():
+            raw = _mapping(raw)
+            fmt = raw.get("output_format", fmt_default)
+            out = raw.get("out", f"assets/{asset_id}.{EXTENSIONS.get(str(fmt), 'png')}")
+            if isinstance(out, str) and "{" not in out:
+                found.setdefault(out.removeprefix("./"), (sibling.name, str(asset_id)))
+    return found
+
+
+def _covering(final_size: str) -> tuple[int, int]:
+    """The smallest valid generated size (multiples of 16, at least 64) covering `final_size`:
+    `final_size: 1080x1080` alone generates 1088x1088 and crops."""
+    w, h = (int(n) for n in final_size.split("x"))
+    return max(64, -(-w // 16) * 16), max(64, -(-h // 16) * 16)
+
+
+def _raw_refs(raw: Any, assets: dict[str, Any]) -> tuple[str, ...]:
+    refs = _mapping(raw).get("references")
+    return tuple(r for r in refs if isinstance(r, str) and r in assets) if isinstance(refs, list) else ()
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _looks_secret(name: object, value: object) -> bool:
+    """A key-like field holding a string (`api_key: sk-...`); an asset or var named `token`
+    is just a name (callers skip those sections), and `key: {prompt: ...}` holds no key."""
+    return isinstance(name, str) and bool(KEY_LIKE.search(name)) and isinstance(value, str | int)
+
+
 def _validate(path: Path, label: str, raw: bytes) -> Manifest:
     from flexforge.yamlsource import parse_yaml
 
@@ -230,9 +289,8 @@ def _validate(path: Path, label: str, raw: bytes) -> Manifest:
         checker.error(problem.path, problem.message, at=(problem.line, problem.col))
     if doc.data is None and not doc.problems:
         checker.error((), "the file holds no YAML document")
-    if checker.diagnostics:
-        raise ManifestError(checker.diagnostics)
-    manifest = checker.check()
+    # Duplicate keys leave a document to check further; a syntax error leaves none.
+    manifest = checker.check() if doc.data is not None else None
     if checker.diagnostics:
         raise ManifestError(checker.diagnostics)
     assert manifest is not None
@@ -251,6 +309,8 @@ class _Checker:
         # where in the manifest -> (the reference as written, the root-relative file it leads to)
         self.file_refs: dict[tuple[str | int, ...], tuple[str, str]] = {}
         self.resolver = Resolver(self.root)
+        # (section, name) the schema refused: their meaning is not checked, their errors suffice.
+        self.invalid: set[tuple[str | int, ...]] = set()
 
     def error(
         self,
@@ -276,14 +336,13 @@ class _Checker:
             return None
         self._secrets(data, ())
         self._schema(data)
-        if self.diagnostics:
-            return None
+        # Every error at once: the meaning of what the schema accepted is checked too.
         return self._semantics(data)
 
     def _secrets(self, node: Any, path: tuple[str | int, ...]) -> None:
         if isinstance(node, dict):
             for name, value in node.items():
-                if KEY_LIKE.search(name) and path[:1] != ("vars",) and "prompt" not in path:
+                if _looks_secret(name, value) and path != ("assets",) and path[:1] != ("vars",):
                     self.error(
                         (*path, name),
                         "API keys never live in the manifest: remove it and set BFL_API_KEY "
@@ -299,11 +358,12 @@ class _Checker:
     def _schema(self, data: dict[str, Any]) -> None:
         for err in _validator().iter_errors(data):
             path = tuple(err.absolute_path)
+            self.invalid.add(path[:2])
             if err.validator == "additionalProperties":
                 node = err.instance if isinstance(err.instance, dict) else {}
                 allowed = list(err.schema.get("properties", {}))
                 for name in node:
-                    if name in allowed or KEY_LIKE.search(name):
+                    if name in allowed or _looks_secret(name, node[name]):
                         continue
                     hint = difflib.get_close_matches(name, allowed, n=1)
                     also = (
@@ -314,6 +374,7 @@ class _Checker:
                     self.error((*path, name), f"unknown key {name!r}{also}", key=True)
             elif "propertyNames" in err.schema_path:
                 bad = err.instance
+                self.invalid.add((*path, bad)[:2])
                 what = "asset id" if path[-1:] == ("assets",) else "name"
                 self.error(
                     (*path, bad),
@@ -330,29 +391,41 @@ class _Checker:
 
     # -- meaning ---------------------------------------------------------------------------------
 
+    def _valid(self, section: str, value: Any) -> dict[str, Any]:
+        """The entries of a mapping section that the schema accepted."""
+        if not isinstance(value, dict) or (section,) in self.invalid:
+            return {}
+        return {k: v for k, v in value.items() if (section, k) not in self.invalid}
+
     def _semantics(self, data: dict[str, Any]) -> Manifest | None:
-        defaults = {**BUILTIN_DEFAULTS, **(data.get("defaults") or {})}
-        variables = {k: _var_text(v) for k, v in (data.get("vars") or {}).items()}
-        raw_assets: dict[str, dict[str, Any]] = data.get("assets") or {}
-        if not raw_assets:
+        defaults = {**BUILTIN_DEFAULTS, **self._valid("defaults", data.get("defaults"))}
+        # A refused var still counts as declared: no second error where a prompt uses it.
+        raw_vars = _mapping(data.get("vars"))
+        variables = {k: _var_text(v) if ("vars", k) not in self.invalid else "" for k, v in raw_vars.items()}
+        raw_assets = _mapping(data.get("assets"))
+        if not raw_assets and ("assets",) not in self.invalid:
             self.error(("assets",), "declare at least one asset")
         assets: dict[str, Asset] = {}
-        for asset_id, raw in raw_assets.items():
+        for asset_id, raw in self._valid("assets", raw_assets).items():
             asset = self._asset(asset_id, raw, defaults, variables, raw_assets)
             if asset is not None:
                 assets[asset_id] = asset
         self._outputs(assets)
-        if self.diagnostics:
-            return None
         from flexforge.graph import CycleError, topological_order
 
+        # Cycles among every asset, even one whose other fields were refused.
+        graph = {a: _raw_refs(raw, raw_assets) for a, raw in raw_assets.items()}
+        graph.update({a.id: a.asset_refs for a in assets.values()})
         try:
-            order = topological_order({a.id: a.asset_refs for a in assets.values()})
+            order = [a for a in topological_order(graph) if a in assets]
         except CycleError as exc:
             first = exc.cycle[0]
             self.error(("assets", first, "references"), f"dependency cycle: {' -> '.join(exc.cycle)}")
             return None
-        return Manifest(self.path, self.root, {i: assets[i] for i in order}, self.label)
+        if self.diagnostics:
+            return None
+        settings = Settings.from_data(self._valid("settings", data.get("settings")))
+        return Manifest(self.path, self.root, {i: assets[i] for i in order}, self.label, settings)
 
     def _asset(
         self,
@@ -375,6 +448,8 @@ class _Checker:
                         key=True,
                     )
         width, height = values["width"], values["height"]
+        if isinstance(raw.get("final_size"), str) and "width" not in raw and "height" not in raw:
+            width, height = _covering(raw["final_size"])
         if width * height > MAX_PIXELS:
             self.error(
                 (*here, "width" if "width" in raw else "height"),
@@ -511,6 +586,20 @@ class _Checker:
                     f"{shown(clip(asset.out, 120))} and {shown(clip(twin.out, 120))} (asset {twin.id!r}) "
                     "differ only by letter case or Unicode normalisation: on macOS and Windows they are "
                     "one file; rename one",
+                )
+        for out, (name, other_id) in _sibling_outputs(self.path).items():
+            if out in owners:
+                asset_id = owners[out]
+                where = (
+                    ("assets", asset_id, "out")
+                    if "out" in _mapping(_mapping(_mapping(self.doc.data).get("assets")).get(asset_id))
+                    else ("assets", asset_id)
+                )
+                self.error(
+                    where,
+                    f"{out!r} is also written by asset {other_id!r} of {name}, in the same folder; "
+                    "give one of them another `out:`",
+                    key=where[-1] != "out",
                 )
         for path, (ref, rel) in self.file_refs.items():
             if rel in owners:

@@ -70,7 +70,16 @@ def _digest(path: str) -> str | None:
 _MAX_DIGESTED = 64 * 2**20  # the lock's and manifest's own caps are lower
 
 
-def record(manifest: str, lock: str, provider: str, asset_count: int, files: list[str], summary: str) -> None:
+def record(
+    manifest: str,
+    lock: str,
+    provider: str,
+    asset_count: int,
+    files: list[str],
+    summary: str,
+    *,
+    by_default: bool = False,
+) -> None:
     """Remember that this manifest, lock and provider planned as nothing to do."""
     from flexforge import __version__
 
@@ -87,6 +96,9 @@ def record(manifest: str, lock: str, provider: str, asset_count: int, files: lis
         "manifest": _digest(manifest),
         "lock": _digest(lock),
         "provider": provider,
+        # Chosen by neither flag nor environment: the manifest's settings (or flexforge's default)
+        # chose it, and the manifest's digest below stands for them.
+        "by_default": by_default,
         "assets": asset_count,
         "summary": summary,
         "files": stamps,
@@ -102,11 +114,12 @@ def record(manifest: str, lock: str, provider: str, asset_count: int, files: lis
         atomic_write(target, data, durable=False)
 
 
-def _parse(argv: list[str]) -> tuple[str, str, str, bool, bool] | None:
+def _parse(argv: list[str]) -> tuple[str, str, str | None, bool, bool] | None:
     """(command, directory, manifest file, quiet, detailed_exitcode), or None for anything the
     memo cannot answer exactly as the full command would."""
     command = None
-    directory, file, provider = ".", "flexforge.yaml", os.environ.get(_PROVIDER_ENV) or "bfl"
+    directory, file = ".", "flexforge.yaml"
+    provider: str | None = os.environ.get(_PROVIDER_ENV) or None
     quiet = detailed = False
     args = iter(argv)
     for arg in args:
@@ -117,7 +130,7 @@ def _parse(argv: list[str]) -> tuple[str, str, str, bool, bool] | None:
         elif arg in ("-f", "--file"):
             file = next(args, "")
         elif arg == "--provider":
-            provider = next(args, "")
+            provider = next(args, "") or None
         elif arg in ("-q", "--quiet"):
             quiet = True
         elif arg == "--no-color":
@@ -126,7 +139,7 @@ def _parse(argv: list[str]) -> tuple[str, str, str, bool, bool] | None:
             detailed = True
         else:
             return None
-    if command is None or not directory or not file or not provider:
+    if command is None or not directory or not file:
         return None
     return command, os.path.join(directory, file), provider, quiet, detailed
 
@@ -148,14 +161,14 @@ def answer(argv: list[str]) -> int | None:
 
 
 def _check(
-    memo: dict[str, Any], written: int, command: str, manifest: str, provider: str, quiet: bool
+    memo: dict[str, Any], written: int, command: str, manifest: str, provider: str | None, quiet: bool
 ) -> int | None:
     from flexforge import __version__
 
     if (
         memo.get("v") != MEMO_VERSION
         or memo.get("flexforge") != __version__
-        or memo.get("provider") != provider
+        or (memo.get("provider") != provider if provider else memo.get("by_default") is not True)
     ):
         return None
     if memo.get("manifest") != _digest(manifest):

@@ -1,35 +1,79 @@
-"""Deciding what each asset needs: create, regenerate, restore, drifted or none — and why."""
+"""Deciding what each asset needs now — create, regenerate, restore, rename, drifted, conflict or
+none — and why: the one place plan, build, accept and explain ask."""
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flexforge.errors import UsageError
 from flexforge.keys import ContentKey, changed, content_key, known_parts
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset, Manifest
 from flexforge.options import PlanOptions
-from flexforge.store import KeyRecord, Store
+from flexforge.sources import IN_PLACE, Current, Source, Sources
+from flexforge.store import Store
 
-CREATE, REGENERATE, RESTORE, DRIFTED, NONE = "create", "regenerate", "restore", "drifted", "none"
+CREATE, REGENERATE, RESTORE, RENAME = "create", "regenerate", "restore", "rename"
+DRIFTED, CONFLICT, NONE = "drifted", "conflict", "none"
 # The output path holds something flexforge cannot read or replace (a folder, a FIFO, a file it
 # may not read): nothing is done for the asset, and the reason says what to move away.
 BLOCKED = "blocked"
 GENERATES = (CREATE, REGENERATE)
+RESTORES = (RESTORE, RENAME)
+RESUME = "resume: already paid"  # a reason: the journaled task is polled, not submitted again
+LFS_REASON = "a Git LFS pointer, not the image: run `git lfs pull`"
+HELD = (DRIFTED, CONFLICT)  # outputs flexforge found but does not own: a build leaves them
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Step:
     asset: Asset
     action: str
-    reasons: list[str]
-    seed: int | None  # None: to be drawn when the asset is generated
-    key: ContentKey | None  # None while an upstream output is still to be made
-    reference_digests: list[str] | None
-    output_sha256: str | None  # the output's digest after this step, when known now
-    cached: KeyRecord | None = None  # the object-cache record a restore copies from
+    reasons: list[str] = field(default_factory=list)
+    seed: int | None = None  # None: to be drawn when the asset is generated
+    key: ContentKey | None = None  # None while an upstream output is still to be made
+    reference_digests: list[str | None] | None = None
+    output_sha256: str | None = None  # the output's digest after this step, when known now
+    source: Source | None = None  # where a restore or rename copies its bytes from
     estimated_cost_usd: float = 0.0
+
+    @property
+    def detail(self) -> str:
+        """The parenthesised part of `plan`'s line: the source of a restore, else the reasons."""
+        if self.action == RESTORE and self.source is not None:
+            return self.source.label
+        return ", ".join(self.reasons)
+
+
+@dataclass(slots=True)
+class Facts:
+    """What every step of one plan is decided from, besides the asset itself."""
+
+    lock: Lock
+    store: Store
+    generator: str
+    options: PlanOptions
+    sources: Sources
+    orphans: dict[str, LockEntry]
+    pinned: dict[str, int]
+
+    @classmethod
+    def gather(
+        cls,
+        manifest: Manifest,
+        lock: Lock,
+        store: Store,
+        generator: str,
+        options: PlanOptions,
+        sources: Sources | None = None,
+    ) -> Facts:
+        orphans = {k: e for k, e in lock.entries.items() if k not in manifest.assets}
+        sources = sources if sources is not None else Sources(lock, store)
+        return cls(lock, store, generator, options, sources, orphans, store.pinned_seeds())
 
 
 @dataclass(slots=True)
@@ -38,7 +82,8 @@ class Plan:
     provider: str
     generator: str
     steps: list[Step]
-    orphaned: list[str] = field(default_factory=list)
+    orphaned: list[str]
+    facts: Facts
 
     @property
     def estimated_cost_usd(self) -> float:
@@ -57,9 +102,7 @@ def select(manifest: Manifest, targets: Iterable[str]) -> list[str]:
     wanted = list(targets)
     if not wanted:
         return list(manifest.assets)
-    unknown = [t for t in wanted if t not in manifest.assets]
-    if unknown:
-        raise UsageError(f"unknown asset id: {', '.join(unknown)}")
+    manifest.check_ids(wanted)
     needed: set[str] = set()
     stack = list(wanted)
     while stack:
@@ -72,9 +115,15 @@ def select(manifest: Manifest, targets: Iterable[str]) -> list[str]:
 
 def check_options(manifest: Manifest, options: PlanOptions) -> None:
     for flag, ids in (("--replace", options.replace), ("--reseed", options.reseed)):
-        unknown = sorted(i for i in ids if i not in manifest.assets)
-        if unknown:
-            raise UsageError(f"{flag}: unknown asset id: {', '.join(unknown)}")
+        manifest.check_ids(ids, flag)
+    if options.targets:
+        # A reseed outside the selection would silently do nothing.
+        outside = sorted(options.reseed - set(select(manifest, options.targets)))
+        if outside:
+            raise UsageError(
+                f"--reseed {', '.join(outside)}: not among the assets this build selects; "
+                "add the id to the build's targets"
+            )
     for asset_id in sorted(options.reseed):
         seed = manifest.assets[asset_id].seed
         if seed is not None:
@@ -98,53 +147,117 @@ def resolve_seed(
     return pinned
 
 
+def step_for(asset: Asset, facts: Facts, outputs: dict[str, str | None], seed: int | None = None) -> Step:
+    """What `asset` needs now: the one answer plan, build, accept and explain all use. `outputs`
+    holds the digest each upstream asset's output has after its own step; `seed` is one the
+    build just drew."""
+    entry = facts.lock.entries.get(asset.id)
+    if seed is None:
+        seed = resolve_seed(asset, entry, asset.id in facts.options.reseed, facts.pinned.get(asset.id))
+    digests = reference_digests(asset, facts.store, outputs)
+    return decide(asset, entry, facts, seed, digests)
+
+
 def decide(
     asset: Asset,
     entry: LockEntry | None,
-    store: Store,
-    generator: str,
+    facts: Facts,
     seed: int | None,
-    reference_digests: list[str | None],
-    *,
-    replace: bool = False,
+    digests: list[str | None],
 ) -> Step:
-    """The action for one asset given its inputs' digests (None: an input still to be made)."""
-    try:
-        current = store.digest(asset.out)
-    except OSError as exc:
-        return Step(asset, BLOCKED, [unusable_output(asset.out, exc)], seed, None, None, None)
-    known = [d for d in reference_digests if d is not None]
-    computable = seed is not None and len(known) == len(reference_digests)
-    key = content_key(asset, generator, seed, known) if seed is not None and computable else None
-    if entry is not None and current is not None and current != entry.sha256 and not replace:
-        # Bytes made for this very key (a build killed before its lock write) are planned like any
-        # output; any others are a hand edit, never overwritten: accept them or --replace.
-        made = store.key_record(key.key) if key is not None else None
-        if made is None or made.sha256 != current:
-            return Step(asset, DRIFTED, [], seed, None, None, entry.sha256)
+    """The action for one asset given its inputs' digests (None: an input still to be made).
+    The key decides first: only an unchanged key can find its output `drifted`."""
+    current = Current(facts.store, asset.out)
+    generator = facts.generator
+    known = [d for d in digests if d is not None]
+    complete = len(known) == len(digests)
+    renamed: str | None = None
+    if entry is None and seed is None and complete and asset.id not in facts.options.reseed:
+        renamed, seed = _rename_of(asset, facts, known)
+    key = content_key(asset, generator, seed, known) if seed is not None and complete else None
+    base: dict[str, Any] = {"asset": asset, "seed": seed, "key": key, "reference_digests": digests}
+    unusable = _unusable(facts.store, asset.out, current)
+    if unusable is not None:
+        return Step(action=BLOCKED, reasons=[unusable], **{**base, "key": None})
+    if asset.id in facts.options.replace:
+        return Step(action=REGENERATE, reasons=["replace"], **base)
     if key is None:
-        reasons = (
-            changed(known_parts(asset, generator, seed, reference_digests), entry.parts) if entry else []
-        )
-        return Step(asset, REGENERATE if entry else CREATE, reasons, seed, None, None, None)
-    if replace:
-        return Step(asset, REGENERATE, ["replace"], seed, key, known, None)
+        if entry is None:
+            if current.exists:
+                return Step(action=CONFLICT, output_sha256=current.digest, **base)
+            return Step(action=CREATE, **base)
+        reasons = changed(known_parts(asset, generator, seed, digests), entry.parts)
+        return Step(action=REGENERATE, reasons=reasons, **base)
+    unchanged = entry is not None and entry.key == key.key and entry.out == asset.out
+    if unchanged and entry is not None and current.matches(entry.sha256, entry.size):
+        return Step(action=NONE, output_sha256=entry.sha256, **base)
+    source = facts.sources.find(key.key, asset.out, current)
     if entry is not None and entry.key == key.key:
-        if current == entry.sha256:
-            return Step(asset, NONE, [], seed, key, known, current)
-        cached = store.key_record(key.key)
-        if cached is None and store.has_object(entry.sha256):
-            cached = KeyRecord(
-                entry.sha256, entry.size, entry.provider, entry.seed, entry.task_id, entry.cost_usd
+        if current.exists and (source is None or source.kind != IN_PLACE):
+            # Bytes nobody recorded for this key: a hand edit, never overwritten. Dependents are
+            # planned from the lock's bytes until it is accepted.
+            return Step(action=DRIFTED, reasons=_lfs(facts, asset), output_sha256=entry.sha256, **base)
+        if source is not None:
+            return Step(
+                action=RESTORE,
+                reasons=[_absent(entry, asset)],
+                output_sha256=source.sha256,
+                source=source,
+                **base,
             )
-        if cached is not None:
-            return Step(asset, RESTORE, ["missing"], seed, key, known, cached.sha256, cached)
-        return Step(asset, REGENERATE, ["missing"], seed, key, known, None)
-    reasons = key.changed_parts(entry.parts) if entry is not None else []
-    cached = store.key_record(key.key)
-    if cached is not None:
-        return Step(asset, RESTORE, reasons, seed, key, known, cached.sha256, cached)
-    return Step(asset, REGENERATE if entry else CREATE, reasons, seed, key, known, None)
+        return Step(action=REGENERATE, reasons=["missing"], **base)
+    reasons = changed(key.parts, entry.parts) if entry is not None else []
+    owned = entry is not None and entry.out == asset.out
+    if current.exists and not owned and (source is None or source.kind != IN_PLACE):
+        # A file flexforge never made for this asset (an agency's image): never overwritten.
+        return Step(action=CONFLICT, reasons=_lfs(facts, asset), output_sha256=current.digest, **base)
+    if source is not None:
+        origin = source.origin
+        if entry is None and (renamed or (origin is not None and origin in facts.orphans)):
+            return Step(
+                action=RENAME,
+                reasons=[f"from {renamed or origin}"],
+                output_sha256=source.sha256,
+                source=source,
+                **base,
+            )
+        return Step(action=RESTORE, reasons=reasons, output_sha256=source.sha256, source=source, **base)
+    return Step(action=REGENERATE if entry else CREATE, reasons=reasons, **base)
+
+
+def _lfs(facts: Facts, asset: Asset) -> list[str]:
+    return [LFS_REASON] if facts.sources.lfs_pointer(asset.out) else []
+
+
+def _absent(entry: LockEntry, asset: Asset) -> str:
+    return "missing" if entry.out == asset.out else "moved"
+
+
+def _rename_of(asset: Asset, facts: Facts, digests: list[str]) -> tuple[str | None, int | None]:
+    """(old id, its pinned seed) when a new, seedless asset asks exactly what an orphaned entry
+    was built for: a renamed id keeps its seed, and so its image."""
+    for old_id, orphan in sorted(facts.orphans.items()):
+        if content_key(asset, facts.generator, orphan.seed, digests).key == orphan.key:
+            return old_id, orphan.seed
+    return None, None
+
+
+def _unusable(store: Store, rel: str, current: Current) -> str | None:
+    """Why the output path cannot be read or replaced (a folder, a FIFO, a file this user may not
+    read), or None; stats the path only when something is there."""
+    if not current.exists:
+        return None
+    path = store.root / rel
+    if current.size == -1:
+        from flexforge.fsutil import open_regular
+
+        try:
+            os.close(open_regular(path, follow=True))
+        except OSError as exc:
+            return unusable_output(rel, exc)
+    elif not os.access(path, os.R_OK):
+        return unusable_output(rel, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+    return None
 
 
 def unusable_output(out: str, exc: OSError) -> str:
@@ -176,31 +289,37 @@ def make_plan(
     provider: str,
     generator: str,
     options: PlanOptions,
+    sources: Sources | None = None,
 ) -> Plan:
     check_options(manifest, options)
     selected = select(manifest, options.targets)
+    facts = Facts.gather(manifest, lock, store, generator, options, sources)
     outputs: dict[str, str | None] = {}
-    pinned = store.pinned_seeds()
     steps = []
     for asset_id in selected:
-        asset = manifest.assets[asset_id]
-        entry = lock.entries.get(asset_id)
-        seed = resolve_seed(asset, entry, asset_id in options.reseed, pinned.get(asset_id))
-        digests = reference_digests(asset, store, outputs)
-        step = decide(asset, entry, store, generator, seed, digests, replace=asset_id in options.replace)
+        step = step_for(manifest.assets[asset_id], facts, outputs)
         outputs[asset_id] = step.output_sha256
         steps.append(step)
+    _mark_resumes(steps, store, provider)
     if generator != "draft":
         _estimate(steps, manifest, store)
-    orphaned = sorted(set(lock.entries) - set(manifest.assets))
-    return Plan(manifest, provider, generator, steps, orphaned)
+    return Plan(manifest, provider, generator, steps, sorted(facts.orphans), facts)
+
+
+def _mark_resumes(steps: list[Step], store: Store, provider: str) -> None:
+    """A task an interrupted build already paid for (journaled) is picked up, not paid again."""
+    for step in steps:
+        if step.action in GENERATES and step.key is not None and "replace" not in step.reasons:
+            entry = store.journal_get(step.key.key)
+            if entry is not None and entry.provider == provider:
+                step.reasons.append(RESUME)
 
 
 def _estimate(steps: list[Step], manifest: Manifest, store: Store) -> None:
     from flexforge.pricing import estimate_usd
 
     for step in steps:
-        if step.action in GENERATES:
+        if step.action in GENERATES and RESUME not in step.reasons:
             sizes = [_reference_size(ref, manifest) for ref in step.asset.references]
             step.estimated_cost_usd = estimate_usd(
                 step.asset.model, step.asset.width, step.asset.height, [s for s in sizes if s]

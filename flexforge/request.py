@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FLEX_MODEL = "flux-2-flex"
+from flexforge.models import FLEX_MODEL
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,8 @@ class LedgerEntry:
     task_id: str
     cost_usd: float
     cost_credits: float | None = None
+    model: str | None = None  # for `flexforge cost --by model`; absent in older lines
+    run: str | None = None  # the build that paid it, for `flexforge cost --by run`
 
     def check(self) -> None:
         _require(ASSET_ID.match(self.asset) is not None, "asset is not an asset id")
@@ -319,26 +321,21 @@ class Store:
             return False
         return path.is_file() and not path.is_symlink()
 
-    def put_object(self, data: bytes) -> str:
+    def put_object(self, data: bytes, *, durable: bool = False) -> str:
+        """Cache `data`. Not fsynced unless `durable` (a paid image, whose journal entry goes
+        next): the rest can be rebuilt, and restores check the digest first."""
         self.ensure()
         digest = sha256_bytes(data)
         path = self.object_path(digest)
         if not self.has_object(digest):
-            # Not fsynced here: the cache can be rebuilt, and restores check the digest first.
-            # A paid image's object is made durable before its journal entry goes (sync_object).
-            atomic_write(path, data, durable=False)
+            atomic_write(path, data, durable=durable)
+        elif durable:  # cached earlier without fsync: make those bytes durable now
+            fd = open_regular(path)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return digest
-
-    def sync_object(self, sha256: str) -> None:
-        """Make a cached object durable: what a paid image must be before its journal entry goes."""
-        from flexforge.fsutil import fsync_dir
-
-        fd = open_regular(self.object_path(sha256))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(self.object_path(sha256).parent)
 
     def read_object(self, sha256: str) -> bytes | None:
         """A cached object's bytes if present and intact; a damaged one is dropped."""
@@ -426,20 +423,6 @@ class Store:
     def _journal_path(self, key: str) -> Path:
         return self._path("journal", f"{key}.json")
 
-    def check_journal_writable(self) -> None:
-        """Before the first paid submission: a journal that cannot be written (a full disk, a
-        read-only mount) would leave paid tasks unrecorded, so nothing is submitted."""
-        self.ensure()
-        folder = self._journal_path("probe").parent
-        try:
-            probe_writable(folder)
-        except OSError as exc:
-            raise FlexforgeError(
-                f"cannot write to {self._label(folder)} ({exc.strerror or type(exc).__name__}): "
-                "flexforge records each paid task there before waiting on it, so it submits "
-                "nothing; free some space or make the folder writable, then build again"
-            ) from None
-
     def journal_get(self, key: str) -> JournalEntry | None:
         """The journaled task for `key`. One that is not this machine's, or not well formed, is
         moved to `journal/set-aside/` with a warning: never polled, never lost."""
@@ -471,6 +454,19 @@ class Store:
         entry.check()
         # fsynced: the record must be on disk before we wait on a task we are paying for.
         self._write_record("journal", self._journal_path(entry.key), entry.key, entry, durable=True)
+
+    def check_journal_writable(self) -> None:
+        """Before the first paid submission: a journal that cannot be written (a full disk, a
+        read-only mount) would leave paid tasks unrecorded, so nothing is submitted."""
+        self.ensure()
+        try:
+            probe_writable(self._path("journal", "probe").parent)
+        except OSError as exc:
+            raise FlexforgeError(
+                f"cannot write to {self.dir.name}/journal ({exc.strerror or type(exc).__name__}): "
+                "flexforge records each paid task there before waiting on it, so it submits "
+                "nothing; free some space or make the folder writable, then build again"
+            ) from None
 
     def journal_remove(self, key: str) -> None:
         self._journal_path(key).unlink(missing_ok=True)

@@ -137,7 +137,7 @@ def test_a_journaled_polling_url_on_another_host_than_todays_base_gets_no_key(
         assert api.received == []
         assert result.exit_code == 0, result.stderr
         assert [seen.path for seen in moved.received][:1] == ["/v1/flux-2-flex"]
-    assert "task-1" in result.stderr and "set aside" in result.stderr and "127.0.0.1" in result.stderr
+    assert "task-1" in result.stderr and "dropped" in result.stderr and "127.0.0.1" in result.stderr
 
 
 def test_the_emulator_provider_never_sends_the_real_keys(

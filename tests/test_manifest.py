@@ -102,8 +102,12 @@ def test_every_error_is_reported_at_once_with_its_line(project: Project) -> None
     assert "flexforge.yaml:3:3: defaults.stpes: unknown key 'stpes' (did you mean 'steps'?)" in lines
     assert "flexforge.yaml:7:12: assets.hero.steps: 80 is greater than the maximum of 50" in lines
     assert "flexforge.yaml:8:12: assets.hero.width: 1000 is not a multiple of 16" in lines
-    assert "flexforge.yaml:12:5: assets.pro.guidance: 'guidance' is not allowed on flux-2-pro" not in lines
-    assert len(lines) == 3  # semantic checks wait until the structure is sound
+    # Semantic errors come in the same run as the schema's, sorted by line.
+    assert (
+        "flexforge.yaml:12:5: assets.pro.guidance: 'guidance' applies to flux-2-flex only, not flux-2-pro"
+        in lines
+    )
+    assert len(lines) == 4
 
 
 def test_semantic_errors_are_all_reported(project: Project) -> None:
@@ -353,3 +357,73 @@ def test_bad_reference_images_are_refused_before_any_call(project: Project) -> N
         "references.1: reference 'refs/huge.png': 5000x5000 is 25.0 MP; the API takes at most 20 MP" in text
     )
     assert "references.2: reference 'refs/bomb.png': declares an absurd pixel count" in text
+
+
+def test_duplicates_schema_semantics_and_cycles_in_one_run_sorted_by_line(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        vars: {brand: A}
+        assets:
+          a: {prompt: "uses {nope}", references: [b]}
+          b: {prompt: x, references: [a], width: 1000}
+          c: {prompt: x, prompt: y}
+          d: {prompt: x, references: [missing.png]}
+    """)
+    lines = errors(project)
+    text = "\n".join(lines)
+    assert "duplicate key 'prompt'" in text
+    assert "assets.b.width: 1000 is not a multiple of 16" in text
+    assert "unknown" in text and "nope" in text
+    assert "missing.png" in text
+    assert "dependency cycle: a -> b -> a" in text or "dependency cycle: b -> a -> b" in text
+    numbers = [int(line.split(":")[1]) for line in lines]
+    assert numbers == sorted(numbers)
+
+
+def test_assets_and_vars_named_like_credentials_are_just_names(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        vars: {token: Brew}
+        assets:
+          key: {prompt: "a {token} poster"}
+          secret: {prompt: b, references: [key]}
+    """)
+    result = project.run("validate")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_final_size_alone_implies_the_smallest_covering_generated_size(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        defaults: {width: 512, height: 512}
+        assets:
+          square: {prompt: a, final_size: 1080x1080}
+          thin: {prompt: b, final_size: 30x100}
+          fixed: {prompt: c, final_size: 500x500, width: 512, height: 512}
+    """)
+    assets = load_manifest(project.root / "flexforge.yaml").assets
+    assert (assets["square"].width, assets["square"].height) == (1088, 1088)
+    assert (assets["thin"].width, assets["thin"].height) == (64, 112)
+    assert (assets["fixed"].width, assets["fixed"].height) == (512, 512)
+
+
+def test_two_manifests_in_one_folder_writing_the_same_path_is_an_error(project: Project) -> None:
+    project.write(
+        "site.yaml", "version: 1\nassets:\n  hero: {prompt: a}\n  logo: {prompt: b, out: img/logo.png}\n"
+    )
+    project.write(
+        "ads.yaml", "version: 1\nassets:\n  hero: {prompt: c}\n  mark: {prompt: d, out: img/logo.png}\n"
+    )
+    project.write("notes.yaml", "just: notes\n")
+    result = project.run("-f", "site.yaml", "validate")
+    assert result.exit_code == 1
+    assert (
+        "site.yaml:3:3: assets.hero: 'assets/hero.png' is also written by asset 'hero' of ads.yaml"
+        in result.stderr
+    )
+    assert (
+        "site.yaml:4:26: assets.logo.out: 'img/logo.png' is also written by asset 'mark' of ads.yaml"
+        in result.stderr
+    )
+    project.write("ads.yaml", "version: 1\nassets:\n  hero: {prompt: c, out: ads/hero.png}\n")
+    assert project.run("-f", "site.yaml", "validate").exit_code == 0

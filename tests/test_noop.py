@@ -67,7 +67,7 @@ def test_a_hand_edited_output_falls_through(built: Project) -> None:
 
 def test_another_provider_or_lock_falls_through(built: Project) -> None:
     result = flexforge(built, "plan", env={"FLEXFORGE_PROVIDER": "bfl"})
-    assert "regenerate (model)" in result.stdout
+    assert "regenerate (generator: draft -> flux)" in result.stdout
     lock = built.root / "flexforge.lock"
     doc = json.loads(lock.read_text())
     doc["assets"]["b"]["key"] = "0" * 64

@@ -1,45 +1,29 @@
-"""`flexforge accept ID`: adopt hand-edited output bytes into the lock."""
+"""`flexforge accept ID`: adopt the bytes at an asset's output path (a hand edit, an agency's
+image) as that asset's output in the lock."""
 
 from __future__ import annotations
 
+import secrets
+
 import click
 
-from flexforge.context import GlobalOptions, Project, open_project
+from flexforge.context import GlobalOptions, Project, choose_provider, open_project
 from flexforge.errors import EXIT_OK, FlexforgeError, clip
 from flexforge.fsutil import FileTooLarge, read_regular
-from flexforge.keys import ContentKey, content_key
-from flexforge.planner import reference_digests, resolve_seed, unusable_output
+from flexforge.imaging import ImageCheckError, lfs_pointer, verify_image
+from flexforge.lockfile import LockEntry
+from flexforge.options import PlanOptions
+from flexforge.planner import NONE, Facts, Step, step_for, unusable_output
 from flexforge.store import KeyRecord
 
 MAX_ACCEPTED_BYTES = 256 * 2**20  # a link to /dev/zero stops here
 
 
-def current_key(project: Project, asset_id: str, generator: str) -> ContentKey:
-    """The key of `asset_id` from the manifest and the files on disk as they are now."""
-    asset = project.manifest.assets[asset_id]
-    entry = project.lock.entries.get(asset_id)
-    seed = resolve_seed(asset, entry, reseed=False)
-    upstream = {ref: project.store.digest(project.manifest.assets[ref].out) for ref in asset.asset_refs}
-    digests = reference_digests(asset, project.store, upstream)
-    missing = [ref for ref, d in zip(asset.references, digests, strict=True) if d is None]
-    if seed is None or missing:
-        raise FlexforgeError(
-            f"{asset_id}: {'its reference ' + missing[0] + ' is missing' if missing else 'no seed yet'}; "
-            f"run `flexforge build {asset_id}` first"
-        )
-    return content_key(asset, generator, seed, [d for d in digests if d is not None])
-
-
 def accept(opts: GlobalOptions, asset_id: str) -> int:
     project = open_project(opts)
-    asset = project.manifest.assets.get(asset_id)
-    if asset is None:
-        raise FlexforgeError(f"no asset {asset_id!r} in {project.manifest.label}")
+    asset = project.manifest.require(asset_id)
     # The lock is read under the build lock: a build running now may be about to rewrite it.
     with project.store.build_lock():
-        entry = project.lock.entries.get(asset_id)
-        if entry is None:
-            raise FlexforgeError(f"{asset_id} has never been built; run `flexforge build {asset_id}` first")
         path = project.manifest.root / asset.out
         try:
             data = read_regular(path, MAX_ACCEPTED_BYTES)
@@ -47,19 +31,36 @@ def accept(opts: GlobalOptions, asset_id: str) -> int:
             raise FlexforgeError(f"{clip(asset.out, 120)} does not exist; nothing to accept") from None
         except FileTooLarge:
             raise FlexforgeError(f"{clip(asset.out, 120)} is larger than any image flexforge makes") from None
-        except OSError as exc:
+        except OSError as exc:  # a folder, a FIFO, a file this user may not read
             raise FlexforgeError(f"{asset_id}: {unusable_output(asset.out, exc)}") from None
-        sha = project.store.put_object(data)
-        if sha == entry.sha256:
+        _check(data, project, asset_id)
+        entry = project.lock.entries.get(asset_id)
+        # The generator of the entry being replaced keys the adopted bytes; a new entry takes
+        # the project's default provider's generator.
+        generator = entry.generator if entry else choose_provider(None, project.manifest.settings)[1]
+        step = _step(project, asset_id, generator)
+        if step.action == NONE:
             click.echo(f"{asset_id}: {asset.out} already matches the lock; nothing to accept")
             return EXIT_OK
-        # Adopt the bytes for the manifest as it is now, so the next plan finds them up to date.
-        key = current_key(project, asset_id, entry.generator)
-        entry.key, entry.parts = key.key, key.parts
-        entry.sha256, entry.size, entry.out = sha, len(data), asset.out
+        sha = project.store.put_object(data)
+        assert step.key is not None and step.seed is not None
+        adopted = LockEntry(
+            key=step.key.key,
+            parts=step.key.parts,
+            seed=step.seed,
+            model=asset.model,
+            generator=generator,
+            provider=entry.provider if entry else "accepted",
+            out=asset.out,
+            sha256=sha,
+            size=len(data),
+            task_id=entry.task_id if entry else None,
+            cost_usd=entry.cost_usd if entry else None,
+        )
+        project.lock.entries[asset_id] = adopted
         # The accepted bytes now stand for this key: a later restore brings them back, not the old.
-        record = KeyRecord(sha, len(data), entry.provider, entry.seed, entry.task_id, entry.cost_usd)
-        project.store.put_key_record(entry.key, record)
+        record = KeyRecord(sha, len(data), adopted.provider, adopted.seed, adopted.task_id, adopted.cost_usd)
+        project.store.put_key_record(adopted.key, record)
         project.store.remember_written(asset.out, sha)
         project.lock.save()
         project.store.save()
@@ -68,3 +69,40 @@ def accept(opts: GlobalOptions, asset_id: str) -> int:
         "assets built on it will regenerate"
     )
     return EXIT_OK
+
+
+def _check(data: bytes, project: Project, asset_id: str) -> None:
+    """Adopt only a real image of the declared format and size: the key will claim it is."""
+    asset = project.manifest.assets[asset_id]
+    if lfs_pointer(data):
+        raise FlexforgeError(
+            f"{asset.out} is a Git LFS pointer, not the image: run `git lfs pull`, then accept again"
+        )
+    width, height = asset.final_size or (asset.width, asset.height)
+    try:
+        verify_image(data, width, height, asset.output_format)
+    except ImageCheckError as exc:
+        raise FlexforgeError(
+            f"{asset.out} cannot be {asset_id}'s output: {exc}; change the asset's width, height or "
+            "output_format in the manifest to match the file, or convert the file"
+        ) from None
+
+
+def _step(project: Project, asset_id: str, generator: str) -> Step:
+    """What the asset needs with its upstream outputs as they are on disk now; a seed is drawn
+    and pinned for an asset that has none (an agency's image joining the set)."""
+    manifest = project.manifest
+    asset = manifest.assets[asset_id]
+    facts = Facts.gather(manifest, project.lock, project.store, generator, PlanOptions())
+    upstream = {ref: project.store.digest(manifest.assets[ref].out) for ref in asset.asset_refs}
+    step = step_for(asset, facts, upstream)
+    missing = [r for r, d in zip(asset.references, step.reference_digests or [], strict=True) if d is None]
+    if missing:
+        raise FlexforgeError(
+            f"{asset_id}: its reference {missing[0]} is missing; run `flexforge build {asset_id}` first"
+        )
+    if step.seed is None:
+        seed = secrets.randbelow(2**32)
+        project.store.pin_seed(asset_id, seed)
+        step = step_for(asset, facts, upstream, seed=seed)
+    return step

@@ -14,8 +14,9 @@ from flexforge import knobs
 from flexforge.commands.plan import compute_plan, print_plan
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_ERROR, EXIT_OK, FlexforgeError
-from flexforge.options import BuildOptions, PlanOptions
-from flexforge.planner import DRIFTED, GENERATES, Plan
+from flexforge.options import BuildFlags, BuildOptions, PlanOptions
+from flexforge.planner import CONFLICT, DRIFTED, GENERATES, HELD, Plan, Step
+from flexforge.text import plural
 
 if TYPE_CHECKING:
     from flexforge.engine import Builder, BuildResult
@@ -29,7 +30,7 @@ def build(
     opts: GlobalOptions,
     plan_options: PlanOptions,
     provider: str | None,
-    options: BuildOptions,
+    flags: BuildFlags,
     *,
     dry_run: bool,
     frozen: bool,
@@ -57,11 +58,13 @@ def build(
             read_only = exc
         # The lock is first read here, under the build lock: another build may just have written it.
         plan = compute_plan(project, plan_options, provider)
+        options = flags.resolve(project.manifest.settings)
         if frozen:
             _check_frozen(plan)
+        _check_budget(plan, options)
         if not plan.has_changes:
             if not opts.quiet:
-                click.echo(f"Up to date: {len(plan.steps)} assets.")
+                click.echo(f"Up to date: {plural(len(plan.steps), 'asset')}.")
             return EXIT_OK
         if read_only is not None:
             raise FlexforgeError(
@@ -76,16 +79,39 @@ def build(
 _READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
-def _check_frozen(plan: Plan) -> None:
-    stale = [s for s in plan.steps if s.action in GENERATES or s.action == DRIFTED]
-    if stale:
-        listed = ", ".join(
-            f"{s.asset.id} ({s.action}{': ' + ', '.join(s.reasons) if s.reasons else ''})" for s in stale
-        )
+def _check_budget(plan: Plan, options: BuildOptions) -> None:
+    """`refuse`: all or nothing, for whoever owns the budget; a journaled task costs nothing."""
+    limit = options.max_cost_usd
+    if limit is not None and options.max_cost_policy == "refuse" and plan.estimated_cost_usd > limit + 1e-9:
         raise FlexforgeError(
-            f"--frozen: {len(stale)} asset{'s' if len(stale) != 1 else ''} would be generated or "
-            f"differ from the lock: {listed}. Run `flexforge build` and commit the result."
+            f"the plan's estimate ${plan.estimated_cost_usd:.2f} is over the limit ${limit:.2f} "
+            "(max_cost_policy refuse); nothing was started. Build fewer assets (flexforge build ID...) "
+            "or raise --max-cost"
         )
+
+
+def _check_frozen(plan: Plan) -> None:
+    stale = [s for s in plan.steps if s.action in GENERATES or s.action in HELD]
+    if stale:
+        listed = ", ".join(f"{s.asset.id} ({s.action}{': ' + s.detail if s.detail else ''})" for s in stale)
+        raise FlexforgeError(
+            f"--frozen: {plural(len(stale), 'asset')} would be generated or differ from the lock: "
+            f"{listed}. {_frozen_hint(stale)}"
+        )
+
+
+def _frozen_hint(stale: list[Step]) -> str:
+    """The fix that fits what was found, most specific first."""
+    held = [s.asset.id for s in stale if s.action in HELD]
+    if held:
+        return (
+            f"Keep the files with `flexforge accept {held[0]}`, or overwrite them with "
+            f"`flexforge build --replace {held[0]}`; then commit."
+        )
+    deleted = [s.asset.out for s in stale if s.reasons == ["missing"]]
+    if len(deleted) == len(stale):
+        return f"A committed output was deleted: `git checkout -- {' '.join(deleted)}` brings it back."
+    return "Run `flexforge build` and commit the result."
 
 
 def _execute(
@@ -172,11 +198,13 @@ def _summarise(
         f"{result.count(RESTORED)} restored",
         f"{result.count(UP_TO_DATE)} up to date",
     ]
-    for kind in (DRIFTED, FAILED, SKIPPED):
+    for kind in (DRIFTED, CONFLICT, FAILED, SKIPPED):
         if result.count(kind):
             counts.append(f"{result.count(kind)} {kind}")
     if plan.orphaned:
-        counts.append(f"{len(plan.orphaned)} orphaned dropped from the lock")
+        counts.append(
+            f"{plural(len(plan.orphaned), 'orphaned entry', 'orphaned entries')} dropped from the lock"
+        )
     money = ""
     if plan.generator != "draft":
         money = f"; estimated ${result.estimated_cost_usd:.2f}, actual ${result.actual_cost_usd:.2f}"

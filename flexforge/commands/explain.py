@@ -8,23 +8,26 @@ import click
 
 from flexforge.commands.plan import compute_plan
 from flexforge.context import GlobalOptions, open_project
-from flexforge.errors import EXIT_OK, UsageError
-from flexforge.keys import PARTS, request_params
+from flexforge.errors import EXIT_OK
+from flexforge.keys import PARTS, known_parts, request_params
 from flexforge.options import PlanOptions
+from flexforge.planner import DRIFTED, Step
 
 
 def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
     project = open_project(opts)
-    if asset_id not in project.manifest.assets:
-        raise UsageError(f"unknown asset id: {asset_id}")
+    project.manifest.require(asset_id)
     plan = compute_plan(project, PlanOptions(targets=frozenset([asset_id])), provider)
     step = next(s for s in plan.steps if s.asset.id == asset_id)
     asset = step.asset
     entry = project.lock.entries.get(asset_id)
     echo = click.echo
-    echo(f"{asset_id}: {step.action}" + (f" ({', '.join(step.reasons)})" if step.reasons else ""))
+    echo(f"{asset_id}: {step.action}" + (f" ({step.detail})" if step.detail else ""))
     echo(f"  model     {asset.model} via {plan.provider} (generator: {plan.generator})")
     echo(f"  out       {asset.out}")
+    if step.action == DRIFTED and entry is not None:
+        echo(f"  on disk   sha256 {step.output_sha256}")
+        echo(f"  lock      sha256 {entry.sha256}")
     seed_note = (
         "manifest"
         if asset.seed is not None
@@ -33,16 +36,37 @@ def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
     echo(f"  seed      {step.seed if step.seed is not None else '-'} ({seed_note})")
     echo("  params    " + json.dumps(request_params(asset), sort_keys=True, allow_nan=False))
     echo("  prompt    " + asset.prompt)
-    for i, ref in enumerate(asset.references):
-        digest = step.reference_digests[i] if step.reference_digests else None
+    digests = step.reference_digests or [None] * len(asset.references)
+    for i, (ref, digest) in enumerate(zip(asset.references, digests, strict=True)):
         kind = "asset" if ref in asset.asset_refs else "file"
-        echo(f"  image {i + 1}   {ref} ({kind}) sha256 {digest or 'not yet built'}")
+        missing = "to be built first" if kind == "asset" else "missing"
+        echo(f"  image {i + 1}   {ref} ({kind}) sha256 {digest or missing}")
     echo("  key parts (lock -> now):")
+    now = _parts_now(step, plan.generator)
     for part in PARTS:
         old = entry.parts.get(part, "-") if entry else "-"
-        new = step.key.parts[part] if step.key else "?"
-        mark = "  " if old == new else "* "
+        new = now.get(part, "?")
+        # An unknown part (an upstream output still to be made) is marked only as unknown.
+        mark = "  " if old == new else ("? " if new == "?" else "* ")
         echo(f"    {mark}{part:<10} {old} -> {new}")
     new_key = step.key.key if step.key else "unknown until its inputs are built"
     echo(f"  key       {entry.key if entry else '-'} -> {new_key}")
     return EXIT_OK
+
+
+def _parts_now(step: Step, generator: str) -> dict[str, str]:
+    """Every part that can be told now: all of them when the key is known, else those that do
+    not wait on an upstream output or a seed still to be drawn."""
+    if step.key is not None:
+        return step.key.parts
+    digests = step.reference_digests or [None] * len(step.asset.references)
+    parts = known_parts(step.asset, generator, step.seed, digests)
+    if step.seed is None:
+        parts.pop("seed")
+    if None in [d for r, d in zip(step.asset.references, digests, strict=True) if r in step.asset.asset_refs]:
+        parts.pop("upstream")
+    if None in [
+        d for r, d in zip(step.asset.references, digests, strict=True) if r not in step.asset.asset_refs
+    ]:
+        parts.pop("references")
+    return parts

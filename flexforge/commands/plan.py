@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
@@ -12,28 +13,42 @@ from flexforge.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
 from flexforge.options import PlanOptions
 from flexforge.planner import (
     BLOCKED,
+    CONFLICT,
     CREATE,
     DRIFTED,
     NONE,
     REGENERATE,
+    RENAME,
     RESTORE,
     Plan,
     make_plan,
 )
+from flexforge.settings import PROVIDER_ENV
 
-MARKS = {CREATE: "+", REGENERATE: "~", RESTORE: "<", DRIFTED: "!", NONE: "=", BLOCKED: "x"}
+MARKS = {
+    CREATE: "+",
+    REGENERATE: "~",
+    RESTORE: "<",
+    RENAME: ">",
+    DRIFTED: "!",
+    CONFLICT: "!",
+    NONE: "=",
+    BLOCKED: "x",
+}
 
 
 def compute_plan(project: Project, options: PlanOptions, provider: str | None) -> Plan:
-    name, generator = choose_provider(provider)
-    plan = make_plan(project.manifest, project.lock, project.store, name, generator, options)
+    name, generator = choose_provider(provider, project.manifest.settings)
+    plan = make_plan(
+        project.manifest, project.lock, project.store, name, generator, options, project.sources()
+    )
     project.store.save()  # keep the digests we just computed, so the next plan hashes nothing
     if options == PlanOptions() and not plan.has_changes:
-        _remember_noop(project, plan)
+        _remember_noop(project, plan, by_default=provider is None and PROVIDER_ENV not in os.environ)
     return plan
 
 
-def _remember_noop(project: Project, plan: Plan) -> None:
+def _remember_noop(project: Project, plan: Plan, *, by_default: bool) -> None:
     from flexforge import noop
 
     try:
@@ -51,6 +66,7 @@ def _remember_noop(project: Project, plan: Plan) -> None:
         len(plan.steps),
         list(files),
         summary_line(plan),
+        by_default=by_default,
     )
 
 
@@ -63,6 +79,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "id": s.asset.id,
                 "action": s.action,
                 "reasons": s.reasons,
+                "source": s.source.label if s.source is not None else None,
                 "out": s.asset.out,
                 "model": s.asset.model,
                 "estimated_cost_usd": s.estimated_cost_usd,
@@ -80,10 +97,14 @@ def summary_line(plan: Plan) -> str:
         f"{plan.count(REGENERATE)} to regenerate",
         f"{plan.count(RESTORE)} to restore",
     ]
-    if plan.count(DRIFTED):
-        parts.append(f"{plan.count(DRIFTED)} drifted")
-    if plan.count(BLOCKED):
-        parts.append(f"{plan.count(BLOCKED)} blocked")
+    for action, label in (
+        (RENAME, "renamed"),
+        (DRIFTED, "drifted"),
+        (CONFLICT, "in conflict"),
+        (BLOCKED, "blocked"),
+    ):
+        if plan.count(action):
+            parts.append(f"{plan.count(action)} {label}")
     parts.append(f"{plan.count(NONE)} up to date")
     if plan.orphaned:
         parts.append(f"{len(plan.orphaned)} orphaned")
@@ -96,7 +117,7 @@ def summary_line(plan: Plan) -> str:
 def print_plan(plan: Plan, opts: GlobalOptions) -> None:
     shown = [s for s in plan.steps if s.action != NONE or opts.verbose]
     width = max((len(s.asset.id) for s in shown), default=0)
-    actions = [s.action + (f" ({', '.join(s.reasons)})" if s.reasons else "") for s in shown]
+    actions = [s.action + (f" ({s.detail})" if s.detail else "") for s in shown]
     action_width = max((len(a) for a in actions), default=0)
     for step, action in zip(shown, actions, strict=True):
         cost = f"  ~${step.estimated_cost_usd:.4f}" if step.estimated_cost_usd else ""
@@ -111,8 +132,8 @@ def print_plan(plan: Plan, opts: GlobalOptions) -> None:
 
 
 def _colour(action: str) -> str:
-    colours = {CREATE: "green", REGENERATE: "yellow", RESTORE: "cyan", DRIFTED: "red", BLOCKED: "red"}
-    return colours.get(action, "white")
+    colours = {CREATE: "green", REGENERATE: "yellow", RESTORE: "cyan", RENAME: "cyan"}
+    return {**colours, DRIFTED: "red", CONFLICT: "red", BLOCKED: "red"}.get(action, "white")
 
 
 def plan(

@@ -12,6 +12,7 @@ from flexforge.context import GlobalOptions, open_project
 from flexforge.errors import EXIT_OK
 from flexforge.options import PlanOptions
 from flexforge.planner import BLOCKED, NONE
+from flexforge.text import plural
 
 
 def status(opts: GlobalOptions, provider: str | None, *, as_json: bool) -> int:
@@ -35,8 +36,16 @@ def status(opts: GlobalOptions, provider: str | None, *, as_json: bool) -> int:
             }
         )
     total = round(sum(r["cost_usd"] or 0.0 for r in rows), 6)
+    # Everything billed, rerolls and replaced images included: the lock only holds the survivors.
+    spent = round(sum(e.cost_usd for e in project.store.ledger()), 6)
     if as_json:
-        doc = {"version": 1, "assets": rows, "orphaned": plan.orphaned, "total_cost_usd": total}
+        doc = {
+            "version": 1,
+            "assets": rows,
+            "orphaned": plan.orphaned,
+            "total_cost_usd": total,
+            "spent_usd": spent,
+        }
         click.echo(json.dumps(doc, indent=2, allow_nan=False))
         return EXIT_OK
     width = max((len(r["id"]) for r in rows), default=2)
@@ -51,5 +60,8 @@ def status(opts: GlobalOptions, provider: str | None, *, as_json: bool) -> int:
     for orphan in plan.orphaned:
         click.echo(f"  {orphan:<{width}}  orphaned")
     fresh = sum(1 for r in rows if r["up_to_date"])
-    click.echo(f"{fresh}/{len(rows)} up to date; spent ${total:.2f} on the assets in the lock.")
+    click.echo(
+        f"{fresh}/{plural(len(rows), 'asset')} up to date; the lock's images cost ${total:.2f}; "
+        f"${spent:.2f} spent in total by builds on this machine (`flexforge cost`)."
+    )
     return EXIT_OK

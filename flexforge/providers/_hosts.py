@@ -69,6 +69,13 @@ class KeyPolicy:
                 raise UrlRefused(f"it is plain http to {host}; the key goes to {domain} over https only")
         raise UrlRefused(f"its host {host} is not {self.describe()}")
 
+    def check_task(self, task_id: str, polling_url: str) -> httpx.URL:
+        """`check` for a task's polling URL, refusing a task id that holds the key too (the id
+        is written to the journal, the ledger and the lock)."""
+        if self.contains_key(task_id):
+            raise UrlRefused("its task id contains the API key")
+        return self.check(polling_url)
+
     def describe(self) -> str:
         """The allowed hosts, for messages: "api.bfl.ai or *.bfl.ai over https"."""
         base = httpx.URL(self.base_url)

@@ -92,9 +92,8 @@ class HttpSettings:
     def __post_init__(self) -> None:
         # A NaN or zero deadline would fail (or never end) every download.
         if not (math.isfinite(self.download_timeout) and self.download_timeout > 0):
-            raise UsageError(
-                f"FLEXFORGE_DOWNLOAD_TIMEOUT must be a number of seconds above 0, got {self.download_timeout}"
-            )
+            got = self.download_timeout
+            raise UsageError(f"FLEXFORGE_DOWNLOAD_TIMEOUT must be a number of seconds above 0, got {got}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HttpSettings:
@@ -249,6 +248,10 @@ class FluxHttpProvider:
             except httpx.TransportError as exc:
                 failures += 1
                 reason = _describe_transport(exc)
+                if isinstance(exc, httpx.ConnectError):
+                    # Name the place and the likely fix: a typo'd base URL, an emulator not started.
+                    where = f"{self.dialect.service} at {self.base_url}"
+                    reason = f"cannot connect to {where} ({reason}); {UNREACHABLE_HINT}"
                 if phase == "submit" and isinstance(exc, _MAYBE_DELIVERED):
                     reason += (
                         f"; the response to this submission was lost, so {self.dialect.service}"
@@ -446,11 +449,8 @@ class _TaskRun:
         polling_url = payload.get("polling_url")
         if not isinstance(polling_url, str) or not polling_url:
             polling_url = self.p.result_url(task_id)
-        policy = self.p.key_policy
         try:
-            if policy.contains_key(task_id):
-                raise UrlRefused("its task id contains the API key")
-            policy.check(polling_url)
+            self.p.key_policy.check_task(task_id, polling_url)
         except UrlRefused as exc:
             # Not journaled: no request goes there now, and none from a later build either.
             raise self.p.error(
@@ -467,15 +467,12 @@ class _TaskRun:
     def _may_resume(self, entry: JournalEntry) -> bool:
         """Whether the key may go to the journaled task's polling URL; says why not if not.
         The journal may come from a cloned repository, so its URL is as untrusted as an answer."""
-        policy = self.p.key_policy
         try:
-            if policy.contains_key(entry.task_id):
-                raise UrlRefused("its task id contains the API key")
-            policy.check(entry.polling_url)
+            self.p.key_policy.check_task(entry.task_id, entry.polling_url)
         except UrlRefused as exc:
             self.task.finished_task()
             self.log(
-                f"warning: the journal entry of task {entry.task_id} from an earlier run is set aside: "
+                f"warning: the journal entry of task {entry.task_id} from an earlier run is dropped: "
                 f"its polling URL is refused ({exc}), so the key is not sent there; submitting anew"
             )
             return False
@@ -655,8 +652,9 @@ async def _read_bounded(response: httpx.Response, limit: int) -> httpx.Response:
     a chunk read off the wire inflates at most about a thousandfold); closed in any case."""
     chunks: list[bytes] = []
     try:
-        declared = response.headers.get("Content-Length", "").strip()
-        if declared.isdigit() and int(declared) > limit:
+        declared = response.headers.get("Content-Length", "").strip().lstrip("0")
+        # (A length of more digits than any limit is refused before int() would balk at it.)
+        if declared.isdigit() and (len(declared) > len(str(limit)) or int(declared) > limit):
             raise _TooLarge(f"it declares {int(declared)} bytes", limit)
         total = 0
         async for chunk in response.aiter_bytes():
@@ -692,6 +690,12 @@ def _retry_after(response: httpx.Response) -> float | None:
         return min(max(0.0, float(value)), 3600.0) if value else None
     except ValueError:
         return None
+
+
+UNREACHABLE_HINT = (
+    "check the network, the base URL (BFL_API_BASE, COMETAPI_BASE, FLEXFORGE_EMULATOR_URL) "
+    "and, for the emulator, that `flexforge emulator` is running"
+)
 
 
 def _describe_transport(exc: httpx.TransportError) -> str:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flexforge.errors import ProviderError
-from flexforge.manifest import BUILTIN_DEFAULTS, FLEX_ONLY, MAX_REFERENCES
+from flexforge.manifest import BUILTIN_DEFAULTS
+from flexforge.models import FLEX_ONLY, MAX_REFERENCES
 from flexforge.request import ImageRequest
 
 # Reference slots in the order the prompt calls them ("image 1", "image 2", ...).

@@ -84,7 +84,7 @@ def test_a_journaled_polling_url_on_another_host_gets_no_request_and_the_asset_i
     assert attacker.received == []
     verify_image(image.data, 128, 96, "png")
     assert emulator.stats()["submissions"] == 1
-    assert any("old-task" in line and "set aside" in line and "localhost" in line for line in task.logs)
+    assert any("old-task" in line and "dropped" in line and "localhost" in line for line in task.logs)
     assert task.finished >= 1  # the engine drops the entry
 
 
@@ -124,7 +124,7 @@ def test_a_polling_url_holding_the_key_is_never_requested_nor_journaled(api: Loo
     assert [seen.path for seen in api.received] == ["/v1/flux-2-flex"]
 
 
-def test_a_journaled_polling_url_holding_the_key_is_set_aside(emulator: RunningEmulator) -> None:
+def test_a_journaled_polling_url_holding_the_key_is_dropped_unrequested(emulator: RunningEmulator) -> None:
     leaky = f"{emulator.url}/cluster-eu2/v1/get_result?id=old&k={SECRET}"
     task = RecordingTask(resumable=journal("old", leaky))
 
@@ -133,7 +133,7 @@ def test_a_journaled_polling_url_holding_the_key_is_set_aside(emulator: RunningE
     assert emulator.stats()["polls"] >= 1 and emulator.stats()["submissions"] == 1
     assert all(SECRET not in line for line in task.logs)
     assert all(SECRET not in url for _, url, _ in task.submissions)
-    assert any("set aside" in line and "contains the API key" in line for line in task.logs)
+    assert any("dropped" in line and "contains the API key" in line for line in task.logs)
 
 
 def test_the_image_download_never_carries_the_key_wherever_it_is(

@@ -125,7 +125,7 @@ def redirect_to(location: str, status: int = 307) -> Responder:
     return respond
 
 
-def endless(*, declared: int | None = None, limit: int = 256 * 2**20, chunk: int = 2**20) -> Responder:
+def endless(*, declared: int | str | None = None, limit: int = 256 * 2**20, chunk: int = 2**20) -> Responder:
     """A body of zeros far larger than any answer should be, with or without a Content-Length."""
 
     def respond(handler: Handler) -> None:

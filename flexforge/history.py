@@ -1,0 +1,240 @@
+"""Git history as a free object store: every version of the lock reachable from HEAD, indexed by
+content key, and the bytes of an old output read back with `git cat-file --batch`.
+
+The index is built once per HEAD and kept in the user's cache folder (extended, not rebuilt,
+when HEAD moves forward), so a plan that needs no history never starts git and one that does
+pays for the history only once. No git, not a repository, a shallow clone: less history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from flexforge.fsutil import atomic_write
+from flexforge.lockfile import parse_entries
+from flexforge.sources import GIT, Source
+
+INDEX_VERSION = 1
+MAX_LOCK_BYTES = 64 * 2**20  # an old lock bigger than this is skipped, not read
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+# Each row: sha256, size, out, commit, seed, task_id, cost_usd, provider, asset id.
+Row = list[Any]
+
+
+class History:
+    """The lock's history in one git repository, seen from one project folder inside it."""
+
+    def __init__(self, toplevel: Path, prefix: str, lock_rel: str, head: str, cache: Path | None) -> None:
+        self.toplevel = toplevel
+        self.prefix = prefix  # the project folder, relative to the repository's top
+        self.lock_rel = lock_rel
+        self.head = head
+        self._cache = cache
+        self._index: dict[str, list[Row]] | None = None
+        self._batch: subprocess.Popen[bytes] | None = None
+        self._mutex = threading.Lock()
+
+    @classmethod
+    def open(cls, root: Path, lock_path: Path, cache_dir: Path | None) -> History | None:
+        """The history of the repository holding `root`, or None (no git, no commit yet)."""
+        try:
+            out = _git(root, "rev-parse", "--show-toplevel", "HEAD").decode().split("\n")
+            toplevel = Path(out[0]).resolve()
+            prefix = root.resolve().relative_to(toplevel).as_posix()
+            lock_rel = lock_path.resolve().relative_to(toplevel).as_posix()
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            return None
+        name = hashlib.sha256(f"{toplevel}\0{lock_rel}".encode()).hexdigest()[:32]
+        cache = cache_dir / f"{name}.json" if cache_dir is not None else None
+        return cls(toplevel, "" if prefix == "." else prefix, lock_rel, out[1].strip(), cache)
+
+    def lookup(self, key: str) -> list[Source]:
+        """Every committed record of bytes made for `key`, newest commit first."""
+        found = []
+        for row in self.index().get(key, ()):
+            with contextlib.suppress(ValueError, TypeError):  # a damaged cache row
+                found.append(_source(row))
+        return found
+
+    def alternates(self, source: Source) -> list[Source]:
+        """Other commits that recorded the same bytes (tried when one's tree lacks the file)."""
+        rows = (row for rows in self.index().values() for row in rows if row[0] == source.sha256)
+        return [s for s in map(_source, rows) if (s.commit, s.path) != (source.commit, source.path)]
+
+    def index(self) -> dict[str, list[Row]]:
+        if self._index is None:
+            self._index = self._load()
+        return self._index
+
+    def _load(self) -> dict[str, list[Row]]:
+        cached = self._read_cache()
+        if cached is not None and cached["head"] == self.head:
+            return dict(cached["keys"])
+        since: str | None = None
+        index: dict[str, list[Row]] = {}
+        seen: list[str] = []
+        if cached is not None and self._is_ancestor(cached["head"]):
+            since, index, seen = cached["head"], dict(cached["keys"]), list(cached["blobs"])
+        index, seen = self._extend(index, seen, since)
+        self._write_cache({"v": INDEX_VERSION, "head": self.head, "keys": index, "blobs": seen})
+        return index
+
+    def _extend(
+        self, index: dict[str, list[Row]], seen: list[str], since: str | None
+    ) -> tuple[dict[str, list[Row]], list[str]]:
+        """Add every lock version committed after `since` (all, when None). --full-history
+        keeps side branches a merge threw away: their images are still in the repository."""
+        revs = ["HEAD", f"^{since}"] if since else ["HEAD"]
+        try:
+            commits = _git(self.toplevel, "rev-list", "--full-history", *revs, "--", self.lock_rel).split()
+        except (OSError, subprocess.SubprocessError):
+            return index, seen
+        known_blobs = set(seen)
+        fresh: dict[str, list[Row]] = {}
+        for commit in (c.decode() for c in commits):
+            found = self._object(f"{commit}:{self.lock_rel}", MAX_LOCK_BYTES)
+            if found is None or found[0] in known_blobs:
+                continue
+            oid, raw = found
+            known_blobs.add(oid)
+            seen.append(oid)
+            try:
+                entries = parse_entries(raw)
+            except ValueError:
+                continue  # a broken lock in some old commit: that commit has nothing to give
+            for asset_id, e in sorted(entries.items()):
+                row = [e.sha256, e.size, e.out, commit, e.seed, e.task_id, e.cost_usd, e.provider, asset_id]
+                fresh.setdefault(e.key, []).append(row)
+        for key, rows in fresh.items():  # newer commits first, then what was known before
+            index[key] = rows + index.get(key, [])
+        return index, seen
+
+    def _is_ancestor(self, commit: str) -> bool:
+        try:
+            _git(self.toplevel, "merge-base", "--is-ancestor", commit, "HEAD")
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return True
+
+    def _read_cache(self) -> dict[str, Any] | None:
+        if self._cache is None:
+            return None
+        try:
+            doc = json.loads(self._cache.read_bytes())
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(doc, dict) and doc.get("v") == INDEX_VERSION and isinstance(doc.get("keys"), dict)
+        return doc if ok and isinstance(doc.get("head"), str) and isinstance(doc.get("blobs"), list) else None
+
+    def _write_cache(self, doc: dict[str, Any]) -> None:
+        if self._cache is None:
+            return
+        with contextlib.suppress(OSError):  # a cache we cannot write is rebuilt next time
+            data = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+            atomic_write(self._cache, data, durable=False)
+
+    def read(self, commit: str, out: str, size: int) -> bytes | None:
+        """The bytes of `out` (project-relative) in `commit`, if they are `size` bytes long;
+        the caller checks their sha256."""
+        if "\n" in out or "\n" in commit:
+            return None
+        path = f"{self.prefix}/{out}" if self.prefix else out
+        found = self._object(f"{commit}:{path}", size)
+        return found[1] if found is not None and len(found[1]) == size else None
+
+    def _object(self, spec: str, limit: int) -> tuple[str, bytes] | None:
+        """(object id, contents) of a blob named like `commit:path`, or None when it is missing,
+        not a blob or bigger than `limit` bytes."""
+        with self._mutex:
+            batch = self._process()
+            if batch is None:
+                return None
+            assert batch.stdin is not None and batch.stdout is not None
+            try:
+                batch.stdin.write(spec.encode() + b"\n")
+                batch.stdin.flush()
+                header = batch.stdout.readline().split()
+                if len(header) != 3:
+                    return None  # "<spec> missing" or "ambiguous"
+                oid, kind, length = header[0].decode(), header[1], int(header[2])
+                if kind != b"blob" or length > limit:
+                    _skip(batch.stdout, length + 1)
+                    return None
+                data = _read_exact(batch.stdout, length)
+                batch.stdout.read(1)  # the newline after each object
+            except (OSError, ValueError):
+                self._stop()
+                return None
+        return oid, data
+
+    def _process(self) -> subprocess.Popen[bytes] | None:
+        if self._batch is None or self._batch.poll() is not None:
+            try:
+                self._batch = subprocess.Popen(
+                    ["git", "cat-file", "--batch"],
+                    cwd=self.toplevel,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    env={**os.environ, **GIT_ENV},
+                )
+            except OSError:
+                return None
+        return self._batch
+
+    def _stop(self) -> None:
+        if self._batch is not None:
+            self._batch.kill()
+            self._batch.wait()
+            self._batch = None
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._batch is not None and self._batch.stdin is not None:
+                self._batch.stdin.close()
+                self._batch.wait()
+                self._batch = None
+
+
+def default_cache_dir() -> Path:
+    from flexforge.paths import user_cache_root
+
+    return Path(user_cache_root()) / "history"
+
+
+def _git(cwd: Path, *args: str) -> bytes:
+    return subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        env={**os.environ, **GIT_ENV},
+        timeout=300,
+    ).stdout
+
+
+def _source(row: Row) -> Source:
+    sha, size, out, commit, seed, task_id, cost, provider, origin = row
+    return Source(GIT, sha, size, out, commit, seed, task_id, cost, provider, origin)
+
+
+def _read_exact(stream: IO[bytes], length: int) -> bytes:
+    data = stream.read(length)
+    if len(data) != length:
+        raise ValueError("git cat-file ended early")
+    return data
+
+
+def _skip(stream: IO[bytes], length: int) -> None:
+    while length > 0:
+        chunk = stream.read(min(length, 1 << 20))
+        if not chunk:
+            raise ValueError("git cat-file ended early")
+        length -= len(chunk)

@@ -1,0 +1,252 @@
+"""Where the bytes for a content key can come from with no API call, and bringing them back.
+
+In the order DESIGN §8 gives: the output already in place; a file in the working tree that the
+lock records for that key (a renamed id, a moved output); the local object cache; git history.
+Every source is verified before it counts (sha256, then an image of the declared format and size).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flexforge.errors import FlexforgeError
+from flexforge.fsutil import read_regular, sha256_bytes, stage_bytes
+from flexforge.lockfile import Lock
+
+if TYPE_CHECKING:
+    from flexforge.history import History
+    from flexforge.manifest import Asset
+    from flexforge.store import Store
+
+IN_PLACE, WORKING_TREE, CACHE, GIT = "in place", "working tree", "cache", "git"
+MADE = "made"  # not a restore source: bytes a provider just returned
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Bytes known to be an output of one content key, and what the lock should say of them."""
+
+    kind: str
+    sha256: str
+    size: int
+    path: str | None = None  # root-relative file (in place, working tree) or repo-relative (git)
+    commit: str | None = None  # git: the commit whose tree holds `path`
+    seed: int | None = None
+    task_id: str | None = None
+    cost_usd: float | None = None
+    provider: str | None = None
+    origin: str | None = None  # the lock entry (asset id) that recorded these bytes
+
+    @property
+    def label(self) -> str:
+        """What `plan` prints after `restore`: `git 1a2b3c4`, `working tree: old/path.png`."""
+        if self.kind == GIT and self.commit is not None:
+            return f"git {self.commit[:7]}"
+        if self.kind == WORKING_TREE:
+            return f"working tree: {self.path}"
+        return self.kind
+
+
+class Current:
+    """The file at an output path, hashed only when its size says it could be the bytes asked
+    about: a fresh clone whose prompts were reverted need not hash every old output."""
+
+    def __init__(self, store: Store, rel: str) -> None:
+        self._store = store
+        self._rel = rel
+        self._size: int | None = None
+        self._stat_done = False
+        self._digest: str | None = None
+        self._hashed = False
+
+    @property
+    def exists(self) -> bool:
+        return self.size is not None
+
+    @property
+    def size(self) -> int | None:
+        if not self._stat_done:
+            self._stat_done = True
+            try:
+                st = os.stat(self._store.root / self._rel)
+                self._size = st.st_size if stat.S_ISREG(st.st_mode) else -1
+            except OSError:
+                self._size = None
+        return self._size
+
+    @property
+    def digest(self) -> str | None:
+        if not self._hashed:
+            self._hashed = True
+            self._digest = self._store.digest(self._rel)
+        return self._digest
+
+    def matches(self, sha256: str, size: int) -> bool:
+        return self.size in (size, -1) and self.digest == sha256
+
+
+class Sources:
+    """The restore sources of one project, searched per key; git history is read only when the
+    cheaper sources have nothing, so a no-op plan never starts git."""
+
+    def __init__(self, lock: Lock, store: Store, history: Callable[[], History | None] | None = None) -> None:
+        self.lock = lock
+        self.store = store
+        self._history_factory = history
+        self._history: History | None = None
+        self._history_loaded = False
+        self._by_key: dict[str, list[Source]] | None = None
+
+    def _lock_index(self) -> dict[str, list[Source]]:
+        """Key -> what the lock (current and orphaned entries alike) records for it."""
+        if self._by_key is None:
+            self._by_key = {}
+            for asset_id, entry in self.lock.entries.items():
+                self._by_key.setdefault(entry.key, []).append(
+                    Source(
+                        WORKING_TREE,
+                        entry.sha256,
+                        entry.size,
+                        entry.out,
+                        seed=entry.seed,
+                        task_id=entry.task_id,
+                        cost_usd=entry.cost_usd,
+                        provider=entry.provider,
+                        origin=asset_id,
+                    )
+                )
+        return self._by_key
+
+    @property
+    def history(self) -> History | None:
+        if not self._history_loaded:
+            self._history_loaded = True
+            self._history = self._history_factory() if self._history_factory is not None else None
+        return self._history
+
+    def find(self, key: str, out: str, current: Current) -> Source | None:
+        """Where the bytes for `key` come from, cheapest first; None when only the API has them."""
+        record = _key_record(self.store, key)
+        found = self._search([*self._lock_index().get(key, ()), *([record] if record else [])], out, current)
+        if found is not None or record is not None:
+            return found or record
+        history = self.history
+        return self._search(history.lookup(key), out, current) if history is not None else None
+
+    def _search(self, known: list[Source], out: str, current: Current) -> Source | None:
+        """In place, else a working-tree file the records name, else (for history) git itself."""
+        for source in known:
+            if current.matches(source.sha256, source.size):
+                return _with(source, kind=IN_PLACE, path=out, commit=None)
+        for source in known:
+            path = source.path
+            if path is None or path == out or not _is_safe(path):
+                continue
+            if self.store.digest(path) == source.sha256:
+                return _with(source, kind=WORKING_TREE, commit=None)
+        for source in known:
+            # The object cache by digest: an object is checked against its name on every read, so
+            # a lock's digest finds it even when the key record is missing or not this machine's.
+            if source.kind != GIT and self.store.has_object(source.sha256):
+                return _with(source, kind=CACHE, path=None, commit=None)
+        return next((s for s in known if s.kind == GIT), None)
+
+    def stage(self, source: Source, asset: Asset, dest: Path) -> tuple[Path | None, str | None]:
+        """A verified copy of the source's bytes staged beside `dest` for fsutil.install, or why
+        not: damaged, changed, or not the declared image (then the asset is generated)."""
+        data = self._verified(source)
+        if data is None:
+            return None, "damaged or gone"
+        problem = declared_problem(data, asset)
+        if problem is not None:
+            return None, problem
+        return stage_bytes(dest, data), None
+
+    def in_place_problem(self, source: Source, asset: Asset) -> str | None:
+        """Why the file already at the output path is not the source's bytes and image, or None."""
+        data = self._verified(source)
+        return "changed" if data is None else declared_problem(data, asset)
+
+    def _verified(self, source: Source) -> bytes | None:
+        """The source's bytes if their sha256 is the recorded one; for git, any commit that
+        recorded the same bytes will do."""
+        candidates = [source]
+        if source.kind == GIT and self.history is not None:
+            candidates += self.history.alternates(source)
+        for candidate in candidates:
+            data = self.read(candidate)
+            if data is not None and sha256_bytes(data) == source.sha256:
+                return data
+        return None
+
+    def lfs_pointer(self, rel: str) -> bool:
+        """Whether the file at `rel` is a Git LFS pointer standing in for an image (a clone
+        made without `git lfs`): reported as such instead of as a hand edit."""
+        from flexforge.imaging import LFS_POINTER_LIMIT, lfs_pointer
+
+        try:
+            return lfs_pointer(read_regular(self.store.root / rel, LFS_POINTER_LIMIT))
+        except (OSError, FlexforgeError):
+            return False
+
+    def read(self, source: Source) -> bytes | None:
+        if source.kind == CACHE:
+            return self.store.read_object(source.sha256)
+        if source.kind == GIT:
+            history = self.history
+            if history is None or source.commit is None or source.path is None:
+                return None
+            return history.read(source.commit, source.path, source.size)
+        if source.path is None:
+            return None
+        try:
+            # Never through a link: a committed one could point anywhere on this machine.
+            return read_regular(self.store.root / source.path, max(source.size, 1) + 1)
+        except (OSError, FlexforgeError):
+            return None
+
+    def close(self) -> None:
+        if self._history is not None:
+            self._history.close()
+
+
+def _with(source: Source, **changes: Any) -> Source:
+    from dataclasses import replace
+
+    return replace(source, **changes)
+
+
+def _is_safe(path: str) -> bool:
+    """A path from history's lock: relative, inside the project, never into .git."""
+    parts = Path(path).parts
+    return bool(parts) and not Path(path).is_absolute() and ".." not in parts and ".git" not in parts
+
+
+def _key_record(store: Store, key: str) -> Source | None:
+    record = store.key_record(key)
+    if record is None:
+        return None
+    return Source(
+        CACHE,
+        record.sha256,
+        record.size,
+        seed=record.seed,
+        task_id=record.task_id,
+        cost_usd=record.cost_usd,
+        provider=record.provider,
+    )
+
+
+def declared_problem(data: bytes, asset: Asset) -> str | None:
+    """Why `data` is not an image of the asset's declared format and size, by its header only
+    (no planted file is ever decoded in full), or None."""
+    from flexforge.imaging import header_problem
+
+    width, height = asset.final_size or (asset.width, asset.height)
+    problem = header_problem(data, width, height, asset.output_format)
+    return None if problem is None else f"not the declared image ({problem})"

@@ -1,0 +1,175 @@
+"""What a day of use turned up: conflicts and accept, LFS pointers, gc, cost, status, pipes."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Project, png
+
+MANIFEST = """
+version: 1
+settings: {provider: draft}
+defaults: {width: 128, height: 128}
+assets:
+  hero: {prompt: "A poster with the headline 'Brew bold'"}
+  card: {prompt: "A card from image 1", references: [hero]}
+"""
+
+
+def built(project: Project) -> Project:
+    project.manifest(MANIFEST)
+    result = project.build()
+    assert result.exit_code == 0, result.stderr
+    return project
+
+
+def test_agency_file_at_a_new_path_is_a_conflict_left_alone_then_accepted(project: Project) -> None:
+    built(project)
+    agency = png(project.root / "assets/partner.png", size=(128, 128), color=(9, 99, 199))
+    data = agency.read_bytes()
+    project.edit("assets:\n", "assets:\n  partner: {prompt: a partner logo}\n")
+    assert project.plan()["partner"] == "conflict"
+    result = project.build()
+    assert result.exit_code == 0 and "1 conflict" in result.stderr
+    assert "flexforge accept partner" in result.stderr
+    assert agency.read_bytes() == data
+    frozen = project.run("build", "--frozen")
+    assert frozen.exit_code == 1 and "flexforge accept partner" in frozen.stderr
+    accepted = project.run("accept", "partner")
+    assert accepted.exit_code == 0, accepted.stderr
+    assert project.lock()["assets"]["partner"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert project.plan()["partner"] == "none"
+
+
+def test_replace_overwrites_a_conflicting_file(project: Project) -> None:
+    built(project)
+    png(project.root / "assets/partner.png", size=(128, 128), color=(9, 99, 199))
+    project.edit("assets:\n", "assets:\n  partner: {prompt: a partner logo}\n")
+    result = project.build("--replace", "partner")
+    assert "1 generated" in result.stderr
+    assert project.plan()["partner"] == "none"
+
+
+def test_accept_refuses_an_lfs_pointer_and_a_wrong_size(project: Project) -> None:
+    built(project)
+    out = project.root / "assets/hero.png"
+    out.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "a" * 64 + "\nsize 12345\n")
+    result = project.run("accept", "hero")
+    assert result.exit_code == 1 and "git lfs pull" in result.stderr
+    png(out, size=(64, 64))
+    result = project.run("accept", "hero")
+    assert result.exit_code == 1 and "64x64" in result.stderr and "width" in result.stderr
+
+
+def test_unknown_id_is_one_message_and_exit_2_everywhere(project: Project) -> None:
+    built(project)
+    for args in (["accept", "nope"], ["explain", "nope"], ["build", "nope"], ["plan", "nope"]):
+        result = project.run(*args)
+        assert result.exit_code == 2, args
+        assert "unknown asset id nope: not in flexforge.yaml" in result.stderr, args
+
+
+def test_explain_marks_only_the_parts_that_changed_and_shows_drift(project: Project) -> None:
+    built(project)
+    project.edit("Brew bold", "Brew bolder")
+    text = project.run("explain", "card").stdout
+    marked = [line.split()[1] for line in text.splitlines() if line.strip().startswith(("*", "?"))]
+    assert marked == ["upstream"]  # the card's own request is unchanged; its input is to be built
+    assert "to be built first" in text
+    project.edit("Brew bolder", "Brew bold")
+    png(project.root / "assets/hero.png", size=(128, 128), color=(1, 1, 1))
+    text = project.run("explain", "hero").stdout
+    assert "hero: drifted" in text and "on disk   sha256" in text and "lock      sha256" in text
+
+
+def test_gc_lists_then_deletes_orphaned_outputs_and_unneeded_objects(project: Project) -> None:
+    from flexforge.commands.gc import find
+    from flexforge.context import GlobalOptions, open_project
+
+    built(project)
+    git = ["git", "-C", str(project.root), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    project.edit("  card:", "  postcard:")
+    assert "1 restored" in project.build().stderr  # the rename, free
+    project.edit("Brew bold", "Brew bolder")
+    project.build()
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "two"], check=True)
+    png(project.root / "assets/mine.png")  # a file flexforge never made: never collected
+    listing = project.run("gc")
+    assert listing.exit_code == 0, listing.stderr
+    assert "orphaned output  assets/card.png" in listing.stdout
+    assert "mine.png" not in listing.stdout and "would delete: 1 orphaned output" in listing.stdout
+    old = open_project(GlobalOptions(directory=project.root))
+    stale = find(old, recent_days=0).objects  # nothing counts as recent: the old hero and card
+    assert len(stale) == 2
+    deleted = project.run("gc", "--yes")
+    assert deleted.exit_code == 0, deleted.stderr
+    assert not (project.root / "assets/card.png").exists()
+    assert (project.root / "assets/mine.png").exists() and (project.root / "assets/postcard.png").exists()
+    assert project.run("gc").stdout.startswith("Nothing to collect")
+
+
+def test_status_shows_everything_spent_and_cost_groups_it(project: Project) -> None:
+    built(project)
+    status = project.run("status")
+    assert "$0.00 spent in total" in status.stdout and "2 assets up to date" in status.stdout
+    cost = project.run("cost", "--by", "asset")
+    assert cost.exit_code == 0 and "0 paid images, $0.00 in total" in cost.stdout
+    doc = project.run("cost", "--json").json()
+    assert set(doc) >= {"total_usd", "by_run", "by_asset", "by_model", "by_month"}
+
+
+def test_status_into_a_closed_pipe_exits_quietly(project: Project) -> None:
+    built(project)
+    for i in range(300):
+        project.edit("assets:\n", f"assets:\n  x{i}: {{prompt: p{i}}}\n")
+    reader = subprocess.Popen(
+        f"{sys.executable} -m flexforge -C {project.root} status | head -1",
+        shell=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = reader.communicate(timeout=120)
+    assert out.count(b"\n") == 1
+    assert b"Traceback" not in err and b"internal error" not in err and b"BrokenPipe" not in err
+
+
+def test_reseed_outside_targets_is_an_error(project: Project) -> None:
+    built(project)
+    result = project.run("build", "hero", "--reseed", "card")
+    assert result.exit_code == 2 and "not among the assets this build selects" in result.stderr
+
+
+def test_lfs_pointer_output_is_reported_by_plan(project: Project) -> None:
+    built(project)
+    Path(project.root / "assets/hero.png").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "b" * 64 + "\nsize 1\n"
+    )
+    result = project.run("plan")
+    assert "Git LFS pointer" in result.stdout and "git lfs pull" in result.stdout
+
+
+def test_unreachable_emulator_is_named_with_its_url_and_a_hint(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FLEXFORGE_EMULATOR_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("FLEXFORGE_RETRY_BASE_DELAY", "0.01")
+    monkeypatch.setenv("FLEXFORGE_RETRY_MAX_DELAY", "0.02")
+    project.manifest(MANIFEST.replace("provider: draft", "provider: emulator"))
+    result = project.run("build")
+    assert result.exit_code == 1
+    assert f"cannot connect to the emulator at http://127.0.0.1:{port}" in result.stderr
+    assert "`flexforge emulator` is running" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,120 @@
+"""Git history as an object store: the lock's history indexed by key, blobs read back, cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from flexforge.history import History
+from flexforge.lockfile import Lock, LockEntry
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def init(repo: Path) -> None:
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "t@example.com")
+    git(repo, "config", "user.name", "t")
+
+
+def commit_version(project: Path, key: str, data: bytes, message: str) -> str:
+    (project / "assets").mkdir(parents=True, exist_ok=True)
+    (project / "assets/hero.png").write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    entry = LockEntry(
+        key, {}, 1, "flux-2-flex", "flux", "bfl", "assets/hero.png", sha, len(data), "t-1", 0.03
+    )
+    (project / "flexforge.lock").write_bytes(Lock(project / "flexforge.lock", {"hero": entry}).render())
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", message)
+    return git(project, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    init(tmp_path / "repo")
+    return tmp_path / "repo"
+
+
+def test_every_lock_version_is_indexed_and_its_bytes_read_back(repo: Path, tmp_path: Path) -> None:
+    project = repo / "site"  # the project folder need not be the repository's top
+    first = commit_version(project, "1" * 64, b"first image", "one")
+    commit_version(project, "2" * 64, b"second image", "two")
+    history = History.open(project, project / "flexforge.lock", tmp_path / "cache")
+    assert history is not None
+    [source] = history.lookup("1" * 64)
+    assert (source.commit, source.path, source.cost_usd, source.origin) == (
+        first,
+        "assets/hero.png",
+        0.03,
+        "hero",
+    )
+    assert history.read(first, "assets/hero.png", len(b"first image")) == b"first image"
+    assert history.read(first, "assets/hero.png", 3) is None  # the size the lock says, or nothing
+    assert history.read(first, "assets/none.png", 3) is None
+    assert history.lookup("3" * 64) == []
+    history.close()
+
+
+def test_index_is_cached_by_head_and_extended_when_head_moves(repo: Path, tmp_path: Path) -> None:
+    commit_version(repo, "1" * 64, b"first", "one")
+    cache = tmp_path / "cache"
+    History.open(repo, repo / "flexforge.lock", cache).lookup("1" * 64)  # type: ignore[union-attr]
+    [stored] = list(cache.iterdir())
+    doc = json.loads(stored.read_text())
+    assert doc["head"] == git(repo, "rev-parse", "HEAD") and "1" * 64 in doc["keys"]
+    commit_version(repo, "2" * 64, b"second", "two")
+    history = History.open(repo, repo / "flexforge.lock", cache)
+    assert history is not None and history.lookup("1" * 64) and history.lookup("2" * 64)
+    assert json.loads(stored.read_text())["head"] == git(repo, "rev-parse", "HEAD")
+
+
+def test_side_branch_a_merge_discarded_is_still_history(repo: Path, tmp_path: Path) -> None:
+    commit_version(repo, "1" * 64, b"base", "base")
+    git(repo, "checkout", "-qb", "side")
+    commit_version(repo, "2" * 64, b"side image", "side")
+    git(repo, "checkout", "-q", "main")
+    commit_version(repo, "3" * 64, b"main image", "main")
+    git(repo, "merge", "-q", "-s", "ours", "side", "-m", "merge, keeping ours")
+    history = History.open(repo, repo / "flexforge.lock", None)
+    assert history is not None and history.lookup("2" * 64)
+
+
+def test_a_broken_lock_in_one_commit_is_skipped(repo: Path) -> None:
+    commit_version(repo, "1" * 64, b"good", "good")
+    (repo / "flexforge.lock").write_text("{not json")
+    git(repo, "commit", "-qam", "broken")
+    history = History.open(repo, repo / "flexforge.lock", None)
+    assert history is not None and len(history.lookup("1" * 64)) == 1
+
+
+def test_no_repository_or_no_commit_is_no_history(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    assert History.open(tmp_path / "plain", tmp_path / "plain/flexforge.lock", None) is None
+    init(tmp_path / "empty")
+    assert History.open(tmp_path / "empty", tmp_path / "empty/flexforge.lock", None) is None
+
+
+def test_shallow_clone_has_only_its_depth(repo: Path, tmp_path: Path) -> None:
+    commit_version(repo, "1" * 64, b"old", "old")
+    commit_version(repo, "2" * 64, b"new", "new")
+    shallow = tmp_path / "shallow"
+    git(tmp_path, "clone", "-q", "--depth", "1", f"file://{repo}", str(shallow))
+    history = History.open(shallow, shallow / "flexforge.lock", None)
+    assert history is not None
+    assert history.lookup("1" * 64) == [] and history.lookup("2" * 64)
+
+
+def test_paths_with_newlines_never_reach_the_batch_protocol(repo: Path) -> None:
+    first = commit_version(repo, "1" * 64, b"x", "one")
+    history = History.open(repo, repo / "flexforge.lock", None)
+    assert history is not None
+    assert history.read(first, "assets/hero.png\nHEAD:flexforge.lock", 1) is None
+    assert history.read(first, "assets/hero.png", 1) == b"x"  # the stream is still in step

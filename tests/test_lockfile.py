@@ -1,0 +1,97 @@
+"""flexforge.lock: deterministic bytes, strict reading, and the history parser's contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flexforge.errors import FlexforgeError
+from flexforge.lockfile import Lock, LockEntry, parse_entries, read_lock
+
+SHA = "a" * 64
+
+
+def entry(**changes: object) -> LockEntry:
+    fields: dict[str, object] = {
+        "key": "b" * 64,
+        "parts": {"prompt": "x"},
+        "seed": 1,
+        "model": "flux-2-flex",
+        "generator": "flux",
+        "provider": "bfl",
+        "out": "assets/hero.png",
+        "sha256": SHA,
+        "size": 10,
+    }
+    fields.update(changes)
+    return LockEntry(**fields)  # type: ignore[arg-type]
+
+
+def test_render_is_sorted_with_a_trailing_newline_and_round_trips(tmp_path: Path) -> None:
+    lock = Lock(tmp_path / "flexforge.lock", {"z": entry(), "a": entry(seed=2)})
+    assert lock.save() is True
+    raw = (tmp_path / "flexforge.lock").read_bytes()
+    assert raw.endswith(b"}\n") and list(json.loads(raw)["assets"]) == ["a", "z"]
+    again = read_lock(tmp_path / "flexforge.lock")
+    assert again.entries == lock.entries
+    assert again.save() is False  # a no-op leaves the file untouched
+
+
+def test_missing_lock_is_empty(tmp_path: Path) -> None:
+    assert read_lock(tmp_path / "none.lock").entries == {}
+
+
+def test_conflict_markers_name_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "flexforge.lock").write_text("<<<<<<< HEAD\n")
+    with pytest.raises(FlexforgeError, match="git checkout --theirs"):
+        read_lock(tmp_path / "flexforge.lock")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[]",
+        b'{"version": 2, "assets": {}}',
+        b'{"version": 1, "assets": {"a": {"key": "zz"}}}',
+        b'{"version": 1, "assets": []}',
+        b"[" * 100_000,
+        b"\xff\xfe",
+    ],
+)
+def test_parse_entries_turns_any_malformation_into_value_error(raw: bytes) -> None:
+    """Old locks from git history are untrusted: one broken commit must not stop a plan."""
+    with pytest.raises(ValueError):
+        parse_entries(raw)
+
+
+def test_bad_seed_or_size_is_refused(tmp_path: Path) -> None:
+    lock = Lock(tmp_path / "x.lock", {"a": entry(seed=-1)})
+    with pytest.raises(ValueError, match=r"assets\.a\.seed -1 is not from 0"):
+        parse_entries(lock.render())
+
+
+def test_render_is_exactly_indented_sorted_json_however_entries_change(tmp_path: Path) -> None:
+    """Stanzas are encoded once and kept; the bytes must stay json.dumps(indent=2, sort_keys)."""
+    lock = Lock(tmp_path / "flexforge.lock")
+
+    def expected() -> bytes:
+        doc = {
+            "_generated": json.loads(lock.render())["_generated"],
+            "version": 1,
+            "assets": {
+                k: {f: getattr(e, f) for f in e.__dataclass_fields__} for k, e in lock.entries.items()
+            },
+        }
+        return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+    assert lock.render() == expected()
+    lock.entries["b"] = entry()
+    lock.entries["é-ü"] = entry(out="assets/ü.png", cost_usd=0.03, task_id="t")
+    assert lock.render() == expected()
+    lock.entries["b"] = entry(seed=9, parts={"prompt": "y", "seed": "9"})
+    lock.entries["a"] = entry(size=0)
+    assert lock.render() == expected()
+    del lock.entries["é-ü"]
+    assert lock.render() == expected()

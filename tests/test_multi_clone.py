@@ -1,0 +1,188 @@
+"""A team's day across clones: two clones of one bare repository, branches, a lock conflict
+resolved both ways, a rename, a moved output, a reverted prompt and an agency's file, with the
+emulator counting every paid submission. The repository is the cache: bytes that exist in the
+working tree or in git history cost nothing, anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flexforge.emulator.testing import RunningEmulator
+from tests.helpers import Project, Run, png
+from tests.support.emulator import serve_builds
+
+MANIFEST = """\
+version: 1
+settings:
+  provider: emulator
+defaults: {width: 256, height: 256}
+assets:
+  hero:
+    prompt: "A poster with the headline 'Brew bold'"
+  banner:
+    prompt: "A wide banner from image 1"
+    references: [hero]
+  square:
+    prompt: "An Instagram square with the call to action 'Order now'"
+    out: assets/square.png
+    output_format: png
+    height: 256
+  leaf:
+    prompt: "A coffee leaf"
+    seed: 3
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0 or args[0] == "merge", done.stderr
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
+    for name in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{name}_NAME", "t")
+        monkeypatch.setenv(f"GIT_{name}_EMAIL", "t@example.com")
+    with serve_builds(monkeypatch) as emulator:
+        yield emulator
+
+
+class Team:
+    def __init__(self, base: Path, emu: RunningEmulator) -> None:
+        self.base = base
+        self.emu = emu
+        self.origin = base / "origin.git"
+        git(base, "init", "-q", "--bare", "-b", "main", str(self.origin))
+
+    def clone(self, name: str) -> Project:
+        git(self.base, "clone", "-q", str(self.origin), name)
+        git(self.base / name, "checkout", "-q", "-B", "main")
+        return Project(self.base / name)
+
+    def submissions(self) -> int:
+        return int(self.emu.stats()["submissions"])
+
+    def build(self, project: Project, *args: str) -> tuple[Run, int]:
+        before = self.submissions()
+        result = project.run("build", *args)
+        assert "Traceback" not in result.stderr
+        return result, self.submissions() - before
+
+
+def commit(project: Project, message: str, *, push: str | None = None) -> None:
+    git(project.root, "add", "-A")
+    git(project.root, "commit", "-qm", message)
+    if push:
+        git(project.root, "push", "-q", "origin", push)
+
+
+def plan(project: Project) -> dict[str, str]:
+    result = project.run("plan", "--json")
+    assert result.exit_code == 0, result.stderr
+    return {
+        a["id"]: a["action"] + (f" ({a['source']})" if a["source"] else "") for a in result.json()["assets"]
+    }
+
+
+def assert_matches_manifest(project: Project) -> None:
+    """Plan clean, and every lock entry names the manifest's path and the bytes there."""
+    assert set(plan(project).values()) == {"none"}, plan(project)
+    for entry in project.lock()["assets"].values():
+        data = (project.root / entry["out"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+
+
+def test_a_day_of_team_work_pays_only_for_what_is_new(tmp_path: Path, emu: RunningEmulator) -> None:
+    team = Team(tmp_path, emu)
+    alice = team.clone("alice")
+    alice.write("flexforge.yaml", MANIFEST)
+    result, paid = team.build(alice)
+    assert result.exit_code == 0, result.stderr
+    assert paid == 4
+    commit(alice, "images", push="main")
+
+    # A fresh clone plans up to date and builds nothing.
+    bob = team.clone("bob")
+    assert set(plan(bob).values()) == {"none"}
+    assert team.build(bob)[1] == 0
+
+    # Two branches: Alice changes the square's call to action, Bob the banner and the square's
+    # height. Their locks conflict on the square; their manifests merge cleanly.
+    git(alice.root, "checkout", "-qb", "cta")
+    alice.edit("'Order now'", "'Order today'")
+    result, paid = team.build(alice)
+    assert paid == 1, result.stderr
+    commit(alice, "new call to action", push="cta")
+    bob.edit("A wide banner", "A wider banner")
+    bob.edit("height: 256\n", "height: 320\n")
+    result, paid = team.build(bob)
+    assert paid == 2, result.stderr
+    commit(bob, "wider banner, taller square", push="main")
+
+    # Bob merges and takes their lock, as the README says; Carol, on a fresh clone, takes ours.
+    # Either way the merged square is a new request (paid once each: nobody has it yet), and the
+    # banner Bob made and the square Alice made are never "edited by hand".
+    git(bob.root, "fetch", "-q")
+    git(bob.root, "merge", "-q", "origin/cta", "-m", "merge")
+    assert "flexforge.lock" in git(bob.root, "diff", "--name-only", "--diff-filter=U")
+    git(bob.root, "checkout", "--theirs", "flexforge.lock")
+    bob_plan = plan(bob)
+    assert bob_plan["square"] == "regenerate" and bob_plan["banner"] == "restore (in place)", bob_plan
+    result, paid = team.build(bob)
+    assert (result.exit_code, paid) == (0, 1), result.stderr
+    assert "drifted" not in result.stderr
+    assert_matches_manifest(bob)
+    carol = team.clone("carol")
+    git(carol.root, "merge", "-q", "origin/cta", "-m", "merge")
+    git(carol.root, "checkout", "--ours", "flexforge.lock")
+    assert plan(carol) == {"hero": "none", "banner": "none", "square": "regenerate", "leaf": "none"}
+    result, paid = team.build(carol)
+    assert (result.exit_code, paid) == (0, 1), result.stderr
+    assert_matches_manifest(carol)
+    commit(bob, "merge cta", push="main")
+
+    # A rename, a moved output, a reverted prompt: free on a fresh clone (and in Bob's).
+    bob.edit("  hero:", "  masthead:")
+    bob.edit("references: [hero]", "references: [masthead]")
+    bob.edit("    seed: 3", "    seed: 3\n    out: site/leaf.png")
+    bob.edit("'Order today'", "'Order now'")  # back to what Bob built before the merge
+    commit(bob, "rename hero, move leaf, revert the call to action", push="main")
+    dave = team.clone("dave")
+    dave_plan = plan(dave)
+    assert dave_plan["masthead"] == "rename (working tree: assets/hero.png)"
+    assert dave_plan["leaf"] == "restore (working tree: assets/leaf.png)"
+    assert dave_plan["square"].startswith("restore (git "), dave_plan
+    assert dave_plan["banner"] == "none"  # same upstream bytes, same key
+    result, paid = team.build(dave)
+    assert (result.exit_code, paid) == (0, 0), result.stderr
+    assert_matches_manifest(dave)
+    seeds = {k: v["seed"] for k, v in alice.lock()["assets"].items()}
+    assert dave.lock()["assets"]["masthead"]["seed"] == seeds["hero"]  # the pinned seed came along
+
+    # An agency's image at a new asset's path is never overwritten; accept adopts it.
+    agency = png(dave.root / "assets/partner.png", size=(256, 256), color=(10, 200, 90))
+    agency_bytes = agency.read_bytes()
+    dave.write(
+        "flexforge.yaml", dave.read("flexforge.yaml").decode() + '  partner:\n    prompt: "Partner logo"\n'
+    )
+    assert plan(dave)["partner"] == "conflict"
+    result, paid = team.build(dave)
+    assert paid == 0 and "conflict" in result.stderr
+    assert agency.read_bytes() == agency_bytes
+    assert dave.run("accept", "partner").exit_code == 0
+    assert_matches_manifest(dave)
+    assert agency.read_bytes() == agency_bytes
+
+    # A real change elsewhere: exactly that asset (and what is built on it) is paid for.
+    dave.edit("A poster with the headline 'Brew bold'", "A poster with the headline 'Brew bolder'")
+    result, paid = team.build(dave)
+    assert paid == 2, result.stderr  # masthead and the banner built on it
+    assert_matches_manifest(dave)
+    # The one request sent twice: the merged square, made by Bob and Carol before either pushed.
+    assert team.emu.stats()["duplicates"] == 1
