@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flexforge.errors import FlexforgeError, printable
-from flexforge.fsutil import atomic_write
+from flexforge.fsutil import atomic_write, install, staging
 
 LOCK_NAME = "flexforge.lock"
 LOCK_VERSION = 1
@@ -87,8 +87,11 @@ class Lock:
         self._stanzas[asset_id] = (values, text)
         return text
 
-    def save(self) -> bool:
-        """Write the lock if its bytes would change; a no-op build leaves the file untouched."""
+    def save(self, *, sync_folder: bool = True) -> bool:
+        """Write the lock if its bytes would change; a no-op build leaves the file untouched.
+        Without `sync_folder` the bytes are fsynced but not the folder entry: the caller renames
+        outputs in right after, then fsyncs the folders (a folder fsync here, between the lock
+        and its files, took milliseconds a kill could land in)."""
         data = self.render()
         if data == self._on_disk:
             return False
@@ -98,7 +101,12 @@ class Lock:
                 f"{self.path.name} changed on disk while this build ran (a `git checkout`?); "
                 f"it was left as it is. Run `flexforge build` again: finished images are cached"
             )
-        atomic_write(self.path, data)
+        if sync_folder:
+            atomic_write(self.path, data)
+        else:
+            with staging(self.path) as (f, staged):
+                f.write(data)
+            install(staged, self.path, durable=False)
         self._on_disk = data
         self._stamp = _stamp(self.path)
         return True
