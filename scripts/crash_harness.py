@@ -745,7 +745,18 @@ def run(argv: list[str] | None = None) -> Report:
     return report
 
 
+def _unignore_stop_signals() -> None:
+    """Started as a script's background job, this process inherits SIGINT and SIGQUIT ignored,
+    and so would every build it starts: flexforge keeps an inherited ignored signal ignored, and
+    the --signal INT trials would measure nothing. Builds start as from a terminal instead."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _unignore_stop_signals()
     report = run(argv)
     print(summary(report))
     return 1 if report.violations else 0
