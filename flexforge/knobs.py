@@ -1,8 +1,9 @@
 """The `FLEXFORGE_*` environment knobs: each read through one typed, checked helper, so that a bad
 value is a one-line usage error (exit 2) naming the variable and the form it wants.
 
-Numbers and folders here; FLEXFORGE_PROVIDER is checked against the providers (context.py), and
-the emulator's URL and key are the provider's own (providers/bfl.py).
+Numbers and folders here (the HTTP timings, the lock wait, build defaults, the team remote's lease
+timings); FLEXFORGE_PROVIDER is checked against the providers (settings.py), and the emulator's URL
+and key are the provider's own (providers/bfl.py).
 
 A timeout of NaN never expires, an infinite one overflows the event loop's clock, a poll interval
 of zero spins on the API: none of them gets past here.
@@ -32,22 +33,26 @@ def _bad(name: str, raw: str, expected: str) -> UsageError:
 
 
 def seconds(
-    name: str, default: float, *, positive: bool = False, environ: Mapping[str, str] | None = None
+    name: str,
+    default: float,
+    *,
+    positive: bool = False,
+    low: float = 0.0,
+    high: float = MAX_SECONDS,
+    environ: Mapping[str, str] | None = None,
 ) -> float:
-    """A duration in seconds from $NAME: a finite number >= 0 (> 0 when `positive`), at most
-    MAX_SECONDS; `default` when unset or blank."""
+    """A duration in seconds from $NAME: a finite number from `low` (above 0 when `positive`) to
+    `high`; `default` when unset or blank."""
     raw = _raw(name, environ)
     if raw is None:
         return default
-    expected = (
-        f"a number of seconds {'above' if positive else 'from'} 0 {'' if positive else 'up '}to "
-        f"{MAX_SECONDS:.0f}, like {default:g}"
-    )
+    lowest = f"above {low:g}" if positive else f"from {low:g} up"
+    expected = f"a number of seconds {lowest} to {high:g}, like {default:g}"
     try:
         value = float(raw)
     except ValueError:
         raise _bad(name, raw, expected) from None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0) or value > MAX_SECONDS:
+    if not math.isfinite(value) or value < low or (positive and value == low) or value > high:
         raise _bad(name, raw, expected)
     return value
 
@@ -66,6 +71,24 @@ def count(name: str, default: int, *, environ: Mapping[str, str] | None = None) 
     return value
 
 
+def number(
+    name: str, kind: type[int] | type[float], *, minimum: float, environ: Mapping[str, str] | None = None
+) -> int | float | None:
+    """An optional finite number (a whole one when `kind` is int) >= `minimum` from $NAME, or None
+    when unset or blank: build defaults such as FLEXFORGE_JOBS and FLEXFORGE_MAX_COST."""
+    raw = _raw(name, environ)
+    if raw is None:
+        return None
+    expected = f"{'a whole number' if kind is int else 'a number'} >= {minimum:g}"
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise _bad(name, raw, expected) from None
+    if not math.isfinite(value) or value < minimum:
+        raise _bad(name, raw, expected)
+    return value
+
+
 def folder(name: str, *, environ: Mapping[str, str] | None = None) -> str | None:
     """An absolute folder path from $NAME, or None when unset or blank. A relative one would
     move with the working directory (the XDG rules ignore those; flexforge refuses them)."""
@@ -77,4 +100,4 @@ def folder(name: str, *, environ: Mapping[str, str] | None = None) -> str | None
     return raw
 
 
-__all__ = ["MAX_COUNT", "MAX_SECONDS", "count", "folder", "seconds"]
+__all__ = ["MAX_COUNT", "MAX_SECONDS", "count", "folder", "number", "seconds"]

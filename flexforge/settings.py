@@ -11,8 +11,6 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from flexforge.errors import UsageError
-
 PROVIDER_ENV = "FLEXFORGE_PROVIDER"
 JOBS_ENV = "FLEXFORGE_JOBS"
 MAX_COST_ENV = "FLEXFORGE_MAX_COST"
@@ -23,6 +21,14 @@ MAX_COST_POLICIES = ("stop", "refuse")
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteSetting:
+    """`settings: remote:` (see flexforge.remote)."""
+
+    url: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """What the manifest's `settings:` block says; None where it says nothing."""
 
@@ -30,6 +36,7 @@ class Settings:
     jobs: int | None = None
     max_cost_usd: float | None = None
     max_cost_policy: str | None = None
+    remote: RemoteSetting | None = None
 
     @classmethod
     def from_data(cls, data: Any) -> Settings:
@@ -46,6 +53,7 @@ class Settings:
             if isinstance(limit, int | float) and not isinstance(limit, bool)
             else None,
             max_cost_policy=policy if policy in MAX_COST_POLICIES else None,
+            remote=_remote(data.get("remote")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -83,19 +91,17 @@ def effective(
     )
 
 
+def _remote(data: Any) -> RemoteSetting | None:
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        return None
+    return RemoteSetting(data["url"], data.get("read_only") is True)
+
+
 def _first(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
 
 
 def _env_number(name: str, kind: type[int] | type[float], *, minimum: float) -> Any:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = None
-    if value is None or value != value or value in (float("inf"), float("-inf")) or value < minimum:
-        what = "a whole number" if kind is int else "a number"
-        raise UsageError(f"{name}={raw!r} is not {what} >= {minimum:g}; fix it or unset it")
-    return value
+    from flexforge import knobs
+
+    return knobs.number(name, kind, minimum=minimum)

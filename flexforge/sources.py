@@ -1,7 +1,8 @@
 """Where the bytes for a content key can come from with no API call, and bringing them back.
 
 In the order DESIGN §8 gives: the output already in place; a file in the working tree that the
-lock records for that key (a renamed id, a moved output); the local object cache; git history.
+lock records for that key (a renamed id, a moved output); the local object cache; git history;
+the team remote (flexforge.remote).
 Every source is verified before it counts (sha256, then an image of the declared format and size).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +23,10 @@ from flexforge.lockfile import Lock
 if TYPE_CHECKING:
     from flexforge.history import History
     from flexforge.manifest import Asset
+    from flexforge.remote import RemoteIndex
     from flexforge.store import Store
 
-IN_PLACE, WORKING_TREE, CACHE, GIT = "in place", "working tree", "cache", "git"
+IN_PLACE, WORKING_TREE, CACHE, GIT, REMOTE = "in place", "working tree", "cache", "git", "remote"
 MADE = "made"  # not a restore source: bytes a provider just returned
 
 
@@ -100,7 +103,9 @@ class Sources:
         self._history_factory = history
         self._history: History | None = None
         self._history_loaded = False
+        self._history_mutex = threading.Lock()
         self._by_key: dict[str, list[Source]] | None = None
+        self.remote: RemoteIndex | None = None  # the team remote, when the project has one
 
     def _lock_index(self) -> dict[str, list[Source]]:
         """Key -> what the lock (current and orphaned entries alike) records for it."""
@@ -124,19 +129,42 @@ class Sources:
 
     @property
     def history(self) -> History | None:
-        if not self._history_loaded:
-            self._history_loaded = True
-            self._history = self._history_factory() if self._history_factory is not None else None
+        with self._history_mutex:  # staging threads may ask first
+            if not self._history_loaded:
+                self._history = self._history_factory() if self._history_factory is not None else None
+                self._history_loaded = True
         return self._history
 
     def find(self, key: str, out: str, current: Current) -> Source | None:
         """Where the bytes for `key` come from, cheapest first; None when only the API has them."""
+        recorded = self._lock_index().get(key, [])
         record = _key_record(self.store, key)
-        found = self._search([*self._lock_index().get(key, ()), *([record] if record else [])], out, current)
+        found = self._search([*recorded, *([record] if record else [])], out, current)
         if found is not None or record is not None:
             return found or record
+        # The object cache is content-addressed: an object with the lock's digest is those bytes,
+        # even when the record saying which key made it is gone (or was not written here).
+        for source in recorded:
+            if self.store.has_object(source.sha256):
+                return _with(source, kind=CACHE, path=None)
         history = self.history
-        return self._search(history.lookup(key), out, current) if history is not None else None
+        found = self._search(history.lookup(key), out, current) if history is not None else None
+        if found is None and self.remote is not None:
+            held = self.remote.record(key)  # the remote is listed once, on the first key missing here
+            if held is not None:
+                sha, size = held
+                return found or Source(REMOTE, sha, size)
+        return found
+
+    def remote_details(self, source: Source, key: str) -> Source:
+        """A remote source with what the machine that pushed it said of it (provider, seed, task,
+        cost), when it said so soundly."""
+        told = self.remote.details(key, source.sha256, source.size) if self.remote is not None else None
+        if told is None:
+            return source
+        return _with(
+            source, seed=told.seed, task_id=told.task_id, cost_usd=told.cost_usd, provider=told.provider
+        )
 
     def _search(self, known: list[Source], out: str, current: Current) -> Source | None:
         """In place, else a working-tree file the records name, else (for history) git itself."""
@@ -145,7 +173,7 @@ class Sources:
                 return _with(source, kind=IN_PLACE, path=out, commit=None)
         for source in known:
             path = source.path
-            if path is None or path == out or not _is_safe(path):
+            if path is None or path == out or not _is_safe(path) or (self.store.root / path).is_symlink():
                 continue
             if self.store.digest(path) == source.sha256:
                 return _with(source, kind=WORKING_TREE, commit=None)
@@ -197,6 +225,11 @@ class Sources:
     def read(self, source: Source) -> bytes | None:
         if source.kind == CACHE:
             return self.store.read_object(source.sha256)
+        if source.kind == REMOTE:
+            data = self.remote.fetch(source.sha256) if self.remote is not None else None
+            if data is not None:  # its digest was checked; kept so that the next build reads it here
+                self.store.put_object(data)
+            return data
         if source.kind == GIT:
             history = self.history
             if history is None or source.commit is None or source.path is None:
