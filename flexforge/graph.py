@@ -54,7 +54,11 @@ def render(deps: Mapping[str, Iterable[str]], fmt: str) -> str:
     """The graph as Mermaid, Graphviz dot, or JSON; edges point from an input to its user."""
     edges = [(need, node) for node, needs in deps.items() for need in needs]
     if fmt == "json":
-        return json.dumps({"nodes": list(deps), "edges": [{"from": a, "to": b} for a, b in edges]}, indent=2)
+        return json.dumps(
+            {"nodes": list(deps), "edges": [{"from": a, "to": b} for a, b in edges]},
+            indent=2,
+            allow_nan=False,
+        )
     if fmt == "dot":
         lines = ["digraph flexforge {", "  rankdir=LR;"]
         lines += [f'  "{node}";' for node in deps]
