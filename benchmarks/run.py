@@ -10,13 +10,10 @@ One run measures everything it compares, so that ratios are not skewed by anothe
   makespan  a build against `flexforge emulator` with a fixed task latency, for N independent
             assets and for a chain, vs max(critical path, ceil(N / jobs)) x latency
   cost      CPU seconds per generated asset and peak RSS of a build from scratch (draft, emulator)
-<<<<<<< HEAD
-  review    `flexforge gallery` of N assets from scratch, after one change and unchanged (time, page
-            weight), and `flexforge diff` over a commit that changed a tenth of them
-=======
   history   a fresh clone whose prompts were all reverted to an earlier commit: `flexforge build`
             restoring every output from git history (0 generated) vs `git checkout REV -- assets`
->>>>>>> main
+  review    `flexforge gallery` of N assets from scratch, after one change and unchanged (time, page
+            weight), and `flexforge diff` over a commit that changed a tenth of them
 
 Each command runs once to warm up (not counted), then --repeat times, commands interleaved round
 robin so that a burst of load elsewhere hits all of them alike; the table shows the median and
@@ -65,11 +62,7 @@ from generate import (
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-<<<<<<< HEAD
-SECTIONS = ("noop", "cold", "makespan", "cost", "review")
-=======
-SECTIONS = ("noop", "cold", "makespan", "cost", "history")
->>>>>>> main
+SECTIONS = ("noop", "cold", "makespan", "cost", "history", "review")
 # Rows of the no-op section, also accepted by --only to pick single rows.
 NOOP_ROWS = ("pass", "floor", "build", "plan", "make", "dvc")
 COLD_MAX = 1000  # cold plans are timed up to this N (the 10k clone alone would be 2 GB more)
@@ -1109,11 +1102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("cold", lambda: cold_section(args, tools), print_cold),
         ("makespan", lambda: makespan_section(args, tools), print_makespan),
         ("cost", lambda: cost_section(args, tools), print_cost),
-<<<<<<< HEAD
-        ("review", lambda: review_section(args, tools), print_review),
-=======
         ("history", lambda: history_section(args, tools), print_history),
->>>>>>> main
+        ("review", lambda: review_section(args, tools), print_review),
     ]
     results: list[tuple[Callable[[Sequence[Probe]], None], list[Probe]]] = []
     for name, run, show in sections:
