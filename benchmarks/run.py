@@ -62,7 +62,7 @@ from generate import (
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SECTIONS = ("noop", "cold", "makespan", "cost", "history", "review")
+SECTIONS = ("noop", "cold", "ci", "makespan", "cost", "history", "review")
 # Rows of the no-op section, also accepted by --only to pick single rows.
 NOOP_ROWS = ("pass", "floor", "build", "plan", "make", "dvc")
 COLD_MAX = 1000  # cold plans are timed up to this N (the 10k clone alone would be 2 GB more)
@@ -589,6 +589,109 @@ def print_history(probes: Sequence[Probe]) -> None:
     print(table(headers, rows, [False] + [True] * 5))
 
 
+# -- the GitHub Action's check path ----------------------------------------------------------------
+
+
+def ci_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
+    """What a CI runner pays: a fresh clone, `.flexforge/` restored from actions/cache, an empty
+    user cache (a new machine), then the action's `check` against a plain `build --frozen`."""
+    probes: list[Probe] = []
+    for n in [n for n in args.sizes if n <= COLD_MAX]:
+        print(f"ci check, N={n}: cloning the built project ...", flush=True)
+        root = ensure_project(ProjectSpec(n), args.work_dir)
+        ensure_git_repo(root)
+        clone = args.work_dir / "clones" / f"ci-n{n}"
+        if clone.exists():
+            shutil.rmtree(clone)
+        clone.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+        runner = args.work_dir / "runner" / f"n{n}"
+        shutil.rmtree(runner, ignore_errors=True)
+        runner.mkdir(parents=True)
+        # The restored cache: the building machine's .flexforge/ and the key that seals it.
+        cached_state = runner / "cached-state"
+        shutil.copytree(root / ".flexforge", cached_state, symlinks=True)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        event = {"pull_request": {"number": 1, "base": {"sha": head}, "head": {"sha": head}}}
+        (runner / "event.json").write_text(json.dumps(event))
+        user_cache = runner / "user-cache"
+        env = quiet_env({"FLEXFORGE_CACHE_DIR": str(user_cache)})
+        ci_env = {
+            **env,
+            "GITHUB_EVENT_NAME": "pull_request",
+            "GITHUB_EVENT_PATH": str(runner / "event.json"),
+            "GITHUB_OUTPUT": str(runner / "output"),
+            "GITHUB_STEP_SUMMARY": str(runner / "summary"),
+            "GITHUB_WORKSPACE": str(clone),
+            "GITHUB_REPOSITORY": "bench/project",
+        }
+
+        def fresh_runner(
+            clone: Path = clone, cached: Path = cached_state, cache: Path = user_cache, runner: Path = runner
+        ) -> None:
+            shutil.rmtree(clone / ".flexforge", ignore_errors=True)
+            shutil.copytree(cached, clone / ".flexforge", symlinks=True)
+            shutil.rmtree(cache, ignore_errors=True)
+            for name in ("output", "summary"):
+                (runner / name).unlink(missing_ok=True)
+
+        frozen = Probe(
+            "ci",
+            "flexforge build --frozen",
+            n,
+            [*tools.flexforge, "build", "--frozen", "--provider", "draft"],
+            clone,
+            env=env,
+            setup=fresh_runner,
+        )
+        check = Probe(
+            "ci",
+            "action check (flexforge ci run)",
+            n,
+            [
+                *tools.flexforge,
+                "ci",
+                "run",
+                "--command",
+                "check",
+                "--provider",
+                "draft",
+                "--comment",
+                "false",
+                "--out-dir",
+                str(runner / "out"),
+            ],
+            clone,
+            env=ci_env,
+            setup=fresh_runner,
+        )
+        fresh_runner()
+        check_noop(tools, clone, env)
+        print(f"ci check, N={n}: timing x {args.repeat} ...", flush=True)
+        measure([frozen, check], args.repeat)
+        probes += [frozen, check]
+    return probes
+
+
+def print_ci(probes: Sequence[Probe]) -> None:
+    frozen = {p.n: p for p in probes if "--frozen" in p.label}
+    rows = [
+        [
+            p.label,
+            f"{p.n:,}",
+            str(len(p.samples)),
+            fmt_time(p.median),
+            f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
+            fmt_ratio(ratio(p, frozen.get(p.n))),
+        ]
+        for p in probes
+    ]
+    headers = ["ci: fresh clone, cache restored", "N", "runs", "median", "min - max", "x frozen"]
+    print(table(headers, rows, [False] + [True] * 5))
+
+
 # -- makespan against the emulator ------------------------------------------------------------------
 
 
@@ -1100,6 +1203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections: list[tuple[str, Callable[[], list[Probe]], Callable[[Sequence[Probe]], None]]] = [
         ("noop", lambda: noop_section(args, tools, args.noop_rows), lambda ps: print_noop(ps, args.sizes)),
         ("cold", lambda: cold_section(args, tools), print_cold),
+        ("ci", lambda: ci_section(args, tools), print_ci),
         ("makespan", lambda: makespan_section(args, tools), print_makespan),
         ("cost", lambda: cost_section(args, tools), print_cost),
         ("history", lambda: history_section(args, tools), print_history),
