@@ -405,43 +405,6 @@ def accept(asset_id: str) -> int:
     return run(_opts(), asset_id)
 
 
-@cli.command()
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder to write the site to (default: gallery/ in the project's user cache; printed).",
-)
-@provider_option
-@global_options
-@handle_errors
-def gallery(out: Path | None, provider: str | None) -> int:
-    """A static site of every asset: picture, status, prompt, parameters, lineage; filters."""
-    from flexforge.commands.gallery import gallery as run
-
-    return run(_opts(), provider, out)
-
-
-@cli.command()
-@click.argument("revs", nargs=-1, metavar="[BASE [HEAD]]")
-@click.option(
-    "--html",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    metavar="DIR",
-    help="Also write a page with before, after and a difference heatmap to DIR.",
-)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout (docs/review-json.md).")
-@global_options
-@handle_errors
-def diff(revs: tuple[str, ...], html: Path | None, as_json: bool) -> int:
-    """What changed between two commits (default: the merge-base with the default branch
-    against the working tree, as a pull request sees it)."""
-    from flexforge.commands.diff import diff as run
-
-    return run(_opts(), revs, html, as_json)
-
-
 @cli.group()
 def ci() -> None:
     """What the GitHub Action runs; inputs also come from FLEXFORGE_CI_* variables."""
@@ -584,6 +547,43 @@ def ci_comment(review_file: Path) -> int:
     from flexforge.commands.ci import ci_comment as run
 
     return run(review_file, os.environ.get("FLEXFORGE_CI_TOKEN", ""))
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder to write the site to (default: gallery/ in the project's user cache; printed).",
+)
+@provider_option
+@global_options
+@handle_errors
+def gallery(out: Path | None, provider: str | None) -> int:
+    """A static site of every asset: picture, status, prompt, parameters, lineage; filters."""
+    from flexforge.commands.gallery import gallery as run
+
+    return run(_opts(), provider, out)
+
+
+@cli.command()
+@click.argument("revs", nargs=-1, metavar="[BASE [HEAD]]")
+@click.option(
+    "--html",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Also write a page with before, after and a difference heatmap to DIR.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout (docs/review-json.md).")
+@global_options
+@handle_errors
+def diff(revs: tuple[str, ...], html: Path | None, as_json: bool) -> int:
+    """What changed between two commits (default: the merge-base with the default branch
+    against the working tree, as a pull request sees it)."""
+    from flexforge.commands.diff import diff as run
+
+    return run(_opts(), revs, html, as_json)
 
 
 def _opts() -> GlobalOptions:
