@@ -518,7 +518,8 @@ class Builder:
         record.forget()
         if self.team is not None:
             if shared is None:
-                await self.team.push(key.key, image.data, made)
+                if await self.team.push(key.key, image.data, made):
+                    await self.team.clear(claim)
             await self.team.release(key.key)
         return sha
 

@@ -36,6 +36,7 @@ class Claim:
     resume: JournalEntry | None = None
     sha256: str | None = None
     followed: bool = False  # resuming a task another runner paid for, who is still alive
+    theirs: Lease | None = None  # the lease followed: cleared once its image is pushed
 
 
 class Team:
@@ -89,7 +90,7 @@ class Team:
             if theirs.live():
                 if theirs.task_id and theirs.polling_url:
                     self.log(f"{asset}: another runner ({theirs.holder}) is making it; polling its task")
-                    return Claim(resume=_entry(theirs), followed=True)
+                    return Claim(resume=_entry(theirs), followed=True, theirs=theirs)
                 await asyncio.sleep(min(self.poll, max(0.0, theirs.expires_at - time.time()) + 0.01))
                 continue
             new = Lease(key, self.holder, time.time() + self.ttl, asset, provider)
@@ -178,15 +179,26 @@ class Team:
 
     # -- after paying -------------------------------------------------------------------------
 
-    async def push(self, key: str, data: bytes, record: KeyRecord) -> None:
+    async def push(self, key: str, data: bytes, record: KeyRecord) -> bool:
         """Share a finished image: object first, then the key record naming it."""
         if self.remote.read_only:
-            return
+            return False
         try:
             sha = await asyncio.to_thread(self.remote.put, data)
             await asyncio.to_thread(self.remote.put_key, key, sha, dataclasses.asdict(record))
         except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
             self.log(f"could not push {key[:12]} to {self.remote.url} ({exc}); it stays local")
+            return False
+        return True
+
+    async def clear(self, claim: Claim | None) -> None:
+        """After pushing the image of a task followed from another runner's lease, remove that
+        lease if it is unchanged (its holder may have died; alive, it finds its lease gone and
+        simply goes on). Else it would sit in the remote until it expired."""
+        if claim is None or claim.theirs is None or self.remote.read_only:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.remote.lease_release, claim.theirs)
 
     async def release(self, key: str, *, keep_task: bool = False) -> None:
         """Give the key up: after its image is pushed, or when its task failed for good. With
