@@ -10,6 +10,8 @@ One run measures everything it compares, so that ratios are not skewed by anothe
   makespan  a build against `flexforge emulator` with a fixed task latency, for N independent
             assets and for a chain, vs max(critical path, ceil(N / jobs)) x latency
   cost      CPU seconds per generated asset and peak RSS of a build from scratch (draft, emulator)
+  review    `flexforge gallery` of N assets from scratch, after one change and unchanged (time, page
+            weight), and `flexforge diff` over a commit that changed a tenth of them
   history   a fresh clone whose prompts were all reverted to an earlier commit: `flexforge build`
             restoring every output from git history (0 generated) vs `git checkout REV -- assets`
 
@@ -47,9 +49,11 @@ from typing import Any
 # Run as a script (`python benchmarks/run.py`), this folder is on sys.path.
 from generate import (
     DEFAULT_WORK_DIR,
+    GIT_IDENTITY,
     ProjectSpec,
     ensure_git_repo,
     ensure_project,
+    flexforge_build,
     flexforge_command,
     fresh_copy,
     plan_assets,
@@ -58,7 +62,7 @@ from generate import (
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SECTIONS = ("noop", "cold", "makespan", "cost", "history")
+SECTIONS = ("noop", "cold", "ci", "makespan", "cost", "history", "review")
 # Rows of the no-op section, also accepted by --only to pick single rows.
 NOOP_ROWS = ("pass", "floor", "build", "plan", "make", "dvc")
 COLD_MAX = 1000  # cold plans are timed up to this N (the 10k clone alone would be 2 GB more)
@@ -585,6 +589,270 @@ def print_history(probes: Sequence[Probe]) -> None:
     print(table(headers, rows, [False] + [True] * 5))
 
 
+# -- review pages: gallery and diff -----------------------------------------------------------------
+
+# Outputs big enough that thumbnails are real downscales (the other rows use tiny images).
+REVIEW_SIZES: tuple[tuple[int, int], ...] = ((512, 384), (384, 512), (448, 448))
+
+
+def _bump_seeds(root: Path, ids: Sequence[str], bump: int) -> None:
+    """Give each of `ids` another seed in the generated manifest (one `seed:` line per asset)."""
+    path = root / "flexforge.yaml"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    wanted, current = set(ids), None
+    for i, line in enumerate(lines):
+        if line.startswith("  ") and not line.startswith("    ") and line.endswith(":"):
+            current = line.strip()[:-1]
+        elif current in wanted and line.startswith("    seed: "):
+            lines[i] = f"    seed: {int(line.split(':')[1]) + bump}"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _site_weight(out: Path) -> dict[str, Any]:
+    page = (out / "index.html").stat().st_size + sum(p.stat().st_size for p in (out / "_static").iterdir())
+    thumbs = [p.stat().st_size for p in (out / "thumbs").iterdir()]
+    return {"page_bytes": page, "thumbs": len(thumbs), "thumb_bytes": sum(thumbs)}
+
+
+def _first_view_bytes(out: Path) -> int | None:
+    """Bytes of the images a 1280x900 Chromium window loads on opening the page (lazy loading
+    leaves the rest), plus the page itself; None without Playwright and a system Chromium."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    browser_path = shutil.which("chromium") or "/usr/lib/chromium/chromium"
+    if not Path(browser_path).exists():
+        return None
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto((out / "index.html").as_uri(), wait_until="load")
+        page.wait_for_timeout(500)
+        loaded = page.evaluate(
+            "Array.from(document.images).filter((i) => i.complete && i.naturalWidth > 0)"
+            ".map((i) => i.getAttribute('src'))"
+        )
+        browser.close()
+    return _site_weight(out)["page_bytes"] + sum((out / src).stat().st_size for src in loaded)
+
+
+def review_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
+    n = args.review_size
+    changed = max(1, n // 10)
+    spec = ProjectSpec(n, references=False, sizes=REVIEW_SIZES)
+    print(f"review, N={n}: preparing the project (generated and built once, then cached) ...", flush=True)
+    template = ensure_project(spec, args.work_dir)
+    runs = args.work_dir / "runs"
+    work = fresh_copy(template, runs / f"review-{spec.name}", built=True)
+    ensure_git_repo(work)
+    base = subprocess.run(
+        ["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    )
+    cache, site, diff_site = runs / "review-cache", runs / "review-site", runs / "review-diff"
+    env = quiet_env({"FLEXFORGE_CACHE_DIR": str(cache)})
+    upstreams = {a.upstream for a in plan_assets(spec)}
+    free = [a.id for a in plan_assets(spec) if a.id not in upstreams]  # changing these changes only them
+    step = max(1, len(free) // changed)
+    edited = free[::step][:changed]
+    bumps = iter(range(1, 10**6))
+
+    def clear(*folders: Path) -> Callable[[], None]:
+        def run() -> None:
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        return run
+
+    def one_change() -> None:
+        _bump_seeds(work, [free[-1]], next(bumps))
+        flexforge_build(work)
+
+    gallery = [*tools.flexforge, "-C", str(work), "gallery", "--provider", "draft", "--out", str(site)]
+    probes = [
+        Probe("review", "gallery, from scratch", n, gallery, env=env, setup=clear(cache, site)),
+        Probe("review", "gallery, after one change", n, gallery, env=env, setup=one_change),
+        Probe("review", "gallery, nothing changed", n, gallery, env=env),
+    ]
+    print(f"review, N={n}: timing the gallery x {args.repeat} ...", flush=True)
+    measure(probes, args.repeat)
+    weight = _site_weight(site)
+    first_view = _first_view_bytes(site)
+    probes[0].extra.update(weight, first_view_bytes=first_view)
+
+    # A commit that changes `changed` assets, against the commit before it.
+    ensure_git_repo(work)
+    base = subprocess.run(
+        ["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    )
+    _bump_seeds(work, edited, 7919)
+    flexforge_build(work)
+    subprocess.run(["git", "-C", str(work), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(work), *GIT_IDENTITY, "commit", "-q", "-m", "change"], check=True)
+    revs = [base.stdout.strip(), "HEAD"]
+    diff = [*tools.flexforge, "-C", str(work), "diff", *revs]
+    diff_probes = [
+        Probe("review", f"diff, {changed} changed, cold cache", n, diff, env=env, setup=clear(cache)),
+        Probe("review", f"diff, {changed} changed", n, diff, env=env),
+        # Runs after the cold row cleared the cache: it makes every thumbnail and heatmap again.
+        Probe(
+            "review",
+            f"diff --html, {changed} changed, thumbnails made",
+            n,
+            [*diff, "--html", str(diff_site)],
+            env=env,
+        ),
+        Probe("review", f"diff --json, {changed} changed", n, [*diff, "--json"], env=env),
+    ]
+    print(f"review, N={n}: timing the diff over {changed} changed assets x {args.repeat} ...", flush=True)
+    measure(diff_probes, args.repeat)
+    report = subprocess.run([*diff, "--json"], env=env, capture_output=True, text=True, check=True)
+    summary = json.loads(report.stdout)["summary"]
+    if summary["regenerated"] != changed or summary["unchanged"] != n - changed:
+        raise BenchmarkError(f"the diff should show {changed} regenerated of {n}: {summary}")
+    diff_probes[2].extra.update(_site_weight(diff_site))
+    return probes + diff_probes
+
+
+def print_review(probes: Sequence[Probe]) -> None:
+    scratch = probes[0]
+    rows = []
+    for p in probes:
+        rows.append(
+            [
+                p.label,
+                f"{p.n:,}",
+                str(len(p.samples)),
+                fmt_time(p.median),
+                f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
+                fmt_ratio(ratio(p, scratch)),
+            ]
+        )
+    headers = ["review pages", "N", "runs", "median", "min - max", "x scratch"]
+    print(table(headers, rows, [False, True, True, True, True, True]))
+    w = scratch.extra
+    first = w.get("first_view_bytes")
+    each = w["thumb_bytes"] / max(1, w["thumbs"]) / 1024
+    print(
+        f"gallery page weight: HTML+CSS+JS {w['page_bytes'] / 1024:.0f} KB; {w['thumbs']} thumbnails "
+        f"{w['thumb_bytes'] / 2**20:.1f} MB in all ({each:.1f} KB each); "
+        + (
+            f"first view in a 1280x900 Chromium window {first / 1024:.0f} KB (images load lazily)"
+            if first
+            else "first view not measured (no Playwright or Chromium)"
+        )
+    )
+    html = next((p for p in probes if p.label.startswith("diff --html")), None)
+    if html is not None and "page_bytes" in html.extra:
+        print(
+            f"diff page weight: HTML+CSS+JS {html.extra['page_bytes'] / 1024:.0f} KB; "
+            f"{html.extra['thumbs']} thumbnails {html.extra['thumb_bytes'] / 2**20:.1f} MB"
+        )
+
+
+# -- the GitHub Action's check path ----------------------------------------------------------------
+
+
+def ci_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
+    """What a CI runner pays: a fresh clone, `.flexforge/` restored from actions/cache, an empty
+    user cache (a new machine), then the action's `check` against a plain `build --frozen`."""
+    probes: list[Probe] = []
+    for n in [n for n in args.sizes if n <= COLD_MAX]:
+        print(f"ci check, N={n}: cloning the built project ...", flush=True)
+        root = ensure_project(ProjectSpec(n), args.work_dir)
+        ensure_git_repo(root)
+        clone = args.work_dir / "clones" / f"ci-n{n}"
+        if clone.exists():
+            shutil.rmtree(clone)
+        clone.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+        runner = args.work_dir / "runner" / f"n{n}"
+        shutil.rmtree(runner, ignore_errors=True)
+        runner.mkdir(parents=True)
+        # The restored cache: the building machine's .flexforge/ and the key that seals it.
+        cached_state = runner / "cached-state"
+        shutil.copytree(root / ".flexforge", cached_state, symlinks=True)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        event = {"pull_request": {"number": 1, "base": {"sha": head}, "head": {"sha": head}}}
+        (runner / "event.json").write_text(json.dumps(event))
+        user_cache = runner / "user-cache"
+        env = quiet_env({"FLEXFORGE_CACHE_DIR": str(user_cache)})
+        ci_env = {
+            **env,
+            "GITHUB_EVENT_NAME": "pull_request",
+            "GITHUB_EVENT_PATH": str(runner / "event.json"),
+            "GITHUB_OUTPUT": str(runner / "output"),
+            "GITHUB_STEP_SUMMARY": str(runner / "summary"),
+            "GITHUB_WORKSPACE": str(clone),
+            "GITHUB_REPOSITORY": "bench/project",
+        }
+
+        def fresh_runner(
+            clone: Path = clone, cached: Path = cached_state, cache: Path = user_cache, runner: Path = runner
+        ) -> None:
+            shutil.rmtree(clone / ".flexforge", ignore_errors=True)
+            shutil.copytree(cached, clone / ".flexforge", symlinks=True)
+            shutil.rmtree(cache, ignore_errors=True)
+            for name in ("output", "summary"):
+                (runner / name).unlink(missing_ok=True)
+
+        frozen = Probe(
+            "ci",
+            "flexforge build --frozen",
+            n,
+            [*tools.flexforge, "build", "--frozen", "--provider", "draft"],
+            clone,
+            env=env,
+            setup=fresh_runner,
+        )
+        check = Probe(
+            "ci",
+            "action check (flexforge ci run)",
+            n,
+            [
+                *tools.flexforge,
+                "ci",
+                "run",
+                "--command",
+                "check",
+                "--provider",
+                "draft",
+                "--comment",
+                "false",
+                "--out-dir",
+                str(runner / "out"),
+            ],
+            clone,
+            env=ci_env,
+            setup=fresh_runner,
+        )
+        fresh_runner()
+        check_noop(tools, clone, env)
+        print(f"ci check, N={n}: timing x {args.repeat} ...", flush=True)
+        measure([frozen, check], args.repeat)
+        probes += [frozen, check]
+    return probes
+
+
+def print_ci(probes: Sequence[Probe]) -> None:
+    frozen = {p.n: p for p in probes if "--frozen" in p.label}
+    rows = [
+        [
+            p.label,
+            f"{p.n:,}",
+            str(len(p.samples)),
+            fmt_time(p.median),
+            f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
+            fmt_ratio(ratio(p, frozen.get(p.n))),
+        ]
+        for p in probes
+    ]
+    headers = ["ci: fresh clone, cache restored", "N", "runs", "median", "min - max", "x frozen"]
+    print(table(headers, rows, [False] + [True] * 5))
+
+
 # -- makespan against the emulator ------------------------------------------------------------------
 
 
@@ -895,6 +1163,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--chain", type=int, default=50, help="depth of the chained makespan graph")
     parser.add_argument("--cost-size", type=int, default=1000, help="assets in the build-from-scratch rows")
+    parser.add_argument("--review-size", type=int, default=1000, help="assets in the gallery and diff rows")
     parser.add_argument("--dvc", default=None, help="the dvc executable (default: found on PATH or work dir)")
     parser.add_argument("--install-dvc", action="store_true", help="pip install dvc into WORK_DIR/dvc-venv")
     args = parser.parse_args(argv)
@@ -902,6 +1171,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.smoke:
         args.sizes, args.repeat = [10], 1
         args.latency, args.jobs, args.independent, args.chain, args.cost_size = 0.05, 4, 10, 4, 10
+        args.review_size = 10
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SECTIONS) - set(NOOP_ROWS)
     if unknown:
@@ -933,9 +1203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections: list[tuple[str, Callable[[], list[Probe]], Callable[[Sequence[Probe]], None]]] = [
         ("noop", lambda: noop_section(args, tools, args.noop_rows), lambda ps: print_noop(ps, args.sizes)),
         ("cold", lambda: cold_section(args, tools), print_cold),
+        ("ci", lambda: ci_section(args, tools), print_ci),
         ("makespan", lambda: makespan_section(args, tools), print_makespan),
         ("cost", lambda: cost_section(args, tools), print_cost),
         ("history", lambda: history_section(args, tools), print_history),
+        ("review", lambda: review_section(args, tools), print_review),
     ]
     results: list[tuple[Callable[[Sequence[Probe]], None], list[Probe]]] = []
     for name, run, show in sections:

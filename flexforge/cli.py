@@ -179,15 +179,56 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("target", metavar="[DIR]", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--workflows-only",
+    is_flag=True,
+    help="For an existing project: add the GitHub workflows and .flexforge/.gitignore only.",
+)
+@click.option(
+    "--action",
+    metavar="OWNER/REPO@SHA",
+    default=None,
+    help="The flexforge action the workflows pin (default: $FLEXFORGE_ACTION, or where pip got flexforge).",
+)
+@click.option("--force", is_flag=True, help="Rewrite workflows that are already there.")
 @global_options
 @handle_errors
-def init(target: Path | None) -> int:
-    """Write a starter manifest, .flexforge/.gitignore and a GitHub workflow."""
+def init(target: Path | None, workflows_only: bool, action: str | None, force: bool) -> int:
+    """Write a starter manifest, .flexforge/.gitignore and the GitHub workflows (at the git root)."""
     from flexforge.commands.init import init as run
 
     opts = click.get_current_context().find_object(GlobalOptions)
     assert opts is not None
-    return run(opts.cwd() / target if target else opts.cwd(), opts)
+    return run(
+        opts.cwd() / target if target else opts.cwd(),
+        opts,
+        workflows_only=workflows_only,
+        action=action,
+        force=force,
+    )
+
+
+@cli.command()
+@click.option(
+    "--draft",
+    type=click.Choice(["2020-12", "07"]),
+    default="2020-12",
+    show_default=True,
+    help="07: the draft-07 copy editors (yaml-language-server) and SchemaStore use.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to FILE instead of printing.",
+)
+@handle_errors
+def schema(draft: str, output: Path | None) -> int:
+    """Print the manifest's JSON Schema."""
+    from flexforge.commands.schema import schema as run
+
+    return run(draft, output)
 
 
 @cli.command()
@@ -388,7 +429,7 @@ def _transfer_jobs(func: F) -> F:
 @global_options
 @handle_errors
 def push(jobs: int) -> int:
-    """Upload the lock's images the team remote lacks (flexforge.toml [remote] or $FLEXFORGE_REMOTE)."""
+    """Upload the lock's images the team remote lacks (settings: remote: or $FLEXFORGE_REMOTE)."""
     from flexforge.commands.transfer import push as run
 
     return run(_opts(), jobs)
@@ -403,6 +444,187 @@ def pull(jobs: int) -> int:
     from flexforge.commands.transfer import pull as run
 
     return run(_opts(), jobs)
+
+
+@cli.group()
+def ci() -> None:
+    """What the GitHub Action runs; inputs also come from FLEXFORGE_CI_* variables."""
+
+
+def _optional_float(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    # An unset action input arrives as an empty string.
+    if value is None or value.strip() == "":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an amount in USD") from None
+    if not number >= 0 or number == float("inf"):
+        raise click.BadParameter(f"{value!r} is not an amount in USD")
+    return number
+
+
+def _flag(ctx: click.Context, param: click.Parameter, value: str | None) -> bool:
+    from flexforge.ci.action import env_flag
+
+    try:
+        return env_flag(value, default=True)
+    except FlexforgeError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@ci.command("run")
+@click.option(
+    "--command",
+    "command",
+    envvar="FLEXFORGE_CI_COMMAND",
+    default="check",
+    show_default=True,
+    type=click.Choice(["check", "plan", "build"]),
+    help="check: fail if anything must be generated.",
+)
+@click.option("--provider", envvar="FLEXFORGE_CI_PROVIDER", default=None, help=PROVIDER_HELP)
+@click.option(
+    "--max-cost",
+    envvar="FLEXFORGE_CI_MAX_COST",
+    default=None,
+    callback=_optional_float,
+    metavar="USD",
+    help="build: never start a task that could take the spend over USD.",
+)
+@click.option(
+    "--comment",
+    envvar="FLEXFORGE_CI_COMMENT",
+    default="true",
+    callback=_flag,
+    help="Post or update the pull-request comment (true/false).",
+)
+@click.option(
+    "--summary",
+    envvar="FLEXFORGE_CI_SUMMARY",
+    default="true",
+    callback=_flag,
+    help="Write the job summary (true/false).",
+)
+@click.option("--args", "args", envvar="FLEXFORGE_CI_ARGS", default="", help="More `build` arguments.")
+@click.option(
+    "--out-dir",
+    envvar="FLEXFORGE_CI_OUT_DIR",
+    default="flexforge-ci",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where plan.json, review.json go.",
+)
+@click.option(
+    "--previews",
+    envvar="FLEXFORGE_CI_PREVIEWS",
+    default="true",
+    callback=_flag,
+    help="check/plan: render draft previews of what would be built (true/false).",
+)
+@click.option(
+    "--publish",
+    envvar="FLEXFORGE_CI_PUBLISH",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "push", "pull-request"]),
+    help="build: commit the images and lock back, or open a pull request with them.",
+)
+@global_options
+@handle_errors
+def ci_run(
+    command: str,
+    provider: str | None,
+    max_cost: float | None,
+    comment: bool,
+    summary: bool,
+    args: str,
+    out_dir: Path,
+    previews: bool,
+    publish: str,
+) -> int:
+    """Validate, plan and review; then check (frozen) or build. For the GitHub Action."""
+    import shlex
+
+    from flexforge.ci.action import Inputs
+    from flexforge.commands.ci import ci_run as run
+
+    try:
+        extra = shlex.split(args)
+    except ValueError as exc:
+        raise click.BadParameter(f"{args!r}: {exc}", param_hint="--args") from None
+    inputs = Inputs(
+        command=command,
+        provider=provider or None,
+        max_cost=max_cost,
+        comment=comment,
+        summary=summary,
+        args=extra,
+        out_dir=out_dir,
+        token=os.environ.get("FLEXFORGE_CI_TOKEN", ""),
+        publish=publish,
+        previews=previews,
+    )
+    return run(_opts(), inputs)
+
+
+@ci.command("hook")
+@click.argument("hook", type=click.Choice(["validate", "frozen"]))
+@click.argument("files", nargs=-1)
+@global_options
+@handle_errors
+def ci_hook(hook: str, files: tuple[str, ...]) -> int:
+    """pre-commit: validate, or build --frozen, each project that FILES belong to."""
+    from flexforge.ci.hooks import run_hook
+
+    return run_hook(hook, files, _opts().cwd())
+
+
+@ci.command("comment")
+@click.argument("review_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@global_options
+@handle_errors
+def ci_comment(review_file: Path) -> int:
+    """Post a review.json made by an untrusted pull-request job (run from `workflow_run`)."""
+    from flexforge.commands.ci import ci_comment as run
+
+    return run(review_file, os.environ.get("FLEXFORGE_CI_TOKEN", ""))
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder to write the site to (default: gallery/ in the project's user cache; printed).",
+)
+@provider_option
+@global_options
+@handle_errors
+def gallery(out: Path | None, provider: str | None) -> int:
+    """A static site of every asset: picture, status, prompt, parameters, lineage; filters."""
+    from flexforge.commands.gallery import gallery as run
+
+    return run(_opts(), provider, out)
+
+
+@cli.command()
+@click.argument("revs", nargs=-1, metavar="[BASE [HEAD]]")
+@click.option(
+    "--html",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Also write a page with before, after and a difference heatmap to DIR.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout (docs/review-json.md).")
+@global_options
+@handle_errors
+def diff(revs: tuple[str, ...], html: Path | None, as_json: bool) -> int:
+    """What changed between two commits (default: the merge-base with the default branch
+    against the working tree, as a pull request sees it)."""
+    from flexforge.commands.diff import diff as run
+
+    return run(_opts(), revs, html, as_json)
 
 
 def _opts() -> GlobalOptions:

@@ -148,6 +148,14 @@ class History:
         found = self._object(f"{commit}:{path}", size)
         return found[1] if found is not None and len(found[1]) == size else None
 
+    def blob(self, commit: str, repo_path: str, limit: int) -> bytes | None:
+        """The bytes of repository-relative `repo_path` in `commit` (any commit, not only those
+        that touched the lock), or None when it is missing, not a blob or bigger than `limit`."""
+        if "\n" in repo_path or "\n" in commit:
+            return None
+        found = self._object(f"{commit}:{repo_path}", limit)
+        return found[1] if found is not None else None
+
     def _object(self, spec: str, limit: int) -> tuple[str, bytes] | None:
         """(object id, contents) of a blob named like `commit:path`, or None when it is missing,
         not a blob or bigger than `limit` bytes."""

@@ -115,6 +115,12 @@ def read_lock(path: Path) -> Lock:
         raise FlexforgeError(
             f"cannot read {label}: {exc.strerror}; it should be flexforge's lock file"
         ) from None
+    return parse_lock(path, raw, label)
+
+
+def parse_lock(path: Path, raw: bytes, label: str, fix: str | None = None) -> Lock:
+    """A lock from its bytes (a file, or a blob of a past commit); `label` names it in errors,
+    `fix` says what to do about a bad one."""
     if b"<<<<<<<" in raw or b">>>>>>>" in raw:
         raise FlexforgeError(
             f"{label} has merge-conflict markers: take either side (git checkout --theirs "
@@ -123,10 +129,8 @@ def read_lock(path: Path) -> Lock:
     try:
         entries = parse_entries(raw)
     except ValueError as exc:
-        raise FlexforgeError(
-            f"{label} is not a valid flexforge lock ({exc}); restore it with "
-            f"`git checkout {label}`, or delete it to rebuild from the cache"
-        ) from None
+        fix = fix or f"restore it with `git checkout {label}`, or delete it to rebuild from the cache"
+        raise FlexforgeError(f"{label} is not a valid flexforge lock ({exc}); {fix}") from None
     return Lock(path, entries, raw, _stamp(path))
 
 

@@ -39,3 +39,12 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return Project(tmp_path / "repo")
+
+
+@pytest.fixture
+def kit(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The launch-kit example, built with the draft provider and committed on branch main."""
+    from tests.support.kit import make_kit
+
+    template = tmp_path_factory.getbasetemp() / "launch-kit-template"
+    return make_kit(tmp_path / "kit", template)

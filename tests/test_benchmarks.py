@@ -73,7 +73,9 @@ def test_benchmark_smoke_run_prints_its_table(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = proc.stdout
-    for heading in ("no-op (nothing changed)", "cold (no .flexforge/)", "cost (1 run)", "Targets (issue 4"):
+    headings = ("no-op (nothing changed)", "cold (no .flexforge/)", "cost (1 run)", "review pages")
+    headings += ("Targets (issue 4",)
+    for heading in headings:
         assert heading in out, out
     for row in ("python -c pass", "floor script", "flexforge build", "python -m flexforge plan"):
         assert row in out, out

@@ -289,8 +289,8 @@ def test_graph_formats(chain: Project) -> None:
 
 
 def test_init_writes_a_buildable_project(project: Project) -> None:
-    assert project.run("init").exit_code == 0
-    assert (project.root / ".github/workflows/flexforge.yml").exists()
+    assert project.run("init", "--action", "acme/flexforge@" + "0" * 40).exit_code == 0
+    assert (project.root / ".github/workflows/flexforge-check.yml").exists()
     assert project.run("validate").exit_code == 0
     assert project.build().exit_code == 0
     assert project.run("init").exit_code == 1  # never overwrites a manifest

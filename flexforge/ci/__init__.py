@@ -1,0 +1,1 @@
+"""flexforge in continuous integration: GitHub's runner files, the pull-request comment, commit-back."""

@@ -1,0 +1,250 @@
+"""`flexforge ci run` as the composite action runs it: real git, real files, a fake GitHub on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flexforge.ci.comment import marker
+from tests.ci.conftest import Actions, git
+from tests.support.fake_github import TOKEN
+
+MARKER = marker("site")
+
+
+def _open_pr(actions: Actions, number: int = 7, *, fork: bool = False) -> tuple[str, str]:
+    base = git(actions.repo.root, "rev-parse", "HEAD")
+    actions.repo.edit("A flat logo", "A flat logo reading 'GREEN'")
+    head = actions.repo.commit("greener logo")
+    actions.pull_request(number, base, head, fork=fork)
+    return base, head
+
+
+def test_first_run_creates_the_comment_and_the_second_updates_the_same_one(actions: Actions) -> None:
+    _open_pr(actions)
+    first = actions.run("run", "--command", "plan")
+    assert first.exit_code == 0, first.output
+    posts = [r for r in actions.github.writes() if r.method == "POST"]
+    assert len(posts) == 1 and posts[0].path == "/repos/acme/site/issues/7/comments"
+    assert posts[0].authorization == f"Bearer {TOKEN}"
+    body = posts[0].body["body"]
+    assert body.startswith(MARKER + "\n")
+    assert "`logo`" in body and "regenerate (prompt)" in body
+    assert "`hero`" not in body  # unchanged assets stay out of the comment
+
+    actions.repo.edit("'GREEN'", "'BLUE'")
+    actions.repo.commit("bluer")
+    second = actions.run("run", "--command", "plan")
+    assert second.exit_code == 0, second.output
+    writes = actions.github.writes()
+    assert [w.method for w in writes] == ["POST", "PATCH"]
+    comment_id = actions.github.comments[7][0]["id"]
+    assert writes[1].path == f"/repos/acme/site/issues/comments/{comment_id}"
+    assert len(actions.github.comments[7]) == 1
+
+
+def test_a_comment_by_someone_else_with_the_marker_is_left_alone(actions: Actions) -> None:
+    _open_pr(actions)
+    actions.github.add_comment(7, MARKER + "\nI copied the marker", login="mallory")
+    assert actions.run("run", "--command", "plan").exit_code == 0
+    assert [w.method for w in actions.github.writes()] == ["POST"]
+    assert actions.github.comments[7][0]["body"] == MARKER + "\nI copied the marker"
+
+
+def test_the_comment_is_found_again_past_the_first_page(actions: Actions) -> None:
+    _open_pr(actions)
+    actions.github.page_size = 2
+    assert actions.run("run", "--command", "plan").exit_code == 0
+    for i in range(5):
+        actions.github.add_comment(7, f"chatter {i}", login="someone")
+    assert actions.run("run", "--command", "plan").exit_code == 0
+    assert [w.method for w in actions.github.writes()] == ["POST", "PATCH"]
+
+
+def test_outputs_summary_and_plan_json(actions: Actions) -> None:
+    _open_pr(actions)
+    result = actions.run("run", "--command", "plan", "--comment", "false")
+    assert result.exit_code == 0, result.output
+    out = actions.outputs()
+    assert out["changes"] == "true"
+    assert float(out["estimated-cost"]) == 0.0  # draft costs nothing
+    plan = json.loads(Path(out["plan-json"]).read_text())
+    assert {a["id"]: a["action"] for a in plan["assets"]}["logo"] == "regenerate"
+    review = json.loads(Path(out["review-json"]).read_text())
+    assert review["project"] == "site" and review["pull_request"] == 7
+    assert [c["id"] for c in review["changes"]] == ["logo"]
+    assert review["changes"][0]["before"] == "site/assets/logo.png"
+    assert "`logo`" in actions.summary.read_text()
+    assert actions.github.requests == []
+
+
+def test_check_fails_with_an_annotation_on_the_assets_line(actions: Actions) -> None:
+    _open_pr(actions)
+    result = actions.run("run", "--command", "check", "--comment", "false")
+    assert result.exit_code == 1
+    assert (
+        "::error file=site/flexforge.yaml,line=14,title=flexforge check::logo: regenerate (prompt)"
+        in result.output
+    )
+
+
+def test_check_passes_on_a_clean_repository(actions: Actions) -> None:
+    sha = git(actions.repo.root, "rev-parse", "HEAD")
+    actions.event("push", {"before": sha}, sha)
+    result = actions.run("run", "--command", "check")
+    assert result.exit_code == 0, result.output
+    assert actions.outputs()["changes"] == "false"
+
+
+def test_validation_errors_become_annotations_and_the_comment_lists_them(actions: Actions) -> None:
+    base = git(actions.repo.root, "rev-parse", "HEAD")
+    actions.repo.edit("  steps: 4", "  steps: 80")
+    head = actions.repo.commit("bad")
+    actions.pull_request(8, base, head)
+    result = actions.run("run", "--command", "check")
+    assert result.exit_code == 1
+    assert "::error file=site/flexforge.yaml,line=6,col=10,title=flexforge validate::" in result.output
+    body = actions.github.writes()[0].body["body"]
+    assert "the manifest has 1 error" in body and "greater than the maximum of 50" in body
+
+
+def test_a_committed_image_change_shows_before_and_after_at_base_and_head(actions: Actions) -> None:
+    base = git(actions.repo.root, "rev-parse", "HEAD")
+    actions.repo.edit("A flat logo", "A round logo")
+    assert actions.repo.flexforge("build", "--provider", "draft").exit_code == 0
+    head = actions.repo.commit("round logo, built")
+    actions.pull_request(9, base, head)
+    assert actions.run("run", "--command", "check").exit_code == 0
+    body = actions.github.writes()[0].body["body"]
+    assert f"https://github.com/acme/site/raw/{base}/site/assets/logo.png" in body
+    assert f"https://github.com/acme/site/raw/{head}/site/assets/logo.png" in body
+    assert "updated" in body
+
+
+def test_a_fork_pull_request_is_reviewed_without_writing_to_github(actions: Actions) -> None:
+    _open_pr(actions, fork=True)
+    result = actions.run("run", "--command", "plan")
+    assert result.exit_code == 0, result.output
+    assert actions.github.writes() == []
+    assert "read-only token" in result.output
+    assert Path(actions.outputs()["review-json"]).is_file()
+
+
+def test_a_pull_request_never_gets_a_paid_build(actions: Actions) -> None:
+    before = (actions.repo.project / "flexforge.lock").read_bytes()
+    _open_pr(actions, fork=True)
+    result = actions.run("run", "--command", "build", "--provider", "bfl", BFL_API_KEY="sk-would-be-spent")
+    assert result.exit_code == 2
+    assert "refusing a paid build" in result.output
+    assert "sk-would-be-spent" not in result.output
+    assert (actions.repo.project / "flexforge.lock").read_bytes() == before
+    assert actions.github.requests == []
+
+
+def test_build_on_push_builds_with_the_budget_and_groups_its_log(actions: Actions) -> None:
+    sha = git(actions.repo.root, "rev-parse", "HEAD")
+    actions.repo.edit("A flat logo", "A flat logo, in red")
+    actions.event("push", {"before": sha}, sha)
+    result = actions.run("run", "--command", "build", "--max-cost", "1")
+    assert result.exit_code == 0, result.output
+    assert "::group::flexforge build" in result.output and "::endgroup::" in result.output
+    assert "::stop-commands::" in result.output
+    assert actions.outputs()["changes"] == "false"  # built: nothing left to do
+
+
+def test_the_trusted_comment_job_checks_the_pull_request_head(actions: Actions) -> None:
+    _base, head = _open_pr(actions, fork=True)
+    assert actions.run("run", "--command", "plan").exit_code == 0
+    review_file = actions.outputs()["review-json"]
+    run = {"workflow_run": {"head_sha": head, "event": "pull_request"}}
+    actions.event("workflow_run", run, "c" * 40)
+    posted = actions.run("comment", review_file)
+    assert posted.exit_code == 0, posted.output
+    assert [w.method for w in actions.github.writes()] == ["POST"]
+
+    # A review that names another pull request (whose head is not the run's) is refused.
+    tampered = json.loads(Path(review_file).read_text())
+    tampered["pull_request"] = 99
+    actions.github.pulls[99] = {"number": 99, "head": {"sha": "d" * 40}}
+    Path(review_file).write_text(json.dumps(tampered))
+    refused = actions.run("comment", review_file)
+    assert refused.exit_code == 1
+    assert "not commenting" in refused.output
+    assert [w.method for w in actions.github.writes()] == ["POST"]
+
+
+def test_extra_arguments_cannot_switch_to_a_paid_provider(actions: Actions) -> None:
+    _open_pr(actions, fork=True)
+    result = actions.run("run", "--command", "build", "--args", "--provider=bfl")
+    assert result.exit_code == 2
+    assert "provider" in result.output and actions.github.requests == []
+
+
+def test_unbalanced_quotes_in_args_are_a_usage_error(actions: Actions) -> None:
+    result = actions.run("run", "--command", "plan", "--args", "'open")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and ".git" not in p.parts and ".flexforge" not in p.parts
+    }
+
+
+def test_draft_previews_of_what_would_be_built_leave_the_checkout_alone(actions: Actions) -> None:
+    _open_pr(actions)
+    before = _tree(actions.repo.root)
+    result = actions.run("run", "--command", "plan")
+    assert result.exit_code == 0, result.output
+    previews = Path(actions.outputs()["previews-dir"])
+    assert [p.name for p in previews.iterdir()] == ["logo.png"]
+    assert previews.joinpath("logo.png").read_bytes() != before["site/assets/logo.png"]
+    assert _tree(actions.repo.root) == before
+    body = actions.github.writes()[0].body["body"]
+    assert '<a href="https://github.com/acme/site/actions/runs/42#artifacts">draft preview</a>' in body
+
+
+def test_no_previews_when_asked_for_none(actions: Actions) -> None:
+    _open_pr(actions)
+    assert actions.run("run", "--command", "plan", "--previews", "false").exit_code == 0
+    assert actions.outputs()["changes"] == "true" and "previews-dir" not in actions.outputs()
+
+
+def executed_commands(log: str) -> list[str]:
+    """The workflow commands GitHub's runner would act on in `log` (it honours stop-commands)."""
+    commands, stopped_by = [], None
+    for line in log.splitlines():
+        if stopped_by is not None:
+            if line == f"::{stopped_by}::":
+                stopped_by = None
+            continue
+        if line.startswith("::stop-commands::"):
+            stopped_by = line.removeprefix("::stop-commands::")
+        elif line.startswith("::"):
+            commands.append(line)
+    return commands
+
+
+def test_a_manifest_cannot_issue_workflow_commands_through_the_log(actions: Actions) -> None:
+    base = git(actions.repo.root, "rev-parse", "HEAD")
+    text = (actions.repo.project / "flexforge.yaml").read_text()
+    hostile = '\n  evil:\n    prompt: "x"\n    out: "assets/e\\n::add-mask::github\\n::error::pwned.png"\n'
+    (actions.repo.project / "flexforge.yaml").write_text(text + hostile)
+    head = actions.repo.commit("hostile")
+    actions.pull_request(11, base, head)
+    for command in ("plan", "check"):
+        result = actions.run("run", "--command", command)
+        assert not [c for c in executed_commands(result.output) if "pwned" in c or "add-mask" in c]
+    body = actions.github.writes()[0].body["body"]
+    assert "`evil`" in body and "pwned" not in body  # the thumbnail table shows no path
+
+
+def test_a_comment_github_refuses_is_a_warning_not_a_failed_check(actions: Actions) -> None:
+    sha = git(actions.repo.root, "rev-parse", "HEAD")
+    actions.pull_request(12, sha, sha)
+    result = actions.run("run", "--command", "check", FLEXFORGE_CI_TOKEN="revoked")
+    assert result.exit_code == 0, result.output
+    assert "::warning title=flexforge::the pull-request comment was not posted: GitHub: GET" in result.output
+    assert "revoked" not in result.output

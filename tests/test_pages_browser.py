@@ -1,0 +1,115 @@
+"""The gallery and diff pages in a real headless Chromium, opened from file:// as a user would.
+
+Each test starts from a real built project, opens the page, checks that every image loads
+(naturalWidth > 0), that the filters and the lightbox work and that nothing is logged as an
+error, and saves a screenshot under test-artifacts/browser/ (or $FLEXFORGE_TEST_ARTIFACTS)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import Project
+from tests.support.browser import PageLog, artifacts_dir, chromium, load_every_image
+from tests.support.kit import flexforge
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[tuple[Any, PageLog]]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    log = PageLog()
+    log.attach(page)
+    yield page, log
+    context.close()
+
+
+def _shown(page: Any) -> list[str]:
+    ids: list[str] = page.evaluate(
+        "Array.from(document.querySelectorAll('#cards > .card:not([hidden])')).map((c) => c.id.slice(6))"
+    )
+    return ids
+
+
+def test_gallery_in_chromium(kit: Project, tmp_path: Path, page: tuple[Any, PageLog]) -> None:
+    tab, log = page
+    kit.edit("seed: 3002", "seed: 3003")  # product-shot now plans a regenerate: a second status
+    out = tmp_path / "gallery"
+    result = flexforge(kit.root, "gallery", "--provider", "draft", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    tab.goto((out / "index.html").as_uri())
+    tab.screenshot(path=artifacts_dir() / "gallery.png")
+
+    images = load_every_image(tab)
+    assert len(images) >= 9
+    assert [i["src"] for i in images if i["width"] <= 0] == []
+
+    all_ids = _shown(tab)
+    assert len(all_ids) == 9 and tab.inner_text("#f-count") == "9 of 9 shown"
+    tab.select_option("#f-status", "regenerate")
+    assert _shown(tab) == ["product-shot"]
+    tab.select_option("#f-status", "")
+    tab.select_option("#f-model", "flux-2-klein-4b")
+    assert _shown(tab) == ["email-header"]
+    tab.select_option("#f-model", "")
+    tab.fill("#f-text", "packshot")
+    assert _shown(tab) == ["product-shot"]
+    tab.fill("#f-text", "no such words anywhere")
+    assert _shown(tab) == [] and tab.is_visible("#f-none")
+    tab.fill("#f-text", "")
+    assert len(_shown(tab)) == 9
+
+    tab.click("#asset-hero figure a.zoom")
+    assert tab.is_visible("#lightbox")
+    tab.wait_for_function("document.querySelector('#lightbox img').complete")
+    natural = tab.evaluate("document.querySelector('#lightbox img').naturalWidth")
+    assert natural == 1536  # the full-size image, not the thumbnail
+    assert tab.inner_text("#lightbox figcaption") == "hero"
+    tab.screenshot(path=artifacts_dir() / "gallery-lightbox.png")
+    tab.keyboard.press("ArrowRight")
+    assert tab.inner_text("#lightbox figcaption") == "hero-autumn"
+    tab.keyboard.press("Escape")
+    assert not tab.is_visible("#lightbox")
+    assert log.errors == []
+
+
+def test_diff_in_chromium(kit: Project, tmp_path: Path, page: tuple[Any, PageLog]) -> None:
+    tab, log = page
+    kit.edit("seed: 1207", "seed: 1300")
+    kit.edit("  product-shot:", "  packshot:")
+    assert flexforge(kit.root, "build", "--provider", "draft", "-q").returncode == 0
+    out = tmp_path / "diff"
+    result = flexforge(kit.root, "diff", "HEAD", "--html", str(out))
+    assert result.returncode == 0, result.stderr
+    tab.goto((out / "index.html").as_uri())
+    tab.screenshot(path=artifacts_dir() / "diff.png")
+
+    images = load_every_image(tab)
+    assert [i["src"] for i in images if i["width"] <= 0] == []
+    heatmaps = [i for i in images if i["src"].startswith("heatmaps/")]
+    assert len(heatmaps) == 6  # hero and its five dependents; the rename has the same bytes
+    assert len(_shown(tab)) == 7
+
+    tab.select_option("#f-status", "renamed")
+    assert _shown(tab) == ["packshot"]
+    tab.select_option("#f-status", "regenerated")
+    assert len(_shown(tab)) == 6
+    tab.fill("#f-text", "1300")  # the new seed, in the details
+    assert _shown(tab) == ["hero"]
+
+    tab.click("#asset-hero .pair figure:nth-child(3) a.zoom")
+    assert tab.is_visible("#lightbox")
+    assert tab.inner_text("#lightbox figcaption") == "hero difference"
+    tab.keyboard.press("ArrowLeft")
+    assert tab.inner_text("#lightbox figcaption") == "hero after"
+    tab.keyboard.press("Escape")
+    assert log.errors == []
