@@ -87,11 +87,11 @@ def leases(url: str) -> list[dict[str, Any]]:
 def remote_objects(remote: FsspecRemote) -> dict[str, bytes]:
     remote.fs.invalidate_cache()
     try:
-        names = remote.fs.find(f"{remote.root}/objects")
+        listed = remote.fs.find(f"{remote.root}/objects", detail=True)
     except FileNotFoundError:
         return {}
     found = {}
-    for name in names:
+    for name in (n for n, info in listed.items() if info.get("type") == "file"):
         base = str(name).rsplit("/", 1)[-1]
         if len(base) != 64:
             # A folder's temp file, left by a kill mid-write: never under an object's name, and
