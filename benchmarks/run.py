@@ -14,6 +14,8 @@ One run measures everything it compares, so that ratios are not skewed by anothe
             weight), and `flexforge diff` over a commit that changed a tenth of them
   history   a fresh clone whose prompts were all reverted to an earlier commit: `flexforge build`
             restoring every output from git history (0 generated) vs `git checkout REV -- assets`
+  pricing   `plan`'s estimate vs what the emulator billed (BFL's rule, written apart from
+            flexforge/pricing.py), over examples/ and a random mix of sizes, models and references
 
 Each command runs once to warm up (not counted), then --repeat times, commands interleaved round
 robin so that a burst of load elsewhere hits all of them alike; the table shows the median and
@@ -62,7 +64,8 @@ from generate import (
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SECTIONS = ("noop", "cold", "ci", "makespan", "cost", "history", "review")
+SECTIONS = ("noop", "cold", "ci", "makespan", "cost", "history", "review", "pricing")
+PRICING_TOLERANCE = 0.05  # estimate within 5 % of the bill
 # Rows of the no-op section, also accepted by --only to pick single rows.
 NOOP_ROWS = ("pass", "floor", "build", "plan", "make", "dvc")
 COLD_MAX = 1000  # cold plans are timed up to this N (the 10k clone alone would be 2 GB more)
@@ -832,6 +835,16 @@ def ci_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
         check_noop(tools, clone, env)
         print(f"ci check, N={n}: timing x {args.repeat} ...", flush=True)
         measure([frozen, check], args.repeat)
+        # CPU seconds too (user + sys, with the git children): on a loaded machine wall time
+        # mostly measures the neighbours, CPU what each path really does.
+        cpu: dict[str, list[float]] = {frozen.label: [], check.label: []}
+        for _ in range(args.repeat):
+            for probe in (frozen, check):
+                fresh_runner()
+                assert probe.cwd is not None and probe.env is not None
+                cpu[probe.label].append(timed_rusage(probe.cmd, probe.cwd, probe.env)[1])
+        for probe in (frozen, check):
+            probe.extra["cpu_s"] = round(statistics.median(cpu[probe.label]), 3)
         probes += [frozen, check]
     return probes
 
@@ -846,11 +859,14 @@ def print_ci(probes: Sequence[Probe]) -> None:
             fmt_time(p.median),
             f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
             fmt_ratio(ratio(p, frozen.get(p.n))),
+            fmt_time(p.extra.get("cpu_s")),
+            fmt_ratio(p.extra["cpu_s"] / frozen[p.n].extra["cpu_s"] if p.n in frozen else None),
         ]
         for p in probes
     ]
     headers = ["ci: fresh clone, cache restored", "N", "runs", "median", "min - max", "x frozen"]
-    print(table(headers, rows, [False] + [True] * 5))
+    headers += ["CPU", "CPU x frozen"]
+    print(table(headers, rows, [False] + [True] * 7))
 
 
 # -- makespan against the emulator ------------------------------------------------------------------
@@ -1074,6 +1090,103 @@ def print_cost(probes: Sequence[Probe]) -> None:
     print(table(headers, rows, [False, True, True, True, True, True]))
 
 
+# -- estimates against the bill --------------------------------------------------------------------
+
+
+def random_priced_project(root: Path, n: int, seed: int) -> None:
+    """n assets of random models, sizes (multiples of 16, <= 4 MP) and 0-4 file references of
+    random sizes: what the rounding rule bites on (small references, sizes just over 1 MP)."""
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(seed)
+    models = ["flux-2-flex", "flux-2-pro", "flux-2-max", "flux-2-klein-4b", "flux-2-klein-9b"]
+    lines = ["version: 1", "assets:"]
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        while True:
+            width, height = rng.randrange(64, 2049, 16), rng.randrange(64, 2049, 16)
+            if width * height <= 2048 * 2048:
+                break
+        refs = []
+        for j in range(rng.randrange(0, 5)):
+            ref = f"refs/r{i}-{j}.png"
+            size = (rng.randrange(16, 1600), rng.randrange(16, 1600))
+            Image.new("RGB", size, (rng.randrange(256), 40, 90)).save(root / ref, "PNG")
+            refs.append(ref)
+        lines.append(
+            f"  a{i}: {{model: {rng.choice(models)}, prompt: 'asset {i}', seed: {i}, "
+            f"width: {width}, height: {height}, references: {json.dumps(refs)}}}"
+        )
+    (root / "flexforge.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def priced_build(tools: Tools, root: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(plan's estimate, the emulator's bill) in US$ for building `root` from scratch."""
+    emulator_call(env, "POST", "/_emulator/reset")
+    plan = subprocess.run(
+        [*tools.flexforge, "plan", "--json", "--provider", "emulator"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if plan.returncode not in (0, 2):
+        raise BenchmarkError(f"plan failed in {root}: {plan.stderr[-2000:]}")
+    estimate = float(json.loads(plan.stdout)["estimated_cost_usd"])
+    timed_rusage([*tools.flexforge, "build", "--provider", "emulator", "--jobs", "8"], root, env)
+    stats = emulator_call(env, "GET", "/_emulator/stats") or {}
+    return estimate, float(stats.get("charged_credits", 0.0)) / 100
+
+
+def pricing_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
+    if not tools.emulator:
+        print(f"pricing: skipped: {tools.emulator_note}", flush=True)
+        return []
+    work = args.work_dir / "runs" / "pricing"
+    if work.exists():
+        shutil.rmtree(work)
+    examples = sorted(p.parent for p in (REPO / "examples").glob("*/flexforge.yaml"))
+    projects: list[tuple[str, Path]] = []
+    for example in examples:
+        dest = work / example.name
+        shutil.copytree(
+            example, dest, ignore=shutil.ignore_patterns(".flexforge", "flexforge.lock", "assets")
+        )
+        projects.append((f"examples/{example.name}", dest))
+    mix = work / "random-mix"
+    random_priced_project(mix, args.pricing_size, seed=1)
+    projects.append((f"random mix of {args.pricing_size} (sizes, models, 0-4 references)", mix))
+    probes = []
+    log = args.work_dir / "logs" / "emulator-pricing.log"
+    with running_emulator(tools, 0.02, log) as env:
+        for label, root in projects:
+            print(f"pricing: {label} ...", flush=True)
+            estimate, billed = priced_build(tools, root, env)
+            gap = abs(estimate - billed) / billed if billed else None
+            assets = len(json.loads((root / "flexforge.lock").read_text())["assets"])
+            extra = {"estimate_usd": round(estimate, 4), "billed_usd": round(billed, 4), "gap": gap}
+            probes.append(Probe("pricing", label, assets, [], root, extra=extra))
+    return probes
+
+
+def print_pricing(probes: Sequence[Probe]) -> None:
+    rows = [
+        [
+            p.label,
+            f"{p.n:,}",
+            f"${p.extra['estimate_usd']:.4f}",
+            f"${p.extra['billed_usd']:.4f}",
+            "-" if p.extra["gap"] is None else f"{p.extra['gap'] * 100:.2f} %",
+        ]
+        for p in probes
+    ]
+    headers = ["pricing: plan estimate vs emulator bill", "N", "estimate", "billed", "gap"]
+    print(table(headers, rows, [False, True, True, True, True]))
+
+
 # -- targets ----------------------------------------------------------------------------------------
 
 
@@ -1109,6 +1222,7 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
         return p.extra["peak_rss_mb"] if p else None
 
     startup = get("python -c pass", None)
+    pricing = [p for p in probes if p.section == "pricing"]
     chain = next((p for p in probes if p.section == "makespan" and p.label.startswith("chain")), None)
     independent = next((p for p in probes if p.section == "makespan" and p.label.startswith("indep")), None)
     return [
@@ -1136,6 +1250,11 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
         ),
         Target("peak RSS, 1k build (draft)", rss("draft"), 200, "MB"),
         Target("peak RSS, 1k build (emulator)", rss("emulator"), 200, "MB"),
+        Target(
+            "pricing: worst |estimate - bill| / bill",
+            max((p.extra["gap"] for p in pricing if p.extra["gap"] is not None), default=None),
+            PRICING_TOLERANCE,
+        ),
     ]
 
 
@@ -1164,6 +1283,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--chain", type=int, default=50, help="depth of the chained makespan graph")
     parser.add_argument("--cost-size", type=int, default=1000, help="assets in the build-from-scratch rows")
     parser.add_argument("--review-size", type=int, default=1000, help="assets in the gallery and diff rows")
+    parser.add_argument("--pricing-size", type=int, default=60, help="assets in the random pricing mix")
     parser.add_argument("--dvc", default=None, help="the dvc executable (default: found on PATH or work dir)")
     parser.add_argument("--install-dvc", action="store_true", help="pip install dvc into WORK_DIR/dvc-venv")
     args = parser.parse_args(argv)
@@ -1172,6 +1292,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.sizes, args.repeat = [10], 1
         args.latency, args.jobs, args.independent, args.chain, args.cost_size = 0.05, 4, 10, 4, 10
         args.review_size = 10
+        args.pricing_size = 8
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SECTIONS) - set(NOOP_ROWS)
     if unknown:
@@ -1208,6 +1329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("cost", lambda: cost_section(args, tools), print_cost),
         ("history", lambda: history_section(args, tools), print_history),
         ("review", lambda: review_section(args, tools), print_review),
+        ("pricing", lambda: pricing_section(args, tools), print_pricing),
     ]
     results: list[tuple[Callable[[Sequence[Probe]], None], list[Probe]]] = []
     for name, run, show in sections:

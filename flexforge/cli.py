@@ -248,6 +248,9 @@ def validate() -> int:
 @provider_option
 @click.option("--replace", multiple=True, metavar="ID", help="Plan ID as regenerated even if clean.")
 @click.option("--reseed", multiple=True, metavar="ID", help="Plan ID with a new seed.")
+@click.option(
+    "--check-credits", is_flag=True, help="Ask the provider for the balance (the only network call)."
+)
 @global_options
 @handle_errors
 def plan(
@@ -257,8 +260,9 @@ def plan(
     provider: str | None,
     replace: tuple[str, ...],
     reseed: tuple[str, ...],
+    check_credits: bool,
 ) -> int:
-    """What a build would do and why, with the estimated cost. No network."""
+    """What a build would do and why, with the estimated cost. No network unless --check-credits."""
     from flexforge.commands.plan import plan as run
 
     return run(
@@ -267,6 +271,7 @@ def plan(
         provider,
         as_json=as_json,
         detailed_exitcode=detailed_exitcode,
+        check_credits=check_credits,
     )
 
 
@@ -305,6 +310,11 @@ def plan(
     help="stop (default): start no task that could pass --max-cost; refuse: start nothing if the plan's "
     "estimate passes it.",
 )
+@click.option(
+    "--ignore-credits",
+    is_flag=True,
+    help="Build even if the account's balance is below the plan's estimate.",
+)
 @global_options
 @handle_errors
 def build(
@@ -319,12 +329,13 @@ def build(
     shard: str | None,
     max_cost: float | None,
     max_cost_policy: str | None,
+    ignore_credits: bool,
 ) -> int:
     """Make the files match the manifest; IDs limit it to those assets and what they need."""
     from flexforge.commands.build import build as run
     from flexforge.options import BuildFlags
 
-    options = BuildFlags(jobs, keep_going, max_cost, max_cost_policy)
+    options = BuildFlags(jobs, keep_going, max_cost, max_cost_policy, check_credits=not ignore_credits)
     return run(
         _opts(),
         _plan_options(ids, replace, reseed),
@@ -411,39 +422,6 @@ def accept(asset_id: str) -> int:
     from flexforge.commands.accept import accept as run
 
     return run(_opts(), asset_id)
-
-
-def _transfer_jobs(func: F) -> F:
-    return click.option(
-        "-j",
-        "--jobs",
-        type=click.IntRange(min=1, max=256),
-        default=32,
-        show_default=True,
-        help="Transfers at once.",
-    )(func)
-
-
-@cli.command()
-@_transfer_jobs
-@global_options
-@handle_errors
-def push(jobs: int) -> int:
-    """Upload the lock's images the team remote lacks (settings: remote: or $FLEXFORGE_REMOTE)."""
-    from flexforge.commands.transfer import push as run
-
-    return run(_opts(), jobs)
-
-
-@cli.command()
-@_transfer_jobs
-@global_options
-@handle_errors
-def pull(jobs: int) -> int:
-    """Download the lock's images from the team remote into the local cache, verified."""
-    from flexforge.commands.transfer import pull as run
-
-    return run(_opts(), jobs)
 
 
 @cli.group()
@@ -625,6 +603,39 @@ def diff(revs: tuple[str, ...], html: Path | None, as_json: bool) -> int:
     from flexforge.commands.diff import diff as run
 
     return run(_opts(), revs, html, as_json)
+
+
+def _transfer_jobs(func: F) -> F:
+    return click.option(
+        "-j",
+        "--jobs",
+        type=click.IntRange(min=1, max=256),
+        default=32,
+        show_default=True,
+        help="Transfers at once.",
+    )(func)
+
+
+@cli.command()
+@_transfer_jobs
+@global_options
+@handle_errors
+def push(jobs: int) -> int:
+    """Upload the lock's images the team remote lacks (flexforge.toml [remote] or $FLEXFORGE_REMOTE)."""
+    from flexforge.commands.transfer import push as run
+
+    return run(_opts(), jobs)
+
+
+@cli.command()
+@_transfer_jobs
+@global_options
+@handle_errors
+def pull(jobs: int) -> int:
+    """Download the lock's images from the team remote into the local cache, verified."""
+    from flexforge.commands.transfer import pull as run
+
+    return run(_opts(), jobs)
 
 
 def _opts() -> GlobalOptions:

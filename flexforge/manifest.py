@@ -14,10 +14,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from flexforge import models
 from flexforge.confine import Resolver, extension_problem, output_problem, private_part
 from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageError
 from flexforge.imaging import EXTENSIONS
-from flexforge.models import FLEX_MODEL, FLEX_ONLY, MAX_REFERENCES
+from flexforge.models import FLEX_MODEL
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
 from flexforge.settings import Settings
 
@@ -25,17 +26,11 @@ SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
 CACHE_VERSION = 3  # bump when what validation produces changes
 CACHE_LIMIT = 512 * 1024 * 1024
 
-BUILTIN_DEFAULTS: dict[str, Any] = {
-    "model": FLEX_MODEL,
-    "width": 1024,
-    "height": 1024,
-    "steps": 50,
-    "guidance": 4.5,
-    "output_format": "png",
-    "safety_tolerance": 2,
-    "prompt_upsampling": False,
-}
-MAX_PIXELS = 2048 * 2048  # the API's 4 MP limit
+# Knobs that only some models take: set on another asset itself they are an error, in `defaults`
+# they apply to the models that take them.
+MODEL_KNOBS = (*models.FLEX_KNOBS, models.UPSAMPLING)
+BUILTIN_DEFAULTS: dict[str, Any] = dict(models.DEFAULTS)
+MAX_PIXELS = models.MAX_PIXELS
 MAX_TEXT = 100_000  # characters of one prompt or path after vars: far past any real prompt
 KEY_LIKE = re.compile(r"(^|_|-)(api_?key|key|token|secret|password|authorization|x-key)$", re.I)
 _VAR = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -53,9 +48,9 @@ class Asset:
     height: int
     output_format: str
     safety_tolerance: int
-    steps: int | None  # flex-only knobs are None on other models
+    steps: int | None  # knobs a model does not take (models.py) are None
     guidance: float | None
-    prompt_upsampling: bool | None
+    prompt_upsampling: bool | None  # flex, pro and max
     seed: int | None  # None: drawn at the first build and pinned in the lock
     references: tuple[str, ...]  # as written: asset ids or root-relative POSIX paths
     asset_refs: tuple[str, ...]  # the subset that are asset ids
@@ -63,6 +58,16 @@ class Asset:
     line: int
     # Delivery size when it differs from the generated width x height (cover-scale, centre-crop).
     final_size: tuple[int, int] | None = None
+    # References are scaled down to at most this many megapixels before upload; None: as they are.
+    reference_max_mp: float | None = None
+
+    def reference_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size a reference of width x height is uploaded at."""
+        if self.reference_max_mp is None:
+            return width, height
+        from flexforge.imaging import fit_megapixels
+
+        return fit_megapixels(width, height, self.reference_max_mp)
 
     @property
     def is_flex(self) -> bool:
@@ -380,6 +385,7 @@ class _Checker:
             if asset is not None:
                 assets[asset_id] = asset
         self._outputs(assets)
+        self._reference_limits(assets)
         from flexforge.graph import CycleError, topological_order
 
         # Cycles among every asset, even one whose other fields were refused.
@@ -407,15 +413,15 @@ class _Checker:
         here = ("assets", asset_id)
         values = {**defaults, **raw}
         model = values["model"]
-        is_flex = model == FLEX_MODEL
-        if not is_flex:
-            for knob in FLEX_ONLY:
-                if knob in raw:
-                    self.error(
-                        (*here, knob),
-                        f"{knob!r} applies to {FLEX_MODEL} only, not {model}",
-                        key=True,
-                    )
+        spec = models.get(model)
+        for knob in MODEL_KNOBS:
+            if knob in raw and knob not in spec.knobs:
+                takers = [m.name for m in models.MODELS.values() if knob in m.knobs and not m.preview_of]
+                self.error(
+                    (*here, knob),
+                    f"{knob!r} applies to {', '.join(takers)} only, not {model}",
+                    key=True,
+                )
         width, height = values["width"], values["height"]
         if isinstance(raw.get("final_size"), str) and "width" not in raw and "height" not in raw:
             width, height = _covering(raw["final_size"])
@@ -433,7 +439,7 @@ class _Checker:
         else:
             prompt = self._substitute(prompt_raw, variables, (*here, "prompt"))
         references = tuple(raw.get("references") or ())
-        limit = MAX_REFERENCES[model]
+        limit = spec.max_references
         if len(references) > limit:
             self.error(
                 (*here, "references"),
@@ -464,16 +470,42 @@ class _Checker:
             height=height,
             output_format=fmt,
             safety_tolerance=values["safety_tolerance"],
-            steps=values["steps"] if is_flex else None,
-            guidance=float(values["guidance"]) if is_flex else None,
-            prompt_upsampling=values["prompt_upsampling"] if is_flex else None,
+            steps=values["steps"] if spec.flex_knobs else None,
+            guidance=float(values["guidance"]) if spec.flex_knobs else None,
+            prompt_upsampling=bool(values["prompt_upsampling"]) if spec.upsampling else None,
             seed=raw.get("seed"),
             references=references,
             asset_refs=tuple(dict.fromkeys(asset_refs)),
             out=out,
             line=self.doc.key_where(here)[0],
             final_size=self._final_size(raw.get("final_size"), width, height, (*here, "final_size")),
+            reference_max_mp=values.get("reference_max_mp"),
         )
+
+    def _reference_limits(self, assets: dict[str, Asset]) -> None:
+        """Models that cap all references together (pro: 9 MP) get no more, counted at the size
+        each is uploaded at (after reference_max_mp)."""
+        from flexforge.imaging import image_size
+
+        for asset in assets.values():
+            cap = models.get(asset.model).max_reference_mp
+            if cap is None or not asset.references:
+                continue
+            total = 0
+            for ref in asset.references:
+                upstream = assets.get(ref)
+                if upstream is not None:
+                    size = upstream.final_size or (upstream.width, upstream.height)
+                else:
+                    size = image_size(self.root / ref) or (0, 0)
+                w, h = asset.reference_size(*size)
+                total += w * h
+            if total > cap * 1_000_000:
+                self.error(
+                    ("assets", asset.id, "references"),
+                    f"{asset.model} takes at most {cap:g} MP of references together, these are "
+                    f"{total / 1e6:.2f} MP; use fewer or smaller ones, or set reference_max_mp",
+                )
 
     def _final_size(
         self, value: str | None, width: int, height: int, path: tuple[str | int, ...]

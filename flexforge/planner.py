@@ -55,6 +55,15 @@ class Facts:
     sources: Sources
     orphans: dict[str, LockEntry]
     pinned: dict[str, int]
+    _by_request: dict[tuple[tuple[str, str], ...], list[str]] | None = None
+
+    def orphans_by_request(self) -> dict[tuple[tuple[str, str], ...], list[str]]:
+        """Orphaned entries by their key parts, seed aside (see _rename_of)."""
+        if self._by_request is None:
+            self._by_request = {}
+            for old_id, orphan in sorted(self.orphans.items()):
+                self._by_request.setdefault(_seedless(orphan.parts), []).append(old_id)
+        return self._by_request
 
     @classmethod
     def gather(
@@ -227,11 +236,18 @@ def _absent(entry: LockEntry, asset: Asset) -> str:
 
 def _rename_of(asset: Asset, facts: Facts, digests: list[str]) -> tuple[str | None, int | None]:
     """(old id, its pinned seed) when a new, seedless asset asks exactly what an orphaned entry
-    was built for: a renamed id keeps its seed, and so its image."""
-    for old_id, orphan in sorted(facts.orphans.items()):
+    was built for: a renamed id keeps its seed, and so its image. Orphans are found by their key
+    parts, seed aside, so a thousand renames cost a thousand lookups, not a million keys."""
+    wanted = _seedless(known_parts(asset, facts.generator, None, list(digests)))
+    for old_id in facts.orphans_by_request().get(wanted, ()):
+        orphan = facts.orphans[old_id]
         if content_key(asset, facts.generator, orphan.seed, digests).key == orphan.key:
             return old_id, orphan.seed
     return None, None
+
+
+def _seedless(parts: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in parts.items() if k != "seed"))
 
 
 def reference_digests(asset: Asset, store: Store, outputs: dict[str, str | None]) -> list[str | None]:
@@ -265,7 +281,9 @@ def make_plan(
         steps.append(step)
     _mark_resumes(steps, store, provider)
     if generator != "draft":
-        _estimate(steps, manifest, store)
+        for step in steps:
+            if step.action in GENERATES and RESUME not in step.reasons:  # a resumed task is paid
+                step.estimated_cost_usd = estimate_asset(step.asset, manifest, provider)
     return Plan(manifest, provider, generator, steps, sorted(facts.orphans), facts)
 
 
@@ -278,21 +296,20 @@ def _mark_resumes(steps: list[Step], store: Store, provider: str) -> None:
                 step.reasons.append(RESUME)
 
 
-def _estimate(steps: list[Step], manifest: Manifest, store: Store) -> None:
+def estimate_asset(asset: Asset, manifest: Manifest, provider: str) -> float:
+    """What generating `asset` is estimated to cost on `provider`, references included."""
     from flexforge.pricing import estimate_usd
 
-    for step in steps:
-        if step.action in GENERATES and RESUME not in step.reasons:
-            sizes = [_reference_size(ref, manifest) for ref in step.asset.references]
-            step.estimated_cost_usd = estimate_usd(
-                step.asset.model, step.asset.width, step.asset.height, [s for s in sizes if s]
-            )
+    sizes = [_reference_size(ref, manifest) for ref in asset.references]
+    # A reference whose size cannot be read is billed at least the minimum: count it as 1x1.
+    known = [asset.reference_size(*size) if size else (1, 1) for size in sizes]
+    return estimate_usd(asset.model, asset.width, asset.height, known, provider)
 
 
 def _reference_size(ref: str, manifest: Manifest) -> tuple[int, int] | None:
     upstream = manifest.assets.get(ref)
     if upstream is not None:
-        return upstream.width, upstream.height
+        return upstream.final_size or (upstream.width, upstream.height)
     from PIL import Image
 
     try:
