@@ -546,8 +546,8 @@ class Builder:
         self._commit(replace(step, key=key, seed=seed, output_sha256=sha), sha, len(image.data), made)
         record.forget()
         if self.team is not None:
-            if shared is None:
-                await self.team.push(key.key, image.data, made)
+            if shared is None and await self.team.push(key.key, image.data, made):
+                await self.team.clear(claim)
             await self.team.release(key.key)
         return sha
 
