@@ -248,6 +248,9 @@ def validate() -> int:
 @provider_option
 @click.option("--replace", multiple=True, metavar="ID", help="Plan ID as regenerated even if clean.")
 @click.option("--reseed", multiple=True, metavar="ID", help="Plan ID with a new seed.")
+@click.option(
+    "--tag", "tags", multiple=True, metavar="TAG", help="Select assets tagged TAG (and what they need)."
+)
 @global_options
 @handle_errors
 def plan(
@@ -257,13 +260,14 @@ def plan(
     provider: str | None,
     replace: tuple[str, ...],
     reseed: tuple[str, ...],
+    tags: tuple[str, ...],
 ) -> int:
     """What a build would do and why, with the estimated cost. No network."""
     from flexforge.commands.plan import plan as run
 
     return run(
         _opts(),
-        _plan_options(ids, replace, reseed),
+        _plan_options(ids, replace, reseed, tags),
         provider,
         as_json=as_json,
         detailed_exitcode=detailed_exitcode,
@@ -284,6 +288,9 @@ def plan(
 @click.option("--frozen", is_flag=True, help="Fail if anything would be generated (CI checks).")
 @click.option("--replace", multiple=True, metavar="ID", help="Regenerate ID even if clean.")
 @click.option("--reseed", multiple=True, metavar="ID", help="Draw a new seed for ID.")
+@click.option(
+    "--tag", "tags", multiple=True, metavar="TAG", help="Select assets tagged TAG (and what they need)."
+)
 @click.option("--keep-going", is_flag=True, help="After a failure, build all that does not need it.")
 @click.option(
     "--max-cost",
@@ -312,6 +319,7 @@ def build(
     keep_going: bool,
     max_cost: float | None,
     max_cost_policy: str | None,
+    tags: tuple[str, ...],
 ) -> int:
     """Make the files match the manifest; IDs limit it to those assets and what they need."""
     from flexforge.commands.build import build as run
@@ -320,7 +328,7 @@ def build(
     options = BuildFlags(jobs, keep_going, max_cost, max_cost_policy)
     return run(
         _opts(),
-        _plan_options(ids, replace, reseed),
+        _plan_options(ids, replace, reseed, tags),
         provider,
         options,
         dry_run=dry_run,
@@ -354,15 +362,19 @@ def gc(yes: bool) -> int:
 
 
 @cli.command()
+@click.argument("ids", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @provider_option
+@click.option(
+    "--tag", "tags", multiple=True, metavar="TAG", help="Select assets tagged TAG (and what they need)."
+)
 @global_options
 @handle_errors
-def status(as_json: bool, provider: str | None) -> int:
+def status(ids: tuple[str, ...], as_json: bool, provider: str | None, tags: tuple[str, ...]) -> int:
     """The lock's view: each asset, its output, seed, cost, and whether it is up to date."""
     from flexforge.commands.status import status as run
 
-    return run(_opts(), provider, as_json=as_json)
+    return run(_opts(), provider, as_json=as_json, options=_plan_options(ids, (), (), tags))
 
 
 @cli.command()
@@ -592,10 +604,12 @@ def _opts() -> GlobalOptions:
     return opts
 
 
-def _plan_options(ids: tuple[str, ...], replace: tuple[str, ...], reseed: tuple[str, ...]) -> Any:
+def _plan_options(
+    ids: tuple[str, ...], replace: tuple[str, ...], reseed: tuple[str, ...], tags: tuple[str, ...] = ()
+) -> Any:
     from flexforge.options import PlanOptions
 
-    return PlanOptions(frozenset(ids), frozenset(replace), frozenset(reseed))
+    return PlanOptions(frozenset(ids), frozenset(replace), frozenset(reseed), frozenset(tags))
 
 
 def main(argv: list[str] | None = None) -> None:

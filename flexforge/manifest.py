@@ -22,7 +22,7 @@ from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
 from flexforge.settings import Settings
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
-CACHE_VERSION = 3  # bump when what validation produces changes
+CACHE_VERSION = 4  # bump when what validation produces changes
 CACHE_LIMIT = 512 * 1024 * 1024
 
 BUILTIN_DEFAULTS: dict[str, Any] = {
@@ -63,6 +63,9 @@ class Asset:
     line: int
     # Delivery size when it differs from the generated width x height (cover-scale, centre-crop).
     final_size: tuple[int, int] | None = None
+    tags: tuple[str, ...] = ()  # for selection only: never part of the key
+    # The matrix that declared it and its cell ("post-{product} product=widget"); None if by hand.
+    origin: str | None = None
 
     @property
     def is_flex(self) -> bool:
@@ -196,6 +199,7 @@ def _asset_from_json(raw: dict[str, Any]) -> Asset:
     raw["asset_refs"] = tuple(raw["asset_refs"])
     if raw["final_size"] is not None:
         raw["final_size"] = tuple(raw["final_size"])
+    raw["tags"] = tuple(raw["tags"])
     return Asset(**raw)
 
 
@@ -280,6 +284,7 @@ class _Checker:
         self.resolver = Resolver(self.root)
         # (section, name) the schema refused: their meaning is not checked, their errors suffice.
         self.invalid: set[tuple[str | int, ...]] = set()
+        self.origins: dict[str, tuple[str, dict[str, str]]] = {}
 
     def error(
         self,
@@ -304,9 +309,14 @@ class _Checker:
             self.error((), "the manifest must be a mapping with `version: 1` and `assets:`")
             return None
         self._secrets(data, ())
-        self._schema(data)
+        from flexforge.expand import expand
+
+        # Fragments, matrices and presets first: what follows sees the assets as if hand-written.
+        expansion = expand(data, self.doc, self.error)
+        self.origins = expansion.origins
+        self._schema(expansion.data)
         # Every error at once: the meaning of what the schema accepted is checked too.
-        return self._semantics(data)
+        return self._semantics(expansion.data)
 
     def _secrets(self, node: Any, path: tuple[str | int, ...]) -> None:
         if isinstance(node, dict):
@@ -473,7 +483,15 @@ class _Checker:
             out=out,
             line=self.doc.key_where(here)[0],
             final_size=self._final_size(raw.get("final_size"), width, height, (*here, "final_size")),
+            tags=tuple(dict.fromkeys(raw.get("tags") or ())),
+            origin=self._origin(asset_id),
         )
+
+    def _origin(self, asset_id: str) -> str | None:
+        if asset_id not in self.origins:
+            return None
+        template, values = self.origins[asset_id]
+        return " ".join([template, *(f"{axis}={value}" for axis, value in values.items())])
 
     def _final_size(
         self, value: str | None, width: int, height: int, path: tuple[str | int, ...]

@@ -14,6 +14,7 @@ class PlanOptions:
     targets: frozenset[str] = frozenset()
     replace: frozenset[str] = frozenset()
     reseed: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()  # assets carrying any of these are selected too
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,12 +92,12 @@ class Plan:
         return sum(1 for s in self.steps if s.action in actions)
 
 
-def select(manifest: Manifest, targets: Iterable[str]) -> list[str]:
-    """The targets and everything they need, in build order; all assets when no targets."""
-    wanted = list(targets)
-    if not wanted:
+def select(manifest: Manifest, targets: Iterable[str], tags: Iterable[str] = ()) -> list[str]:
+    """The targets (ids or glob patterns of ids) and assets with any of `tags`, and everything
+    they need, in build order; all assets when neither is given."""
+    wanted = matching(manifest, targets, tags)
+    if wanted is None:
         return list(manifest.assets)
-    manifest.check_ids(wanted)
     needed: set[str] = set()
     stack = list(wanted)
     while stack:
@@ -108,12 +108,40 @@ def select(manifest: Manifest, targets: Iterable[str]) -> list[str]:
     return [a for a in manifest.assets if a in needed]
 
 
+def matching(manifest: Manifest, targets: Iterable[str], tags: Iterable[str] = ()) -> list[str] | None:
+    """The ids that targets and tags name (None: no selection). A pattern or tag that selects
+    nothing is an error, as a typo in an id is: an empty build must not pass for a done one."""
+    import fnmatch
+
+    patterns, tags = list(targets), list(tags)
+    if not patterns and not tags:
+        return None
+    manifest.check_ids([p for p in patterns if not _is_glob(p)])
+    wanted: list[str] = []
+    for pattern in patterns:
+        found = fnmatch.filter(manifest.assets, pattern) if _is_glob(pattern) else [pattern]
+        if not found:
+            raise UsageError(f"{pattern!r} matches no asset id in {manifest.label}")
+        wanted += found
+    for tag in tags:
+        found = [a.id for a in manifest.assets.values() if tag in a.tags]
+        if not found:
+            known = sorted({t for a in manifest.assets.values() for t in a.tags})
+            raise UsageError(f"--tag {tag}: no asset has this tag (tags: {', '.join(known) or 'none'})")
+        wanted += found
+    return list(dict.fromkeys(wanted))
+
+
+def _is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
 def check_options(manifest: Manifest, options: PlanOptions) -> None:
     for flag, ids in (("--replace", options.replace), ("--reseed", options.reseed)):
         manifest.check_ids(ids, flag)
-    if options.targets:
+    if options.targets or options.tags:
         # A reseed outside the selection would silently do nothing.
-        outside = sorted(options.reseed - set(select(manifest, options.targets)))
+        outside = sorted(options.reseed - set(select(manifest, options.targets, options.tags)))
         if outside:
             raise UsageError(
                 f"--reseed {', '.join(outside)}: not among the assets this build selects; "
@@ -255,7 +283,7 @@ def make_plan(
     sources: Sources | None = None,
 ) -> Plan:
     check_options(manifest, options)
-    selected = select(manifest, options.targets)
+    selected = select(manifest, options.targets, options.tags)
     facts = Facts.gather(manifest, lock, store, generator, options, sources)
     outputs: dict[str, str | None] = {}
     steps = []

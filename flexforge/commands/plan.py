@@ -23,6 +23,7 @@ from flexforge.planner import (
     make_plan,
 )
 from flexforge.settings import PROVIDER_ENV
+from flexforge.text import plural
 
 MARKS = {CREATE: "+", REGENERATE: "~", RESTORE: "<", RENAME: ">", DRIFTED: "!", CONFLICT: "!", NONE: "="}
 
@@ -70,6 +71,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "out": s.asset.out,
                 "model": s.asset.model,
                 "estimated_cost_usd": s.estimated_cost_usd,
+                "matrix": s.asset.origin,
+                "tags": list(s.asset.tags),
             }
             for s in plan.steps
         ],
@@ -107,10 +110,21 @@ def print_plan(plan: Plan, opts: GlobalOptions) -> None:
         if opts.color:
             padded = click.style(padded, fg=_colour(step.action))
         click.echo(f"  {MARKS[step.action]} {step.asset.id:<{width}}  {padded}  {step.asset.out}{cost}")
+    _print_matrices(plan)
     for orphan in plan.orphaned:
         click.echo(f"  - {orphan:<{width}}  orphaned (in the lock, not in the manifest; its file is kept)")
     if not opts.quiet:
         click.echo(summary_line(plan))
+
+
+def _print_matrices(plan: Plan) -> None:
+    """Which declaration made how many of the planned assets: the expansion, visible."""
+    made: dict[str, list[int]] = {}
+    for step in plan.steps:
+        if step.asset.origin:
+            made.setdefault(step.asset.origin.split(" ")[0], [step.asset.line, 0])[1] += 1
+    for template, (line, count) in made.items():
+        click.echo(f"  matrix {template} (line {line}) -> {plural(count, 'asset')}")
 
 
 def _colour(action: str) -> str:
