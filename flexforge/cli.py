@@ -293,6 +293,12 @@ def plan(
 )
 @click.option("--keep-going", is_flag=True, help="After a failure, build all that does not need it.")
 @click.option(
+    "--shard",
+    metavar="I/N",
+    default=None,
+    help="Build only the I-th of N parts (whole dependency groups, balanced by cost), for N CI runners.",
+)
+@click.option(
     "--max-cost",
     type=click.FloatRange(min=0),
     default=None,
@@ -317,6 +323,7 @@ def build(
     replace: tuple[str, ...],
     reseed: tuple[str, ...],
     keep_going: bool,
+    shard: str | None,
     max_cost: float | None,
     max_cost_policy: str | None,
     tags: tuple[str, ...],
@@ -333,6 +340,7 @@ def build(
         options,
         dry_run=dry_run,
         frozen=frozen,
+        shard=shard,
     )
 
 
@@ -596,6 +604,39 @@ def diff(revs: tuple[str, ...], html: Path | None, as_json: bool) -> int:
     from flexforge.commands.diff import diff as run
 
     return run(_opts(), revs, html, as_json)
+
+
+def _transfer_jobs(func: F) -> F:
+    return click.option(
+        "-j",
+        "--jobs",
+        type=click.IntRange(min=1, max=256),
+        default=32,
+        show_default=True,
+        help="Transfers at once.",
+    )(func)
+
+
+@cli.command()
+@_transfer_jobs
+@global_options
+@handle_errors
+def push(jobs: int) -> int:
+    """Upload the lock's images the team remote lacks (flexforge.toml [remote] or $FLEXFORGE_REMOTE)."""
+    from flexforge.commands.transfer import push as run
+
+    return run(_opts(), jobs)
+
+
+@cli.command()
+@_transfer_jobs
+@global_options
+@handle_errors
+def pull(jobs: int) -> int:
+    """Download the lock's images from the team remote into the local cache, verified."""
+    from flexforge.commands.transfer import pull as run
+
+    return run(_opts(), jobs)
 
 
 def _opts() -> GlobalOptions:

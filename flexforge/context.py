@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flexforge.errors import UsageError
 from flexforge.lockfile import Lock, read_lock
@@ -13,6 +15,9 @@ from flexforge.providers import DEFAULT_PROVIDER, GENERATORS
 from flexforge.settings import PROVIDER_ENV, Settings, effective
 from flexforge.sources import Sources
 from flexforge.store import Store
+
+if TYPE_CHECKING:
+    from flexforge.remote import FsspecRemote
 
 
 @dataclass(slots=True)
@@ -54,11 +59,23 @@ class Project:
         from flexforge.history import History, default_cache_dir
 
         manifest = self.manifest
-        return Sources(
+        sources = Sources(
             self.lock,
             self.store,
             lambda: History.open(manifest.root, self.lock_path, default_cache_dir()),
         )
+        if self.remote is not None:
+            from flexforge.remote import RemoteIndex
+
+            sources.remote = RemoteIndex(self.remote, _warn)
+        return sources
+
+    @functools.cached_property
+    def remote(self) -> FsspecRemote | None:
+        """The team remote (`settings: remote:` or $FLEXFORGE_REMOTE), opened once."""
+        from flexforge.remote import configured_remote
+
+        return configured_remote(self.manifest.settings.remote)
 
     @property
     def lock(self) -> Lock:
@@ -80,3 +97,9 @@ def choose_provider(flag: str | None, settings: Settings | None = None) -> tuple
             f"{PROVIDER_ENV}={name!r} is not a provider; choose one of: {', '.join(sorted(GENERATORS))}"
         )
     return name, GENERATORS[name]
+
+
+def _warn(message: str) -> None:
+    import click
+
+    click.echo(f"warning: {message}", err=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import secrets
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from typing import Any
 from flexforge.confine import Resolver, output_problem
 from flexforge.errors import FlexforgeError, ProviderError
 from flexforge.fsutil import fsync_dir, install, remove_stale_temps, stage_bytes
+from flexforge.keys import content_key
+from flexforge.leases import Claim, Team
 from flexforge.lockfile import Lock, LockChangedError, LockEntry
 from flexforge.manifest import Asset
 from flexforge.options import BuildOptions, PlanOptions
@@ -37,7 +40,7 @@ from flexforge.progress import Reporter
 from flexforge.providers import GeneratedImage, Provider, TaskContext
 from flexforge.records import RecordError
 from flexforge.request import ImageRequest, ReferenceInput
-from flexforge.sources import IN_PLACE, Source
+from flexforge.sources import IN_PLACE, REMOTE, Source, declared_problem
 from flexforge.store import JournalEntry, KeyRecord, LedgerEntry, Store
 
 # Outcomes of one asset in a build.
@@ -55,6 +58,7 @@ HELD_DETAIL = {
     "(`flexforge accept {id}` adopts it, `build --replace {id}` overwrites it)",
 }
 LOCK_SAVE_INTERVAL = 0.25  # seconds
+CLAIM_ATTEMPTS = 4  # a lease's remote calls that fail (a 500 from the store) are tried again
 
 
 @dataclass(slots=True)
@@ -95,8 +99,11 @@ class _TaskRecord:
         *,
         fresh: bool,
         on_ready: Callable[[], None],
+        team: Team | None = None,
+        claim: Claim | None = None,
     ) -> None:
         self.ready = on_ready
+        self._team = team
         self._store = store
         self._asset = step.asset.id
         self._key = key
@@ -111,6 +118,8 @@ class _TaskRecord:
             store.journal_remove(key)
             entry = None
         self.resumable = entry if entry is not None and entry.provider == provider else None
+        if self.resumable is None and claim is not None:
+            self.resumable = claim.resume  # another runner's task, from the team remote's lease
         # What the build tells the user about this task if it stops before the image is kept.
         self.on_the_wire = False  # a submission sent, its answer (the task id) not yet read
         resumed = self.resumable
@@ -151,6 +160,8 @@ class _TaskRecord:
         # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
         # holds, and a failure now must keep this one journaled.
         self.finished = False
+        if self._team is not None:
+            self._team.submitted(self._key, task_id, polling_url, cost_credits)
 
     def finished_task(self) -> None:
         self.finished = True
@@ -168,19 +179,31 @@ class _TaskRecord:
 
 
 class NothingToGenerate:
-    """Stands in for a provider when the plan only restores: no provider loaded, no key needed."""
+    """Stands in for a provider when the plan only restores: no provider loaded, no key needed.
+    A restore source that turns out damaged (a tampered remote object) still needs its image:
+    then the real provider is loaded (`load`), unless the build may not pay (`--frozen`)."""
 
     generator = "none"
     max_in_flight = 1
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, load: Callable[[], Provider] | None = None) -> None:
         self.name = name
+        self._load = load
+        self._real: Provider | None = None
 
     async def generate(self, request: ImageRequest, task: TaskContext) -> GeneratedImage:
-        raise ProviderError(f"{request.asset_id} needs generating, but the plan said it would not")
+        if self._load is None:
+            raise ProviderError(f"{request.asset_id} needs generating, but the plan said it would not")
+        if self._real is None:
+            try:
+                self._real = self._load()
+            except FlexforgeError as exc:
+                raise ProviderError(str(exc), fatal=True) from None
+        return await self._real.generate(request, task)
 
     async def aclose(self) -> None:
-        pass
+        if self._real is not None:
+            await self._real.aclose()
 
 
 class _Slot:
@@ -215,8 +238,10 @@ class Builder:
         reporter: Reporter,
         plan_options: PlanOptions,
         options: BuildOptions,
+        team: Team | None = None,
     ) -> None:
         self.plan = plan
+        self.team = team
         self.lock = lock
         self.store = store
         self.provider = provider
@@ -258,6 +283,8 @@ class Builder:
         finally:
             for task in self.tasks.values():
                 task.cancel()
+            if self.team is not None:
+                self.team.close()
             self._flush_lock()
             self.store.save()
             self.facts.sources.close()
@@ -324,7 +351,7 @@ class Builder:
             self._record(Outcome(asset.id, SKIPPED, f"needs {held_inputs[0]}, which was left alone"))
             return None
         if step.seed is None:
-            seed = secrets.randbelow(SEED_RANGE)
+            seed = self._draw_seed(asset, step.reference_digests or [])
             self.store.pin_seed(asset.id, seed)
             step = step_for(asset, self.facts, self.outputs, seed=seed)
         if step.action in RESTORES:
@@ -333,6 +360,16 @@ class Builder:
                 return self._output(asset.id, restored)
             step = replace(step, action=REGENERATE, source=None)
         return self._output(asset.id, await self._generate(step))
+
+    def _draw_seed(self, asset: Asset, digests: list[str | None]) -> int:
+        """A seed for an asset that has none. With a team remote, every machine draws the same one
+        (from the asset's other key parts), so that their builds share one key, one lease and one
+        paid task; `--reseed` still draws at random."""
+        if self.team is None or asset.id in self.plan_options.reseed:
+            return secrets.randbelow(SEED_RANGE)
+        known = [d for d in digests if d is not None]
+        unseeded = content_key(asset, self.plan.generator, 0, known).key
+        return int.from_bytes(hashlib.sha256(f"seed:{unseeded}".encode()).digest()[:4], "big")
 
     def _output(self, asset_id: str, sha256: str | None) -> str | None:
         self.outputs[asset_id] = sha256
@@ -359,6 +396,8 @@ class Builder:
         detail = "already in place" if source.kind == IN_PLACE else f"from {source.label}, no API call"
         # Reported before the lock write, which may still fail it (a rename refused).
         self._record(Outcome(asset.id, RESTORED, detail))
+        if source.kind == REMOTE:  # what the remote says of who made it (a nicety: may be absent)
+            source = await asyncio.to_thread(sources.remote_details, source, step.key.key)
         self._commit(step, source.sha256, source.size, self._record_of(source, step.seed))
         return source.sha256
 
@@ -394,6 +433,8 @@ class Builder:
             self.committed_usd += estimate
             self.reporter.asset_started(asset.id, step.action)
             fresh = asset.id in self.plan_options.replace
+            claim = await self._claim(key.key, asset.id) if not fresh else None
+            shared = await self._from_remote(claim, asset)
             record = _TaskRecord(
                 self.store,
                 step,
@@ -402,32 +443,42 @@ class Builder:
                 self.reporter,
                 fresh=fresh,
                 on_ready=slot.release,
+                team=self.team,
+                claim=claim,
             )
             self.records[asset.id] = record
             try:
-                image = await self.provider.generate(request, record)
+                image = shared or await self.provider.generate(request, record)
                 await asyncio.to_thread(_verify, image, asset)
             except ProviderError:
                 self.committed_usd -= estimate
                 if record.finished:
                     record.settled = True
                     record.forget()
+                await self._release(key.key, keep_task=not record.finished)
+                raise
+            except asyncio.CancelledError:
+                if self.team is not None:
+                    self.team.release_now(key.key)  # kept if it names a task: the next runner resumes
                 raise
             except Exception as exc:  # a provider bug must fail one asset, not crash the build
                 self.committed_usd -= estimate
+                await self._release(key.key, keep_task=True)
                 raise ProviderError(f"{type(exc).__name__}: {exc}") from exc
+        # Made by another runner (finished, or a task it is still polling): paid on its account.
+        paid_here = shared is None and not (claim is not None and claim.followed)
         if asset.final_size is not None:
             from flexforge.imaging import fit_cover
 
             image.data = await asyncio.to_thread(
                 fit_cover, image.data, *asset.final_size, asset.output_format
             )
-        cost = _cost_usd(image, estimate, self.plan.generator)
-        self.committed_usd += cost - estimate
+        cost = _cost_usd(image, estimate, self.plan.generator) if shared is None else 0.0
+        self.committed_usd += (cost if paid_here else 0.0) - estimate
         # Cache first, output second: once the output exists, a restart can always restore it.
         # A paid image is fsynced into the cache before its journal entry goes: a power cut in
         # between must leave one or the other, or the next build pays again.
-        paid = image.task_id is not None
+        paid = image.task_id is not None and shared is None
         sha = await asyncio.to_thread(self.store.put_object, image.data, durable=paid)
         made = KeyRecord(
             sha256=sha,
@@ -442,7 +493,7 @@ class Builder:
         staged = await _staged(stage_bytes, self._output_path(asset), image.data)
         assert staged is not None  # stage_bytes always stages
         self._stage(asset, staged, sha)
-        if image.task_id is not None:
+        if image.task_id is not None and paid_here:
             self._ledger(
                 LedgerEntry(
                     time.time(),
@@ -456,11 +507,48 @@ class Builder:
                     self.run_id,
                 )
             )
-        detail = f"${cost:.4f}" if cost else ""
-        self._record(Outcome(asset.id, GENERATED, detail, cost))
+        if shared is not None:
+            self._record(Outcome(asset.id, RESTORED, "from the team remote (made meanwhile), no API call"))
+        elif not paid_here:
+            detail = f"by another runner's task {image.task_id}, paid there"
+            self._record(Outcome(asset.id, GENERATED, detail))
+        else:
+            self._record(Outcome(asset.id, GENERATED, f"${cost:.4f}" if cost else "", cost))
         self._commit(replace(step, key=key, seed=seed, output_sha256=sha), sha, len(image.data), made)
         record.forget()
+        if self.team is not None:
+            if shared is None:
+                await self.team.push(key.key, image.data, made)
+            await self.team.release(key.key)
         return sha
+
+    async def _claim(self, key: str, asset_id: str) -> Claim | None:
+        """Wait for this runner's turn at a key in the team remote (see flexforge.leases)."""
+        if self.team is None:
+            return None
+        for attempt in range(CLAIM_ATTEMPTS):
+            try:
+                return await self.team.claim(key, asset_id, self.provider.name)
+            except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
+                problem = exc
+                await asyncio.sleep(0.5 * 2**attempt)
+        # The backend's client has retried too; the journal still keeps this machine from paying twice.
+        self.reporter.log(f"{asset_id}: the remote's lease could not be taken ({problem}); going on without")
+        return None
+
+    async def _from_remote(self, claim: Claim | None, asset: Asset) -> GeneratedImage | None:
+        """The image another runner finished while this one waited, if intact in the remote."""
+        if claim is None or claim.sha256 is None or self.team is None:
+            return None
+        data = await asyncio.to_thread(self.team.remote.get, claim.sha256)
+        if data is None or declared_problem(data, asset) is not None:
+            self.reporter.log(f"{asset.id}: the remote's copy is damaged or not this image; generating it")
+            return None
+        return GeneratedImage(data)
+
+    async def _release(self, key: str, *, keep_task: bool) -> None:
+        if self.team is not None:
+            await self.team.release(key, keep_task=keep_task)
 
     def _ledger(self, entry: LedgerEntry) -> None:
         """Record spend; a ledger that cannot be written costs the report, never the paid image."""

@@ -23,6 +23,14 @@ MAX_COST_POLICIES = ("stop", "refuse")
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteSetting:
+    """`settings: remote:` (see flexforge.remote)."""
+
+    url: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """What the manifest's `settings:` block says; None where it says nothing."""
 
@@ -30,6 +38,7 @@ class Settings:
     jobs: int | None = None
     max_cost_usd: float | None = None
     max_cost_policy: str | None = None
+    remote: RemoteSetting | None = None
 
     @classmethod
     def from_data(cls, data: Any) -> Settings:
@@ -46,6 +55,7 @@ class Settings:
             if isinstance(limit, int | float) and not isinstance(limit, bool)
             else None,
             max_cost_policy=policy if policy in MAX_COST_POLICIES else None,
+            remote=_remote(data.get("remote")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -81,6 +91,12 @@ def effective(
         max_cost_usd=_first(max_cost_usd, _env_number(MAX_COST_ENV, float, minimum=0), settings.max_cost_usd),
         max_cost_policy=max_cost_policy or settings.max_cost_policy or "stop",
     )
+
+
+def _remote(data: Any) -> RemoteSetting | None:
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        return None
+    return RemoteSetting(data["url"], data.get("read_only") is True)
 
 
 def _first(*values: float | None) -> float | None:

@@ -1,7 +1,8 @@
 """Where the bytes for a content key can come from with no API call, and bringing them back.
 
 In the order DESIGN §8 gives: the output already in place; a file in the working tree that the
-lock records for that key (a renamed id, a moved output); the local object cache; git history.
+lock records for that key (a renamed id, a moved output); the local object cache; git history;
+the team remote (flexforge.remote).
 Every source is verified before it counts (sha256, then an image of the declared format and size).
 """
 
@@ -21,9 +22,10 @@ from flexforge.lockfile import Lock
 if TYPE_CHECKING:
     from flexforge.history import History
     from flexforge.manifest import Asset
+    from flexforge.remote import RemoteIndex
     from flexforge.store import Store
 
-IN_PLACE, WORKING_TREE, CACHE, GIT = "in place", "working tree", "cache", "git"
+IN_PLACE, WORKING_TREE, CACHE, GIT, REMOTE = "in place", "working tree", "cache", "git", "remote"
 MADE = "made"  # not a restore source: bytes a provider just returned
 
 
@@ -101,6 +103,7 @@ class Sources:
         self._history: History | None = None
         self._history_loaded = False
         self._by_key: dict[str, list[Source]] | None = None
+        self.remote: RemoteIndex | None = None  # the team remote, when the project has one
 
     def _lock_index(self) -> dict[str, list[Source]]:
         """Key -> what the lock (current and orphaned entries alike) records for it."""
@@ -136,7 +139,23 @@ class Sources:
         if found is not None or record is not None:
             return found or record
         history = self.history
-        return self._search(history.lookup(key), out, current) if history is not None else None
+        found = self._search(history.lookup(key), out, current) if history is not None else None
+        if found is None and self.remote is not None:
+            held = self.remote.record(key)  # the remote is listed once, on the first key missing here
+            if held is not None:
+                sha, size = held
+                return found or Source(REMOTE, sha, size)
+        return found
+
+    def remote_details(self, source: Source, key: str) -> Source:
+        """A remote source with what the machine that pushed it said of it (provider, seed, task,
+        cost), when it said so soundly."""
+        told = self.remote.details(key, source.sha256, source.size) if self.remote is not None else None
+        if told is None:
+            return source
+        return _with(
+            source, seed=told.seed, task_id=told.task_id, cost_usd=told.cost_usd, provider=told.provider
+        )
 
     def _search(self, known: list[Source], out: str, current: Current) -> Source | None:
         """In place, else a working-tree file the records name, else (for history) git itself."""
@@ -197,6 +216,11 @@ class Sources:
     def read(self, source: Source) -> bytes | None:
         if source.kind == CACHE:
             return self.store.read_object(source.sha256)
+        if source.kind == REMOTE:
+            data = self.remote.fetch(source.sha256) if self.remote is not None else None
+            if data is not None:  # its digest was checked; kept so that the next build reads it here
+                self.store.put_object(data)
+            return data
         if source.kind == GIT:
             history = self.history
             if history is None or source.commit is None or source.path is None:

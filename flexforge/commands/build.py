@@ -18,6 +18,8 @@ from flexforge.text import plural
 
 if TYPE_CHECKING:
     from flexforge.engine import Builder, BuildResult
+    from flexforge.leases import Team
+    from flexforge.progress import Reporter
     from flexforge.providers import Provider
     from flexforge.signals import StopSignals
 
@@ -32,8 +34,13 @@ def build(
     *,
     dry_run: bool,
     frozen: bool,
+    shard: str | None = None,
 ) -> int:
     project = open_project(opts)
+    if shard is not None:
+        plan_options = _shard_options(project, plan_options, shard, opts)
+        if not plan_options.targets:
+            return EXIT_OK
     if dry_run:
         print_plan(compute_plan(project, plan_options, provider), opts)
         return EXIT_OK
@@ -55,7 +62,24 @@ def build(
             if not opts.quiet:
                 click.echo(f"Up to date: {plural(len(plan.steps), 'asset')}.")
             return EXIT_OK
-        return _execute(project, plan, plan_options, options, opts)
+        return _execute(project, plan, plan_options, options, opts, frozen=frozen)
+
+
+def _shard_options(project: Project, options: PlanOptions, shard: str, opts: GlobalOptions) -> PlanOptions:
+    """The build's targets for `--shard I/N`: the I-th part of the dependency graph."""
+    import dataclasses
+
+    from flexforge.errors import UsageError
+    from flexforge.shards import parse_shard, shard_targets
+
+    index, count = parse_shard(shard)
+    if options.targets:
+        raise UsageError("--shard picks the assets itself; give either asset ids or --shard, not both")
+    targets = shard_targets(project.manifest, index, count)
+    if not opts.quiet:
+        total = len(project.manifest.assets)
+        click.echo(f"Shard {index}/{count}: {len(targets)} of {total} assets.", err=True)
+    return dataclasses.replace(options, targets=targets)
 
 
 def _check_budget(plan: Plan, options: BuildOptions) -> None:
@@ -94,10 +118,17 @@ def _frozen_hint(stale: list[Step]) -> str:
 
 
 def _execute(
-    project: Project, plan: Plan, plan_options: PlanOptions, options: BuildOptions, opts: GlobalOptions
+    project: Project,
+    plan: Plan,
+    plan_options: PlanOptions,
+    options: BuildOptions,
+    opts: GlobalOptions,
+    *,
+    frozen: bool = False,
 ) -> int:
     # Imported here: a no-op build needs no event loop, engine or provider.
     import asyncio
+    import functools
 
     from flexforge.engine import Builder, NothingToGenerate
     from flexforge.progress import make_reporter
@@ -105,11 +136,17 @@ def _execute(
     from flexforge.signals import StopSignals, exit_code
 
     needs_provider = any(s.action in GENERATES for s in plan.steps)
-    provider = load_provider(plan.provider) if needs_provider else NothingToGenerate(plan.provider)
+    if needs_provider:
+        provider: Provider = load_provider(plan.provider)
+    else:
+        # A restore source found damaged still needs its image; --frozen never pays for it.
+        load = None if frozen else functools.partial(load_provider, plan.provider)
+        provider = NothingToGenerate(plan.provider, load)
     if needs_provider and plan.generator != "draft":
         project.store.check_journal_writable()
     reporter = make_reporter(verbose=opts.verbose, quiet=opts.quiet, color=opts.color)
-    builder = Builder(plan, project.lock, project.store, provider, reporter, plan_options, options)
+    team = _team(project, reporter, needs_provider)
+    builder = Builder(plan, project.lock, project.store, provider, reporter, plan_options, options, team)
     started = time.monotonic()
     reporter.begin(len(plan.steps), sum(1 for s in plan.steps if s.action in GENERATES))
     with StopSignals() as stop:
@@ -125,6 +162,19 @@ def _execute(
     if stop.signum is not None:
         return exit_code(stop.signum)
     return EXIT_ERROR if result.failures else EXIT_OK
+
+
+def _team(project: Project, reporter: Reporter, paying: bool) -> Team | None:
+    """The team remote this build shares images (and, when it pays, leases) through, if any."""
+    from flexforge.leases import Team
+
+    remote = project.remote
+    if remote is None:
+        return None
+    team = Team(remote, reporter.log)
+    if paying:
+        team.start()
+    return team
 
 
 async def _run(builder: Builder, provider: Provider, stop: StopSignals) -> BuildResult:

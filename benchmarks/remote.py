@@ -1,0 +1,294 @@
+"""Team remote benchmarks: push/pull against `aws s3 sync` on the same S3 server, and a sharded build.
+
+Rows, all measured in one run as whole processes:
+  push N objects   `flexforge push` into an empty bucket   vs `aws s3 sync DIR s3://...` of the same objects
+  pull N objects   `flexforge pull` into an empty cache    vs `aws s3 sync s3://... DIR`
+  4-shard build    4 runners `build --shard i/4` at once   vs the bound ceil(N / (4 x jobs)) x latency
+
+The S3 server is moto's server mode on loopback (what the tests use). Without the aws CLI (`pip
+install awscli`), the reference is a boto3 thread-pool sync (said so in the output).
+
+    python benchmarks/remote.py                # N = 1,000
+    python benchmarks/remote.py --smoke        # N = 20, 1 repeat: proves the runner works
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tests.support.s3 import S3Server, running_s3  # noqa: E402
+
+
+def manifest(n: int, size: int = 64) -> str:
+    lines = ["version: 1", f"defaults: {{width: {size}, height: {size}}}", "assets:"]
+    lines += [f'  a{i:04d}: {{prompt: "benchmark image {i}", seed: {i}}}' for i in range(n)]
+    return "\n".join(lines) + "\n"
+
+
+def flexforge(root: Path, *args: str, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "flexforge", "-C", str(root), *args], env=env, capture_output=True, text=True
+    )
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"flexforge {' '.join(args)} failed:\n{proc.stderr}")
+    return elapsed
+
+
+def aws_cli() -> list[str] | None:
+    local = Path(sys.executable).parent / "aws"
+    found = str(local) if local.exists() else shutil.which("aws")
+    return [found] if found else None
+
+
+def sync(src: str, dst: str, env: dict[str, str], server: S3Server) -> float:
+    """The reference: `aws s3 sync`, else the same with boto3 on 10 threads (aws's default)."""
+    cli = aws_cli()
+    started = time.perf_counter()
+    if cli is not None:
+        proc = subprocess.run(
+            [*cli, "s3", "sync", src, dst, "--only-show-errors"], env=env, capture_output=True
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"aws s3 sync failed: {proc.stderr.decode()}")
+    else:
+        _boto_sync(src, dst, server)
+    return time.perf_counter() - started
+
+
+def _boto_sync(src: str, dst: str, server: S3Server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = server.client()
+    if src.startswith("s3://"):
+        bucket, _, prefix = src[5:].partition("/")
+        keys = [
+            o["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])
+        ]
+
+        def get(key: str) -> None:
+            out = Path(dst) / key[len(prefix) :].lstrip("/")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+        with ThreadPoolExecutor(10) as pool:
+            list(pool.map(get, keys))
+    else:
+        bucket, _, prefix = dst[5:].partition("/")
+        files = [p for p in Path(src).rglob("*") if p.is_file()]
+
+        def put(path: Path) -> None:
+            key = f"{prefix}/{path.relative_to(src).as_posix()}"
+            client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+
+        with ThreadPoolExecutor(10) as pool:
+            list(pool.map(put, files))
+
+
+def transfer_rows(
+    n: int, repeat: int, work: Path, server: S3Server, base_env: dict[str, str]
+) -> list[dict[str, Any]]:
+    maker = work / "maker"
+    maker.mkdir(parents=True)
+    (maker / "flexforge.yaml").write_text(manifest(n))
+    env = {**base_env, "FLEXFORGE_REMOTE": "none"}
+    flexforge(maker, "build", "--provider", "draft", env=env)
+    objects = maker / ".flexforge" / "objects"
+    count = sum(1 for p in objects.rglob("*") if p.is_file())
+    assert count == n, f"{count} objects for {n} assets"
+    samples: dict[str, list[float]] = {"push": [], "aws push": [], "pull": [], "aws pull": []}
+    for r in range(repeat):
+        ours, theirs = server.new_bucket(), server.new_bucket()
+        env = {**base_env, "FLEXFORGE_REMOTE": f"s3://{ours}/team"}
+        # Interleaved, so that load from elsewhere hits both alike.
+        samples["push"].append(flexforge(maker, "push", env=env))
+        samples["aws push"].append(sync(str(objects), f"s3://{theirs}/team/objects", base_env, server))
+        clone = work / f"clone-{r}"
+        clone.mkdir()
+        shutil.copy(maker / "flexforge.yaml", clone)
+        shutil.copy(maker / "flexforge.lock", clone)
+        samples["pull"].append(flexforge(clone, "pull", env=env))
+        pulled = sum(1 for p in (clone / ".flexforge" / "objects").rglob("*") if p.is_file())
+        assert pulled == n, f"pulled {pulled} of {n}"
+        target = work / f"aws-{r}"
+        samples["aws pull"].append(sync(f"s3://{theirs}/team/objects", str(target), base_env, server))
+    reference = "aws s3 sync" if aws_cli() else "boto3 10-thread sync (aws CLI not installed)"
+    rows = []
+    for verb in ("push", "pull"):
+        ours_s = statistics.median(samples[verb])
+        theirs_s = statistics.median(samples[f"aws {verb}"])
+        rows.append(
+            {
+                "row": f"{verb} {n} objects",
+                "flexforge_s": round(ours_s, 3),
+                "reference": reference,
+                "reference_s": round(theirs_s, 3),
+                "ratio": round(ours_s / theirs_s, 2),
+                "target": "<= 1.0x",
+                "samples": samples[verb],
+                "reference_samples": samples[f"aws {verb}"],
+            }
+        )
+    return rows
+
+
+def shard_row(
+    n: int,
+    shards: int,
+    jobs: int,
+    latency: float,
+    work: Path,
+    server: S3Server,
+    base_env: dict[str, str],
+    *,
+    remote: bool = True,
+) -> dict[str, Any]:
+    """N runners at once; with `remote`, through one team remote (leases, pushes) and a fan-in;
+    without, each on its own (the reference: what the remote costs)."""
+    from flexforge.emulator.testing import running_emulator
+
+    text = manifest(n)
+    with running_emulator(
+        latency=latency, max_in_flight=shards * jobs, accepted_keys=("bench-key-0123456789",)
+    ) as emu:
+        env = {
+            **base_env,
+            **emu.env(),
+            "BFL_API_KEY": "bench-key-0123456789",
+            "FLEXFORGE_REMOTE": f"s3://{server.new_bucket()}/ci" if remote else "none",
+            "FLEXFORGE_POLL_INTERVAL": "0.05",
+            "FLEXFORGE_POLL_MAX_INTERVAL": "0.2",
+        }
+        runners = []
+        for i in range(1, shards + 1):
+            root = work / f"shard-{i}{'' if remote else '-alone'}"
+            root.mkdir(parents=True)
+            (root / "flexforge.yaml").write_text(text)
+            runners.append(root)
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "flexforge",
+                    "-C",
+                    str(r),
+                    "build",
+                    "--provider",
+                    "emulator",
+                    "--shard",
+                    f"{i}/{shards}",
+                    "--jobs",
+                    str(jobs),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i, r in enumerate(runners, 1)
+        ]
+        ends = []
+        for proc in procs:
+            _, err = proc.communicate()
+            ends.append(time.perf_counter() - started)
+            if proc.returncode != 0:
+                raise SystemExit(f"shard build failed:\n{err}")
+        makespan = max(ends)
+        submissions = emu.stats()["submissions"]
+        fan_in_s = 0.0
+        if remote:
+            fan_in = work / "fan-in"
+            fan_in.mkdir()
+            (fan_in / "flexforge.yaml").write_text(text)
+            fan_in_s = flexforge(fan_in, "build", "--provider", "emulator", "--frozen", env=env)
+            assert emu.stats()["submissions"] == submissions, "the fan-in made an API call"
+    import math
+
+    bound = math.ceil(n / (shards * jobs)) * latency
+    return {
+        "row": f"{shards}-shard build, {n} assets, {'one team remote' if remote else 'no remote'}",
+        "makespan_s": round(makespan, 2),
+        "bound_s": round(bound, 2),
+        "ratio": round(makespan / bound, 2),
+        "per_shard_s": [round(e, 2) for e in ends],
+        "submissions": submissions,
+        "fan_in_frozen_s": round(fan_in_s, 2),
+        "setting": f"emulator latency {latency}s, --jobs {jobs} per runner",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--assets", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=6)
+    parser.add_argument("--latency", type=float, default=0.5)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--only", default="transfer,shard")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.objects, args.assets, args.repeat, args.latency = 20, 20, 1, 0.05
+    only = set(args.only.split(","))
+    rows: list[dict[str, Any]] = []
+    with running_s3() as server, tempfile.TemporaryDirectory(prefix="flexforge-remote-bench-") as tmp:
+        work = Path(tmp)
+        base_env = {
+            **os.environ,
+            **server.env(),
+            "PYTHONPYCACHEPREFIX": str(Path(tempfile.gettempdir()) / "flexforge-bench-pycache"),
+            "NO_COLOR": "1",
+        }
+        base_env.pop("PYTHONDONTWRITEBYTECODE", None)
+        if "transfer" in only:
+            rows += transfer_rows(args.objects, args.repeat, work / "transfer", server, base_env)
+        if "shard" in only:
+            for remote in (True, False):
+                rows.append(
+                    shard_row(
+                        args.assets,
+                        args.shards,
+                        args.jobs,
+                        args.latency,
+                        work / "shard",
+                        server,
+                        base_env,
+                        remote=remote,
+                    )
+                )
+    show: Callable[[dict[str, Any]], str] = lambda r: "  ".join(  # noqa: E731
+        f"{k}={v}" for k, v in r.items() if not k.endswith("samples")
+    )
+    print("Team remote benchmarks (moto S3 server on loopback):")
+    for row in rows:
+        print("  " + show(row))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

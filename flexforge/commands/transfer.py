@@ -1,0 +1,185 @@
+"""`flexforge push` and `flexforge pull`: move the lock's images between this machine and the team remote."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+
+from flexforge.context import GlobalOptions, Project, open_project
+from flexforge.errors import EXIT_ERROR, EXIT_OK, FlexforgeError
+from flexforge.store import KeyRecord
+
+if TYPE_CHECKING:
+    from flexforge.lockfile import LockEntry
+    from flexforge.remote import FsspecRemote
+
+T = TypeVar("T")
+
+
+def _remote(project: Project, *, writing: bool) -> FsspecRemote:
+    remote = project.remote
+    if remote is None:
+        raise FlexforgeError(
+            'no team remote: add [remote] url = "s3://bucket/prefix" to flexforge.toml beside the '
+            "manifest, or set FLEXFORGE_REMOTE"
+        )
+    if writing and remote.read_only:
+        raise FlexforgeError(f"remote {remote.url} is read-only here; push from a trusted machine")
+    return remote
+
+
+def push(opts: GlobalOptions, jobs: int) -> int:
+    """Upload every image the lock names that the remote lacks, with its key record."""
+    project = open_project(opts)
+    remote = _remote(project, writing=True)
+    entries = dict(project.lock.entries)
+    held = remote.present(e.sha256 for e in entries.values())
+    index = remote.key_index()
+    work: list[tuple[str, LockEntry]] = [
+        (asset_id, e)
+        for asset_id, e in entries.items()
+        if e.sha256 not in held or index.get(e.key) != e.sha256
+    ]
+    missing: list[str] = []
+
+    def upload(item: tuple[str, LockEntry]) -> None:
+        asset_id, entry = item
+        data = _local_bytes(project, entry)
+        if data is None:
+            missing.append(asset_id)
+            return
+        if entry.sha256 not in held:
+            remote.put(data)
+        record = project.store.key_record(entry.key) or _record(entry)
+        remote.put_key(entry.key, entry.sha256, dataclasses.asdict(record))
+
+    failed = _run(work, upload, jobs, "push", opts)
+    done = len(work) - len(failed) - len(missing)
+    if not opts.quiet:
+        click.echo(
+            f"Pushed {done} image{'s' if done != 1 else ''} to {remote.url} "
+            f"({len(entries) - len(work)} already there).",
+            err=True,
+        )
+    for asset_id in missing:
+        click.echo(f"  not pushed: {asset_id}: its image is neither in place nor in the cache", err=True)
+    return EXIT_ERROR if failed or missing else EXIT_OK
+
+
+def pull(opts: GlobalOptions, jobs: int) -> int:
+    """Download every image the lock names that this machine's cache lacks; a build then puts
+    them in place with no API call."""
+    project = open_project(opts)
+    remote = _remote(project, writing=False)
+    store = project.store
+    manifest = project.manifest
+    entries = {a: e for a, e in project.lock.entries.items() if not store.has_object(e.sha256)}
+    held = remote.present(e.sha256 for e in entries.values())
+    work = [(a, e) for a, e in entries.items() if e.sha256 in held]
+    bad: list[str] = []
+
+    def download(item: tuple[str, LockEntry]) -> None:
+        from flexforge.imaging import ImageCheckError, verify_image
+
+        asset_id, entry = item
+        data = remote.get(entry.sha256)  # None unless its sha256 matches
+        asset = manifest.assets.get(asset_id)
+        try:
+            if data is None:
+                raise ImageCheckError("missing or damaged in the remote")
+            if asset is not None:
+                verify_image(data, asset.width, asset.height, asset.output_format)
+        except ImageCheckError as exc:
+            bad.append(f"{asset_id}: {exc}")
+            return
+        store.put_object(data)
+        store.put_key_record(entry.key, _record(entry))
+
+    failed = _run(work, download, jobs, "pull", opts)
+    done = len(work) - len(failed) - len(bad)
+    if not opts.quiet:
+        absent = len(entries) - len(work)
+        click.echo(
+            f"Pulled {done} image{'s' if done != 1 else ''} from {remote.url} "
+            f"({len(project.lock.entries) - len(entries)} already here, {absent} not in the remote).",
+            err=True,
+        )
+    for line in bad:
+        click.echo(f"  not pulled: {line}", err=True)
+    return EXIT_ERROR if failed or bad else EXIT_OK
+
+
+def _local_bytes(project: Project, entry: LockEntry) -> bytes | None:
+    """The entry's image from the cache, else from its output file if that still has its bytes."""
+    from flexforge.fsutil import sha256_bytes
+
+    data = project.store.read_object(entry.sha256)
+    if data is not None:
+        return data
+    path = project.manifest.root / entry.out
+    if path.is_symlink():
+        return None  # a committed link could point anywhere on this machine
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if sha256_bytes(data) == entry.sha256 else None
+
+
+def _record(entry: LockEntry) -> KeyRecord:
+    return KeyRecord(entry.sha256, entry.size, entry.provider, entry.seed, entry.task_id, entry.cost_usd)
+
+
+def _run(
+    items: list[T], one: Callable[[T], None], jobs: int, verb: str, opts: GlobalOptions
+) -> list[tuple[T, str]]:
+    """`one` over every item on `jobs` threads, with a progress bar on a terminal; failures are
+    reported one line each and returned."""
+    failed: list[tuple[T, str]] = []
+    if not items:
+        return failed
+    with ThreadPoolExecutor(max_workers=jobs) as pool, _progress(len(items), verb, opts) as advance:
+        futures = {pool.submit(one, item): item for item in items}
+        for future in as_completed(futures):
+            try:
+                future.result()
+            except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
+                failed.append((futures[future], str(exc)))
+            advance()
+    for item, reason in failed[:20]:
+        click.echo(f"  {verb} failed: {item[0] if isinstance(item, tuple) else item}: {reason}", err=True)
+    if len(failed) > 20:
+        click.echo(f"  ... and {len(failed) - 20} more", err=True)
+    return failed
+
+
+class _progress:
+    """A rich progress bar on a terminal; nothing otherwise (CI logs get the summary line)."""
+
+    def __init__(self, total: int, verb: str, opts: GlobalOptions) -> None:
+        import sys
+
+        self.bar = None
+        if sys.stderr.isatty() and not opts.quiet:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self.bar = Progress(console=Console(stderr=True, no_color=not opts.color), transient=True)
+            self.task = self.bar.add_task(f"{verb}ing", total=total)
+
+    def __enter__(self) -> Callable[[], None]:
+        if self.bar is not None:
+            self.bar.start()
+        return self.advance
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

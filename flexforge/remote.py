@@ -1,0 +1,619 @@
+"""The team store seam: content-addressed images, key records and task leases at an fsspec URL.
+
+One implementation over fsspec serves every backend (`s3://`, `gs://`, `az://`, `file://`); what
+differs per backend is only how a conditional write is spelled (create-only, compare-and-swap),
+registered by URL scheme in `CONDITIONALS`. Everything read back is untrusted: objects are checked
+against their sha256 (and by the caller, as an image of the declared format and size), key
+records and leases are parsed strictly. Credentials come only from the backend's own environment
+and config files, never from the manifest or the lock.
+
+Layout under the URL:
+    objects/<sha[:2]>/<sha>          image bytes, named by their sha256
+    keys/<content key>/<sha>         "this content key made this object" (a small JSON body)
+    leases/<content key>.json        who is making that key now, and the task it submitted
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from flexforge.errors import FlexforgeError
+from flexforge.settings import RemoteSetting
+from flexforge.store import KeyRecord
+
+READONLY_ENV = "FLEXFORGE_REMOTE_READONLY"
+REMOTE_ENV = "FLEXFORGE_REMOTE"
+LEASE_TTL_ENV = "FLEXFORGE_LEASE_TTL"
+DEFAULT_LEASE_TTL = 120.0  # seconds; a live holder renews at a third of it
+MAX_OBJECT_BYTES = 64 * 2**20  # far above any FLUX.2 image; a bigger answer is refused unread
+MAX_RECORD_BYTES = 64 * 2**10
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+# The extra that brings each backend's fsspec driver, for the error when it is missing.
+EXTRAS = {"s3": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure"}
+
+
+class RemoteError(FlexforgeError):
+    """The remote cannot be used as configured (bad URL, missing driver, unreachable)."""
+
+
+class LeasingUnavailable(RemoteError):
+    """The backend ignores conditional writes: objects work, leases cannot."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A claim on one content key: its holder is making it, and once the API answered, which
+    task to poll for it. `etag` is the version this copy was read at (for compare-and-swap)."""
+
+    key: str
+    holder: str
+    expires_at: float
+    asset: str = ""
+    provider: str = ""
+    task_id: str | None = None
+    polling_url: str | None = None
+    cost_credits: float | None = None
+    submitted_at: float | None = None
+    nonce: str = ""
+    etag: str = ""
+
+    def live(self, now: float | None = None) -> bool:
+        return self.expires_at > (time.time() if now is None else now)
+
+    def to_json(self) -> bytes:
+        body = dataclasses.asdict(self)
+        del body["etag"]
+        return json.dumps({"version": 1, **body}, sort_keys=True, allow_nan=False).encode()
+
+    @classmethod
+    def parse(cls, key: str, data: bytes, etag: str) -> Lease | None:
+        """A lease as another machine wrote it; None when it is not one (treated as expired)."""
+        try:
+            raw = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(raw, dict) or raw.get("key") != key:
+            return None
+        try:
+            lease = cls(
+                key=key,
+                holder=_text(raw.get("holder"), 200) or "?",
+                expires_at=_finite(raw.get("expires_at")) or 0.0,
+                asset=_text(raw.get("asset"), 500) or "",
+                provider=_text(raw.get("provider"), 50) or "",
+                task_id=_text(raw.get("task_id"), 200),
+                polling_url=_text(raw.get("polling_url"), 2000),
+                cost_credits=_finite(raw.get("cost_credits")),
+                submitted_at=_finite(raw.get("submitted_at")),
+                nonce=_text(raw.get("nonce"), 100) or "",
+                etag=etag,
+            )
+        except (TypeError, ValueError):
+            return None
+        return lease
+
+
+def _text(value: object, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit or any(ord(c) < 32 for c in value):
+        raise ValueError("not a short printable string")
+    return value
+
+
+def _finite(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ValueError("not a number")
+    number = float(value)
+    if number in (float("inf"), float("-inf")) or number < 0:
+        raise ValueError("not a finite number >= 0")
+    return number
+
+
+class RemoteStore(Protocol):
+    """What the build and the push/pull commands need of a team store."""
+
+    url: str
+    read_only: bool
+
+    def has(self, sha256: str) -> bool: ...
+    def get(self, sha256: str) -> bytes | None: ...
+    def put(self, data: bytes) -> str: ...
+    def present(self, shas: Iterable[str]) -> set[str]: ...
+    def key_index(self) -> dict[str, str]: ...
+    def key_object(self, key: str) -> str | None: ...
+    def put_key(self, key: str, sha256: str, record: dict[str, Any]) -> None: ...
+    def probe(self) -> str | None: ...
+    def lease_acquire(self, lease: Lease) -> Lease | None: ...
+    def lease_read(self, key: str) -> Lease | None: ...
+    def lease_update(self, lease: Lease, **changes: Any) -> Lease | None: ...
+    def lease_takeover(self, old: Lease, new: Lease) -> Lease | None: ...
+    def lease_release(self, lease: Lease) -> None: ...
+
+
+class Conditional(Protocol):
+    """How one backend spells the conditional writes leases need. Each returns the new version
+    (an ETag, or what stands for one), or None when the condition failed."""
+
+    def create(self, path: str, data: bytes) -> str | None: ...
+    def read(self, path: str) -> tuple[bytes, str] | None: ...
+    def swap(self, path: str, data: bytes, etag: str) -> str | None: ...
+    def delete(self, path: str, etag: str) -> bool: ...
+
+
+class S3Conditional:
+    """S3 (and what speaks it: moto, MinIO, R2): `If-None-Match: *` and `If-Match` on PUT."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+
+    def _split(self, path: str) -> tuple[str, str]:
+        bucket, key, _ = self.fs.split_path(path)
+        return str(bucket), str(key)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any] | None:
+        """Call S3 directly; None when a condition failed (412, or 409 for a concurrent write)."""
+        bucket, key = self._split(path)
+        try:
+            out: dict[str, Any] = self.fs.call_s3(method, Bucket=bucket, Key=key, **kwargs)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return None
+            raise
+        return out
+
+    def create(self, path: str, data: bytes) -> str | None:
+        out = self._call("put_object", path, Body=data, IfNoneMatch="*")
+        return None if out is None else str(out.get("ETag", ""))
+
+    def read(self, path: str) -> tuple[bytes, str] | None:
+        from fsspec.asyn import sync
+
+        bucket, key = self._split(path)
+
+        async def get() -> tuple[bytes, str] | None:
+            try:
+                out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            except FileNotFoundError:
+                return None
+            async with out["Body"] as body:
+                data = await body.read(MAX_RECORD_BYTES + 1)
+            return bytes(data), str(out.get("ETag", ""))
+
+        result: tuple[bytes, str] | None = sync(self.fs.loop, get)
+        return result
+
+    def swap(self, path: str, data: bytes, etag: str) -> str | None:
+        out = self._call("put_object", path, Body=data, IfMatch=etag)
+        return None if out is None else str(out.get("ETag", ""))
+
+    def delete(self, path: str, etag: str) -> bool:
+        return self._call("delete_object", path, IfMatch=etag) is not None
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    cause = exc.__cause__ or exc.__context__
+    response = getattr(cause, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
+    return "PreconditionFailed" in str(exc) or "412" in str(exc)
+
+
+class LocalConditional:
+    """A folder (local disk, or a share mounted on every machine): `O_EXCL` to create, and an
+    OS lock on a sidecar file around read-compare-rename for compare-and-swap. The version is
+    the sha256 of the content, which is unique because every lease carries a fresh nonce."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+
+    @staticmethod
+    def _etag(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    def create(self, path: str, data: bytes) -> str | None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Written whole to a temp file first, then linked in: link() fails if the name exists,
+        # and a reader never sees a half-written lease.
+        temp = _temp_name(path)
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return None
+        finally:
+            os.unlink(temp)
+        return self._etag(data)
+
+    def read(self, path: str) -> tuple[bytes, str] | None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_RECORD_BYTES + 1)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return data, self._etag(data)
+
+    @contextlib.contextmanager
+    def _locked(self, path: str) -> Any:
+        import fcntl
+
+        fd = os.open(path + ".cas", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def swap(self, path: str, data: bytes, etag: str) -> str | None:
+        with self._locked(path):
+            current = self.read(path)
+            if current is None or current[1] != etag:
+                return None
+            temp = _temp_name(path)
+            with open(temp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+        return self._etag(data)
+
+    def delete(self, path: str, etag: str) -> bool:
+        with self._locked(path):
+            current = self.read(path)
+            if current is None or current[1] != etag:
+                return False
+            os.unlink(path)
+        return True
+
+
+def _temp_name(path: str) -> str:
+    return f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+# URL scheme -> how that backend does conditional writes. A scheme not here still stores
+# objects; leasing is refused for it with a clear message.
+CONDITIONALS: dict[str, Callable[[Any], Conditional]] = {
+    "s3": S3Conditional,
+    "s3a": S3Conditional,
+    "file": LocalConditional,
+    "local": LocalConditional,
+}
+
+
+def holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class FsspecRemote:
+    """A RemoteStore over any fsspec filesystem."""
+
+    def __init__(self, url: str, *, read_only: bool = False, fs: Any = None) -> None:
+        self.url = url
+        self.read_only = read_only
+        scheme = urlsplit(url).scheme or "file"
+        if fs is None:
+            fs, root = _open_fs(url, scheme)
+        else:
+            root = url.split("://", 1)[-1]
+        self.fs = fs
+        self.scheme = scheme
+        self.root = root.rstrip("/")
+        self.local = scheme in ("file", "local")
+        factory = CONDITIONALS.get(scheme)
+        self.conditional: Conditional | None = factory(fs) if factory is not None else None
+        self._probed: tuple[str | None] | None = None
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def _object(self, sha256: str) -> str:
+        return f"{self.root}/objects/{sha256[:2]}/{sha256}"
+
+    def _lease(self, key: str) -> str:
+        return f"{self.root}/leases/{key}.json"
+
+    def _write_guard(self, what: str) -> None:
+        if self.read_only:
+            # A bug, not a user error: every caller checks read_only first. Never write anyway.
+            raise RemoteError(f"remote {self.url} is read-only; not writing {what}")
+
+    # -- objects ------------------------------------------------------------------------------
+
+    def has(self, sha256: str) -> bool:
+        self.fs.invalidate_cache()  # another machine may have written it since we last looked
+        return bool(self.fs.exists(self._object(sha256)))
+
+    def get(self, sha256: str) -> bytes | None:
+        """The object's bytes if the remote holds it intact; None if absent, too big or damaged
+        (a damaged object is reported by the caller, and never deleted from a shared store)."""
+        if not _HEX64.fullmatch(sha256):
+            return None
+        try:
+            data = bytes(self.fs.cat_file(self._object(sha256), start=0, end=MAX_OBJECT_BYTES + 1))
+        except FileNotFoundError:
+            return None
+        if len(data) > MAX_OBJECT_BYTES or hashlib.sha256(data).hexdigest() != sha256:
+            return None
+        return data
+
+    def put(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        self._write_guard(f"object {sha}")
+        self._put_whole(self._object(sha), data)
+        return sha
+
+    def _put_whole(self, path: str, data: bytes) -> None:
+        """Never a partial object under its final name: an object store's PUT is atomic; a
+        folder gets a temp file renamed into place."""
+        if not self.local:
+            self.fs.pipe_file(path, data)
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temp = _temp_name(path)
+        try:
+            with open(temp, "wb") as f:
+                f.write(data)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    def present(self, shas: Iterable[str]) -> set[str]:
+        """Which of these objects the remote holds, from one listing of `objects/`."""
+        wanted = set(shas)
+        return wanted & set(self.object_sizes()) if wanted else set()
+
+    def object_sizes(self) -> dict[str, int]:
+        """sha256 -> size of every object, from one listing."""
+        self.fs.invalidate_cache()
+        try:
+            found = self.fs.find(f"{self.root}/objects", detail=True)
+        except FileNotFoundError:
+            return {}
+        sizes = {}
+        for name, info in found.items():
+            sha = str(name).rsplit("/", 1)[-1]
+            if _HEX64.fullmatch(sha) and isinstance(info.get("size"), int):
+                sizes[sha] = int(info["size"])
+        return sizes
+
+    # -- key records: which object a content key made ----------------------------------------
+
+    def key_index(self) -> dict[str, str]:
+        """content key -> sha256 of its object, from one listing of `keys/` (names only: the
+        listing is the index, so a plan needs no read per asset)."""
+        self.fs.invalidate_cache()
+        try:
+            names = self.fs.find(f"{self.root}/keys")
+        except FileNotFoundError:
+            return {}
+        index: dict[str, str] = {}
+        for name in names:
+            parts = str(name).rsplit("/", 2)
+            if len(parts) == 3 and _HEX64.fullmatch(parts[1]) and _HEX64.fullmatch(parts[2]):
+                index[parts[1]] = parts[2]
+        return index
+
+    def key_object(self, key: str) -> str | None:
+        """The object one content key made, from a listing of its folder alone."""
+        path = f"{self.root}/keys/{key}"
+        self.fs.invalidate_cache(path)
+        try:
+            names = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return None
+        shas = sorted(n for n in (str(n).rsplit("/", 1)[-1] for n in names) if _HEX64.fullmatch(n))
+        return shas[0] if shas else None
+
+    def put_key(self, key: str, sha256: str, record: dict[str, Any]) -> None:
+        self._write_guard(f"key record {key}")
+        body = json.dumps({**record, "sha256": sha256}, sort_keys=True, allow_nan=False).encode()
+        self._put_whole(f"{self.root}/keys/{key}/{sha256}", body)
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def probe(self) -> str | None:
+        """Why leases cannot be used here, or None when they can: a create-only write is tried
+        twice on a fresh name, and the second must be refused. Asked once per run."""
+        if self._probed is not None:
+            return self._probed[0]
+        reason: str | None = None
+        if self.read_only:
+            reason = "the remote is read-only"
+        elif self.conditional is None:
+            reason = (
+                f"flexforge does not know how to make conditional writes on {self.scheme}:// "
+                f"(it does on {', '.join(sorted(k + '://' for k in CONDITIONALS))})"
+            )
+        else:
+            path = f"{self.root}/leases/probe-{secrets.token_hex(8)}.json"
+            first = self.conditional.create(path, b"{}")
+            second = self.conditional.create(path, b"{}") if first is not None else None
+            if first is None:
+                reason = "a create-only write on a fresh name was refused"
+            elif second is not None:
+                reason = f"{self.url} ignores conditional writes (If-None-Match: * was accepted twice)"
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(path)
+        self._probed = (reason,)
+        return reason
+
+    def lease_acquire(self, lease: Lease) -> Lease | None:
+        self._write_guard(f"lease {lease.key}")
+        assert self.conditional is not None
+        etag = self.conditional.create(self._lease(lease.key), lease.to_json())
+        return None if etag is None else dataclasses.replace(lease, etag=etag)
+
+    def lease_read(self, key: str) -> Lease | None:
+        """The lease on `key`, or None when there is none. An unreadable one reads as expired,
+        so that it can be taken over rather than block the key for ever."""
+        assert self.conditional is not None
+        found = self.conditional.read(self._lease(key))
+        if found is None:
+            return None
+        data, etag = found
+        parsed = Lease.parse(key, data, etag) if len(data) <= MAX_RECORD_BYTES else None
+        return parsed or Lease(key=key, holder="?", expires_at=0.0, etag=etag)
+
+    def lease_update(self, lease: Lease, **changes: Any) -> Lease | None:
+        """The holder's own change (task id, renewal); None when someone took the lease over."""
+        self._write_guard(f"lease {lease.key}")
+        assert self.conditional is not None
+        new = dataclasses.replace(lease, **changes, nonce=secrets.token_hex(8))
+        etag = self.conditional.swap(self._lease(lease.key), new.to_json(), lease.etag)
+        return None if etag is None else dataclasses.replace(new, etag=etag)
+
+    def lease_takeover(self, old: Lease, new: Lease) -> Lease | None:
+        """Replace an expired lease, if nobody changed it since it was read."""
+        self._write_guard(f"lease {old.key}")
+        assert self.conditional is not None
+        etag = self.conditional.swap(self._lease(old.key), new.to_json(), old.etag)
+        return None if etag is None else dataclasses.replace(new, etag=etag)
+
+    def lease_release(self, lease: Lease) -> None:
+        self._write_guard(f"lease {lease.key}")
+        assert self.conditional is not None
+        self.conditional.delete(self._lease(lease.key), lease.etag)
+
+
+def _open_fs(url: str, scheme: str) -> tuple[Any, str]:
+    try:
+        import fsspec
+        from fsspec.core import url_to_fs
+    except ImportError:  # pragma: no cover - fsspec is a dependency
+        raise RemoteError("the remote needs fsspec: pip install fsspec") from None
+    try:
+        # A fresh instance: fsspec's cache would keep one made under another environment.
+        fs, root = url_to_fs(url, skip_instance_cache=True)
+    except ImportError:
+        extra = EXTRAS.get(scheme)
+        hint = f"pip install 'flexforge[{extra}]'" if extra else "install its fsspec driver"
+        raise RemoteError(f"remote {url}: no driver for {scheme}:// installed; {hint}") from None
+    except (ValueError, KeyError) as exc:
+        raise RemoteError(f"remote {url}: {exc}") from None
+    del fsspec
+    return fs, str(root)
+
+
+def read_only_from_env(configured: bool) -> bool:
+    value = os.environ.get(READONLY_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return configured
+    if value in ("1", "true", "yes"):
+        return True
+    raise RemoteError(f"{READONLY_ENV}={value!r}: use 1 (read-only) or 0")
+
+
+def env_seconds(name: str, default: float, low: float, high: float) -> float:
+    """A duration knob from the environment, refused (one line, naming it) when not in range."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (low <= value <= high):
+        raise RemoteError(f"{name}={raw!r}: give seconds between {low:g} and {high:g}")
+    return value
+
+
+def lease_ttl() -> float:
+    return env_seconds(LEASE_TTL_ENV, DEFAULT_LEASE_TTL, 1.0, 86400.0)
+
+
+class RemoteIndex:
+    """What the team remote holds, by content key, for one plan or build: listed once, on the
+    first key the local state lacks (so an up-to-date project never touches the network)."""
+
+    def __init__(self, remote: FsspecRemote, warn: Callable[[str], None]) -> None:
+        self.remote = remote
+        self.warn = warn
+        self._index: dict[str, str] | None = None
+        self._sizes: dict[str, int] = {}
+
+    def record(self, key: str) -> tuple[str, int] | None:
+        """(sha256, size) of the object the remote holds for `key`: two listings (key records,
+        then objects with their sizes), made once; the rest comes with the object (details)."""
+        if self._index is None:
+            try:
+                self._index = self.remote.key_index()
+                self._sizes = self.remote.object_sizes() if self._index else {}
+            except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
+                self.warn(f"remote {self.remote.url} cannot be listed ({exc}); planning without it")
+                self._index = {}
+        sha = self._index.get(key)
+        size = self._sizes.get(sha) if sha is not None else None
+        return None if sha is None or size is None else (sha, size)
+
+    def details(self, key: str, sha256: str, size: int) -> KeyRecord | None:
+        """The key record another machine pushed with the object, if it is a sound one."""
+        try:
+            raw = json.loads(self.remote.fs.cat_file(f"{self.remote.root}/keys/{key}/{sha256}"))
+            record = KeyRecord(
+                sha256,
+                size,
+                raw["provider"],
+                raw["seed"],
+                raw.get("task_id"),
+                raw.get("cost_usd"),
+            )
+            record.check()
+        except Exception:  # missing, not JSON, wrong types: the record is only a nicety
+            return None
+        return record
+
+    def fetch(self, sha256: str) -> bytes | None:
+        try:
+            return self.remote.get(sha256)
+        except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
+            self.warn(f"remote {self.remote.url}: cannot read object {sha256[:12]} ({exc})")
+            return None
+
+
+def configured_remote(setting: RemoteSetting | None) -> FsspecRemote | None:
+    """The project's remote: $FLEXFORGE_REMOTE (empty or `none` turns it off), else the manifest's
+    `settings: remote:` (`url`, optional `read_only`)."""
+    env = os.environ.get(REMOTE_ENV)
+    if env is not None:
+        env = env.strip()
+        return None if env.lower() in ("", "none", "off") else open_remote(env)
+    return None if setting is None else open_remote(setting.url, read_only=setting.read_only)
+
+
+def open_remote(url: str, *, read_only: bool = False) -> FsspecRemote:
+    """The remote at `url`; read-only also when $FLEXFORGE_REMOTE_READONLY=1."""
+    if "://" not in url:
+        raise RemoteError(
+            f"remote {url!r}: give a URL such as s3://bucket/prefix or file:///mnt/share/flexforge"
+        )
+    parts = urlsplit(url)
+    if parts.password or (parts.username and parts.scheme != "file"):
+        # Credentials belong in the backend's own environment or config, never in the project.
+        raise RemoteError(
+            f"remote {parts.scheme}://...: credentials in the URL are refused; use the backend's "
+            f"usual environment or config (AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, ...)"
+        )
+    return FsspecRemote(url, read_only=read_only_from_env(read_only))

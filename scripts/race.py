@@ -1,0 +1,187 @@
+"""Races on a team remote, counted: R races of M runners building the same K new keys at once.
+
+Each race: M copies of one project (as M machines would have them, no shared local state), one
+emulator as the API, one fresh remote (a folder, or a bucket on moto's S3 server); all runners
+start together with `--jobs 8`. Counted afterwards: paid submissions at the emulator, duplicates
+(submissions beyond one per key), runners that failed, and leases left behind.
+
+    python scripts/race.py --races 10 --keys 50 --runners 2 --backend file,s3
+    python scripts/race.py --kill            # one runner SIGKILLed once its tasks are leased
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flexforge.emulator.testing import running_emulator
+from flexforge.remote import open_remote
+from tests.support.s3 import running_s3
+
+KEY = "race-key-0123456789abcdef"
+
+
+def manifest(keys: int, race: int) -> str:
+    lines = ["version: 1", "defaults: {width: 64, height: 64}", "assets:"]
+    for i in range(keys):
+        seed = f", seed: {i + 1}" if i % 2 else ""  # half drawn by flexforge: machines must agree
+        lines.append(f'  k{i:03d}: {{prompt: "race {race} image {i}"{seed}}}')
+    return "\n".join(lines) + "\n"
+
+
+def leases(url: str) -> list[dict[str, object]]:
+    remote = open_remote(url)
+    remote.fs.invalidate_cache()
+    try:
+        names = remote.fs.find(f"{remote.root}/leases")
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        if str(name).endswith(".json") and "/probe-" not in str(name):
+            with contextlib.suppress(FileNotFoundError, ValueError):  # released while we look
+                found.append(json.loads(remote.fs.cat_file(name)))
+    return found
+
+
+def race(args: argparse.Namespace, backend: str, number: int, work: Path, s3: object) -> dict[str, int]:
+    url = f"file://{work / f'remote-{backend}-{number}'}"
+    if backend == "s3":
+        url = f"s3://{s3.new_bucket()}/race"  # type: ignore[attr-defined]
+    rnd = random.Random(number)
+    with running_emulator(latency=rnd.uniform(0.05, 0.4), accepted_keys=(KEY,), max_in_flight=64) as emu:
+        env = {
+            **os.environ,
+            **emu.env(),
+            **(s3.env() if s3 is not None else {}),  # type: ignore[attr-defined]
+            "BFL_API_KEY": KEY,
+            "FLEXFORGE_REMOTE": url,
+            "FLEXFORGE_LEASE_POLL": "0.05",
+            "FLEXFORGE_POLL_INTERVAL": "0.05",
+        }
+        text = manifest(args.keys, number)
+        procs = []
+        for m in range(args.runners):
+            root = work / f"{backend}-{number}-machine-{m}"
+            root.mkdir(parents=True)
+            (root / "flexforge.yaml").write_text(text)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "flexforge",
+                        "-C",
+                        str(root),
+                        "build",
+                        "--provider",
+                        "emulator",
+                        "-j",
+                        "8",
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        killed = 0
+        if args.kill:
+            deadline = time.monotonic() + 60
+            while (
+                sum(bool(x.get("task_id")) for x in leases(url)) < min(args.keys, 8)
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.02)
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait()
+            killed = 1
+            # Another machine finishes what the killed one leased.
+            root = work / f"{backend}-{number}-machine-late"
+            root.mkdir(parents=True)
+            (root / "flexforge.yaml").write_text(text)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "flexforge",
+                        "-C",
+                        str(root),
+                        "build",
+                        "--provider",
+                        "emulator",
+                        "-j",
+                        "8",
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        failed = 0
+        for proc in procs[killed:]:
+            _, err = proc.communicate(timeout=600)
+            if proc.returncode != 0 or "Traceback" in err:
+                failed += 1
+                print(err, file=sys.stderr)
+        paid = emu.stats()["submissions"]
+    return {
+        "paid": paid,
+        "duplicates": paid - args.keys,
+        "failed": failed,
+        "leases_left": len(leases(url)),
+        "killed": killed,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--races", type=int, default=10)
+    parser.add_argument("--keys", type=int, default=50)
+    parser.add_argument("--runners", type=int, default=2)
+    parser.add_argument("--backend", default="file,s3")
+    parser.add_argument("--kill", action="store_true")
+    args = parser.parse_args()
+    totals: dict[str, dict[str, int]] = {}
+    with running_s3() as s3, tempfile.TemporaryDirectory(prefix="flexforge-race-") as tmp:
+        for backend in args.backend.split(","):
+            total = {
+                "races": 0,
+                "keys": 0,
+                "paid": 0,
+                "duplicates": 0,
+                "failed": 0,
+                "leases_left": 0,
+                "killed": 0,
+            }
+            started = time.monotonic()
+            for number in range(args.races):
+                result = race(args, backend, number, Path(tmp), s3 if backend == "s3" else None)
+                total["races"] += 1
+                total["keys"] += args.keys
+                for name, value in result.items():
+                    total[name] += value
+                print(f"{backend} race {number}: {result}", flush=True)
+            total["seconds"] = round(time.monotonic() - started)
+            totals[backend] = total
+    print(json.dumps(totals, indent=2))
+    return 0 if all(t["duplicates"] == 0 and t["failed"] == 0 for t in totals.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

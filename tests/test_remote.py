@@ -1,0 +1,252 @@
+"""The team store seam against a real S3-compatible server (moto) and a real folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from flexforge.remote import (
+    FsspecRemote,
+    Lease,
+    RemoteError,
+    holder_id,
+    open_remote,
+)
+from tests.support.s3 import S3Server, s3_env, s3_server
+
+__all__ = ["s3_env", "s3_server"]
+
+
+def png(color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(params=["file", "s3"])
+def remote_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path / 'share'}"
+    server: S3Server = request.getfixturevalue("s3_env")
+    return f"s3://{server.new_bucket()}/team/images"
+
+
+def test_objects_round_trip_content_addressed(remote_url: str) -> None:
+    remote = open_remote(remote_url)
+    data = png()
+    sha = remote.put(data)
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert remote.has(sha)
+    assert remote.get(sha) == data
+    assert remote.present([sha, "0" * 64]) == {sha}
+    assert remote.get("0" * 64) is None
+
+
+def test_key_index_comes_from_one_listing(remote_url: str) -> None:
+    remote = open_remote(remote_url)
+    shas = [remote.put(png((i, 0, 0))) for i in range(3)]
+    keys = [hashlib.sha256(f"key{i}".encode()).hexdigest() for i in range(3)]
+    for key, sha in zip(keys, shas, strict=True):
+        remote.put_key(key, sha, {"seed": 1})
+    assert open_remote(remote_url).key_index() == dict(zip(keys, shas, strict=True))
+
+
+def test_a_damaged_object_is_not_returned(remote_url: str) -> None:
+    remote = open_remote(remote_url)
+    data = png()
+    sha = remote.put(data)
+    write_behind_its_back(remote, remote._object(sha), data[:-10])  # damaged behind flexforge's back
+    assert remote.get(sha) is None
+
+
+def test_an_oversized_object_is_refused_without_reading_it_all(
+    remote_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flexforge.remote
+
+    monkeypatch.setattr(flexforge.remote, "MAX_OBJECT_BYTES", 40)
+    remote = open_remote(remote_url)
+    data = png()
+    sha = hashlib.sha256(data).hexdigest()
+    write_behind_its_back(remote, remote._object(sha), data)
+    assert remote.get(sha) is None
+
+
+def test_read_only_remote_is_never_written(remote_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEXFORGE_REMOTE_READONLY", "1")
+    remote = open_remote(remote_url)
+    assert remote.read_only
+    with pytest.raises(RemoteError, match="read-only"):
+        remote.put(png())
+    with pytest.raises(RemoteError, match="read-only"):
+        remote.put_key("a" * 64, "b" * 64, {})
+    assert remote.probe() == "the remote is read-only"
+    monkeypatch.delenv("FLEXFORGE_REMOTE_READONLY")
+    assert open_remote(remote_url).key_index() == {}
+
+
+def write_behind_its_back(remote: FsspecRemote, path: str, data: bytes) -> None:
+    """Write as another tool would, with no help from flexforge."""
+    remote.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    remote.fs.pipe_file(path, data)
+
+
+def lease(key: str, ttl: float = 60.0) -> Lease:
+    return Lease(key=key, holder=holder_id(), expires_at=time.time() + ttl, asset="hero", provider="emulator")
+
+
+def test_lease_is_create_only(remote_url: str) -> None:
+    remote = open_remote(remote_url)
+    assert remote.probe() is None
+    key = "c" * 64
+    mine = remote.lease_acquire(lease(key))
+    assert mine is not None
+    assert remote.lease_acquire(lease(key)) is None
+    seen = remote.lease_read(key)
+    assert seen is not None and seen.holder == mine.holder and seen.live()
+
+
+def test_lease_update_is_compare_and_swap(remote_url: str) -> None:
+    remote = open_remote(remote_url)
+    key = "d" * 64
+    mine = remote.lease_acquire(lease(key))
+    assert mine is not None
+    updated = remote.lease_update(mine, task_id="t-1", polling_url="http://127.0.0.1:1/poll?id=t-1")
+    assert updated is not None
+    seen = remote.lease_read(key)
+    assert seen is not None and seen.task_id == "t-1" and seen.etag == updated.etag
+    # The stale copy (an older version) can no longer write.
+    assert remote.lease_update(mine, task_id="t-2") is None
+    assert remote.lease_read(key).task_id == "t-1"  # type: ignore[union-attr]
+
+
+def test_expired_lease_is_taken_over_by_exactly_one(remote_url: str) -> None:
+    remote = open_remote(remote_url)
+    key = "e" * 64
+    assert remote.lease_acquire(lease(key, ttl=-1)) is not None
+    old = remote.lease_read(key)
+    assert old is not None and not old.live()
+    first = remote.lease_takeover(old, lease(key))
+    second = remote.lease_takeover(old, lease(key))
+    assert first is not None and second is None
+    assert remote.lease_read(key).holder == first.holder  # type: ignore[union-attr]
+
+
+def test_release_removes_only_the_version_held(remote_url: str) -> None:
+    remote = open_remote(remote_url)
+    key = "f" * 64
+    mine = remote.lease_acquire(lease(key))
+    assert mine is not None
+    newer = remote.lease_update(mine, task_id="t")
+    remote.lease_release(mine)  # stale version: the newer lease stays
+    assert remote.lease_read(key) is not None
+    assert newer is not None
+    remote.lease_release(newer)
+    assert remote.lease_read(key) is None
+    assert remote.lease_acquire(lease(key)) is not None
+
+
+def test_a_garbage_lease_reads_as_expired(remote_url: str) -> None:
+    remote = open_remote(remote_url)
+    key = "1" * 64
+    write_behind_its_back(
+        remote, remote._lease(key), b'{"key": "' + key.encode() + b'", "expires_at": 1e999}'
+    )
+    seen = remote.lease_read(key)
+    assert seen is not None and not seen.live()
+    assert remote.lease_takeover(seen, lease(key)) is not None
+
+
+def test_hostile_lease_fields_are_refused(remote_url: str) -> None:
+    remote = open_remote(remote_url)
+    key = "2" * 64
+    good = dataclasses.replace(lease(key), task_id="x\r\nHost: evil")
+    write_behind_its_back(remote, remote._lease(key), good.to_json())
+    seen = remote.lease_read(key)
+    assert seen is not None and seen.task_id is None and not seen.live()
+
+
+def test_backend_that_ignores_conditional_writes_is_refused_for_leasing(tmp_path: Path) -> None:
+    class Ignoring:
+        def __init__(self, fs: object) -> None:
+            self.fs = fs
+
+        def create(self, path: str, data: bytes) -> str | None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(data)
+            return "etag"
+
+    remote = FsspecRemote(f"file://{tmp_path}")
+    remote.conditional = Ignoring(remote.fs)  # type: ignore[assignment]
+    reason = remote.probe()
+    assert reason is not None and "ignores conditional writes" in reason
+    sha = remote.put(png())
+    assert remote.get(sha) is not None  # objects still work
+
+
+def test_unknown_scheme_stores_objects_but_refuses_leases(tmp_path: Path) -> None:
+    remote = open_remote("memory://team/x")
+    sha = remote.put(png())
+    assert remote.get(sha) == png()
+    reason = remote.probe()
+    assert reason is not None and "memory://" in reason
+
+
+def test_credentials_in_the_url_are_refused() -> None:
+    with pytest.raises(RemoteError, match="credentials in the URL are refused"):
+        open_remote("s3://AKIA:secret@bucket/x")
+    with pytest.raises(RemoteError, match="give a URL"):
+        open_remote("bucket/x")
+
+
+def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(RemoteError, match=r"flexforge\[gcs\]"):
+        open_remote("gs://bucket/x")
+
+
+def test_the_project_names_its_remote_in_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flexforge.remote import configured_remote
+    from flexforge.settings import Settings
+
+    monkeypatch.delenv("FLEXFORGE_REMOTE", raising=False)
+    assert configured_remote(Settings().remote) is None
+    settings = Settings.from_data({"remote": {"url": f"file://{tmp_path}/share", "read_only": True}})
+    remote = configured_remote(settings.remote)
+    assert remote is not None and remote.read_only and remote.url.endswith("/share")
+    assert Settings.from_data(settings.to_json()) == settings  # the validated-manifest cache keeps it
+    monkeypatch.setenv("FLEXFORGE_REMOTE", "none")
+    assert configured_remote(settings.remote) is None
+    monkeypatch.setenv("FLEXFORGE_REMOTE", f"file://{tmp_path}/other")
+    other = configured_remote(settings.remote)
+    assert other is not None and other.url.endswith("/other") and not other.read_only
+
+
+def test_a_remote_setting_is_checked_by_the_manifest_schema(tmp_path: Path) -> None:
+    from flexforge.errors import ManifestError
+    from flexforge.manifest import load_manifest
+
+    path = tmp_path / "flexforge.yaml"
+    path.write_text('version: 1\nsettings: {remote: {url: "bucket/x"}}\nassets: {a: {prompt: "x"}}\n')
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert "settings" in str(info.value) and "remote" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("FLEXFORGE_REMOTE_READONLY", "maybe"), ("FLEXFORGE_LEASE_TTL", "nan")]
+)
+def test_bad_remote_knobs_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    from flexforge.remote import lease_ttl
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(RemoteError, match=name):
+        open_remote("memory://x")
+        lease_ttl()
