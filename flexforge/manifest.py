@@ -19,6 +19,7 @@ from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageErr
 from flexforge.imaging import EXTENSIONS
 from flexforge.models import FLEX_MODEL, FLEX_ONLY, MAX_REFERENCES
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
+from flexforge.rendition import RENDITION, describe, operations
 from flexforge.settings import Settings
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
@@ -36,6 +37,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "prompt_upsampling": False,
 }
 MAX_PIXELS = 2048 * 2048  # the API's 4 MP limit
+MAX_RENDITION_PIXELS = 40_000_000  # a delivered image, not a generation: the API's limit does not apply
 MAX_TEXT = 100_000  # characters of one prompt or path after vars: far past any real prompt
 KEY_LIKE = re.compile(r"(^|_|-)(api_?key|key|token|secret|password|authorization|x-key)$", re.I)
 _VAR = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -66,6 +68,7 @@ class Asset:
     tags: tuple[str, ...] = ()  # for selection only: never part of the key
     # The matrix that declared it and its cell ("post-{product} product=widget"); None if by hand.
     origin: str | None = None
+    rendition: dict[str, Any] | None = None  # a free rendition's canonical operations
 
     @property
     def is_flex(self) -> bool:
@@ -389,6 +392,7 @@ class _Checker:
             asset = self._asset(asset_id, raw, defaults, variables, raw_assets)
             if asset is not None:
                 assets[asset_id] = asset
+        self._size_renditions(assets)
         self._outputs(assets)
         from flexforge.graph import CycleError, topological_order
 
@@ -415,6 +419,8 @@ class _Checker:
         all_assets: dict[str, Any],
     ) -> Asset | None:
         here = ("assets", asset_id)
+        if "from" in raw:
+            return self._rendition(asset_id, raw, defaults, variables, all_assets)
         values = {**defaults, **raw}
         model = values["model"]
         is_flex = model == FLEX_MODEL
@@ -492,6 +498,116 @@ class _Checker:
             return None
         template, values = self.origins[asset_id]
         return " ".join([template, *(f"{axis}={value}" for axis, value in values.items())])
+
+    def _rendition(
+        self,
+        asset_id: str,
+        raw: dict[str, Any],
+        defaults: dict[str, Any],
+        variables: dict[str, str],
+        all_assets: dict[str, Any],
+    ) -> Asset | None:
+        """A free rendition of another asset's output (or a file): no prompt, no seed, no API."""
+        here = ("assets", asset_id)
+        for knob in (
+            "prompt",
+            "model",
+            "seed",
+            "references",
+            "steps",
+            "guidance",
+            "prompt_upsampling",
+            "safety_tolerance",
+        ):
+            if knob in raw:
+                self.error(
+                    (*here, knob), f"a rendition (`from:`) is not generated: remove {knob!r}", key=True
+                )
+        source = self._substitute(raw["from"], variables, (*here, "from"))
+        references = [source]
+        if source == asset_id:
+            self.error((*here, "from"), f"an asset cannot be a rendition of itself ({source!r})")
+        elif source not in all_assets:
+            self._reference_file(source, (*here, "from"), all_assets)
+        logo = raw.get("logo")
+        if isinstance(logo, dict):
+            logo = {**logo, "file": self._substitute(logo["file"], variables, (*here, "logo", "file"))}
+            self._reference_file(logo["file"], (*here, "logo", "file"), {})
+            references.append(logo["file"])
+        text = raw.get("text")
+        if isinstance(text, dict):
+            text = {**text, "text": self._substitute(text["text"], variables, (*here, "text", "text"))}
+            font = text.get("font")
+            if font is not None:
+                target = self._inside_root(font, (*here, "text", "font"), "font")
+                if target is not None and not target.is_file():
+                    self.error((*here, "text", "font"), f"font {font!r} is not a file under the root")
+                elif target is not None:
+                    references.append(font)
+        size = raw.get("final_size")
+        if size is not None:
+            width, height = (int(n) for n in str(size).split("x"))
+        elif "width" in raw or "height" in raw:
+            width, height = raw.get("width", defaults["width"]), raw.get("height", defaults["height"])
+        else:
+            width = height = 0  # the input's size, once it is known (_size_renditions)
+        if width * height > MAX_RENDITION_PIXELS:
+            self.error(here, f"{width}x{height} is over {MAX_RENDITION_PIXELS // 10**6} MP; deliver smaller")
+        fmt = raw.get("output_format", defaults["output_format"])
+        out = raw.get("out")
+        if out is None:
+            out = self._output_path(f"assets/{asset_id}.{EXTENSIONS[fmt]}", fmt, here)
+        else:
+            out = self._output_path(self._substitute(out, variables, (*here, "out")), fmt, (*here, "out"))
+        spec: dict[str, Any] = {k: raw[k] for k in ("fit", "background", "quality") if k in raw}
+        spec.update({k: v for k, v in (("logo", logo), ("text", text)) if isinstance(v, dict)})
+        return Asset(
+            id=asset_id,
+            model=RENDITION,
+            prompt="",
+            structured=None,
+            width=width,
+            height=height,
+            output_format=fmt,
+            safety_tolerance=0,
+            steps=None,
+            guidance=None,
+            prompt_upsampling=None,
+            seed=0,
+            references=tuple(references),
+            asset_refs=(source,) if source in all_assets and source != asset_id else (),
+            out=out,
+            line=self.doc.key_where(here)[0],
+            tags=tuple(dict.fromkeys(raw.get("tags") or ())),
+            origin=self._origin(asset_id),
+            rendition=spec,
+        )
+
+    def _size_renditions(self, assets: dict[str, Asset]) -> None:
+        """A rendition without a size takes its input's delivered size; then its operations,
+        canonical, become what its key's `prompt` part holds."""
+
+        def delivered(asset_id: str, seen: tuple[str, ...] = ()) -> tuple[int, int] | None:
+            asset = assets.get(asset_id)
+            if asset is None or asset_id in seen:
+                return None
+            if asset.rendition is not None and asset.width == 0:
+                return delivered(asset.references[0], (*seen, asset_id)) if asset.asset_refs else None
+            return asset.final_size or (asset.width, asset.height)
+
+        for asset_id, asset in list(assets.items()):
+            if asset.rendition is None:
+                continue
+            size = (asset.width, asset.height) if asset.width else delivered(asset_id)
+            if size is None:
+                self.error(
+                    ("assets", asset_id), "a rendition of a file needs `size:` (a preset or WxH)", key=True
+                )
+                size = (1, 1)
+            ops = operations(asset.rendition, size[0], size[1], asset.output_format)
+            assets[asset_id] = dataclasses.replace(
+                asset, width=size[0], height=size[1], rendition=ops, prompt=describe(ops)
+            )
 
     def _final_size(
         self, value: str | None, width: int, height: int, path: tuple[str | int, ...]

@@ -12,6 +12,7 @@ from flexforge.keys import ContentKey, changed, content_key, known_parts
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset, Manifest
 from flexforge.options import PlanOptions
+from flexforge.rendition import RENDITION
 from flexforge.sources import IN_PLACE, Current, Source, Sources
 from flexforge.store import Store
 
@@ -191,7 +192,7 @@ def decide(
     """The action for one asset given its inputs' digests (None: an input still to be made).
     The key decides first: only an unchanged key can find its output `drifted`."""
     current = Current(facts.store, asset.out)
-    generator = facts.generator
+    generator = generator_of(asset, facts.generator)
     known = [d for d in digests if d is not None]
     complete = len(known) == len(digests)
     renamed: str | None = None
@@ -245,6 +246,12 @@ def decide(
     return Step(action=REGENERATE if entry else CREATE, reasons=reasons, **base)
 
 
+def generator_of(asset: Asset, generator: str) -> str:
+    """What makes the asset's pixels: a rendition is made locally whatever the provider, so
+    switching providers never remakes it."""
+    return RENDITION if asset.rendition is not None else generator
+
+
 def _lfs(facts: Facts, asset: Asset) -> list[str]:
     return [LFS_REASON] if facts.sources.lfs_pointer(asset.out) else []
 
@@ -257,7 +264,7 @@ def _rename_of(asset: Asset, facts: Facts, digests: list[str]) -> tuple[str | No
     """(old id, its pinned seed) when a new, seedless asset asks exactly what an orphaned entry
     was built for: a renamed id keeps its seed, and so its image."""
     for old_id, orphan in sorted(facts.orphans.items()):
-        if content_key(asset, facts.generator, orphan.seed, digests).key == orphan.key:
+        if content_key(asset, generator_of(asset, facts.generator), orphan.seed, digests).key == orphan.key:
             return old_id, orphan.seed
     return None, None
 
@@ -310,7 +317,7 @@ def _estimate(steps: list[Step], manifest: Manifest, store: Store) -> None:
     from flexforge.pricing import estimate_usd
 
     for step in steps:
-        if step.action in GENERATES and RESUME not in step.reasons:
+        if step.action in GENERATES and RESUME not in step.reasons and step.asset.rendition is None:
             sizes = [_reference_size(ref, manifest) for ref in step.asset.references]
             step.estimated_cost_usd = estimate_usd(
                 step.asset.model, step.asset.width, step.asset.height, [s for s in sizes if s]

@@ -72,6 +72,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "model": s.asset.model,
                 "estimated_cost_usd": s.estimated_cost_usd,
                 "matrix": s.asset.origin,
+                "rendition": s.asset.rendition is not None,
                 "tags": list(s.asset.tags),
             }
             for s in plan.steps
@@ -106,6 +107,8 @@ def print_plan(plan: Plan, opts: GlobalOptions) -> None:
     action_width = max((len(a) for a in actions), default=0)
     for step, action in zip(shown, actions, strict=True):
         cost = f"  ~${step.estimated_cost_usd:.4f}" if step.estimated_cost_usd else ""
+        if step.asset.rendition is not None and step.action != NONE:
+            cost = "  free (rendition)"
         padded = f"{action:<{action_width}}"
         if opts.color:
             padded = click.style(padded, fg=_colour(step.action))
