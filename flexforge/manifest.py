@@ -69,6 +69,7 @@ class Asset:
     # The matrix that declared it and its cell ("post-{product} product=widget"); None if by hand.
     origin: str | None = None
     rendition: dict[str, Any] | None = None  # a free rendition's canonical operations
+    max_cost_usd: float | None = None  # this asset's own budget: build refuses a plan over it
 
     @property
     def is_flex(self) -> bool:
@@ -491,6 +492,7 @@ class _Checker:
             final_size=self._final_size(raw.get("final_size"), width, height, (*here, "final_size")),
             tags=tuple(dict.fromkeys(raw.get("tags") or ())),
             origin=self._origin(asset_id),
+            max_cost_usd=float(raw["max_cost_usd"]) if "max_cost_usd" in raw else None,
         )
 
     def _origin(self, asset_id: str) -> str | None:
