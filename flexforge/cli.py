@@ -345,6 +345,27 @@ def build(
 
 
 @cli.command()
+@click.argument("asset_id", metavar="ID")
+@click.argument("candidate", type=int, required=False)
+@click.option(
+    "--more",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Add N candidates (paid), keep the rest.",
+)
+@provider_option
+@global_options
+@handle_errors
+def pick(asset_id: str, candidate: int | None, more: int | None, provider: str | None) -> int:
+    """Select candidate K of a `variants:` asset (free: from the cache, the working tree or git
+    history); its dependents follow at the next build."""
+    from flexforge.commands.pick import pick as run
+
+    return run(_opts(), asset_id, candidate, more or 0, provider)
+
+
+@cli.command()
 @click.option(
     "--by", type=click.Choice(["run", "asset", "model", "month"]), default="month", show_default=True
 )

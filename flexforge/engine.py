@@ -374,11 +374,12 @@ class Builder:
         for ref in asset.references:
             if ref not in asset.asset_refs and not self.resolver.inside(ref):
                 raise ProviderError(f"{ref!r} leads outside the project root (a symbolic link?); not read")
-        first = asset.references[0]
+        index = step.seed - 1 if "select" in asset.rendition else 0  # a selection reads its pick
+        first = asset.references[index]
         path = root / first
         if first in asset.asset_refs:
             upstream = self.plan.manifest.assets[first]
-            digest = (step.reference_digests or [None])[0]
+            digest = (step.reference_digests or [None] * (index + 1))[index]
             made_here = upstream.id in self.made_here and digest is not None
             path = self.store.object_path(digest) if made_here and digest else root / upstream.out
         self.reporter.asset_started(asset.id, step.action)

@@ -63,8 +63,52 @@ def expand(data: dict[str, Any], doc: YamlDocument, report: Report) -> Expansion
             doc.positions.update(_moved(doc.positions, here, ("assets", cell_id)))
             assets[cell_id] = _sized(cell, data, presets, ("assets", cell_id), report)
             out.origins[cell_id] = (str(asset_id), values)
-    out.data["assets"] = assets
+    out.data["assets"] = _with_candidates(assets, data, doc)
     return out
+
+
+# -- variants ------------------------------------------------------------------------------------
+
+VARIANTS_DIR = "variants"  # where candidates are written: the documented place to commit them, or not
+MAX_VARIANTS = 16
+
+
+def candidate_id(asset_id: str, k: int) -> str:
+    return f"{asset_id}--{k}"
+
+
+def _with_candidates(assets: dict[str, Any], data: dict[str, Any], doc: YamlDocument) -> dict[str, Any]:
+    """`variants: N` -> N generated candidates `ID--1..N` (distinct seeds: a fixed seed S gives
+    S, S+1, ...; else each draws its own), and `ID` itself a free selection of the picked one."""
+    result: dict[str, Any] = {}
+    defaults: dict[str, Any] = data["defaults"] if isinstance(data.get("defaults"), dict) else {}
+    for asset_id, raw in assets.items():
+        count = raw.get("variants") if isinstance(raw, dict) else None
+        if (
+            not isinstance(count, int)
+            or isinstance(count, bool)
+            or "from" in raw
+            or not 2 <= count <= MAX_VARIANTS
+        ):
+            result[asset_id] = raw  # the schema says what is wrong with a bad count
+            continue
+        fmt = raw.get("output_format", defaults.get("output_format", "png"))
+        ext = {"png": "png", "jpeg": "jpg", "webp": "webp"}.get(str(fmt), "png")
+        here: Path_ = ("assets", asset_id)
+        for k in range(1, count + 1):
+            cid = candidate_id(asset_id, k)
+            cell = {key: v for key, v in raw.items() if key not in ("variants", "pick", "out", "tags")}
+            if isinstance(raw.get("seed"), int):
+                cell["seed"] = raw["seed"] + k - 1
+            cell["out"] = f"{VARIANTS_DIR}/{asset_id}/{k}.{ext}"
+            doc.positions.update(_moved(doc.positions, here, ("assets", cid)))
+            result[cid] = cell
+        selection = {key: raw[key] for key in ("out", "tags", "pick") if key in raw}
+        selection.update({"from": candidate_id(asset_id, 1), "variants": count, "output_format": fmt})
+        if "out" not in raw:
+            selection["out"] = f"assets/{asset_id}.{ext}"
+        result[asset_id] = selection
+    return result
 
 
 # -- fragments -----------------------------------------------------------------------------------

@@ -527,6 +527,10 @@ class _Checker:
                 )
         source = self._substitute(raw["from"], variables, (*here, "from"))
         references = [source]
+        if "variants" in raw:  # a selection among candidates (flexforge.expand): which one is the lock's
+            from flexforge.expand import candidate_id
+
+            references = [candidate_id(asset_id, k) for k in range(1, raw["variants"] + 1)]
         if source == asset_id:
             self.error((*here, "from"), f"an asset cannot be a rendition of itself ({source!r})")
         elif source not in all_assets:
@@ -561,7 +565,7 @@ class _Checker:
             out = self._output_path(f"assets/{asset_id}.{EXTENSIONS[fmt]}", fmt, here)
         else:
             out = self._output_path(self._substitute(out, variables, (*here, "out")), fmt, (*here, "out"))
-        spec: dict[str, Any] = {k: raw[k] for k in ("fit", "background", "quality") if k in raw}
+        spec: dict[str, Any] = {k: raw[k] for k in ("fit", "background", "quality", "variants") if k in raw}
         spec.update({k: v for k, v in (("logo", logo), ("text", text)) if isinstance(v, dict)})
         return Asset(
             id=asset_id,
@@ -575,15 +579,26 @@ class _Checker:
             steps=None,
             guidance=None,
             prompt_upsampling=None,
-            seed=0,
+            seed=self._pick(raw, here) if "variants" in raw else 0,  # a selection's "seed": its pick
             references=tuple(references),
-            asset_refs=(source,) if source in all_assets and source != asset_id else (),
+            asset_refs=tuple(r for r in references if r in all_assets and r != asset_id),
             out=out,
             line=self.doc.key_where(here)[0],
             tags=tuple(dict.fromkeys(raw.get("tags") or ())),
             origin=self._origin(asset_id),
             rendition=spec,
         )
+
+    def _pick(self, raw: dict[str, Any], here: tuple[str | int, ...]) -> int | None:
+        """A pick committed in the manifest (`pick: K`), which `flexforge pick` then leaves alone."""
+        chosen = raw.get("pick")
+        if chosen is not None and chosen > raw["variants"]:
+            self.error(
+                (*here, "pick"),
+                f"pick {chosen}: there are {raw['variants']} candidates (1..{raw['variants']})",
+            )
+            return None
+        return int(chosen) if chosen is not None else None
 
     def _size_renditions(self, assets: dict[str, Asset]) -> None:
         """A rendition without a size takes its input's delivered size; then its operations,

@@ -15,6 +15,7 @@ class PlanOptions:
     replace: frozenset[str] = frozenset()
     reseed: frozenset[str] = frozenset()
     tags: frozenset[str] = frozenset()  # assets carrying any of these are selected too
+    picks: tuple[tuple[str, int], ...] = ()  # (variants asset, candidate) from `flexforge pick`
 
 
 @dataclass(frozen=True, slots=True)

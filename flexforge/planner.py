@@ -171,11 +171,27 @@ def resolve_seed(
     return pinned
 
 
+def pick_of(asset: Asset, entry: LockEntry | None, options: PlanOptions) -> int:
+    """The selected candidate of a `variants:` asset (1-based): the one `flexforge pick` asks
+    for, else the lock's, else the first. A selection's lock `seed` is its pick."""
+    count = int(asset.rendition["select"]) if asset.rendition else 1
+    if asset.seed is not None:  # `pick:` in the manifest
+        return asset.seed
+    asked = dict(options.picks).get(asset.id)
+    if asked is not None:
+        return asked
+    if entry is not None and 1 <= entry.seed <= count:
+        return entry.seed
+    return 1
+
+
 def step_for(asset: Asset, facts: Facts, outputs: dict[str, str | None], seed: int | None = None) -> Step:
     """What `asset` needs now: the one answer plan, build, accept and explain all use. `outputs`
     holds the digest each upstream asset's output has after its own step; `seed` is one the
     build just drew."""
     entry = facts.lock.entries.get(asset.id)
+    if seed is None and asset.rendition is not None and "select" in asset.rendition:
+        seed = pick_of(asset, entry, facts.options)
     if seed is None:
         seed = resolve_seed(asset, entry, asset.id in facts.options.reseed, facts.pinned.get(asset.id))
     digests = reference_digests(asset, facts.store, outputs)

@@ -28,6 +28,8 @@ FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 def operations(raw: dict[str, Any], width: int, height: int, output_format: str) -> dict[str, Any]:
     """The canonical operations of a rendition: what its key is made of (with its inputs'
     digests), in a fixed shape whatever the manifest left to defaults."""
+    if "variants" in raw:  # a selection: the picked candidate's bytes, as they are
+        return {"v": 1, "select": raw["variants"], "size": [width, height], "format": output_format}
     ops: dict[str, Any] = {
         "v": 1,
         "size": [width, height],
@@ -66,6 +68,8 @@ def render(ops: dict[str, Any], source: bytes, root: Path) -> bytes:
     """Apply `ops` to the image `source`; files named by the ops are read under `root`."""
     from PIL import Image, ImageOps
 
+    if "select" in ops:
+        return source
     with Image.open(io.BytesIO(source)) as img:
         img.load()
         base = img.convert("RGBA")
