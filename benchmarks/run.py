@@ -1136,7 +1136,9 @@ def matrix_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
         probes.append(
             Probe("matrix", f"no-op build ({label})", n, [*tools.flexforge, "build", *draft], where, env)
         )
-    probes.append(Probe("matrix", "floor script (matrix)", n, [sys.executable, str(HERE / "floor.py"), "."], root))
+    probes.append(
+        Probe("matrix", "floor script (matrix)", n, [sys.executable, str(HERE / "floor.py"), "."], root)
+    )
     measure(probes, args.repeat)
     return probes
 

@@ -187,3 +187,21 @@ def test_fragment_cycle_and_structured_fragment_in_text_are_refused(tmp_path: Pa
     joined = "\n".join(_errors(project))
     assert "fragment cycle: a -> b -> a" in joined
     assert "fragment 'pal' is structured" in joined
+
+
+def test_a_matrix_too_big_is_refused_without_expanding_it(tmp_path: Path) -> None:
+    project = Project(tmp_path)
+    values = ", ".join(f"v{i}" for i in range(400))
+    project.manifest(
+        f"""
+        version: 1
+        axes:
+          a: [{values}]
+        assets:
+          x-{{a}}-{{b}}-{{c}}:
+            matrix: {{a: a, b: a, c: a}}
+            prompt: "x"
+        """
+    )
+    errors = _errors(project)
+    assert any("the matrix makes 64000000 assets; at most 100000" in e for e in errors)

@@ -136,3 +136,46 @@ def test_bad_rendition_operations_are_located_errors(tmp_path: Path) -> None:
     assert "flexforge.yaml:8:" in err and "'middle' is not one of" in err
     assert "flexforge.yaml:9:" in err and "unknown size preset 'instagram-squar'" in err
     assert "flexforge.yaml:10:" in err and "quality" in err
+
+
+def test_rendition_inputs_outside_the_root_are_refused(tmp_path: Path) -> None:
+    outside = png(tmp_path / "outside.png", (32, 32))
+    project = Project(tmp_path / "p")
+    (project.root / "brand").mkdir()
+    (project.root / "brand" / "link.png").symlink_to(outside)
+    project.manifest(
+        """
+        version: 1
+        assets:
+          hero: {prompt: "x"}
+          a: {from: ../outside.png, size: 10x10}
+          b: {from: hero, logo: {file: brand/link.png}}
+          c: {from: hero, text: {text: "hi", font: /etc/passwd}}
+        """
+    )
+    result = project.run("validate")
+    err = result.stderr
+    assert result.exit_code == 1 and "Traceback" not in err
+    assert "flexforge.yaml:4:" in err and "leaves the project root" in err
+    assert "flexforge.yaml:5:" in err and "brand/link.png" in err
+    assert "flexforge.yaml:6:" in err and "is absolute" in err
+
+
+def test_the_campaign_example_builds_offline_within_its_budget(tmp_path: Path) -> None:
+    import shutil
+
+    source = Path(__file__).resolve().parent.parent / "examples" / "campaign"
+    root = tmp_path / "campaign"
+    shutil.copytree(
+        source, root, ignore=shutil.ignore_patterns("assets", "social", "variants", ".flexforge*")
+    )
+    project = Project(root)
+    plan = project.run("plan", "--json", "--provider", "bfl").json()
+    paid = [a for a in plan["assets"] if a["estimated_cost_usd"] > 0]
+    assert len(paid) == 15 and len(plan["assets"]) == 39
+    assert 0 < plan["estimated_cost_usd"] <= 2.5
+    assert project.build().exit_code == 0
+    with Image.open(root / "social/ember/open-graph.jpg") as img:
+        assert img.size == (1200, 630)
+    result = project.run("pick", "hero-ember", "3", "--provider", "draft")
+    assert result.exit_code == 0 and "no API call" in result.stdout
