@@ -832,6 +832,16 @@ def ci_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
         check_noop(tools, clone, env)
         print(f"ci check, N={n}: timing x {args.repeat} ...", flush=True)
         measure([frozen, check], args.repeat)
+        # CPU seconds too (user + sys, with the git children): on a loaded machine wall time
+        # mostly measures the neighbours, CPU what each path really does.
+        cpu: dict[str, list[float]] = {frozen.label: [], check.label: []}
+        for _ in range(args.repeat):
+            for probe in (frozen, check):
+                fresh_runner()
+                assert probe.cwd is not None and probe.env is not None
+                cpu[probe.label].append(timed_rusage(probe.cmd, probe.cwd, probe.env)[1])
+        for probe in (frozen, check):
+            probe.extra["cpu_s"] = round(statistics.median(cpu[probe.label]), 3)
         probes += [frozen, check]
     return probes
 
@@ -846,11 +856,14 @@ def print_ci(probes: Sequence[Probe]) -> None:
             fmt_time(p.median),
             f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
             fmt_ratio(ratio(p, frozen.get(p.n))),
+            fmt_time(p.extra.get("cpu_s")),
+            fmt_ratio(p.extra["cpu_s"] / frozen[p.n].extra["cpu_s"] if p.n in frozen else None),
         ]
         for p in probes
     ]
     headers = ["ci: fresh clone, cache restored", "N", "runs", "median", "min - max", "x frozen"]
-    print(table(headers, rows, [False] + [True] * 5))
+    headers += ["CPU", "CPU x frozen"]
+    print(table(headers, rows, [False] + [True] * 7))
 
 
 # -- makespan against the emulator ------------------------------------------------------------------

@@ -23,7 +23,18 @@ from flexforge.sources import GIT, Source
 
 INDEX_VERSION = 1
 MAX_LOCK_BYTES = 64 * 2**20  # an old lock bigger than this is skipped, not read
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+# Distinct lock versions read when an index is first built, newest first: a long history must not
+# make one plan read gigabytes of old JSON. What is older simply is not a source.
+MAX_VERSIONS = 2000
+# A repository is untrusted (docs/security.md): no prompt, no lock taken, no replace refs bending
+# what an object id means, and no fsmonitor hook a planted .git/config could name.
+GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_OPTIONAL_LOCKS": "0",
+    "GIT_NO_REPLACE_OBJECTS": "1",
+    "LC_ALL": "C",
+}
+GIT_COMMAND = ("git", "-c", "core.fsmonitor=false")
 # Each row: sha256, size, out, commit, seed, task_id, cost_usd, provider, asset id.
 Row = list[Any]
 
@@ -98,13 +109,17 @@ class History:
             return index, seen
         known_blobs = set(seen)
         fresh: dict[str, list[Row]] = {}
+        added = 0
         for commit in (c.decode() for c in commits):
+            if added >= MAX_VERSIONS:
+                break
             found = self._object(f"{commit}:{self.lock_rel}", MAX_LOCK_BYTES)
             if found is None or found[0] in known_blobs:
                 continue
             oid, raw = found
             known_blobs.add(oid)
             seen.append(oid)
+            added += 1
             try:
                 entries = parse_entries(raw)
             except ValueError:
@@ -185,7 +200,7 @@ class History:
         if self._batch is None or self._batch.poll() is not None:
             try:
                 self._batch = subprocess.Popen(
-                    ["git", "cat-file", "--batch"],
+                    [*GIT_COMMAND, "cat-file", "--batch"],
                     cwd=self.toplevel,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
@@ -218,7 +233,7 @@ def default_cache_dir() -> Path:
 
 def _git(cwd: Path, *args: str) -> bytes:
     return subprocess.run(
-        ["git", *args],
+        [*GIT_COMMAND, *args],
         cwd=cwd,
         check=True,
         capture_output=True,

@@ -168,7 +168,8 @@ def _check(
     summary, assets = memo["summary"], memo["assets"]
     if not quiet:
         if command == "build":
-            sys.stdout.write(f"Up to date: {int(assets)} assets.\n")
+            n = int(assets)
+            sys.stdout.write(f"Up to date: {n} asset{'' if n == 1 else 's'}.\n")
         else:
             sys.stdout.write(str(summary) + "\n")
     return 0

@@ -56,6 +56,15 @@ class Facts:
     sources: Sources
     orphans: dict[str, LockEntry]
     pinned: dict[str, int]
+    _by_request: dict[tuple[tuple[str, str], ...], list[str]] | None = None
+
+    def orphans_by_request(self) -> dict[tuple[tuple[str, str], ...], list[str]]:
+        """Orphaned entries by their key parts, seed aside (see _rename_of)."""
+        if self._by_request is None:
+            self._by_request = {}
+            for old_id, orphan in sorted(self.orphans.items()):
+                self._by_request.setdefault(_seedless(orphan.parts), []).append(old_id)
+        return self._by_request
 
     @classmethod
     def gather(
@@ -278,11 +287,19 @@ def _absent(entry: LockEntry, asset: Asset) -> str:
 
 def _rename_of(asset: Asset, facts: Facts, digests: list[str]) -> tuple[str | None, int | None]:
     """(old id, its pinned seed) when a new, seedless asset asks exactly what an orphaned entry
-    was built for: a renamed id keeps its seed, and so its image."""
-    for old_id, orphan in sorted(facts.orphans.items()):
-        if content_key(asset, generator_of(asset, facts.generator), orphan.seed, digests).key == orphan.key:
+    was built for: a renamed id keeps its seed, and so its image. Orphans are found by their key
+    parts, seed aside, so a thousand renames cost a thousand lookups, not a million keys."""
+    generator = generator_of(asset, facts.generator)
+    wanted = _seedless(known_parts(asset, generator, None, list(digests)))
+    for old_id in facts.orphans_by_request().get(wanted, ()):
+        orphan = facts.orphans[old_id]
+        if content_key(asset, generator, orphan.seed, digests).key == orphan.key:
             return old_id, orphan.seed
     return None, None
+
+
+def _seedless(parts: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in parts.items() if k != "seed"))
 
 
 def reference_digests(asset: Asset, store: Store, outputs: dict[str, str | None]) -> list[str | None]:

@@ -6,6 +6,8 @@ import sys
 import time
 from typing import Any, Protocol, TextIO
 
+from flexforge.text import plural
+
 SYMBOLS = {
     "generated": "+",
     "restored": "<",
@@ -42,7 +44,7 @@ class PlainReporter:
 
     def begin(self, total: int, to_generate: int) -> None:
         if not self.quiet and to_generate:
-            self._line(f"building {total} assets ({to_generate} to generate)")
+            self._line(f"building {plural(total, 'asset')} ({to_generate} to generate)")
 
     def asset_started(self, asset_id: str, action: str) -> None:
         if self.verbose and not self.quiet:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,7 @@ class Sources:
         self._history_factory = history
         self._history: History | None = None
         self._history_loaded = False
+        self._history_mutex = threading.Lock()
         self._by_key: dict[str, list[Source]] | None = None
         self.remote: RemoteIndex | None = None  # the team remote, when the project has one
 
@@ -127,17 +129,24 @@ class Sources:
 
     @property
     def history(self) -> History | None:
-        if not self._history_loaded:
-            self._history_loaded = True
-            self._history = self._history_factory() if self._history_factory is not None else None
+        with self._history_mutex:  # staging threads may ask first
+            if not self._history_loaded:
+                self._history = self._history_factory() if self._history_factory is not None else None
+                self._history_loaded = True
         return self._history
 
     def find(self, key: str, out: str, current: Current) -> Source | None:
         """Where the bytes for `key` come from, cheapest first; None when only the API has them."""
+        recorded = self._lock_index().get(key, [])
         record = _key_record(self.store, key)
-        found = self._search([*self._lock_index().get(key, ()), *([record] if record else [])], out, current)
+        found = self._search([*recorded, *([record] if record else [])], out, current)
         if found is not None or record is not None:
             return found or record
+        # The object cache is content-addressed: an object with the lock's digest is those bytes,
+        # even when the record saying which key made it is gone (or was not written here).
+        for source in recorded:
+            if self.store.has_object(source.sha256):
+                return _with(source, kind=CACHE, path=None)
         history = self.history
         found = self._search(history.lookup(key), out, current) if history is not None else None
         if found is None and self.remote is not None:
@@ -164,7 +173,7 @@ class Sources:
                 return _with(source, kind=IN_PLACE, path=out, commit=None)
         for source in known:
             path = source.path
-            if path is None or path == out or not _is_safe(path):
+            if path is None or path == out or not _is_safe(path) or (self.store.root / path).is_symlink():
                 continue
             if self.store.digest(path) == source.sha256:
                 return _with(source, kind=WORKING_TREE, commit=None)

@@ -173,3 +173,42 @@ def test_unreachable_emulator_is_named_with_its_url_and_a_hint(
     assert result.exit_code == 1
     assert f"cannot connect to the emulator at http://127.0.0.1:{port}" in result.stderr
     assert "`flexforge emulator` is running" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_git_source_that_fails_its_check_falls_back_to_generating(project: Project) -> None:
+    """The plan promised a free restore; the commit's file turned out not to be the bytes. The
+    build loads the provider it did not expect to need and generates that asset."""
+    built(project)
+    git = ["git", "-C", str(project.root), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    hero = project.root / "assets/hero.png"
+    good = hero.read_bytes()
+    png(hero, size=(128, 128), color=(5, 5, 5))  # the commit holds other bytes than its lock says
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "lock and file disagree"], check=True)
+    hero.unlink()
+    (project.root / "assets/card.png").unlink()
+    subprocess.run(["rm", "-rf", str(project.root / ".flexforge")], check=True)
+    plan = project.run("plan", "--json").json()["assets"]
+    assert plan[0]["action"] == "restore" and plan[0]["source"].startswith("git ")
+    result = project.build()
+    assert result.exit_code == 0, result.stderr
+    assert "damaged or gone; generating it again" in result.stderr and "1 generated" in result.stderr
+    assert hero.read_bytes() == good  # the draft renderer is deterministic
+
+
+def test_a_link_at_an_old_output_path_is_never_read_through(project: Project, tmp_path: Path) -> None:
+    """A committed link where the lock records an old output: the working-tree source is not
+    followed, even when what it points at has the recorded bytes."""
+    built(project)
+    hero = project.root / "assets/hero.png"
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(hero.read_bytes())
+    hero.unlink()
+    hero.symlink_to(outside)
+    project.edit("'Brew bold'\"}", "'Brew bold'\", out: img/hero.png}")
+    assert "working tree" not in project.run("plan").stdout
+    project.build()
+    made = project.root / "img/hero.png"
+    assert made.is_file() and not made.is_symlink()
+    assert made.read_bytes() == outside.read_bytes()  # generated again (deterministic draft)

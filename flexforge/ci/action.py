@@ -21,7 +21,7 @@ from flexforge.context import GlobalOptions, Project, choose_provider
 from flexforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, FlexforgeError, ManifestError, UsageError
 from flexforge.manifest import Manifest
 from flexforge.options import PlanOptions
-from flexforge.planner import DRIFTED, GENERATES, RESTORE, Plan
+from flexforge.planner import GENERATES, HELD, RESTORES, Plan
 
 COMMANDS = ("check", "plan", "build")
 FREE_PROVIDERS = ("draft",)
@@ -44,6 +44,15 @@ class Inputs:
     previews: bool = True  # check/plan: draft previews of what would be built
 
 
+def dig(doc: Any, *keys: str) -> Any:
+    """doc[k1][k2]... or None where a level is missing or not an object (payloads vary)."""
+    for key in keys:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
 def pull_request_of(event: dict[str, Any]) -> dict[str, Any]:
     pr = event.get("pull_request")
     return pr if isinstance(pr, dict) else {}
@@ -54,8 +63,8 @@ def from_fork(event: dict[str, Any]) -> bool:
     pr = pull_request_of(event)
     if not pr:
         return False
-    head = ((pr.get("head") or {}).get("repo") or {}).get("full_name")
-    base = ((pr.get("base") or {}).get("repo") or {}).get("full_name")
+    head = dig(pr, "head", "repo", "full_name")
+    base = dig(pr, "base", "repo", "full_name")
     return not head or head != base
 
 
@@ -91,16 +100,16 @@ def _annotate_manifest_errors(runner: Runner, exc: ManifestError, cwd: Path) -> 
 
 
 def _stale(plan: Plan) -> list[str]:
-    return [s.asset.id for s in plan.steps if s.action in GENERATES or s.action == DRIFTED]
+    return [s.asset.id for s in plan.steps if s.action in GENERATES or s.action in HELD]
 
 
 def _annotate_stale(runner: Runner, plan: Plan, manifest_file: str) -> None:
     for step in plan.steps:
-        if step.action in GENERATES or step.action == DRIFTED:
+        if step.action in GENERATES or step.action in HELD:
             why = f" ({', '.join(step.reasons)})" if step.reasons else ""
             hint = (
-                "run `flexforge accept` or `--replace`"
-                if step.action == DRIFTED
+                f"keep the file with `flexforge accept {step.asset.id}`, or `build --replace {step.asset.id}`"
+                if step.action in HELD
                 else "run `flexforge build` and commit the images and the lock"
             )
             runner.annotate(
@@ -144,8 +153,8 @@ def collect(runner: Runner, manifest: Manifest, plan: Plan) -> Review:
     root = repository_root(manifest.root) or manifest.root
     project_rel = manifest.root.relative_to(root).as_posix() if manifest.root.is_relative_to(root) else "."
     lock_rel = project.lock_path.relative_to(root).as_posix()
-    base_sha = _sha((pr.get("base") or {}).get("sha")) or _sha(event.get("before"))
-    head_sha = _sha((pr.get("head") or {}).get("sha")) or _sha(runner.sha)
+    base_sha = _sha(dig(pr, "base", "sha")) or _sha(event.get("before"))
+    head_sha = _sha(dig(pr, "head", "sha")) or _sha(runner.sha)
     base = lock_at(root, base_sha, lock_rel)
     return review_from_plan(
         plan,
@@ -209,9 +218,14 @@ def _post_comment(runner: Runner, inputs: Inputs, review: Review) -> None:
     from flexforge.ci.rest import GitHub
 
     github = GitHub(runner.api_url, runner.repository, inputs.token)
+    # A pull request with nothing to say gets no new comment; one already there is updated.
+    quiet = not review.changes and not review.errors
     action, comment_id = github.upsert_comment(
-        review.pull_request, marker(review.project), render_comment(review)
+        review.pull_request, marker(review.project), render_comment(review), create=not quiet
     )
+    if action == "skipped":
+        runner.emit("flexforge: no image changes; no comment made")
+        return
     runner.emit(f"flexforge: {action} the pull-request comment {comment_id}")
     runner.set_output("comment-id", str(comment_id))
 
@@ -220,12 +234,11 @@ def run(opts: GlobalOptions, inputs: Inputs, runner: Runner) -> int:
     if inputs.command not in COMMANDS:
         raise UsageError(f"command {inputs.command!r}: choose one of {', '.join(COMMANDS)}")
     event = runner.event()
-    provider, _ = choose_provider(inputs.provider)
     if any(a == "--provider" or a.startswith("--provider=") for a in inputs.args):
         # The paid-build guard below reads the provider input; extra arguments must not change it.
         raise UsageError("pass the provider as the action's `provider` input, not in `args`")
-    if inputs.command == "build":
-        refuse_untrusted_build(runner, event, provider)
+    if inputs.command == "build" and inputs.provider:
+        refuse_untrusted_build(runner, event, choose_provider(inputs.provider)[0])
     cwd = opts.cwd()
     with runner.group("flexforge validate"):
         try:
@@ -246,6 +259,10 @@ def run(opts: GlobalOptions, inputs: Inputs, runner: Runner) -> int:
                 post_comment(runner, inputs, review)
             return EXIT_ERROR
         runner.emit(f"{manifest.label}: valid, {len(manifest.assets)} assets")
+    # The input, else $FLEXFORGE_PROVIDER, else the manifest's `settings: provider`, else bfl.
+    provider, _ = choose_provider(inputs.provider, manifest.settings)
+    if inputs.command == "build":
+        refuse_untrusted_build(runner, event, provider)
     code = EXIT_OK
     if inputs.command == "build":
         code = _build(opts, inputs, provider, runner)
@@ -332,7 +349,7 @@ def _check(opts: GlobalOptions, runner: Runner, plan: Plan, provider: str, manif
             f"flexforge check: {n} asset{'s' if n != 1 else ''} would be generated or differ from the lock"
         )
         return EXIT_ERROR
-    if any(s.action == RESTORE for s in plan.steps):
+    if any(s.action in RESTORES for s in plan.steps):
         from flexforge.commands.build import build
         from flexforge.options import BuildFlags
 
@@ -367,7 +384,8 @@ def comment_from_review(review_file: Path, token: str, runner: Runner | None = N
     runner = runner or Runner.from_env()
     review = from_json(review_file.read_bytes())
     event = runner.event()
-    run_event = event.get("workflow_run") if isinstance(event.get("workflow_run"), dict) else {}
+    found = event.get("workflow_run")
+    run_event: dict[str, Any] = found if isinstance(found, dict) else {}
     expected = _sha(run_event.get("head_sha")) if run_event else ""
     if not review.pull_request:
         runner.emit("flexforge: the review is not for a pull request; nothing to comment")
@@ -376,13 +394,26 @@ def comment_from_review(review_file: Path, token: str, runner: Runner | None = N
 
     github = GitHub(runner.api_url, runner.repository, token)
     pr = github.pull_request(review.pull_request)
-    head = _sha((pr.get("head") or {}).get("sha"))
+    head = _sha(dig(pr, "head", "sha"))
     if not expected or head != expected:
         raise FlexforgeError(
             f"the review names pull request {review.pull_request}, whose head is {head[:7] or '?'}, "
             f"but the workflow run was for {expected[:7] or '?'}: not commenting"
         )
-    trusted = Review(**{**_fields(review), "repository": runner.repository, "server_url": runner.server_url})
+    # Links come from the trusted event, never from the file: a bot comment must not carry a
+    # stranger's URL. The run that made the review is the one this workflow_run names.
+    run_url = run_event.get("html_url", "") if isinstance(run_event.get("html_url"), str) else ""
+    run_url = run_url if run_url.startswith(runner.server_url + "/") else ""
+    trusted = Review(
+        **{
+            **_fields(review),
+            "repository": runner.repository,
+            "server_url": runner.server_url,
+            "head_sha": expected,
+            "run_url": run_url,
+            "previews_url": f"{run_url}#artifacts" if run_url and review.previews_url else "",
+        }
+    )
     action, comment_id = github.upsert_comment(
         review.pull_request, marker(trusted.project), render_comment(trusted)
     )

@@ -51,48 +51,83 @@ def _joined(project: str, out: str) -> str:
     return str(PurePosixPath(project) / out) if project not in ("", ".") else out
 
 
+def committed(head: Lock, base: Lock | None, project: str) -> dict[str, AssetChange]:
+    """What the pull request's commits changed, by asset id, as `flexforge diff` classifies it
+    (flexforge.report.compare: added, regenerated, restored, edited, renamed, removed)."""
+    from flexforge.report import UNCHANGED, Revision, State, compare
+
+    if base is None:
+        return {}
+    model = compare(
+        State(Revision(None, "base"), base.entries, {}),
+        State(Revision(None, "head"), head.entries, {}),
+        set(),  # keys known before the base: not looked up here, so nothing counts as restored
+    )
+    found: dict[str, AssetChange] = {}
+    for row in model.assets:
+        if row.change == UNCHANGED:
+            continue
+        reasons = [f"from {row.previous_id}"] if row.previous_id else []
+        reasons += row.changed_parts
+        side = row.after or row.before
+        found[row.id] = AssetChange(
+            id=row.id,
+            kind=row.change,
+            reasons=tuple(reasons),
+            out=_joined(project, side.out) if side is not None else "",
+            model=row.after.model if row.after else "",
+            before=_joined(project, row.before.out) if row.before else None,
+            after=_joined(project, row.after.out) if row.after else None,
+            paid_usd=row.cost_usd,
+        )
+    return found
+
+
 def changes_from(plan: Plan, head: Lock, base: Lock | None, project: str) -> list[AssetChange]:
-    """Every asset the pull request changes or would build, in build order, then removals."""
+    """Every asset the pull request changes or would build, in build order, then removals.
+    What is still to build wins over what the commits changed: the reviewer sees what merging
+    leads to."""
+    done = committed(head, base, project)
     before = base.entries if base is not None else {}
     changes: list[AssetChange] = []
     for step in plan.steps:
         asset_id = step.asset.id
-        old: LockEntry | None = before.get(asset_id)
-        new: LockEntry | None = head.entries.get(asset_id)
-        out = _joined(project, step.asset.out)
-        was = _joined(project, old.out) if old is not None else None
-        if step.action != NONE:
-            kind = step.action
-            after = None
-        elif old is None:
-            kind, after = "added", out
-        elif new is not None and (new.sha256 != old.sha256 or new.out != old.out):
-            kind, after = "updated", out
-        else:
+        if step.action == NONE:
+            if asset_id in done:
+                changes.append(done.pop(asset_id))
+            elif base is None and asset_id in head.entries:
+                # No base lock to compare with (a first commit, a shallow clone): all is new.
+                changes.append(
+                    AssetChange(
+                        asset_id,
+                        "added",
+                        (),
+                        _joined(project, step.asset.out),
+                        step.asset.model,
+                        after=_joined(project, step.asset.out),
+                    )
+                )
             continue
+        done.pop(asset_id, None)
+        old: LockEntry | None = before.get(asset_id)
         changes.append(
             AssetChange(
                 id=asset_id,
-                kind=kind,
+                kind=step.action,
                 reasons=tuple(step.reasons),
-                out=out,
+                out=_joined(project, step.asset.out),
                 model=step.asset.model,
                 estimated_cost_usd=step.estimated_cost_usd,
-                before=was,
-                after=after,
+                before=_joined(project, old.out) if old is not None else None,
             )
         )
-    in_manifest = {s.asset.id for s in plan.steps}
     for asset_id in plan.orphaned:
         entry = head.entries.get(asset_id)
+        done.pop(asset_id, None)
         changes.append(
             AssetChange(id=asset_id, kind="orphaned", out=_joined(project, entry.out) if entry else "")
         )
-    orphaned = set(plan.orphaned)
-    for asset_id, old in sorted(before.items()):
-        if asset_id not in in_manifest and asset_id not in orphaned:
-            out = _joined(project, old.out)
-            changes.append(AssetChange(id=asset_id, kind="removed", out=out, before=out))
+    changes += [c for c in done.values() if c.kind == "removed"]
     return changes
 
 

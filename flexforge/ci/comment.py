@@ -24,8 +24,12 @@ MARKS = {
     "restore": "<",
     "drifted": "!",
     "conflict": "!",
+    "rename": ">",
     "added": "+",
-    "updated": "~",
+    "regenerated": "~",
+    "restored": "<",
+    "edited": "!",
+    "renamed": ">",
     "removed": "-",
     "orphaned": "-",
 }
@@ -114,7 +118,9 @@ def _after(review: Review, change: AssetChange) -> str:
 
 
 def _cost(change: AssetChange) -> str:
-    return money(change.estimated_cost_usd) if change.estimated_cost_usd else ""
+    if change.estimated_cost_usd:
+        return f"~{money(change.estimated_cost_usd)}"
+    return f"{money(change.paid_usd)} paid" if change.paid_usd else ""
 
 
 def thumbnail_row(review: Review, change: AssetChange) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flexforge.confine import Resolver, private_part
 from flexforge.errors import FlexforgeError, UsageError
 from flexforge.lockfile import Lock
 
@@ -57,12 +58,17 @@ def _git(root: Path, env: dict[str, str], *args: str, check: bool = True) -> sub
 
 
 def owned_paths(lock: Lock, project: Path, root: Path) -> list[str]:
-    """The lock and every output it names, from the repository root, that exist on disk."""
-    paths = [lock.path, *(project / entry.out for entry in lock.entries.values())]
+    """The lock and every output it names, from the repository root, that exist on disk as plain
+    files inside the project and outside `.git/` and `.flexforge/` (the lock is repository text)."""
+    resolver = Resolver(project)
+    top = root.resolve()
     rels = []
-    for path in paths:
-        if path.is_file() and not path.is_symlink():
-            rels.append(path.resolve().relative_to(root.resolve()).as_posix())
+    for out in [lock.path.name, *(entry.out for entry in lock.entries.values())]:
+        inside = resolver.inside(out)
+        path = project / out
+        if inside is None or private_part(inside) or path.is_symlink() or not path.is_file():
+            continue
+        rels.append((resolver.root / inside).relative_to(top).as_posix())
     return sorted(set(rels))
 
 

@@ -72,8 +72,11 @@ class GitHub:
                     raise FlexforgeError(f"GitHub: the next page is on another host: {url[:100]}")
         return found
 
-    def upsert_comment(self, number: int, marker: str, body: str, author: str = BOT_LOGIN) -> tuple[str, int]:
-        """Update this project's comment in place, or create it: ("created" | "updated", its id)."""
+    def upsert_comment(
+        self, number: int, marker: str, body: str, author: str = BOT_LOGIN, *, create: bool = True
+    ) -> tuple[str, int]:
+        """Update this project's comment in place, or create it when `create`:
+        ("created" | "updated" | "skipped", its id or 0)."""
         for comment in self.comments(number):
             user = comment.get("user") or {}
             text = comment.get("body") or ""
@@ -88,6 +91,8 @@ class GitHub:
                     "PATCH", f"/repos/{self.repository}/issues/comments/{comment['id']}", {"body": body}
                 )
                 return "updated", comment["id"]
+        if not create:
+            return "skipped", 0
         made = self._call("POST", f"/repos/{self.repository}/issues/{number}/comments", {"body": body})
         return "created", int(made.get("id", 0)) if isinstance(made, dict) else 0
 

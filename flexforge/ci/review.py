@@ -17,8 +17,9 @@ from flexforge.errors import FlexforgeError
 
 REVIEW_VERSION = 1
 # Kinds of change: the plan's pending actions, and what the pull request already committed.
-PENDING = ("create", "regenerate", "restore", "drifted", "conflict")
-COMMITTED = ("added", "updated", "removed")
+PENDING = ("create", "regenerate", "restore", "drifted", "conflict", "rename")
+# What the commits changed, in `flexforge diff`'s words (flexforge.report.CHANGES).
+COMMITTED = ("added", "regenerated", "restored", "edited", "renamed", "removed")
 KINDS = (*PENDING, *COMMITTED, "orphaned")
 MAX_REVIEW_BYTES = 64 * 1024 * 1024
 _SHA = re.compile(r"^[0-9a-f]{40}$|^$")
@@ -37,6 +38,7 @@ class AssetChange:
     before: str | None = None  # path at the base commit, when the base lock had an image
     after: str | None = None  # path at the head commit, when the head commit holds the new image
     preview: str | None = None  # file name of a draft preview in the previews artifact
+    paid_usd: float = 0.0  # what a committed new image cost (the API's report, from the lock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,7 @@ def _change(value: Any, index: int) -> AssetChange:
         before=_optional(value.get("before"), f"{where}.before"),
         after=_optional(value.get("after"), f"{where}.after"),
         preview=_optional(value.get("preview"), f"{where}.preview"),
+        paid_usd=_money(value.get("paid_usd", 0.0), f"{where}.paid_usd"),
     )
 
 

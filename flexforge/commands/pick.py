@@ -95,7 +95,10 @@ def _more(
         raise UsageError(
             f"{asset.id}: cannot find `variants: {count}` near line {asset.line}; edit it by hand"
         )
-    manifest.path.write_text("".join(lines), encoding="utf-8")
+    from flexforge.fsutil import atomic_write
+
+    # Atomic: an interrupted edit must never leave a half-written manifest.
+    atomic_write(manifest.path, "".join(lines).encode("utf-8"))
     click.echo(f"{manifest.label}:{i + 1}: variants: {count} -> {total}", err=True)
     return build(
         opts, PlanOptions(targets=frozenset([asset.id])), provider, BuildFlags(), dry_run=False, frozen=False

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from flexforge.ci.comment import marker
 from tests.ci.conftest import Actions, git
 from tests.support.fake_github import TOKEN
@@ -118,7 +120,7 @@ def test_a_committed_image_change_shows_before_and_after_at_base_and_head(action
     body = actions.github.writes()[0].body["body"]
     assert f"https://github.com/acme/site/raw/{base}/site/assets/logo.png" in body
     assert f"https://github.com/acme/site/raw/{head}/site/assets/logo.png" in body
-    assert "updated" in body
+    assert "regenerated (prompt)" in body
 
 
 def test_a_fork_pull_request_is_reviewed_without_writing_to_github(actions: Actions) -> None:
@@ -156,11 +158,18 @@ def test_the_trusted_comment_job_checks_the_pull_request_head(actions: Actions) 
     _base, head = _open_pr(actions, fork=True)
     assert actions.run("run", "--command", "plan").exit_code == 0
     review_file = actions.outputs()["review-json"]
-    run = {"workflow_run": {"head_sha": head, "event": "pull_request"}}
+    check_run = "https://github.com/acme/site/actions/runs/77"
+    run = {"workflow_run": {"head_sha": head, "event": "pull_request", "html_url": check_run}}
     actions.event("workflow_run", run, "c" * 40)
+    planted = json.loads(Path(review_file).read_text())
+    planted["run_url"] = "https://evil.example/phish"
+    Path(review_file).write_text(json.dumps(planted))
     posted = actions.run("comment", review_file)
     assert posted.exit_code == 0, posted.output
     assert [w.method for w in actions.github.writes()] == ["POST"]
+    body = actions.github.writes()[0].body["body"]
+    assert "evil.example" not in body
+    assert f"[full table and logs]({check_run})" in body and f"({check_run}#artifacts)" in body
 
     # A review that names another pull request (whose head is not the run's) is refused.
     tampered = json.loads(Path(review_file).read_text())
@@ -248,3 +257,62 @@ def test_a_comment_github_refuses_is_a_warning_not_a_failed_check(actions: Actio
     assert result.exit_code == 0, result.output
     assert "::warning title=flexforge::the pull-request comment was not posted: GitHub: GET" in result.output
     assert "revoked" not in result.output
+
+
+def test_the_paid_build_guard_reads_the_projects_provider_setting(actions: Actions) -> None:
+    text = (actions.repo.project / "flexforge.yaml").read_text()
+    _open_pr(actions, fork=True)
+    env = {k: v for k, v in actions.env.items() if k != "FLEXFORGE_CI_PROVIDER"}
+    actions.env = env
+    (actions.repo.project / "flexforge.yaml").write_text("settings:\n  provider: bfl\n" + text)
+    refused = actions.run("run", "--command", "build")
+    assert refused.exit_code == 2 and "refusing a paid build (bfl)" in refused.output
+    (actions.repo.project / "flexforge.yaml").write_text("settings:\n  provider: draft\n" + text)
+    free = actions.run("run", "--command", "build", "--comment", "false")
+    assert free.exit_code == 0, free.output
+
+
+def test_no_new_comment_without_changes_but_an_old_one_is_brought_up_to_date(actions: Actions) -> None:
+    base = git(actions.repo.root, "rev-parse", "HEAD")
+    actions.pull_request(13, base, base)
+    assert actions.run("run", "--command", "plan").exit_code == 0
+    assert actions.github.writes() == []
+    _open_pr(actions, 13)
+    assert actions.run("run", "--command", "plan").exit_code == 0
+    actions.repo.edit("A flat logo reading 'GREEN'", "A flat logo")
+    head = actions.repo.commit("never mind")
+    actions.pull_request(13, base, head)
+    assert actions.run("run", "--command", "plan").exit_code == 0
+    assert [w.method for w in actions.github.writes()] == ["POST", "PATCH"]
+    assert "no image changes" in actions.github.comments[13][0]["body"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"pull_request": {"number": 3, "base": "main", "head": None}},
+        {"pull_request": {"number": "3", "base": {"sha": 7}, "head": {"repo": []}}},
+        {"pull_request": []},
+        [],
+    ],
+)
+def test_odd_event_payloads_are_read_without_a_traceback(actions: Actions, payload: object) -> None:
+    actions.event("pull_request", payload, "0" * 40)  # type: ignore[arg-type]
+    result = actions.run("run", "--command", "plan")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+
+
+def test_a_committed_rename_reads_as_flexforge_diff_would(actions: Actions) -> None:
+    base = git(actions.repo.root, "rev-parse", "HEAD")
+    actions.repo.edit("  logo:\n", "  brand-mark:\n")
+    built = actions.repo.flexforge("build", "--provider", "draft")
+    assert built.exit_code == 0, built.output
+    head = actions.repo.commit("logo is now brand-mark")
+    actions.pull_request(14, base, head)
+    assert actions.run("run", "--command", "check").exit_code == 0
+    review = json.loads(Path(actions.outputs()["review-json"]).read_text())
+    assert [(c["id"], c["kind"], c["reasons"][0]) for c in review["changes"]] == [
+        ("brand-mark", "renamed", "from logo")
+    ]
+    assert "renamed (from logo" in actions.github.writes()[0].body["body"]

@@ -56,12 +56,14 @@ def test_comment_starts_with_the_hidden_marker_and_shows_reasons_and_cost() -> N
     assert body.split("\n", 1)[0] == MARKER
     assert "regenerate (prompt)" in body
     assert "2 to build, estimated $0.10" in body
-    assert "$0.07" in body
+    assert "~$0.07" in body
     assert "paid images are never built from a pull request" in body
 
 
 def test_before_and_after_link_the_committed_images_at_base_and_head() -> None:
-    change = AssetChange("hero", "updated", (), "site/a b.png", before="site/old.png", after="site/a b.png")
+    change = AssetChange(
+        "hero", "regenerated", (), "site/a b.png", before="site/old.png", after="site/a b.png"
+    )
     body = render_comment(review([change]))
     assert f'src="https://github.com/acme/site/raw/{BASE}/site/old.png"' in body
     assert f'src="https://github.com/acme/site/raw/{HEAD}/site/a%20b.png"' in body
@@ -136,3 +138,10 @@ def test_summary_holds_every_change() -> None:
     ]
     summary = render_summary(review(changes))
     assert all(f"`a{i}`" in summary for i in range(300))
+
+
+def test_a_committed_image_shows_what_it_cost() -> None:
+    change = AssetChange(
+        "hero", "regenerated", ("prompt",), "a.png", before="a.png", after="a.png", paid_usd=0.045
+    )
+    assert "| $0.04 paid |" in render_comment(review([change]))

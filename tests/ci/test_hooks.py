@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,33 @@ def test_the_hooks_file_names_both_hooks_as_python_hooks() -> None:
     assert set(hooks) == {"flexforge-validate", "flexforge-frozen"}
     assert {h["language"] for h in hooks.values()} == {"python"}
     assert hooks["flexforge-validate"]["entry"] == "flexforge ci hook validate"
+
+
+def test_pre_commit_runs_both_hooks_from_this_repository(repo: Repo, tmp_path: Path) -> None:
+    """pre-commit itself installs this repository as a hook repository (a venv, pip) and runs."""
+    import shutil
+    import subprocess
+    import sys
+
+    tool = shutil.which("pre-commit", path=str(Path(sys.executable).parent)) or shutil.which("pre-commit")
+    if tool is None:
+        pytest.fail("pre-commit is not installed: pip install -e '.[test]'")
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit"), "FLEXFORGE_PROVIDER": "draft"}
+
+    def try_repo(hook: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [tool, "try-repo", str(ROOT), hook, "--files", "site/flexforge.yaml", "site/assets/logo.png"],
+            cwd=repo.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+
+    ok = try_repo("flexforge-frozen")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "flexforge build --frozen" in ok.stdout and "Passed" in ok.stdout
+    repo.edit("  steps: 4", "  steps: 80")
+    bad = try_repo("flexforge-validate")
+    assert bad.returncode == 1
+    assert "site/flexforge.yaml:6:10: defaults.steps: 80 is greater than the maximum of 50" in bad.stdout

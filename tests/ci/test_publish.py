@@ -73,3 +73,25 @@ def test_the_token_reaches_git_through_the_environment_only(actions: Actions) ->
     key = next(k for k, v in env.items() if k.startswith("GIT_CONFIG_KEY_") and "extraheader" in v)
     assert env[key] == "http.https://github.com/.extraheader"
     assert "ghs_secret" not in env[key.replace("KEY", "VALUE")]  # base64, as git's header wants
+
+
+def test_only_plain_files_inside_the_project_are_staged(actions: Actions, tmp_path: Path) -> None:
+    from flexforge.ci.publish import owned_paths
+    from flexforge.lockfile import read_lock
+
+    project = actions.repo.project
+    lock = read_lock(project / "flexforge.lock")
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"x")
+    (project / "assets" / "link.png").symlink_to(outside)
+    (project / ".git").mkdir()
+    (project / ".git" / "config.png").write_bytes(b"x")
+    entry = next(iter(lock.entries.values()))
+    for out in ("../../outside.png", "assets/link.png", ".git/config.png", "../.git/HEAD"):
+        lock.entries[f"x{len(lock.entries)}"] = type(entry)(
+            **{**{f: getattr(entry, f) for f in entry.__dataclass_fields__}, "out": out}
+        )
+    staged = owned_paths(lock, project, actions.repo.root)
+    assert staged == sorted(
+        ["site/flexforge.lock", "site/assets/hero.png", "site/assets/square.png", "site/assets/logo.png"]
+    )

@@ -1,0 +1,82 @@
+"""fsutil: atomic writes, staged installs, stale temp files, and reading only plain files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from flexforge.fsutil import (
+    FileTooLarge,
+    NotRegularFile,
+    atomic_write,
+    install,
+    read_regular,
+    remove_stale_temps,
+    sha256_bytes,
+    sha256_file,
+    stage_bytes,
+    staging,
+)
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "lock.json"
+    atomic_write(target, b"one")
+    atomic_write(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["lock.json"]
+
+
+def test_a_failed_staging_removes_its_temp_and_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), staging(target) as (f, _):
+        f.write(b"half")
+        raise RuntimeError("disk gone")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_staged_bytes_appear_only_when_installed(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    staged = stage_bytes(target, b"new")
+    assert not target.exists() and staged.read_bytes() == b"new"
+    install(staged, target)
+    assert target.read_bytes() == b"new" and not staged.exists()
+
+
+def test_stale_temps_removed_only_for_named_files_and_our_own_shape(tmp_path: Path) -> None:
+    ours = stage_bytes(tmp_path / "a.png", b"x")  # what a kill would leave
+    other = stage_bytes(tmp_path / "b.png", b"y")
+    user = tmp_path / ".a.png.backup.tmp"
+    user.write_bytes(b"mine")
+    remove_stale_temps(tmp_path, {"a.png"})
+    assert not ours.exists() and other.exists() and user.exists()
+
+
+def test_read_regular_refuses_links_folders_fifos_and_big_files(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"12345")
+    assert read_regular(plain, 5) == b"12345"
+    with pytest.raises(FileTooLarge):
+        read_regular(plain, 4)
+    link = tmp_path / "link"
+    link.symlink_to(plain)
+    with pytest.raises(NotRegularFile, match="symbolic link"):
+        read_regular(link, 100)
+    with pytest.raises(NotRegularFile, match="folder"):
+        read_regular(tmp_path, 100)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(NotRegularFile, match="special file"):
+        read_regular(fifo, 100)  # never blocks waiting for a writer
+
+
+def test_digests_agree_with_hashlib(tmp_path: Path) -> None:
+    data = os.urandom(3 * 2**20 + 7)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert sha256_file(path) == sha256_bytes(data) == hashlib.sha256(data).hexdigest()
