@@ -14,6 +14,8 @@ One run measures everything it compares, so that ratios are not skewed by anothe
             weight), and `flexforge diff` over a commit that changed a tenth of them
   history   a fresh clone whose prompts were all reverted to an earlier commit: `flexforge build`
             restoring every output from git history (0 generated) vs `git checkout REV -- assets`
+  pricing   `plan`'s estimate vs what the emulator billed (BFL's rule, written apart from
+            flexforge/pricing.py), over examples/ and a random mix of sizes, models and references
 
 Each command runs once to warm up (not counted), then --repeat times, commands interleaved round
 robin so that a burst of load elsewhere hits all of them alike; the table shows the median and
@@ -62,7 +64,8 @@ from generate import (
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SECTIONS = ("noop", "cold", "ci", "makespan", "cost", "history", "review", "matrix")
+SECTIONS = ("noop", "cold", "ci", "makespan", "cost", "history", "review", "pricing", "matrix")
+PRICING_TOLERANCE = 0.05  # estimate within 5 % of the bill
 # Rows of the no-op section, also accepted by --only to pick single rows.
 NOOP_ROWS = ("pass", "floor", "build", "plan", "make", "dvc")
 COLD_MAX = 1000  # cold plans are timed up to this N (the 10k clone alone would be 2 GB more)
@@ -1087,6 +1090,103 @@ def print_cost(probes: Sequence[Probe]) -> None:
     print(table(headers, rows, [False, True, True, True, True, True]))
 
 
+# -- estimates against the bill --------------------------------------------------------------------
+
+
+def random_priced_project(root: Path, n: int, seed: int) -> None:
+    """n assets of random models, sizes (multiples of 16, <= 4 MP) and 0-4 file references of
+    random sizes: what the rounding rule bites on (small references, sizes just over 1 MP)."""
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(seed)
+    models = ["flux-2-flex", "flux-2-pro", "flux-2-max", "flux-2-klein-4b", "flux-2-klein-9b"]
+    lines = ["version: 1", "assets:"]
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        while True:
+            width, height = rng.randrange(64, 2049, 16), rng.randrange(64, 2049, 16)
+            if width * height <= 2048 * 2048:
+                break
+        refs = []
+        for j in range(rng.randrange(0, 5)):
+            ref = f"refs/r{i}-{j}.png"
+            size = (rng.randrange(16, 1600), rng.randrange(16, 1600))
+            Image.new("RGB", size, (rng.randrange(256), 40, 90)).save(root / ref, "PNG")
+            refs.append(ref)
+        lines.append(
+            f"  a{i}: {{model: {rng.choice(models)}, prompt: 'asset {i}', seed: {i}, "
+            f"width: {width}, height: {height}, references: {json.dumps(refs)}}}"
+        )
+    (root / "flexforge.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def priced_build(tools: Tools, root: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(plan's estimate, the emulator's bill) in US$ for building `root` from scratch."""
+    emulator_call(env, "POST", "/_emulator/reset")
+    plan = subprocess.run(
+        [*tools.flexforge, "plan", "--json", "--provider", "emulator"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if plan.returncode not in (0, 2):
+        raise BenchmarkError(f"plan failed in {root}: {plan.stderr[-2000:]}")
+    estimate = float(json.loads(plan.stdout)["estimated_cost_usd"])
+    timed_rusage([*tools.flexforge, "build", "--provider", "emulator", "--jobs", "8"], root, env)
+    stats = emulator_call(env, "GET", "/_emulator/stats") or {}
+    return estimate, float(stats.get("charged_credits", 0.0)) / 100
+
+
+def pricing_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
+    if not tools.emulator:
+        print(f"pricing: skipped: {tools.emulator_note}", flush=True)
+        return []
+    work = args.work_dir / "runs" / "pricing"
+    if work.exists():
+        shutil.rmtree(work)
+    examples = sorted(p.parent for p in (REPO / "examples").glob("*/flexforge.yaml"))
+    projects: list[tuple[str, Path]] = []
+    for example in examples:
+        dest = work / example.name
+        shutil.copytree(
+            example, dest, ignore=shutil.ignore_patterns(".flexforge", "flexforge.lock", "assets")
+        )
+        projects.append((f"examples/{example.name}", dest))
+    mix = work / "random-mix"
+    random_priced_project(mix, args.pricing_size, seed=1)
+    projects.append((f"random mix of {args.pricing_size} (sizes, models, 0-4 references)", mix))
+    probes = []
+    log = args.work_dir / "logs" / "emulator-pricing.log"
+    with running_emulator(tools, 0.02, log) as env:
+        for label, root in projects:
+            print(f"pricing: {label} ...", flush=True)
+            estimate, billed = priced_build(tools, root, env)
+            gap = abs(estimate - billed) / billed if billed else None
+            assets = len(json.loads((root / "flexforge.lock").read_text())["assets"])
+            extra = {"estimate_usd": round(estimate, 4), "billed_usd": round(billed, 4), "gap": gap}
+            probes.append(Probe("pricing", label, assets, [], root, extra=extra))
+    return probes
+
+
+def print_pricing(probes: Sequence[Probe]) -> None:
+    rows = [
+        [
+            p.label,
+            f"{p.n:,}",
+            f"${p.extra['estimate_usd']:.4f}",
+            f"${p.extra['billed_usd']:.4f}",
+            "-" if p.extra["gap"] is None else f"{p.extra['gap'] * 100:.2f} %",
+        ]
+        for p in probes
+    ]
+    headers = ["pricing: plan estimate vs emulator bill", "N", "estimate", "billed", "gap"]
+    print(table(headers, rows, [False, True, True, True, True]))
+
+
 # -- matrices (issue 11): a 100 x 10 matrix against the same 1,000 assets written by hand -----------
 
 
@@ -1208,6 +1308,7 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
         return p.extra["peak_rss_mb"] if p else None
 
     startup = get("python -c pass", None)
+    pricing = [p for p in probes if p.section == "pricing"]
     chain = next((p for p in probes if p.section == "makespan" and p.label.startswith("chain")), None)
     independent = next((p for p in probes if p.section == "makespan" and p.label.startswith("indep")), None)
     return [
@@ -1253,6 +1354,11 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
         ),
         Target("peak RSS, 1k build (draft)", rss("draft"), 200, "MB"),
         Target("peak RSS, 1k build (emulator)", rss("emulator"), 200, "MB"),
+        Target(
+            "pricing: worst |estimate - bill| / bill",
+            max((p.extra["gap"] for p in pricing if p.extra["gap"] is not None), default=None),
+            PRICING_TOLERANCE,
+        ),
     ]
 
 
@@ -1281,6 +1387,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--chain", type=int, default=50, help="depth of the chained makespan graph")
     parser.add_argument("--cost-size", type=int, default=1000, help="assets in the build-from-scratch rows")
     parser.add_argument("--review-size", type=int, default=1000, help="assets in the gallery and diff rows")
+    parser.add_argument("--pricing-size", type=int, default=60, help="assets in the random pricing mix")
     parser.add_argument("--dvc", default=None, help="the dvc executable (default: found on PATH or work dir)")
     parser.add_argument("--install-dvc", action="store_true", help="pip install dvc into WORK_DIR/dvc-venv")
     args = parser.parse_args(argv)
@@ -1289,6 +1396,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.sizes, args.repeat = [10], 1
         args.latency, args.jobs, args.independent, args.chain, args.cost_size = 0.05, 4, 10, 4, 10
         args.review_size = 10
+        args.pricing_size = 8
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SECTIONS) - set(NOOP_ROWS)
     if unknown:
@@ -1326,6 +1434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("history", lambda: history_section(args, tools), print_history),
         ("review", lambda: review_section(args, tools), print_review),
         ("matrix", lambda: matrix_section(args, tools), print_matrix),
+        ("pricing", lambda: pricing_section(args, tools), print_pricing),
     ]
     results: list[tuple[Callable[[Sequence[Probe]], None], list[Probe]]] = []
     for name, run, show in sections:

@@ -251,6 +251,9 @@ def validate() -> int:
 @click.option(
     "--tag", "tags", multiple=True, metavar="TAG", help="Select assets tagged TAG (and what they need)."
 )
+@click.option(
+    "--check-credits", is_flag=True, help="Ask the provider for the balance (the only network call)."
+)
 @global_options
 @handle_errors
 def plan(
@@ -261,8 +264,9 @@ def plan(
     replace: tuple[str, ...],
     reseed: tuple[str, ...],
     tags: tuple[str, ...],
+    check_credits: bool,
 ) -> int:
-    """What a build would do and why, with the estimated cost. No network."""
+    """What a build would do and why, with the estimated cost. No network unless --check-credits."""
     from flexforge.commands.plan import plan as run
 
     return run(
@@ -271,6 +275,7 @@ def plan(
         provider,
         as_json=as_json,
         detailed_exitcode=detailed_exitcode,
+        check_credits=check_credits,
     )
 
 
@@ -312,6 +317,11 @@ def plan(
     help="stop (default): start no task that could pass --max-cost; refuse: start nothing if the plan's "
     "estimate passes it.",
 )
+@click.option(
+    "--ignore-credits",
+    is_flag=True,
+    help="Build even if the account's balance is below the plan's estimate.",
+)
 @global_options
 @handle_errors
 def build(
@@ -327,12 +337,13 @@ def build(
     max_cost: float | None,
     max_cost_policy: str | None,
     tags: tuple[str, ...],
+    ignore_credits: bool,
 ) -> int:
     """Make the files match the manifest; IDs limit it to those assets and what they need."""
     from flexforge.commands.build import build as run
     from flexforge.options import BuildFlags
 
-    options = BuildFlags(jobs, keep_going, max_cost, max_cost_policy)
+    options = BuildFlags(jobs, keep_going, max_cost, max_cost_policy, check_credits=not ignore_credits)
     return run(
         _opts(),
         _plan_options(ids, replace, reseed, tags),

@@ -74,6 +74,13 @@ class Outcome:
 class BuildResult:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     estimated_cost_usd: float = 0.0
+    # Submissions that got no answer saying whether they created (and charged) a task, as
+    # (asset, its estimate: what each may have cost).
+    maybe_charged: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def maybe_charged_usd(self) -> float:
+        return round(sum(usd for _, usd in self.maybe_charged), 6)
 
     def count(self, result: str) -> int:
         return sum(1 for o in self.outcomes.values() if o.result == result)
@@ -100,10 +107,14 @@ class _TaskRecord:
         *,
         fresh: bool,
         on_ready: Callable[[], None],
+        on_maybe_charged: Callable[[bool], bool],
         team: Team | None = None,
         claim: Claim | None = None,
     ) -> None:
         self.ready = on_ready
+        self._on_maybe_charged = on_maybe_charged
+        self.uncertain = 0  # submissions that may have been charged
+        self.replays = 0
         self._team = team
         self._store = store
         self._asset = step.asset.id
@@ -166,6 +177,13 @@ class _TaskRecord:
 
     def finished_task(self) -> None:
         self.finished = True
+
+    def maybe_charged(self, reason: str, *, replay: bool) -> bool:
+        self.on_the_wire = False  # its answer is lost for good: counted in the summary instead
+        self.uncertain += 1
+        allowed = self._on_maybe_charged(replay)
+        self.replays += int(replay and allowed)
+        return allowed
 
     def forget(self) -> None:
         """Drop the journal entry of a task that is done with; a failure to (a read-only or full
@@ -448,7 +466,8 @@ class Builder:
         assert key is not None and seed is not None and step.reference_digests is not None
         digests = [d for d in step.reference_digests if d is not None]
         estimate = self._estimate(asset)
-        request = self._request(asset, seed, digests)  # refuses bad references before any paid call
+        # Refuses bad references before any paid call; scaling one down takes a moment: off the loop.
+        request = await asyncio.to_thread(self._request, asset, seed, digests)
         async with _Slot(self.slots) as slot:
             if self.stop_reason is not None:
                 self._record(Outcome(asset.id, SKIPPED, f"not started: {self.stop_reason}"))
@@ -477,6 +496,7 @@ class Builder:
                 self.reporter,
                 fresh=fresh,
                 on_ready=slot.release,
+                on_maybe_charged=functools.partial(self._maybe_charged, asset.id, estimate),
                 team=self.team,
                 claim=claim,
             )
@@ -485,7 +505,7 @@ class Builder:
                 image = shared or await self.provider.generate(request, record)
                 await asyncio.to_thread(_verify, image, asset)
             except ProviderError:
-                self.committed_usd -= estimate
+                self._unreserve(record, estimate)
                 if record.finished:
                     record.settled = True
                     record.forget()
@@ -496,7 +516,7 @@ class Builder:
                     self.team.release_now(key.key)  # kept if it names a task: the next runner resumes
                 raise
             except Exception as exc:  # a provider bug must fail one asset, not crash the build
-                self.committed_usd -= estimate
+                self._unreserve(record, estimate)
                 await self._release(key.key, keep_task=True)
                 raise ProviderError(f"{type(exc).__name__}: {exc}") from exc
         # Made by another runner (finished, or a task it is still polling): paid on its account.
@@ -521,7 +541,10 @@ class Builder:
             seed=seed,
             task_id=image.task_id,
             cost_usd=cost,
+            result_prompt=image.prompt,  # what the model followed: `explain` shows it
         )
+        if image.prompt is not None:
+            self._check_prompt(asset, image.prompt)
         self.store.put_key_record(key.key, made, durable=paid)
         record.settled = True
         staged = await _staged(stage_bytes, self._output_path(asset), image.data)
@@ -533,12 +556,14 @@ class Builder:
                     time.time(),
                     asset.id,
                     key.key,
-                    self.provider.name,
+                    self.provider.name,  # who charged
                     image.task_id,
                     cost,
                     image.cost_credits,
                     asset.model,
                     self.run_id,
+                    # whether the figure is the API's or flexforge's estimate (CometAPI may not say)
+                    "reported" if image.cost_credits is not None else "estimate",
                 )
             )
         if shared is not None:
@@ -555,6 +580,40 @@ class Builder:
                 await self.team.push(key.key, image.data, made)
             await self.team.release(key.key)
         return sha
+
+    def _maybe_charged(self, asset_id: str, estimate: float, replay: bool) -> bool:
+        """Count a submission that may have been paid for; its reservation is kept. A replay is
+        allowed when --max-cost has room for paying once more, and then reserved too."""
+        self.result.maybe_charged.append((asset_id, estimate))
+        if not replay:
+            return False
+        limit = self.options.max_cost_usd
+        if limit is not None and self.committed_usd + estimate > limit + 1e-9:
+            return False
+        self.committed_usd += estimate
+        return True
+
+    def _unreserve(self, record: _TaskRecord, estimate: float) -> None:
+        """Give back the reservation of a failed asset, except for submissions that may have
+        been charged: each attempt reserved its estimate, and only the last, if it surely made
+        no task, is released."""
+        attempts = 1 + record.replays
+        self.committed_usd -= estimate * max(0, attempts - record.uncertain)
+
+    def _check_prompt(self, asset: Asset, used: str) -> None:
+        """Say so when the API followed another prompt than the one sent: an LLM rewrite makes
+        the image hard to reproduce from the manifest."""
+        if used == asset.prompt:
+            return
+        why = (
+            "prompt_upsampling is on"
+            if asset.prompt_upsampling
+            else "although prompt_upsampling is off; the service ignored the switch"
+        )
+        self.reporter.log(
+            f"{asset.id}: warning: the API rewrote the prompt ({why}); "
+            f"`flexforge explain {asset.id}` shows the prompt it used"
+        )
 
     async def _claim(self, key: str, asset_id: str) -> Claim | None:
         """Wait for this runner's turn at a key in the team remote (see flexforge.leases)."""
@@ -701,6 +760,16 @@ class Builder:
             raise ProviderError(f"{problem}; not written")
         return self.plan.manifest.root / asset.out
 
+    def _scaled_reference(self, path: Path, max_mp: float) -> Path:
+        """The reference scaled down to `max_mp` megapixels, kept in the object cache by its
+        digest (a rebuild scales nothing again); the file itself when it already fits."""
+        from flexforge.imaging import downscale
+
+        small = downscale(path.read_bytes(), max_mp)
+        if small is None:
+            return path
+        return self.store.object_path(self.store.put_object(small))
+
     def _request(self, asset: Asset, seed: int, digests: list[str]) -> ImageRequest:
         from flexforge.imaging import check_reference
 
@@ -725,6 +794,8 @@ class Builder:
                 )
             if problem is not None:
                 raise ProviderError(f"reference {ref!r}: {problem}")
+            if asset.reference_max_mp is not None:
+                path = self._scaled_reference(path, asset.reference_max_mp)
             refs.append(ReferenceInput(ref, path, digest))
         return ImageRequest(
             asset_id=asset.id,
@@ -747,9 +818,9 @@ class Builder:
             return 0.0
         if self.estimates.get(asset.id):
             return self.estimates[asset.id]
-        from flexforge.pricing import estimate_usd
+        from flexforge.planner import estimate_asset
 
-        return estimate_usd(asset.model, asset.width, asset.height)
+        return estimate_asset(asset, self.plan.manifest, self.plan.provider)
 
 
 async def _staged_from(

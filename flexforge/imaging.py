@@ -153,6 +153,45 @@ def header_problem(data: bytes, width: int, height: int, output_format: str) -> 
     return None
 
 
+def image_size(path: Path) -> tuple[int, int] | None:
+    """Width and height from the file's header, or None when it cannot be read as an image."""
+    Image = _pillow()
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Exception:  # Pillow raises many types for files it cannot read; validation says why
+        return None
+    return int(width), int(height)
+
+
+def fit_megapixels(width: int, height: int, max_mp: float) -> tuple[int, int]:
+    """The size an image of width x height is scaled down to so that it holds at most `max_mp`
+    megapixels (10^6 pixels), its aspect kept; unchanged when it already fits."""
+    limit = max_mp * 1_000_000
+    if width * height <= limit:
+        return width, height
+    scale = (limit / (width * height)) ** 0.5
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def downscale(data: bytes, max_mp: float) -> bytes | None:
+    """The image scaled down to at most `max_mp` megapixels, as PNG; None when it already fits.
+    Deterministic: the same bytes and limit give the same pixels (Lanczos, no randomness), and
+    the content key holds the original's digest and the limit, not these bytes."""
+    Image = _pillow()
+    with Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
+        size = fit_megapixels(width, height, max_mp)
+        if size == img.size:
+            return None
+        img.load()
+        mode = img.mode if img.mode in ("RGB", "RGBA", "L", "LA") else "RGBA"
+        small = img.convert(mode).resize(size, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    small.save(out, format="PNG", optimize=False)
+    return out.getvalue()
+
+
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\n"
 LFS_POINTER_LIMIT = 1024
 

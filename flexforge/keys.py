@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from flexforge.manifest import Asset
+from flexforge.models import FLEX_KNOBS, UPSAMPLING, takes
 
 KEY_VERSION = 1
 # The order in which reasons are reported.
@@ -98,19 +99,21 @@ def _digest(value: Any) -> str:
 
 
 def request_params(asset: Asset) -> dict[str, Any]:
-    """The request parameters that shape pixels, as they will be sent (flex knobs only for flex)."""
+    """The request parameters that shape pixels, as they will be sent (knobs only for the models
+    that take them: flex's steps and guidance; upsampling for flex, pro and max)."""
     params: dict[str, Any] = {
         "width": asset.width,
         "height": asset.height,
         "safety_tolerance": asset.safety_tolerance,
         "output_format": asset.output_format,
     }
-    if asset.is_flex:
-        params["steps"] = asset.steps
-        params["guidance"] = asset.guidance
-        params["prompt_upsampling"] = asset.prompt_upsampling
+    for knob in (*FLEX_KNOBS, UPSAMPLING):
+        if takes(asset.model, knob):
+            params[knob] = getattr(asset, knob)
     if asset.final_size is not None:
         params["final_size"] = list(asset.final_size)
+    if asset.reference_max_mp is not None:
+        params["reference_max_mp"] = asset.reference_max_mp
     return params
 
 

@@ -14,10 +14,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from flexforge import models
 from flexforge.confine import Resolver, extension_problem, output_problem, private_part
 from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageError
 from flexforge.imaging import EXTENSIONS
-from flexforge.models import FLEX_MODEL, FLEX_ONLY, MAX_REFERENCES
+from flexforge.models import FLEX_MODEL
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
 from flexforge.rendition import RENDITION, describe, operations
 from flexforge.settings import Settings
@@ -26,17 +27,11 @@ SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
 CACHE_VERSION = 4  # bump when what validation produces changes
 CACHE_LIMIT = 512 * 1024 * 1024
 
-BUILTIN_DEFAULTS: dict[str, Any] = {
-    "model": FLEX_MODEL,
-    "width": 1024,
-    "height": 1024,
-    "steps": 50,
-    "guidance": 4.5,
-    "output_format": "png",
-    "safety_tolerance": 2,
-    "prompt_upsampling": False,
-}
-MAX_PIXELS = 2048 * 2048  # the API's 4 MP limit
+# Knobs that only some models take: set on another asset itself they are an error, in `defaults`
+# they apply to the models that take them.
+MODEL_KNOBS = (*models.FLEX_KNOBS, models.UPSAMPLING)
+BUILTIN_DEFAULTS: dict[str, Any] = dict(models.DEFAULTS)
+MAX_PIXELS = models.MAX_PIXELS
 MAX_RENDITION_PIXELS = 40_000_000  # a delivered image, not a generation: the API's limit does not apply
 MAX_TEXT = 100_000  # characters of one prompt or path after vars: far past any real prompt
 KEY_LIKE = re.compile(r"(^|_|-)(api_?key|key|token|secret|password|authorization|x-key)$", re.I)
@@ -55,9 +50,9 @@ class Asset:
     height: int
     output_format: str
     safety_tolerance: int
-    steps: int | None  # flex-only knobs are None on other models
+    steps: int | None  # knobs a model does not take (models.py) are None
     guidance: float | None
-    prompt_upsampling: bool | None
+    prompt_upsampling: bool | None  # flex, pro and max
     seed: int | None  # None: drawn at the first build and pinned in the lock
     references: tuple[str, ...]  # as written: asset ids or root-relative POSIX paths
     asset_refs: tuple[str, ...]  # the subset that are asset ids
@@ -70,6 +65,16 @@ class Asset:
     origin: str | None = None
     rendition: dict[str, Any] | None = None  # a free rendition's canonical operations
     max_cost_usd: float | None = None  # this asset's own budget: build refuses a plan over it
+    # References are scaled down to at most this many megapixels before upload; None: as they are.
+    reference_max_mp: float | None = None
+
+    def reference_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size a reference of width x height is uploaded at."""
+        if self.reference_max_mp is None:
+            return width, height
+        from flexforge.imaging import fit_megapixels
+
+        return fit_megapixels(width, height, self.reference_max_mp)
 
     @property
     def is_flex(self) -> bool:
@@ -395,6 +400,7 @@ class _Checker:
                 assets[asset_id] = asset
         self._size_renditions(assets)
         self._outputs(assets)
+        self._reference_limits(assets)
         from flexforge.graph import CycleError, topological_order
 
         # Cycles among every asset, even one whose other fields were refused.
@@ -424,15 +430,15 @@ class _Checker:
             return self._rendition(asset_id, raw, defaults, variables, all_assets)
         values = {**defaults, **raw}
         model = values["model"]
-        is_flex = model == FLEX_MODEL
-        if not is_flex:
-            for knob in FLEX_ONLY:
-                if knob in raw:
-                    self.error(
-                        (*here, knob),
-                        f"{knob!r} applies to {FLEX_MODEL} only, not {model}",
-                        key=True,
-                    )
+        spec = models.get(model)
+        for knob in MODEL_KNOBS:
+            if knob in raw and knob not in spec.knobs:
+                takers = [m.name for m in models.MODELS.values() if knob in m.knobs and not m.preview_of]
+                self.error(
+                    (*here, knob),
+                    f"{knob!r} applies to {', '.join(takers)} only, not {model}",
+                    key=True,
+                )
         width, height = values["width"], values["height"]
         if isinstance(raw.get("final_size"), str) and "width" not in raw and "height" not in raw:
             width, height = _covering(raw["final_size"])
@@ -450,7 +456,7 @@ class _Checker:
         else:
             prompt = self._substitute(prompt_raw, variables, (*here, "prompt"))
         references = tuple(raw.get("references") or ())
-        limit = MAX_REFERENCES[model]
+        limit = spec.max_references
         if len(references) > limit:
             self.error(
                 (*here, "references"),
@@ -481,9 +487,9 @@ class _Checker:
             height=height,
             output_format=fmt,
             safety_tolerance=values["safety_tolerance"],
-            steps=values["steps"] if is_flex else None,
-            guidance=float(values["guidance"]) if is_flex else None,
-            prompt_upsampling=values["prompt_upsampling"] if is_flex else None,
+            steps=values["steps"] if spec.flex_knobs else None,
+            guidance=float(values["guidance"]) if spec.flex_knobs else None,
+            prompt_upsampling=bool(values["prompt_upsampling"]) if spec.upsampling else None,
             seed=raw.get("seed"),
             references=references,
             asset_refs=tuple(dict.fromkeys(asset_refs)),
@@ -493,6 +499,7 @@ class _Checker:
             tags=tuple(dict.fromkeys(raw.get("tags") or ())),
             origin=self._origin(asset_id),
             max_cost_usd=float(raw["max_cost_usd"]) if "max_cost_usd" in raw else None,
+            reference_max_mp=values.get("reference_max_mp"),
         )
 
     def _origin(self, asset_id: str) -> str | None:
@@ -625,6 +632,33 @@ class _Checker:
             assets[asset_id] = dataclasses.replace(
                 asset, width=size[0], height=size[1], rendition=ops, prompt=describe(ops)
             )
+
+    def _reference_limits(self, assets: dict[str, Asset]) -> None:
+        """Models that cap all references together (pro: 9 MP) get no more, counted at the size
+        each is uploaded at (after reference_max_mp)."""
+        from flexforge.imaging import image_size
+
+        for asset in assets.values():
+            if asset.rendition is not None:
+                continue  # made locally: nothing is uploaded
+            cap = models.get(asset.model).max_reference_mp
+            if cap is None or not asset.references:
+                continue
+            total = 0
+            for ref in asset.references:
+                upstream = assets.get(ref)
+                if upstream is not None:
+                    size = upstream.final_size or (upstream.width, upstream.height)
+                else:
+                    size = image_size(self.root / ref) or (0, 0)
+                w, h = asset.reference_size(*size)
+                total += w * h
+            if total > cap * 1_000_000:
+                self.error(
+                    ("assets", asset.id, "references"),
+                    f"{asset.model} takes at most {cap:g} MP of references together, these are "
+                    f"{total / 1e6:.2f} MP; use fewer or smaller ones, or set reference_max_mp",
+                )
 
     def _final_size(
         self, value: str | None, width: int, height: int, path: tuple[str | int, ...]

@@ -24,6 +24,7 @@ class BuildOptions:
     keep_going: bool = False
     max_cost_usd: float | None = None
     max_cost_policy: str = "stop"  # or "refuse": start nothing when the plan is over the limit
+    check_credits: bool = True  # ask the balance before the first paid submission
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class BuildFlags:
     keep_going: bool = False
     max_cost_usd: float | None = None
     max_cost_policy: str | None = None
+    check_credits: bool = True
 
     def resolve(self, settings: Settings) -> BuildOptions:
         from flexforge.settings import effective
@@ -42,4 +44,6 @@ class BuildFlags:
         chosen = effective(
             settings, jobs=self.jobs, max_cost_usd=self.max_cost_usd, max_cost_policy=self.max_cost_policy
         )
-        return BuildOptions(chosen.jobs, self.keep_going, chosen.max_cost_usd, chosen.max_cost_policy)
+        return BuildOptions(
+            chosen.jobs, self.keep_going, chosen.max_cost_usd, chosen.max_cost_policy, self.check_credits
+        )

@@ -333,7 +333,9 @@ def make_plan(
         steps.append(step)
     _mark_resumes(steps, store, provider)
     if generator != "draft":
-        _estimate(steps, manifest, store)
+        for step in steps:
+            if step.action in GENERATES and RESUME not in step.reasons:  # a resumed task is paid
+                step.estimated_cost_usd = estimate_asset(step.asset, manifest, provider)
     return Plan(manifest, provider, generator, steps, sorted(facts.orphans), facts)
 
 
@@ -346,21 +348,22 @@ def _mark_resumes(steps: list[Step], store: Store, provider: str) -> None:
                 step.reasons.append(RESUME)
 
 
-def _estimate(steps: list[Step], manifest: Manifest, store: Store) -> None:
+def estimate_asset(asset: Asset, manifest: Manifest, provider: str) -> float:
+    """What generating `asset` is estimated to cost on `provider`, references included."""
     from flexforge.pricing import estimate_usd
 
-    for step in steps:
-        if step.action in GENERATES and RESUME not in step.reasons and step.asset.rendition is None:
-            sizes = [_reference_size(ref, manifest) for ref in step.asset.references]
-            step.estimated_cost_usd = estimate_usd(
-                step.asset.model, step.asset.width, step.asset.height, [s for s in sizes if s]
-            )
+    if asset.rendition is not None:
+        return 0.0  # made locally: free
+    sizes = [_reference_size(ref, manifest) for ref in asset.references]
+    # A reference whose size cannot be read is billed at least the minimum: count it as 1x1.
+    known = [asset.reference_size(*size) if size else (1, 1) for size in sizes]
+    return estimate_usd(asset.model, asset.width, asset.height, known, provider)
 
 
 def _reference_size(ref: str, manifest: Manifest) -> tuple[int, int] | None:
     upstream = manifest.assets.get(ref)
     if upstream is not None:
-        return upstream.width, upstream.height
+        return upstream.final_size or (upstream.width, upstream.height)
     from PIL import Image
 
     try:

@@ -21,7 +21,7 @@ class ReferenceInput:
 
 @dataclass(frozen=True, slots=True)
 class ImageRequest:
-    """A fully resolved generation request; flex-only knobs are None for other models."""
+    """A fully resolved generation request; knobs its model does not take are None."""
 
     asset_id: str
     model: str

@@ -120,12 +120,14 @@ class LedgerEntry:
     cost_credits: float | None = None
     model: str | None = None  # for `flexforge cost --by model`; absent in older lines
     run: str | None = None  # the build that paid it, for `flexforge cost --by run`
+    cost_source: str | None = None  # "reported" by the API, or flexforge's "estimate"
 
     def check(self) -> None:
         _require(ASSET_ID.match(self.asset) is not None, "asset is not an asset id")
         _require(HEX64.match(self.key) is not None, "key is not 64 hex digits")
         _check_common(self.provider, self.task_id, self.cost_usd)
         _check_common(self.provider, None, self.cost_credits)
+        _require(self.cost_source in (None, "reported", "estimate"), "cost_source is not known")
 
 
 def _require(ok: bool, problem: str) -> None:

@@ -19,8 +19,9 @@ Against an in-process emulator (latency 0.05-0.3 s, a few transient faults), on 
 One resubmission is not flexforge's to prevent: a kill after the API accepted a submission but
 before its answer was journaled (the task id exists only in a response nobody read). Those are
 counted apart as "kill inside the submit->journal window", and the emulator's duplicate count must
-be no larger than that number. (`submit:drop`, a response lost in the network, is the same case
-and is not injected here.)
+be no larger than that number. (`submit:drop`, a response lost in the network, is the same case;
+flexforge fails such an asset as "may have been charged" and does not replay it, which
+scripts/soak.py measures; it is not injected here.)
 
     python scripts/crash_harness.py --kills 200 --seed 1            # the long run (about 10 min)
     python scripts/crash_harness.py --kills 200 --seed 2 --edit-rate 0.6
@@ -62,10 +63,11 @@ FAST_CLIENT = {
     "FLEXFORGE_LOCK_TIMEOUT": "60",
     "NO_COLOR": "1",
 }
-# Transient faults only: each is retried by the client and never creates a second task.
+# Transient faults only: each is retried by the client and never creates a second task. (An
+# ambiguous submit fault, 500/502/504 or a lost answer, fails its asset by design: scripts/soak.py.)
 FAULTS = {
     "submit:429": 0.05,
-    "submit:500": 0.03,
+    "submit:503": 0.03,
     "poll:500": 0.03,
     "poll:503": 0.02,
     "poll:drop": 0.02,

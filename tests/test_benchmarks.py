@@ -77,6 +77,7 @@ def test_benchmark_smoke_run_prints_its_table(tmp_path: Path) -> None:
     headings += ("Targets (issue 4",)
     for heading in headings:
         assert heading in out, out
+    assert "pricing: worst |estimate - bill| / bill = 0.00 (target <= 0.05) OK" in out, out
     for row in ("python -c pass", "floor script", "flexforge build", "python -m flexforge plan"):
         assert row in out, out
     assert out_json.exists()

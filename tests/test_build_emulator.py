@@ -93,7 +93,7 @@ def test_out_of_credits_stops_the_run_and_keeps_finished_work(
 ) -> None:
     with serve_builds(monkeypatch, credits=12.0) as emu:  # about two 256x256 flex tasks at 5 credits
         manifest(project, 5)
-        result = build(project, "--jobs", "1", "--keep-going")
+        result = build(project, "--jobs", "1", "--keep-going", "--ignore-credits")
         assert result.exit_code == 1
         assert "credit" in result.stderr.lower()
         built = set(project.lock()["assets"])
@@ -152,14 +152,16 @@ def test_transient_faults_complete_every_asset_without_paying_twice(
 ) -> None:
     faults = {
         "submit:429": 0.1,
-        "submit:500": 0.05,
-        "submit:503": 0.05,
+        "submit:503": 0.1,  # ambiguous 5xx are not retried: tests/test_submit_policy.py
         "poll:500": 0.1,
         "poll:503": 0.05,
         "poll:drop": 0.05,
         "download:500": 0.1,
         "download:truncate": 0.1,
     }
+    # As in scripts/soak.py: at 20 % faults per poll, six in a row on one of ~1,000 polls (more
+    # under load) would fail an asset for good reason now and then; that is not what this measures.
+    monkeypatch.setenv("FLEXFORGE_MAX_RETRIES", "10")
     with serve_builds(monkeypatch, faults=faults, seed=7, latency=0.02) as emu:
         manifest(project, 100, chain_every=10)
         result = build(project, "--jobs", "24")

@@ -374,6 +374,10 @@ class RecordingTask:
     def finished_task(self) -> None:
         self.events.append("finished")
 
+    def maybe_charged(self, reason: str, *, replay: bool) -> bool:
+        self.events.append(reason)
+        return False
+
     def log(self, message: str) -> None:
         self.events.append(message)
 

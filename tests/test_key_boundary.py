@@ -136,7 +136,9 @@ def test_a_journaled_polling_url_on_another_host_than_todays_base_gets_no_key(
 
         assert api.received == []
         assert result.exit_code == 0, result.stderr
-        assert [seen.path for seen in moved.received][:1] == ["/v1/flux-2-flex"]
+        # (after the credit balance, asked of the configured base before any paid submission)
+        paid = [seen.path for seen in moved.received if seen.path != "/v1/credits"]
+        assert paid[:1] == ["/v1/flux-2-flex"]
     assert "task-1" in result.stderr and "dropped" in result.stderr and "127.0.0.1" in result.stderr
 
 
@@ -152,7 +154,8 @@ def test_the_emulator_provider_never_sends_the_real_keys(
     result = build(project, "--provider", "emulator")
 
     assert result.exit_code == 1  # the "emulator" answers nonsense
-    assert [seen.headers.get("x-key") for seen in attacker.received] == ["emulator"]
+    # the credit balance, then the submission: each with the dummy key
+    assert [seen.headers.get("x-key") for seen in attacker.received] == ["emulator", "emulator"]
     assert all(SECRET not in seen.text() and COMET_SECRET not in seen.text() for seen in attacker.received)
 
 

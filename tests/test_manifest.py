@@ -64,8 +64,8 @@ def test_valid_manifest_resolves_defaults_vars_and_structured_prompts(project: P
     autumn = manifest.assets["hero-autumn"]
     assert autumn.asset_refs == ("hero",) and autumn.references == ("hero", "brand/logo.png")
     shelf = manifest.assets["shelf"]
-    # flex-only defaults never reach other models
-    assert (shelf.steps, shelf.guidance, shelf.prompt_upsampling) == (None, None, None)
+    # flex-only defaults never reach other models; upsampling (off) applies to pro too
+    assert (shelf.steps, shelf.guidance, shelf.prompt_upsampling) == (None, None, False)
     assert shelf.structured is not None
     assert shelf.structured["subjects"][0]["description"] == "kraft bag with 'Northwind' label"
     assert shelf.prompt.startswith('{"scene": "Coffee bags on a wooden shelf"')

@@ -11,6 +11,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -58,7 +59,10 @@ def test_soak_builds_everything_once_under_faults() -> None:
     print(soak.summary(result))
     assert result.problems == []
     assert (result.exit_code, result.locked, result.outputs_ok) == (0, 120, 120)
-    assert (result.submissions, result.duplicates) == (120, 0)
+    # Every paid task beyond one per asset was made behind a lost answer, never replayed in a run.
+    assert result.unanswered_tasks > 0 and result.submissions == 120 + result.unanswered_tasks
+    assert result.worst_per_run == 1
+    assert sum(result.summary_counts) == result.ambiguous > 0
     assert result.faults_injected > 50  # the faults really happened, in every phase
     assert {name.split(":")[0] for name in result.faults} == {"submit", "poll", "download"}
     assert 0 < result.peak_rss_mb < 400
@@ -73,3 +77,21 @@ def test_soak_reports_a_build_that_cannot_finish(monkeypatch: pytest.MonkeyPatch
     result = soak.run(["--assets", "3", "--fault-rate", "1.0", "--size", "64"])
     assert result.exit_code == 1 and result.locked == 0
     assert any("0 of 3 assets in the lock" in p for p in result.problems)
+    assert result.runs == 8  # it tried again, as far as allowed
+
+
+def test_soak_reports_an_asset_paid_twice_in_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-run payment check can fail: with replay allowed but held to one payment per run,
+    every lost answer replayed is reported."""
+    soak = script("soak")
+    monkeypatch.setattr(soak, "FAULT_MIX", {"submit": {"drop": 1.0}})
+    real = soak.account_run
+
+    def strict(result: Any, before: Any, after: Any, log: str, args: Any) -> None:
+        args.replay = False  # judge as if no replay were allowed
+        real(result, before, after, log, args)
+
+    monkeypatch.setattr(soak, "account_run", strict)
+    args = ["--assets", "3", "--fault-rate", "1.0", "--fault-task-rate", "1.0", "--size", "64"]
+    result = soak.run([*args, "--replay", "--max-runs", "1"])
+    assert any("paid tasks (at most 1)" in p for p in result.problems), soak.summary(result)

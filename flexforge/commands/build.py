@@ -162,7 +162,8 @@ def _execute(
     with StopSignals() as stop:
         stop.notify = lambda signum, first: _stopping(builder, signum, first)
         try:
-            result = asyncio.run(_run(builder, provider, stop))
+            needed = _credits_needed(plan, options) if needs_provider else 0.0
+            result = asyncio.run(_run(builder, provider, stop, needed))
         except (KeyboardInterrupt, asyncio.CancelledError) as exc:
             stop.signum = stop.signum or getattr(exc, "signum", signal.SIGINT)
             result = builder.result
@@ -172,6 +173,15 @@ def _execute(
     if stop.signum is not None:
         return exit_code(stop.signum)
     return EXIT_ERROR if result.failures else EXIT_OK
+
+
+def _credits_needed(plan: Plan, options: BuildOptions) -> float:
+    """What the balance must cover before anything is paid: the plan's estimate, at most
+    --max-cost; nothing when the check is off or the provider is free."""
+    if not options.check_credits or plan.generator == "draft":
+        return 0.0
+    needed = plan.estimated_cost_usd
+    return needed if options.max_cost_usd is None else min(needed, options.max_cost_usd)
 
 
 def _team(project: Project, reporter: Reporter, paying: bool) -> Team | None:
@@ -187,13 +197,20 @@ def _team(project: Project, reporter: Reporter, paying: bool) -> Team | None:
     return team
 
 
-async def _run(builder: Builder, provider: Provider, stop: StopSignals) -> BuildResult:
+async def _run(builder: Builder, provider: Provider, stop: StopSignals, credits_needed: float) -> BuildResult:
     import asyncio
 
     main = asyncio.current_task()
     if main is not None:
         stop.attach(main)
     try:
+        if credits_needed > 0:
+            from flexforge import credits
+
+            checked = await credits.check(provider, provider.name, credits_needed)
+            if checked.balance_credits is None:
+                builder.reporter.log(checked.line())
+            credits.refuse_when_short(checked)
         return await builder.run()
     finally:
         # Stopped, this waits (bounded) for submissions whose answers are on their way, so that
@@ -254,6 +271,14 @@ def _summarise(
             click.echo(line, err=True)
     if not opts.quiet or result.failures:
         click.echo(f"Build: {', '.join(counts)} in {seconds:.1f}s{money}.", err=True)
+    if result.maybe_charged:
+        n = len(result.maybe_charged)
+        click.echo(
+            f"{n} submission{'s' if n != 1 else ''} may have been charged with no answer "
+            f"(worst case ${result.maybe_charged_usd:.2f}): "
+            f"{', '.join(sorted({a for a, _ in result.maybe_charged}))}; check the account",
+            err=True,
+        )
     for outcome in result.failures:
         click.echo(f"  {outcome.result}: {outcome.asset_id}: {outcome.detail}", err=True)
 

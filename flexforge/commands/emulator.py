@@ -51,8 +51,8 @@ def build_config(config_file: Path | None, flags: dict[str, Any]) -> EmulatorCon
     multiple=True,
     metavar="PHASE:KIND=RATE",
     help="Inject failures, e.g. submit:429=0.1, poll:500=0.05, download:drop=0.02, task:error=0.01. "
-    "Kinds: submit/poll 429 500 503 drop hang; download 500 503 drop hang truncate expired; "
-    "task error failed.",
+    "Kinds: submit 429 500 502 503 504 drop hang; poll 429 500 503 drop hang; download 500 503 "
+    "drop hang truncate expired; task error failed unknown.",
 )
 @click.option(
     "--hang-seconds", type=float, default=None, help="How long a hang fault delays its answer (30)."
@@ -61,6 +61,13 @@ def build_config(config_file: Path | None, flags: dict[str, Any]) -> EmulatorCon
     "--script", multiple=True, metavar="PHASE:KIND", help="Inject this fault next (in order; 'ok': none)."
 )
 @click.option("--seed", type=int, default=None, help="Seed of the fault and latency dice.")
+@click.option(
+    "--submit-fault-task-rate",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="How often an ambiguous submit fault (500, 502, 504, drop, hang) comes after the task "
+    "was created and charged (default 1).",
+)
 @click.option(
     "--comet-polling-url/--no-comet-polling-url",
     default=None,

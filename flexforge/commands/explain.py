@@ -12,6 +12,7 @@ from flexforge.errors import EXIT_OK
 from flexforge.keys import PARTS, known_parts, request_params
 from flexforge.options import PlanOptions
 from flexforge.planner import DRIFTED, Step
+from flexforge.store import Store
 
 
 def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
@@ -40,6 +41,10 @@ def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
     echo(f"  seed      {step.seed if step.seed is not None else '-'} ({seed_note})")
     echo("  params    " + json.dumps(request_params(asset), sort_keys=True))
     echo("  prompt    " + asset.prompt)
+    used = _api_prompt(project.store, step.key.key if step.key else None, entry.key if entry else None)
+    if used is not None and used != asset.prompt:
+        echo("  used      " + used)
+        echo("            (the prompt the API says it followed: rewritten by prompt upsampling)")
     digests = step.reference_digests or [None] * len(asset.references)
     for i, (ref, digest) in enumerate(zip(asset.references, digests, strict=True)):
         kind = "asset" if ref in asset.asset_refs else "file"
@@ -56,6 +61,15 @@ def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
     new_key = step.key.key if step.key else "unknown until its inputs are built"
     echo(f"  key       {entry.key if entry else '-'} -> {new_key}")
     return EXIT_OK
+
+
+def _api_prompt(store: Store, *keys: str | None) -> str | None:
+    """The prompt the API reported for the current key's image, else for the lock's."""
+    for key in keys:
+        record = store.key_record(key) if key else None
+        if record is not None and record.result_prompt is not None:
+            return record.result_prompt
+    return None
 
 
 def _parts_now(step: Step, generator: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from flexforge.context import GlobalOptions, Project, choose_provider, open_project
+from flexforge.credits import CreditCheck
 from flexforge.errors import EXIT_CHANGES, EXIT_OK
 from flexforge.options import PlanOptions
 from flexforge.planner import (
@@ -118,6 +119,19 @@ def print_plan(plan: Plan, opts: GlobalOptions) -> None:
         click.echo(f"  - {orphan:<{width}}  orphaned (in the lock, not in the manifest; its file is kept)")
     if not opts.quiet:
         click.echo(summary_line(plan))
+        basis = _price_basis(plan)
+        if basis:
+            click.echo(f"Estimated with {basis}.")
+
+
+def _price_basis(plan: Plan) -> str:
+    """How the estimates were made, when the provider does not bill by BFL's table."""
+    from flexforge.pricing import PER_REQUEST_PROVIDERS, price_basis
+
+    if plan.provider not in PER_REQUEST_PROVIDERS:
+        return ""
+    paid = sorted({s.asset.model for s in plan.steps if s.estimated_cost_usd})
+    return "; ".join(f"{model}: {price_basis(model, plan.provider)}" for model in paid)
 
 
 def _print_matrices(plan: Plan) -> None:
@@ -142,13 +156,40 @@ def plan(
     *,
     as_json: bool,
     detailed_exitcode: bool,
+    check_credits: bool = False,
 ) -> int:
     project = open_project(opts)
     result = compute_plan(project, options, provider)
+    balance = _check_credits(result) if check_credits else None
     if as_json:
-        click.echo(json.dumps(plan_json(result), indent=2))
+        doc = plan_json(result)
+        if balance is not None:
+            doc["credits"] = balance.json()
+        click.echo(json.dumps(doc, indent=2))
     else:
         print_plan(result, opts)
+        if check_credits:
+            click.echo(balance.line() if balance is not None else "Credits: none needed (draft).")
     if detailed_exitcode and result.has_changes:
         return EXIT_CHANGES
     return EXIT_OK
+
+
+def _check_credits(plan: Plan) -> CreditCheck | None:
+    """The provider's balance against the plan's estimate: plan's one network call, on request."""
+    if plan.generator == "draft":
+        return None
+    import asyncio
+
+    from flexforge import credits
+    from flexforge.providers import load_provider
+
+    provider = load_provider(plan.provider)
+
+    async def ask() -> CreditCheck:
+        try:
+            return await credits.check(provider, plan.provider, plan.estimated_cost_usd)
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(ask())

@@ -29,12 +29,12 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from flexforge.emulator.config import ConfigError, EmulatorConfig
+from flexforge.emulator import billing
+from flexforge.emulator.config import SUBMIT_AMBIGUOUS, ConfigError, EmulatorConfig
 from flexforge.emulator.signing import UrlSigner
 from flexforge.emulator.state import PENDING, READY, EmulatorState, Task
-from flexforge.emulator.validation import MODELS, Invalid, Submission, parse_json, validate
+from flexforge.emulator.validation import MODELS, Invalid, Submission, parse_json, used_prompt, validate
 from flexforge.imaging import EXTENSIONS
-from flexforge.pricing import estimate_usd, megapixels
 from flexforge.request import ImageRequest, ReferenceInput
 
 Renderer = Callable[[ImageRequest], bytes]
@@ -126,8 +126,18 @@ class Emulator:
         if denied is not None:
             return denied
         fault = self.state.fault("submit")
-        if fault in _HTTP_FAULTS:
-            return _error(flavour, int(str(fault)), f"emulated {fault}", code="emulated_fault")
+        if fault == "429":
+            return _error(flavour, 429, "emulated 429", code="emulated_fault")
+        if fault == "503":  # turned away before anything was made, and it says so
+            return _error(
+                flavour,
+                503,
+                "Service temporarily unavailable: no task was created; retry later",
+                code="emulated_fault",
+                retry_after=1,
+            )
+        if fault in SUBMIT_AMBIGUOUS and not self.state.fault_creates_task():
+            return await self._fault_answer(request, flavour, fault)
         now = time.monotonic()
         limit = self.config.max_in_flight
         if self.state.in_flight(now) >= limit:
@@ -140,9 +150,9 @@ class Emulator:
         except Invalid as exc:
             return _invalid(flavour, exc.errors)
 
-        input_sizes = [image.size for image in submission.images if image.size is not None]
-        usd = estimate_usd(model, submission.width, submission.height, input_sizes)
-        cost = round(usd * 100, 4)  # 1 credit = US$0.01
+        input_sizes = [image.size for image in submission.images]
+        size = (submission.width, submission.height)
+        cost = billing.credits(model, *size, input_sizes, comet=flavour == COMET)
         outcome, details = self.state.outcome(submission.prompt)
         charged = outcome == READY  # moderated or failed tasks are not charged
         if charged and cost > self.state.credits:
@@ -167,23 +177,37 @@ class Emulator:
             started_wall=time.time(),
         )
         self.state.add(task, request.path, body)
-        # The task exists and is charged, but its answer is lost or comes too late.
-        if fault == "drop":
-            _drop(request)
-            return None
-        if fault == "hang":
+        if fault in SUBMIT_AMBIGUOUS:  # the task exists and is charged, but its answer is lost
+            self.state.stats.unanswered_tasks += 1
+            if fault != "hang":
+                return await self._fault_answer(request, flavour, fault)
             await asyncio.sleep(self.config.hang_seconds)
         answer: dict[str, Any] = {"id": task.id}
         if flavour == BFL:
             answer["polling_url"] = str(self._poll_url(request, task))
             answer["cost"] = cost
-            answer["input_mp"] = round(sum(megapixels(w, h) for w, h in input_sizes), 4)
-            answer["output_mp"] = round(megapixels(submission.width, submission.height), 4)
+            known = [size for size in input_sizes if size is not None]
+            answer["input_mp"] = round(sum(w * h for w, h in known) / billing.PIXELS_PER_MP, 4)
+            answer["output_mp"] = round(submission.width * submission.height / billing.PIXELS_PER_MP, 4)
         else:
             answer["status"] = PENDING
-            if self.config.comet_polling_url:
+            upstream = self.config.comet_upstream_url.rstrip("/")
+            if upstream:
+                answer["polling_url"] = f"{upstream}/v1/get_result?id={task.id}"
+            elif self.config.comet_polling_url:
                 answer["polling_url"] = str(self._poll_url(request, task))
         return web.json_response(answer)
+
+    async def _fault_answer(self, request: web.Request, flavour: str, fault: str) -> web.Response | None:
+        """What an ambiguous submit fault answers: an error that says nothing of a task, a
+        dropped connection, or (hang, no task made) a gateway timeout after hang_seconds."""
+        if fault == "drop":
+            _drop(request)
+            return None
+        if fault == "hang":
+            await asyncio.sleep(self.config.hang_seconds)
+            fault = "504"
+        return _error(flavour, int(fault), f"emulated {fault}", code="emulated_fault")
 
     def _store_reference(self, data: bytes) -> Path:
         path = Path(self._scratch.name) / hashlib.sha256(data).hexdigest()
@@ -214,6 +238,8 @@ class Emulator:
 
     async def _poll(self, request: web.Request, flavour: str, owner: str | None) -> web.StreamResponse:
         response = await self._answer_poll(request, flavour, owner)
+        if response is not None and self.config.poll_retry_after is not None:
+            response.headers["Retry-After"] = f"{self.config.poll_retry_after:g}"
         self.state.stats.polls += 1
         self.state.stats.answered("poll", "dropped" if response is None else response.status)
         return response if response is not None else web.Response(status=204)
@@ -251,7 +277,7 @@ class Emulator:
         end = task.started_wall + (task.ready_at - task.submitted_at)
         result = {
             "sample": str(sample),
-            "prompt": task.submission.prompt,
+            "prompt": used_prompt(task.submission),
             "seed": task.seed,
             "start_time": round(task.started_wall, 3),
             "end_time": round(end, 3),
@@ -261,6 +287,7 @@ class Emulator:
 
     async def _credits(self, request: web.Request) -> web.StreamResponse:
         denied = self._authenticate(request, BFL)
+        self.state.stats.answered("credits", 403 if denied is not None else 200)
         if denied is not None:
             return denied
         return web.json_response({"credits": round(self.state.credits, 4)})
@@ -353,13 +380,14 @@ class Emulator:
 
 def _image_request(task: Task) -> ImageRequest:
     sub: Submission = task.submission
+    prompt = used_prompt(sub)  # an upsampled prompt changes the picture, as it would at BFL
     structured: Any = None
     with contextlib.suppress(ValueError):  # a plain prompt is not JSON
-        structured = json.loads(sub.prompt)
+        structured = json.loads(prompt)
     return ImageRequest(
         asset_id=task.id,
         model=sub.model,
-        prompt=sub.prompt,
+        prompt=prompt,
         width=sub.width,
         height=sub.height,
         seed=task.seed,
@@ -394,11 +422,14 @@ def _poll_body(
     }
 
 
-def _error(flavour: str, status: int, message: str, code: str) -> web.Response:
+def _error(
+    flavour: str, status: int, message: str, code: str, *, retry_after: int | None = None
+) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     if flavour == BFL:
-        return web.json_response({"detail": message}, status=status)
+        return web.json_response({"detail": message}, status=status, headers=headers)
     envelope = {"message": message, "type": "comet_api_error", "param": "", "code": code}
-    return web.json_response({"error": envelope}, status=status)
+    return web.json_response({"error": envelope}, status=status, headers=headers)
 
 
 def _invalid(flavour: str, errors: list[dict[str, Any]]) -> web.Response:

@@ -8,14 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Faults are named "phase:kind". A submit `drop` or `hang` loses (or delays past the client's
-# timeout) the answer AFTER the task was created and charged, as a lost response does; `hang`
-# answers after hang_seconds; a download `expired` answers as an expired URL would.
+# Faults are named "phase:kind". On submit, 429 and 503 (with Retry-After, saying no task was
+# made) never create a task; 500, 502, 504, `drop` (the connection closes with no answer) and
+# `hang` (the answer comes after hang_seconds, past a client's timeout) are ambiguous, as on the
+# real API: each first creates and charges the task with probability submit_fault_task_rate.
+# A download `expired` answers as an expired URL would.
+SUBMIT_AMBIGUOUS = ("500", "502", "504", "drop", "hang")
 FAULT_KINDS: dict[str, tuple[str, ...]] = {
-    "submit": ("429", "500", "503", "drop", "hang"),
+    "submit": ("429", "500", "502", "503", "504", "drop", "hang"),
     "poll": ("429", "500", "503", "drop", "hang"),
     "download": ("500", "503", "drop", "hang", "truncate", "expired"),
-    "task": ("error", "failed"),  # the task ends with status Error / Failed instead of Ready
+    # the task ends with status Error / Failed instead of Ready, or one no client knows
+    "task": ("error", "failed", "unknown"),
 }
 NO_FAULT = "ok"  # a script entry that lets one request through
 
@@ -43,8 +47,16 @@ class EmulatorConfig:
     faults: Mapping[str, float] = field(default_factory=dict)  # "phase:kind" -> probability
     script: tuple[str, ...] = ()  # "phase:kind" faults injected first, in order, per phase
     hang_seconds: float = 30.0  # how long a `hang` fault holds its answer
+    # How often an ambiguous submit fault (500, 502, 504, drop, hang) comes after the task was
+    # created and charged; the rest come before, and no task exists.
+    submit_fault_task_rate: float = 1.0
+    # Retry-After (seconds) on every poll answer, as the live API sends `Retry-After: 1`; None: none.
+    poll_retry_after: float | None = None
     seed: int | None = None  # seeds the fault and latency RNG; None: unpredictable
     comet_polling_url: bool = False  # CometAPI submit answers may carry polling_url, or not
+    # A base URL (e.g. https://api.eu2.bfl.ai) whose get_result CometAPI answers name as their
+    # polling_url, as a reseller passing its upstream's answer through would; "": its own.
+    comet_upstream_url: str = ""
     capture_limit: int = 1000  # submissions kept for GET /_emulator/requests
 
     def __post_init__(self) -> None:
@@ -58,6 +70,8 @@ class EmulatorConfig:
             raise ConfigError("max_in_flight must be at least 1")
         if not self.cluster.strip("/") or "/" in self.cluster.strip("/"):
             raise ConfigError(f"cluster must be one path segment, got {self.cluster!r}")
+        if not 0.0 <= self.submit_fault_task_rate <= 1.0:
+            raise ConfigError(f"submit_fault_task_rate {self.submit_fault_task_rate} is not between 0 and 1")
         for name, rate in self.faults.items():
             _check_fault(name)
             if not 0.0 <= rate <= 1.0:
@@ -128,14 +142,17 @@ def _coerce(knobs: Mapping[str, Any]) -> dict[str, Any]:
                 value = {str(k): float(v) for k, v in value.items()}
             except (TypeError, ValueError):
                 raise ConfigError("faults: every rate must be a number") from None
-        elif value is not None or _FIELDS[name].type != "int | None":
+        elif value is not None or _FIELDS[name].type not in ("int | None", "float | None"):
             value = _scalar(name, value)
         out[name] = value
     return out
 
 
+_KINDS: dict[str, type] = {"int": int, "float": float, "bool": bool}
+
+
 def _scalar(name: str, value: Any) -> Any:
-    kind = {"int": int, "int | None": int, "float": float, "bool": bool}.get(str(_FIELDS[name].type))
+    kind = _KINDS.get(str(_FIELDS[name].type).removesuffix(" | None"))
     if kind is None:
         return str(value)
     if kind is bool:

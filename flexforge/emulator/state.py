@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flexforge.emulator.config import FAULT_KINDS, NO_FAULT, EmulatorConfig
+from flexforge.emulator.config import FAULT_KINDS, NO_FAULT, SUBMIT_AMBIGUOUS, EmulatorConfig
 from flexforge.emulator.validation import Submission
 
 PENDING = "Pending"
 READY = "Ready"
 REQUEST_MODERATED = "Request Moderated"
 CONTENT_MODERATED = "Content Moderated"
-TASK_FAULT_STATUS = {"error": "Error", "failed": "Failed"}
+TASK_FAULT_STATUS = {"error": "Error", "failed": "Failed", "unknown": "Cancelled"}
 
 
 @dataclass(slots=True)
@@ -64,6 +64,7 @@ class Stats:
     faults: Counter[str] = field(default_factory=Counter)
     ignored_fields: Counter[str] = field(default_factory=Counter)
     peak_in_flight: int = 0
+    unanswered_tasks: int = 0  # created and charged, but the answer was a fault
 
     def answered(self, route: str, status: int | str) -> None:
         self.responses.setdefault(route, Counter())[str(status)] += 1
@@ -126,6 +127,10 @@ class EmulatorState:
             self.stats.faults[f"{phase}:{kind}"] += 1
         return kind
 
+    def fault_creates_task(self) -> bool:
+        """Whether an ambiguous submit fault comes after its task was created and charged."""
+        return self.rng.random() < self.config.submit_fault_task_rate
+
     def in_flight(self, now: float) -> int:
         while self._pending and self._pending[0] <= now:
             heapq.heappop(self._pending)
@@ -180,5 +185,8 @@ class EmulatorState:
             "downloads": stats.downloads,
             "responses": {route: dict(counts) for route, counts in stats.responses.items()},
             "faults": dict(stats.faults),
+            # Submissions a client cannot know the fate of, and how many of them made a task.
+            "ambiguous_submits": sum(stats.faults[f"submit:{kind}"] for kind in SUBMIT_AMBIGUOUS),
+            "unanswered_tasks": stats.unanswered_tasks,
             "ignored_fields": dict(stats.ignored_fields),
         }

@@ -13,9 +13,22 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-MODELS = ("flux-2-flex", "flux-2-pro", "flux-2-max", "flux-2-klein-4b", "flux-2-klein-9b")
+# The emulator's own copy of the model facts, kept apart from flexforge/models.py on purpose: it
+# plays the API, so it must not share a mistake with the client it tests.
+MODELS = (
+    "flux-2-flex",
+    "flux-2-pro",
+    "flux-2-max",
+    "flux-2-klein-4b",
+    "flux-2-klein-9b",
+    "flux-2-pro-preview",
+    "flux-2-klein-9b-preview",
+)
 FLEX = "flux-2-flex"
 FLEX_ONLY = ("steps", "guidance", "prompt_upsampling")
+# pro and max rewrite every prompt unless told `disable_pup: true` (BFL's SDK sends it).
+PUP_MODELS = ("flux-2-pro", "flux-2-max", "flux-2-pro-preview")
+KLEIN_REFUSED = ("prompt_upsampling", "disable_pup")  # klein has no switch and may refuse either
 IMAGE_FIELDS = ("input_image", *(f"input_image_{i}" for i in range(2, 9)))
 COMMON = ("prompt", "width", "height", "seed", "safety_tolerance", "output_format")
 WEBHOOK = ("webhook_url", "webhook_secret")
@@ -23,6 +36,18 @@ FORMATS = ("jpeg", "png", "webp")
 MAX_PIXELS = 2048 * 2048  # "4 MP"
 AUTO_SIZE = 1024  # what width/height 0 means without an input image
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+
+
+def used_prompt(submission: Submission) -> str:
+    """The prompt the model actually follows: rewritten ("upsampled") by an LLM when flex's
+    prompt_upsampling is on (its default), and on pro and max unless disable_pup is true, as live
+    answers show. The emulator's rewrite is a fixed, visible suffix."""
+    if submission.prompt_upsampling or submission.disable_pup is False:
+        return f"{submission.prompt} {UPSAMPLED_SUFFIX}"
+    return submission.prompt
+
+
+UPSAMPLED_SUFFIX = "Rendered in rich detail, with soft natural light and a balanced composition."
 
 
 def max_images(model: str) -> int:
@@ -49,6 +74,7 @@ class Submission:
     steps: int | None = None
     guidance: float | None = None
     prompt_upsampling: bool | None = None
+    disable_pup: bool | None = None  # pro and max
     images: list[InputImage] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # fields the model does not know
 
@@ -94,6 +120,12 @@ def validate(model: str, body: Any) -> Submission:
     steps = check.integer("steps", default=50, low=1, high=50) if flex else None
     guidance = check.number("guidance", default=4.5, low=1.5, high=10.0) if flex else None
     upsampling = check.boolean("prompt_upsampling", default=True) if flex else None
+    pup = model in PUP_MODELS
+    disable_pup = check.boolean("disable_pup", default=False) if pup else None
+    if model.startswith("flux-2-klein"):
+        for name in KLEIN_REFUSED:
+            if name in body:
+                errors.append(_err("extra_forbidden", (name,), "Extra inputs are not permitted", body[name]))
     for name in WEBHOOK:
         check.string(name, required=False)
 
@@ -131,6 +163,7 @@ def validate(model: str, body: Any) -> Submission:
         raise Invalid(errors)
 
     known = set(COMMON) | set(WEBHOOK) | set(IMAGE_FIELDS[:limit]) | (set(FLEX_ONLY) if flex else set())
+    known |= {"disable_pup"} if pup else set()
     width, height = _auto_size(width, height, images)
     return Submission(
         model=model,
@@ -143,6 +176,7 @@ def validate(model: str, body: Any) -> Submission:
         steps=steps,
         guidance=guidance,
         prompt_upsampling=upsampling,
+        disable_pup=disable_pup,
         images=images,
         ignored=sorted(k for k in body if k not in known and k not in IMAGE_FIELDS),
     )

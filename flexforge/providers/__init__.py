@@ -18,6 +18,7 @@ class GeneratedImage:
     task_id: str | None = None
     cost_credits: float | None = None  # as reported by the API; 1 credit = US$0.01
     seed: int | None = None  # as reported by the API's result
+    prompt: str | None = None  # the prompt the API says it used (rewritten when upsampled)
 
 
 class TaskContext(Protocol):
@@ -40,6 +41,11 @@ class TaskContext(Protocol):
 
     def finished_task(self) -> None:
         """The journaled task is done with (fetched, or failed for good): forget it."""
+
+    def maybe_charged(self, reason: str, *, replay: bool) -> bool:
+        """A submission got no answer that says whether it created (and charged) a task: count
+        it, worst case, against the run. `replay`: the provider would send it once more; the
+        answer says whether it may (the run's budget then reserves that payment too)."""
 
     def log(self, message: str) -> None:
         """One line for the build log (retries, resubmissions, warnings)."""

@@ -13,7 +13,20 @@ variables, else the defaults shown (seconds unless said otherwise):
     FLEXFORGE_HTTP_TIMEOUT        timeout of one HTTP call                       60
     FLEXFORGE_TASK_TIMEOUT        how long a task may stay pending               900
     FLEXFORGE_RATE_LIMIT_TIMEOUT  how long 429s may go on for one call           1800
+    FLEXFORGE_SUBMIT_REPLAY       replays of a submission that may have been      0
+                                  charged (0 or 1; see "Submitting" below)
     FLEXFORGE_DOWNLOAD_TIMEOUT    the whole of one image download, however slow   120
+
+Submitting: there is no idempotency key, so a submission is retried only when it surely created
+no task: the connection failed before the body was sent, a 429, or a 503 that says the service
+is unavailable (a Retry-After header, or words to that effect). After anything else (a read
+timeout or a dropped connection once the body was sent, a 500, 502 or 504, a 503 that says
+nothing) the service may have created and charged the task: the asset fails saying so, and the
+engine counts it and keeps its reservation against --max-cost. FLEXFORGE_SUBMIT_REPLAY=1 allows
+one replay of such a submission (so at most two paid tasks for it) for those who prefer that.
+
+Retry-After is honoured on every answer that carries it, bounded: by FLEXFORGE_RETRY_MAX_DELAY
+for 429s and 5xx, by FLEXFORGE_POLL_MAX_INTERVAL between polls of a pending task.
 
 Every answer is read with a bound: an image at most MAX_IMAGE_BYTES, a JSON answer at most
 MAX_ANSWER_BYTES, each within a total deadline (not only a per-read timeout, which a trickle of one
@@ -26,10 +39,11 @@ import asyncio
 import math
 import os
 import random
+import re
 import statistics
 import time
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
@@ -46,19 +60,23 @@ from flexforge.providers._wire import (
     FAILED,
     MODERATED,
     NOT_FOUND,
+    PENDING,
     READY,
     build_body,
     describe_details,
     moderation_reasons,
     parse_error,
+    route,
 )
 from flexforge.request import ImageRequest
 
-Phase = Literal["submit", "poll", "download"]
+Phase = Literal["submit", "poll", "download", "credits"]
 
 # Transport errors after which the request may have reached the server: a submission whose
 # response is lost this way may have created (and charged) a task.
 _MAYBE_DELIVERED = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
+# A 503 whose text says this never reached the point of creating a task.
+_UNAVAILABLE = re.compile(r"unavailable|overload|capacity|maintenance|try again|retry later", re.I)
 # Status codes with which a signed download URL says it expired or was refused.
 _URL_REFUSED = frozenset({401, 403, 404, 410})
 MAX_SAFETY_TOLERANCE = 5
@@ -72,6 +90,8 @@ MAX_REDIRECTS = 5  # a signed download URL may redirect to its storage host, not
 # No single image costs anywhere near this (the dearest is about 120 credits): a larger `cost`
 # is nonsense, and counting it would stop a build at its --max-cost for nothing.
 MAX_TASK_CREDITS = 10_000.0
+# The prompt the API says it used is recorded as told, but a record is no place for a novel.
+MAX_USED_PROMPT = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +105,17 @@ class HttpSettings:
     task_timeout: float = 900.0
     rate_limit_timeout: float = 1800.0
     download_timeout: float = 120.0
+    submit_replay: int = 0  # 0 or 1: replays of a submission that may have been charged
 
     def __post_init__(self) -> None:
         # A NaN or zero deadline would fail (or never end) every download.
         if not (math.isfinite(self.download_timeout) and self.download_timeout > 0):
             got = self.download_timeout
             raise UsageError(f"FLEXFORGE_DOWNLOAD_TIMEOUT must be a number of seconds above 0, got {got}")
+        if self.submit_replay not in (0, 1):
+            raise UsageError(
+                f"FLEXFORGE_SUBMIT_REPLAY must be 0 or 1 (at most one replay), got {self.submit_replay}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HttpSettings:
@@ -123,6 +148,10 @@ class Dialect:
     # Domains the service documents as its own, where polling URLs may point over https
     # (besides the base URL's host): see _hosts.KeyPolicy.
     domains: tuple[str, ...] = ()
+    credits_path: str | None = None  # GET {base}{path} -> {"credits": n}; None: no documented one
+    # Poll {base}{prefix}/get_result?id= always, and a polling_url only when it is on the base
+    # URL's host: a reseller may pass its upstream's URL through, where its key has no business.
+    own_results: bool = False
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if self.bearer else {"x-key": key}
@@ -174,6 +203,23 @@ class FluxHttpProvider:
             await asyncio.wait(set(self._submitting), timeout=self.settings.http_timeout)
         await self._client.aclose()
 
+    async def credits(self) -> float | None:
+        """The account's balance in credits (1 credit = US$0.01), or None when the service
+        documents no way to ask."""
+        if self.dialect.credits_path is None:
+            return None
+        url = f"{self.base_url}{self.dialect.credits_path}"
+        response = await self.call("GET", url, phase="credits", log=lambda line: None)
+        if not response.is_success:
+            raise self.refusal(response, "the credit balance")
+        value = _json_object(response).get("credits")
+        # A JSON number only, finite and not negative: an untrusted answer must not pass a check.
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        balance = float(value) if ok and abs(value) < 1e18 else math.nan  # type: ignore[arg-type]
+        if not (math.isfinite(balance) and balance >= 0):
+            raise self.error(f"{self.dialect.service} answered the credit balance with no usable number")
+        return balance
+
     async def submit_shielded(self, submission: Awaitable[None]) -> None:
         """Run a submission (the POST and the journal entry after it) to its end even if the
         build is cancelled meanwhile; `aclose` waits for it."""
@@ -209,7 +255,7 @@ class FluxHttpProvider:
         url: str,
         *,
         phase: Phase,
-        log: _Log,
+        log: Callable[[str], None],
         body: dict[str, Any] | None = None,
         slot: Slot | None = None,  # only for submissions: the task's place in flight
     ) -> httpx.Response:
@@ -237,8 +283,8 @@ class FluxHttpProvider:
             except _TooLarge as exc:
                 what = "the image" if phase == "download" else f"the {phase} answer"
                 message = f"{phase}: {what} is larger than {exc.limit // 2**20} MiB ({exc}); refused unread"
-                if phase == "submit":
-                    message += f"; {self.dialect.service} may have created and charged a task for it"
+                if phase == "submit":  # an answer, but none that says whether a task was made
+                    raise AmbiguousSubmit(message) from None
                 raise self.error(message) from None
             except httpx.TransportError as exc:
                 failures += 1
@@ -248,10 +294,7 @@ class FluxHttpProvider:
                     where = f"{self.dialect.service} at {self.base_url}"
                     reason = f"cannot connect to {where} ({reason}); {UNREACHABLE_HINT}"
                 if phase == "submit" and isinstance(exc, _MAYBE_DELIVERED):
-                    reason += (
-                        f"; the response to this submission was lost, so {self.dialect.service}"
-                        " may have created and charged a task for it"
-                    )
+                    raise AmbiguousSubmit(f"{reason} after the request was sent") from None
                 await self._pause_or_give_up(phase, failures, reason, log)
                 continue
             if response.status_code == 429:
@@ -264,7 +307,7 @@ class FluxHttpProvider:
                         f"{now - rate_limited_since:.0f}s of retries"
                     )
                 rate_limited += 1
-                delay = _retry_after(response) or self.backoff(min(rate_limited, 8))
+                delay = self.retry_after(response) or self.backoff(min(rate_limited, 8))
                 if slot is None:
                     await asyncio.sleep(delay)
                     continue
@@ -275,11 +318,23 @@ class FluxHttpProvider:
                 await slot.pause(delay)
                 continue
             if response.status_code >= 500 and _retryable(response):
-                failures += 1
                 detail = parse_error(response.status_code, response.text).message
-                await self._pause_or_give_up(phase, failures, f"HTTP {response.status_code} {detail}", log)
+                reason = f"HTTP {response.status_code} {detail}"
+                if phase == "submit" and not _surely_refused(response):
+                    raise AmbiguousSubmit(reason)
+                failures += 1
+                await self._pause_or_give_up(phase, failures, reason, log, self.retry_after(response))
                 continue
             return response
+
+    def retry_after(self, response: httpx.Response, ceiling: float | None = None) -> float | None:
+        """The answer's Retry-After in seconds, bounded: a server must not stall a build."""
+        value = _retry_after(response)
+        return (
+            None
+            if value is None
+            else min(value, self.settings.retry_max_delay if ceiling is None else ceiling)
+        )
 
     async def _fetch(
         self,
@@ -321,11 +376,18 @@ class FluxHttpProvider:
             request = response.next_request
         raise self.error(f"download: more than {MAX_REDIRECTS} redirects from {request.url.host}")
 
-    async def _pause_or_give_up(self, phase: Phase, failures: int, reason: str, log: _Log) -> None:
+    async def _pause_or_give_up(
+        self,
+        phase: Phase,
+        failures: int,
+        reason: str,
+        log: Callable[[str], None],
+        retry_after: float | None = None,
+    ) -> None:
         limit = self.settings.max_retries
         if failures > limit:
             raise self.error(f"{phase} failed after {failures} attempts: {reason}")
-        delay = self.backoff(failures)
+        delay = self.backoff(failures) if retry_after is None else retry_after
         log(f"{phase}: {reason}; retry {failures}/{limit} in {delay:.1f}s")
         await asyncio.sleep(delay)
 
@@ -367,6 +429,10 @@ class _Log:
 
 class _TaskNotFound(Exception):
     pass
+
+
+class AmbiguousSubmit(Exception):
+    """A submission that may have created (and charged) a task though no answer says so."""
 
 
 class _KeyRefused(Exception):
@@ -428,9 +494,8 @@ class _TaskRun:
 
     async def _submit(self, slot: Slot) -> None:
         body = await asyncio.to_thread(build_body, self.request)
-        url = f"{self.p.base_url}{self.p.dialect.route_prefix}/{self.request.model}"
-        self.task.sending()
-        response = await self.p.call("POST", url, phase="submit", log=self.log, body=body, slot=slot)
+        url = f"{self.p.base_url}{self.p.dialect.route_prefix}/{route(self.request.model)}"
+        response = await self._post_once(url, body, slot)
         if not response.is_success:
             raise self.p.refusal(response, f"this {self.request.model} request")
         payload = _json_object(response)
@@ -443,6 +508,12 @@ class _TaskRun:
             )
         polling_url = payload.get("polling_url")
         if not isinstance(polling_url, str) or not polling_url:
+            polling_url = self.p.result_url(task_id)
+        elif self.p.dialect.own_results and not _same_host(polling_url, self.p.base_url):
+            self.log(
+                f"{self.p.dialect.service} named a polling URL on another host; "
+                "polling its own get_result instead"
+            )
             polling_url = self.p.result_url(task_id)
         try:
             self.p.key_policy.check_task(task_id, polling_url)
@@ -458,6 +529,31 @@ class _TaskRun:
         self.cost = self._cost(payload.get("cost"), f"task {task_id}")
         self.task.submitted(self.task_id, self.polling_url, self.cost)
         self.p.limiter.succeeded()
+
+    async def _post_once(self, url: str, body: dict[str, Any], slot: Slot) -> httpx.Response:
+        """POST the submission; after an answer that leaves it unknown whether a task was made,
+        fail rather than pay twice, unless FLEXFORGE_SUBMIT_REPLAY allows (and the engine's
+        budget has room for) one replay."""
+        replays = 0
+        while True:
+            try:
+                self.task.sending()
+                return await self.p.call("POST", url, phase="submit", log=self.log, body=body, slot=slot)
+            except AmbiguousSubmit as exc:
+                service = self.p.dialect.service
+                lost = f"submit: {exc}: {service} may have created the task, so it may have been charged"
+                wants = replays < self.p.settings.submit_replay
+                if self.task.maybe_charged(lost, replay=wants) and wants:
+                    replays += 1
+                    self.log(f"{lost}; replaying it once, as FLEXFORGE_SUBMIT_REPLAY=1 allows")
+                    await asyncio.sleep(self.p.backoff(1))
+                    continue
+                hint = (
+                    "not replayed: the run's --max-cost has no room for a second payment"
+                    if wants
+                    else "not sent again so as not to pay twice (FLEXFORGE_SUBMIT_REPLAY=1 allows one replay)"
+                )
+                raise self.p.error(f"{lost}; {hint}; check the account before building again") from None
 
     def _may_resume(self, entry: JournalEntry) -> bool:
         """Whether the key may go to the journaled task's polling URL; says why not if not.
@@ -518,12 +614,23 @@ class _TaskRun:
                 raise self.p.error(f"task {self.task_id} ended with status {status}: {details}")
             elif status == NOT_FOUND:
                 raise _TaskNotFound
+            elif isinstance(status, str) and status != PENDING:
+                # As BFL's SDK does: a status this client does not know is the end of the task,
+                # not something to poll for 900 s while holding a place in flight.
+                self.task.finished_task()
+                details = describe_details(payload.get("details"))
+                raise self.p.error(
+                    f"task {self.task_id} ended with status {status!r}, which flexforge does not know "
+                    f"({details}); treated as failed"
+                )
             if time.monotonic() > deadline:
                 raise self.p.error(
                     f"task {self.task_id} still not ready after {settings.task_timeout:.0f}s "
                     f"(last status {status!r}); the next build polls it again without paying"
                 )
-            await asyncio.sleep(self.p.polls.wait(time.monotonic() - started, interval))
+            wait = self.p.polls.wait(time.monotonic() - started, interval)
+            asked = self.p.retry_after(response, ceiling=settings.poll_max_interval)
+            await asyncio.sleep(wait if asked is None else max(wait, asked))
             # Poll at the base rate while a task is young (most finish within seconds, and every
             # late look adds to the build's makespan); back off only for slow ones.
             if time.monotonic() - started > STEADY_POLLING:
@@ -562,7 +669,14 @@ class _TaskRun:
                     problem = f"the image downloaded for task {self.task_id} is broken ({exc})"
                 else:
                     self.task.finished_task()
-                    return GeneratedImage(data, self.task_id, self.cost, _seed(result.get("seed")))
+                    used = result.get("prompt")
+                    return GeneratedImage(
+                        data,
+                        self.task_id,
+                        self.cost,
+                        _seed(result.get("seed")),
+                        used if isinstance(used, str) and len(used) <= MAX_USED_PROMPT else None,
+                    )
             elif response.status_code in _URL_REFUSED:
                 problem = (
                     f"the download URL of task {self.task_id} was refused "
@@ -674,17 +788,42 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     return payload if isinstance(payload, dict) else {}
 
 
+def _same_host(url: str, base: str) -> bool:
+    try:
+        host = httpx.URL(url).host
+    except (httpx.InvalidURL, TypeError):
+        return False
+    return bool(host) and host.lower() == httpx.URL(base).host.lower()
+
+
+def _surely_refused(response: httpx.Response) -> bool:
+    """A 503 that says the service is unavailable (Retry-After, or words to that effect) was
+    turned away before any task was made; any other 5xx to a submission may have made one."""
+    if response.status_code != 503:
+        return False
+    return "Retry-After" in response.headers or bool(_UNAVAILABLE.search(response.text[:2000]))
+
+
 def _retryable(response: httpx.Response) -> bool:
     # CometAPI reports requests its upstream refused as 500 "invalid_request": retrying cannot help.
     return parse_error(response.status_code, response.text).code != "invalid_request"
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After as seconds (a number, or an HTTP date), or None when absent or unreadable."""
     value = response.headers.get("Retry-After")
-    try:
-        return min(max(0.0, float(value)), 3600.0) if value else None
-    except ValueError:
+    if not value:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
 
 
 UNREACHABLE_HINT = (

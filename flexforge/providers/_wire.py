@@ -12,9 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from flexforge import models
 from flexforge.errors import ProviderError
-from flexforge.manifest import BUILTIN_DEFAULTS
-from flexforge.models import FLEX_ONLY, MAX_REFERENCES
 from flexforge.request import ImageRequest
 
 # Reference slots in the order the prompt calls them ("image 1", "image 2", ...).
@@ -28,9 +27,16 @@ FAILED = ("Error", "Failed")
 NOT_FOUND = "Task not found"
 
 
+def route(model: str) -> str:
+    """The path segment a submission for `model` goes to."""
+    spec = models.MODELS.get(model)
+    return spec.route if spec is not None else model
+
+
 def build_body(request: ImageRequest) -> dict[str, Any]:
     """The JSON body of a submission; reads each reference file once."""
-    limit = MAX_REFERENCES.get(request.model, len(REFERENCE_FIELDS))
+    spec = models.MODELS.get(request.model)
+    limit = spec.max_references if spec is not None else len(REFERENCE_FIELDS)
     if len(request.references) > limit:
         raise ProviderError(
             f"{request.model} accepts at most {limit} references, "
@@ -44,12 +50,17 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
         "safety_tolerance": request.safety_tolerance,
         "output_format": request.output_format,
     }
-    if request.is_flex:
-        # Always explicit, never the API's defaults: its prompt_upsampling defaults to true and
-        # would rewrite the prompt.
-        for name in FLEX_ONLY:
+    if spec is not None and spec.flex_knobs:
+        for name in models.FLEX_KNOBS:
             value = getattr(request, name)
-            body[name] = BUILTIN_DEFAULTS[name] if value is None else value
+            body[name] = models.DEFAULTS[name] if value is None else value
+    # Always explicit where the model has a switch: the API's default is to rewrite the prompt
+    # with an LLM (flex: prompt_upsampling true; pro and max: disable_pup false).
+    upsample = bool(request.prompt_upsampling)
+    if spec is not None and spec.upsampling == "prompt_upsampling":
+        body["prompt_upsampling"] = upsample
+    elif spec is not None and spec.upsampling == "disable_pup" and not upsample:
+        body["disable_pup"] = True
     for field, ref in zip(REFERENCE_FIELDS, request.references, strict=False):
         body[field] = base64.b64encode(ref.path.read_bytes()).decode("ascii")
     return body

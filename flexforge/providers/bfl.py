@@ -15,8 +15,21 @@ EMULATOR_KEY_ENV = "FLEXFORGE_EMULATOR_KEY"
 EMULATOR_DUMMY_KEY = "emulator"
 
 # Polling URLs name a cluster (https://api.eu2.bfl.ai/...): anywhere under bfl.ai over https.
-BFL = Dialect(service="BFL", key_env=KEY_ENV, route_prefix="/v1", bearer=False, domains=("bfl.ai",))
-EMULATOR = Dialect(service="the emulator", key_env=EMULATOR_KEY_ENV, route_prefix="/v1", bearer=False)
+BFL = Dialect(
+    service="BFL",
+    key_env=KEY_ENV,
+    route_prefix="/v1",
+    bearer=False,
+    domains=("bfl.ai",),
+    credits_path="/v1/credits",
+)
+EMULATOR = Dialect(
+    service="the emulator",
+    key_env=EMULATOR_KEY_ENV,
+    route_prefix="/v1",
+    bearer=False,
+    credits_path="/v1/credits",
+)
 
 
 class BflProvider(FluxHttpProvider):

@@ -9,7 +9,11 @@ from flexforge.providers._http import Dialect, FluxHttpProvider, HttpSettings, k
 DEFAULT_BASE = "https://api.cometapi.com"
 KEY_ENV = "COMETAPI_KEY"
 
-COMETAPI = Dialect(service="CometAPI", key_env=KEY_ENV, route_prefix="/flux/v1", bearer=True)
+# Every CometAPI example polls its own /flux/v1/get_result, never a polling_url (which may name a
+# BFL host). Its docs give no balance endpoint for the FLUX API: the credit check says so.
+COMETAPI = Dialect(
+    service="CometAPI", key_env=KEY_ENV, route_prefix="/flux/v1", bearer=True, own_results=True
+)
 
 
 class CometApiProvider(FluxHttpProvider):

@@ -40,7 +40,7 @@ def test_json_config_files_work_too(tmp_path: Path) -> None:
     ("knobs", "message"),
     [
         ({"latencyy": 1}, "unknown knob 'latencyy'"),
-        ({"faults": {"submit:418": 0.1}}, "submit faults are 429, 500, 503, drop"),
+        ({"faults": {"submit:418": 0.1}}, "submit faults are 429, 500, 502, 503, 504, drop"),
         ({"faults": {"upload:500": 0.1}}, "phase must be one of"),
         ({"faults": {"poll:500": 1.5}}, "not between 0 and 1"),
         ({"faults": {"poll:500": 0.6, "poll:503": 0.6}}, "add up to 1.2"),

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from flexforge.emulator.testing import RunningEmulator
+from flexforge.emulator.validation import UPSAMPLED_SUFFIX
 from flexforge.pricing import estimate_usd
 from tests.support.emulator import SECRET, EmulatorFactory, http
 
@@ -54,7 +55,8 @@ def test_tasks_are_pending_with_progress_then_ready(emulator_factory: EmulatorFa
     assert first["progress"] == 1.0
     result = final["result"]
     assert set(result) >= {"sample", "prompt", "seed", "start_time", "end_time", "duration"}
-    assert result["seed"] == 3 and result["prompt"] == "a red bicycle"
+    # flex's prompt_upsampling defaults to true: the prompt came back rewritten
+    assert result["seed"] == 3 and result["prompt"] == f"a red bicycle {UPSAMPLED_SUFFIX}"
     assert result["duration"] == pytest.approx(0.3, abs=0.01)
 
 

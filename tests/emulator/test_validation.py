@@ -108,3 +108,20 @@ def test_auto_size_follows_the_first_input_image(emulator: RunningEmulator) -> N
 
     assert answer["output_mp"] == pytest.approx(192 * 112 / 1e6, abs=1e-4)
     assert answer["input_mp"] == pytest.approx(200 * 120 / 1e6, abs=1e-4)
+
+
+@pytest.mark.parametrize("field", ["prompt_upsampling", "disable_pup"])
+@pytest.mark.parametrize("model", ["flux-2-klein-4b", "flux-2-klein-9b-preview"])
+def test_klein_refuses_either_upsampling_switch(emulator: RunningEmulator, model: str, field: str) -> None:
+    response = post(emulator, {**BODY, field: False}, model=model)
+
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert (error["loc"], error["type"]) == (["body", field], "extra_forbidden")
+
+
+def test_disable_pup_must_be_a_boolean_on_pro_and_max(emulator: RunningEmulator) -> None:
+    for model in ("flux-2-pro", "flux-2-max", "flux-2-pro-preview"):
+        response = post(emulator, {**BODY, "disable_pup": "yes"}, model=model)
+        assert response.status_code == 422, model
+        assert response.json()["detail"][0]["loc"] == ["body", "disable_pup"]

@@ -82,7 +82,7 @@ def test_flex_knobs_left_unset_are_still_sent_explicitly(emulator: RunningEmulat
     assert (body["steps"], body["guidance"], body["prompt_upsampling"]) == (50, 4.5, False)
 
 
-def test_pro_never_gets_flex_knobs(emulator: RunningEmulator) -> None:
+def test_pro_never_gets_flex_knobs_and_is_told_not_to_rewrite_the_prompt(emulator: RunningEmulator) -> None:
     generate(
         bfl(emulator), image_request(model="flux-2-pro", output_format="jpeg", safety_tolerance=4, seed=7)
     )
@@ -96,6 +96,7 @@ def test_pro_never_gets_flex_knobs(emulator: RunningEmulator) -> None:
         "seed": 7,
         "safety_tolerance": 4,
         "output_format": "jpeg",
+        "disable_pup": True,
     }
     assert emulator.stats()["ignored_fields"] == {}
 
@@ -155,6 +156,7 @@ def test_cometapi_uses_its_route_and_a_bearer_key(emulator: RunningEmulator) -> 
         "seed": 42,
         "safety_tolerance": 2,
         "output_format": "png",
+        "disable_pup": True,
     }
     headers = record["headers"]
     assert isinstance(headers, dict)
@@ -175,3 +177,72 @@ def test_polls_follow_the_returned_polling_url_even_on_another_port(
     assert polling_url.startswith("http://127.0.0.1:")
     assert not polling_url.startswith(emu.url)  # another port
     assert f"/cluster-eu2/v1/get_result?id={task_id}" in polling_url
+
+
+# What each model's body carries beyond the common fields, written out by hand from
+# ../shared/reference/bfl-api.md rather than derived from flexforge/models.py.
+MODEL_FIELDS: dict[tuple[str, bool], dict[str, object]] = {
+    ("flux-2-flex", False): {"steps": 28, "guidance": 4.5, "prompt_upsampling": False},
+    ("flux-2-flex", True): {"steps": 28, "guidance": 4.5, "prompt_upsampling": True},
+    ("flux-2-pro", False): {"disable_pup": True},
+    ("flux-2-pro", True): {},
+    ("flux-2-max", False): {"disable_pup": True},
+    ("flux-2-max", True): {},
+    ("flux-2-pro-preview", False): {"disable_pup": True},
+    ("flux-2-pro-preview", True): {},
+    ("flux-2-klein-4b", False): {},
+    ("flux-2-klein-4b", True): {},
+    ("flux-2-klein-9b", False): {},
+    ("flux-2-klein-9b", True): {},
+    ("flux-2-klein-9b-preview", False): {},
+    ("flux-2-klein-9b-preview", True): {},
+}
+
+
+@pytest.mark.parametrize(("model", "upsampling"), sorted(MODEL_FIELDS))
+def test_every_model_gets_its_exact_body_with_upsampling_on_and_off(
+    emulator: RunningEmulator, model: str, upsampling: bool
+) -> None:
+    request = image_request(model=model, prompt_upsampling=upsampling, steps=28, guidance=4.5)
+
+    image = generate(bfl(emulator), request)
+
+    record = only_submission(emulator)
+    assert record["path"] == f"/v1/{model}"
+    assert record["status"] == 200
+    assert record["body"] == {
+        "prompt": PROMPT,
+        "width": 128,
+        "height": 96,
+        "seed": 42,
+        "safety_tolerance": 2,
+        "output_format": "png",
+        **MODEL_FIELDS[model, upsampling],
+    }
+    assert emulator.stats()["ignored_fields"] == {}
+    # The API reports the prompt it followed: rewritten only where upsampling is on and the
+    # model has it (klein has no upsampling at all).
+    rewritten = upsampling and "klein" not in model
+    assert image.prompt is not None
+    assert (image.prompt != PROMPT) == rewritten
+    assert image.prompt.startswith(PROMPT)
+
+
+def test_pro_rewrites_the_prompt_when_nothing_says_otherwise(emulator: RunningEmulator) -> None:
+    # What flexforge used to send: no disable_pup. The emulator, like the live API, rewrites.
+    import time
+
+    import httpx
+
+    answer = httpx.post(
+        f"{emulator.url}/v1/flux-2-pro",
+        json={"prompt": PROMPT, "width": 128, "height": 96, "output_format": "png"},
+        headers={"x-key": SECRET},
+    ).json()
+    image = generate(bfl(emulator), image_request(model="flux-2-pro"))
+    polled = httpx.get(answer["polling_url"], headers={"x-key": SECRET})
+    while polled.json()["status"] == "Pending":
+        time.sleep(0.01)
+        polled = httpx.get(answer["polling_url"], headers={"x-key": SECRET})
+    assert polled.json()["result"]["prompt"] != PROMPT
+    assert image.prompt == PROMPT  # disable_pup: true kept it

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from flexforge.emulator.testing import RunningEmulator
 from flexforge.imaging import verify_image
 from flexforge.providers import GeneratedImage, JournalEntry
@@ -122,3 +124,21 @@ def test_cometapi_resumes_a_journaled_task(emulator: RunningEmulator) -> None:
 
     assert image.task_id == task_id
     assert emulator.stats()["submissions"] == 1
+
+
+@pytest.mark.parametrize("upstream", ["https://api.eu2.bfl.ai", "http://localhost:9"])
+def test_cometapi_never_follows_a_polling_url_to_another_host(
+    emulator_factory: EmulatorFactory, upstream: str
+) -> None:
+    # A reseller passing BFL's polling_url through: the Comet key must not go there (BFL would
+    # answer 403 and the run would stop as "bad key"); CometAPI's own get_result knows the task.
+    emu = emulator_factory(comet_upstream_url=upstream)
+    task = RecordingTask()
+
+    image = generate(comet(emu), image_request(model="flux-2-pro"), task)
+
+    verify_image(image.data, 128, 96, "png")
+    ((task_id, polling_url, _),) = task.submissions
+    assert polling_url == f"{emu.url}/flux/v1/get_result?id={task_id}"
+    assert any("polling URL on another host" in line for line in task.logs)
+    assert emu.stats()["submissions"] == 1

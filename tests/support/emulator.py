@@ -17,12 +17,13 @@ import httpx
 import pytest
 from PIL import Image
 
+from flexforge import models
 from flexforge.emulator.testing import RunningEmulator, running_emulator
 from flexforge.providers import GeneratedImage, JournalEntry
 from flexforge.providers._http import FluxHttpProvider, HttpSettings
 from flexforge.providers.bfl import BflProvider
 from flexforge.providers.cometapi import CometApiProvider
-from flexforge.request import FLEX_MODEL, ImageRequest, ReferenceInput
+from flexforge.request import ImageRequest, ReferenceInput
 
 T = TypeVar("T")
 EmulatorFactory = Callable[..., RunningEmulator]
@@ -53,6 +54,8 @@ class RecordingTask:
         self.finished = 0
         self.logs: list[str] = []
         self.on_submit: Callable[[], None] | None = None
+        self.uncertain: list[str] = []  # submissions that may have been charged
+        self.allow_replay = True
 
     @property
     def resumable(self) -> JournalEntry | None:
@@ -71,6 +74,10 @@ class RecordingTask:
 
     def finished_task(self) -> None:
         self.finished += 1
+
+    def maybe_charged(self, reason: str, *, replay: bool) -> bool:
+        self.uncertain.append(reason)
+        return self.allow_replay
 
     def log(self, message: str) -> None:
         self.logs.append(message)
@@ -91,8 +98,8 @@ def image_request(**overrides: Any) -> ImageRequest:
         "prompt_upsampling": False,
     }
     fields.update(overrides)
-    if fields["model"] != FLEX_MODEL:  # as the manifest resolves them: no flex knobs elsewhere
-        for name in ("steps", "guidance", "prompt_upsampling"):
+    for name in ("steps", "guidance", "prompt_upsampling"):
+        if not models.takes(fields["model"], name):  # as the manifest resolves them
             fields[name] = overrides.get(name)
     return ImageRequest(**fields)
 
