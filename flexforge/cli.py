@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -13,13 +14,36 @@ import click
 
 from flexforge import __version__
 from flexforge.context import GlobalOptions
-from flexforge.errors import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, FlexforgeError, ManifestError
+from flexforge.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    FlexforgeError,
+    ManifestError,
+    UsageError,
+    clip,
+    printable,
+)
 from flexforge.providers import PROVIDERS
 from flexforge.signals import Interrupted, exit_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_SHOWN_ERRORS = 200
+# OS errors that say what is wrong with the machine or the checkout in their own words.
+_ENVIRONMENT = frozenset(
+    {
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+        errno.EISDIR,
+        errno.ENOTDIR,
+    }
+)
 PROVIDER_HELP = "Where images are made (default: $FLEXFORGE_PROVIDER, else bfl)."
 
 
@@ -121,6 +145,13 @@ def handle_errors(func: Callable[..., int]) -> Callable[..., None]:
             code = _reader_went_away()
         except (click.exceptions.Exit, click.ClickException):
             raise
+        except OSError as exc:
+            if exc.errno not in _ENVIRONMENT or opts.verbose >= 2:
+                raise
+            # The machine, not flexforge: a read-only checkout, a full disk, a path too long.
+            where = f"{clip(str(exc.filename), 120)}: " if exc.filename else ""
+            click.echo(printable(f"error: {where}{exc.strerror}"), err=True)
+            code = EXIT_ERROR
         except Exception as exc:
             if opts.verbose >= 2:
                 raise
@@ -175,6 +206,16 @@ def cli() -> None:
     """
     if os.environ.get("NO_COLOR"):
         click.get_current_context().ensure_object(GlobalOptions).color = False
+    # Folders every command may use: a bad one is said once, up front, not once per record.
+    from flexforge import knobs
+    from flexforge.paths import CACHE_DIR_ENV, DATA_DIR_ENV
+
+    try:
+        for name in (CACHE_DIR_ENV, DATA_DIR_ENV):
+            knobs.folder(name)
+    except UsageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
 
 
 @cli.command()

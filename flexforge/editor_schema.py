@@ -79,4 +79,4 @@ def render(draft: str = "2020-12") -> str:
     if draft not in DRAFTS:
         raise FlexforgeError(f"--draft {draft}: choose one of {', '.join(DRAFTS)}")
     schema = source() if draft == "2020-12" else draft07(source())
-    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(schema, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

@@ -25,6 +25,7 @@ from flexforge.lockfile import Lock, LockChangedError, LockEntry
 from flexforge.manifest import Asset
 from flexforge.options import BuildOptions, PlanOptions
 from flexforge.planner import (
+    BLOCKED,
     CONFLICT,
     DRIFTED,
     GENERATES,
@@ -361,6 +362,9 @@ class Builder:
         if step.action == NONE:
             self._record(Outcome(asset.id, UP_TO_DATE))
             return self._output(asset.id, step.output_sha256)
+        if step.action == BLOCKED:
+            self._fail(asset.id, step.reasons[0], fatal=False)
+            return None
         if step.action in HELD:
             self.held.add(asset.id)
             self._record(Outcome(asset.id, step.action, HELD_DETAIL[step.action].format(id=asset.id)))
@@ -576,8 +580,8 @@ class Builder:
         self._commit(replace(step, key=key, seed=seed, output_sha256=sha), sha, len(image.data), made)
         record.forget()
         if self.team is not None:
-            if shared is None:
-                await self.team.push(key.key, image.data, made)
+            if shared is None and await self.team.push(key.key, image.data, made):
+                await self.team.clear(claim)
             await self.team.release(key.key)
         return sha
 
@@ -690,14 +694,14 @@ class Builder:
         staged, self.staged = self.staged, {}
         replaced, self.replaced = self.replaced, {}
         try:
-            self._save_lock()
+            self._save_lock(sync_folder=False)
         except (LockChangedError, OSError) as exc:
             self._abandon(staged, replaced, str(exc) if isinstance(exc, LockChangedError) else _oserror(exc))
             return
         self.lock_saved_at = time.monotonic()
         # Renames only, back to back, so the gap between the lock and its files stays a few
-        # microseconds; each folder is made durable once afterwards.
-        folders, failed = set(), {}
+        # microseconds; each folder (the lock's too) is made durable once afterwards.
+        folders, failed = {self.lock.path.parent}, {}
         for asset_id, (temp, rel, _) in staged.items():
             path = self.plan.manifest.root / rel
             try:
@@ -721,14 +725,14 @@ class Builder:
             except (LockChangedError, OSError) as exc:
                 self.stop_reason = self.stop_reason or f"cannot write {self.lock.path.name}: {exc}"
 
-    def _save_lock(self) -> None:
+    def _save_lock(self, *, sync_folder: bool = True) -> None:
         if _stamp(self.plan.manifest.path) != self.manifest_stamp:
             raise LockChangedError(
                 f"{self.plan.manifest.label} changed on disk while this build ran (a `git checkout`?); "
                 f"{self.lock.path.name} was left as it is. Run `flexforge build` again: finished "
                 "images are cached"
             )
-        self.lock.save()
+        self.lock.save(sync_folder=sync_folder)
 
     def _abandon(
         self,

@@ -33,14 +33,15 @@ class Diagnostic:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}"
-        path, message = _clip(self.path, 120), _clip(self.message, 500)
+        where = f"{clip(self.file, 200)}:{self.line}:{self.col}"
+        path, message = clip(self.path, 120), clip(self.message, 500)
         text = f"{where}: {path}: {message}" if path else f"{where}: {message}"
         return printable(text)
 
 
-def _clip(text: str, limit: int) -> str:
-    # A hostile manifest can hold 100 KB keys; one error line must stay readable.
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters: a hostile manifest can hold 100 KB keys or paths longer
+    than PATH_MAX, and one error line must stay readable."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

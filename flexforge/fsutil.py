@@ -141,9 +141,9 @@ def open_regular(path: Path | str, *, follow: bool = False) -> int:
     return fd
 
 
-def read_regular(path: Path | str, limit: int) -> bytes:
+def read_regular(path: Path | str, limit: int, *, follow: bool = False) -> bytes:
     """The bytes of the plain file at `path`, at most `limit` of them (else FileTooLarge)."""
-    fd = open_regular(path)
+    fd = open_regular(path, follow=follow)
     try:
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)

@@ -61,7 +61,7 @@ def render(deps: Mapping[str, Iterable[str]], fmt: str, groups: Mapping[str, str
             doc["matrices"] = {
                 g: [n for n in deps if groups.get(n) == g] for g in dict.fromkeys(groups.values())
             }
-        return json.dumps(doc, indent=2)
+        return json.dumps(doc, indent=2, allow_nan=False)
     if fmt == "dot":
         lines = ["digraph flexforge {", "  rankdir=LR;"]
         for i, group in enumerate(dict.fromkeys(groups.values())):

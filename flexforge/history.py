@@ -152,7 +152,8 @@ class History:
         if self._cache is None:
             return
         with contextlib.suppress(OSError):  # a cache we cannot write is rebuilt next time
-            atomic_write(self._cache, json.dumps(doc, separators=(",", ":")).encode(), durable=False)
+            data = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+            atomic_write(self._cache, data, durable=False)
 
     def read(self, commit: str, out: str, size: int) -> bytes | None:
         """The bytes of `out` (project-relative) in `commit`, if they are `size` bytes long;

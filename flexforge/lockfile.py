@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flexforge.errors import FlexforgeError
-from flexforge.fsutil import atomic_write
+from flexforge.errors import FlexforgeError, printable
+from flexforge.fsutil import atomic_write, install, staging
 
 LOCK_NAME = "flexforge.lock"
 LOCK_VERSION = 1
@@ -61,7 +62,7 @@ class Lock:
         else:
             parts = [self._stanza(k) for k in sorted(self.entries)]
             stanzas = "{\n" + ",\n".join(parts) + "\n  }"
-        head = json.dumps(HEADER, ensure_ascii=False)
+        head = json.dumps(HEADER, ensure_ascii=False, allow_nan=False)
         return (
             f'{{\n  "_generated": {head},\n  "assets": {stanzas},\n  "version": {LOCK_VERSION}\n}}\n'.encode()
         )
@@ -80,12 +81,17 @@ class Lock:
             ensure_ascii=False,
             allow_nan=False,
         )
-        text = f"    {json.dumps(asset_id, ensure_ascii=False)}: " + body.replace("\n", "\n    ")
+        text = f"    {json.dumps(asset_id, ensure_ascii=False, allow_nan=False)}: " + body.replace(
+            "\n", "\n    "
+        )
         self._stanzas[asset_id] = (values, text)
         return text
 
-    def save(self) -> bool:
-        """Write the lock if its bytes would change; a no-op build leaves the file untouched."""
+    def save(self, *, sync_folder: bool = True) -> bool:
+        """Write the lock if its bytes would change; a no-op build leaves the file untouched.
+        Without `sync_folder` the bytes are fsynced but not the folder entry: the caller renames
+        outputs in right after, then fsyncs the folders (a folder fsync here, between the lock
+        and its files, took milliseconds a kill could land in)."""
         data = self.render()
         if data == self._on_disk:
             return False
@@ -95,7 +101,12 @@ class Lock:
                 f"{self.path.name} changed on disk while this build ran (a `git checkout`?); "
                 f"it was left as it is. Run `flexforge build` again: finished images are cached"
             )
-        atomic_write(self.path, data)
+        if sync_folder:
+            atomic_write(self.path, data)
+        else:
+            with staging(self.path) as (f, staged):
+                f.write(data)
+            install(staged, self.path, durable=False)
         self._on_disk = data
         self._stamp = _stamp(self.path)
         return True
@@ -104,13 +115,35 @@ class Lock:
 _FIELDS = tuple(LockEntry.__dataclass_fields__)
 
 
+# Far above any real lock (a 10,000-asset lock is about 10 MB); a link to /dev/zero stops here.
+MAX_LOCK_BYTES = 64 * 2**20
+MAX_SEED = 2**32 - 1
+MAX_SIZE = 2**40  # bytes of one image: no real one comes near
+MAX_TEXT = 4096  # characters of one string in an entry (a path, a model, a task id)
+
+
+class _Bad(ValueError):
+    """What is wrong with a lock, said for users."""
+
+
 def read_lock(path: Path) -> Lock:
-    """The lock next to the manifest; a missing file is an empty lock."""
+    """The lock next to the manifest; a missing file is an empty lock. Anything else that is not
+    a lock flexforge wrote (any JSON shape, a FIFO, a folder, a link, a huge file) is one clear
+    error naming the file and the fix, never a hang or a crash."""
+    from flexforge.fsutil import FileTooLarge, NotRegularFile, read_regular
+
     label = path.name
+    fix = f"restore it with `git checkout {label}`, or delete it to rebuild from the cache"
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, MAX_LOCK_BYTES)
     except FileNotFoundError:
         return Lock(path)  # _stamp None: the lock must still be absent when first written
+    except NotRegularFile as exc:
+        raise FlexforgeError(f"{label}: {exc.strerror}; flexforge's lock is a plain file: {fix}") from None
+    except FileTooLarge:
+        raise FlexforgeError(
+            f"{label}: larger than {MAX_LOCK_BYTES // 2**20} MiB, so not a lock flexforge wrote: {fix}"
+        ) from None
     except OSError as exc:
         raise FlexforgeError(
             f"cannot read {label}: {exc.strerror}; it should be flexforge's lock file"
@@ -130,23 +163,58 @@ def parse_lock(path: Path, raw: bytes, label: str, fix: str | None = None) -> Lo
         entries = parse_entries(raw)
     except ValueError as exc:
         fix = fix or f"restore it with `git checkout {label}`, or delete it to rebuild from the cache"
-        raise FlexforgeError(f"{label} is not a valid flexforge lock ({exc}); {fix}") from None
+        raise FlexforgeError(printable(f"{label}: not a valid flexforge lock: {exc}; {fix}")) from None
     return Lock(path, entries, raw, _stamp(path))
 
 
 def parse_entries(raw: bytes) -> dict[str, LockEntry]:
     """The stanzas of a lock's bytes (this checkout's, or an old one from git history); any
-    malformation is a ValueError."""
+    malformation is a ValueError saying what is wrong, for users."""
     try:
-        doc = json.loads(raw)
-        if doc.get("version") != LOCK_VERSION:
-            raise ValueError(f"unsupported lock version {doc.get('version')!r}")
-        return {name: _entry(name, body) for name, body in doc["assets"].items()}
-    except (KeyError, TypeError, AttributeError, RecursionError) as exc:
-        raise ValueError(str(exc) or type(exc).__name__) from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Bad(f"not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise _Bad("nested too deeply") from None
+    except ValueError as exc:  # not JSON, or an integer too long to convert
+        if "integer string conversion" in str(exc):
+            raise _Bad("a number thousands of digits long") from None
+        raise _Bad(_clip(str(exc), 160)) from None
+    if not isinstance(doc, dict):
+        raise _Bad(f"a JSON {_kind(doc)}, not an object")
+    version = doc.get("version")
+    if type(version) is not int or version != LOCK_VERSION:
+        raise _Bad(f"unsupported lock version {_shown(version)}")
+    assets = doc.get("assets")
+    if not isinstance(assets, dict):
+        raise _Bad(f"'assets' is {'missing' if assets is None else 'a JSON ' + _kind(assets)}, not an object")
+    return {name: _entry(name, body) for name, body in assets.items()}
+
+
+def _no_constant(name: str) -> Any:
+    raise _Bad(f"{name} is not a number JSON allows")
+
+
+def _kind(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: object) -> str:
+    """A value from the file for a message: short, and never a huge or nested structure."""
+    if isinstance(value, dict | list):
+        return f"a JSON {_kind(value)}"
+    return _clip(repr(value), 60)
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _TYPES: dict[str, tuple[type, ...]] = {
     "key": (str,),
     "parts": (dict,),
@@ -162,23 +230,37 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _entry(name: str, body: dict[str, Any]) -> LockEntry:
+def _entry(name: str, body: Any) -> LockEntry:
     """One stanza, checked as strictly as schemas/lock-v1.schema.json (without loading jsonschema,
-    which would cost a no-op build more than everything else it does)."""
+    which would cost a no-op build more than everything else it does), and a little more: every
+    value fits what flexforge writes (finite numbers in range, printable text)."""
+    if not _NAME.match(name):
+        raise _Bad(f"asset name {_shown(name)} is not an asset id")
+    where = f"assets.{_clip(name, 60)}"
+    if not isinstance(body, dict):
+        raise _Bad(f"{where} is a JSON {_kind(body)}, not an object")
     values: dict[str, Any] = {}
     for attr, types in _TYPES.items():
         value = body.get(attr)
         if attr not in body and type(None) not in types:
-            raise ValueError(f"assets.{name}.{attr} is missing")
+            raise _Bad(f"{where}.{attr} is missing")
         if not isinstance(value, types) or isinstance(value, bool):
-            raise ValueError(f"assets.{name}.{attr}: {value!r} is not a {types[0].__name__}")
+            raise _Bad(f"{where}.{attr}: {_shown(value)} is not a {_kind(types[0]())}")
+        if isinstance(value, str) and (len(value) > MAX_TEXT or not value.isprintable()):
+            raise _Bad(f"{where}.{attr} is not short printable text")
         values[attr] = value
     if not (_HEX64.match(values["key"]) and _HEX64.match(values["sha256"])):
-        raise ValueError(f"assets.{name}: key and sha256 must be 64 hex digits")
-    if (
-        values["seed"] < 0
-        or values["size"] < 0
-        or not all(isinstance(v, str) for v in values["parts"].values())
+        raise _Bad(f"{where}: key and sha256 must be 64 hex digits")
+    parts = values["parts"]
+    if len(parts) > 64 or not all(
+        isinstance(v, str) and len(v) <= MAX_TEXT and len(k) <= MAX_TEXT for k, v in parts.items()
     ):
-        raise ValueError(f"assets.{name}: seed, size or parts out of range")
+        raise _Bad(f"{where}.parts must map a few names to short text")
+    if not 0 <= values["seed"] <= MAX_SEED:
+        raise _Bad(f"{where}.seed {_shown(values['seed'])} is not from 0 to {MAX_SEED}")
+    if not 0 <= values["size"] <= MAX_SIZE:
+        raise _Bad(f"{where}.size {_shown(values['size'])} is out of range")
+    cost = values["cost_usd"]
+    if cost is not None and not (math.isfinite(cost) and 0 <= cost <= MAX_SIZE):
+        raise _Bad(f"{where}.cost_usd {_shown(cost)} is not an amount of money")
     return LockEntry(**values)

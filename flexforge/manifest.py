@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -16,7 +17,7 @@ from typing import Any
 
 from flexforge import models
 from flexforge.confine import Resolver, extension_problem, output_problem, private_part
-from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageError
+from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageError, clip
 from flexforge.imaging import EXTENSIONS
 from flexforge.models import FLEX_MODEL
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
@@ -106,6 +107,28 @@ class Manifest:
             raise UsageError(f"{where}unknown {noun} {', '.join(unknown)}: not in {self.label}")
 
 
+# Outputs are committed and checked out everywhere: a path must fit the tightest common limits
+# (255 bytes a name on every file system; 1024 bytes, macOS's PATH_MAX, for the whole path).
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 1024
+
+
+def path_length_problem(rel: str) -> str | None:
+    """Why a relative path is too long for the file systems a repository is checked out on."""
+    encoded = rel.encode("utf-8", "surrogatepass")
+    if len(encoded) > MAX_PATH_BYTES:
+        return f"is {len(encoded)} bytes long; paths may be at most {MAX_PATH_BYTES}"
+    longest = max((len(part.encode("utf-8", "surrogatepass")) for part in rel.split("/")), default=0)
+    if longest > MAX_NAME_BYTES:
+        return f"has a name of {longest} bytes; file systems allow at most {MAX_NAME_BYTES}"
+    return None
+
+
+def _folded(rel: str) -> str:
+    """`rel` as a case-insensitive, normalising file system (APFS, NTFS) tells names apart."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", rel).casefold())
+
+
 def display_path(path: Path, base: Path | None = None) -> str:
     """A path as users typed it: relative to where they run (or -C) when inside it."""
     base = base or Path.cwd()
@@ -131,11 +154,19 @@ def load_manifest(path: Path, label: str | None = None) -> Manifest:
     A manifest whose bytes were validated before comes from the user's cache instead: parsing
     YAML and running the schema dominate a no-op build, and only its reference files can change
     under an unchanged manifest, so those are checked again."""
+    from flexforge.fsutil import FileTooLarge, read_regular
+    from flexforge.yamlsource import MAX_BYTES
+
     label = label or display_path(path)
     try:
-        raw = path.read_bytes()
+        # A plain file only (through a link, which -f may name): a FIFO must not hang the
+        # command, nor a link to /dev/zero fill its memory.
+        raw = read_regular(path, MAX_BYTES, follow=True)
     except FileNotFoundError:
         raise FlexforgeError(f"no manifest at {label}; run `flexforge init` or pass -f FILE") from None
+    except FileTooLarge:
+        message = f"larger than {MAX_BYTES // 2**20} MiB"
+        raise ManifestError([Diagnostic(label, 1, 1, "", message)]) from None
     except OSError as exc:
         raise ManifestError([Diagnostic(label, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
     fingerprint = _fingerprint(raw)
@@ -452,7 +483,7 @@ class _Checker:
         structured = None
         if isinstance(prompt_raw, dict):
             structured = self._substitute_tree(prompt_raw, variables, (*here, "prompt"))
-            prompt = json.dumps(structured, ensure_ascii=False)
+            prompt = json.dumps(structured, ensure_ascii=False, allow_nan=False)
         else:
             prompt = self._substitute(prompt_raw, variables, (*here, "prompt"))
         references = tuple(raw.get("references") or ())
@@ -676,6 +707,10 @@ class _Checker:
         if "\0" in rel:
             self.error(path, f"{what} {rel!r} contains a NUL character")
             return None
+        too_long = path_length_problem(rel)
+        if too_long is not None:
+            self.error(path, f"{what} {clip(rel, 60)!r} {too_long}")
+            return None
         if "\\" in rel:
             self.error(path, f"{what} {rel!r}: use '/' as the path separator")
             return None
@@ -720,10 +755,23 @@ class _Checker:
 
     def _outputs(self, assets: dict[str, Asset]) -> None:
         owners: dict[str, str] = {}
+        folded: dict[str, Asset] = {}
         for asset in assets.values():
             other = owners.setdefault(asset.out, asset.id)
             if other != asset.id:
                 self.error(("assets", asset.id, "out"), f"{other!r} already writes {asset.out!r}")
+                continue
+            twin = folded.setdefault(_folded(asset.out), asset)
+            if twin is not asset:
+                # Spelled alike but for normalisation (é, e + U+0301): show the code points.
+                alike = unicodedata.normalize("NFC", asset.out) == unicodedata.normalize("NFC", twin.out)
+                shown = ascii if alike else repr
+                self.error(
+                    ("assets", asset.id, "out"),
+                    f"{shown(clip(asset.out, 120))} and {shown(clip(twin.out, 120))} (asset {twin.id!r}) "
+                    "differ only by letter case or Unicode normalisation: on macOS and Windows they are "
+                    "one file; rename one",
+                )
         for out, (name, other_id) in _sibling_outputs(self.path).items():
             if out in owners:
                 asset_id = owners[out]

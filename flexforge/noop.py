@@ -15,9 +15,11 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import sys
 from typing import Any
 
+from flexforge.errors import FlexforgeError
 from flexforge.paths import lock_path_for, manifest_cache_file
 
 MEMO_VERSION = 3
@@ -48,11 +50,24 @@ def racy(stamp: list[int], recorded_at: int) -> bool:
 
 
 def _digest(path: str) -> str | None:
+    """sha256 of a plain file; None for anything else (a FIFO must not hang the fast path)."""
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_DIGESTED:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return hashlib.sha256(f.read(_MAX_DIGESTED + 1)).hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+_MAX_DIGESTED = 64 * 2**20  # the lock's and manifest's own caps are lower
 
 
 def record(
@@ -141,8 +156,8 @@ def answer(argv: list[str]) -> int | None:
             written = os.fstat(f.fileno()).st_mtime_ns
             memo = json.loads(f.read())
         return _check(memo, written, command, manifest, provider, quiet)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        return None  # no memo, or one damaged: the full command answers
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError, FlexforgeError):
+        return None  # no memo, one damaged, or a bad knob: the full command answers (and says so)
 
 
 def _check(

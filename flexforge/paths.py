@@ -16,6 +16,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from flexforge import knobs
+
 if TYPE_CHECKING:  # pathlib costs the no-op path an import it otherwise never makes
     from pathlib import Path
 
@@ -39,8 +41,8 @@ def _xdg(variable: str, fallback: str) -> str:
 
 def user_cache_root() -> str:
     """flexforge's folder in the user's cache: $FLEXFORGE_CACHE_DIR, else platformdirs' choice."""
-    override = os.environ.get(CACHE_DIR_ENV, "")
-    if override:
+    override = knobs.folder(CACHE_DIR_ENV)
+    if override is not None:
         return override
     if sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
         # platformdirs' own rule on these systems, spelled out: importing it costs a no-op build
@@ -54,8 +56,8 @@ def user_cache_root() -> str:
 def user_data_root() -> str:
     """flexforge's folder in the user's data: $FLEXFORGE_DATA_DIR, else platformdirs' choice.
     Holds the machine key; unlike the cache, losing it makes this machine's records untrusted."""
-    override = os.environ.get(DATA_DIR_ENV, "")
-    if override:
+    override = knobs.folder(DATA_DIR_ENV)
+    if override is not None:
         return override
     import platformdirs
 

@@ -3,6 +3,8 @@ none — and why: the one place plan, build, accept and explain ask."""
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,9 @@ from flexforge.store import Store
 
 CREATE, REGENERATE, RESTORE, RENAME = "create", "regenerate", "restore", "rename"
 DRIFTED, CONFLICT, NONE = "drifted", "conflict", "none"
+# The output path holds something flexforge cannot read or replace (a folder, a FIFO, a file it
+# may not read): nothing is done for the asset, and the reason says what to move away.
+BLOCKED = "blocked"
 GENERATES = (CREATE, REGENERATE)
 RESTORES = (RESTORE, RENAME)
 RESUME = "resume: already paid"  # a reason: the journaled task is polled, not submitted again
@@ -225,6 +230,9 @@ def decide(
         renamed, seed = _rename_of(asset, facts, known)
     key = content_key(asset, generator, seed, known) if seed is not None and complete else None
     base: dict[str, Any] = {"asset": asset, "seed": seed, "key": key, "reference_digests": digests}
+    unusable = _unusable(facts.store, asset.out, current)
+    if unusable is not None:
+        return Step(action=BLOCKED, reasons=[unusable], **{**base, "key": None})
     if asset.id in facts.options.replace:
         return Step(action=REGENERATE, reasons=["replace"], **base)
     if key is None:
@@ -296,6 +304,35 @@ def _rename_of(asset: Asset, facts: Facts, digests: list[str]) -> tuple[str | No
         if content_key(asset, generator, orphan.seed, digests).key == orphan.key:
             return old_id, orphan.seed
     return None, None
+
+
+def _unusable(store: Store, rel: str, current: Current) -> str | None:
+    """Why the output path cannot be read or replaced (a folder, a FIFO, a file this user may not
+    read), or None; stats the path only when something is there."""
+    if not current.exists:
+        return None
+    path = store.root / rel
+    if current.size == -1:
+        from flexforge.fsutil import open_regular
+
+        try:
+            os.close(open_regular(path, follow=True))
+        except OSError as exc:
+            return unusable_output(rel, exc)
+    elif not os.access(path, os.R_OK):
+        return unusable_output(rel, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+    return None
+
+
+def unusable_output(out: str, exc: OSError) -> str:
+    """Why the file at `out` cannot be read or replaced, and what to do, in one line."""
+    from flexforge.errors import clip
+
+    shown = clip(out, 120)
+    reason = exc.strerror or type(exc).__name__
+    if reason.startswith("is "):  # fsutil.NotRegularFile: "is a folder, not a file"
+        return f"{shown} {reason}; move it away so flexforge can write the image there"
+    return f"cannot read {shown} ({reason}); fix its permissions or move it away"
 
 
 def _seedless(parts: dict[str, str]) -> tuple[tuple[str, str], ...]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from flexforge.errors import FlexforgeError
+from flexforge.errors import FlexforgeError, UsageError
 from flexforge.settings import RemoteSetting
 from flexforge.store import KeyRecord
 
@@ -528,16 +528,12 @@ def read_only_from_env(configured: bool) -> bool:
 
 def env_seconds(name: str, default: float, low: float, high: float) -> float:
     """A duration knob from the environment, refused (one line, naming it) when not in range."""
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
+    from flexforge import knobs
+
     try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not (low <= value <= high):
-        raise RemoteError(f"{name}={raw!r}: give seconds between {low:g} and {high:g}")
-    return value
+        return knobs.seconds(name, default, low=low, high=high)
+    except UsageError as exc:
+        raise RemoteError(str(exc)) from None
 
 
 def lease_ttl() -> float:

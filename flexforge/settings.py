@@ -11,8 +11,6 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from flexforge.errors import UsageError
-
 PROVIDER_ENV = "FLEXFORGE_PROVIDER"
 JOBS_ENV = "FLEXFORGE_JOBS"
 MAX_COST_ENV = "FLEXFORGE_MAX_COST"
@@ -121,14 +119,6 @@ def _budget(committed: float | None, flag: float | None, env: float | None) -> f
 
 
 def _env_number(name: str, kind: type[int] | type[float], *, minimum: float) -> Any:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = None
-    if value is None or value != value or value in (float("inf"), float("-inf")) or value < minimum:
-        what = "a whole number" if kind is int else "a number"
-        raise UsageError(f"{name}={raw!r} is not {what} >= {minimum:g}; fix it or unset it")
-    return value
+    from flexforge import knobs
+
+    return knobs.number(name, kind, minimum=minimum)

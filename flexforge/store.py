@@ -303,7 +303,7 @@ class Store:
 
     def save(self) -> None:
         if self._stats_dirty and self._stats is not None:
-            data = json.dumps(self._stats, separators=(",", ":"), sort_keys=True).encode()
+            data = json.dumps(self._stats, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
             try:
                 self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 atomic_write(self.cache_dir / STAT_CACHE, data, durable=False)

@@ -7,6 +7,7 @@ ourselves instead of calling `yaml.safe_load`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +72,21 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         self._spend(len(node.value))
-        return self.scalars.construct_object(node)
+        return self._scalar(node, path)
+
+    def _scalar(self, node: yaml.Node, path: Path_) -> Any:
+        """A scalar, refusing numbers no JSON (the lock, the content key, the API) can carry:
+        .nan, .inf, 1.0e400, and integers longer than Python converts (4300 digits)."""
+        try:
+            value = self.scalars.construct_object(node)
+        except ValueError:
+            self._problem(node, path, "a number too long to use; write a smaller one")
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            shown = str(node.value)[:40]
+            self._problem(node, path, f"{shown} is not a finite number; write a number, or quote it as text")
+            return None
+        return value
 
     def _spend(self, chars: int) -> None:
         self.text_left -= chars

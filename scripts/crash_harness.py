@@ -89,7 +89,7 @@ RESUME_FAILED = "build after the kills did not succeed"
 NOT_CONVERGED = "plan not clean after the final build"
 UNEXPLAINED_DUPLICATES = "emulator duplicates beyond the submit->journal window"
 KEY_LEAKED = "API key found in a project file"
-NO_EXIT = "interrupted build did not exit 130 promptly"
+NO_EXIT = "interrupted build did not exit 128+N promptly"
 WINDOW_ON_SIGNAL = "a submission lost to SIGINT/SIGTERM (not journaled)"
 VIOLATION_KINDS = (
     LOCK_INVALID,
@@ -441,10 +441,11 @@ class Harness:
             proc.wait()
         if sig != signal.SIGKILL and proc.returncode == 0:
             return None  # it finished as the signal came: not an interrupted build
-        # 130: flexforge stopped cleanly. -SIG: the signal came before Python could handle it
-        # (during start-up), which a shell reports as 128+SIG too; 1: an asset had failed.
-        if sig != signal.SIGKILL and proc.returncode not in (130, 1, -sig):
-            self.report.violation(NO_EXIT, -1, f"exit {proc.returncode} after {sig.name}, not 130")
+        # 128+SIG: flexforge stopped cleanly (130 for SIGINT, 143 for SIGTERM). -SIG: the signal
+        # came before Python could handle it (during start-up), which a shell reports as 128+SIG
+        # too; 1: an asset had failed.
+        if sig != signal.SIGKILL and proc.returncode not in (128 + sig, 1, -sig):
+            self.report.violation(NO_EXIT, -1, f"exit {proc.returncode} after {sig.name}, not {128 + sig}")
         return trigger
 
     # -- one trial ------------------------------------------------------------------------------
@@ -746,7 +747,18 @@ def run(argv: list[str] | None = None) -> Report:
     return report
 
 
+def _unignore_stop_signals() -> None:
+    """Started as a script's background job, this process inherits SIGINT and SIGQUIT ignored,
+    and so would every build it starts: flexforge keeps an inherited ignored signal ignored, and
+    the --signal INT trials would measure nothing. Builds start as from a terminal instead."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _unignore_stop_signals()
     report = run(argv)
     print(summary(report))
     return 1 if report.violations else 0

@@ -159,6 +159,7 @@ def main() -> int:
     args = parser.parse_args()
     totals: dict[str, dict[str, int]] = {}
     with running_s3() as s3, tempfile.TemporaryDirectory(prefix="flexforge-race-") as tmp:
+        os.environ.update(s3.env())  # this process looks at the remote too
         for backend in args.backend.split(","):
             total = {
                 "races": 0,

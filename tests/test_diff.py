@@ -184,7 +184,7 @@ def test_bad_lock_at_a_revision_names_it(kit: Project) -> None:
     git(kit.root, "checkout", "-q", "HEAD~1", "--", "flexforge.lock")
     result = kit.run("diff", bad)
     assert result.exit_code == 1
-    assert f"flexforge.lock at {bad} ({bad[:12]}) is not a valid flexforge lock" in result.stderr
+    assert f"flexforge.lock at {bad} ({bad[:12]}): not a valid flexforge lock" in result.stderr
     assert "diff cannot compare that revision" in result.stderr
 
 

@@ -213,7 +213,7 @@ def test_a_kill_between_output_and_lock_is_not_mistaken_for_a_hand_edit(
     assert project.build().exit_code == 0
     project.edit("first version", "second version")
     with monkeypatch.context() as patch:
-        patch.setattr(Lock, "save", lambda self: False)  # killed before the lock write
+        patch.setattr(Lock, "save", lambda self, **_: False)  # killed before the lock write
         assert project.build().exit_code == 0
     assert project.plan()["a"] != "drifted"
     result = project.build()

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 
 from tests.helpers import Project, png
 from tests.support.emulator import serve_builds
+from tests.support.spawn import run_flexforge, spawn_flexforge
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Mallory",
@@ -68,12 +68,7 @@ def clone(project: Project, tmp_path: Path) -> Project:
 
 def flexforge(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
     """A real process, the way CI runs it (so the no-op memo path is exercised too)."""
-    return subprocess.run(
-        [sys.executable, "-m", "flexforge", "-C", str(project.root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_flexforge("-C", str(project.root), *args, timeout=120)
 
 
 def test_committed_caches_never_decide_what_is_written(
@@ -250,12 +245,7 @@ def test_a_checkout_during_a_build_keeps_the_other_branchs_lock(
     """A `git checkout` during a build got the other branch's lock overwritten with this one's."""
     project.manifest(TWO_ASSETS)
     with serve_builds(monkeypatch, latency=1.0) as emu:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flexforge", "-C", str(project.root), "build", "--provider", "emulator"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = spawn_flexforge("-C", str(project.root), "build", "--provider", "emulator")
         deadline = time.monotonic() + 30
         while emu.stats()["submissions"] == 0 and time.monotonic() < deadline:
             time.sleep(0.02)  # until the build has read its lock and is waiting on the API

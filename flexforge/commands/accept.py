@@ -8,12 +8,15 @@ import secrets
 import click
 
 from flexforge.context import GlobalOptions, Project, choose_provider, open_project
-from flexforge.errors import EXIT_OK, FlexforgeError
+from flexforge.errors import EXIT_OK, FlexforgeError, clip
+from flexforge.fsutil import FileTooLarge, read_regular
 from flexforge.imaging import ImageCheckError, lfs_pointer, verify_image
 from flexforge.lockfile import LockEntry
 from flexforge.options import PlanOptions
-from flexforge.planner import NONE, Facts, Step, step_for
+from flexforge.planner import NONE, Facts, Step, step_for, unusable_output
 from flexforge.store import KeyRecord
+
+MAX_ACCEPTED_BYTES = 256 * 2**20  # a link to /dev/zero stops here
 
 
 def accept(opts: GlobalOptions, asset_id: str) -> int:
@@ -22,9 +25,14 @@ def accept(opts: GlobalOptions, asset_id: str) -> int:
     # The lock is read under the build lock: a build running now may be about to rewrite it.
     with project.store.build_lock():
         path = project.manifest.root / asset.out
-        if not path.is_file():
-            raise FlexforgeError(f"{asset.out} does not exist; nothing to accept")
-        data = path.read_bytes()
+        try:
+            data = read_regular(path, MAX_ACCEPTED_BYTES)
+        except FileNotFoundError:
+            raise FlexforgeError(f"{clip(asset.out, 120)} does not exist; nothing to accept") from None
+        except FileTooLarge:
+            raise FlexforgeError(f"{clip(asset.out, 120)} is larger than any image flexforge makes") from None
+        except OSError as exc:  # a folder, a FIFO, a file this user may not read
+            raise FlexforgeError(f"{asset_id}: {unusable_output(asset.out, exc)}") from None
         _check(data, project, asset_id)
         entry = project.lock.entries.get(asset_id)
         # The generator of the entry being replaced keys the adopted bytes; a new entry takes

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
+import errno
 import signal
 import time
 from typing import TYPE_CHECKING
 
 import click
 
+from flexforge import knobs
 from flexforge.commands.plan import compute_plan, print_plan
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_ERROR, EXIT_OK, FlexforgeError
@@ -44,14 +46,23 @@ def build(
     if dry_run:
         print_plan(compute_plan(project, plan_options, provider), opts)
         return EXIT_OK
-    wait = float(os.environ.get(LOCK_TIMEOUT_ENV, "300"))
+    wait = knobs.seconds(LOCK_TIMEOUT_ENV, 300.0)
 
     def waiting() -> None:
         click.echo(
             f"waiting for another flexforge build in this repo to finish (up to {wait:.0f} s)...", err=True
         )
 
-    with project.store.build_lock(wait=wait, on_wait=waiting):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(project.store.build_lock(wait=wait, on_wait=waiting))
+            read_only: OSError | None = None
+        except OSError as exc:
+            if exc.errno not in _READ_ONLY:
+                raise
+            # A read-only checkout: no build can write here, so none can race this one; a build
+            # with nothing to write (what --frozen checks) goes on without the lock.
+            read_only = exc
         # The lock is first read here, under the build lock: another build may just have written it.
         plan = compute_plan(project, plan_options, provider)
         options = flags.resolve(project.manifest.settings)
@@ -62,6 +73,12 @@ def build(
             if not opts.quiet:
                 click.echo(f"Up to date: {plural(len(plan.steps), 'asset')}.")
             return EXIT_OK
+        if read_only is not None:
+            raise FlexforgeError(
+                f"cannot write in {project.store.dir.name} ({read_only.strerror}): this checkout is "
+                "read-only, and the build has work to do; `flexforge plan` shows it, and "
+                "`flexforge build --frozen` checks a checkout without writing"
+            )
         return _execute(project, plan, plan_options, options, opts, frozen=frozen)
 
 
@@ -80,6 +97,10 @@ def _shard_options(project: Project, options: PlanOptions, shard: str, opts: Glo
         total = len(project.manifest.assets)
         click.echo(f"Shard {index}/{count}: {len(targets)} of {total} assets.", err=True)
     return dataclasses.replace(options, targets=targets)
+
+
+# What a read-only checkout (a read-only mount, files the user may not write) answers a write with.
+_READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def _check_budget(plan: Plan, options: BuildOptions) -> None:

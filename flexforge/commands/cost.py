@@ -47,7 +47,7 @@ def cost(opts: GlobalOptions, by: str, *, as_json: bool) -> int:
                 for g in GROUPS
             },
         }
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps(doc, indent=2, allow_nan=False))
         return EXIT_OK
     rows = spend(entries, by)
     width = max([len(by), *(len(k) for k, _, _ in rows)])

@@ -67,7 +67,7 @@ def diff(opts: GlobalOptions, revs: tuple[str, ...], html: Path | None, as_json:
             if not as_json and not opts.quiet:
                 click.echo(f"Diff page: {index.resolve().as_uri()}")
     if as_json:
-        click.echo(json.dumps(model.to_json(), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(model.to_json(), indent=2, ensure_ascii=False, allow_nan=False))
     else:
         print_diff(model, opts)
     return EXIT_OK

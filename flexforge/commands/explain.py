@@ -39,7 +39,7 @@ def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
         else ("pinned in the lock" if step.seed is not None else "drawn at build")
     )
     echo(f"  seed      {step.seed if step.seed is not None else '-'} ({seed_note})")
-    echo("  params    " + json.dumps(request_params(asset), sort_keys=True))
+    echo("  params    " + json.dumps(request_params(asset), sort_keys=True, allow_nan=False))
     echo("  prompt    " + asset.prompt)
     used = _api_prompt(project.store, step.key.key if step.key else None, entry.key if entry else None)
     if used is not None and used != asset.prompt:

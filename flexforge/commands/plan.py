@@ -10,9 +10,10 @@ import click
 
 from flexforge.context import GlobalOptions, Project, choose_provider, open_project
 from flexforge.credits import CreditCheck
-from flexforge.errors import EXIT_CHANGES, EXIT_OK
+from flexforge.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
 from flexforge.options import PlanOptions
 from flexforge.planner import (
+    BLOCKED,
     CONFLICT,
     CREATE,
     DRIFTED,
@@ -26,7 +27,16 @@ from flexforge.planner import (
 from flexforge.settings import PROVIDER_ENV
 from flexforge.text import plural
 
-MARKS = {CREATE: "+", REGENERATE: "~", RESTORE: "<", RENAME: ">", DRIFTED: "!", CONFLICT: "!", NONE: "="}
+MARKS = {
+    CREATE: "+",
+    REGENERATE: "~",
+    RESTORE: "<",
+    RENAME: ">",
+    DRIFTED: "!",
+    CONFLICT: "!",
+    NONE: "=",
+    BLOCKED: "x",
+}
 
 
 def compute_plan(project: Project, options: PlanOptions, provider: str | None) -> Plan:
@@ -43,7 +53,10 @@ def compute_plan(project: Project, options: PlanOptions, provider: str | None) -
 def _remember_noop(project: Project, plan: Plan, *, by_default: bool) -> None:
     from flexforge import noop
 
-    project.store.ensure()  # refuses a state folder that is a link before writing into it
+    try:
+        project.store.ensure()  # refuses a state folder that is a link before writing into it
+    except OSError:
+        return  # a read-only checkout: plan works all the same, the next one is only slower
     files: dict[str, None] = {}
     for step in plan.steps:
         files[step.asset.out] = None
@@ -89,7 +102,12 @@ def summary_line(plan: Plan) -> str:
         f"{plan.count(REGENERATE)} to regenerate",
         f"{plan.count(RESTORE)} to restore",
     ]
-    for action, label in ((RENAME, "renamed"), (DRIFTED, "drifted"), (CONFLICT, "in conflict")):
+    for action, label in (
+        (RENAME, "renamed"),
+        (DRIFTED, "drifted"),
+        (CONFLICT, "in conflict"),
+        (BLOCKED, "blocked"),
+    ):
         if plan.count(action):
             parts.append(f"{plan.count(action)} {label}")
     parts.append(f"{plan.count(NONE)} up to date")
@@ -146,7 +164,7 @@ def _print_matrices(plan: Plan) -> None:
 
 def _colour(action: str) -> str:
     colours = {CREATE: "green", REGENERATE: "yellow", RESTORE: "cyan", RENAME: "cyan"}
-    return {**colours, DRIFTED: "red", CONFLICT: "red"}.get(action, "white")
+    return {**colours, DRIFTED: "red", CONFLICT: "red", BLOCKED: "red"}.get(action, "white")
 
 
 def plan(
@@ -165,11 +183,13 @@ def plan(
         doc = plan_json(result)
         if balance is not None:
             doc["credits"] = balance.json()
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps(doc, indent=2, allow_nan=False))
     else:
         print_plan(result, opts)
         if check_credits:
             click.echo(balance.line() if balance is not None else "Credits: none needed (draft).")
+    if result.count(BLOCKED):
+        return EXIT_ERROR  # an output path flexforge cannot use: the reason is on its line
     if detailed_exitcode and result.has_changes:
         return EXIT_CHANGES
     return EXIT_OK

@@ -11,7 +11,7 @@ from flexforge.commands.plan import compute_plan
 from flexforge.context import GlobalOptions, open_project
 from flexforge.errors import EXIT_OK
 from flexforge.options import PlanOptions
-from flexforge.planner import NONE
+from flexforge.planner import BLOCKED, NONE
 from flexforge.text import plural
 
 
@@ -34,6 +34,7 @@ def status(
                 "cost_usd": entry.cost_usd if entry else None,
                 "up_to_date": step.action == NONE,
                 "action": step.action,
+                "reasons": step.reasons,
             }
         )
     total = round(sum(r["cost_usd"] or 0.0 for r in rows), 6)
@@ -47,7 +48,7 @@ def status(
             "total_cost_usd": total,
             "spent_usd": spent,
         }
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps(doc, indent=2, allow_nan=False))
         return EXIT_OK
     width = max((len(r["id"]) for r in rows), default=2)
     click.echo(f"  {'ID':<{width}}  {'STATE':<10}  {'SEED':>10}  {'COST':>8}  {'PROVIDER':<9} OUT")
@@ -55,9 +56,9 @@ def status(
         state = "ok" if r["up_to_date"] else r["action"]
         seed = "-" if r["seed"] is None else str(r["seed"])
         cost = "-" if r["cost_usd"] is None else f"${r['cost_usd']:.4f}"
-        click.echo(
-            f"  {r['id']:<{width}}  {state:<10}  {seed:>10}  {cost:>8}  {r['provider'] or '-':<9} {r['out']}"
-        )
+        why = f"  ({'; '.join(r['reasons'])})" if r["action"] == BLOCKED else ""
+        provider = r["provider"] or "-"
+        click.echo(f"  {r['id']:<{width}}  {state:<10}  {seed:>10}  {cost:>8}  {provider:<9} {r['out']}{why}")
     for orphan in plan.orphaned:
         click.echo(f"  {orphan:<{width}}  orphaned")
     fresh = sum(1 for r in rows if r["up_to_date"])

@@ -28,6 +28,9 @@ one replay of such a submission (so at most two paid tasks for it) for those who
 Retry-After is honoured on every answer that carries it, bounded: by FLEXFORGE_RETRY_MAX_DELAY
 for 429s and 5xx, by FLEXFORGE_POLL_MAX_INTERVAL between polls of a pending task.
 
+Each is checked by `flexforge.knobs` (finite, not negative; the poll intervals, the HTTP, task
+and download timeouts above 0): a bad value is a usage error naming the variable.
+
 Every answer is read with a bound: an image at most MAX_IMAGE_BYTES, a JSON answer at most
 MAX_ANSWER_BYTES, each within a total deadline (not only a per-read timeout, which a trickle of one
 byte a second never trips). Numbers the API sends (cost) count only when they are finite and sane.
@@ -119,22 +122,24 @@ class HttpSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HttpSettings:
-        env = os.environ if environ is None else environ
+        from flexforge import knobs
+
         values: dict[str, Any] = {}
         for field in fields(cls):
             var = f"FLEXFORGE_{field.name.upper()}"
-            raw = env.get(var)
-            if raw is None or not raw.strip():
-                continue
-            kind = int if field.type in (int, "int") else float
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise UsageError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
-            if value < 0:
-                raise UsageError(f"{var} must not be negative, got {raw}")
-            values[field.name] = value
+            if isinstance(field.default, int):
+                values[field.name] = knobs.count(var, field.default, environ=environ)
+            else:
+                assert isinstance(field.default, float)
+                positive = field.name in _POSITIVE
+                values[field.name] = knobs.seconds(var, field.default, positive=positive, environ=environ)
         return cls(**values)
+
+
+# Zero would poll in a busy loop or time out every call at once; the other waits may be zero.
+_POSITIVE = frozenset(
+    {"poll_interval", "poll_max_interval", "http_timeout", "task_timeout", "download_timeout"}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,4 +129,8 @@ def describe_details(details: object) -> str:
         return "no details given"
     if isinstance(details, str):
         return details
-    return json.dumps(details, sort_keys=True)
+    try:
+        text = json.dumps(details, sort_keys=True, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):  # NaN, or nesting deeper than dumps goes
+        return "details not shown (not plain JSON)"
+    return text if len(text) <= 500 else text[:497] + "..."

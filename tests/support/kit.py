@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.helpers import Project
+from tests.support.spawn import run_flexforge
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "launch-kit"
@@ -39,13 +39,7 @@ def commit(project: Project, message: str) -> str:
 def flexforge(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """flexforge in its own process: where an event loop already runs in this one (Playwright's
     sync API), the in-process CLI cannot start its own."""
-    return subprocess.run(
-        [sys.executable, "-m", "flexforge", "-C", str(root), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_flexforge("-C", str(root), *args, stdin=subprocess.DEVNULL)
 
 
 def make_kit(dest: Path, template: Path) -> Project:
