@@ -11,6 +11,8 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from flexforge.errors import UsageError
+
 PROVIDER_ENV = "FLEXFORGE_PROVIDER"
 JOBS_ENV = "FLEXFORGE_JOBS"
 MAX_COST_ENV = "FLEXFORGE_MAX_COST"
