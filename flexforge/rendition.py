@@ -61,7 +61,7 @@ def operations(raw: dict[str, Any], width: int, height: int, output_format: str)
 
 def describe(ops: dict[str, Any]) -> str:
     """The operations as the key's `prompt` part holds them: canonical JSON."""
-    return json.dumps(ops, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(ops, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def render(ops: dict[str, Any], source: bytes, root: Path) -> bytes:
