@@ -64,7 +64,7 @@ from generate import (
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SECTIONS = ("noop", "cold", "ci", "makespan", "cost", "history", "review", "pricing")
+SECTIONS = ("noop", "cold", "ci", "makespan", "cost", "history", "review", "pricing", "matrix")
 PRICING_TOLERANCE = 0.05  # estimate within 5 % of the bill
 # Rows of the no-op section, also accepted by --only to pick single rows.
 NOOP_ROWS = ("pass", "floor", "build", "plan", "make", "dvc")
@@ -1187,6 +1187,92 @@ def print_pricing(probes: Sequence[Probe]) -> None:
     print(table(headers, rows, [False, True, True, True, True]))
 
 
+# -- matrices (issue 11): a 100 x 10 matrix against the same 1,000 assets written by hand -----------
+
+
+def _matrix_manifests(products: int, channels: int) -> tuple[str, str]:
+    """(the matrix, the equivalent hand-written manifest): same assets, same keys."""
+    head = "version: 1\ndefaults: {width: 64, height: 64, steps: 4}\n"
+    values = "\n".join(f"        p{i:03d}: {{name: Product {i}}}" for i in range(products))
+    chans = ", ".join(f"c{j}" for j in range(channels))
+    matrix = (
+        head + "assets:\n  ad-{product}-{channel}:\n    matrix:\n      product:\n" + values + "\n"
+        f"      channel: [{chans}]\n"
+        '    prompt: "{product.name} for channel {channel}"\n'
+        '    out: "ads/{product}/{channel}.png"\n'
+    )
+    lines = [head + "assets:"]
+    for i in range(products):
+        for j in range(channels):
+            lines.append(
+                f'  ad-p{i:03d}-c{j}: {{prompt: "Product {i} for channel c{j}", out: ads/p{i:03d}/c{j}.png}}'
+            )
+    return matrix, "\n".join(lines) + "\n"
+
+
+def matrix_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
+    products, channels = (10, 2) if args.smoke else (100, 10)
+    n = products * channels
+    root = args.work_dir / "matrix" / f"{products}x{channels}"
+    matrix, by_hand = _matrix_manifests(products, channels)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "flexforge.yaml").write_text(matrix)
+    (root / "by-hand.yaml").unlink(missing_ok=True)  # a sibling manifest writing the same outs: refused
+    print(f"matrix, {products} x {channels}: building once with the draft renderer ...", flush=True)
+    draft = ["--provider", "draft"]
+    subprocess.run([*tools.flexforge, "build", "-q", *draft], cwd=root, env=quiet_env(), check=True)
+    check_noop(tools, root)
+    hand = args.work_dir / "matrix" / f"{products}x{channels}-by-hand"
+    shutil.rmtree(hand, ignore_errors=True)
+    shutil.copytree(root, hand, symlinks=True)
+    (hand / "flexforge.yaml").write_text(by_hand)
+    check_noop(tools, hand)  # the hand-written manifest finds the matrix's images: same keys
+    probes: list[Probe] = []
+    for label, where in (("matrix", root), ("by hand", hand)):
+        cache = args.work_dir / "matrix" / f"cache-{label.replace(' ', '-')}"
+        env = quiet_env({"FLEXFORGE_CACHE_DIR": str(cache)})
+
+        def fresh(cache: Path = cache) -> None:
+            shutil.rmtree(cache, ignore_errors=True)  # no validated-manifest cache: expand it all
+
+        probes.append(
+            Probe(
+                "matrix",
+                f"plan, cold manifest cache ({label})",
+                n,
+                [*tools.flexforge, "plan", *draft],
+                where,
+                env,
+                fresh,
+            )
+        )
+        probes.append(
+            Probe("matrix", f"no-op build ({label})", n, [*tools.flexforge, "build", *draft], where, env)
+        )
+    probes.append(
+        Probe("matrix", "floor script (matrix)", n, [sys.executable, str(HERE / "floor.py"), "."], root)
+    )
+    measure(probes, args.repeat)
+    return probes
+
+
+def print_matrix(probes: Sequence[Probe]) -> None:
+    hand = {p.label.replace("(by hand)", ""): p for p in probes if "(by hand)" in p.label}
+    rows = [
+        [
+            p.label,
+            f"{p.n:,}",
+            str(len(p.samples)),
+            fmt_time(p.median),
+            f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
+            fmt_ratio(ratio(p, hand.get(p.label.replace("(matrix)", "")))),
+        ]
+        for p in probes
+    ]
+    headers = ["100 x 10 matrix vs the same assets by hand", "N", "runs", "median", "min - max", "x by hand"]
+    print(table(headers, rows, [False] + [True] * 5))
+
+
 # -- targets ----------------------------------------------------------------------------------------
 
 
@@ -1247,6 +1333,24 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
             f"makespan {args.chain}-deep chain / bound",
             chain.median / chain.extra["bound_s"] if chain and chain.n == 50 else None,
             1.10,
+        ),
+        Target(
+            "matrix 1k no-op build / by hand",
+            ratio(get("no-op build (matrix)", 1000), get("no-op build (by hand)", 1000)),
+            1.10,
+        ),
+        Target(
+            "matrix 1k no-op build / floor",
+            ratio(get("no-op build (matrix)", 1000), get("floor script (matrix)", 1000)),
+            0.5,
+        ),
+        Target(
+            "matrix 1k cold-cache plan / by hand",
+            ratio(
+                get("plan, cold manifest cache (matrix)", 1000),
+                get("plan, cold manifest cache (by hand)", 1000),
+            ),
+            1.5,
         ),
         Target("peak RSS, 1k build (draft)", rss("draft"), 200, "MB"),
         Target("peak RSS, 1k build (emulator)", rss("emulator"), 200, "MB"),
@@ -1329,6 +1433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("cost", lambda: cost_section(args, tools), print_cost),
         ("history", lambda: history_section(args, tools), print_history),
         ("review", lambda: review_section(args, tools), print_review),
+        ("matrix", lambda: matrix_section(args, tools), print_matrix),
         ("pricing", lambda: pricing_section(args, tools), print_pricing),
     ]
     results: list[tuple[Callable[[Sequence[Probe]], None], list[Probe]]] = []

@@ -290,6 +290,9 @@ def validate() -> int:
 @click.option("--replace", multiple=True, metavar="ID", help="Plan ID as regenerated even if clean.")
 @click.option("--reseed", multiple=True, metavar="ID", help="Plan ID with a new seed.")
 @click.option(
+    "--tag", "tags", multiple=True, metavar="TAG", help="Select assets tagged TAG (and what they need)."
+)
+@click.option(
     "--check-credits", is_flag=True, help="Ask the provider for the balance (the only network call)."
 )
 @global_options
@@ -301,6 +304,7 @@ def plan(
     provider: str | None,
     replace: tuple[str, ...],
     reseed: tuple[str, ...],
+    tags: tuple[str, ...],
     check_credits: bool,
 ) -> int:
     """What a build would do and why, with the estimated cost. No network unless --check-credits."""
@@ -308,7 +312,7 @@ def plan(
 
     return run(
         _opts(),
-        _plan_options(ids, replace, reseed),
+        _plan_options(ids, replace, reseed, tags),
         provider,
         as_json=as_json,
         detailed_exitcode=detailed_exitcode,
@@ -330,6 +334,9 @@ def plan(
 @click.option("--frozen", is_flag=True, help="Fail if anything would be generated (CI checks).")
 @click.option("--replace", multiple=True, metavar="ID", help="Regenerate ID even if clean.")
 @click.option("--reseed", multiple=True, metavar="ID", help="Draw a new seed for ID.")
+@click.option(
+    "--tag", "tags", multiple=True, metavar="TAG", help="Select assets tagged TAG (and what they need)."
+)
 @click.option("--keep-going", is_flag=True, help="After a failure, build all that does not need it.")
 @click.option(
     "--shard",
@@ -370,6 +377,7 @@ def build(
     shard: str | None,
     max_cost: float | None,
     max_cost_policy: str | None,
+    tags: tuple[str, ...],
     ignore_credits: bool,
 ) -> int:
     """Make the files match the manifest; IDs limit it to those assets and what they need."""
@@ -379,13 +387,34 @@ def build(
     options = BuildFlags(jobs, keep_going, max_cost, max_cost_policy, check_credits=not ignore_credits)
     return run(
         _opts(),
-        _plan_options(ids, replace, reseed),
+        _plan_options(ids, replace, reseed, tags),
         provider,
         options,
         dry_run=dry_run,
         frozen=frozen,
         shard=shard,
     )
+
+
+@cli.command()
+@click.argument("asset_id", metavar="ID")
+@click.argument("candidate", type=int, required=False)
+@click.option(
+    "--more",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Add N candidates (paid), keep the rest.",
+)
+@provider_option
+@global_options
+@handle_errors
+def pick(asset_id: str, candidate: int | None, more: int | None, provider: str | None) -> int:
+    """Select candidate K of a `variants:` asset (free: from the cache, the working tree or git
+    history); its dependents follow at the next build."""
+    from flexforge.commands.pick import pick as run
+
+    return run(_opts(), asset_id, candidate, more or 0, provider)
 
 
 @cli.command()
@@ -414,15 +443,19 @@ def gc(yes: bool) -> int:
 
 
 @cli.command()
+@click.argument("ids", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @provider_option
+@click.option(
+    "--tag", "tags", multiple=True, metavar="TAG", help="Select assets tagged TAG (and what they need)."
+)
 @global_options
 @handle_errors
-def status(as_json: bool, provider: str | None) -> int:
+def status(ids: tuple[str, ...], as_json: bool, provider: str | None, tags: tuple[str, ...]) -> int:
     """The lock's view: each asset, its output, seed, cost, and whether it is up to date."""
     from flexforge.commands.status import status as run
 
-    return run(_opts(), provider, as_json=as_json)
+    return run(_opts(), provider, as_json=as_json, options=_plan_options(ids, (), (), tags))
 
 
 @cli.command()
@@ -685,10 +718,12 @@ def _opts() -> GlobalOptions:
     return opts
 
 
-def _plan_options(ids: tuple[str, ...], replace: tuple[str, ...], reseed: tuple[str, ...]) -> Any:
+def _plan_options(
+    ids: tuple[str, ...], replace: tuple[str, ...], reseed: tuple[str, ...], tags: tuple[str, ...] = ()
+) -> Any:
     from flexforge.options import PlanOptions
 
-    return PlanOptions(frozenset(ids), frozenset(replace), frozenset(reseed))
+    return PlanOptions(frozenset(ids), frozenset(replace), frozenset(reseed), frozenset(tags))
 
 
 def main(argv: list[str] | None = None) -> None:

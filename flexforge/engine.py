@@ -35,6 +35,7 @@ from flexforge.planner import (
     RESTORES,
     Plan,
     Step,
+    generator_of,
     step_for,
 )
 from flexforge.progress import Reporter
@@ -381,7 +382,40 @@ class Builder:
             if restored is not None:
                 return self._output(asset.id, restored)
             step = replace(step, action=REGENERATE, source=None)
+        if asset.rendition is not None:
+            return self._output(asset.id, await self._render(step))
         return self._output(asset.id, await self._generate(step))
+
+    async def _render(self, step: Step) -> str | None:
+        """A free rendition: made here from its input's bytes, no provider, no slot, no cost."""
+        from flexforge.rendition import RENDITION, render
+
+        asset, key = step.asset, step.key
+        assert key is not None and step.seed is not None and asset.rendition is not None
+        root = self.plan.manifest.root
+        for ref in asset.references:
+            if ref not in asset.asset_refs and not self.resolver.inside(ref):
+                raise ProviderError(f"{ref!r} leads outside the project root (a symbolic link?); not read")
+        index = step.seed - 1 if "select" in asset.rendition else 0  # a selection reads its pick
+        first = asset.references[index]
+        path = root / first
+        if first in asset.asset_refs:
+            upstream = self.plan.manifest.assets[first]
+            digest = (step.reference_digests or [None] * (index + 1))[index]
+            made_here = upstream.id in self.made_here and digest is not None
+            path = self.store.object_path(digest) if made_here and digest else root / upstream.out
+        self.reporter.asset_started(asset.id, step.action)
+        source = await asyncio.to_thread(path.read_bytes)
+        data = await asyncio.to_thread(render, asset.rendition, source, root)
+        sha = await asyncio.to_thread(self.store.put_object, data, durable=False)
+        made = KeyRecord(sha256=sha, size=len(data), provider=RENDITION, seed=step.seed, cost_usd=0.0)
+        self.store.put_key_record(key.key, made, durable=False)
+        staged = await _staged(stage_bytes, self._output_path(asset), data)
+        assert staged is not None
+        self._stage(asset, staged, sha)
+        self._record(Outcome(asset.id, GENERATED, "rendition, free"))
+        self._commit(replace(step, output_sha256=sha), sha, len(data), made)
+        return sha
 
     def _draw_seed(self, asset: Asset, digests: list[str | None]) -> int:
         """A seed for an asset that has none. With a team remote, every machine draws the same one
@@ -629,7 +663,7 @@ class Builder:
             parts=step.key.parts,
             seed=step.seed,
             model=asset.model,
-            generator=self.plan.generator,
+            generator=generator_of(asset, self.plan.generator),
             provider=record.provider,
             out=asset.out,
             sha256=sha,
@@ -784,7 +818,7 @@ class Builder:
         )
 
     def _estimate(self, asset: Asset) -> float:
-        if self.plan.generator == "draft":
+        if self.plan.generator == "draft" or asset.rendition is not None:
             return 0.0
         if self.estimates.get(asset.id):
             return self.estimates[asset.id]

@@ -50,22 +50,35 @@ def _find_cycle(deps: Mapping[str, Iterable[str]]) -> list[str]:
     return [edges[0][1], edges[0][0], *(u for u, _ in reversed(edges[1:]))]
 
 
-def render(deps: Mapping[str, Iterable[str]], fmt: str) -> str:
-    """The graph as Mermaid, Graphviz dot, or JSON; edges point from an input to its user."""
+def render(deps: Mapping[str, Iterable[str]], fmt: str, groups: Mapping[str, str] | None = None) -> str:
+    """The graph as Mermaid, Graphviz dot, or JSON; edges point from an input to its user.
+    `groups` (node -> the matrix that declared it) clusters a matrix's cells together."""
+    groups = groups or {}
     edges = [(need, node) for node, needs in deps.items() for need in needs]
     if fmt == "json":
-        return json.dumps(
-            {"nodes": list(deps), "edges": [{"from": a, "to": b} for a, b in edges]},
-            indent=2,
-            allow_nan=False,
-        )
+        doc: dict[str, object] = {"nodes": list(deps), "edges": [{"from": a, "to": b} for a, b in edges]}
+        if groups:
+            doc["matrices"] = {
+                g: [n for n in deps if groups.get(n) == g] for g in dict.fromkeys(groups.values())
+            }
+        return json.dumps(doc, indent=2, allow_nan=False)
     if fmt == "dot":
         lines = ["digraph flexforge {", "  rankdir=LR;"]
+        for i, group in enumerate(dict.fromkeys(groups.values())):
+            lines.append(
+                f'  subgraph cluster_{i} {{ label="{group}"; '
+                + " ".join(f'"{n}";' for n in deps if groups.get(n) == group)
+                + " }"
+            )
         lines += [f'  "{node}";' for node in deps]
         lines += [f'  "{a}" -> "{b}";' for a, b in edges]
         return "\n".join([*lines, "}"])
     lines = ["graph LR"]
     ids = {node: f"n{i}" for i, node in enumerate(deps)}
-    lines += [f'  {ids[node]}["{node}"]' for node in deps]
+    lines += [f'  {ids[node]}["{node}"]' for node in deps if node not in groups]
+    for i, group in enumerate(dict.fromkeys(groups.values())):
+        lines.append(f'  subgraph m{i}["{group}"]')
+        lines += [f'    {ids[node]}["{node}"]' for node in deps if groups.get(node) == group]
+        lines.append("  end")
     lines += [f"  {ids[a]} --> {ids[b]}" for a, b in edges]
     return "\n".join(lines)

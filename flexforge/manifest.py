@@ -21,10 +21,11 @@ from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageErr
 from flexforge.imaging import EXTENSIONS
 from flexforge.models import FLEX_MODEL
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
+from flexforge.rendition import RENDITION, describe, operations
 from flexforge.settings import Settings
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
-CACHE_VERSION = 3  # bump when what validation produces changes
+CACHE_VERSION = 4  # bump when what validation produces changes
 CACHE_LIMIT = 512 * 1024 * 1024
 
 # Knobs that only some models take: set on another asset itself they are an error, in `defaults`
@@ -32,6 +33,7 @@ CACHE_LIMIT = 512 * 1024 * 1024
 MODEL_KNOBS = (*models.FLEX_KNOBS, models.UPSAMPLING)
 BUILTIN_DEFAULTS: dict[str, Any] = dict(models.DEFAULTS)
 MAX_PIXELS = models.MAX_PIXELS
+MAX_RENDITION_PIXELS = 40_000_000  # a delivered image, not a generation: the API's limit does not apply
 MAX_TEXT = 100_000  # characters of one prompt or path after vars: far past any real prompt
 KEY_LIKE = re.compile(r"(^|_|-)(api_?key|key|token|secret|password|authorization|x-key)$", re.I)
 _VAR = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -59,6 +61,11 @@ class Asset:
     line: int
     # Delivery size when it differs from the generated width x height (cover-scale, centre-crop).
     final_size: tuple[int, int] | None = None
+    tags: tuple[str, ...] = ()  # for selection only: never part of the key
+    # The matrix that declared it and its cell ("post-{product} product=widget"); None if by hand.
+    origin: str | None = None
+    rendition: dict[str, Any] | None = None  # a free rendition's canonical operations
+    max_cost_usd: float | None = None  # this asset's own budget: build refuses a plan over it
     # References are scaled down to at most this many megapixels before upload; None: as they are.
     reference_max_mp: float | None = None
 
@@ -232,6 +239,7 @@ def _asset_from_json(raw: dict[str, Any]) -> Asset:
     raw["asset_refs"] = tuple(raw["asset_refs"])
     if raw["final_size"] is not None:
         raw["final_size"] = tuple(raw["final_size"])
+    raw["tags"] = tuple(raw["tags"])
     return Asset(**raw)
 
 
@@ -316,6 +324,7 @@ class _Checker:
         self.resolver = Resolver(self.root)
         # (section, name) the schema refused: their meaning is not checked, their errors suffice.
         self.invalid: set[tuple[str | int, ...]] = set()
+        self.origins: dict[str, tuple[str, dict[str, str]]] = {}
 
     def error(
         self,
@@ -340,9 +349,14 @@ class _Checker:
             self.error((), "the manifest must be a mapping with `version: 1` and `assets:`")
             return None
         self._secrets(data, ())
-        self._schema(data)
+        from flexforge.expand import expand
+
+        # Fragments, matrices and presets first: what follows sees the assets as if hand-written.
+        expansion = expand(data, self.doc, self.error)
+        self.origins = expansion.origins
+        self._schema(expansion.data)
         # Every error at once: the meaning of what the schema accepted is checked too.
-        return self._semantics(data)
+        return self._semantics(expansion.data)
 
     def _secrets(self, node: Any, path: tuple[str | int, ...]) -> None:
         if isinstance(node, dict):
@@ -415,6 +429,7 @@ class _Checker:
             asset = self._asset(asset_id, raw, defaults, variables, raw_assets)
             if asset is not None:
                 assets[asset_id] = asset
+        self._size_renditions(assets)
         self._outputs(assets)
         self._reference_limits(assets)
         from flexforge.graph import CycleError, topological_order
@@ -442,6 +457,8 @@ class _Checker:
         all_assets: dict[str, Any],
     ) -> Asset | None:
         here = ("assets", asset_id)
+        if "from" in raw:
+            return self._rendition(asset_id, raw, defaults, variables, all_assets)
         values = {**defaults, **raw}
         model = values["model"]
         spec = models.get(model)
@@ -510,8 +527,142 @@ class _Checker:
             out=out,
             line=self.doc.key_where(here)[0],
             final_size=self._final_size(raw.get("final_size"), width, height, (*here, "final_size")),
+            tags=tuple(dict.fromkeys(raw.get("tags") or ())),
+            origin=self._origin(asset_id),
+            max_cost_usd=float(raw["max_cost_usd"]) if "max_cost_usd" in raw else None,
             reference_max_mp=values.get("reference_max_mp"),
         )
+
+    def _origin(self, asset_id: str) -> str | None:
+        if asset_id not in self.origins:
+            return None
+        template, values = self.origins[asset_id]
+        return " ".join([template, *(f"{axis}={value}" for axis, value in values.items())])
+
+    def _rendition(
+        self,
+        asset_id: str,
+        raw: dict[str, Any],
+        defaults: dict[str, Any],
+        variables: dict[str, str],
+        all_assets: dict[str, Any],
+    ) -> Asset | None:
+        """A free rendition of another asset's output (or a file): no prompt, no seed, no API."""
+        here = ("assets", asset_id)
+        for knob in (
+            "prompt",
+            "model",
+            "seed",
+            "references",
+            "steps",
+            "guidance",
+            "prompt_upsampling",
+            "safety_tolerance",
+        ):
+            if knob in raw:
+                self.error(
+                    (*here, knob), f"a rendition (`from:`) is not generated: remove {knob!r}", key=True
+                )
+        source = self._substitute(raw["from"], variables, (*here, "from"))
+        references = [source]
+        if "variants" in raw:  # a selection among candidates (flexforge.expand): which one is the lock's
+            from flexforge.expand import candidate_id
+
+            references = [candidate_id(asset_id, k) for k in range(1, raw["variants"] + 1)]
+        if source == asset_id:
+            self.error((*here, "from"), f"an asset cannot be a rendition of itself ({source!r})")
+        elif source not in all_assets:
+            self._reference_file(source, (*here, "from"), all_assets)
+        logo = raw.get("logo")
+        if isinstance(logo, dict):
+            logo = {**logo, "file": self._substitute(logo["file"], variables, (*here, "logo", "file"))}
+            self._reference_file(logo["file"], (*here, "logo", "file"), {})
+            references.append(logo["file"])
+        text = raw.get("text")
+        if isinstance(text, dict):
+            text = {**text, "text": self._substitute(text["text"], variables, (*here, "text", "text"))}
+            font = text.get("font")
+            if font is not None:
+                target = self._inside_root(font, (*here, "text", "font"), "font")
+                if target is not None and not target.is_file():
+                    self.error((*here, "text", "font"), f"font {font!r} is not a file under the root")
+                elif target is not None:
+                    references.append(font)
+        size = raw.get("final_size")
+        if size is not None:
+            width, height = (int(n) for n in str(size).split("x"))
+        elif "width" in raw or "height" in raw:
+            width, height = raw.get("width", defaults["width"]), raw.get("height", defaults["height"])
+        else:
+            width = height = 0  # the input's size, once it is known (_size_renditions)
+        if width * height > MAX_RENDITION_PIXELS:
+            self.error(here, f"{width}x{height} is over {MAX_RENDITION_PIXELS // 10**6} MP; deliver smaller")
+        fmt = raw.get("output_format", defaults["output_format"])
+        out = raw.get("out")
+        if out is None:
+            out = self._output_path(f"assets/{asset_id}.{EXTENSIONS[fmt]}", fmt, here)
+        else:
+            out = self._output_path(self._substitute(out, variables, (*here, "out")), fmt, (*here, "out"))
+        spec: dict[str, Any] = {k: raw[k] for k in ("fit", "background", "quality", "variants") if k in raw}
+        spec.update({k: v for k, v in (("logo", logo), ("text", text)) if isinstance(v, dict)})
+        return Asset(
+            id=asset_id,
+            model=RENDITION,
+            prompt="",
+            structured=None,
+            width=width,
+            height=height,
+            output_format=fmt,
+            safety_tolerance=0,
+            steps=None,
+            guidance=None,
+            prompt_upsampling=None,
+            seed=self._pick(raw, here) if "variants" in raw else 0,  # a selection's "seed": its pick
+            references=tuple(references),
+            asset_refs=tuple(r for r in references if r in all_assets and r != asset_id),
+            out=out,
+            line=self.doc.key_where(here)[0],
+            tags=tuple(dict.fromkeys(raw.get("tags") or ())),
+            origin=self._origin(asset_id),
+            rendition=spec,
+        )
+
+    def _pick(self, raw: dict[str, Any], here: tuple[str | int, ...]) -> int | None:
+        """A pick committed in the manifest (`pick: K`), which `flexforge pick` then leaves alone."""
+        chosen = raw.get("pick")
+        if chosen is not None and chosen > raw["variants"]:
+            self.error(
+                (*here, "pick"),
+                f"pick {chosen}: there are {raw['variants']} candidates (1..{raw['variants']})",
+            )
+            return None
+        return int(chosen) if chosen is not None else None
+
+    def _size_renditions(self, assets: dict[str, Asset]) -> None:
+        """A rendition without a size takes its input's delivered size; then its operations,
+        canonical, become what its key's `prompt` part holds."""
+
+        def delivered(asset_id: str, seen: tuple[str, ...] = ()) -> tuple[int, int] | None:
+            asset = assets.get(asset_id)
+            if asset is None or asset_id in seen:
+                return None
+            if asset.rendition is not None and asset.width == 0:
+                return delivered(asset.references[0], (*seen, asset_id)) if asset.asset_refs else None
+            return asset.final_size or (asset.width, asset.height)
+
+        for asset_id, asset in list(assets.items()):
+            if asset.rendition is None:
+                continue
+            size = (asset.width, asset.height) if asset.width else delivered(asset_id)
+            if size is None:
+                self.error(
+                    ("assets", asset_id), "a rendition of a file needs `size:` (a preset or WxH)", key=True
+                )
+                size = (1, 1)
+            ops = operations(asset.rendition, size[0], size[1], asset.output_format)
+            assets[asset_id] = dataclasses.replace(
+                asset, width=size[0], height=size[1], rendition=ops, prompt=describe(ops)
+            )
 
     def _reference_limits(self, assets: dict[str, Asset]) -> None:
         """Models that cap all references together (pro: 9 MP) get no more, counted at the size
@@ -519,6 +670,8 @@ class _Checker:
         from flexforge.imaging import image_size
 
         for asset in assets.values():
+            if asset.rendition is not None:
+                continue  # made locally: nothing is uploaded
             cap = models.get(asset.model).max_reference_mp
             if cap is None or not asset.references:
                 continue

@@ -14,6 +14,8 @@ class PlanOptions:
     targets: frozenset[str] = frozenset()
     replace: frozenset[str] = frozenset()
     reseed: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()  # assets carrying any of these are selected too
+    picks: tuple[tuple[str, int], ...] = ()  # (variants asset, candidate) from `flexforge pick`
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from flexforge.keys import ContentKey, changed, content_key, known_parts
 from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset, Manifest
 from flexforge.options import PlanOptions
+from flexforge.rendition import RENDITION
 from flexforge.sources import IN_PLACE, Current, Source, Sources
 from flexforge.store import Store
 
@@ -106,12 +107,12 @@ class Plan:
         return sum(1 for s in self.steps if s.action in actions)
 
 
-def select(manifest: Manifest, targets: Iterable[str]) -> list[str]:
-    """The targets and everything they need, in build order; all assets when no targets."""
-    wanted = list(targets)
-    if not wanted:
+def select(manifest: Manifest, targets: Iterable[str], tags: Iterable[str] = ()) -> list[str]:
+    """The targets (ids or glob patterns of ids) and assets with any of `tags`, and everything
+    they need, in build order; all assets when neither is given."""
+    wanted = matching(manifest, targets, tags)
+    if wanted is None:
         return list(manifest.assets)
-    manifest.check_ids(wanted)
     needed: set[str] = set()
     stack = list(wanted)
     while stack:
@@ -122,12 +123,40 @@ def select(manifest: Manifest, targets: Iterable[str]) -> list[str]:
     return [a for a in manifest.assets if a in needed]
 
 
+def matching(manifest: Manifest, targets: Iterable[str], tags: Iterable[str] = ()) -> list[str] | None:
+    """The ids that targets and tags name (None: no selection). A pattern or tag that selects
+    nothing is an error, as a typo in an id is: an empty build must not pass for a done one."""
+    import fnmatch
+
+    patterns, tags = list(targets), list(tags)
+    if not patterns and not tags:
+        return None
+    manifest.check_ids([p for p in patterns if not _is_glob(p)])
+    wanted: list[str] = []
+    for pattern in patterns:
+        found = fnmatch.filter(manifest.assets, pattern) if _is_glob(pattern) else [pattern]
+        if not found:
+            raise UsageError(f"{pattern!r} matches no asset id in {manifest.label}")
+        wanted += found
+    for tag in tags:
+        found = [a.id for a in manifest.assets.values() if tag in a.tags]
+        if not found:
+            known = sorted({t for a in manifest.assets.values() for t in a.tags})
+            raise UsageError(f"--tag {tag}: no asset has this tag (tags: {', '.join(known) or 'none'})")
+        wanted += found
+    return list(dict.fromkeys(wanted))
+
+
+def _is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
 def check_options(manifest: Manifest, options: PlanOptions) -> None:
     for flag, ids in (("--replace", options.replace), ("--reseed", options.reseed)):
         manifest.check_ids(ids, flag)
-    if options.targets:
+    if options.targets or options.tags:
         # A reseed outside the selection would silently do nothing.
-        outside = sorted(options.reseed - set(select(manifest, options.targets)))
+        outside = sorted(options.reseed - set(select(manifest, options.targets, options.tags)))
         if outside:
             raise UsageError(
                 f"--reseed {', '.join(outside)}: not among the assets this build selects; "
@@ -156,11 +185,27 @@ def resolve_seed(
     return pinned
 
 
+def pick_of(asset: Asset, entry: LockEntry | None, options: PlanOptions) -> int:
+    """The selected candidate of a `variants:` asset (1-based): the one `flexforge pick` asks
+    for, else the lock's, else the first. A selection's lock `seed` is its pick."""
+    count = int(asset.rendition["select"]) if asset.rendition else 1
+    if asset.seed is not None:  # `pick:` in the manifest
+        return asset.seed
+    asked = dict(options.picks).get(asset.id)
+    if asked is not None:
+        return asked
+    if entry is not None and 1 <= entry.seed <= count:
+        return entry.seed
+    return 1
+
+
 def step_for(asset: Asset, facts: Facts, outputs: dict[str, str | None], seed: int | None = None) -> Step:
     """What `asset` needs now: the one answer plan, build, accept and explain all use. `outputs`
     holds the digest each upstream asset's output has after its own step; `seed` is one the
     build just drew."""
     entry = facts.lock.entries.get(asset.id)
+    if seed is None and asset.rendition is not None and "select" in asset.rendition:
+        seed = pick_of(asset, entry, facts.options)
     if seed is None:
         seed = resolve_seed(asset, entry, asset.id in facts.options.reseed, facts.pinned.get(asset.id))
     digests = reference_digests(asset, facts.store, outputs)
@@ -177,7 +222,7 @@ def decide(
     """The action for one asset given its inputs' digests (None: an input still to be made).
     The key decides first: only an unchanged key can find its output `drifted`."""
     current = Current(facts.store, asset.out)
-    generator = facts.generator
+    generator = generator_of(asset, facts.generator)
     known = [d for d in digests if d is not None]
     complete = len(known) == len(digests)
     renamed: str | None = None
@@ -234,6 +279,12 @@ def decide(
     return Step(action=REGENERATE if entry else CREATE, reasons=reasons, **base)
 
 
+def generator_of(asset: Asset, generator: str) -> str:
+    """What makes the asset's pixels: a rendition is made locally whatever the provider, so
+    switching providers never remakes it."""
+    return RENDITION if asset.rendition is not None else generator
+
+
 def _lfs(facts: Facts, asset: Asset) -> list[str]:
     return [LFS_REASON] if facts.sources.lfs_pointer(asset.out) else []
 
@@ -246,10 +297,11 @@ def _rename_of(asset: Asset, facts: Facts, digests: list[str]) -> tuple[str | No
     """(old id, its pinned seed) when a new, seedless asset asks exactly what an orphaned entry
     was built for: a renamed id keeps its seed, and so its image. Orphans are found by their key
     parts, seed aside, so a thousand renames cost a thousand lookups, not a million keys."""
-    wanted = _seedless(known_parts(asset, facts.generator, None, list(digests)))
+    generator = generator_of(asset, facts.generator)
+    wanted = _seedless(known_parts(asset, generator, None, list(digests)))
     for old_id in facts.orphans_by_request().get(wanted, ()):
         orphan = facts.orphans[old_id]
-        if content_key(asset, facts.generator, orphan.seed, digests).key == orphan.key:
+        if content_key(asset, generator, orphan.seed, digests).key == orphan.key:
             return old_id, orphan.seed
     return None, None
 
@@ -308,7 +360,7 @@ def make_plan(
     sources: Sources | None = None,
 ) -> Plan:
     check_options(manifest, options)
-    selected = select(manifest, options.targets)
+    selected = select(manifest, options.targets, options.tags)
     facts = Facts.gather(manifest, lock, store, generator, options, sources)
     outputs: dict[str, str | None] = {}
     steps = []
@@ -337,6 +389,8 @@ def estimate_asset(asset: Asset, manifest: Manifest, provider: str) -> float:
     """What generating `asset` is estimated to cost on `provider`, references included."""
     from flexforge.pricing import estimate_usd
 
+    if asset.rendition is not None:
+        return 0.0  # made locally: free
     sizes = [_reference_size(ref, manifest) for ref in asset.references]
     # A reference whose size cannot be read is billed at least the minimum: count it as 1x1.
     known = [asset.reference_size(*size) if size else (1, 1) for size in sizes]

@@ -205,10 +205,22 @@ def gallery_assets(plan: Plan, lock: Lock, shown: dict[str, str | None]) -> list
             _card(asset, entry, step.action, step.reasons, step.seed, shown.get(asset.id), dependents)
         )
         cards[-1].estimated_cost_usd = step.estimated_cost_usd
+        if asset.rendition is not None and "select" in asset.rendition:
+            cards[-1].variants = _candidates(asset, lock, step.seed)
     for orphan in plan.orphaned:
         entry = lock.entries[orphan]
         cards.append(_orphan_card(orphan, entry, shown.get(orphan)))
     return cards
+
+
+def _candidates(asset: Asset, lock: Lock, pick: int | None) -> list[Variant]:
+    """A `variants:` asset's candidates the lock knows, the picked one selected."""
+    found = []
+    for k, ref in enumerate(asset.references, start=1):
+        entry = lock.entries.get(ref)
+        if entry is not None:
+            found.append(Variant(entry.sha256, entry.seed, k == pick))
+    return found
 
 
 def _card(

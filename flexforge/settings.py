@@ -11,6 +11,8 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from flexforge.errors import UsageError
+
 PROVIDER_ENV = "FLEXFORGE_PROVIDER"
 JOBS_ENV = "FLEXFORGE_JOBS"
 MAX_COST_ENV = "FLEXFORGE_MAX_COST"
@@ -86,7 +88,9 @@ def effective(
         provider=chosen or settings.provider or default_provider,
         provider_by_default=chosen is None,
         jobs=jobs or _env_number(JOBS_ENV, int, minimum=1) or settings.jobs or DEFAULT_JOBS,
-        max_cost_usd=_first(max_cost_usd, _env_number(MAX_COST_ENV, float, minimum=0), settings.max_cost_usd),
+        max_cost_usd=_budget(
+            settings.max_cost_usd, max_cost_usd, _env_number(MAX_COST_ENV, float, minimum=0)
+        ),
         max_cost_policy=max_cost_policy or settings.max_cost_policy or "stop",
     )
 
@@ -99,6 +103,21 @@ def _remote(data: Any) -> RemoteSetting | None:
 
 def _first(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
+
+
+def _budget(committed: float | None, flag: float | None, env: float | None) -> float | None:
+    """The run's limit: the project's committed budget is a ceiling that the flag (else the
+    environment) may lower, never raise: whoever owns the budget owns the manifest."""
+    asked = _first(flag, env)
+    if committed is None or asked is None:
+        return _first(asked, committed)
+    if asked > committed + 1e-9:
+        where = f"--max-cost {asked:g}" if flag is not None else f"{MAX_COST_ENV}={asked:g}"
+        raise UsageError(
+            f"{where} is over the project's budget ${committed:.2f} (settings: max_cost_usd in the "
+            "manifest); a flag can only lower it: change the committed budget to raise it"
+        )
+    return asked
 
 
 def _env_number(name: str, kind: type[int] | type[float], *, minimum: float) -> Any:

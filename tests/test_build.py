@@ -251,7 +251,18 @@ def test_plan_json_shape_and_detailed_exitcode(chain: Project) -> None:
     assert doc["version"] == 1
     assert [a["id"] for a in doc["assets"]] == ["hero", "banner", "card", "leaf"]
     for asset in doc["assets"]:
-        assert set(asset) == {"id", "action", "reasons", "source", "out", "model", "estimated_cost_usd"}
+        assert set(asset) == {
+            "id",
+            "action",
+            "reasons",
+            "source",
+            "out",
+            "model",
+            "estimated_cost_usd",
+            "matrix",
+            "rendition",
+            "tags",
+        }
     # switching from draft to a real provider regenerates everything: a different generator
     assert {a["action"] for a in doc["assets"]} == {"regenerate"}
     assert doc["assets"][3]["reasons"] == ["generator: draft -> flux"]

@@ -105,6 +105,16 @@ _READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 def _check_budget(plan: Plan, options: BuildOptions) -> None:
     """`refuse`: all or nothing, for whoever owns the budget; a journaled task costs nothing."""
+    over = [
+        f"{s.asset.id} (${s.estimated_cost_usd:.4f} > ${s.asset.max_cost_usd:.4f})"
+        for s in plan.steps
+        if s.asset.max_cost_usd is not None and s.estimated_cost_usd > s.asset.max_cost_usd + 1e-9
+    ]
+    if over:
+        raise FlexforgeError(
+            f"over its own budget (max_cost_usd in the manifest): {', '.join(over)}; nothing was started. "
+            "Choose a smaller size or a cheaper model, or raise the asset's budget"
+        )
     limit = options.max_cost_usd
     if limit is not None and options.max_cost_policy == "refuse" and plan.estimated_cost_usd > limit + 1e-9:
         raise FlexforgeError(

@@ -26,6 +26,10 @@ def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
     echo(f"{asset_id}: {step.action}" + (f" ({step.detail})" if step.detail else ""))
     echo(f"  model     {asset.model} via {plan.provider} (generator: {plan.generator})")
     echo(f"  out       {asset.out}")
+    if asset.origin:
+        echo(f"  matrix    {asset.origin} ({project.manifest.label}:{asset.line})")
+    if asset.tags:
+        echo(f"  tags      {', '.join(asset.tags)}")
     if step.action == DRIFTED and entry is not None:
         echo(f"  on disk   sha256 {step.output_sha256}")
         echo(f"  lock      sha256 {entry.sha256}")

@@ -11,5 +11,6 @@ from flexforge.graph import render
 
 def graph(opts: GlobalOptions, fmt: str) -> int:
     manifest = opts.load_manifest()
-    click.echo(render({a.id: a.asset_refs for a in manifest.assets.values()}, fmt))
+    groups = {a.id: a.origin.split(" ")[0] for a in manifest.assets.values() if a.origin}
+    click.echo(render({a.id: a.asset_refs for a in manifest.assets.values()}, fmt, groups))
     return EXIT_OK

@@ -25,6 +25,7 @@ from flexforge.planner import (
     make_plan,
 )
 from flexforge.settings import PROVIDER_ENV
+from flexforge.text import plural
 
 MARKS = {
     CREATE: "+",
@@ -84,6 +85,9 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "out": s.asset.out,
                 "model": s.asset.model,
                 "estimated_cost_usd": s.estimated_cost_usd,
+                "matrix": s.asset.origin,
+                "rendition": s.asset.rendition is not None,
+                "tags": list(s.asset.tags),
             }
             for s in plan.steps
         ],
@@ -122,10 +126,13 @@ def print_plan(plan: Plan, opts: GlobalOptions) -> None:
     action_width = max((len(a) for a in actions), default=0)
     for step, action in zip(shown, actions, strict=True):
         cost = f"  ~${step.estimated_cost_usd:.4f}" if step.estimated_cost_usd else ""
+        if step.asset.rendition is not None and step.action != NONE:
+            cost = "  free (rendition)"
         padded = f"{action:<{action_width}}"
         if opts.color:
             padded = click.style(padded, fg=_colour(step.action))
         click.echo(f"  {MARKS[step.action]} {step.asset.id:<{width}}  {padded}  {step.asset.out}{cost}")
+    _print_matrices(plan)
     for orphan in plan.orphaned:
         click.echo(f"  - {orphan:<{width}}  orphaned (in the lock, not in the manifest; its file is kept)")
     if not opts.quiet:
@@ -143,6 +150,16 @@ def _price_basis(plan: Plan) -> str:
         return ""
     paid = sorted({s.asset.model for s in plan.steps if s.estimated_cost_usd})
     return "; ".join(f"{model}: {price_basis(model, plan.provider)}" for model in paid)
+
+
+def _print_matrices(plan: Plan) -> None:
+    """Which declaration made how many of the planned assets: the expansion, visible."""
+    made: dict[str, list[int]] = {}
+    for step in plan.steps:
+        if step.asset.origin:
+            made.setdefault(step.asset.origin.split(" ")[0], [step.asset.line, 0])[1] += 1
+    for template, (line, count) in made.items():
+        click.echo(f"  matrix {template} (line {line}) -> {plural(count, 'asset')}")
 
 
 def _colour(action: str) -> str:

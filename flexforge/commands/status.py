@@ -15,9 +15,11 @@ from flexforge.planner import BLOCKED, NONE
 from flexforge.text import plural
 
 
-def status(opts: GlobalOptions, provider: str | None, *, as_json: bool) -> int:
+def status(
+    opts: GlobalOptions, provider: str | None, *, as_json: bool, options: PlanOptions | None = None
+) -> int:
     project = open_project(opts)
-    plan = compute_plan(project, PlanOptions(), provider)
+    plan = compute_plan(project, options or PlanOptions(), provider)
     rows: list[dict[str, Any]] = []
     for step in plan.steps:
         entry = project.lock.entries.get(step.asset.id)
