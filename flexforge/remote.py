@@ -35,6 +35,7 @@ from flexforge.store import KeyRecord
 
 READONLY_ENV = "FLEXFORGE_REMOTE_READONLY"
 REMOTE_ENV = "FLEXFORGE_REMOTE"
+WRITE_ENV = "FLEXFORGE_REMOTE_WRITE"
 LEASE_TTL_ENV = "FLEXFORGE_LEASE_TTL"
 DEFAULT_LEASE_TTL = 120.0  # seconds; a live holder renews at a third of it
 MAX_OBJECT_BYTES = 64 * 2**20  # far above any FLUX.2 image; a bigger answer is refused unread
@@ -596,7 +597,23 @@ def configured_remote(setting: RemoteSetting | None) -> FsspecRemote | None:
     if env is not None:
         env = env.strip()
         return None if env.lower() in ("", "none", "off") else open_remote(env)
-    return None if setting is None else open_remote(setting.url, read_only=setting.read_only)
+    if setting is None:
+        return None
+    # The manifest is the repository's word, and the repository is untrusted (docs/security.md):
+    # it may say where to read verified images from, but flexforge writes (images, leases) only
+    # where the user's environment says so, or a clone could have it write anywhere its
+    # credentials reach (`file:///home/you/...`, another team's bucket).
+    return open_remote(setting.url, read_only=setting.read_only or not writes_allowed())
+
+
+def writes_allowed() -> bool:
+    """$FLEXFORGE_REMOTE_WRITE=1: the user lets flexforge write to the remote the manifest names."""
+    value = os.environ.get(WRITE_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise RemoteError(f"{WRITE_ENV}={value!r}: use 1 (write to the manifest's remote) or 0")
 
 
 def open_remote(url: str, *, read_only: bool = False) -> FsspecRemote:

@@ -229,6 +229,40 @@ def test_the_project_names_its_remote_in_its_settings(
     assert other is not None and other.url.endswith("/other") and not other.read_only
 
 
+def test_a_remote_named_by_the_manifest_is_written_only_when_the_user_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clone's `settings: remote: file:///home/you/.ssh` made every build write objects and
+    leases wherever the repository chose (or into any bucket the user's credentials reach)."""
+    from flexforge.remote import configured_remote
+    from flexforge.settings import Settings
+    from tests.helpers import Project
+
+    monkeypatch.delenv("FLEXFORGE_REMOTE", raising=False)
+    monkeypatch.delenv("FLEXFORGE_REMOTE_WRITE", raising=False)
+    chosen = tmp_path / "chosen-by-the-repository"
+    chosen.mkdir()
+    settings = Settings.from_data({"remote": {"url": f"file://{chosen}"}})
+    remote = configured_remote(settings.remote)
+    assert remote is not None and remote.read_only
+    project = Project(tmp_path / "repo")
+    project.manifest(f"""
+        version: 1
+        settings: {{provider: draft, remote: {{url: "file://{chosen}"}}}}
+        defaults: {{width: 64, height: 64}}
+        assets:
+          a: {{prompt: "one", seed: 1}}
+    """)
+    assert project.run("build").exit_code == 0
+    assert list(chosen.rglob("*")) == []
+    monkeypatch.setenv("FLEXFORGE_REMOTE_WRITE", "1")
+    writable = configured_remote(settings.remote)
+    assert writable is not None and not writable.read_only
+    monkeypatch.setenv("FLEXFORGE_REMOTE_WRITE", "maybe")
+    with pytest.raises(RemoteError, match="FLEXFORGE_REMOTE_WRITE"):
+        configured_remote(settings.remote)
+
+
 def test_a_remote_setting_is_checked_by_the_manifest_schema(tmp_path: Path) -> None:
     from flexforge.errors import ManifestError
     from flexforge.manifest import load_manifest
