@@ -388,17 +388,23 @@ for path in sys.argv[1:]:
 """
 
 
+def fresh_clone(args: argparse.Namespace, n: int, name: str) -> tuple[Path, Path]:
+    """The built N-asset project, and a new `git clone` of it as a CI runner starts from."""
+    root = ensure_project(ProjectSpec(n), args.work_dir)
+    ensure_git_repo(root)
+    clone = args.work_dir / "clones" / f"{name}-n{n}"
+    if clone.exists():
+        shutil.rmtree(clone)
+    clone.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+    return root, clone
+
+
 def cold_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
     probes: list[Probe] = []
     for n in [n for n in args.sizes if n <= COLD_MAX]:
         print(f"cold plan, N={n}: cloning the built project ...", flush=True)
-        root = ensure_project(ProjectSpec(n), args.work_dir)
-        ensure_git_repo(root)
-        clone = args.work_dir / "clones" / f"cold-n{n}"
-        if clone.exists():
-            shutil.rmtree(clone)
-        clone.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+        _, clone = fresh_clone(args, n, "cold")
         files = sorted(
             [p.relative_to(clone).as_posix() for p in (clone / "refs").iterdir()]
             + [p.relative_to(clone).as_posix() for p in (clone / "assets").iterdir()]
@@ -762,13 +768,7 @@ def ci_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
     probes: list[Probe] = []
     for n in [n for n in args.sizes if n <= COLD_MAX]:
         print(f"ci check, N={n}: cloning the built project ...", flush=True)
-        root = ensure_project(ProjectSpec(n), args.work_dir)
-        ensure_git_repo(root)
-        clone = args.work_dir / "clones" / f"ci-n{n}"
-        if clone.exists():
-            shutil.rmtree(clone)
-        clone.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+        root, clone = fresh_clone(args, n, "ci")
         runner = args.work_dir / "runner" / f"n{n}"
         shutil.rmtree(runner, ignore_errors=True)
         runner.mkdir(parents=True)
