@@ -73,29 +73,7 @@ def race(args: argparse.Namespace, backend: str, number: int, work: Path, s3: ob
         text = manifest(args.keys, number)
         procs = []
         for m in range(args.runners):
-            root = work / f"{backend}-{number}-machine-{m}"
-            root.mkdir(parents=True)
-            (root / "flexforge.yaml").write_text(text)
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "flexforge",
-                        "-C",
-                        str(root),
-                        "build",
-                        "--provider",
-                        "emulator",
-                        "-j",
-                        "8",
-                    ],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-            )
+            procs.append(start_machine(work / f"{backend}-{number}-machine-{m}", text, env))
         killed = 0
         if args.kill:
             deadline = time.monotonic() + 60
@@ -108,29 +86,7 @@ def race(args: argparse.Namespace, backend: str, number: int, work: Path, s3: ob
             procs[0].wait()
             killed = 1
             # Another machine finishes what the killed one leased.
-            root = work / f"{backend}-{number}-machine-late"
-            root.mkdir(parents=True)
-            (root / "flexforge.yaml").write_text(text)
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "flexforge",
-                        "-C",
-                        str(root),
-                        "build",
-                        "--provider",
-                        "emulator",
-                        "-j",
-                        "8",
-                    ],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-            )
+            procs.append(start_machine(work / f"{backend}-{number}-machine-late", text, env))
         failed = 0
         for proc in procs[killed:]:
             _, err = proc.communicate(timeout=600)
@@ -145,6 +101,19 @@ def race(args: argparse.Namespace, backend: str, number: int, work: Path, s3: ob
         "leases_left": len(leases(url)),
         "killed": killed,
     }
+
+
+def start_machine(root: Path, manifest_text: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A project copy of its own, building against the emulator as another machine would."""
+    root.mkdir(parents=True)
+    (root / "flexforge.yaml").write_text(manifest_text)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flexforge", "-C", str(root), "build", "--provider", "emulator", "-j", "8"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def main() -> int:
