@@ -334,7 +334,10 @@ def noop_section(args: argparse.Namespace, tools: Tools, wanted: set[str]) -> li
             group.append(Probe("noop", "flexforge plan", n, [*tools.flexforge, "plan", *draft], root))
             group.append(Probe("noop", "python -m flexforge plan", n, [*tools.module, "plan", *draft], root))
         if "make" in wanted and tools.make:
-            # -q: exit 0 only when every target is up to date, so make agrees it is a no-op.
+            # A cached project re-built by a newer flexforge can leave an output older than its
+            # upstream's; -t marks the built targets up to date without running their recipes,
+            # then -q (exit 0 only when every target is up to date) proves make agrees.
+            subprocess.run([tools.make, "-s", "-r", "-t"], cwd=root, check=True, capture_output=True)
             subprocess.run([tools.make, "-q", "-r"], cwd=root, check=True)
             group.append(Probe("noop", "make -s -r", n, [tools.make, "-s", "-r"], root))
             group.append(Probe("noop", "make -s", n, [tools.make, "-s"], root))
@@ -411,9 +414,14 @@ def cold_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
         )
         megabytes = sum((clone / f).stat().st_size for f in files) / 1e6
         state = clone / ".flexforge"
+        # Derived caches (stat cache, validated manifest) live in the user cache, not in the
+        # clone: a runner starts with neither, so both are wiped before every timed plan.
+        cache = args.work_dir / "cold-user-cache"
+        env = quiet_env({"FLEXFORGE_CACHE_DIR": str(cache)})
 
-        def forget(state: Path = state) -> None:
+        def forget(state: Path = state, cache: Path = cache) -> None:
             shutil.rmtree(state, ignore_errors=True)
+            shutil.rmtree(cache, ignore_errors=True)
 
         extra = {"files": len(files), "megabytes": round(megabytes, 1)}
         group = []
@@ -439,13 +447,14 @@ def cold_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
             n,
             [*tools.flexforge, "plan", "--provider", "draft"],
             clone,
+            env=env,
             setup=forget,
             extra=extra,
         )
         group.append(plan)
         # The clone has no .flexforge/: the plan must hash everything and still find nothing to do.
         forget()
-        check_noop(tools, clone)
+        check_noop(tools, clone, env)
         print(
             f"cold plan, N={n}: {len(files)} files, {megabytes:.0f} MB, timing x {args.repeat} ...",
             flush=True,
