@@ -317,7 +317,7 @@ def noop_section(args: argparse.Namespace, tools: Tools, wanted: set[str]) -> li
     startup = Probe("noop", "python -c pass", None, [py, "-c", "pass"])
     for n in args.sizes:
         print(f"no-op, N={n}: preparing the project (generated and built once, then cached) ...", flush=True)
-        root = ensure_project(ProjectSpec(n), args.work_dir)
+        root = ensure_project(ProjectSpec.for_noop(n), args.work_dir)
         check_noop(tools, root)
         group: list[Probe] = []
         if "pass" in wanted:
