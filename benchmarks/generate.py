@@ -80,7 +80,9 @@ class ProjectSpec:
         sizes = "" if self.sizes == SIZES else "-" + "_".join(f"{w}x{h}" for w, h in self.sizes)
         chained = "" if self.chained_fraction == 0.1 else f"-chained{self.chained_fraction:g}"
         side = "" if self.ref_side == REF_SIDE else f"-ref{self.ref_side}"
-        return f"{self.layout}-n{self.assets}-seed{self.seed}{refs}{sizes}{chained}{side}-v{GENERATOR_VERSION}"
+        return (
+            f"{self.layout}-n{self.assets}-seed{self.seed}{refs}{sizes}{chained}{side}-v{GENERATOR_VERSION}"
+        )
 
     @classmethod
     def for_noop(cls, assets: int) -> ProjectSpec:

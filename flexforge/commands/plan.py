@@ -63,12 +63,12 @@ def _remember_noop(project: Project, plan: Plan, *, by_default: bool) -> None:
         files.update((ref, None) for ref in step.asset.references if ref not in step.asset.asset_refs)
     noop.record(
         str(project.manifest.path),
-        str(project.lock_path),
         plan.provider,
         len(plan.steps),
         list(files),
         summary_line(plan),
         by_default=by_default,
+        read_stamps=project.read_stamps,
     )
 
 
