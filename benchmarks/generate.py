@@ -73,6 +73,9 @@ class ProjectSpec:
     # Side of each noise reference. The no-op only stats references; a smaller side keeps the
     # 100k project at ~0.5 GB of references instead of ~20 GB (see for_noop).
     ref_side: int = REF_SIDE
+    # Short prompts: a 100k manifest with the usual ones (~250 bytes an asset) would pass
+    # flexforge's 16 MiB manifest limit (flexforge/yamlsource.py).
+    short_prompts: bool = False
 
     @property
     def name(self) -> str:
@@ -80,16 +83,20 @@ class ProjectSpec:
         sizes = "" if self.sizes == SIZES else "-" + "_".join(f"{w}x{h}" for w, h in self.sizes)
         chained = "" if self.chained_fraction == 0.1 else f"-chained{self.chained_fraction:g}"
         side = "" if self.ref_side == REF_SIDE else f"-ref{self.ref_side}"
+        side += "-short" if self.short_prompts else ""
         return (
             f"{self.layout}-n{self.assets}-seed{self.seed}{refs}{sizes}{chained}{side}-v{GENERATOR_VERSION}"
         )
 
     @classmethod
     def for_noop(cls, assets: int) -> ProjectSpec:
-        """The mixed project of the no-op rows: full-size references up to 10,000 assets, and
-        16 x 16 ones (~0.8 KB) beyond, where ~197 KB each would be 20 GB at 100,000. The no-op
-        never reads a reference (it stats it), so its cost does not depend on their size."""
-        return cls(assets, ref_side=REF_SIDE if assets <= SMALL_REFS_ABOVE else SMALL_REF_SIDE)
+        """The mixed project of the no-op rows: as it is up to 10,000 assets; beyond, 16 x 16
+        references (~0.8 KB; ~197 KB each would be 20 GB at 100,000) and short prompts (so that
+        the manifest stays under flexforge's 16 MiB limit). The no-op never reads a reference or
+        parses the manifest (it stats them), so neither changes what it costs."""
+        if assets <= SMALL_REFS_ABOVE:
+            return cls(assets)
+        return cls(assets, ref_side=SMALL_REF_SIDE, short_prompts=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +146,8 @@ def plan_assets(spec: ProjectSpec) -> list[AssetSpec]:
             f"{rng.choice(_SCENES)} for {{brand}}, number {i}, with the headline '{{tagline}}' "
             f"in bold sans-serif"
         )
+        if spec.short_prompts:
+            prompt = f"Product {i} for {{brand}}"
         if upstream is not None:
             prompt = "Same product as image 1, restyled: " + prompt
         out.append(
