@@ -771,10 +771,72 @@ def print_review(probes: Sequence[Probe]) -> None:
 # -- the GitHub Action's check path ----------------------------------------------------------------
 
 
+INSTALL_REPEAT_MAX = 3  # each install is tens of seconds
+IMPORT_TOP = 12  # packages shown in the import breakdown
+
+
+def install_section(args: argparse.Namespace) -> tuple[list[Probe], Path]:
+    """What action.yml does before flexforge runs, timed: `python -m venv`, then `pip install`
+    of a fresh clone of this repository (pip's cache warm: the untimed first round fills it).
+    Returns the two probes and the last venv made, which the import breakdown then uses."""
+    base = args.work_dir / "ci-install"
+    source, venv = base / "flexforge-src", base / "venv"
+    shutil.rmtree(source, ignore_errors=True)
+    source.parent.mkdir(parents=True, exist_ok=True)
+    if (REPO / ".git").exists():
+        # What the action installs is a checkout: committed files only, no egg-info or .venv.
+        subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{REPO}", str(source)], check=True)
+    else:
+        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", "*.egg-info", ".git"))
+    python = getattr(sys, "_base_executable", sys.executable)  # as a runner's setup-python
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    make_venv = Probe("ci", "python -m venv", None, [python, "-m", "venv", str(venv)])
+    install = Probe("ci", "pip install . (pip cache warm)", None, [*pip, str(source)])
+    rounds = min(args.repeat, INSTALL_REPEAT_MAX)
+    print(f"ci install: venv + pip install of a fresh clone, 1 + {rounds} rounds ...", flush=True)
+    for i in range(rounds + 1):
+        shutil.rmtree(venv, ignore_errors=True)
+        for probe in (make_venv, install):
+            elapsed = run_once(probe)
+            if i:  # the first round warms pip's cache and the page cache
+                probe.samples.append(elapsed)
+    du = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
+    install.extra["venv_mb"] = round(du / 1e6, 1)
+    return [make_venv, install], venv
+
+
+def import_breakdown(
+    python: Path, cmd: list[str], cwd: Path, env: dict[str, str], setup: Callable[[], None], runs: int
+) -> list[tuple[str, float]]:
+    """(top-level package, median ms of import) for `python -X importtime CMD...`, heaviest
+    first: each module's own time, summed by the package its name starts with."""
+    totals: dict[str, list[float]] = {}
+    for _ in range(runs):
+        setup()
+        proc = subprocess.run(
+            [str(python), "-X", "importtime", *cmd], cwd=cwd, env=env, capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise BenchmarkError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        run: dict[str, float] = {}
+        for line in proc.stderr.splitlines():
+            if not line.startswith("import time:") or "self [us]" in line:
+                continue
+            own, _, name = line.removeprefix("import time:").split("|")
+            package = name.strip().split(".")[0]
+            run[package] = run.get(package, 0.0) + int(own) / 1000
+        for package, ms in run.items():
+            totals.setdefault(package, []).append(ms)
+    rows = [(package, statistics.median(ms + [0.0] * (runs - len(ms)))) for package, ms in totals.items()]
+    rows.sort(key=lambda row: -row[1])
+    return rows
+
+
 def ci_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
-    """What a CI runner pays: a fresh clone, `.flexforge/` restored from actions/cache, an empty
-    user cache (a new machine), then the action's `check` against a plain `build --frozen`."""
-    probes: list[Probe] = []
+    """What a CI runner pays: installing flexforge (venv + pip install, pip's cache warm), then in
+    a fresh clone with `.flexforge/` restored from actions/cache and an empty user cache (a new
+    machine) the action's `check` against a plain `build --frozen`, and what its imports cost."""
+    probes, venv = install_section(args)
     for n in [n for n in args.sizes if n <= COLD_MAX]:
         print(f"ci check, N={n}: cloning the built project ...", flush=True)
         root, clone = fresh_clone(args, n, "ci")
@@ -854,11 +916,44 @@ def ci_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
                 cpu[probe.label].append(timed_rusage(probe.cmd, probe.cwd, probe.env)[1])
         for probe in (frozen, check):
             probe.extra["cpu_s"] = round(statistics.median(cpu[probe.label]), 3)
+        # Imports, in the venv just installed (no editable install's import hooks), as on a runner.
+        installed = [str(venv / "bin" / "flexforge"), *frozen.cmd[1:]]
+        subprocess.run(installed, cwd=clone, env=env, capture_output=True, check=True)  # compile .pyc
+        breakdown = import_breakdown(
+            venv / "bin" / "python",
+            ["-m", "flexforge", *frozen.cmd[1:]],
+            clone,
+            env,
+            fresh_runner,
+            args.repeat,
+        )
+        frozen.extra["imports_ms"] = {package: round(ms, 1) for package, ms in breakdown}
         probes += [frozen, check]
     return probes
 
 
 def print_ci(probes: Sequence[Probe]) -> None:
+    installs = [p for p in probes if p.n is None]
+    if installs:
+        rows = [
+            [
+                p.label,
+                str(len(p.samples)),
+                fmt_time(p.median),
+                f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
+            ]
+            for p in installs
+        ]
+        total = sum(p.median for p in installs)
+        rows.append(["venv + install", "", fmt_time(total), ""])
+        print(
+            table(["ci: install (as action.yml)", "runs", "median", "min - max"], rows, [False] + [True] * 3)
+        )
+        venv_mb = installs[-1].extra.get("venv_mb")
+        if venv_mb is not None:
+            print(f"(installed venv: {venv_mb:.0f} MB)")
+        print()
+    probes = [p for p in probes if p.n is not None]
     frozen = {p.n: p for p in probes if "--frozen" in p.label}
     rows = [
         [
@@ -876,6 +971,14 @@ def print_ci(probes: Sequence[Probe]) -> None:
     headers = ["ci: fresh clone, cache restored", "N", "runs", "median", "min - max", "x frozen"]
     headers += ["CPU", "CPU x frozen"]
     print(table(headers, rows, [False] + [True] * 7))
+    for n, p in frozen.items():
+        imports = p.extra.get("imports_ms")
+        if not imports:
+            continue
+        total = sum(imports.values())
+        top = list(imports.items())[:IMPORT_TOP]
+        print(f"\nimports of `flexforge build --frozen`, N={n:,} (-X importtime, median ms): {total:.0f} ms")
+        print("  " + ", ".join(f"{package} {ms:.1f}" for package, ms in top))
 
 
 # -- makespan against the emulator ------------------------------------------------------------------

@@ -27,7 +27,7 @@ TYPE_CHECKING = False  # typing itself costs the no-op path an import (mypy read
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-MEMO_VERSION = 4
+MEMO_VERSION = 5
 _MAGIC = b"flexforge-noop %d\n" % MEMO_VERSION
 _PROVIDER_ENV = "FLEXFORGE_PROVIDER"
 _MEMO_LIMIT = 256 * 2**20  # a 1,000,000-file project's memo is ~60 MB
@@ -75,15 +75,18 @@ def record(
     provider: str,
     asset_count: int,
     files: Sequence[str],
-    summary: str,
+    plan_lines: Sequence[str],
     *,
     by_default: bool = False,
     read_stamps: Mapping[str, list[int] | None],
+    quiet_lines: int = 0,
 ) -> None:
     """Remember that this manifest, lock and provider planned as nothing to do.
 
-    `read_stamps` holds the manifest's and the lock's stamps (by path) taken before the plan read
-    them: if either changed since, the plan answered for other bytes and nothing is recorded."""
+    `plan_lines` is what `plan` printed, of which the first `quiet_lines` also under -q (a
+    matrix's expansion). `read_stamps` holds the manifest's and the lock's stamps (by path) taken
+    before the plan read them: if either changed since, the plan answered for other bytes and
+    nothing is recorded."""
     from array import array
 
     from flexforge import __version__
@@ -105,8 +108,9 @@ def record(
             return  # an inode past 2**63 (some network file systems): this project goes without
         numbers.extend(stamp)
         names.append(name)
-    header = [__version__, provider, "1" if by_default else "0", str(asset_count), summary]
-    if any("\n" in line for line in header):
+    header = [__version__, provider, "1" if by_default else "0", str(asset_count)]
+    header += [str(len(plan_lines)), str(quiet_lines), *plan_lines]
+    if any("\n" in line for line in header) or not 0 <= quiet_lines <= len(plan_lines):
         return
     paths = b"\0".join(names)
     head = "".join(f"{line}\n" for line in header).encode() + b"%d %d\n" % (len(names), len(paths))
@@ -180,13 +184,12 @@ def answer(argv: list[str]) -> int | None:
     finally:
         os.close(fd)
     try:
-        summary = _check(data, st.st_mtime_ns, command, manifest, provider)
+        lines = _check(data, st.st_mtime_ns, command, manifest, provider, quiet)
     except (OSError, ValueError, TypeError, IndexError, UnicodeDecodeError):
         return None  # a damaged memo, or a file gone: the full command answers
-    if summary is None:
+    if lines is None:
         return None
-    if not quiet:
-        sys.stdout.write(summary + "\n")
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
     return 0
 
 
@@ -202,20 +205,28 @@ def _stamps(root: str, names: list[bytes]) -> list[tuple[int, int, int, int]]:
         os.close(back)
 
 
-def _check(data: bytes, written: int, command: str, manifest: str, provider: str | None) -> str | None:
-    """The line to print if `data`, a memo written at `written`, still holds; else None."""
+def _check(
+    data: bytes, written: int, command: str, manifest: str, provider: str | None, quiet: bool
+) -> list[str] | None:
+    """The lines to print if `data`, a memo written at `written`, still holds; else None."""
     from flexforge import __version__
 
     if not data.startswith(_MAGIC):
         return None
-    lines = data[len(_MAGIC) :].split(b"\n", 6)
-    if len(lines) != 7:
+    head = data[len(_MAGIC) :].split(b"\n", 6)
+    if len(head) != 7:
         return None
-    version, memo_provider, by_default, assets, summary = (line.decode() for line in lines[:5])
+    version, memo_provider, by_default, assets, shown, always = (line.decode() for line in head[:6])
     if version != __version__ or (memo_provider != provider if provider else by_default != "1"):
         return None
-    count, size = (int(n) for n in lines[5].split(b" "))
-    body = lines[6]
+    if int(shown) < 0:
+        return None
+    rest = head[6].split(b"\n", int(shown) + 1)
+    if len(rest) != int(shown) + 2:
+        return None
+    plan_lines = [line.decode() for line in rest[: int(shown)]]
+    count, size = (int(n) for n in rest[-2].split(b" "))
+    body = rest[-1]
     # A view, not an array: the array module imports collections.abc, which costs more than this.
     stamps = memoryview(body)[size:].cast("q")
     names = body[:size].split(b"\0")
@@ -230,5 +241,5 @@ def _check(data: bytes, written: int, command: str, manifest: str, provider: str
         return None
     if command == "build":
         n = int(assets)
-        return f"Up to date: {n} asset{'' if n == 1 else 's'}."
-    return summary
+        return [] if quiet else [f"Up to date: {n} asset{'' if n == 1 else 's'}."]
+    return plan_lines[: int(always)] if quiet else plan_lines

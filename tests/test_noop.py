@@ -104,7 +104,7 @@ def test_a_memo_that_does_not_parse_falls_through(built: Project) -> None:
         good + b"\0" * 8,
         good.replace(b"\n2 ", b"\n9 ", 1),
         good.replace(b"flexforge-noop", b"flexforge-noop 3\n", 1),
-        b"flexforge-noop 4\n0.1.0\ndraft\n0\n2\nx\n-1 -1\n",
+        b"flexforge-noop 5\n0.1.0\ndraft\n0\n2\n-1\n0\n2 9\n",
         b"\xff" * 200,
     ]
     for data in bad_memos:
@@ -113,7 +113,7 @@ def test_a_memo_that_does_not_parse_falls_through(built: Project) -> None:
         assert "Traceback" not in result.stderr, data
         assert result.returncode == 0, result.stderr
     # The full command ran and wrote a good memo again; it answers.
-    assert memo.read_bytes().startswith(b"flexforge-noop 4\n")
+    assert memo.read_bytes().startswith(noop._MAGIC)
     assert noop.answer(["-C", str(built.root), "-q", "build", "--provider", "draft"]) == 0
 
 
@@ -145,10 +145,10 @@ def test_a_manifest_edited_while_planning_is_not_vouched_for(built: Project) -> 
     assert stale is not None
     built.edit("second", "third")
     stamps = {manifest: stale, lock: noop.regular_stamp(lock)}
-    noop.record(manifest, "draft", 2, ["assets/a.png"], "Plan: ...", read_stamps=stamps)
+    noop.record(manifest, "draft", 2, ["assets/a.png"], ["Plan: ..."], read_stamps=stamps)
     assert not memo.exists()
     stamps[manifest] = noop.regular_stamp(manifest)
-    noop.record(manifest, "draft", 2, ["assets/a.png"], "Plan: ...", read_stamps=stamps)
+    noop.record(manifest, "draft", 2, ["assets/a.png"], ["Plan: ..."], read_stamps=stamps)
     assert memo.exists()
 
 
@@ -174,3 +174,29 @@ def test_the_noop_answer_loads_no_module_it_does_not_need(built: Project) -> Non
     loaded = set(out[1:])
     needless = {"json", "hashlib", "typing", "dataclasses", "pathlib", "collections", "click", "yaml"}
     assert not loaded & {*needless, "flexforge.errors", "flexforge.cli"}
+
+
+def test_a_matrix_plan_answered_by_the_memo_prints_its_expansion(project: Project) -> None:
+    """`plan` shows which matrix made how many assets (under -q too); the memo's answer must be
+    the full command's, line for line."""
+    project.manifest("""
+        version: 1
+        defaults: {width: 64, height: 64}
+        assets:
+          ad-{product}-{channel}:
+            matrix: {product: [mug, bag], channel: [feed, story]}
+            prompt: "{product} for {channel}"
+            out: "ads/{product}-{channel}.png"
+          hero: {prompt: "a hero", seed: 3}
+    """)
+    assert project.build().exit_code == 0
+    memo = Path(noop._memo_path(str(project.root / "flexforge.yaml")))
+    for args in (["plan"], ["-q", "plan"], ["build"], ["-q", "build"]):
+        memo.unlink(missing_ok=True)
+        full = flexforge(project, *args, "--provider", "draft")
+        assert memo.exists(), args
+        answered = flexforge(project, *args, "--provider", "draft")
+        assert noop.answer(["-C", str(project.root), *args, "--provider", "draft"]) == 0
+        assert (answered.returncode, answered.stdout) == (full.returncode, full.stdout), args
+        if "plan" in args:
+            assert "  matrix ad-{product}-{channel} (line 4) -> 4 assets\n" in answered.stdout
