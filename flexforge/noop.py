@@ -9,7 +9,7 @@ any option the memo does not cover, falls through to the full command.
 
 The memo lives in the user's cache, never in the repository (docs/security.md). Its format is
 made to load with no parser: a short text header, the paths joined by NUL, and the stamps as one
-array of 64-bit integers, checked for length before use (no pickle or marshal: a damaged or
+run of 64-bit integers (four a file), checked for length before use (no pickle or marshal: a damaged or
 planted file is only ever a memo that does not match).
 
 This module must stay light: standard library built-ins only, imported before everything else.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import sys
 
 from flexforge.paths import lock_path_for, project_cache_dir
@@ -27,11 +28,13 @@ TYPE_CHECKING = False  # typing itself costs the no-op path an import (mypy read
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-MEMO_VERSION = 5
+MEMO_VERSION = 6
 _MAGIC = b"flexforge-noop %d\n" % MEMO_VERSION
 _PROVIDER_ENV = "FLEXFORGE_PROVIDER"
 _MEMO_LIMIT = 256 * 2**20  # a 1,000,000-file project's memo is ~60 MB
-_STAMP = "q"  # int64 (memoryview.cast("q") below too): inode, size, mtime_ns, ctime_ns
+# A file's stamp in the memo: inode, size, mtime_ns, ctime_ns as native int64s (the memo never
+# leaves this machine), so that the stamps taken now compare with the recorded ones as bytes.
+_PACK = struct.Struct("=4q").pack
 _INT64 = range(-(2**63), 2**63)
 
 
@@ -87,26 +90,24 @@ def record(
     matrix's expansion). `read_stamps` holds the manifest's and the lock's stamps (by path) taken
     before the plan read them: if either changed since, the plan answered for other bytes and
     nothing is recorded."""
-    from array import array
-
     from flexforge import __version__
 
     root = os.path.dirname(manifest)
     lock = lock_path_for(manifest)
-    numbers = array(_STAMP)
+    numbers: list[bytes] = []
     names: list[bytes] = []
     for path in (manifest, lock):
         before = read_stamps.get(path)
         if before is None or regular_stamp(path) != before:
             return
-        numbers.extend(before)
+        numbers.append(_PACK(*before))
         names.append(os.fsencode(os.path.relpath(path, root)))
     for rel in files:
         stamp = file_stamp(os.path.join(root, rel))
         name = os.fsencode(rel)
         if stamp is None or b"\0" in name or not all(n in _INT64 for n in stamp):
             return  # an inode past 2**63 (some network file systems): this project goes without
-        numbers.extend(stamp)
+        numbers.append(_PACK(*stamp))
         names.append(name)
     header = [__version__, provider, "1" if by_default else "0", str(asset_count)]
     header += [str(len(plan_lines)), str(quiet_lines), *plan_lines]
@@ -114,7 +115,7 @@ def record(
         return
     paths = b"\0".join(names)
     head = "".join(f"{line}\n" for line in header).encode() + b"%d %d\n" % (len(names), len(paths))
-    data = _MAGIC + head + paths + numbers.tobytes()
+    data = _MAGIC + head + paths + b"".join(numbers)
 
     from pathlib import Path
 
@@ -185,21 +186,29 @@ def answer(argv: list[str]) -> int | None:
         os.close(fd)
     try:
         lines = _check(data, st.st_mtime_ns, command, manifest, provider, quiet)
-    except (OSError, ValueError, TypeError, IndexError, UnicodeDecodeError):
+    except (OSError, ValueError, TypeError, IndexError, UnicodeDecodeError, struct.error):
         return None  # a damaged memo, or a file gone: the full command answers
     if lines is None:
         return None
-    sys.stdout.write("".join(f"{line}\n" for line in lines))
+    try:
+        sys.stdout.write("".join(f"{line}\n" for line in lines))
+    except BrokenPipeError:
+        raise
+    except OSError:  # a full disk behind stdout: the full command says so in its own words
+        return None
     return 0
 
 
-def _stamps(root: str, names: list[bytes]) -> list[tuple[int, int, int, int]]:
-    """The stamp of every file `names` (relative to `root`), one stat each. From within `root`:
-    the kernel then walks two path components a file rather than the whole absolute path."""
+def _stamps(root: str, names: list[bytes]) -> bytes:
+    """The packed stamps of the files `names` (relative to `root`), one stat each. From within
+    `root`: the kernel then walks two path components a file rather than the whole path."""
     back = os.open(".", os.O_RDONLY)
     try:
         os.chdir(root)
-        return [(s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for s in map(os.stat, names)]
+        pack = _PACK
+        return b"".join(
+            [pack(s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for s in map(os.stat, names)]
+        )
     finally:
         os.fchdir(back)  # by descriptor: right even if the old folder was renamed meanwhile
         os.close(back)
@@ -228,16 +237,16 @@ def _check(
     count, size = (int(n) for n in rest[-2].split(b" "))
     body = rest[-1]
     # A view, not an array: the array module imports collections.abc, which costs more than this.
-    stamps = memoryview(body)[size:].cast("q")
+    raw = body[size:]
+    stamps = memoryview(raw).cast("q")
     names = body[:size].split(b"\0")
     if len(names) != count or len(stamps) != 4 * count or count < 2:
         return None
     # Written in the clock tick of a change, a stamp cannot vouch for that file (git's "racy").
     if max(stamps[2::4]) >= written or max(stamps[3::4]) >= written:
         return None
-    recorded = iter(stamps.tolist())
-    then = list(zip(recorded, recorded, recorded, recorded, strict=True))
-    if _stamps(os.path.dirname(manifest), names) != then:
+    # Compared as bytes: no tuple of four ints made a file for the recorded side.
+    if _stamps(os.path.dirname(manifest), names) != raw:
         return None
     if command == "build":
         n = int(assets)

@@ -200,3 +200,21 @@ def test_a_matrix_plan_answered_by_the_memo_prints_its_expansion(project: Projec
         assert (answered.returncode, answered.stdout) == (full.returncode, full.stdout), args
         if "plan" in args:
             assert "  matrix ad-{product}-{channel} (line 4) -> 4 assets\n" in answered.stdout
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_an_answer_stdout_refuses_is_reported_not_a_traceback(built: Project) -> None:
+    """A full disk behind stdout: the memo's answer cannot be written, so the full command runs
+    and reports it in one line, exit 1, as it would have without a memo."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "flexforge", "-C", str(built.root), "plan", "--provider", "draft"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "No space left on device" in result.stderr
