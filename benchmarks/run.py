@@ -70,6 +70,7 @@ PRICING_TOLERANCE = 0.05  # estimate within 5 % of the bill
 NOOP_ROWS = ("pass", "floor", "build", "plan", "make", "dvc")
 COLD_MAX = 1000  # cold plans are timed up to this N (the 10k clone alone would be 2 GB more)
 DVC_REPRO_MAX = 1000  # `dvc repro` no-op takes minutes at 10k; `dvc status` says the same thing
+MAKE_RULES_MAX = 10_000  # `make -s` (implicit-rule search) takes minutes a run at 100k
 BUDGET_S = 90.0  # stop repeating a command once it used this much time (DVC at 10k)
 
 
@@ -340,7 +341,8 @@ def noop_section(args: argparse.Namespace, tools: Tools, wanted: set[str]) -> li
             subprocess.run([tools.make, "-s", "-r", "-t"], cwd=root, check=True, capture_output=True)
             subprocess.run([tools.make, "-q", "-r"], cwd=root, check=True)
             group.append(Probe("noop", "make -s -r", n, [tools.make, "-s", "-r"], root))
-            group.append(Probe("noop", "make -s", n, [tools.make, "-s"], root))
+            if n <= MAKE_RULES_MAX:
+                group.append(Probe("noop", "make -s", n, [tools.make, "-s"], root))
         if "dvc" in wanted and tools.dvc:
             prepare_dvc(tools.dvc, root)
             env = dvc_env()
@@ -1428,6 +1430,15 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
         Target("no-op build 1k / python -c pass", ratio(get("flexforge build", 1000), startup), 8),
         Target(
             "no-op build 10k / 1k", ratio(get("flexforge build", 10000), get("flexforge build", 1000)), 10
+        ),
+        Target(
+            "no-op build 10k / make -s -r",
+            ratio(get("flexforge build", 10000), get("make -s -r", 10000)),
+            1.5,
+        ),
+        # Linear: ten times the files may cost at most ten times the time.
+        Target(
+            "no-op build 100k / 10k", ratio(get("flexforge build", 100000), get("flexforge build", 10000)), 10
         ),
         Target(
             "cold plan 1k / sha256sum",
