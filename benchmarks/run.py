@@ -1363,8 +1363,17 @@ def matrix_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
         probes.append(
             Probe("matrix", f"no-op build ({label})", n, [*tools.flexforge, "build", *draft], where, env)
         )
+    # The floor parses what it stats: over the matrix file it would see one (template) asset and
+    # stat one path, so it runs over the same assets written out, the least a naive tool that
+    # expanded the matrix would still do (parse 1,000 assets, read the lock, stat every file).
     probes.append(
-        Probe("matrix", "floor script (matrix)", n, [sys.executable, str(HERE / "floor.py"), "."], root)
+        Probe(
+            "matrix",
+            "floor script (same assets by hand)",
+            n,
+            [sys.executable, str(HERE / "floor.py"), "."],
+            hand,
+        )
     )
     measure(probes, args.repeat)
     return probes
@@ -1464,7 +1473,7 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
         ),
         Target(
             "matrix 1k no-op build / floor",
-            ratio(get("no-op build (matrix)", 1000), get("floor script (matrix)", 1000)),
+            ratio(get("no-op build (matrix)", 1000), get("floor script (same assets by hand)", 1000)),
             0.5,
         ),
         Target(
