@@ -838,7 +838,10 @@ def ci_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
     """What a CI runner pays: installing flexforge (venv + pip install, pip's cache warm), then in
     a fresh clone with `.flexforge/` restored from actions/cache and an empty user cache (a new
     machine) the action's `check` against a plain `build --frozen`, and what its imports cost."""
-    probes, venv = install_section(args)
+    # A smoke run proves the runner works: it skips installing (a minute of pip) and takes the
+    # import breakdown in this venv.
+    probes, venv = ([], None) if args.smoke else install_section(args)
+    python = venv / "bin" / "python" if venv else Path(sys.executable)
     for n in [n for n in args.sizes if n <= COLD_MAX]:
         print(f"ci check, N={n}: cloning the built project ...", flush=True)
         root, clone = fresh_clone(args, n, "ci")
@@ -919,16 +922,9 @@ def ci_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
         for probe in (frozen, check):
             probe.extra["cpu_s"] = round(statistics.median(cpu[probe.label]), 3)
         # Imports, in the venv just installed (no editable install's import hooks), as on a runner.
-        installed = [str(venv / "bin" / "flexforge"), *frozen.cmd[1:]]
+        installed = [str(python), "-m", "flexforge", *frozen.cmd[1:]]
         subprocess.run(installed, cwd=clone, env=env, capture_output=True, check=True)  # compile .pyc
-        breakdown = import_breakdown(
-            venv / "bin" / "python",
-            ["-m", "flexforge", *frozen.cmd[1:]],
-            clone,
-            env,
-            fresh_runner,
-            args.repeat,
-        )
+        breakdown = import_breakdown(python, installed[1:], clone, env, fresh_runner, args.repeat)
         frozen.extra["imports_ms"] = {package: round(ms, 1) for package, ms in breakdown}
         probes += [frozen, check]
     return probes
