@@ -94,6 +94,8 @@ class Probe:
     setup: Callable[[], None] | None = None  # run before every run, untimed (e.g. reset state)
     ok_codes: tuple[int, ...] = (0,)
     samples: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # user + sys seconds of each timed run
+    last_cpu: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -110,19 +112,24 @@ class Probe:
             "median_s": round(self.median, 6) if self.samples else None,
             "min_s": round(min(self.samples), 6) if self.samples else None,
             "max_s": round(max(self.samples), 6) if self.samples else None,
+            "cpu_median_s": round(statistics.median(self.cpu), 6) if self.cpu else None,
             **self.extra,
         }
 
 
 def run_once(probe: Probe) -> float:
-    """Wall seconds of one run of `probe`, from just before fork to just after exit."""
+    """Wall seconds of one run of `probe`, from just before fork to just after exit; its CPU
+    seconds (user + sys, from the children's rusage) go to `probe.last_cpu`."""
     if probe.setup is not None:
         probe.setup()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         probe.cmd, cwd=probe.cwd, env=probe.env or quiet_env(), capture_output=True, check=False
     )
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    probe.last_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode not in probe.ok_codes:
         tail = (proc.stderr or proc.stdout).decode(errors="replace")[-3000:]
         raise BenchmarkError(f"{' '.join(probe.cmd)} (in {probe.cwd}) exited {proc.returncode}:\n{tail}")
@@ -141,6 +148,7 @@ def measure(probes: Sequence[Probe], repeat: int, *, warmup: int = 1, budget_s: 
             if probe.samples and sum(probe.samples) >= budget_s:
                 continue
             probe.samples.append(run_once(probe))
+            probe.cpu.append(probe.last_cpu)
 
 
 def fmt_time(seconds: float | None) -> str:
@@ -161,6 +169,13 @@ def ratio(a: Probe | None, b: Probe | None) -> float | None:
     if a is None or b is None or not a.samples or not b.samples or b.median == 0:
         return None
     return a.median / b.median
+
+
+def cpu_ratio(a: Probe | None, b: Probe | None) -> float | None:
+    """a's median CPU seconds over b's, when both were measured."""
+    if a is None or b is None or not a.cpu or not b.cpu or statistics.median(b.cpu) <= 0:
+        return None
+    return statistics.median(a.cpu) / statistics.median(b.cpu)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
@@ -376,10 +391,15 @@ def print_noop(probes: Sequence[Probe], sizes: Sequence[int]) -> None:
                 fmt_ratio(ratio(p, floors.get(p.n))),
                 fmt_ratio(ratio(p, startup)),
                 fmt_ratio(ratio(p, previous)),
+                fmt_time(statistics.median(p.cpu)) if p.cpu else "",
             ]
         )
     headers = ["no-op (nothing changed)", "N", "runs", "median", "min - max", "x floor", "x pass", "x prev N"]
-    print(table(headers, rows, [False, True, True, True, True, True, True, True]))
+    headers.append("CPU")
+    print(table(headers, rows, [False, True, True, True, True, True, True, True, True]))
+    print(
+        "(CPU: median user + sys of the process; on a loaded machine wall time also measures the neighbours)"
+    )
 
 
 # -- cold plan after git clone ----------------------------------------------------------------------
@@ -1452,6 +1472,11 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
         Target(
             "no-op build 10k / make -s -r",
             ratio(get("flexforge build", 10000), get("make -s -r", 10000)),
+            1.5,
+        ),
+        Target(
+            "no-op build 10k / make -s -r, CPU",
+            cpu_ratio(get("flexforge build", 10000), get("make -s -r", 10000)),
             1.5,
         ),
         # Linear: ten times the files may cost at most ten times the time.
