@@ -1418,11 +1418,14 @@ def print_matrix(probes: Sequence[Probe]) -> None:
             fmt_time(p.median),
             f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
             fmt_ratio(ratio(p, hand.get(p.label.replace("(matrix)", "")))),
+            fmt_time(statistics.median(p.cpu)) if p.cpu else "",
+            fmt_ratio(cpu_ratio(p, hand.get(p.label.replace("(matrix)", "")))),
         ]
         for p in probes
     ]
     headers = ["100 x 10 matrix vs the same assets by hand", "N", "runs", "median", "min - max", "x by hand"]
-    print(table(headers, rows, [False] + [True] * 5))
+    headers += ["CPU", "CPU x by hand"]
+    print(table(headers, rows, [False] + [True] * 7))
 
 
 # -- targets ----------------------------------------------------------------------------------------
@@ -1503,6 +1506,11 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
         Target(
             "matrix 1k no-op build / by hand",
             ratio(get("no-op build (matrix)", 1000), get("no-op build (by hand)", 1000)),
+            1.10,
+        ),
+        Target(
+            "matrix 1k no-op build / by hand, CPU",
+            cpu_ratio(get("no-op build (matrix)", 1000), get("no-op build (by hand)", 1000)),
             1.10,
         ),
         Target(
