@@ -327,33 +327,38 @@ def build_project(root: Path, spec: ProjectSpec, *, jobs: int = 2) -> None:
 
     A big "mixed" project that has no lock yet is first built block by block, each block as a
     manifest of its own (`-f`), and the blocks' locks merged: a build rewrites the whole lock after
-    every asset, which at 10,000 assets would rewrite gigabytes. The final build of the whole
-    manifest then checks that the merged state is real: it must find nothing to do."""
+    every asset, which at 10,000 assets would rewrite gigabytes. Each block's lock is kept in
+    `.bench-blocks/` as soon as it is built, so that an interrupted build (the 100k one takes an
+    hour) resumes where it stopped. The final build of the whole manifest then checks that the
+    merged state is real: it must find nothing to do."""
     if spec.layout == "mixed" and spec.assets > BLOCK and not (root / "flexforge.lock").exists():
         assets = plan_assets(spec)
         merged: dict[str, object] = {}
         doc: dict[str, object] = {}
+        done = root / ".bench-blocks"
+        done.mkdir(exist_ok=True)
         # A block's outputs are the whole manifest's too, and flexforge refuses two manifests of
         # one folder writing the same file: the whole one waits aside (not as *.yaml) meanwhile.
         whole = root / "flexforge.yaml"
         aside = root / ".bench-whole-manifest"
-        whole.replace(aside)
+        if whole.exists():
+            whole.replace(aside)
         for start in range(0, len(assets), BLOCK):
-            part = root / f".bench-block-{start // BLOCK:03d}.yaml"
-            part.write_text(manifest_text(spec, assets[start : start + BLOCK]), encoding="utf-8")
-            flexforge_build(root, jobs=jobs, manifest=part)
-            # The documented rule: manifest FILE has its lock at FILE with the suffix .lock.
-            doc = json.loads(part.with_suffix(".lock").read_bytes())
+            kept = done / f"{start // BLOCK:03d}.lock"
+            if not kept.exists():
+                part = root / f".bench-block-{start // BLOCK:03d}.yaml"
+                part.write_text(manifest_text(spec, assets[start : start + BLOCK]), encoding="utf-8")
+                flexforge_build(root, jobs=jobs, manifest=part)
+                # The documented rule: manifest FILE has its lock at FILE with the suffix .lock.
+                part.with_suffix(".lock").replace(kept)
+                part.unlink()
+            doc = json.loads(kept.read_bytes())
             merged.update(doc["assets"])  # type: ignore[call-overload]
-            part.unlink()
-            part.with_suffix(".lock").unlink()
         aside.replace(whole)
         doc["assets"] = merged
-        # Whatever flexforge cached about the block manifests is of no further use.
-        for leftover in (root / ".flexforge").rglob(".bench-block-*"):
-            leftover.unlink()
         text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         (root / "flexforge.lock").write_text(text, encoding="utf-8")
+        shutil.rmtree(done)
     flexforge_build(root, jobs=jobs)
 
 
@@ -370,8 +375,16 @@ def ensure_project(spec: ProjectSpec, work_dir: Path = DEFAULT_WORK_DIR, *, buil
         cached = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         cached = None
-    if cached != params:
+    # Written once the files are, before the (long) build: a build interrupted after that
+    # resumes instead of starting again from nothing.
+    generated = root / ".bench-generated.json"
+    try:
+        was_generated = json.loads(generated.read_text(encoding="utf-8")) == params
+    except (OSError, ValueError):
+        was_generated = False
+    if cached != params and not was_generated:
         write_project(spec, root)
+        generated.write_text(json.dumps(params, sort_keys=True) + "\n", encoding="utf-8")
     if build:
         build_project(root, spec)
     if cached != params:
@@ -417,7 +430,8 @@ def ensure_git_repo(root: Path) -> None:
     else:
         subprocess.run(["git", "init", "-q", "-b", "main", str(root)], check=True)
         # DVC's files and make's leftovers are not part of what a flexforge user commits.
-        (root / ".gitignore").write_text("/.dvc/\n/dvc.lock\n/.dvcignore\n/" + MARKER + "\n")
+        ignored = ["/.dvc/", "/dvc.lock", "/.dvcignore", "/" + MARKER, "/.bench-generated.json"]
+        (root / ".gitignore").write_text("".join(f"{line}\n" for line in ignored))
     subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
     subprocess.run(
         ["git", "-C", str(root), *GIT_IDENTITY, "commit", "-q", "-m", "built by flexforge"],
