@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from flexforge.imaging import EXTENSIONS
 from flexforge.presets import Preset, catalog, parse_size, project_preset
 from flexforge.yamlsource import YamlDocument
 
@@ -94,7 +95,7 @@ def _with_candidates(assets: dict[str, Any], data: dict[str, Any], doc: YamlDocu
             result[asset_id] = raw  # the schema says what is wrong with a bad count
             continue
         fmt = raw.get("output_format", defaults.get("output_format", "png"))
-        ext = {"png": "png", "jpeg": "jpg", "webp": "webp"}.get(str(fmt), "png")
+        ext = EXTENSIONS.get(str(fmt), "png")
         here: Path_ = ("assets", asset_id)
         spots = _under(doc.positions, here)
         for k in range(1, count + 1):

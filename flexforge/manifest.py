@@ -18,7 +18,7 @@ from typing import Any
 from flexforge import models
 from flexforge.confine import Resolver, extension_problem, output_problem, private_part
 from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageError, clip
-from flexforge.imaging import EXTENSIONS
+from flexforge.imaging import API_FORMATS, EXTENSIONS, LOCAL_FORMATS
 from flexforge.models import FLEX_MODEL
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
 from flexforge.rendition import RENDITION, describe, operations
@@ -283,6 +283,10 @@ def _raw_refs(raw: Any, assets: dict[str, Any]) -> tuple[str, ...]:
     return tuple(r for r in refs if isinstance(r, str) and r in assets) if isinstance(refs, list) else ()
 
 
+def _either(words: tuple[str, ...]) -> str:
+    return f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else words[0]
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -503,6 +507,12 @@ class _Checker:
                 continue
             self._reference_file(ref, (*here, "references", i), all_assets)
         fmt = values["output_format"]
+        if fmt in LOCAL_FORMATS:
+            self.error(
+                (*here, "output_format") if "output_format" in raw else ("defaults", "output_format"),
+                f"output_format {fmt}: the API returns {_either(API_FORMATS)}; make {fmt} images "
+                "as renditions (`from: ID`, output_format: avif)",
+            )
         out = raw.get("out")
         if out is None:
             out = self._output_path(f"assets/{asset_id}.{EXTENSIONS[fmt]}", fmt, here)
@@ -598,6 +608,13 @@ class _Checker:
         if width * height > MAX_RENDITION_PIXELS:
             self.error(here, f"{width}x{height} is over {MAX_RENDITION_PIXELS // 10**6} MP; deliver smaller")
         fmt = raw.get("output_format", defaults["output_format"])
+        if fmt == "avif":
+            from flexforge.imaging import avif_problem
+
+            problem = avif_problem()
+            if problem is not None:
+                where = (*here, "output_format") if "output_format" in raw else ("defaults", "output_format")
+                self.error(where, f"output_format avif: {problem}")
         out = raw.get("out")
         if out is None:
             out = self._output_path(f"assets/{asset_id}.{EXTENSIONS[fmt]}", fmt, here)
@@ -672,6 +689,14 @@ class _Checker:
         for asset in assets.values():
             if asset.rendition is not None:
                 continue  # made locally: nothing is uploaded
+            for i, ref in enumerate(asset.references):
+                upstream = assets.get(ref)
+                if upstream is not None and upstream.output_format in LOCAL_FORMATS:
+                    self.error(
+                        ("assets", asset.id, "references", i),
+                        f"{ref} is {upstream.output_format}, which the API does not take as a "
+                        f"reference; reference a {_either(API_FORMATS)} rendition of it",
+                    )
             cap = models.get(asset.model).max_reference_mp
             if cap is None or not asset.references:
                 continue
