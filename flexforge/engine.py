@@ -42,7 +42,7 @@ from flexforge.progress import Reporter
 from flexforge.providers import GeneratedImage, Provider, TaskContext
 from flexforge.records import RecordError
 from flexforge.request import ImageRequest, ReferenceInput
-from flexforge.sources import IN_PLACE, REMOTE, Source, declared_problem
+from flexforge.sources import IN_PLACE, REMOTE, Nowhere, Source, declared_problem
 from flexforge.store import JournalEntry, KeyRecord, LedgerEntry, Store
 
 # Outcomes of one asset in a build.
@@ -404,6 +404,8 @@ class Builder:
             digest = (step.reference_digests or [None] * (index + 1))[index]
             made_here = upstream.id in self.made_here and digest is not None
             path = self.store.object_path(digest) if made_here and digest else root / upstream.out
+            if not upstream.written and digest is not None and not made_here:
+                path = await asyncio.to_thread(self._kept, upstream, digest)
         self.reporter.asset_started(asset.id, step.action)
         source = await asyncio.to_thread(path.read_bytes)
         data = await asyncio.to_thread(render, asset.rendition, source, root)
@@ -440,6 +442,10 @@ class Builder:
         if source.kind == IN_PLACE:
             problem = await asyncio.to_thread(sources.in_place_problem, source, asset)
             staged = None
+        elif not asset.written:  # a candidate kept in the cache: restored there, not at `out`
+            problem = await asyncio.to_thread(sources.cache, source, asset)
+            staged = None
+            self.made_here.add(asset.id)
         else:
             staged, problem = await _staged_from(sources.stage, source, asset, self._output_path(asset))
         if problem is not None:
@@ -551,9 +557,12 @@ class Builder:
             self._check_prompt(asset, image.prompt)
         self.store.put_key_record(key.key, made, durable=paid)
         record.settled = True
-        staged = await _staged(stage_bytes, self._output_path(asset), image.data)
-        assert staged is not None  # stage_bytes always stages
-        self._stage(asset, staged, sha)
+        if asset.written:
+            staged = await _staged(stage_bytes, self._output_path(asset), image.data)
+            assert staged is not None  # stage_bytes always stages
+            self._stage(asset, staged, sha)
+        else:  # a candidate kept in the cache only: dependents read it there
+            self.made_here.add(asset.id)
         if image.task_id is not None and paid_here:
             self._ledger(
                 LedgerEntry(
@@ -764,6 +773,24 @@ class Builder:
             raise ProviderError(f"{problem}; not written")
         return self.plan.manifest.root / asset.out
 
+    def _kept(self, upstream: Asset, digest: str) -> Path:
+        """The object-cache file of a candidate kept in the cache only, brought there from the
+        team remote or git history if this machine does not hold it."""
+        if not self.store.has_object(digest):
+            entry = self.lock.entries.get(upstream.id)
+            problem: str | None = "not found"
+            if entry is not None and entry.sha256 == digest:
+                source = self.facts.sources.find(entry.key, upstream.out, Nowhere(self.store))
+                problem = self.facts.sources.cache(source, upstream) if source else problem
+            if problem is not None:
+                raise ProviderError(
+                    f"{upstream.id}: its image is in no cache, remote or commit this machine can "
+                    f"read ({problem}); candidates are kept in the cache unless `settings: "
+                    f"variants_dir:` commits them. `flexforge build --replace {upstream.id}` "
+                    "makes it again (paid)"
+                )
+        return self.store.object_path(digest)
+
     def _scaled_reference(self, path: Path, max_mp: float) -> Path:
         """The reference scaled down to `max_mp` megapixels, kept in the object cache by its
         digest (a rebuild scales nothing again); the file itself when it already fits."""
@@ -787,6 +814,8 @@ class Builder:
                 # is renamed into place only with the next lock write); else from its file.
                 cached = self.store.object_path(digest)
                 path = cached if upstream.id in self.made_here else root / upstream.out
+                if not upstream.written and upstream.id not in self.made_here:
+                    path = self._kept(upstream, digest)
             # Checked again here, confinement too: the file or a folder on its way may have been
             # swapped (for a link out of the root) since the manifest was validated.
             problem = None

@@ -25,7 +25,7 @@ from flexforge.rendition import RENDITION, describe, operations
 from flexforge.settings import Settings
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
-CACHE_VERSION = 4  # bump when what validation produces changes
+CACHE_VERSION = 5  # bump when what validation produces changes
 CACHE_LIMIT = 512 * 1024 * 1024
 
 # Knobs that only some models take: set on another asset itself they are an error, in `defaults`
@@ -68,6 +68,9 @@ class Asset:
     max_cost_usd: float | None = None  # this asset's own budget: build refuses a plan over it
     # References are scaled down to at most this many megapixels before upload; None: as they are.
     reference_max_mp: float | None = None
+    # False: a candidate kept in the object cache only (no `settings: variants_dir:`); its `out`
+    # is where it would go, recorded in the lock, never written or read.
+    written: bool = True
 
     def reference_size(self, width: int, height: int) -> tuple[int, int]:
         """The size a reference of width x height is uploaded at."""
@@ -329,6 +332,7 @@ class _Checker:
         # (section, name) the schema refused: their meaning is not checked, their errors suffice.
         self.invalid: set[tuple[str | int, ...]] = set()
         self.origins: dict[str, tuple[str, dict[str, str]]] = {}
+        self.unwritten: set[str] = set()
 
     def error(
         self,
@@ -356,8 +360,11 @@ class _Checker:
         from flexforge.expand import expand
 
         # Fragments, matrices and presets first: what follows sees the assets as if hand-written.
-        expansion = expand(data, self.doc, self.error)
+        folder = _mapping(data.get("settings")).get("variants_dir")
+        folder = self._variants_dir(folder) if isinstance(folder, str) else None
+        expansion = expand(data, self.doc, self.error, folder)
         self.origins = expansion.origins
+        self.unwritten = expansion.unwritten
         self._schema(expansion.data)
         # Every error at once: the meaning of what the schema accepted is checked too.
         return self._semantics(expansion.data)
@@ -541,6 +548,7 @@ class _Checker:
             origin=self._origin(asset_id),
             max_cost_usd=float(raw["max_cost_usd"]) if "max_cost_usd" in raw else None,
             reference_max_mp=values.get("reference_max_mp"),
+            written=asset_id not in self.unwritten,
         )
 
     def _origin(self, asset_id: str) -> str | None:
@@ -764,6 +772,24 @@ class _Checker:
         problem = check_reference(target)
         if problem is not None:
             self.error(path, f"reference {ref!r}: {problem}")
+
+    def _variants_dir(self, folder: str) -> str | None:
+        """The root-relative folder candidates are written under, or None (reported) when it
+        leaves the root or lies in `.git/` or the state folder. Each candidate's own path is
+        checked as an output too, then and before every write."""
+        where = ("settings", "variants_dir")
+        target = self._inside_root(folder, where, "variants_dir")
+        if target is None:
+            return None
+        rel = target.relative_to(self.resolver.root).as_posix()
+        private = private_part(folder) or private_part(rel)
+        if rel == ".":
+            self.error(where, "variants_dir names the project root; name a folder (e.g. variants)")
+        elif private is not None:
+            self.error(where, f"variants_dir {folder!r} is inside {private}/, which flexforge never writes")
+        else:
+            return folder.strip("/")
+        return None
 
     def _output_path(self, out: str, fmt: str, path: tuple[str | int, ...]) -> str:
         target = self._inside_root(out, path, "out")

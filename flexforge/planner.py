@@ -15,7 +15,7 @@ from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset, Manifest
 from flexforge.options import PlanOptions
 from flexforge.rendition import RENDITION
-from flexforge.sources import IN_PLACE, Current, Source, Sources
+from flexforge.sources import IN_PLACE, Current, Nowhere, Source, Sources
 from flexforge.store import Store
 
 CREATE, REGENERATE, RESTORE, RENAME = "create", "regenerate", "restore", "rename"
@@ -221,7 +221,7 @@ def decide(
 ) -> Step:
     """The action for one asset given its inputs' digests (None: an input still to be made).
     The key decides first: only an unchanged key can find its output `drifted`."""
-    current = Current(facts.store, asset.out)
+    current = Current(facts.store, asset.out) if asset.written else Nowhere(facts.store)
     generator = generator_of(asset, facts.generator)
     known = [d for d in digests if d is not None]
     complete = len(known) == len(digests)
@@ -242,6 +242,10 @@ def decide(
             return Step(action=CREATE, **base)
         reasons = changed(known_parts(asset, generator, seed, digests), entry.parts)
         return Step(action=REGENERATE, reasons=reasons, **base)
+    if not asset.written and entry is not None and entry.key == key.key:
+        # A candidate kept in the cache: the lock's record stands for it, on a fresh clone too;
+        # its bytes are fetched only when something is made from them (a pick).
+        return Step(action=NONE, output_sha256=entry.sha256, **base)
     unchanged = entry is not None and entry.key == key.key and entry.out == asset.out
     if unchanged and entry is not None and current.matches(entry.sha256, entry.size):
         return Step(action=NONE, output_sha256=entry.sha256, **base)
