@@ -207,10 +207,30 @@ def test_a_fresh_clone_of_cached_candidates_is_up_to_date_and_pays_nothing(tmp_p
     # Picking one this machine never had is a clear error, not a paid generation.
     result = clone.run("pick", "hero", "2", "--provider", "draft")
     assert result.exit_code == 1 and "Traceback" not in result.stderr
-    assert "hero--2: its image is in no cache, remote or commit this machine can read" in result.stderr
+    assert "the image of hero--2 is in no cache, remote or commit this machine can read" in result.stderr
     assert "settings: variants_dir:" in result.stderr and "--replace hero--2" in result.stderr
-    assert clone.lock()["assets"]["hero--2"] == project.lock()["assets"]["hero--2"]
+    assert clone.lock()["assets"] == project.lock()["assets"]  # nothing was paid for, nothing moved
     assert clone.read("assets/hero.png") == project.read("assets/hero.png")
+    # A missing output is restored from git without its candidates.
+    (clone.root / "assets/hero.png").unlink()
+    assert clone.plan()["hero"] == "restore" and clone.plan()["hero--1"] == "none"
+
+
+def test_a_candidate_needed_and_held_nowhere_is_planned_as_made_again(tmp_path: Path) -> None:
+    project = Project(tmp_path / "origin")
+    project.manifest(MANIFEST)
+    assert project.build().exit_code == 0
+    # Only the manifest and the lock: no outputs, no cache, no history (a lock mailed around).
+    copy = Project(tmp_path / "copy")
+    copy.manifest(MANIFEST)
+    (copy.root / "flexforge.lock").write_bytes(project.read("flexforge.lock"))
+    plan = copy.plan()
+    assert plan["hero--1"] == "regenerate" and plan["hero"] == "regenerate"
+    assert plan["hero--2"] == "none" and plan["hero--3"] == "none"  # not needed: not made
+    rows = {a["id"]: a for a in copy.run("plan", "--json", "--provider", "draft").json()["assets"]}
+    assert rows["hero--1"]["reasons"] == ["missing"]
+    assert copy.build().exit_code == 0
+    assert copy.read("assets/hero.png") == project.read("assets/hero.png")  # the draft is deterministic
 
 
 def test_variants_dir_is_confined_like_any_output(tmp_path: Path) -> None:
