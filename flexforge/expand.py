@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from flexforge.imaging import EXTENSIONS
+from flexforge.imaging import EXTENSIONS, LOCAL_FORMATS
 from flexforge.presets import Preset, catalog, parse_size, project_preset
 from flexforge.yamlsource import YamlDocument
 
@@ -108,8 +108,11 @@ def _with_candidates(
             or isinstance(count, bool)
             or "from" in raw
             or not 2 <= count <= MAX_VARIANTS
+            or raw.get("output_format", defaults.get("output_format")) in LOCAL_FORMATS
         ):
-            result[asset_id] = raw  # the schema says what is wrong with a bad count
+            # The schema says what is wrong with a bad count; validation, once, with a format
+            # the API does not return.
+            result[asset_id] = raw
             continue
         fmt = raw.get("output_format", defaults.get("output_format", "png"))
         ext = EXTENSIONS.get(str(fmt), "png")

@@ -241,6 +241,7 @@ def test_avif_is_for_renditions_only_and_never_sent_to_the_api(tmp_path: Path) -
           small: {from: plain, output_format: avif, size: 64x64}
           plain: {prompt: "y"}
           edit: {prompt: "z", references: [small]}
+          picks: {prompt: "w", variants: 3, output_format: avif}
         """
     )
     result = project.run("validate")
@@ -248,7 +249,8 @@ def test_avif_is_for_renditions_only_and_never_sent_to_the_api(tmp_path: Path) -
     assert result.exit_code == 1 and "Traceback" not in err
     assert "flexforge.yaml:3:" in err and "output_format avif: the API returns png, jpeg or webp" in err
     assert "flexforge.yaml:6:" in err and "small is avif, which the API does not take as a reference" in err
-    assert "2 errors in the manifest" in err  # the rendition itself is fine
+    assert "flexforge.yaml:7:" in err and "assets.picks.output_format" in err  # once, not per candidate
+    assert "3 errors in the manifest" in err  # the rendition itself is fine
 
 
 def test_a_pillow_without_avif_is_a_located_error_naming_the_fix(tmp_path: Path) -> None:
