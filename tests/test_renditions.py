@@ -167,7 +167,9 @@ def test_the_campaign_example_builds_offline_within_its_budget(tmp_path: Path) -
     source = Path(__file__).resolve().parent.parent / "examples" / "campaign"
     root = tmp_path / "campaign"
     shutil.copytree(
-        source, root, ignore=shutil.ignore_patterns("assets", "social", "variants", "flexforge.lock", ".flexforge*")
+        source,
+        root,
+        ignore=shutil.ignore_patterns("assets", "social", "variants", "flexforge.lock", ".flexforge*"),
     )
     project = Project(root)
     plan = project.run("plan", "--json", "--provider", "bfl").json()
