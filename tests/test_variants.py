@@ -255,3 +255,23 @@ def test_variants_dir_is_confined_like_any_output(tmp_path: Path) -> None:
     result = project.build()
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert not list(outside.iterdir())
+
+
+def test_a_file_planted_at_a_cached_candidates_path_is_never_taken_for_it(tmp_path: Path) -> None:
+    from tests.helpers import png
+
+    project = Project(tmp_path)
+    project.manifest(MANIFEST)
+    assert project.build().exit_code == 0
+    lock = _lock(project)
+    png(tmp_path / "variants/hero/2.png", (128, 128), (1, 2, 3))  # the right size, other pixels
+    assert set(project.plan().values()) == {"none"}
+    result = project.run("pick", "hero", "2", "--provider", "draft")
+    assert result.exit_code == 0, result.stderr
+    assert _sha(project, "assets/hero.png") == lock["hero--2"]["sha256"]  # the cached one
+    out = tmp_path / "site"
+    assert project.run("gallery", "--provider", "draft", "--out", str(out)).exit_code == 0
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert f"thumbs/{lock['hero--2']['sha256']}.webp" in html
+    planted = _sha(project, "variants/hero/2.png")
+    assert planted not in html and not (out / "images" / f"{planted}.png").exists()
