@@ -364,6 +364,7 @@ def make_plan(
     facts = Facts.gather(manifest, lock, store, generator, options, sources)
     outputs: dict[str, str | None] = {}
     steps = []
+    store.prefetch(_files_to_hash(manifest, lock, selected))
     for asset_id in selected:
         step = step_for(manifest.assets[asset_id], facts, outputs)
         outputs[asset_id] = step.output_sha256
@@ -374,6 +375,19 @@ def make_plan(
             if step.action in GENERATES and RESUME not in step.reasons:  # a resumed task is paid
                 step.estimated_cost_usd = estimate_asset(step.asset, manifest, provider)
     return Plan(manifest, provider, generator, steps, sorted(facts.orphans), facts)
+
+
+def _files_to_hash(manifest: Manifest, lock: Lock, selected: list[str]) -> list[tuple[str, int | None]]:
+    """The files the steps will hash, in the order they ask (reference files, then the output
+    when the lock's entry for it has its size: `Current.matches` hashes no other)."""
+    files: list[tuple[str, int | None]] = []
+    for asset_id in selected:
+        asset = manifest.assets[asset_id]
+        files += [(ref, None) for ref in asset.references if ref not in asset.asset_refs]
+        entry = lock.entries.get(asset_id)
+        if entry is not None and entry.out == asset.out:
+            files.append((asset.out, entry.size))
+    return files
 
 
 def _mark_resumes(steps: list[Step], store: Store, provider: str) -> None:
