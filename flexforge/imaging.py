@@ -79,7 +79,7 @@ _PNG_MODES = {(1, 0), (2, 0), (4, 0), (8, 0), (16, 0), (8, 2), (16, 2), (1, 3), 
 _PNG_MODES |= {(8, 4), (16, 4), (8, 6), (16, 6)}
 # Chunks Pillow reads before the pixels without any way to fail once they are this long and their
 # CRC holds; any other chunk there (iCCP, tEXt, ...) is left to Pillow itself.
-_PNG_PLAIN = {b"gAMA": 4, b"sRGB": 1, b"pHYs": 9, b"cHRM": 32}
+_PNG_PLAIN = {b"PLTE": 0, b"gAMA": 4, b"sRGB": 1, b"pHYs": 9, b"cHRM": 32}
 
 
 def png_size(head: bytes) -> tuple[int, int] | None:

@@ -786,7 +786,9 @@ class _Checker:
         if fast is None:
             problem = check_reference(target)
         else:
-            problem, self.ref_sizes[ref] = fast
+            problem, size = fast
+            if problem is None:  # a refused one is left out of the sum, as Pillow could not size it
+                self.ref_sizes[ref] = size
         if problem is not None:
             self.error(path, f"reference {ref!r}: {problem}")
 
