@@ -343,7 +343,7 @@ class _Checker:
         self.origins: dict[str, tuple[str, dict[str, str]]] = {}
         # Reference files to read (digest and header in one pass) once every asset is checked:
         # (where in the manifest, the reference as written, the file it leads to).
-        self.to_read: list[tuple[tuple[str | int, ...], str, Path]] = []
+        self.to_read: list[tuple[tuple[str | int, ...], str, str]] = []
         self.ref_sizes: dict[str, tuple[int, int]] = {}  # reference as written -> its header's size
 
     def error(
@@ -611,7 +611,7 @@ class _Checker:
             font = text.get("font")
             if font is not None:
                 target = self._inside_root(font, (*here, "text", "font"), "font")
-                if target is not None and not target.is_file():
+                if target is not None and not os.path.isfile(target):
                     self.error((*here, "text", "font"), f"font {font!r} is not a file under the root")
                 elif target is not None:
                     references.append(font)
@@ -730,7 +730,8 @@ class _Checker:
             )
         return (w, h)
 
-    def _inside_root(self, rel: str, path: tuple[str | int, ...], what: str) -> Path | None:
+    def _inside_root(self, rel: str, path: tuple[str | int, ...], what: str) -> str | None:
+        """The absolute path `rel` really leads to, or None after saying why it may not be used."""
         if "\0" in rel:
             self.error(path, f"{what} {rel!r} contains a NUL character")
             return None
@@ -744,10 +745,9 @@ class _Checker:
         if rel.startswith("/") or re.match(r"^[A-Za-z]:", rel):
             self.error(path, f"{what} {rel!r} is absolute; write it relative to the manifest's folder")
             return None
-        target = self.resolver.resolve(self.root / rel)
-        if not target.is_relative_to(self.resolver.root):
+        target = self.resolver.real(rel)
+        if target is None:
             self.error(path, f"{what} {rel!r} leaves the project root")
-            return None
         return target
 
     def _reference_file(self, ref: str, path: tuple[str | int, ...], all_assets: dict[str, Any]) -> None:
@@ -755,8 +755,8 @@ class _Checker:
         if target is None:
             return
         # Spelled any way ('a/../b', a link inside the root), a file is known by where it leads.
-        self.file_refs[path] = (ref, target.relative_to(self.resolver.root).as_posix())
-        if not target.is_file():
+        self.file_refs[path] = (ref, self.resolver.relative(target))
+        if not os.path.isfile(target):
             hint = difflib.get_close_matches(ref, list(all_assets), n=1)
             also = f" (did you mean asset {hint[0]!r}?)" if hint else ""
             self.error(path, f"reference {ref!r} is neither an asset id nor a file under the root{also}")
@@ -770,13 +770,13 @@ class _Checker:
         from flexforge.imaging import MAX_REFERENCE_BYTES
 
         options: reads.Options = {"ends": True, "max_size": MAX_REFERENCE_BYTES}
-        done = reads.read_all([(str(target), options) for _, _, target in self.to_read])
+        done = reads.read_all([(target, options) for _, _, target in self.to_read])
         for (path, ref, target), read in zip(self.to_read, done, strict=True):
             self._judge_reference(path, ref, target, read)
         self.to_read.clear()
 
     def _judge_reference(
-        self, path: tuple[str | int, ...], ref: str, target: Path, read: FileRead | None
+        self, path: tuple[str | int, ...], ref: str, target: str, read: FileRead | None
     ) -> None:
         """Why the file cannot be sent as a reference: from the bytes read with its digest for a
         plain PNG, else from Pillow's reading of the file (the same answers, tests/test_imaging)."""
@@ -784,7 +784,7 @@ class _Checker:
 
         fast = png_reference_problem(read.head, read.tail, read.size) if read is not None else None
         if fast is None:
-            problem = check_reference(target)
+            problem = check_reference(Path(target))
         else:
             problem, size = fast
             if problem is None:  # a refused one is left out of the sum, as Pillow could not size it
@@ -796,7 +796,7 @@ class _Checker:
         target = self._inside_root(out, path, "out")
         if target is None:
             return out
-        rel = target.relative_to(self.resolver.root).as_posix()
+        rel = self.resolver.relative(target)
         private = private_part(out) or private_part(rel)
         if private is not None:
             self.error(path, f"out {out!r} is inside {private}/, which flexforge never writes")

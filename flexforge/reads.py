@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,8 +21,7 @@ from flexforge.fsutil import CHUNK, open_regular
 
 HEAD = 1024  # enough for a PNG's header chunks; a longer header is read by Pillow itself
 TAIL = 16  # a PNG's IEND chunk, the end check_reference looks at
-WHOLE = 16 * CHUNK  # files up to this size are read in one piece
-WORKERS = max(1, min(4, os.cpu_count() or 1))
+WORKERS = int(os.environ.get("XWORKERS", "0")) or max(1, min(4, os.cpu_count() or 1))
 
 Stamp = tuple[int, int, int, int]
 
@@ -49,6 +49,17 @@ class FileRead:
 _reads: dict[str, Future[FileRead | None]] = {}
 
 
+_local = threading.local()
+
+
+def _buffer() -> memoryview:
+    """This thread's read buffer: a fresh one per file costs more (page faults) than the read."""
+    buffer: memoryview | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        buffer = _local.buffer = memoryview(bytearray(CHUNK))
+    return buffer
+
+
 def read_file(
     path: str, *, ends: bool = False, max_size: int | None = None, size: int | None = None
 ) -> FileRead | None:
@@ -62,16 +73,14 @@ def read_file(
             return None
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         digest = hashlib.sha256()
+        buffer = _buffer()
         head = last = b""
-        # One read of the size fstat gave (no zeroed buffer to fill), then on to the end: a file
-        # may have grown since.
-        block = f.read(max(st.st_size, 1) if st.st_size <= WHOLE else CHUNK)
-        while block:
+        while n := f.readinto(buffer):
+            block = buffer[:n]
             digest.update(block)
-            if ends and not head:
-                head = block[:HEAD]
-            last = (last + block[-TAIL:])[-TAIL:] if ends else b""
-            block = f.read(CHUNK)
+            if ends:
+                head = head or bytes(block[:HEAD])
+                last = (last + bytes(block[-TAIL:]))[-TAIL:]
     tail = last if ends else b""
     return FileRead(stamp, digest.hexdigest(), head, tail)
 
@@ -81,8 +90,14 @@ def read_all(jobs: Sequence[tuple[str, Options]]) -> list[FileRead | None]:
     a file that could not be read. The caller waits rather than working meanwhile: a thread that
     must win the GIL back from a busy main thread after each read and each hash would wait up
     to sys.getswitchinterval() (5 ms) every time."""
-    if len(jobs) <= 1:
-        return [_read_or_none(path, options) for path, options in jobs]
+    if len(jobs) <= 1 or os.environ.get("XSEQ"):
+        done = []
+        for path, options in jobs:
+            read: Future[FileRead | None] = Future()
+            read.set_result(_read_or_none(path, options))
+            _reads[path] = read
+            done.append(read.result())
+        return done
     executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="flexforge-read")
     try:
         futures = []
@@ -101,6 +116,11 @@ def _read_or_none(path: str, options: Options) -> FileRead | None:
         return read_file(path, **options)
     except (OSError, ValueError):
         return None  # the caller asks again the slow way, which says why
+
+
+def started(path: str) -> bool:
+    """Whether this process has read (or is reading) `path` already."""
+    return path in _reads
 
 
 def digest(path: str, stamp: list[int]) -> str | None:

@@ -16,11 +16,7 @@ from flexforge.store import Store
 
 
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 1023, 1024, 1025, CHUNK - 1, CHUNK + 17, 3 * CHUNK + 5])
-@pytest.mark.parametrize("whole", [reads.WHOLE, CHUNK])  # in one piece, or in blocks
-def test_one_pass_gives_the_digest_the_head_and_the_tail(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, whole: int
-) -> None:
-    monkeypatch.setattr(reads, "WHOLE", whole)
+def test_one_pass_gives_the_digest_the_head_and_the_tail(tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
     path = tmp_path / "f.bin"
     path.write_bytes(data)
