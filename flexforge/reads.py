@@ -21,7 +21,7 @@ from flexforge.fsutil import CHUNK, open_regular
 
 HEAD = 1024  # enough for a PNG's header chunks; a longer header is read by Pillow itself
 TAIL = 16  # a PNG's IEND chunk, the end check_reference looks at
-WORKERS = int(os.environ.get("XWORKERS", "0")) or max(1, min(4, os.cpu_count() or 1))
+WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 Stamp = tuple[int, int, int, int]
 
@@ -90,7 +90,7 @@ def read_all(jobs: Sequence[tuple[str, Options]]) -> list[FileRead | None]:
     a file that could not be read. The caller waits rather than working meanwhile: a thread that
     must win the GIL back from a busy main thread after each read and each hash would wait up
     to sys.getswitchinterval() (5 ms) every time."""
-    if len(jobs) <= 1 or os.environ.get("XSEQ"):
+    if len(jobs) <= 1 or WORKERS == 1:
         done = []
         for path, options in jobs:
             read: Future[FileRead | None] = Future()
