@@ -371,6 +371,7 @@ def make_plan(
     check_options(manifest, options)
     selected = select(manifest, options.targets, options.tags)
     facts = Facts.gather(manifest, lock, store, generator, options, sources)
+    store.prefetch(_files_to_hash(manifest, lock, selected))
     steps = _steps(manifest, selected, facts)
     lost = _lost_candidates(steps, facts)
     if lost:  # rare: a pick or a missing output needs a candidate this machine cannot read
@@ -429,6 +430,17 @@ def _readable(facts: Facts, source: Source | None) -> bool:
     if source.kind == GIT:
         return facts.sources.read(source) is not None
     return True
+def _files_to_hash(manifest: Manifest, lock: Lock, selected: list[str]) -> list[tuple[str, int | None]]:
+    """The files the steps will hash, in the order they ask (reference files, then the output
+    when the lock's entry for it has its size: `Current.matches` hashes no other)."""
+    files: list[tuple[str, int | None]] = []
+    for asset_id in selected:
+        asset = manifest.assets[asset_id]
+        files += [(ref, None) for ref in asset.references if ref not in asset.asset_refs]
+        entry = lock.entries.get(asset_id)
+        if entry is not None and entry.out == asset.out:
+            files.append((asset.out, entry.size))
+    return files
 
 
 def _mark_resumes(steps: list[Step], store: Store, provider: str) -> None:
