@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flexforge.errors import FlexforgeError
-from flexforge.fsutil import read_regular, sha256_bytes, stage_bytes
+from flexforge.fsutil import read_regular, sha256_bytes
 from flexforge.lockfile import Lock
 
 if TYPE_CHECKING:
@@ -184,16 +184,14 @@ class Sources:
                 return _with(source, kind=CACHE, path=None, commit=None)
         return next((s for s in known if s.kind == GIT), None)
 
-    def stage(self, source: Source, asset: Asset, dest: Path) -> tuple[Path | None, str | None]:
-        """A verified copy of the source's bytes staged beside `dest` for fsutil.install, or why
-        not: damaged, changed, or not the declared image (then the asset is generated)."""
+    def fetch(self, source: Source, asset: Asset) -> tuple[bytes | None, str | None]:
+        """The source's bytes, verified (their sha256, then the header of the declared image), or
+        why not: damaged, changed, or not the declared image (then the asset is generated)."""
         data = self._verified(source)
         if data is None:
             return None, "damaged or gone"
         problem = declared_problem(data, asset)
-        if problem is not None:
-            return None, problem
-        return stage_bytes(dest, data), None
+        return (None, problem) if problem is not None else (data, None)
 
     def in_place_problem(self, source: Source, asset: Asset) -> str | None:
         """Why the file already at the output path is not the source's bytes and image, or None."""
