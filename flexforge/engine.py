@@ -38,6 +38,7 @@ from flexforge.planner import (
     generator_of,
     step_for,
 )
+from flexforge.prefetch import GitPrefetch
 from flexforge.progress import Reporter
 from flexforge.providers import GeneratedImage, Provider, TaskContext
 from flexforge.records import RecordError
@@ -283,6 +284,7 @@ class Builder:
         self.resolver = Resolver(plan.manifest.root)
         watch = (plan.manifest.path, plan.manifest.label)
         self.recorder = Outputs(lock, store, watch=watch, on_flushed=self._flushed)
+        self.prefetch = GitPrefetch(plan.facts.sources, self._stage_restored)
         self.records: dict[str, _TaskRecord] = {}
 
     async def run(self) -> BuildResult:
@@ -290,6 +292,7 @@ class Builder:
             self.recorder.drop(orphan)
         self.recorder.remove_stale_temps([step.asset.out for step in self.plan.steps])
         try:
+            self.prefetch.start([s for s in self.plan.steps if s.action in RESTORES])
             for step in self.plan.steps:
                 self.tasks[step.asset.id] = asyncio.create_task(self._run_step(step))
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
@@ -298,6 +301,7 @@ class Builder:
                 task.cancel()
             if self.team is not None:
                 self.team.close()
+            self.prefetch.close()
             self.recorder.close()
             self.facts.sources.close()
         return self.result
@@ -424,7 +428,10 @@ class Builder:
             problem = await asyncio.to_thread(sources.in_place_problem, source, asset)
             staged = None
         else:
-            staged, problem = await _staged_from(self._fetch, source, asset, self._output_path(asset))
+            taken = await self.prefetch.take(asset, source)
+            staged, problem = taken or await _staged_from(
+                self._fetch, source, asset, self._output_path(asset)
+            )
         if problem is not None:
             self.reporter.log(f"{asset.id}: the copy from {source.label} is {problem}; generating it again")
             return None
@@ -441,9 +448,14 @@ class Builder:
         data, problem = self.facts.sources.fetch(source, asset)
         if data is None:
             return None, problem
-        if asset.id in self.referenced and not self.store.has_object(source.sha256):
-            self.store.put_object(data)
-        return self.recorder.stage(dest, data, durable=False), None
+        return self._stage_restored(asset, data, dest), None
+
+    def _stage_restored(self, asset: Asset, data: bytes, dest: Path | None = None) -> Path:
+        """Verified restored bytes staged at the asset's output, without fsync; cached too if
+        others build on them (they read their inputs from the cache)."""
+        if asset.id in self.referenced:
+            self.store.put_object(data)  # a no-op when cached already
+        return self.recorder.stage(dest or self._output_path(asset), data, durable=False)
 
     def _record_of(self, source: Source, seed: int) -> KeyRecord:
         provider = source.provider or self.provider.name

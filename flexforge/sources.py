@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,6 +193,29 @@ class Sources:
         problem = declared_problem(data, asset)
         return (None, problem) if problem is not None else (data, None)
 
+    def fetch_many(
+        self, wanted: list[tuple[Source, Asset]]
+    ) -> Generator[tuple[bytes | None, str | None], None, None]:
+        """`fetch` for each (source, asset), in order; git sources are streamed from one pass over
+        git's objects, and one that fails there is fetched again on its own (another commit that
+        recorded the same bytes may still have them)."""
+        history = self.history
+        at_once = [(s.commit, s.path, s.size) for s, _ in wanted if s.kind == GIT and s.commit and s.path]
+        stream = iter(history.read_many(at_once) if history is not None and at_once else ())
+        try:
+            for source, asset in wanted:
+                streamed = source.kind == GIT and source.commit and source.path
+                data = next(stream, None) if streamed else None
+                if data is None or sha256_bytes(data) != source.sha256:
+                    yield self.fetch(source, asset)
+                    continue
+                problem = declared_problem(data, asset)
+                yield (None, problem) if problem is not None else (data, None)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
     def in_place_problem(self, source: Source, asset: Asset) -> str | None:
         """Why the file already at the output path is not the source's bytes and image, or None."""
         data = self._verified(source)
@@ -201,10 +224,12 @@ class Sources:
     def _verified(self, source: Source) -> bytes | None:
         """The source's bytes if their sha256 is the recorded one; for git, any commit that
         recorded the same bytes will do."""
-        candidates = [source]
-        if source.kind == GIT and self.history is not None:
-            candidates += self.history.alternates(source)
-        for candidate in candidates:
+        data = self.read(source)
+        if data is not None and sha256_bytes(data) == source.sha256:
+            return data
+        if source.kind != GIT or self.history is None:
+            return None
+        for candidate in self.history.alternates(source):  # only when the first is gone
             data = self.read(candidate)
             if data is not None and sha256_bytes(data) == source.sha256:
                 return data
