@@ -29,6 +29,8 @@ class GitPrefetch:
         self._mutex = threading.Lock()  # between the worker thread and the event loop
         self._ready: dict[str, Fetched | None] = {}
         self._wanted: dict[str, tuple[Source, asyncio.Future[None]]] = {}
+        self._arrived: list[str] = []  # handed over, their restores not yet woken
+        self._wake_pending = False
         self._stopped = False
         self._worker: asyncio.Future[None] | None = None
 
@@ -83,11 +85,26 @@ class GitPrefetch:
                 _discard(fetched)
                 return False
             self._ready[asset_id] = fetched
+            self._arrived.append(asset_id)
+            if self._wake_pending:
+                return True  # the loop has yet to wake the restores: this one goes with them
+            self._wake_pending = True
         try:
-            loop.call_soon_threadsafe(_wake, self._wanted[asset_id][1])
+            loop.call_soon_threadsafe(self._wake)
         except RuntimeError:  # the loop is closed: close() removes what was staged
             return False
         return True
+
+    def _wake(self) -> None:
+        """On the loop: wake every restore whose file arrived since the last wake (one wake for
+        many: a thousand restores need not each cost the loop a turn)."""
+        with self._mutex:
+            arrived, self._arrived = self._arrived, []
+            self._wake_pending = False
+        for asset_id in arrived:
+            future = self._wanted[asset_id][1]
+            if not future.done():
+                future.set_result(None)
 
     def close(self) -> None:
         """Stop the stream, and remove every staged file no restore took."""
@@ -96,11 +113,6 @@ class GitPrefetch:
             left, self._ready = list(self._ready.values()), {}
         for fetched in left:
             _discard(fetched)
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _discard(fetched: Fetched | None) -> None:
