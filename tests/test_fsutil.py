@@ -114,3 +114,16 @@ def test_sync_files_falls_back_to_fsync_each(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(os, "fsync", fsync)
     sync_files(staged)
     assert sorted(synced) == sorted(str(p) for p in staged)
+
+
+def test_a_staged_file_honours_the_umask_and_never_opens_what_is_there(tmp_path: Path) -> None:
+    """Outputs are committed and shared: 0666 less the umask, as any tool would write them."""
+    old = os.umask(0o027)
+    try:
+        staged = stage_bytes(tmp_path / "deep" / "er" / "out.png", b"x")  # folders made as needed
+    finally:
+        os.umask(old)
+    assert staged.stat().st_mode & 0o777 == 0o640
+    assert staged.name.startswith(".out.png.ff-") and staged.name.endswith(".tmp")
+    install(staged, tmp_path / "deep" / "er" / "out.png")
+    assert (tmp_path / "deep" / "er" / "out.png").read_bytes() == b"x"
