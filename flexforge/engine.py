@@ -470,8 +470,13 @@ class Builder:
         assert key is not None and seed is not None and step.reference_digests is not None
         digests = [d for d in step.reference_digests if d is not None]
         estimate = self._estimate(asset)
-        # Refuses bad references before any paid call; scaling one down takes a moment: off the loop.
-        request = await asyncio.to_thread(self._request, asset, seed, digests)
+        # Refuses bad references before any paid call; reading and scaling them takes a moment:
+        # off the loop. Without references there is nothing to read, and a trip through the
+        # thread pool (busy with downloads) would only delay the submission.
+        if asset.references:
+            request = await asyncio.to_thread(self._request, asset, seed, digests)
+        else:
+            request = self._request(asset, seed, digests)
         async with _Slot(self.slots) as slot:
             if self.stop_reason is not None:
                 self._record(Outcome(asset.id, SKIPPED, f"not started: {self.stop_reason}"))
