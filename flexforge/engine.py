@@ -149,14 +149,24 @@ class _TaskRecord:
     def sending(self) -> None:
         self.on_the_wire = True
 
-    def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
+    def submitted(
+        self, task_id: str, polling_url: str, cost_credits: float | None = None
+    ) -> asyncio.Future[None]:
         self.on_the_wire = False
         self.task_id, self.polling_url = task_id, polling_url
         entry = JournalEntry(
             self._asset, self._key, self._provider, task_id, polling_url, time.time(), cost_credits
         )
+        # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
+        # holds, and a failure now must keep this one journaled.
+        self.finished = False
+        # The write and its fsyncs go to a worker thread, which the provider awaits before it
+        # polls: on the event loop they would hold up every other task's polls and submissions.
+        return asyncio.ensure_future(self._journal(entry))
+
+    async def _journal(self, entry: JournalEntry) -> None:
         try:
-            self._store.journal_put(entry)
+            await asyncio.to_thread(self._store.journal_put, entry)
         except (OSError, RecordError) as exc:
             # A full disk, a read-only mount, a task id no journal may hold: the task is paid for
             # all the same. Keep it in memory and go on to fetch it; say where it is in case this
@@ -164,17 +174,14 @@ class _TaskRecord:
             self.journaled = False
             self.journal_error = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             self.log(
-                f"task {task_id} could not be journaled ({self.journal_error}); it is paid for, "
-                f"so this build goes on to fetch it (its result: {polling_url})"
+                f"task {entry.task_id} could not be journaled ({self.journal_error}); it is paid for, "
+                f"so this build goes on to fetch it (its result: {entry.polling_url})"
             )
         else:
             self.journaled = True
             self.journal_error = None
-        # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
-        # holds, and a failure now must keep this one journaled.
-        self.finished = False
         if self._team is not None:
-            self._team.submitted(self._key, task_id, polling_url, cost_credits)
+            self._team.submitted(self._key, entry.task_id, entry.polling_url, entry.cost_credits)
 
     def finished_task(self) -> None:
         self.finished = True
@@ -554,7 +561,8 @@ class Builder:
         )
         if image.prompt is not None:
             self._check_prompt(asset, image.prompt)
-        self.store.put_key_record(key.key, made, durable=paid)
+        # Its fsyncs off the event loop, where they would hold up every other task's polls.
+        await asyncio.to_thread(self.store.put_key_record, key.key, made, durable=paid)
         record.settled = True
         staged = await _staged(stage_bytes, self._output_path(asset), image.data)
         assert staged is not None  # stage_bytes always stages

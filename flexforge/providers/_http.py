@@ -542,7 +542,9 @@ class _TaskRun:
         self.task_id = task_id
         self.polling_url = polling_url
         self.cost = self._cost(payload.get("cost"), f"task {task_id}")
-        self.task.submitted(self.task_id, self.polling_url, self.cost)
+        recorded = self.task.submitted(self.task_id, self.polling_url, self.cost)
+        if recorded is not None:
+            await recorded
         self.p.limiter.succeeded()
 
     async def _post_once(self, url: str, body: dict[str, Any], slot: Slot) -> httpx.Response:
