@@ -199,7 +199,17 @@ class _TaskRecord:
         try:
             self._store.journal_remove(self._key)
         except OSError as exc:
-            self.log(f"could not remove the journal entry of task {self.task_id} ({exc.strerror})")
+            self._not_forgotten(exc)
+
+    async def forget_off_loop(self) -> None:
+        """`forget`, its unlink on a worker thread: a busy disk must not hold up other tasks' polls."""
+        try:
+            await asyncio.to_thread(self._store.journal_remove, self._key)
+        except OSError as exc:
+            self._not_forgotten(exc)
+
+    def _not_forgotten(self, exc: OSError) -> None:
+        self.log(f"could not remove the journal entry of task {self.task_id} ({exc.strerror})")
 
     def log(self, message: str) -> None:
         self._reporter.log(f"{self._asset}: {message}")
@@ -568,7 +578,7 @@ class Builder:
         assert staged is not None  # stage_bytes always stages
         self._stage(asset, staged, sha)
         if image.task_id is not None and paid_here:
-            self._ledger(
+            await self._ledger(
                 LedgerEntry(
                     time.time(),
                     asset.id,
@@ -591,7 +601,7 @@ class Builder:
         else:
             self._record(Outcome(asset.id, GENERATED, f"${cost:.4f}" if cost else "", cost))
         self._commit(replace(step, key=key, seed=seed, output_sha256=sha), sha, len(image.data), made)
-        record.forget()
+        await record.forget_off_loop()
         if self.team is not None:
             if shared is None and await self.team.push(key.key, image.data, made):
                 await self.team.clear(claim)
@@ -660,10 +670,11 @@ class Builder:
         if self.team is not None:
             await self.team.release(key, keep_task=keep_task)
 
-    def _ledger(self, entry: LedgerEntry) -> None:
-        """Record spend; a ledger that cannot be written costs the report, never the paid image."""
+    async def _ledger(self, entry: LedgerEntry) -> None:
+        """Record spend; a ledger that cannot be written costs the report, never the paid image.
+        Its fsync on a worker thread, where it holds up no other task."""
         try:
-            self.store.ledger_append(entry)
+            await asyncio.to_thread(self.store.ledger_append, entry)
         except (OSError, FlexforgeError, ValueError) as exc:
             self.reporter.log(f"{entry.asset}: spend not recorded in the ledger ({exc})")
 
