@@ -87,12 +87,14 @@ def leases(url: str) -> list[dict[str, Any]]:
 def remote_objects(remote: FsspecRemote) -> dict[str, bytes]:
     remote.fs.invalidate_cache()
     try:
-        listed = remote.fs.find(f"{remote.root}/objects", detail=True)
+        listed = remote.fs.find(f"{remote.root}/images", detail=True)
     except FileNotFoundError:
         return {}
     found = {}
     for name in (n for n, info in listed.items() if info.get("type") == "file"):
         base = str(name).rsplit("/", 1)[-1]
+        if len(base) == 69 and base.endswith(".json"):
+            continue  # a folder's key record, beside its image
         if len(base) != 64:
             # A folder's temp file, left by a kill mid-write: never under an object's name, and
             # never read as one (flexforge reads only 64-hex names).
@@ -192,9 +194,9 @@ def test_a_tampered_remote_object_is_never_restored(
         maker, clone = copies(tmp_path, manifest(1), 2)
         assert maker.run("build", "--provider", "emulator").exit_code == 0
         remote = open_remote(remote_url)
-        (sha,) = outputs(maker).values()
+        ((key, sha),) = remote.held()
         # The object cut short and padded back to its length: the digest gives it away.
-        path = remote._object(sha)
+        path = remote._image(key, sha)
         remote.fs.pipe_file(path, bytes(remote.fs.cat_file(path))[:-20] + b"\0" * 20)
         result = clone.run("build", "--provider", "emulator")
         assert result.exit_code == 0, result.stderr
@@ -243,7 +245,8 @@ def test_pull_never_caches_an_object_that_fails_verification(
     assert maker.build().exit_code == 0
     remote = open_remote(remote_url)
     sha = outputs(maker)["a000"]
-    remote.fs.pipe_file(remote._object(sha), b"\x89PNG not really")
+    key = maker.lock()["assets"]["a000"]["key"]
+    remote.fs.pipe_file(remote._image(key, sha), b"\x89PNG not really")
     shutil.copy(maker.root / "flexforge.lock", clone.root / "flexforge.lock")
     pulled = clone.run("pull")
     assert pulled.exit_code == 1
@@ -276,7 +279,10 @@ def test_a_push_killed_midway_leaves_no_object_that_fails_verification(
         killed_mid_push += 0 < len(held) < 150
         for sha, data in held.items():
             assert hashlib.sha256(data).hexdigest() == sha
-        assert all(s in held for s in open_remote(remote_url).key_index().values())
+        # Every image listed comes back whole with its key record (written first on a folder).
+        for key, (sha, _) in open_remote(remote_url).images().items():
+            fetched = remote.fetch(key, sha)
+            assert fetched is not None and fetched.record is not None and sha in held
     assert killed_mid_push >= 1  # the kill did land during the push
     assert maker.run("push").exit_code == 0
     assert len(remote_objects(remote)) == 150
