@@ -49,6 +49,7 @@ class History:
         self.head = head
         self._cache = cache
         self._index: dict[str, list[Row]] | None = None
+        self._outputs: set[tuple[str, str]] | None = None
         self._batch: subprocess.Popen[bytes] | None = None
         self._mutex = threading.Lock()
 
@@ -78,6 +79,13 @@ class History:
         """Other commits that recorded the same bytes (tried when one's tree lacks the file)."""
         rows = (row for rows in self.index().values() for row in rows if row[0] == source.sha256)
         return [s for s in map(_source, rows) if (s.commit, s.path) != (source.commit, source.path)]
+
+    def recorded_at(self, out: str, sha256: str) -> bool:
+        """Whether a committed lock recorded these bytes as the output at `out`: flexforge made
+        them, and git keeps them."""
+        if self._outputs is None:
+            self._outputs = {(row[2], row[0]) for rows in self.index().values() for row in rows}
+        return (out, sha256) in self._outputs
 
     def index(self) -> dict[str, list[Row]]:
         if self._index is None:
