@@ -13,6 +13,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,48 @@ def test_a_polling_url_planted_in_a_lease_never_receives_the_key(
         listener.close()
     assert not any(SECRET in line for line in listener.seen)
     assert listener.seen == []
+
+
+@pytest.mark.parametrize("scheme", ["gs", "az"])
+def test_a_backend_with_no_proven_conditional_writes_shares_images_but_refuses_leases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    """gs:// and az:// have no server here to prove their conditional writes on, so flexforge
+    has no implementation it trusts for them: the probe refuses leasing, with a message, and
+    images still travel. The backend is a real fsspec filesystem registered for the scheme."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class Bucket(MemoryFileSystem):
+        protocol = (scheme,)
+        store: dict[str, Any] = {}  # noqa: RUF012 - fsspec's own class-level store, fresh per test
+        pseudo_dirs = [""]  # noqa: RUF012
+
+        def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+            # Honours create-only, as GCS (ifGenerationMatch=0) and Azure (If-None-Match) do:
+            # refused all the same, because flexforge has not proven it against the real thing.
+            if mode == "create" and self.exists(path):
+                raise FileExistsError(path)
+            super().pipe_file(path, value, mode=mode, **kwargs)
+
+    # fsspec's registry of drivers by scheme, restored after the test (register_implementation
+    # has no undo).
+    monkeypatch.setitem(sys.modules["fsspec.registry"]._registry, scheme, Bucket)
+    assert type(fsspec.filesystem(scheme)) is Bucket
+    monkeypatch.setenv("FLEXFORGE_REMOTE", f"{scheme}://team-bucket/flexforge")
+    with serve_builds(monkeypatch, latency=0.05) as emu:
+        maker, clone = copies(tmp_path, manifest(3), 2)
+        made = maker.run("build", "--provider", "emulator")
+        assert made.exit_code == 0, made.stderr
+        assert (
+            f"remote {scheme}://team-bucket/flexforge: no leases (flexforge does not know how to make "
+            f"conditional writes on {scheme}://"
+        ) in made.stderr
+        assert "images are still shared" in made.stderr
+        names = list(Bucket.store)
+        assert not [n for n in names if "/leases/" in n]  # not even the probe wrote one
+        assert len([n for n in names if "/images/" in n and not n.endswith(".json")]) == 3
+        restored = clone.run("build", "--provider", "emulator")
+        assert restored.exit_code == 0, restored.stderr
+        assert "3 restored" in restored.stderr
+        assert emu.stats()["submissions"] == 3
