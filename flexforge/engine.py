@@ -514,7 +514,7 @@ class Builder:
             self.reporter.asset_started(asset.id, step.action)
             fresh = asset.id in self.plan_options.replace
             claim = await self._claim(key.key, asset.id) if not fresh else None
-            shared = await self._from_remote(claim, asset)
+            shared = await self._from_remote(claim, asset, key.key)
             record = _TaskRecord(
                 self.store,
                 step,
@@ -658,11 +658,11 @@ class Builder:
         self.reporter.log(f"{asset_id}: the remote's lease could not be taken ({problem}); going on without")
         return None
 
-    async def _from_remote(self, claim: Claim | None, asset: Asset) -> GeneratedImage | None:
+    async def _from_remote(self, claim: Claim | None, asset: Asset, key: str) -> GeneratedImage | None:
         """The image another runner finished while this one waited, if intact in the remote."""
         if claim is None or claim.sha256 is None or self.team is None:
             return None
-        data = await asyncio.to_thread(self.team.remote.get, claim.sha256)
+        data = await asyncio.to_thread(self.team.remote.get, key, claim.sha256)
         if data is None or declared_problem(data, asset) is not None:
             self.reporter.log(f"{asset.id}: the remote's copy is damaged or not this image; generating it")
             return None

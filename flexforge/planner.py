@@ -27,6 +27,7 @@ GENERATES = (CREATE, REGENERATE)
 RESTORES = (RESTORE, RENAME)
 RESUME = "resume: already paid"  # a reason: the journaled task is polled, not submitted again
 LFS_REASON = "a Git LFS pointer, not the image: run `git lfs pull`"
+STALE = "an older image of it in place"  # a reason: what a committed lock recorded there before
 HELD = (DRIFTED, CONFLICT)  # outputs flexforge found but does not own: a build leaves them
 
 
@@ -257,6 +258,12 @@ def decide(
     source = facts.sources.find(key.key, asset.out, current)
     if entry is not None and entry.key == key.key:
         if current.exists and (source is None or source.kind != IN_PLACE):
+            if source is not None and facts.sources.committed_output(asset.out, current.digest):
+                # An image flexforge made for an older lock of this project (committed, so git
+                # keeps it), left in place when only the lock moved on: replaced, not "edited".
+                return Step(
+                    action=RESTORE, reasons=[STALE], output_sha256=source.sha256, source=source, **base
+                )
             # Bytes nobody recorded for this key: a hand edit, never overwritten. Dependents are
             # planned from the lock's bytes until it is accepted.
             return Step(action=DRIFTED, reasons=_lfs(facts, asset), output_sha256=entry.sha256, **base)
@@ -430,6 +437,8 @@ def _readable(facts: Facts, source: Source | None) -> bool:
     if source.kind == GIT:
         return facts.sources.read(source) is not None
     return True
+
+
 def _files_to_hash(manifest: Manifest, lock: Lock, selected: list[str]) -> list[tuple[str, int | None]]:
     """The files the steps will hash, in the order they ask (reference files, then the output
     when the lock's entry for it has its size: `Current.matches` hashes no other)."""

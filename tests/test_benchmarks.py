@@ -69,6 +69,23 @@ def test_benchmark_smoke_run_prints_its_table(tmp_path: Path) -> None:
         assert row in out, out
     assert out_json.exists()
 
+    # Run twice, compare: an earlier run whose makespan ratios were all far lower makes every
+    # makespan row of this one a regression (whatever the machine's load), and the flag fails it.
+    earlier = json.loads(out_json.read_text())
+    for row in earlier["results"]:
+        if "bound_s" in row:
+            row["bound_s"] = row["median_s"] * 1000
+    doctored = tmp_path / "earlier.json"
+    doctored.write_text(json.dumps(earlier))
+    again = _run_bench(
+        tmp_path, "--only", "makespan,pricing", "--compare", str(doctored), "--fail-on-regression"
+    )
+    assert again.returncode == 1, again.stdout[-4000:] + again.stderr[-4000:]
+    assert f"Compared with {doctored}" in again.stdout
+    assert "makespan: independent, --jobs 4 (N=10) / bound" in again.stdout
+    assert "REGRESSED" in again.stdout and "regressions beyond 10 %: makespan" in again.stdout
+    assert "pricing: worst |estimate - bill| / bill" in again.stdout
+
 
 def test_the_100k_project_fits_flexforges_limits_and_the_disk() -> None:
     """Above 10,000 assets the no-op project has 16 x 16 references and short prompts: its
@@ -93,22 +110,6 @@ def test_a_small_reference_is_a_valid_png(tmp_path: Path) -> None:
         img.load()
         assert img.size == (generate.SMALL_REF_SIDE, generate.SMALL_REF_SIDE)
     assert (tmp_path / "r.png").stat().st_size < 1_000
-    # Run twice, compare: an earlier run whose makespan ratios were all far lower makes every
-    # makespan row of this one a regression (whatever the machine's load), and the flag fails it.
-    earlier = json.loads(out_json.read_text())
-    for row in earlier["results"]:
-        if "bound_s" in row:
-            row["bound_s"] = row["median_s"] * 1000
-    doctored = tmp_path / "earlier.json"
-    doctored.write_text(json.dumps(earlier))
-    again = _run_bench(
-        tmp_path, "--only", "makespan,pricing", "--compare", str(doctored), "--fail-on-regression"
-    )
-    assert again.returncode == 1, again.stdout[-4000:] + again.stderr[-4000:]
-    assert f"Compared with {doctored}" in again.stdout
-    assert "makespan: independent, --jobs 4 (N=10) / bound" in again.stdout
-    assert "REGRESSED" in again.stdout and "regressions beyond 10 %: makespan" in again.stdout
-    assert "pricing: worst |estimate - bill| / bill" in again.stdout
 
 
 def test_compare_refuses_a_file_that_is_not_an_earlier_run_before_running_anything(tmp_path: Path) -> None:

@@ -50,6 +50,8 @@ def test_an_avif_output_must_end_in_avif() -> None:
     assert extension_problem("assets/a.AVIF", "avif") is None
     assert extension_problem("assets/a.png", "avif") == "does not end in .avif but output_format is avif"
     assert extension_problem("assets/a.avif", "webp") == "does not end in .webp but output_format is webp"
+
+
 def _pathlib_inside(root: Path, rel: str) -> str | None:
     """What Resolver.inside answered before it worked in strings: the reference it must match."""
     real_root = root.resolve()

@@ -74,6 +74,8 @@ def test_avif_headers_are_checked_like_the_other_formats() -> None:
     assert header_problem(encoded("PNG", (48, 32)), 48, 32, "avif") == "a PNG image where AVIF is declared"
     with pytest.raises(ImageCheckError, match="not a decodable image"):
         verify_image(avif[: len(avif) // 2], 48, 32, "avif")
+
+
 # -- a reference's header read from the bytes hashed with it, against Pillow's reading ----------
 
 
