@@ -1457,7 +1457,7 @@ class Target:
 
 
 def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
-    """Issue 4, point 2: each target as measured in this very run."""
+    """Each target (issues 4, 11 and 15; benchmarks/README.md lists them all) as measured in this very run."""
 
     def get(label: str, n: int | None) -> Probe | None:
         return next((p for p in probes if p.label == label and p.n == n), None)
@@ -1500,12 +1500,12 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
             independent.median / independent.extra["bound_s"]
             if independent and independent.n == 200
             else None,
-            1.10,
+            1.05,
         ),
         Target(
             f"makespan {args.chain}-deep chain / bound",
             chain.median / chain.extra["bound_s"] if chain and chain.n == 50 else None,
-            1.10,
+            1.05,
         ),
         Target(
             "matrix 1k no-op build / by hand",
@@ -1540,6 +1540,112 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
     ]
 
 
+# -- comparing with an earlier run ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    name: str
+    before: float | None
+    now: float | None
+
+    @property
+    def change(self) -> float | None:
+        if self.before is None or self.now is None or self.before == 0:
+            return None
+        return self.now / self.before - 1.0
+
+
+def load_earlier(path: Path) -> dict[str, Any]:
+    """An earlier run's --json file, checked enough to compare with; BenchmarkError if not one."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BenchmarkError(f"--compare {path}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise BenchmarkError(f"--compare {path}: not JSON ({exc}); give a file written by --json") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("targets"), list):
+        raise BenchmarkError(f"--compare {path}: no 'targets' list; give a file written by run.py --json")
+    return doc
+
+
+def _number(value: object) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None  # type: ignore[arg-type]
+
+
+def compare_runs(
+    earlier: dict[str, Any], found: Sequence[Target], probes: Sequence[Probe]
+) -> tuple[list[Change], list[Change]]:
+    """Each target (a ratio, or peak RSS) and each row's median, before and now."""
+    before = {t.get("name"): _number(t.get("value")) for t in earlier["targets"] if isinstance(t, dict)}
+    ratios = [Change(t.name, before.get(t.name), t.value) for t in found]
+    # Rows measured against a bound of their own (makespan): their ratio, at any size.
+    bounds_before = {
+        (r.get("section"), r.get("label"), r.get("n")): (
+            _number(r.get("median_s")),
+            _number(r.get("bound_s")),
+        )
+        for r in earlier.get("results", [])
+        if isinstance(r, dict) and "bound_s" in r
+    }
+    for p in probes:
+        bound = _number(p.extra.get("bound_s"))
+        if bound and p.samples:
+            median, old_bound = bounds_before.get((p.section, p.label, p.n), (None, None))
+            old_ratio = median / old_bound if median is not None and old_bound else None
+            ratios.append(Change(f"{p.section}: {p.label} (N={p.n:,}) / bound", old_ratio, p.median / bound))
+    ratios = [c for c in ratios if c.before is not None or c.now is not None]
+    rows_before = {
+        (r.get("section"), r.get("label"), r.get("n")): _number(r.get("median_s"))
+        for r in earlier.get("results", [])
+        if isinstance(r, dict)
+    }
+    rows = []
+    for p in probes:
+        if p.samples and (p.section, p.label, p.n) in rows_before:
+            name = f"{p.section}: {p.label}" + (f" (N={p.n:,})" if p.n is not None else "")
+            rows.append(Change(name, rows_before[(p.section, p.label, p.n)], p.median))
+    return ratios, rows
+
+
+def print_comparison(
+    path: Path, earlier: dict[str, Any], ratios: Sequence[Change], rows: Sequence[Change], threshold: float
+) -> list[Change]:
+    """Print the changes; returns the ratios that grew by more than `threshold` (a fraction)."""
+    meta = earlier.get("meta", {}) if isinstance(earlier.get("meta"), dict) else {}
+    when = f"{meta.get('date', '?')}, {meta.get('flexforge', '?')}, {meta.get('load', '?')}"
+    print(f"\nCompared with {path} ({when}):")
+
+    def cells(c: Change, fmt: Callable[[float | None], str]) -> list[str]:
+        change = c.change
+        shown = "" if change is None else f"{change * 100:+.1f} %"
+        return [c.name, fmt(c.before), fmt(c.now), shown]
+
+    def value(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    regressed = [c for c in ratios if c.change is not None and c.change > threshold]
+    rows_out = [[*cells(c, value), "REGRESSED" if c in regressed else ""] for c in ratios]
+    print(
+        table(
+            ["ratio (lower is better)", "before", "now", "change", ""],
+            rows_out,
+            [False, True, True, True, False],
+        )
+    )
+    if rows:
+        print("\nrow medians, for context (absolute times move with the machine's load; ratios do not):")
+        timed = [cells(c, fmt_time) for c in rows]
+        print(table(["row", "before", "now", "change"], timed, [False, True, True, True]))
+    if regressed:
+        names = ", ".join(c.name for c in regressed)
+        print(f"\nregressions beyond {threshold * 100:g} %: {names}")
+    else:
+        print(f"\nno ratio grew by more than {threshold * 100:g} %")
+    return regressed
+
+
 # -- main -------------------------------------------------------------------------------------------
 
 
@@ -1568,6 +1674,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pricing-size", type=int, default=60, help="assets in the random pricing mix")
     parser.add_argument("--dvc", default=None, help="the dvc executable (default: found on PATH or work dir)")
     parser.add_argument("--install-dvc", action="store_true", help="pip install dvc into WORK_DIR/dvc-venv")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        metavar="OLD.json",
+        help="print each ratio's change since that run",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=10.0,
+        metavar="PCT",
+        help="with --compare: a ratio that grew by more than this many percent is a regression (10)",
+    )
+    parser.add_argument(
+        "--fail-on-regression", action="store_true", help="with --compare: exit 1 when a ratio regressed"
+    )
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if args.smoke:
@@ -1589,6 +1712,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # before a run of many minutes, not after it
+        earlier = load_earlier(args.compare) if args.compare is not None else None
+    except BenchmarkError as exc:
+        print(f"run.py: {exc}", file=sys.stderr)
+        return 2
     args.work_dir.mkdir(parents=True, exist_ok=True)
     tools = find_tools(args)
     info = machine_info(tools)
@@ -1646,6 +1774,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         print(f"\nwrote {args.json}")
+    if earlier is not None:
+        ratios, rows = compare_runs(earlier, found, probes)
+        regressed = print_comparison(args.compare, earlier, ratios, rows, args.threshold / 100)
+        if regressed and args.fail_on_regression:
+            return 1
     return 0
 
 
