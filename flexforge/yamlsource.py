@@ -18,8 +18,11 @@ try:  # the C loader is several times faster on big manifests
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
-# Generous for any hand-written manifest, small enough to refuse alias bombs at once.
+# Generous for any hand-written manifest, small enough to refuse alias bombs at once; a large
+# file may hold one value for every NODE_BYTES of its text (100,000 assets are ~700,000 values in
+# 13 MB), a bomb is many values out of few bytes.
 MAX_NODES = 200_000
+NODE_BYTES = 8
 MAX_DEPTH = 64
 MAX_BYTES = 16 * 1024 * 1024
 
@@ -54,16 +57,17 @@ class YamlDocument:
 
 
 class _Builder:
-    def __init__(self, doc: YamlDocument, text_budget: int) -> None:
+    def __init__(self, doc: YamlDocument, text_budget: int, max_nodes: int = MAX_NODES) -> None:
         self.doc = doc
         self.nodes = 0
+        self.max_nodes = max_nodes
         self.text_left = text_budget  # aliases may repeat text, but not amplify it without bound
         self.scalars = yaml.constructor.SafeConstructor()
 
     def build(self, node: yaml.Node, path: Path_, depth: int) -> Any:
         self.nodes += 1
-        if self.nodes > MAX_NODES:
-            raise _TooBig(f"more than {MAX_NODES} values (an alias bomb?); split the manifest")
+        if self.nodes > self.max_nodes:
+            raise _TooBig(f"more than {self.max_nodes} values (an alias bomb?); split the manifest")
         if depth > MAX_DEPTH:
             raise _TooBig(f"nested deeper than {MAX_DEPTH} levels")
         mark = node.start_mark
@@ -174,7 +178,8 @@ def parse_yaml(raw: bytes) -> YamlDocument:
         doc.problems.append(YamlProblem(1, 1, (), "the file holds no YAML document"))
         return doc
     try:
-        doc.data = _Builder(doc, 4 * len(text) + 65536).build(node, (), 0)
+        max_nodes = max(MAX_NODES, len(text) // NODE_BYTES)
+        doc.data = _Builder(doc, 4 * len(text) + 65536, max_nodes).build(node, (), 0)
     except _TooBig as exc:
         doc.problems.append(YamlProblem(1, 1, (), str(exc)))
         doc.data = None
