@@ -43,7 +43,7 @@ from flexforge.progress import Reporter
 from flexforge.providers import GeneratedImage, Provider, TaskContext
 from flexforge.records import RecordError
 from flexforge.request import ImageRequest, ReferenceInput
-from flexforge.sources import IN_PLACE, REMOTE, Source, declared_problem
+from flexforge.sources import IN_PLACE, REMOTE, Nowhere, Source, declared_problem
 from flexforge.store import JournalEntry, KeyRecord, LedgerEntry, Store
 
 # Outcomes of one asset in a build.
@@ -292,7 +292,7 @@ class Builder:
             self.recorder.drop(orphan)
         self.recorder.remove_stale_temps([step.asset.out for step in self.plan.steps])
         try:
-            self.prefetch.start([s for s in self.plan.steps if s.action in RESTORES])
+            self.prefetch.start([s for s in self.plan.steps if s.action in RESTORES and s.asset.written])
             for step in self.plan.steps:
                 self.tasks[step.asset.id] = asyncio.create_task(self._run_step(step))
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
@@ -390,6 +390,8 @@ class Builder:
             digest = (step.reference_digests or [None] * (index + 1))[index]
             made_here = upstream.id in self.recorder.made_here and digest is not None
             path = self.store.object_path(digest) if made_here and digest else root / upstream.out
+            if not upstream.written and digest is not None and not made_here:
+                path = await asyncio.to_thread(self._kept, upstream, digest)
         self.reporter.asset_started(asset.id, step.action)
         source = await asyncio.to_thread(path.read_bytes)
         data = await asyncio.to_thread(render, asset.rendition, source, root)
@@ -426,6 +428,9 @@ class Builder:
             source = await asyncio.to_thread(sources.remote_details, source, step.key.key)
         if source.kind == IN_PLACE:
             problem = await asyncio.to_thread(sources.in_place_problem, source, asset)
+            staged = None
+        elif not asset.written:  # a candidate kept in the cache: restored there, not at `out`
+            problem = await asyncio.to_thread(sources.cache, source, asset)
             staged = None
         else:
             taken = await self.prefetch.take(asset, source)
@@ -547,8 +552,10 @@ class Builder:
             self._check_prompt(asset, image.prompt)
         self.store.put_key_record(key.key, made, durable=paid)
         record.settled = True
-        staged = await _staged(self.recorder.stage, self._output_path(asset), image.data)
-        assert staged is not None  # stage always stages
+        staged = None  # a candidate kept in the cache only: dependents read it there
+        if asset.written:
+            staged = await _staged(self.recorder.stage, self._output_path(asset), image.data)
+            assert staged is not None  # stage always stages
         if image.task_id is not None and paid_here:
             self._ledger(
                 LedgerEntry(
@@ -653,7 +660,8 @@ class Builder:
         assert step.key is not None and step.seed is not None
         asset = step.asset
         generator = generator_of(asset, self.plan.generator)
-        self.recorder.record(asset, step.key, step.seed, generator, made, staged, urgent=urgent)
+        kept = not asset.written  # a candidate in the cache only: nothing at its output path
+        self.recorder.record(asset, step.key, step.seed, generator, made, staged, kept=kept, urgent=urgent)
 
     def _flushed(self, result: Flushed) -> None:
         """Fail what a lock write or a rename could not record; stop if the lock is unwritable."""
@@ -670,6 +678,24 @@ class Builder:
         if problem is not None:
             raise ProviderError(f"{problem}; not written")
         return self.plan.manifest.root / asset.out
+
+    def _kept(self, upstream: Asset, digest: str) -> Path:
+        """The object-cache file of a candidate kept in the cache only, brought there from the
+        team remote or git history if this machine does not hold it."""
+        if not self.store.has_object(digest):
+            entry = self.lock.entries.get(upstream.id)
+            problem: str | None = "not found"
+            if entry is not None and entry.sha256 == digest:
+                source = self.facts.sources.find(entry.key, upstream.out, Nowhere(self.store))
+                problem = self.facts.sources.cache(source, upstream) if source else problem
+            if problem is not None:
+                raise ProviderError(
+                    f"{upstream.id}: its image is in no cache, remote or commit this machine can "
+                    f"read ({problem}); candidates are kept in the cache unless `settings: "
+                    f"variants_dir:` commits them. `flexforge build --replace {upstream.id}` "
+                    "makes it again (paid)"
+                )
+        return self.store.object_path(digest)
 
     def _scaled_reference(self, path: Path, max_mp: float) -> Path:
         """The reference scaled down to `max_mp` megapixels, kept in the object cache by its
@@ -694,6 +720,8 @@ class Builder:
                 # is renamed into place only with the next lock write); else from its file.
                 cached = self.store.object_path(digest)
                 path = cached if upstream.id in self.recorder.made_here else root / upstream.out
+                if not upstream.written and upstream.id not in self.recorder.made_here:
+                    path = self._kept(upstream, digest)
             # Checked again here, confinement too: the file or a folder on its way may have been
             # swapped (for a link out of the root) since the manifest was validated.
             problem = None

@@ -93,6 +93,22 @@ class Current:
         return self.size in (size, -1) and self.digest == sha256
 
 
+class Nowhere(Current):
+    """Nothing at the output path to look at: a candidate kept in the cache only (Asset.written
+    False) is never read from, or written to, the working tree at its `out`."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store, "")
+
+    @property
+    def size(self) -> int | None:
+        return None
+
+    @property
+    def digest(self) -> str | None:
+        return None
+
+
 class Sources:
     """The restore sources of one project, searched per key; git history is read only when the
     cheaper sources have nothing, so a no-op plan never starts git."""
@@ -215,6 +231,14 @@ class Sources:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
+
+    def cache(self, source: Source, asset: Asset) -> str | None:
+        """Put the source's verified bytes in the object cache (an output kept there only), or
+        say why not: damaged, gone, or not the declared image."""
+        data, problem = self.fetch(source, asset)
+        if data is not None:
+            self.store.put_object(data)
+        return problem
 
     def in_place_problem(self, source: Source, asset: Asset) -> str | None:
         """Why the file already at the output path is not the source's bytes and image, or None."""

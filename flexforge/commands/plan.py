@@ -59,7 +59,8 @@ def _remember_noop(project: Project, plan: Plan, *, by_default: bool) -> None:
         return  # a read-only checkout: plan works all the same, the next one is only slower
     files: dict[str, None] = {}
     for step in plan.steps:
-        files[step.asset.out] = None
+        if step.asset.written:  # a candidate kept in the cache has no file to watch
+            files[step.asset.out] = None
         files.update((ref, None) for ref in step.asset.references if ref not in step.asset.asset_refs)
     noop.record(
         str(project.manifest.path),
