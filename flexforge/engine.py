@@ -149,14 +149,24 @@ class _TaskRecord:
     def sending(self) -> None:
         self.on_the_wire = True
 
-    def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
+    def submitted(
+        self, task_id: str, polling_url: str, cost_credits: float | None = None
+    ) -> asyncio.Future[None]:
         self.on_the_wire = False
         self.task_id, self.polling_url = task_id, polling_url
         entry = JournalEntry(
             self._asset, self._key, self._provider, task_id, polling_url, time.time(), cost_credits
         )
+        # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
+        # holds, and a failure now must keep this one journaled.
+        self.finished = False
+        # The write and its fsyncs go to a worker thread, which the provider awaits before it
+        # polls: on the event loop they would hold up every other task's polls and submissions.
+        return asyncio.ensure_future(self._journal(entry))
+
+    async def _journal(self, entry: JournalEntry) -> None:
         try:
-            self._store.journal_put(entry)
+            await asyncio.to_thread(self._store.journal_put, entry)
         except (OSError, RecordError) as exc:
             # A full disk, a read-only mount, a task id no journal may hold: the task is paid for
             # all the same. Keep it in memory and go on to fetch it; say where it is in case this
@@ -164,17 +174,14 @@ class _TaskRecord:
             self.journaled = False
             self.journal_error = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             self.log(
-                f"task {task_id} could not be journaled ({self.journal_error}); it is paid for, "
-                f"so this build goes on to fetch it (its result: {polling_url})"
+                f"task {entry.task_id} could not be journaled ({self.journal_error}); it is paid for, "
+                f"so this build goes on to fetch it (its result: {entry.polling_url})"
             )
         else:
             self.journaled = True
             self.journal_error = None
-        # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
-        # holds, and a failure now must keep this one journaled.
-        self.finished = False
         if self._team is not None:
-            self._team.submitted(self._key, task_id, polling_url, cost_credits)
+            self._team.submitted(self._key, entry.task_id, entry.polling_url, entry.cost_credits)
 
     def finished_task(self) -> None:
         self.finished = True
@@ -192,7 +199,17 @@ class _TaskRecord:
         try:
             self._store.journal_remove(self._key)
         except OSError as exc:
-            self.log(f"could not remove the journal entry of task {self.task_id} ({exc.strerror})")
+            self._not_forgotten(exc)
+
+    async def forget_off_loop(self) -> None:
+        """`forget`, its unlink on a worker thread: a busy disk must not hold up other tasks' polls."""
+        try:
+            await asyncio.to_thread(self._store.journal_remove, self._key)
+        except OSError as exc:
+            self._not_forgotten(exc)
+
+    def _not_forgotten(self, exc: OSError) -> None:
+        self.log(f"could not remove the journal entry of task {self.task_id} ({exc.strerror})")
 
     def log(self, message: str) -> None:
         self._reporter.log(f"{self._asset}: {message}")
@@ -471,8 +488,13 @@ class Builder:
         assert key is not None and seed is not None and step.reference_digests is not None
         digests = [d for d in step.reference_digests if d is not None]
         estimate = self._estimate(asset)
-        # Refuses bad references before any paid call; scaling one down takes a moment: off the loop.
-        request = await asyncio.to_thread(self._request, asset, seed, digests)
+        # Refuses bad references before any paid call; reading and scaling them takes a moment:
+        # off the loop. Without references there is nothing to read, and a trip through the
+        # thread pool (busy with downloads) would only delay the submission.
+        if asset.references:
+            request = await asyncio.to_thread(self._request, asset, seed, digests)
+        else:
+            request = self._request(asset, seed, digests)
         async with _Slot(self.slots) as slot:
             if self.stop_reason is not None:
                 self._record(Outcome(asset.id, SKIPPED, f"not started: {self.stop_reason}"))
@@ -492,7 +514,7 @@ class Builder:
             self.reporter.asset_started(asset.id, step.action)
             fresh = asset.id in self.plan_options.replace
             claim = await self._claim(key.key, asset.id) if not fresh else None
-            shared = await self._from_remote(claim, asset)
+            shared = await self._from_remote(claim, asset, key.key)
             record = _TaskRecord(
                 self.store,
                 step,
@@ -550,14 +572,15 @@ class Builder:
         )
         if image.prompt is not None:
             self._check_prompt(asset, image.prompt)
-        self.store.put_key_record(key.key, made, durable=paid)
+        # Its fsyncs off the event loop, where they would hold up every other task's polls.
+        await asyncio.to_thread(self.store.put_key_record, key.key, made, durable=paid)
         record.settled = True
-        staged = None  # a candidate kept in the cache only: dependents read it there
-        if asset.written:
+        staged = None
+        if asset.written:  # else a candidate kept in the cache only: dependents read it there
             staged = await _staged(self.recorder.stage, self._output_path(asset), image.data)
             assert staged is not None  # stage always stages
         if image.task_id is not None and paid_here:
-            self._ledger(
+            await self._ledger(
                 LedgerEntry(
                     time.time(),
                     asset.id,
@@ -580,7 +603,7 @@ class Builder:
         else:
             self._record(Outcome(asset.id, GENERATED, f"${cost:.4f}" if cost else "", cost))
         self._commit(step, made, staged)
-        record.forget()
+        await record.forget_off_loop()
         if self.team is not None:
             if shared is None and await self.team.push(key.key, image.data, made):
                 await self.team.clear(claim)
@@ -635,11 +658,11 @@ class Builder:
         self.reporter.log(f"{asset_id}: the remote's lease could not be taken ({problem}); going on without")
         return None
 
-    async def _from_remote(self, claim: Claim | None, asset: Asset) -> GeneratedImage | None:
+    async def _from_remote(self, claim: Claim | None, asset: Asset, key: str) -> GeneratedImage | None:
         """The image another runner finished while this one waited, if intact in the remote."""
         if claim is None or claim.sha256 is None or self.team is None:
             return None
-        data = await asyncio.to_thread(self.team.remote.get, claim.sha256)
+        data = await asyncio.to_thread(self.team.remote.get, key, claim.sha256)
         if data is None or declared_problem(data, asset) is not None:
             self.reporter.log(f"{asset.id}: the remote's copy is damaged or not this image; generating it")
             return None
@@ -649,10 +672,11 @@ class Builder:
         if self.team is not None:
             await self.team.release(key, keep_task=keep_task)
 
-    def _ledger(self, entry: LedgerEntry) -> None:
-        """Record spend; a ledger that cannot be written costs the report, never the paid image."""
+    async def _ledger(self, entry: LedgerEntry) -> None:
+        """Record spend; a ledger that cannot be written costs the report, never the paid image.
+        Its fsync on a worker thread, where it holds up no other task."""
         try:
-            self.store.ledger_append(entry)
+            await asyncio.to_thread(self.store.ledger_append, entry)
         except (OSError, FlexforgeError, ValueError) as exc:
             self.reporter.log(f"{entry.asset}: spend not recorded in the ledger ({exc})")
 
@@ -660,8 +684,7 @@ class Builder:
         assert step.key is not None and step.seed is not None
         asset = step.asset
         generator = generator_of(asset, self.plan.generator)
-        kept = not asset.written  # a candidate in the cache only: nothing at its output path
-        self.recorder.record(asset, step.key, step.seed, generator, made, staged, kept=kept, urgent=urgent)
+        self.recorder.record(asset, step.key, step.seed, generator, made, staged, urgent=urgent)
 
     def _flushed(self, result: Flushed) -> None:
         """Fail what a lock write or a rename could not record; stop if the lock is unwritable."""

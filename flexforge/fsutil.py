@@ -229,7 +229,7 @@ def probe_writable(folder: Path) -> None:
         os.unlink(tmp)
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path | str) -> str:
     """The digest of a plain file (a link to one is followed: callers confine it first)."""
     fd = open_regular(path, follow=True)
     with os.fdopen(fd, "rb") as f:

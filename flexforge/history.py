@@ -54,6 +54,7 @@ class History:
         self._cache = cache
         self._index: dict[str, list[Row]] | None = None
         self._by_sha: dict[str, list[Row]] | None = None  # for alternates, built on first need
+        self._outputs: set[tuple[str, str]] | None = None
         self._batch: subprocess.Popen[bytes] | None = None
         self._mutex = threading.Lock()
 
@@ -91,6 +92,13 @@ class History:
             with contextlib.suppress(ValueError, TypeError):  # a damaged cache row
                 found.append(_source(row))
         return [s for s in found if (s.commit, s.path) != (source.commit, source.path)]
+
+    def recorded_at(self, out: str, sha256: str) -> bool:
+        """Whether a committed lock recorded these bytes as the output at `out`: flexforge made
+        them, and git keeps them."""
+        if self._outputs is None:
+            self._outputs = {(row[2], row[0]) for rows in self.index().values() for row in rows}
+        return (out, sha256) in self._outputs
 
     def index(self) -> dict[str, list[Row]]:
         if self._index is None:

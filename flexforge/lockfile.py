@@ -144,14 +144,15 @@ class _Bad(ValueError):
     """What is wrong with a lock, said for users."""
 
 
-def read_lock(path: Path) -> Lock:
-    """The lock next to the manifest; a missing file is an empty lock. Anything else that is not
-    a lock flexforge wrote (any JSON shape, a FIFO, a folder, a link, a huge file) is one clear
+def read_lock(path: Path, *, label: str | None = None, fix: str | None = None) -> Lock:
+    """The lock next to the manifest (or another one, named `label` in errors, whose `fix` says
+    what to do about a bad one); a missing file is an empty lock. Anything else that is not a
+    lock flexforge wrote (any JSON shape, a FIFO, a folder, a link, a huge file) is one clear
     error naming the file and the fix, never a hang or a crash."""
     from flexforge.fsutil import FileTooLarge, NotRegularFile, read_regular
 
-    label = path.name
-    fix = f"restore it with `git checkout {label}`, or delete it to rebuild from the cache"
+    label = label or path.name
+    fix = fix or f"restore it with `git checkout {label}`, or delete it to rebuild from the cache"
     try:
         raw = read_regular(path, MAX_LOCK_BYTES)
     except FileNotFoundError:
@@ -166,7 +167,7 @@ def read_lock(path: Path) -> Lock:
         raise FlexforgeError(
             f"cannot read {label}: {exc.strerror}; it should be flexforge's lock file"
         ) from None
-    return parse_lock(path, raw, label)
+    return parse_lock(path, raw, label, fix)
 
 
 def parse_lock(path: Path, raw: bytes, label: str, fix: str | None = None) -> Lock:

@@ -95,14 +95,12 @@ class Outputs:
         staged: Path | None = None,
         *,
         durable: bool = True,
-        kept: bool = False,
         urgent: bool = True,
     ) -> None:
         """`asset`'s output is now `record.sha256` (`record.size` bytes), made for `key`: staged at
         `staged` by `stage`, or already at its output path (None). `urgent` asks for a lock write
         soon (a paid image); otherwise it goes with the next write or the last (a restore: a
-        build killed before then restores it again, for free). `kept`: an output kept in the
-        object cache only (a candidate), nothing at its output path."""
+        build killed before then restores it again, for free)."""
         entry = LockEntry(
             key=key.key,
             parts=key.parts,
@@ -121,10 +119,10 @@ class Outputs:
         if staged is not None:
             self._staged[asset.id] = _Staged(staged, asset.out, record.sha256, durable)
             self.made_here.add(asset.id)
-        elif kept:
-            self.made_here.add(asset.id)  # dependents read it from the object cache
-        else:
+        elif asset.written:
             self.store.remember_written(asset.out, record.sha256)
+        else:  # a candidate kept in the cache only: dependents read it there
+            self.made_here.add(asset.id)
         if urgent:
             self._flush_soon()
 

@@ -172,6 +172,12 @@ class Sources:
                 return found or Source(REMOTE, sha, size)
         return found
 
+    def committed_output(self, out: str, sha256: str | None) -> bool:
+        """Whether git history records these bytes as the output at `out`: flexforge's own older
+        image, which the lock has moved past (`lock merge`, a lock taken from another branch)."""
+        history = self.history if sha256 is not None else None
+        return history is not None and sha256 is not None and history.recorded_at(out, sha256)
+
     def remote_details(self, source: Source, key: str) -> Source:
         """A remote source with what the machine that pushed it said of it (provider, seed, task,
         cost), when it said so soundly."""
