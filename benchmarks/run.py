@@ -37,18 +37,18 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 # Run as a script (`python benchmarks/run.py`), this folder is on sys.path.
+from emulated import EmulatorError, emulator_process
+from emulated import emulator_call as call_emulator
 from generate import (
     DEFAULT_WORK_DIR,
     GIT_IDENTITY,
@@ -881,52 +881,19 @@ def print_ci(probes: Sequence[Probe]) -> None:
 # -- makespan against the emulator ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def running_emulator(tools: Tools, latency: float, log: Path) -> Iterator[dict[str, str]]:
     """`flexforge emulator` on a free port; yields the environment that points builds at it."""
-    port = free_port()
-    cmd = [*tools.flexforge, "emulator", "--port", str(port), "--latency", str(latency), "--seed", "0"]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=quiet_env())
+    knobs = ["--latency", str(latency), "--seed", "0"]
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise BenchmarkError(f"{' '.join(cmd)} exited {proc.returncode}: {log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if time.monotonic() > deadline:
-                raise BenchmarkError(f"the emulator did not listen on port {port} within 30 s")
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
-        yield quiet_env({"FLEXFORGE_EMULATOR_URL": url, "BFL_API_KEY": "bench"})
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with emulator_process(tools.flexforge, knobs, log, quiet_env()) as url:
+            yield quiet_env({"FLEXFORGE_EMULATOR_URL": url, "BFL_API_KEY": "bench"})
+    except EmulatorError as exc:
+        raise BenchmarkError(str(exc)) from None
 
 
 def emulator_call(env: dict[str, str], method: str, path: str) -> dict[str, Any] | None:
-    """Best effort: the emulator's test routes (stats, reset); None when it does not answer."""
-    url = env["FLEXFORGE_EMULATOR_URL"] + path
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            doc = json.loads(response.read() or b"{}")
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    return call_emulator(env["FLEXFORGE_EMULATOR_URL"], method, path)
 
 
 def emulator_counters(stats: dict[str, Any] | None, assets: int) -> dict[str, Any]:
