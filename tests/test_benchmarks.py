@@ -87,6 +87,31 @@ def test_benchmark_smoke_run_prints_its_table(tmp_path: Path) -> None:
     assert "pricing: worst |estimate - bill| / bill" in again.stdout
 
 
+def test_the_100k_project_fits_flexforges_limits_and_the_disk() -> None:
+    """Above 10,000 assets the no-op project has 16 x 16 references and short prompts: its
+    manifest must stay under the manifest size limit (a 100k manifest with the usual prompts
+    would not), and its references must not be 20 GB."""
+    from flexforge.yamlsource import MAX_BYTES
+
+    generate = _generate_module()
+    spec = generate.ProjectSpec.for_noop(100_000)
+    assert generate.ProjectSpec.for_noop(10_000) == generate.ProjectSpec(10_000)  # unchanged up to 10k
+    assert len(generate.manifest_text(spec, generate.plan_assets(spec)).encode()) < MAX_BYTES
+    usual = generate.ProjectSpec(100_000)
+    assert len(generate.manifest_text(usual, generate.plan_assets(usual)).encode()) > MAX_BYTES
+
+
+def test_a_small_reference_is_a_valid_png(tmp_path: Path) -> None:
+    from PIL import Image
+
+    generate = _generate_module()
+    generate.write_reference_png(tmp_path / "r.png", "seed", generate.SMALL_REF_SIDE)
+    with Image.open(tmp_path / "r.png") as img:
+        img.load()
+        assert img.size == (generate.SMALL_REF_SIDE, generate.SMALL_REF_SIDE)
+    assert (tmp_path / "r.png").stat().st_size < 1_000
+
+
 def test_compare_refuses_a_file_that_is_not_an_earlier_run_before_running_anything(tmp_path: Path) -> None:
     bad = tmp_path / "old.json"
     bad.write_text("[1, 2]")
