@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from flexforge.signals import StopSignals
 
 LOCK_TIMEOUT_ENV = "FLEXFORGE_LOCK_TIMEOUT"
-WORKER_THREADS_MAX = 64
+WORKER_THREADS_MAX = 32
 
 
 def build(
@@ -225,7 +225,7 @@ async def _run(builder: Builder, provider: Provider, stop: StopSignals, credits_
 
     # Worker threads mostly wait (fsyncs, the team remote's round trips): with asyncio's default
     # of cores + 4, a few slow remote calls held up every other task's journal and image writes.
-    workers = min(WORKER_THREADS_MAX, 8 + 4 * builder.options.jobs)
+    workers = min(WORKER_THREADS_MAX, 8 + 2 * builder.options.jobs)
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, "flexforge-io"))
     main = asyncio.current_task()
     if main is not None:
