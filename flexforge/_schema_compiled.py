@@ -5,7 +5,12 @@ SCHEMA_SHA256 = 'ed4888b34198b67830f78acd8d7f03b6e761eb836a3b9768cb164fc5e6a65be
 VERSION = "2.22.3"
 from decimal import Decimal
 import re
-from fastjsonschema import JsonSchemaValueException, JsonSchemaValuesException
+class JsonSchemaValueException(ValueError):
+    def __init__(self, message, value=None, name=None, definition=None, rule=None):
+        super().__init__(message)
+
+
+JsonSchemaValuesException = JsonSchemaValueException
 
 
 REGEX_PATTERNS = {
