@@ -7,9 +7,14 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
-# Pillow's format names for our output_format values.
-PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+# Pillow's format names for our output_format values. AVIF is made locally only (renditions):
+# the API returns png, jpeg or webp.
+PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "avif": "avif"}
+API_FORMATS = ("png", "jpeg", "webp")
+LOCAL_FORMATS = ("avif",)
+AVIF_CODEC = "aom"  # the encoder Pillow's wheels ship: pinned, so every machine writes the same bytes
+AVIF_FIX = "install Pillow 11.3 or later from PyPI's wheels (`pip install -U 'pillow>=11.3'`)"
 
 
 # What the API accepts as an input image.
@@ -32,6 +37,20 @@ def _pillow() -> ModuleType:
     # refuse such images with a message of their own.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     return Image
+
+
+def avif_problem() -> str | None:
+    """Why this Python's Pillow cannot write AVIF as flexforge does, and the fix; None if it can."""
+    import PIL
+    from PIL import features
+
+    if not features.check("avif"):
+        return f"this Pillow ({PIL.__version__}) has no AVIF support; {AVIF_FIX}"
+    from PIL import _avif  # present: features.check said so
+
+    if not _avif.encoder_codec_available(AVIF_CODEC):
+        return f"this Pillow's libavif ({PIL.__version__}) has no {AVIF_CODEC} encoder; {AVIF_FIX}"
+    return None
 
 
 class ImageCheckError(ValueError):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from flexforge import models
 from flexforge.confine import Resolver, extension_problem, output_problem, private_part
 from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageError, clip
-from flexforge.imaging import EXTENSIONS
+from flexforge.imaging import API_FORMATS, EXTENSIONS, LOCAL_FORMATS
 from flexforge.models import FLEX_MODEL
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
 from flexforge.rendition import RENDITION, describe, operations
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from flexforge.reads import FileRead
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
-CACHE_VERSION = 4  # bump when what validation produces changes
+CACHE_VERSION = 5  # bump when what validation produces changes
 CACHE_LIMIT = 512 * 1024 * 1024
 
 # Knobs that only some models take: set on another asset itself they are an error, in `defaults`
@@ -73,6 +73,9 @@ class Asset:
     max_cost_usd: float | None = None  # this asset's own budget: build refuses a plan over it
     # References are scaled down to at most this many megapixels before upload; None: as they are.
     reference_max_mp: float | None = None
+    # False: a candidate kept in the object cache only (no `settings: variants_dir:`); its `out`
+    # is where it would go, recorded in the lock, never written or read.
+    written: bool = True
 
     def reference_size(self, width: int, height: int) -> tuple[int, int]:
         """The size a reference of width x height is uploaded at."""
@@ -294,6 +297,10 @@ def _raw_refs(raw: Any, assets: dict[str, Any]) -> tuple[str, ...]:
     return tuple(r for r in refs if isinstance(r, str) and r in assets) if isinstance(refs, list) else ()
 
 
+def _either(words: tuple[str, ...]) -> str:
+    return f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else words[0]
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -341,6 +348,7 @@ class _Checker:
         # (section, name) the schema refused: their meaning is not checked, their errors suffice.
         self.invalid: set[tuple[str | int, ...]] = set()
         self.origins: dict[str, tuple[str, dict[str, str]]] = {}
+        self.unwritten: set[str] = set()
         # Reference files to read (digest and header in one pass) once every asset is checked:
         # (where in the manifest, the reference as written, the file it leads to).
         self.to_read: list[tuple[tuple[str | int, ...], str, str]] = []
@@ -372,8 +380,11 @@ class _Checker:
         from flexforge.expand import expand
 
         # Fragments, matrices and presets first: what follows sees the assets as if hand-written.
-        expansion = expand(data, self.doc, self.error)
+        folder = _mapping(data.get("settings")).get("variants_dir")
+        folder = self._variants_dir(folder) if isinstance(folder, str) else None
+        expansion = expand(data, self.doc, self.error, folder)
         self.origins = expansion.origins
+        self.unwritten = expansion.unwritten
         self._schema(expansion.data)
         # Every error at once: the meaning of what the schema accepted is checked too.
         return self._semantics(expansion.data)
@@ -530,6 +541,12 @@ class _Checker:
                 continue
             self._reference_file(ref, (*here, "references", i), all_assets)
         fmt = values["output_format"]
+        if fmt in LOCAL_FORMATS:
+            self.error(
+                (*here, "output_format") if "output_format" in raw else ("defaults", "output_format"),
+                f"output_format {fmt}: the API returns {_either(API_FORMATS)}; make {fmt} images "
+                "as renditions (`from: ID`, output_format: avif)",
+            )
         out = raw.get("out")
         if out is None:
             out = self._output_path(f"assets/{asset_id}.{EXTENSIONS[fmt]}", fmt, here)
@@ -558,6 +575,7 @@ class _Checker:
             origin=self._origin(asset_id),
             max_cost_usd=float(raw["max_cost_usd"]) if "max_cost_usd" in raw else None,
             reference_max_mp=values.get("reference_max_mp"),
+            written=asset_id not in self.unwritten,
         )
 
     def _origin(self, asset_id: str) -> str | None:
@@ -625,6 +643,13 @@ class _Checker:
         if width * height > MAX_RENDITION_PIXELS:
             self.error(here, f"{width}x{height} is over {MAX_RENDITION_PIXELS // 10**6} MP; deliver smaller")
         fmt = raw.get("output_format", defaults["output_format"])
+        if fmt == "avif":
+            from flexforge.imaging import avif_problem
+
+            problem = avif_problem()
+            if problem is not None:
+                where = (*here, "output_format") if "output_format" in raw else ("defaults", "output_format")
+                self.error(where, f"output_format avif: {problem}")
         out = raw.get("out")
         if out is None:
             out = self._output_path(f"assets/{asset_id}.{EXTENSIONS[fmt]}", fmt, here)
@@ -699,6 +724,14 @@ class _Checker:
         for asset in assets.values():
             if asset.rendition is not None:
                 continue  # made locally: nothing is uploaded
+            for i, ref in enumerate(asset.references):
+                upstream = assets.get(ref)
+                if upstream is not None and upstream.output_format in LOCAL_FORMATS:
+                    self.error(
+                        ("assets", asset.id, "references", i),
+                        f"{ref} is {upstream.output_format}, which the API does not take as a "
+                        f"reference; reference a {_either(API_FORMATS)} rendition of it",
+                    )
             cap = models.get(asset.model).max_reference_mp
             if cap is None or not asset.references:
                 continue
@@ -791,6 +824,24 @@ class _Checker:
                 self.ref_sizes[ref] = size
         if problem is not None:
             self.error(path, f"reference {ref!r}: {problem}")
+
+    def _variants_dir(self, folder: str) -> str | None:
+        """The root-relative folder candidates are written under, or None (reported) when it
+        leaves the root or lies in `.git/` or the state folder. Each candidate's own path is
+        checked as an output too, then and before every write."""
+        where = ("settings", "variants_dir")
+        target = self._inside_root(folder, where, "variants_dir")
+        if target is None:
+            return None
+        rel = self.resolver.relative(target)
+        private = private_part(folder) or private_part(rel)
+        if rel == ".":
+            self.error(where, "variants_dir names the project root; name a folder (e.g. variants)")
+        elif private is not None:
+            self.error(where, f"variants_dir {folder!r} is inside {private}/, which flexforge never writes")
+        else:
+            return folder.strip("/")
+        return None
 
     def _output_path(self, out: str, fmt: str, path: tuple[str | int, ...]) -> str:
         target = self._inside_root(out, path, "out")

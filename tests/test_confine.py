@@ -43,6 +43,15 @@ def test_outputs_are_refused_through_links_and_outside(tmp_path: Path) -> None:
     assert output_problem(resolver, "assets/ok.jpeg", "jpeg") is None
 
 
+def test_an_avif_output_must_end_in_avif() -> None:
+    from flexforge.confine import extension_problem
+
+    assert extension_problem("assets/a.avif", "avif") is None
+    assert extension_problem("assets/a.AVIF", "avif") is None
+    assert extension_problem("assets/a.png", "avif") == "does not end in .avif but output_format is avif"
+    assert extension_problem("assets/a.avif", "webp") == "does not end in .webp but output_format is webp"
+
+
 def _pathlib_inside(root: Path, rel: str) -> str | None:
     """What Resolver.inside answered before it worked in strings: the reference it must match."""
     real_root = root.resolve()

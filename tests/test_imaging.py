@@ -54,6 +54,28 @@ def test_a_pillow_pixel_limit_lifted_elsewhere_is_restored(monkeypatch: pytest.M
     assert Image.MAX_IMAGE_PIXELS == MAX_OPEN_PIXELS
 
 
+def test_avif_headers_are_checked_like_the_other_formats() -> None:
+    import io
+
+    from PIL import Image
+
+    from flexforge.imaging import header_problem, verify_image
+
+    def encoded(fmt: str, size: tuple[int, int]) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", size, (10, 200, 30)).save(buf, format=fmt)
+        return buf.getvalue()
+
+    avif = encoded("AVIF", (48, 32))
+    assert header_problem(avif, 48, 32, "avif") is None
+    verify_image(avif, 48, 32, "avif")
+    assert header_problem(avif, 32, 32, "avif") == "48x32 where 32x32 is declared"
+    assert header_problem(avif, 48, 32, "png") == "a AVIF image where PNG is declared"
+    assert header_problem(encoded("PNG", (48, 32)), 48, 32, "avif") == "a PNG image where AVIF is declared"
+    with pytest.raises(ImageCheckError, match="not a decodable image"):
+        verify_image(avif[: len(avif) // 2], 48, 32, "avif")
+
+
 # -- a reference's header read from the bytes hashed with it, against Pillow's reading ----------
 
 
