@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from flexforge.imaging import EXTENSIONS, LOCAL_FORMATS
 from flexforge.presets import Preset, catalog, parse_size, project_preset
 from flexforge.yamlsource import YamlDocument
 
@@ -30,12 +31,17 @@ class Expansion:
         self.data = data
         # expanded asset id -> (declaring template id, {axis: value})
         self.origins: dict[str, tuple[str, dict[str, str]]] = {}
+        # candidates kept in the cache only (no `settings: variants_dir:`): never written at `out`
+        self.unwritten: set[str] = set()
 
 
-def expand(data: dict[str, Any], doc: YamlDocument, report: Report) -> Expansion:
+def expand(
+    data: dict[str, Any], doc: YamlDocument, report: Report, variants_dir: str | None = None
+) -> Expansion:
     """Resolve fragments, matrices and presets in `data` (a parsed manifest), reporting every
     problem at the line that declares it. Positions of expanded assets are copied from their
-    template into `doc`, so later errors about a cell point at the matrix that made it."""
+    template into `doc`, so later errors about a cell point at the matrix that made it.
+    `variants_dir`: the checked folder candidates are written under; None keeps them cached."""
     out = Expansion(dict(data))
     fragments = _fragments(data.get("fragments"), report)
     presets = _presets(data.get("presets"), report)
@@ -64,13 +70,15 @@ def expand(data: dict[str, Any], doc: YamlDocument, report: Report) -> Expansion
             doc.positions.update(_moved(spots, ("assets", cell_id)))
             assets[cell_id] = _sized(cell, data, presets, ("assets", cell_id), report)
             out.origins[cell_id] = (str(asset_id), values)
-    out.data["assets"] = _with_candidates(assets, data, doc)
+    out.data["assets"] = _with_candidates(assets, data, doc, variants_dir, out.unwritten)
     return out
 
 
 # -- variants ------------------------------------------------------------------------------------
 
-VARIANTS_DIR = "variants"  # where candidates are written: the documented place to commit them, or not
+# Where candidates go: written there with `settings: variants_dir:` (to commit them), else kept in
+# the cache only and recorded in the lock at that would-be path.
+VARIANTS_DIR = "variants"
 MAX_VARIANTS = 16
 
 
@@ -78,11 +86,21 @@ def candidate_id(asset_id: str, k: int) -> str:
     return f"{asset_id}--{k}"
 
 
-def _with_candidates(assets: dict[str, Any], data: dict[str, Any], doc: YamlDocument) -> dict[str, Any]:
+def _with_candidates(
+    assets: dict[str, Any],
+    data: dict[str, Any],
+    doc: YamlDocument,
+    variants_dir: str | None,
+    unwritten: set[str],
+) -> dict[str, Any]:
     """`variants: N` -> N generated candidates `ID--1..N` (distinct seeds: a fixed seed S gives
-    S, S+1, ...; else each draws its own), and `ID` itself a free selection of the picked one."""
+    S, S+1, ...; else each draws its own), and `ID` itself a free selection of the picked one.
+    Candidates are written under `variants_dir` when there is one; else they are added to
+    `unwritten`."""
     result: dict[str, Any] = {}
     defaults: dict[str, Any] = data["defaults"] if isinstance(data.get("defaults"), dict) else {}
+    written = variants_dir is not None
+    folder = variants_dir or VARIANTS_DIR
     for asset_id, raw in assets.items():
         count = raw.get("variants") if isinstance(raw, dict) else None
         if (
@@ -90,11 +108,14 @@ def _with_candidates(assets: dict[str, Any], data: dict[str, Any], doc: YamlDocu
             or isinstance(count, bool)
             or "from" in raw
             or not 2 <= count <= MAX_VARIANTS
+            or raw.get("output_format", defaults.get("output_format")) in LOCAL_FORMATS
         ):
-            result[asset_id] = raw  # the schema says what is wrong with a bad count
+            # The schema says what is wrong with a bad count; validation, once, with a format
+            # the API does not return.
+            result[asset_id] = raw
             continue
         fmt = raw.get("output_format", defaults.get("output_format", "png"))
-        ext = {"png": "png", "jpeg": "jpg", "webp": "webp"}.get(str(fmt), "png")
+        ext = EXTENSIONS.get(str(fmt), "png")
         here: Path_ = ("assets", asset_id)
         spots = _under(doc.positions, here)
         for k in range(1, count + 1):
@@ -102,9 +123,11 @@ def _with_candidates(assets: dict[str, Any], data: dict[str, Any], doc: YamlDocu
             cell = {key: v for key, v in raw.items() if key not in ("variants", "pick", "out", "tags")}
             if isinstance(raw.get("seed"), int):
                 cell["seed"] = raw["seed"] + k - 1
-            cell["out"] = f"{VARIANTS_DIR}/{asset_id}/{k}.{ext}"
+            cell["out"] = f"{folder}/{asset_id}/{k}.{ext}"
             doc.positions.update(_moved(spots, ("assets", cid)))
             result[cid] = cell
+            if not written:
+                unwritten.add(cid)
         selection = {key: raw[key] for key in ("out", "tags", "pick") if key in raw}
         selection.update({"from": candidate_id(asset_id, 1), "variants": count, "output_format": fmt})
         if "out" not in raw:

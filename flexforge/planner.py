@@ -15,7 +15,7 @@ from flexforge.lockfile import Lock, LockEntry
 from flexforge.manifest import Asset, Manifest
 from flexforge.options import PlanOptions
 from flexforge.rendition import RENDITION
-from flexforge.sources import IN_PLACE, Current, Source, Sources
+from flexforge.sources import CACHE, GIT, IN_PLACE, Current, Nowhere, Source, Sources
 from flexforge.store import Store
 
 CREATE, REGENERATE, RESTORE, RENAME = "create", "regenerate", "restore", "rename"
@@ -63,6 +63,8 @@ class Facts:
     orphans: dict[str, LockEntry]
     pinned: dict[str, int]
     _by_request: dict[tuple[tuple[str, str], ...], list[str]] | None = None
+    # Candidates kept in the cache whose bytes this plan needs and no source holds: made again.
+    needed: set[str] = field(default_factory=set)
 
     def orphans_by_request(self) -> dict[tuple[tuple[str, str], ...], list[str]]:
         """Orphaned entries by their key parts, seed aside (see _rename_of)."""
@@ -222,7 +224,7 @@ def decide(
 ) -> Step:
     """The action for one asset given its inputs' digests (None: an input still to be made).
     The key decides first: only an unchanged key can find its output `drifted`."""
-    current = Current(facts.store, asset.out)
+    current = Current(facts.store, asset.out) if asset.written else Nowhere(facts.store)
     generator = generator_of(asset, facts.generator)
     known = [d for d in digests if d is not None]
     complete = len(known) == len(digests)
@@ -243,6 +245,13 @@ def decide(
             return Step(action=CREATE, **base)
         reasons = changed(known_parts(asset, generator, seed, digests), entry.parts)
         return Step(action=REGENERATE, reasons=reasons, **base)
+    if not asset.written and entry is not None and entry.key == key.key:
+        # A candidate kept in the cache: the lock's record stands for it, on a fresh clone too;
+        # its bytes are fetched only when something is made from them (a pick), and made again
+        # only when that needs them and no source holds them (_lost_candidates).
+        if asset.id in facts.needed:
+            return Step(action=REGENERATE, reasons=["missing"], **base)
+        return Step(action=NONE, output_sha256=entry.sha256, **base)
     unchanged = entry is not None and entry.key == key.key and entry.out == asset.out
     if unchanged and entry is not None and current.matches(entry.sha256, entry.size):
         return Step(action=NONE, output_sha256=entry.sha256, **base)
@@ -369,18 +378,78 @@ def make_plan(
     check_options(manifest, options)
     selected = select(manifest, options.targets, options.tags)
     facts = Facts.gather(manifest, lock, store, generator, options, sources)
-    outputs: dict[str, str | None] = {}
-    steps = []
-    for asset_id in selected:
-        step = step_for(manifest.assets[asset_id], facts, outputs)
-        outputs[asset_id] = step.output_sha256
-        steps.append(step)
+    store.prefetch(_files_to_hash(manifest, lock, selected))
+    steps = _steps(manifest, selected, facts)
+    lost = _lost_candidates(steps, facts)
+    if lost:  # rare: a pick or a missing output needs a candidate this machine cannot read
+        facts.needed |= lost
+        steps = _steps(manifest, selected, facts)
     _mark_resumes(steps, store, provider)
     if generator != "draft":
         for step in steps:
             if step.action in GENERATES and RESUME not in step.reasons:  # a resumed task is paid
                 step.estimated_cost_usd = estimate_asset(step.asset, manifest, provider)
     return Plan(manifest, provider, generator, steps, sorted(facts.orphans), facts)
+
+
+def _steps(manifest: Manifest, selected: list[str], facts: Facts) -> list[Step]:
+    outputs: dict[str, str | None] = {}
+    steps = []
+    for asset_id in selected:
+        step = step_for(manifest.assets[asset_id], facts, outputs)
+        outputs[asset_id] = step.output_sha256
+        steps.append(step)
+    return steps
+
+
+def _lost_candidates(steps: list[Step], facts: Facts) -> set[str]:
+    """Candidates kept in the cache only (up to date by the lock) whose bytes something this plan
+    makes needs, and that no cache, working tree, commit or remote holds: they must be made again,
+    and the plan says so (and what it costs) instead of the build failing."""
+    by_id = {s.asset.id: s for s in steps}
+    lost: set[str] = set()
+    for step in steps:
+        asset = step.asset
+        if step.action not in GENERATES:
+            continue
+        refs = asset.asset_refs
+        if asset.rendition is not None and "select" in asset.rendition and step.seed:
+            refs = (asset.references[step.seed - 1],)  # a selection reads its pick only
+        for ref in refs:
+            upstream = by_id.get(ref)
+            entry = facts.lock.entries.get(ref)
+            if upstream is None or upstream.asset.written or upstream.action != NONE or entry is None:
+                continue
+            if not facts.store.has_object(entry.sha256):
+                source = facts.sources.find(entry.key, upstream.asset.out, Nowhere(facts.store))
+                if not _readable(facts, source):
+                    lost.add(ref)
+    return lost
+
+
+def _readable(facts: Facts, source: Source | None) -> bool:
+    """Whether the bytes are really there: a commit whose lock recorded a candidate kept in the
+    cache does not hold its file, and a key record can outlive its object."""
+    if source is None:
+        return False
+    if source.kind == CACHE:
+        return facts.store.has_object(source.sha256)
+    if source.kind == GIT:
+        return facts.sources.read(source) is not None
+    return True
+
+
+def _files_to_hash(manifest: Manifest, lock: Lock, selected: list[str]) -> list[tuple[str, int | None]]:
+    """The files the steps will hash, in the order they ask (reference files, then the output
+    when the lock's entry for it has its size: `Current.matches` hashes no other)."""
+    files: list[tuple[str, int | None]] = []
+    for asset_id in selected:
+        asset = manifest.assets[asset_id]
+        files += [(ref, None) for ref in asset.references if ref not in asset.asset_refs]
+        entry = lock.entries.get(asset_id)
+        if entry is not None and entry.out == asset.out:
+            files.append((asset.out, entry.size))
+    return files
 
 
 def _mark_resumes(steps: list[Step], store: Store, provider: str) -> None:

@@ -164,6 +164,8 @@ def _ext(data: bytes) -> str:
         return "webp"
     if data[:4] == b"GIF8":
         return "gif"
+    if data[4:12] in (b"ftypavif", b"ftypavis"):  # ISO-BMFF: the box size, then the brand
+        return "avif"
     return "img"
 
 

@@ -22,7 +22,6 @@ POSITIONS = (
     "bottom-right",
 )
 DEFAULT_QUALITY = 90
-FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 def operations(raw: dict[str, Any], width: int, height: int, output_format: str) -> dict[str, Any]:
@@ -147,6 +146,13 @@ def _text(out: Any, spec: dict[str, Any], root: Path) -> Any:
 def _encode(img: Any, fmt: str, quality: int | None, background: str) -> bytes:
     from PIL import Image
 
+    from flexforge.errors import ProviderError
+    from flexforge.imaging import AVIF_CODEC, PIL_FORMATS, avif_problem
+
+    if fmt == "avif":
+        problem = avif_problem()  # validation said so too, unless Pillow changed since
+        if problem is not None:
+            raise ProviderError(f"output_format avif: {problem}")
     if fmt == "jpeg":
         flat = Image.new("RGBA", img.size, _rgba(background))
         flat.alpha_composite(img)
@@ -158,7 +164,10 @@ def _encode(img: Any, fmt: str, quality: int | None, background: str) -> bytes:
         "png": {"optimize": False, "compress_level": 9},
         "jpeg": {"quality": quality, "subsampling": 0, "optimize": False, "progressive": False},
         "webp": {"quality": quality, "method": 6, "exact": True},
+        # One thread, a fixed speed and codec: libavif's output then depends on the pixels and
+        # these settings only, not on the machine's core count or which encoders it has.
+        "avif": {"quality": quality, "speed": 6, "max_threads": 1, "codec": AVIF_CODEC},
     }
     options = settings[fmt]
-    img.save(buf, format=FORMATS[fmt], **options)
+    img.save(buf, format=PIL_FORMATS[fmt], **options)
     return buf.getvalue()

@@ -33,7 +33,7 @@ CHANGES = (ADDED, REGENERATED, RESTORED, EDITED, RENAMED, REMOVED, UNCHANGED)
 
 @dataclass(slots=True)
 class Variant:
-    """One candidate image of an asset. Until variants land (issue 11) an asset has one, selected."""
+    """One candidate image of an asset: a `variants:` asset has several, any other one, selected."""
 
     sha256: str
     seed: int | None
@@ -67,6 +67,8 @@ class GalleryAsset:
     dependents: list[str]
     tags: list[str]
     variants: list[Variant]
+    matrix: str | None = None  # the matrix (its templated id) that declared it; None if by hand
+    cell: dict[str, str] = field(default_factory=dict)  # its axis values in that matrix
 
 
 @dataclass(slots=True)
@@ -83,11 +85,21 @@ class Gallery:
 
     def facets(self) -> dict[str, list[str]]:
         """The values each filter offers, in a stable order."""
+        axes: dict[str, set[str]] = {}
+        for a in self.assets:
+            for axis, value in a.cell.items():
+                axes.setdefault(axis, set()).add(value)
         return {
             "status": sorted({a.status for a in self.assets}),
             "model": sorted({a.model for a in self.assets}),
             "tag": sorted({t for a in self.assets for t in a.tags}),
+            "matrix": sorted({a.matrix for a in self.assets if a.matrix}),
+            **{f"axis:{axis}": sorted(values) for axis, values in sorted(axes.items())},
         }
+
+    def axes(self) -> list[str]:
+        """The matrix axes the assets' cells name, sorted: one filter and grouping each."""
+        return sorted({axis for a in self.assets for axis in a.cell})
 
 
 @dataclass(slots=True)
@@ -207,6 +219,12 @@ def gallery_assets(plan: Plan, lock: Lock, shown: dict[str, str | None]) -> list
         cards[-1].estimated_cost_usd = step.estimated_cost_usd
         if asset.rendition is not None and "select" in asset.rendition:
             cards[-1].variants = _candidates(asset, lock, step.seed)
+    by_id = {card.id: card for card in cards}
+    for card in cards:  # a matrix cell's candidates are in its cell too
+        if len(card.variants) > 1 and card.matrix is not None:
+            for ref in manifest.assets[card.id].asset_refs:
+                if ref in by_id and by_id[ref].matrix is None:
+                    by_id[ref].matrix, by_id[ref].cell = card.matrix, dict(card.cell)
     for orphan in plan.orphaned:
         entry = lock.entries[orphan]
         cards.append(_orphan_card(orphan, entry, shown.get(orphan)))
@@ -232,8 +250,8 @@ def _card(
     image: str | None,
     dependents: dict[str, list[str]],
 ) -> GalleryAsset:
-    # Tags and variants arrive with issue 11 ("Marketing sets"); read them when the model has them.
-    tags = [str(t) for t in getattr(asset, "tags", None) or ()]
+    tags = list(asset.tags)
+    matrix, cell = matrix_cell(asset.origin)
     return GalleryAsset(
         id=asset.id,
         status=action,
@@ -254,7 +272,18 @@ def _card(
         dependents=dependents.get(asset.id, []),
         tags=tags,
         variants=[Variant(image, seed, True)] if image else [],
+        matrix=matrix,
+        cell=cell,
     )
+
+
+def matrix_cell(origin: str | None) -> tuple[str | None, dict[str, str]]:
+    """Asset.origin ("post-{product}-{channel} product=midnight channel=open-graph") as the
+    matrix's templated id and its cell's axis values. Neither ids nor values hold spaces or '='."""
+    if not origin:
+        return None, {}
+    template, *pairs = origin.split(" ")
+    return template, dict(pair.split("=", 1) for pair in pairs if "=" in pair)
 
 
 def _orphan_card(asset_id: str, entry: LockEntry, image: str | None) -> GalleryAsset:

@@ -39,6 +39,9 @@ class Settings:
     max_cost_usd: float | None = None
     max_cost_policy: str | None = None
     remote: RemoteSetting | None = None
+    # Write every `variants:` candidate under this folder (ID/K.ext) so a team can commit them;
+    # None: candidates stay in the cache (and the team remote), recorded in the lock.
+    variants_dir: str | None = None
 
     @classmethod
     def from_data(cls, data: Any) -> Settings:
@@ -56,6 +59,7 @@ class Settings:
             else None,
             max_cost_policy=policy if policy in MAX_COST_POLICIES else None,
             remote=_remote(data.get("remote")),
+            variants_dir=data["variants_dir"] if isinstance(data.get("variants_dir"), str) else None,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -158,3 +158,48 @@ def test_markup_in_lock_ids_and_paths_is_shown_as_text(kit: Project, tmp_path: P
     (kit.root / "flexforge.lock").write_text(json.dumps(lock))
     result = kit.run("gallery", "--provider", "draft", "--out", str(out))
     assert result.exit_code == 1 and "is not an asset id" in result.stderr
+
+
+MATRIX = """
+version: 1
+defaults: {width: 128, height: 128}
+axes:
+  product: [midnight, harvest]
+assets:
+  hero-{product}:
+    matrix: {product: product}
+    variants: 2
+    tags: [hero]
+    prompt: "a bag of {product} coffee"
+  post-{product}-{channel}:
+    matrix: {product: product, channel: [open-graph, email-header]}
+    from: "hero-{product}"
+    size: "{channel}"
+    output_format: avif
+    tags: [social, "{channel}"]
+  logo: {prompt: "a logo", tags: [brand]}
+"""
+
+
+def test_gallery_cards_carry_their_matrix_cell_and_tags(tmp_path: Path) -> None:
+    project = Project(tmp_path / "p")
+    project.manifest(MATRIX)
+    assert project.build().exit_code == 0
+    out = tmp_path / "site"
+    result = project.run("gallery", "--provider", "draft", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    html = (out / "index.html").read_text(encoding="utf-8")
+    card = _tag(html, "post-harvest-email-header")
+    assert 'data-matrix="post-{product}-{channel}"' in card
+    assert 'data-axis-0="email-header"' in card and 'data-axis-1="harvest"' in card  # channel, product
+    assert 'data-tags="social email-header"' in card
+    assert "data-matrix" not in _tag(html, "logo")
+    assert '<select id="f-axis-1" data-filter="axis-1" data-axis="product">' in html
+    assert '<option value="axis-0" data-label="channel">' in html
+    # Candidates are drawn from the cache (nothing is written for them), AVIF renditions as AVIF.
+    assert not (tmp_path / "p" / "variants").exists()
+    lock = project.lock()["assets"]
+    for k in (1, 2):
+        assert f"thumbs/{lock[f'hero-midnight--{k}']['sha256']}.webp" in html
+    avif = lock["post-harvest-email-header"]["sha256"]
+    assert (out / "images" / f"{avif}.avif").is_file()

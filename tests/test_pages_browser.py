@@ -113,3 +113,86 @@ def test_diff_in_chromium(kit: Project, tmp_path: Path, page: tuple[Any, PageLog
     assert tab.inner_text("#lightbox figcaption") == "hero after"
     tab.keyboard.press("Escape")
     assert log.errors == []
+
+
+def _ids(page: Any) -> list[str]:
+    """The ids of the cards shown, copies included, in page order."""
+    ids: list[str] = page.evaluate(
+        "Array.from(document.querySelectorAll('#cards > .card:not([hidden])')).map((c) => c.dataset.id)"
+    )
+    return ids
+
+
+def _heads(page: Any) -> list[str]:
+    heads: list[str] = page.evaluate(
+        "Array.from(document.querySelectorAll('#cards > .group-head:not([hidden])'))"
+        ".map((h) => h.textContent)"
+    )
+    return heads
+
+
+def test_gallery_filters_and_groups_by_matrix_axis_and_tag(tmp_path: Path, page: tuple[Any, PageLog]) -> None:
+    from tests.test_gallery import MATRIX
+
+    tab, log = page
+    project = Project(tmp_path / "campaign")
+    project.manifest(MATRIX)
+    assert flexforge(project.root, "build", "--provider", "draft", "-q").returncode == 0
+    out = tmp_path / "gallery"
+    result = flexforge(project.root, "gallery", "--provider", "draft", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    tab.goto((out / "index.html").as_uri())
+    images = load_every_image(tab)
+    assert [i["src"] for i in images if i["width"] <= 0] == []  # AVIF renditions too
+    everything = _ids(tab)
+    assert len(everything) == 11 and tab.inner_text("#f-count") == "11 of 11 shown"
+
+    tab.select_option("#f-axis-1", "harvest")  # product
+    harvest = ["hero-harvest", "hero-harvest--1", "hero-harvest--2"]  # its candidates are in its cell
+    assert sorted(_ids(tab)) == [*harvest, "post-harvest-email-header", "post-harvest-open-graph"]
+    tab.select_option("#f-axis-0", "open-graph")  # and channel
+    assert _ids(tab) == ["post-harvest-open-graph"]
+    tab.select_option("#f-axis-0", "")
+    tab.select_option("#f-axis-1", "")
+    tab.select_option("#f-matrix", "hero-{product}")
+    assert len(_ids(tab)) == 6 and {i.split("--")[0] for i in _ids(tab)} == {"hero-harvest", "hero-midnight"}
+    tab.select_option("#f-matrix", "")
+
+    tab.select_option("#f-group", "axis-0")  # group by channel
+    assert _heads(tab) == ["channel: email-header", "channel: open-graph", "no channel"]
+    tab.screenshot(path=artifacts_dir() / "gallery-grouped.png")
+    order = _ids(tab)
+    assert sorted(order[:2]) == ["post-harvest-email-header", "post-midnight-email-header"]
+    assert sorted(order[2:4]) == ["post-harvest-open-graph", "post-midnight-open-graph"]
+    assert sorted(order) == sorted(everything)
+    tab.select_option("#f-axis-1", "midnight")  # a filter hides empty groups' headings too
+    assert _heads(tab) == ["channel: email-header", "channel: open-graph", "no channel"]
+    assert _ids(tab)[:2] == ["post-midnight-email-header", "post-midnight-open-graph"]
+    assert sorted(_ids(tab)[2:]) == ["hero-midnight", "hero-midnight--1", "hero-midnight--2"]
+    tab.select_option("#f-axis-1", "")
+
+    # By tag, a card with two tags is under both; the count still counts assets once.
+    tab.select_option("#f-group", "tags")
+    assert _heads(tab) == [
+        "tag: brand",
+        "tag: email-header",
+        "tag: hero",
+        "tag: open-graph",
+        "tag: social",
+        "no tag",
+    ]
+    assert _ids(tab).count("post-harvest-open-graph") == 2
+    assert tab.inner_text("#f-count") == "11 of 11 shown"
+    tab.select_option("#f-tag", "brand")
+    assert _heads(tab) == ["tag: brand"] and _ids(tab) == ["logo"]
+    tab.select_option("#f-tag", "")
+    tab.select_option("#f-axis-0", "open-graph")
+    assert len(_ids(tab)) == 4 and tab.inner_text("#f-count") == "2 of 11 shown"  # each under 2 tags
+    assert _heads(tab) == ["tag: open-graph", "tag: social"]
+    tab.select_option("#f-axis-0", "")
+
+    # Back to no grouping: the cards in their first order, the copies gone.
+    tab.select_option("#f-group", "")
+    assert _heads(tab) == [] and _ids(tab) == everything
+    assert tab.evaluate("document.querySelectorAll('#cards > .card.copy').length") == 0
+    assert log.errors == []

@@ -167,7 +167,9 @@ def test_the_campaign_example_builds_offline_within_its_budget(tmp_path: Path) -
     source = Path(__file__).resolve().parent.parent / "examples" / "campaign"
     root = tmp_path / "campaign"
     shutil.copytree(
-        source, root, ignore=shutil.ignore_patterns("assets", "social", "variants", ".flexforge*")
+        source,
+        root,
+        ignore=shutil.ignore_patterns("assets", "social", "variants", "flexforge.lock", ".flexforge*"),
     )
     project = Project(root)
     plan = project.run("plan", "--json", "--provider", "bfl").json()
@@ -179,3 +181,107 @@ def test_the_campaign_example_builds_offline_within_its_budget(tmp_path: Path) -
         assert img.size == (1200, 630)
     result = project.run("pick", "hero-ember", "3", "--provider", "draft")
     assert result.exit_code == 0 and "no API call" in result.stdout
+
+
+AVIF_MANIFEST = """
+version: 1
+defaults: {width: 256, height: 256}
+assets:
+  hero: {prompt: "a red bicycle", seed: 11}
+  hero-avif:
+    from: hero
+    size: 300x200
+    output_format: avif
+    quality: 60
+    logo: {file: brand/logo.png, position: top-right}
+  hero-web: {from: hero-avif, output_format: webp}
+"""
+
+
+def _avif_project(root: Path) -> Project:
+    project = Project(root)
+    project.manifest(AVIF_MANIFEST)
+    png(root / "brand" / "logo.png", (40, 20), (0, 0, 255))
+    return project
+
+
+def test_avif_renditions_are_byte_deterministic_across_processes(tmp_path: Path) -> None:
+    a, b = _avif_project(tmp_path / "a"), _avif_project(tmp_path / "b")
+    _build_in_process(a.root)
+    _build_in_process(b.root)
+    assert a.read("assets/hero-avif.avif") == b.read("assets/hero-avif.avif")
+    with Image.open(a.root / "assets/hero-avif.avif") as img:
+        assert (img.format, img.size) == ("AVIF", (300, 200))
+    # An AVIF rendition is an input like any other: a WebP made from it, the same size.
+    with Image.open(a.root / "assets/hero-web.webp") as img:
+        assert (img.format, img.size) == ("WEBP", (300, 200))
+    assert a.lock()["assets"]["hero-avif"]["key"] == b.lock()["assets"]["hero-avif"]["key"]
+
+
+def test_an_avif_rendition_restores_like_any_asset_and_is_keyed_by_its_quality(tmp_path: Path) -> None:
+    project = _avif_project(tmp_path)
+    assert project.build().exit_code == 0
+    before = project.read("assets/hero-avif.avif")
+    (tmp_path / "assets/hero-avif.avif").unlink()
+    assert project.plan()["hero-avif"] == "restore"
+    assert project.build().exit_code == 0 and project.read("assets/hero-avif.avif") == before
+    # The quality is part of its key: another quality is another image, made again for free.
+    project.edit("quality: 60", "quality: 40")
+    plan = project.plan()
+    assert plan["hero-avif"] == "regenerate" and plan["hero"] == "none"
+    rows = {a["id"]: a for a in project.run("plan", "--json", "--provider", "bfl").json()["assets"]}
+    assert rows["hero-avif"]["estimated_cost_usd"] == 0 and rows["hero-avif"]["rendition"]
+
+
+def test_avif_is_for_renditions_only_and_never_sent_to_the_api(tmp_path: Path) -> None:
+    project = Project(tmp_path)
+    project.manifest(
+        """
+        version: 1
+        assets:
+          hero: {prompt: "x", output_format: avif, out: hero.avif}
+          small: {from: plain, output_format: avif, size: 64x64}
+          plain: {prompt: "y"}
+          edit: {prompt: "z", references: [small]}
+          picks: {prompt: "w", variants: 3, output_format: avif}
+        """
+    )
+    result = project.run("validate")
+    err = result.stderr
+    assert result.exit_code == 1 and "Traceback" not in err
+    assert "flexforge.yaml:3:" in err and "output_format avif: the API returns png, jpeg or webp" in err
+    assert "flexforge.yaml:6:" in err and "small is avif, which the API does not take as a reference" in err
+    assert "flexforge.yaml:7:" in err and "assets.picks.output_format" in err  # once, not per candidate
+    assert "3 errors in the manifest" in err  # the rendition itself is fine
+
+
+def test_a_pillow_without_avif_is_a_located_error_naming_the_fix(tmp_path: Path) -> None:
+    project = _avif_project(tmp_path)
+    # A Pillow built without libavif (a distribution's package): its plugin cannot import _avif.
+    code = (
+        "import sys; sys.modules['PIL._avif'] = None; sys.argv[0] = 'flexforge'; "
+        "from flexforge.__main__ import main; main()"
+    )
+
+    def build() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code, "-C", str(tmp_path), "build", "--provider", "draft"],
+            capture_output=True,
+            text=True,
+        )
+
+    result = build()
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "flexforge.yaml:8:" in result.stderr and "assets.hero-avif.output_format" in result.stderr
+    assert "has no AVIF support; install Pillow 11.3 or later" in result.stderr
+    assert "pip install -U 'pillow>=11.3'" in result.stderr
+    assert not (tmp_path / "assets" / "hero-avif.avif").exists()
+    # Validated earlier by a Python whose Pillow had AVIF (the cached validation holds): the
+    # rendition itself fails with the same fix, and what needs no AVIF is built.
+    assert project.run("validate").exit_code == 0
+    result = build()
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "hero-avif" in result.stderr and "has no AVIF support" in result.stderr
+    assert "internal error" not in result.stderr
+    assert (tmp_path / "assets" / "hero.png").exists()
+    assert not (tmp_path / "assets" / "hero-avif.avif").exists()

@@ -72,9 +72,10 @@ def shown_images(project: Project, plan: Plan) -> tuple[dict[str, str | None], I
     sources = ImageSources(store)
     outs = {s.asset.id: s.asset.out for s in plan.steps}
     outs.update((o, project.lock.entries[o].out) for o in plan.orphaned)
+    cached_only = {s.asset.id for s in plan.steps if not s.asset.written}  # never read at `out`
     shown: dict[str, str | None] = {}
     for asset_id, out in outs.items():
-        path = confined(resolver, out)
+        path = confined(resolver, out) if asset_id not in cached_only else None
         digest = store.digest(out) if path is not None and path.is_file() else None
         if digest is not None and path is not None:
             sources.add_file(digest, path)

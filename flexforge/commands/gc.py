@@ -1,6 +1,7 @@
 """`flexforge gc`: what the project no longer needs — orphaned outputs, cached objects no lock
 entry or recent build needs, journal entries whose image is already cached. Lists by default;
-`--yes` deletes."""
+`--yes` deletes. Candidates written while `variants_dir` was set count as orphaned outputs once
+it is unset (they stay in the cache)."""
 
 from __future__ import annotations
 
@@ -56,11 +57,14 @@ def _orphaned_outputs(project: Project) -> list[str]:
     an output, still holding exactly those bytes, and that the manifest no longer uses. A file
     whose bytes flexforge never recorded there is not flexforge's to delete."""
     manifest = project.manifest
-    in_use = {a.out for a in manifest.assets.values()}
+    in_use = {a.out for a in manifest.assets.values() if a.written}
     in_use |= {r for a in manifest.assets.values() for r in a.references if r not in a.asset_refs}
     made: dict[str, set[str]] = {}
     for asset_id, entry in project.lock.entries.items():
-        if asset_id not in manifest.assets:
+        asset = manifest.assets.get(asset_id)
+        # An orphan's file, or a candidate's written while `variants_dir` was set and kept in
+        # the cache only since then.
+        if asset is None or not asset.written:
             made.setdefault(entry.out, set()).add(entry.sha256)
     history = project.sources().history
     if history is not None:

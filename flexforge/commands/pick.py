@@ -35,6 +35,14 @@ def pick(opts: GlobalOptions, asset_id: str, candidate: int | None, more: int, p
     options = PlanOptions(targets=frozenset([asset_id]), picks=((asset_id, candidate),))
     plan = compute_plan(project, options, provider)
     paid = [s.asset.id for s in plan.steps if s.action in GENERATES and s.asset.rendition is None]
+    lost = [p for p in paid if p in project.lock.entries and not project.manifest.assets[p].written]
+    if lost:
+        raise FlexforgeError(
+            f"pick {asset_id} {candidate}: the image of {', '.join(lost)} is in no cache, remote or "
+            "commit this machine can read (candidates are kept in the cache unless `settings: "
+            f"variants_dir:` commits them); `flexforge build --replace {lost[0]}` makes it again "
+            "(paid), then pick"
+        )
     if paid:
         raise FlexforgeError(
             f"pick {asset_id} {candidate}: {', '.join(paid)} would have to be generated (paid) first; "
