@@ -309,7 +309,7 @@ class Builder:
             self.recorder.drop(orphan)
         self.recorder.remove_stale_temps([step.asset.out for step in self.plan.steps])
         try:
-            self.prefetch.start([s for s in self.plan.steps if s.action in RESTORES])
+            self.prefetch.start([s for s in self.plan.steps if s.action in RESTORES and s.asset.written])
             for step in self.plan.steps:
                 self.tasks[step.asset.id] = asyncio.create_task(self._run_step(step))
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)

@@ -37,6 +37,7 @@ GIT_ENV = {
     "LC_ALL": "C",
 }
 GIT_COMMAND = ("git", "-c", "core.fsmonitor=false")
+LIST_TREE_FROM = 8  # wanted files in one commit from which one `git ls-tree` names them all
 _OBJECT_ID = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")  # SHA-1 or SHA-256 repositories
 # Each row: sha256, size, out, commit, seed, task_id, cost_usd, provider, asset id.
 Row = list[Any]
@@ -189,8 +190,8 @@ class History:
         `git ls-tree` per commit and the bytes from one `git cat-file --batch` pass fed by a
         thread, so a thousand restores cost no tree walk and no round trip each. Stop early by
         closing the iterator."""
-        oids = self._blob_ids(wanted)
-        asked = [oid for oid in oids if oid is not None]
+        names = self._blob_ids(wanted)
+        asked = [name for name in names if name is not None]
         if not asked:
             yield from (None for _ in wanted)
             return
@@ -200,12 +201,13 @@ class History:
             yield from (None for _ in wanted)
             return
         assert batch.stdin is not None and batch.stdout is not None
+        _widen(batch.stdout)
         feeder = threading.Thread(target=_feed, args=(batch.stdin, asked), daemon=True)
         feeder.start()
         broken = False
         try:
-            for oid, (_, _, size) in zip(oids, wanted, strict=True):
-                if oid is None or broken:
+            for name, (_, _, size) in zip(names, wanted, strict=True):
+                if name is None or broken:
                     yield None
                     continue
                 try:
@@ -221,18 +223,33 @@ class History:
             batch.stdout.close()
 
     def _blob_ids(self, wanted: list[tuple[str, str, int]]) -> list[str | None]:
-        """The object id of each (commit, out) that is a plain file in that commit's tree."""
+        """What to ask `git cat-file` for each (commit, out): the blob id where one `git ls-tree`
+        of that commit lists many wanted files (no tree walk per file), else `commit:path` (no
+        process per commit when each file comes from another commit); None when it cannot be
+        asked (not a plain file there, a commit that is not an object id)."""
         paths: list[tuple[str, str] | None] = []
-        folders: dict[str, set[str]] = {}
+        by_commit: dict[str, set[str]] = {}
         for commit, out, _ in wanted:
             if not _OBJECT_ID.match(commit) or "\n" in out:
                 paths.append(None)  # a cached row this code did not write: read one by one
                 continue
             path = f"{self.prefix}/{out}" if self.prefix else out
             paths.append((commit, path))
-            folders.setdefault(commit, set()).add(path.rpartition("/")[0])
-        trees = {commit: self._tree(commit, sorted(names)) for commit, names in folders.items()}
-        return [None if p is None else trees[p[0]].get(p[1]) for p in paths]
+            by_commit.setdefault(commit, set()).add(path)
+        trees = {
+            commit: self._tree(commit, sorted({p.rpartition("/")[0] for p in names}))
+            for commit, names in by_commit.items()
+            if len(names) >= LIST_TREE_FROM
+        }
+        names: list[str | None] = []
+        for p in paths:
+            if p is None:
+                names.append(None)
+            elif p[0] in trees:
+                names.append(trees[p[0]].get(p[1]))
+            else:
+                names.append(f"{p[0]}:{p[1]}")
+        return names
 
     def _tree(self, commit: str, folders: list[str]) -> dict[str, str]:
         """Repository path -> blob id of the plain files under `folders` in `commit` (links and
@@ -337,23 +354,33 @@ def _source(row: Row) -> Source:
     return Source(GIT, sha, size, out, commit, seed, task_id, cost, provider, origin)
 
 
-def _feed(stdin: IO[bytes], oids: list[str]) -> None:
+def _feed(stdin: IO[bytes], names: list[str]) -> None:
     """Write every object id for `git cat-file --batch`, in a thread of its own: written all at
     once by the reader, a full pipe each way would block both."""
     try:
-        for oid in oids:
-            stdin.write(oid.encode() + b"\n")
+        for name in names:
+            stdin.write(name.encode(errors="surrogateescape") + b"\n")
         stdin.close()
     except OSError:
         pass  # the reader stopped early and killed git
 
 
+def _widen(stream: IO[bytes]) -> None:
+    """Let git run up to a MiB ahead of the reader (Linux; 64 KiB elsewhere): while a restore
+    is verified and written, git is already reading the next objects on the other core."""
+    with contextlib.suppress(ImportError, OSError, AttributeError):
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)  # type: ignore[attr-defined,unused-ignore]
+
+
 def _next_blob(stream: IO[bytes], size: int) -> bytes | None:
     """The next object `git cat-file --batch` answers with, if it is a blob of `size` bytes."""
-    header = stream.readline().split()
+    line = stream.readline()
+    if line.endswith((b" missing\n", b" ambiguous\n")):  # after a name that may hold spaces
+        return None
+    header = line.split()
     if len(header) != 3:
-        if len(header) == 2 and header[1] == b"missing":
-            return None
         raise ValueError("git cat-file said something else")
     kind, length = header[1], int(header[2])
     if kind != b"blob" or length != size:

@@ -241,11 +241,8 @@ class Sources:
     def cache(self, source: Source, asset: Asset) -> str | None:
         """Put the source's verified bytes in the object cache (an output kept there only), or
         say why not: damaged, gone, or not the declared image."""
-        data = self._verified(source)
-        if data is None:
-            return "damaged or gone"
-        problem = declared_problem(data, asset)
-        if problem is None:
+        data, problem = self.fetch(source, asset)
+        if data is not None:
             self.store.put_object(data)
         return problem
 

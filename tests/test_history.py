@@ -121,9 +121,13 @@ def test_paths_with_newlines_never_reach_the_batch_protocol(repo: Path) -> None:
     assert history.read(first, "assets/hero.png", 1) == b"x"  # the stream is still in step
 
 
-def test_read_many_streams_every_version_in_order(repo: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("list_tree_from", [1, 100])  # blob ids from ls-tree, or commit:path
+def test_read_many_streams_every_version_in_order(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, list_tree_from: int
+) -> None:
     """One pass for many restores: each answer in the order asked, and what `read` would give
     (the size the lock says, a missing path, a folder, a link, a commit that is not one: None)."""
+    monkeypatch.setattr("flexforge.history.LIST_TREE_FROM", list_tree_from)
     project = repo / "site"
     first = commit_version(project, "1" * 64, b"first image", "one")
     (project / "assets/link.png").symlink_to("hero.png")
@@ -140,9 +144,16 @@ def test_read_many_streams_every_version_in_order(repo: Path, tmp_path: Path) ->
         ("f" * 40, "assets/hero.png", 11),  # no such commit
         ("HEAD", "assets/hero.png", len(b"second image")),  # not an object id: read one by one
         (first, "assets/hero.png", len(b"first image")),  # the same bytes twice
+        (first, "assets/no such.png", 3),  # a name with a space, missing
+        (second, "assets/hero.png", len(b"second image")),  # still in step after all that
     ]
     got = list(history.read_many(wanted))
-    assert got == [b"second image", b"first image", None, None, None, None, None, None, b"first image"]
+    first_image, second_image = b"first image", b"second image"
+    # A link's blob is its target's name: ls-tree leaves it out, `commit:path` (as `read`) gives
+    # those bytes, which the caller's sha256 check refuses.
+    link = None if list_tree_from == 1 else b"hero.png"
+    expected = [second_image, first_image, None, None, None, link, None, None, first_image]
+    assert got == [*expected, None, second_image]
     history.close()
 
 

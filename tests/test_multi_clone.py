@@ -186,3 +186,32 @@ def test_a_day_of_team_work_pays_only_for_what_is_new(tmp_path: Path, emu: Runni
     assert_matches_manifest(dave)
     # The one request sent twice: the merged square, made by Bob and Carol before either pushed.
     assert team.emu.stats()["duplicates"] == 1
+
+
+def test_a_fresh_clone_brings_every_reverted_output_back_from_history_free(
+    tmp_path: Path, emu: RunningEmulator
+) -> None:
+    """Prompts edited, built, committed, then reverted: a fresh clone restores every output of the
+    first version from git history in one pass, no API call, no temp file left, plan clean after."""
+    team = Team(tmp_path, emu)
+    alice = team.clone("alice")
+    assets = "".join(
+        f'  a{i}:\n    prompt: "poster {i}"\n' + ("    references: [a0]\n" if i else "") for i in range(6)
+    )
+    alice.manifest(MANIFEST.split("assets:")[0] + "assets:\n" + assets)
+    first, paid = team.build(alice)
+    assert first.exit_code == 0 and paid == 6, first.stderr
+    commit(alice, "v1", push="main")
+    v1 = {p.name: p.read_bytes() for p in (alice.root / "assets").iterdir()}
+    alice.manifest((alice.root / "flexforge.yaml").read_text().replace('"poster', '"v2 poster'))
+    assert team.build(alice)[1] == 6
+    commit(alice, "v2")
+    alice.manifest((alice.root / "flexforge.yaml").read_text().replace('"v2 poster', '"poster'))
+    commit(alice, "revert the prompts", push="main")
+    fresh = team.clone("fresh")
+    result, paid = team.build(fresh)
+    assert result.exit_code == 0 and paid == 0, result.stderr
+    assert "6 restored" in result.stderr
+    assert {p.name: p.read_bytes() for p in (fresh.root / "assets").iterdir()} == v1
+    assert not list(fresh.root.rglob("*.ff-*.tmp"))
+    assert_matches_manifest(fresh)
