@@ -70,6 +70,7 @@ PRICING_TOLERANCE = 0.05  # estimate within 5 % of the bill
 NOOP_ROWS = ("pass", "floor", "build", "plan", "make", "dvc")
 COLD_MAX = 1000  # cold plans are timed up to this N (the 10k clone alone would be 2 GB more)
 DVC_REPRO_MAX = 1000  # `dvc repro` no-op takes minutes at 10k; `dvc status` says the same thing
+MAKE_RULES_MAX = 10_000  # `make -s` (implicit-rule search) takes minutes a run at 100k
 BUDGET_S = 90.0  # stop repeating a command once it used this much time (DVC at 10k)
 
 
@@ -93,6 +94,8 @@ class Probe:
     setup: Callable[[], None] | None = None  # run before every run, untimed (e.g. reset state)
     ok_codes: tuple[int, ...] = (0,)
     samples: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # user + sys seconds of each timed run
+    last_cpu: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -109,19 +112,24 @@ class Probe:
             "median_s": round(self.median, 6) if self.samples else None,
             "min_s": round(min(self.samples), 6) if self.samples else None,
             "max_s": round(max(self.samples), 6) if self.samples else None,
+            "cpu_median_s": round(statistics.median(self.cpu), 6) if self.cpu else None,
             **self.extra,
         }
 
 
 def run_once(probe: Probe) -> float:
-    """Wall seconds of one run of `probe`, from just before fork to just after exit."""
+    """Wall seconds of one run of `probe`, from just before fork to just after exit; its CPU
+    seconds (user + sys, from the children's rusage) go to `probe.last_cpu`."""
     if probe.setup is not None:
         probe.setup()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         probe.cmd, cwd=probe.cwd, env=probe.env or quiet_env(), capture_output=True, check=False
     )
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    probe.last_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode not in probe.ok_codes:
         tail = (proc.stderr or proc.stdout).decode(errors="replace")[-3000:]
         raise BenchmarkError(f"{' '.join(probe.cmd)} (in {probe.cwd}) exited {proc.returncode}:\n{tail}")
@@ -140,6 +148,7 @@ def measure(probes: Sequence[Probe], repeat: int, *, warmup: int = 1, budget_s: 
             if probe.samples and sum(probe.samples) >= budget_s:
                 continue
             probe.samples.append(run_once(probe))
+            probe.cpu.append(probe.last_cpu)
 
 
 def fmt_time(seconds: float | None) -> str:
@@ -160,6 +169,13 @@ def ratio(a: Probe | None, b: Probe | None) -> float | None:
     if a is None or b is None or not a.samples or not b.samples or b.median == 0:
         return None
     return a.median / b.median
+
+
+def cpu_ratio(a: Probe | None, b: Probe | None) -> float | None:
+    """a's median CPU seconds over b's, when both were measured."""
+    if a is None or b is None or not a.cpu or not b.cpu or statistics.median(b.cpu) <= 0:
+        return None
+    return statistics.median(a.cpu) / statistics.median(b.cpu)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
@@ -317,7 +333,7 @@ def noop_section(args: argparse.Namespace, tools: Tools, wanted: set[str]) -> li
     startup = Probe("noop", "python -c pass", None, [py, "-c", "pass"])
     for n in args.sizes:
         print(f"no-op, N={n}: preparing the project (generated and built once, then cached) ...", flush=True)
-        root = ensure_project(ProjectSpec(n), args.work_dir)
+        root = ensure_project(ProjectSpec.for_noop(n), args.work_dir)
         check_noop(tools, root)
         group: list[Probe] = []
         if "pass" in wanted:
@@ -340,7 +356,8 @@ def noop_section(args: argparse.Namespace, tools: Tools, wanted: set[str]) -> li
             subprocess.run([tools.make, "-s", "-r", "-t"], cwd=root, check=True, capture_output=True)
             subprocess.run([tools.make, "-q", "-r"], cwd=root, check=True)
             group.append(Probe("noop", "make -s -r", n, [tools.make, "-s", "-r"], root))
-            group.append(Probe("noop", "make -s", n, [tools.make, "-s"], root))
+            if n <= MAKE_RULES_MAX:
+                group.append(Probe("noop", "make -s", n, [tools.make, "-s"], root))
         if "dvc" in wanted and tools.dvc:
             prepare_dvc(tools.dvc, root)
             env = dvc_env()
@@ -374,10 +391,15 @@ def print_noop(probes: Sequence[Probe], sizes: Sequence[int]) -> None:
                 fmt_ratio(ratio(p, floors.get(p.n))),
                 fmt_ratio(ratio(p, startup)),
                 fmt_ratio(ratio(p, previous)),
+                fmt_time(statistics.median(p.cpu)) if p.cpu else "",
             ]
         )
     headers = ["no-op (nothing changed)", "N", "runs", "median", "min - max", "x floor", "x pass", "x prev N"]
-    print(table(headers, rows, [False, True, True, True, True, True, True, True]))
+    headers.append("CPU")
+    print(table(headers, rows, [False, True, True, True, True, True, True, True, True]))
+    print(
+        "(CPU: median user + sys of the process; on a loaded machine wall time also measures the neighbours)"
+    )
 
 
 # -- cold plan after git clone ----------------------------------------------------------------------
@@ -771,10 +793,88 @@ def print_review(probes: Sequence[Probe]) -> None:
 # -- the GitHub Action's check path ----------------------------------------------------------------
 
 
+INSTALL_REPEAT_MAX = 3  # each install is tens of seconds
+IMPORT_TOP = 12  # packages shown in the import breakdown
+
+
+def install_section(args: argparse.Namespace) -> tuple[list[Probe], Path]:
+    """What action.yml does before flexforge runs, timed: `python -m venv`, then `pip install`
+    of a fresh clone of this repository (pip's cache warm: the untimed first round fills it).
+    Returns the two probes and the last venv made, which the import breakdown then uses."""
+    base = args.work_dir / "ci-install"
+    source, venv = base / "flexforge-src", base / "venv"
+    shutil.rmtree(source, ignore_errors=True)
+    source.parent.mkdir(parents=True, exist_ok=True)
+    if (REPO / ".git").exists():
+        # What the action installs is a checkout: committed files only, no egg-info or .venv.
+        subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{REPO}", str(source)], check=True)
+    else:
+        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", "*.egg-info", ".git"))
+    python = getattr(sys, "_base_executable", sys.executable)  # as a runner's setup-python
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    make_venv = Probe("ci", "python -m venv", None, [python, "-m", "venv", str(venv)])
+    install = Probe("ci", "pip install . (pip cache warm)", None, [*pip, str(source)])
+    rounds = min(args.repeat, INSTALL_REPEAT_MAX)
+    print(f"ci install: venv + pip install of a fresh clone, 1 + {rounds} rounds ...", flush=True)
+    for i in range(rounds + 1):
+        shutil.rmtree(venv, ignore_errors=True)
+        for probe in (make_venv, install):
+            elapsed = run_once(probe)
+            if i:  # the first round warms pip's cache and the page cache
+                probe.samples.append(elapsed)
+    du = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
+    install.extra["venv_mb"] = round(du / 1e6, 1)
+    return [make_venv, install], venv
+
+
+def import_breakdown(
+    python: Path, cmd: list[str], cwd: Path, env: dict[str, str], setup: Callable[[], None], runs: int
+) -> list[tuple[str, float]]:
+    """(package, median ms) of what `python -X importtime CMD...` imports, heaviest first. A
+    package is charged the whole subtree it brought in where flexforge (or the interpreter's own
+    start-up) imported it, so `jsonschema` includes the modules jsonschema needs; `flexforge` is
+    flexforge's own modules only. `-` is everything, start-up included."""
+    totals: dict[str, list[float]] = {}
+    for _ in range(runs):
+        setup()
+        proc = subprocess.run(
+            [str(python), "-X", "importtime", *cmd], cwd=cwd, env=env, capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise BenchmarkError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        rows = []
+        for line in proc.stderr.splitlines():
+            if line.startswith("import time:") and "self [us]" not in line:
+                own, cumulative, name = line.removeprefix("import time:").split("|")
+                depth = (len(name) - len(name.lstrip())) // 2
+                rows.append((depth, name.strip().split(".")[0], int(own) / 1000, int(cumulative) / 1000))
+        run: dict[str, float] = {}
+        parents: list[str] = []  # importtime prints children first: read it backwards
+        for depth, package, own, cumulative in reversed(rows):
+            del parents[depth:]
+            parent = parents[-1] if parents else None
+            parents.append(package)
+            if package == "flexforge":
+                run[package] = run.get(package, 0.0) + own
+            elif parent in (None, "flexforge"):
+                run[package] = run.get(package, 0.0) + cumulative
+            if depth == 0:
+                run["-"] = run.get("-", 0.0) + cumulative
+        for package, ms in run.items():
+            totals.setdefault(package, []).append(ms)
+    rows_ = [(package, statistics.median(ms + [0.0] * (runs - len(ms)))) for package, ms in totals.items()]
+    rows_.sort(key=lambda row: -row[1])
+    return rows_
+
+
 def ci_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
-    """What a CI runner pays: a fresh clone, `.flexforge/` restored from actions/cache, an empty
-    user cache (a new machine), then the action's `check` against a plain `build --frozen`."""
-    probes: list[Probe] = []
+    """What a CI runner pays: installing flexforge (venv + pip install, pip's cache warm), then in
+    a fresh clone with `.flexforge/` restored from actions/cache and an empty user cache (a new
+    machine) the action's `check` against a plain `build --frozen`, and what its imports cost."""
+    # A smoke run proves the runner works: it skips installing (a minute of pip) and takes the
+    # import breakdown in this venv.
+    probes, venv = ([], None) if args.smoke else install_section(args)
+    python = venv / "bin" / "python" if venv else Path(sys.executable)
     for n in [n for n in args.sizes if n <= COLD_MAX]:
         print(f"ci check, N={n}: cloning the built project ...", flush=True)
         root, clone = fresh_clone(args, n, "ci")
@@ -854,11 +954,37 @@ def ci_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
                 cpu[probe.label].append(timed_rusage(probe.cmd, probe.cwd, probe.env)[1])
         for probe in (frozen, check):
             probe.extra["cpu_s"] = round(statistics.median(cpu[probe.label]), 3)
+        # Imports, in the venv just installed (no editable install's import hooks), as on a runner.
+        installed = [str(python), "-m", "flexforge", *frozen.cmd[1:]]
+        subprocess.run(installed, cwd=clone, env=env, capture_output=True, check=True)  # compile .pyc
+        breakdown = import_breakdown(python, installed[1:], clone, env, fresh_runner, args.repeat)
+        frozen.extra["imports_ms"] = {package: round(ms, 1) for package, ms in breakdown}
         probes += [frozen, check]
     return probes
 
 
 def print_ci(probes: Sequence[Probe]) -> None:
+    installs = [p for p in probes if p.n is None]
+    if installs:
+        rows = [
+            [
+                p.label,
+                str(len(p.samples)),
+                fmt_time(p.median),
+                f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
+            ]
+            for p in installs
+        ]
+        total = sum(p.median for p in installs)
+        rows.append(["venv + install", "", fmt_time(total), ""])
+        print(
+            table(["ci: install (as action.yml)", "runs", "median", "min - max"], rows, [False] + [True] * 3)
+        )
+        venv_mb = installs[-1].extra.get("venv_mb")
+        if venv_mb is not None:
+            print(f"(installed venv: {venv_mb:.0f} MB)")
+        print()
+    probes = [p for p in probes if p.n is not None]
     frozen = {p.n: p for p in probes if "--frozen" in p.label}
     rows = [
         [
@@ -876,6 +1002,14 @@ def print_ci(probes: Sequence[Probe]) -> None:
     headers = ["ci: fresh clone, cache restored", "N", "runs", "median", "min - max", "x frozen"]
     headers += ["CPU", "CPU x frozen"]
     print(table(headers, rows, [False] + [True] * 7))
+    for n, p in frozen.items():
+        imports = p.extra.get("imports_ms")
+        if not imports:
+            continue
+        total = imports.get("-", 0.0)
+        top = [(package, ms) for package, ms in imports.items() if package != "-"][:IMPORT_TOP]
+        print(f"\nimports of `flexforge build --frozen`, N={n:,} (-X importtime, median ms): {total:.0f} ms")
+        print("  " + ", ".join(f"{package} {ms:.1f}" for package, ms in top))
 
 
 # -- makespan against the emulator ------------------------------------------------------------------
@@ -1258,8 +1392,17 @@ def matrix_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
         probes.append(
             Probe("matrix", f"no-op build ({label})", n, [*tools.flexforge, "build", *draft], where, env)
         )
+    # The floor parses what it stats: over the matrix file it would see one (template) asset and
+    # stat one path, so it runs over the same assets written out, the least a naive tool that
+    # expanded the matrix would still do (parse 1,000 assets, read the lock, stat every file).
     probes.append(
-        Probe("matrix", "floor script (matrix)", n, [sys.executable, str(HERE / "floor.py"), "."], root)
+        Probe(
+            "matrix",
+            "floor script (same assets by hand)",
+            n,
+            [sys.executable, str(HERE / "floor.py"), "."],
+            hand,
+        )
     )
     measure(probes, args.repeat)
     return probes
@@ -1275,11 +1418,14 @@ def print_matrix(probes: Sequence[Probe]) -> None:
             fmt_time(p.median),
             f"{fmt_time(min(p.samples))} - {fmt_time(max(p.samples))}",
             fmt_ratio(ratio(p, hand.get(p.label.replace("(matrix)", "")))),
+            fmt_time(statistics.median(p.cpu)) if p.cpu else "",
+            fmt_ratio(cpu_ratio(p, hand.get(p.label.replace("(matrix)", "")))),
         ]
         for p in probes
     ]
     headers = ["100 x 10 matrix vs the same assets by hand", "N", "runs", "median", "min - max", "x by hand"]
-    print(table(headers, rows, [False] + [True] * 5))
+    headers += ["CPU", "CPU x by hand"]
+    print(table(headers, rows, [False] + [True] * 7))
 
 
 # -- targets ----------------------------------------------------------------------------------------
@@ -1307,7 +1453,7 @@ class Target:
 
 
 def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
-    """Issue 4, point 2: each target as measured in this very run."""
+    """Each target (issues 4, 11 and 15; benchmarks/README.md lists them all) as measured in this very run."""
 
     def get(label: str, n: int | None) -> Probe | None:
         return next((p for p in probes if p.label == label and p.n == n), None)
@@ -1327,6 +1473,20 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
             "no-op build 10k / 1k", ratio(get("flexforge build", 10000), get("flexforge build", 1000)), 10
         ),
         Target(
+            "no-op build 10k / make -s -r",
+            ratio(get("flexforge build", 10000), get("make -s -r", 10000)),
+            1.5,
+        ),
+        Target(
+            "no-op build 10k / make -s -r, CPU",
+            cpu_ratio(get("flexforge build", 10000), get("make -s -r", 10000)),
+            1.5,
+        ),
+        # Linear: ten times the files may cost at most ten times the time.
+        Target(
+            "no-op build 100k / 10k", ratio(get("flexforge build", 100000), get("flexforge build", 10000)), 10
+        ),
+        Target(
             "cold plan 1k / sha256sum",
             ratio(get("flexforge plan, fresh clone", 1000), get("sha256sum (same files)", 1000)),
             1.5,
@@ -1336,12 +1496,12 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
             independent.median / independent.extra["bound_s"]
             if independent and independent.n == 200
             else None,
-            1.10,
+            1.05,
         ),
         Target(
             f"makespan {args.chain}-deep chain / bound",
             chain.median / chain.extra["bound_s"] if chain and chain.n == 50 else None,
-            1.10,
+            1.05,
         ),
         Target(
             "matrix 1k no-op build / by hand",
@@ -1349,8 +1509,13 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
             1.10,
         ),
         Target(
+            "matrix 1k no-op build / by hand, CPU",
+            cpu_ratio(get("no-op build (matrix)", 1000), get("no-op build (by hand)", 1000)),
+            1.10,
+        ),
+        Target(
             "matrix 1k no-op build / floor",
-            ratio(get("no-op build (matrix)", 1000), get("floor script (matrix)", 1000)),
+            ratio(get("no-op build (matrix)", 1000), get("floor script (same assets by hand)", 1000)),
             0.5,
         ),
         Target(
@@ -1369,6 +1534,112 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
             PRICING_TOLERANCE,
         ),
     ]
+
+
+# -- comparing with an earlier run ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    name: str
+    before: float | None
+    now: float | None
+
+    @property
+    def change(self) -> float | None:
+        if self.before is None or self.now is None or self.before == 0:
+            return None
+        return self.now / self.before - 1.0
+
+
+def load_earlier(path: Path) -> dict[str, Any]:
+    """An earlier run's --json file, checked enough to compare with; BenchmarkError if not one."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BenchmarkError(f"--compare {path}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise BenchmarkError(f"--compare {path}: not JSON ({exc}); give a file written by --json") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("targets"), list):
+        raise BenchmarkError(f"--compare {path}: no 'targets' list; give a file written by run.py --json")
+    return doc
+
+
+def _number(value: object) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None  # type: ignore[arg-type]
+
+
+def compare_runs(
+    earlier: dict[str, Any], found: Sequence[Target], probes: Sequence[Probe]
+) -> tuple[list[Change], list[Change]]:
+    """Each target (a ratio, or peak RSS) and each row's median, before and now."""
+    before = {t.get("name"): _number(t.get("value")) for t in earlier["targets"] if isinstance(t, dict)}
+    ratios = [Change(t.name, before.get(t.name), t.value) for t in found]
+    # Rows measured against a bound of their own (makespan): their ratio, at any size.
+    bounds_before = {
+        (r.get("section"), r.get("label"), r.get("n")): (
+            _number(r.get("median_s")),
+            _number(r.get("bound_s")),
+        )
+        for r in earlier.get("results", [])
+        if isinstance(r, dict) and "bound_s" in r
+    }
+    for p in probes:
+        bound = _number(p.extra.get("bound_s"))
+        if bound and p.samples:
+            median, old_bound = bounds_before.get((p.section, p.label, p.n), (None, None))
+            old_ratio = median / old_bound if median is not None and old_bound else None
+            ratios.append(Change(f"{p.section}: {p.label} (N={p.n:,}) / bound", old_ratio, p.median / bound))
+    ratios = [c for c in ratios if c.before is not None or c.now is not None]
+    rows_before = {
+        (r.get("section"), r.get("label"), r.get("n")): _number(r.get("median_s"))
+        for r in earlier.get("results", [])
+        if isinstance(r, dict)
+    }
+    rows = []
+    for p in probes:
+        if p.samples and (p.section, p.label, p.n) in rows_before:
+            name = f"{p.section}: {p.label}" + (f" (N={p.n:,})" if p.n is not None else "")
+            rows.append(Change(name, rows_before[(p.section, p.label, p.n)], p.median))
+    return ratios, rows
+
+
+def print_comparison(
+    path: Path, earlier: dict[str, Any], ratios: Sequence[Change], rows: Sequence[Change], threshold: float
+) -> list[Change]:
+    """Print the changes; returns the ratios that grew by more than `threshold` (a fraction)."""
+    meta = earlier.get("meta", {}) if isinstance(earlier.get("meta"), dict) else {}
+    when = f"{meta.get('date', '?')}, {meta.get('flexforge', '?')}, {meta.get('load', '?')}"
+    print(f"\nCompared with {path} ({when}):")
+
+    def cells(c: Change, fmt: Callable[[float | None], str]) -> list[str]:
+        change = c.change
+        shown = "" if change is None else f"{change * 100:+.1f} %"
+        return [c.name, fmt(c.before), fmt(c.now), shown]
+
+    def value(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    regressed = [c for c in ratios if c.change is not None and c.change > threshold]
+    rows_out = [[*cells(c, value), "REGRESSED" if c in regressed else ""] for c in ratios]
+    print(
+        table(
+            ["ratio (lower is better)", "before", "now", "change", ""],
+            rows_out,
+            [False, True, True, True, False],
+        )
+    )
+    if rows:
+        print("\nrow medians, for context (absolute times move with the machine's load; ratios do not):")
+        timed = [cells(c, fmt_time) for c in rows]
+        print(table(["row", "before", "now", "change"], timed, [False, True, True, True]))
+    if regressed:
+        names = ", ".join(c.name for c in regressed)
+        print(f"\nregressions beyond {threshold * 100:g} %: {names}")
+    else:
+        print(f"\nno ratio grew by more than {threshold * 100:g} %")
+    return regressed
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -1399,6 +1670,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pricing-size", type=int, default=60, help="assets in the random pricing mix")
     parser.add_argument("--dvc", default=None, help="the dvc executable (default: found on PATH or work dir)")
     parser.add_argument("--install-dvc", action="store_true", help="pip install dvc into WORK_DIR/dvc-venv")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        metavar="OLD.json",
+        help="print each ratio's change since that run",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=10.0,
+        metavar="PCT",
+        help="with --compare: a ratio that grew by more than this many percent is a regression (10)",
+    )
+    parser.add_argument(
+        "--fail-on-regression", action="store_true", help="with --compare: exit 1 when a ratio regressed"
+    )
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if args.smoke:
@@ -1420,6 +1708,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # before a run of many minutes, not after it
+        earlier = load_earlier(args.compare) if args.compare is not None else None
+    except BenchmarkError as exc:
+        print(f"run.py: {exc}", file=sys.stderr)
+        return 2
     args.work_dir.mkdir(parents=True, exist_ok=True)
     tools = find_tools(args)
     info = machine_info(tools)
@@ -1477,6 +1770,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         print(f"\nwrote {args.json}")
+    if earlier is not None:
+        ratios, rows = compare_runs(earlier, found, probes)
+        regressed = print_comparison(args.compare, earlier, ratios, rows, args.threshold / 100)
+        if regressed and args.fail_on_regression:
+            return 1
     return 0
 
 

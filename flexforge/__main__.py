@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -10,9 +11,19 @@ def main() -> None:
         # A no-op build or plan is answered from the memo before the CLI and its imports load.
         from flexforge.noop import answer
 
-        code = answer(sys.argv[1:])
-        if code is not None:
-            sys.exit(code)
+        try:
+            code = answer(sys.argv[1:])
+            if code is not None:
+                sys.stdout.flush()
+                # Nothing else to flush or close: skip the interpreter's teardown (freeing every
+                # path of a big project one object at a time).
+                os._exit(code)
+        except BrokenPipeError:  # `flexforge plan | true`: as the CLI itself exits then
+            from flexforge.errors import EXIT_BROKEN_PIPE
+
+            os._exit(EXIT_BROKEN_PIPE)
+        except OSError:
+            pass  # stdout refused the answer (a full disk): the CLI reports it in its own words
         from flexforge.cli import main as cli_main
 
         cli_main()

@@ -712,6 +712,23 @@ def pull(jobs: int) -> int:
     return run(_opts(), jobs)
 
 
+@cli.group("lock")
+def lock_group() -> None:
+    """Work on flexforge.lock itself."""
+
+
+@lock_group.command("merge")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="LOCK...")
+@provider_option
+@global_options
+@handle_errors
+def lock_merge(files: tuple[Path, ...], provider: str | None) -> int:
+    """Merge the locks of `build --shard I/N` runners into this project's lock, with no API call."""
+    from flexforge.commands.lock import merge as run
+
+    return run(_opts(), files, provider)
+
+
 def _opts() -> GlobalOptions:
     opts = click.get_current_context().find_object(GlobalOptions)
     assert opts is not None

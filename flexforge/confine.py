@@ -7,6 +7,7 @@ write, because a repository's folders can be swapped for links after (or without
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from flexforge.paths import STATE_DIR
@@ -20,7 +21,9 @@ class Resolver:
 
     def __init__(self, root: Path) -> None:
         self._folders: dict[Path, Path] = {}
+        self._real_folders: dict[str, str] = {}
         self.root = self.resolve(root)
+        self._root = str(self.root)
 
     def resolve(self, path: Path) -> Path:
         if path.name in ("", ".", ".."):
@@ -31,12 +34,33 @@ class Resolver:
         target = folder / path.name
         return target.resolve() if target.is_symlink() else target
 
+    def real(self, rel: str) -> str | None:
+        """The absolute path root-relative `rel` really leads to, if inside the root, else None.
+        resolve() in strings: a thousand Path objects cost more than the checks they carry."""
+        path = os.path.join(self._root, rel)
+        folder, name = os.path.split(path)
+        if name in ("", ".", ".."):
+            target = os.path.realpath(path)
+        else:
+            real = self._real_folders.get(folder)
+            if real is None:
+                real = self._real_folders[folder] = os.path.realpath(folder)
+            target = os.path.join(real, name)
+            if os.path.islink(target):
+                target = os.path.realpath(target)
+        root = self._root
+        if target != root and not target.startswith(root.rstrip("/") + "/"):
+            return None
+        return target
+
     def inside(self, rel: str) -> str | None:
         """Where root-relative `rel` really leads, root-relative; None if it leaves the root."""
-        target = self.resolve(self.root / rel)
-        if not target.is_relative_to(self.root):
-            return None
-        return target.relative_to(self.root).as_posix()
+        target = self.real(rel)
+        return None if target is None else self.relative(target)
+
+    def relative(self, target: str) -> str:
+        """A path real() gave, root-relative."""
+        return "." if target == self._root else target[len(self._root.rstrip("/")) + 1 :]
 
 
 def private_part(rel: str) -> str | None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from flexforge.errors import UsageError
 from flexforge.lockfile import Lock, read_lock
 from flexforge.manifest import Manifest, display_path, find_manifest, load_manifest
+from flexforge.noop import regular_stamp
 from flexforge.paths import lock_path_for
 from flexforge.providers import DEFAULT_PROVIDER, GENERATORS
 from flexforge.settings import PROVIDER_ENV, Settings, effective
@@ -47,11 +48,14 @@ class Project:
     """A manifest with its lock and store. The lock is read when first used, so that a build
     reads it once, after taking the build lock."""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, manifest_stamp: list[int] | None = None) -> None:
         self.manifest = manifest
         self.store = Store(manifest.state_dir)
         self.lock_path = Path(lock_path_for(str(manifest.path)))
         self._lock: Lock | None = None
+        # The manifest's and the lock's stamps from before they were read: the no-op memo may
+        # vouch only for the bytes this command planned with (flexforge.noop).
+        self.read_stamps: dict[str, list[int] | None] = {str(manifest.path): manifest_stamp}
 
     def sources(self) -> Sources:
         """Where bytes for a key can come from with no API call; git history is opened only if
@@ -80,12 +84,14 @@ class Project:
     @property
     def lock(self) -> Lock:
         if self._lock is None:
+            self.read_stamps[str(self.lock_path)] = regular_stamp(str(self.lock_path))
             self._lock = read_lock(self.lock_path)
         return self._lock
 
 
 def open_project(opts: GlobalOptions) -> Project:
-    return Project(opts.load_manifest())
+    stamp = regular_stamp(str(opts.manifest_path()))
+    return Project(opts.load_manifest(), stamp)
 
 
 def choose_provider(flag: str | None, settings: Settings | None = None) -> tuple[str, str]:

@@ -18,12 +18,12 @@ from typing import Any
 
 from flexforge.confine import Resolver, output_problem
 from flexforge.errors import FlexforgeError, ProviderError
-from flexforge.fsutil import fsync_dir, install, remove_stale_temps, stage_bytes
 from flexforge.keys import content_key
 from flexforge.leases import Claim, Team
-from flexforge.lockfile import Lock, LockChangedError, LockEntry
+from flexforge.lockfile import Lock
 from flexforge.manifest import Asset
 from flexforge.options import BuildOptions, PlanOptions
+from flexforge.outputs import Flushed, Outputs, oserror
 from flexforge.planner import (
     BLOCKED,
     CONFLICT,
@@ -38,6 +38,7 @@ from flexforge.planner import (
     generator_of,
     step_for,
 )
+from flexforge.prefetch import GitPrefetch
 from flexforge.progress import Reporter
 from flexforge.providers import GeneratedImage, Provider, TaskContext
 from flexforge.records import RecordError
@@ -59,7 +60,6 @@ HELD_DETAIL = {
     CONFLICT: "a file flexforge did not make is at its output path; left alone "
     "(`flexforge accept {id}` adopts it, `build --replace {id}` overwrites it)",
 }
-LOCK_SAVE_INTERVAL = 0.25  # seconds
 CLAIM_ATTEMPTS = 4  # a lease's remote calls that fail (a 500 from the store) are tried again
 
 
@@ -149,14 +149,24 @@ class _TaskRecord:
     def sending(self) -> None:
         self.on_the_wire = True
 
-    def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
+    def submitted(
+        self, task_id: str, polling_url: str, cost_credits: float | None = None
+    ) -> asyncio.Future[None]:
         self.on_the_wire = False
         self.task_id, self.polling_url = task_id, polling_url
         entry = JournalEntry(
             self._asset, self._key, self._provider, task_id, polling_url, time.time(), cost_credits
         )
+        # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
+        # holds, and a failure now must keep this one journaled.
+        self.finished = False
+        # The write and its fsyncs go to a worker thread, which the provider awaits before it
+        # polls: on the event loop they would hold up every other task's polls and submissions.
+        return asyncio.ensure_future(self._journal(entry))
+
+    async def _journal(self, entry: JournalEntry) -> None:
         try:
-            self._store.journal_put(entry)
+            await asyncio.to_thread(self._store.journal_put, entry)
         except (OSError, RecordError) as exc:
             # A full disk, a read-only mount, a task id no journal may hold: the task is paid for
             # all the same. Keep it in memory and go on to fetch it; say where it is in case this
@@ -164,17 +174,14 @@ class _TaskRecord:
             self.journaled = False
             self.journal_error = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             self.log(
-                f"task {task_id} could not be journaled ({self.journal_error}); it is paid for, "
-                f"so this build goes on to fetch it (its result: {polling_url})"
+                f"task {entry.task_id} could not be journaled ({self.journal_error}); it is paid for, "
+                f"so this build goes on to fetch it (its result: {entry.polling_url})"
             )
         else:
             self.journaled = True
             self.journal_error = None
-        # A new paid task: whatever an earlier one (a journaled task set aside) said no longer
-        # holds, and a failure now must keep this one journaled.
-        self.finished = False
         if self._team is not None:
-            self._team.submitted(self._key, task_id, polling_url, cost_credits)
+            self._team.submitted(self._key, entry.task_id, entry.polling_url, entry.cost_credits)
 
     def finished_task(self) -> None:
         self.finished = True
@@ -192,7 +199,17 @@ class _TaskRecord:
         try:
             self._store.journal_remove(self._key)
         except OSError as exc:
-            self.log(f"could not remove the journal entry of task {self.task_id} ({exc.strerror})")
+            self._not_forgotten(exc)
+
+    async def forget_off_loop(self) -> None:
+        """`forget`, its unlink on a worker thread: a busy disk must not hold up other tasks' polls."""
+        try:
+            await asyncio.to_thread(self._store.journal_remove, self._key)
+        except OSError as exc:
+            self._not_forgotten(exc)
+
+    def _not_forgotten(self, exc: OSError) -> None:
+        self.log(f"could not remove the journal entry of task {self.task_id} ({exc.strerror})")
 
     def log(self, message: str) -> None:
         self._reporter.log(f"{self._asset}: {message}")
@@ -281,22 +298,18 @@ class Builder:
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())  # names this build in the ledger
         # Restored outputs that others build on go into the object cache, where _request reads them.
         self.referenced = {r for s in plan.steps for r in s.asset.asset_refs}
-        self.lock_saved_at = 0.0
-        # Outputs written beside their place, renamed in just after the lock names them.
-        self.staged: dict[str, tuple[Path, str, str]] = {}
-        # What the lock said of each staged asset before, to put back if its rename fails.
-        self.replaced: dict[str, LockEntry | None] = {}
         self.resolver = Resolver(plan.manifest.root)
-        self.manifest_stamp = _stamp(plan.manifest.path)
-        self.made_here: set[str] = set()
-        self.lock_flush: asyncio.TimerHandle | None = None
+        watch = (plan.manifest.path, plan.manifest.label)
+        self.recorder = Outputs(lock, store, watch=watch, on_flushed=self._flushed)
+        self.prefetch = GitPrefetch(plan.facts.sources, self._stage_restored)
         self.records: dict[str, _TaskRecord] = {}
 
     async def run(self) -> BuildResult:
         for orphan in self.plan.orphaned:
-            self.lock.entries.pop(orphan, None)
-        self._remove_stale_temps()
+            self.recorder.drop(orphan)
+        self.recorder.remove_stale_temps([step.asset.out for step in self.plan.steps])
         try:
+            self.prefetch.start([s for s in self.plan.steps if s.action in RESTORES])
             for step in self.plan.steps:
                 self.tasks[step.asset.id] = asyncio.create_task(self._run_step(step))
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
@@ -305,20 +318,10 @@ class Builder:
                 task.cancel()
             if self.team is not None:
                 self.team.close()
-            self._flush_lock()
-            self.store.save()
+            self.prefetch.close()
+            self.recorder.close()
             self.facts.sources.close()
         return self.result
-
-    def _remove_stale_temps(self) -> None:
-        """A build killed mid-write leaves a temp file beside an output or the lock, in folders
-        users commit."""
-        folders: dict[Path, set[str]] = {self.lock.path.parent: {self.lock.path.name}}
-        for step in self.plan.steps:
-            path = self.plan.manifest.root / step.asset.out
-            folders.setdefault(path.parent, set()).add(path.name)
-        for folder, names in folders.items():
-            remove_stale_temps(folder, names)
 
     def _record(self, outcome: Outcome) -> None:
         self.result.outcomes[outcome.asset_id] = outcome
@@ -335,7 +338,7 @@ class Builder:
         except ProviderError as exc:
             self._fail(asset.id, str(exc), fatal=exc.fatal)
         except OSError as exc:  # a full disk, a read-only folder, a name too long...
-            self._fail(asset.id, _oserror(exc), fatal=False)
+            self._fail(asset.id, oserror(exc), fatal=False)
         except FlexforgeError as exc:  # local state refused (a link in .flexforge/...)
             self._fail(asset.id, str(exc), fatal=True)
         except Exception as exc:  # a bug must fail its asset loudly, not vanish in gather()
@@ -402,7 +405,7 @@ class Builder:
         if first in asset.asset_refs:
             upstream = self.plan.manifest.assets[first]
             digest = (step.reference_digests or [None] * (index + 1))[index]
-            made_here = upstream.id in self.made_here and digest is not None
+            made_here = upstream.id in self.recorder.made_here and digest is not None
             path = self.store.object_path(digest) if made_here and digest else root / upstream.out
             if not upstream.written and digest is not None and not made_here:
                 path = await asyncio.to_thread(self._kept, upstream, digest)
@@ -412,11 +415,10 @@ class Builder:
         sha = await asyncio.to_thread(self.store.put_object, data, durable=False)
         made = KeyRecord(sha256=sha, size=len(data), provider=RENDITION, seed=step.seed, cost_usd=0.0)
         self.store.put_key_record(key.key, made, durable=False)
-        staged = await _staged(stage_bytes, self._output_path(asset), data)
+        staged = await _staged(self.recorder.stage, self._output_path(asset), data)
         assert staged is not None
-        self._stage(asset, staged, sha)
         self._record(Outcome(asset.id, GENERATED, "rendition, free"))
-        self._commit(replace(step, output_sha256=sha), sha, len(data), made)
+        self._commit(step, made, staged)
         return sha
 
     def _draw_seed(self, asset: Asset, digests: list[str | None]) -> int:
@@ -439,45 +441,60 @@ class Builder:
         assert step.source is not None and step.key is not None and step.seed is not None
         asset, source = step.asset, step.source
         sources = self.facts.sources
+        if source.kind == REMOTE:  # what the remote says of who made it (a nicety: may be absent)
+            source = await asyncio.to_thread(sources.remote_details, source, step.key.key)
         if source.kind == IN_PLACE:
             problem = await asyncio.to_thread(sources.in_place_problem, source, asset)
             staged = None
         elif not asset.written:  # a candidate kept in the cache: restored there, not at `out`
             problem = await asyncio.to_thread(sources.cache, source, asset)
             staged = None
-            self.made_here.add(asset.id)
         else:
-            staged, problem = await _staged_from(sources.stage, source, asset, self._output_path(asset))
+            taken = await self.prefetch.take(asset, source)
+            staged, problem = taken or await _staged_from(
+                self._fetch, source, asset, self._output_path(asset)
+            )
         if problem is not None:
             self.reporter.log(f"{asset.id}: the copy from {source.label} is {problem}; generating it again")
             return None
-        if staged is not None:
-            if asset.id in self.referenced and not self.store.has_object(source.sha256):
-                await asyncio.to_thread(self.store.put_object, staged.read_bytes())
-            self._stage(asset, staged, source.sha256)
         detail = "already in place" if source.kind == IN_PLACE else f"from {source.label}, no API call"
         # Reported before the lock write, which may still fail it (a rename refused).
         self._record(Outcome(asset.id, RESTORED, detail))
-        if source.kind == REMOTE:  # what the remote says of who made it (a nicety: may be absent)
-            source = await asyncio.to_thread(sources.remote_details, source, step.key.key)
-        self._commit(step, source.sha256, source.size, self._record_of(source, step.seed))
+        # Not urgent: a build killed before its next lock write restores them again, for free.
+        self._commit(step, self._record_of(source, step.seed), staged, urgent=False)
         return source.sha256
+
+    def _fetch(self, source: Source, asset: Asset, dest: Path) -> tuple[Path | None, str | None]:
+        """In a worker thread: the source's verified bytes staged beside `dest` without fsync
+        (the lock write makes them durable, all at once), and cached if others build on them."""
+        data, problem = self.facts.sources.fetch(source, asset)
+        if data is None:
+            return None, problem
+        return self._stage_restored(asset, data, dest), None
+
+    def _stage_restored(self, asset: Asset, data: bytes, dest: Path | None = None) -> Path:
+        """Verified restored bytes staged at the asset's output, without fsync; cached too if
+        others build on them (they read their inputs from the cache)."""
+        if asset.id in self.referenced:
+            self.store.put_object(data)  # a no-op when cached already
+        return self.recorder.stage(dest or self._output_path(asset), data, durable=False)
 
     def _record_of(self, source: Source, seed: int) -> KeyRecord:
         provider = source.provider or self.provider.name
         return KeyRecord(source.sha256, source.size, provider, seed, source.task_id, source.cost_usd)
-
-    def _stage(self, asset: Asset, staged: Path, sha: str) -> None:
-        self.staged[asset.id] = (staged, asset.out, sha)
-        self.made_here.add(asset.id)
 
     async def _generate(self, step: Step) -> str | None:
         asset, key, seed = step.asset, step.key, step.seed
         assert key is not None and seed is not None and step.reference_digests is not None
         digests = [d for d in step.reference_digests if d is not None]
         estimate = self._estimate(asset)
-        # Refuses bad references before any paid call; scaling one down takes a moment: off the loop.
-        request = await asyncio.to_thread(self._request, asset, seed, digests)
+        # Refuses bad references before any paid call; reading and scaling them takes a moment:
+        # off the loop. Without references there is nothing to read, and a trip through the
+        # thread pool (busy with downloads) would only delay the submission.
+        if asset.references:
+            request = await asyncio.to_thread(self._request, asset, seed, digests)
+        else:
+            request = self._request(asset, seed, digests)
         async with _Slot(self.slots) as slot:
             if self.stop_reason is not None:
                 self._record(Outcome(asset.id, SKIPPED, f"not started: {self.stop_reason}"))
@@ -497,7 +514,7 @@ class Builder:
             self.reporter.asset_started(asset.id, step.action)
             fresh = asset.id in self.plan_options.replace
             claim = await self._claim(key.key, asset.id) if not fresh else None
-            shared = await self._from_remote(claim, asset)
+            shared = await self._from_remote(claim, asset, key.key)
             record = _TaskRecord(
                 self.store,
                 step,
@@ -555,16 +572,15 @@ class Builder:
         )
         if image.prompt is not None:
             self._check_prompt(asset, image.prompt)
-        self.store.put_key_record(key.key, made, durable=paid)
+        # Its fsyncs off the event loop, where they would hold up every other task's polls.
+        await asyncio.to_thread(self.store.put_key_record, key.key, made, durable=paid)
         record.settled = True
-        if asset.written:
-            staged = await _staged(stage_bytes, self._output_path(asset), image.data)
-            assert staged is not None  # stage_bytes always stages
-            self._stage(asset, staged, sha)
-        else:  # a candidate kept in the cache only: dependents read it there
-            self.made_here.add(asset.id)
+        staged = None
+        if asset.written:  # else a candidate kept in the cache only: dependents read it there
+            staged = await _staged(self.recorder.stage, self._output_path(asset), image.data)
+            assert staged is not None  # stage always stages
         if image.task_id is not None and paid_here:
-            self._ledger(
+            await self._ledger(
                 LedgerEntry(
                     time.time(),
                     asset.id,
@@ -586,8 +602,8 @@ class Builder:
             self._record(Outcome(asset.id, GENERATED, detail))
         else:
             self._record(Outcome(asset.id, GENERATED, f"${cost:.4f}" if cost else "", cost))
-        self._commit(replace(step, key=key, seed=seed, output_sha256=sha), sha, len(image.data), made)
-        record.forget()
+        self._commit(step, made, staged)
+        await record.forget_off_loop()
         if self.team is not None:
             if shared is None and await self.team.push(key.key, image.data, made):
                 await self.team.clear(claim)
@@ -642,11 +658,11 @@ class Builder:
         self.reporter.log(f"{asset_id}: the remote's lease could not be taken ({problem}); going on without")
         return None
 
-    async def _from_remote(self, claim: Claim | None, asset: Asset) -> GeneratedImage | None:
+    async def _from_remote(self, claim: Claim | None, asset: Asset, key: str) -> GeneratedImage | None:
         """The image another runner finished while this one waited, if intact in the remote."""
         if claim is None or claim.sha256 is None or self.team is None:
             return None
-        data = await asyncio.to_thread(self.team.remote.get, claim.sha256)
+        data = await asyncio.to_thread(self.team.remote.get, key, claim.sha256)
         if data is None or declared_problem(data, asset) is not None:
             self.reporter.log(f"{asset.id}: the remote's copy is damaged or not this image; generating it")
             return None
@@ -656,113 +672,26 @@ class Builder:
         if self.team is not None:
             await self.team.release(key, keep_task=keep_task)
 
-    def _ledger(self, entry: LedgerEntry) -> None:
-        """Record spend; a ledger that cannot be written costs the report, never the paid image."""
+    async def _ledger(self, entry: LedgerEntry) -> None:
+        """Record spend; a ledger that cannot be written costs the report, never the paid image.
+        Its fsync on a worker thread, where it holds up no other task."""
         try:
-            self.store.ledger_append(entry)
+            await asyncio.to_thread(self.store.ledger_append, entry)
         except (OSError, FlexforgeError, ValueError) as exc:
             self.reporter.log(f"{entry.asset}: spend not recorded in the ledger ({exc})")
 
-    def _commit(self, step: Step, sha: str, size: int, record: KeyRecord) -> None:
+    def _commit(self, step: Step, made: KeyRecord, staged: Path | None, *, urgent: bool = True) -> None:
         assert step.key is not None and step.seed is not None
         asset = step.asset
-        self.replaced.setdefault(asset.id, self.lock.entries.get(asset.id))
-        self.lock.entries[asset.id] = LockEntry(
-            key=step.key.key,
-            parts=step.key.parts,
-            seed=step.seed,
-            model=asset.model,
-            generator=generator_of(asset, self.plan.generator),
-            provider=record.provider,
-            out=asset.out,
-            sha256=sha,
-            size=size,
-            task_id=record.task_id,
-            cost_usd=record.cost_usd,
-        )
-        self._save_lock_soon()
+        generator = generator_of(asset, self.plan.generator)
+        self.recorder.record(asset, step.key, step.seed, generator, made, staged, urgent=urgent)
 
-    def _save_lock_soon(self) -> None:
-        """Rewrite the lock after an asset, at most a few times a second: rewriting a 10,000-entry
-        lock after every draft render would make a build quadratic. What finished since the last
-        write is already in the object cache, so an interrupted build restores it for free."""
-        now = time.monotonic()
-        if now - self.lock_saved_at >= LOCK_SAVE_INTERVAL:
-            self._flush_lock()
-        elif self.lock_flush is None:
-            delay = LOCK_SAVE_INTERVAL - (now - self.lock_saved_at)
-            self.lock_flush = asyncio.get_running_loop().call_later(delay, self._flush_lock)
-
-    def _flush_lock(self) -> None:
-        """Write the lock, then rename the outputs it describes into place: a kill before the
-        renames leaves outputs and lock as they were (the new images wait in the object cache),
-        one after leaves them in step; only the renames themselves are in between."""
-        if self.lock_flush is not None:
-            self.lock_flush.cancel()
-            self.lock_flush = None
-        staged, self.staged = self.staged, {}
-        replaced, self.replaced = self.replaced, {}
-        try:
-            self._save_lock(sync_folder=False)
-        except (LockChangedError, OSError) as exc:
-            self._abandon(staged, replaced, str(exc) if isinstance(exc, LockChangedError) else _oserror(exc))
-            return
-        self.lock_saved_at = time.monotonic()
-        # Renames only, back to back, so the gap between the lock and its files stays a few
-        # microseconds; each folder (the lock's too) is made durable once afterwards.
-        folders, failed = {self.lock.path.parent}, {}
-        for asset_id, (temp, rel, _) in staged.items():
-            path = self.plan.manifest.root / rel
-            try:
-                install(temp, path, durable=False)
-            except OSError as exc:
-                failed[asset_id] = _oserror(exc)
-                temp.unlink(missing_ok=True)
-                continue
-            folders.add(path.parent)
-        for folder in folders:
-            fsync_dir(folder)
-        for asset_id, (_, rel, sha) in staged.items():
-            if asset_id not in failed:
-                self.store.remember_written(rel, sha)
-        if failed:
-            # The lock already names these files: put their old entries back so the lock never
-            # names a file that is not there. Their images stay cached for the next build.
-            self._abandon({}, {a: replaced.get(a) for a in failed}, "", reasons=failed)
-            try:
-                self._save_lock()
-            except (LockChangedError, OSError) as exc:
-                self.stop_reason = self.stop_reason or f"cannot write {self.lock.path.name}: {exc}"
-
-    def _save_lock(self, *, sync_folder: bool = True) -> None:
-        if _stamp(self.plan.manifest.path) != self.manifest_stamp:
-            raise LockChangedError(
-                f"{self.plan.manifest.label} changed on disk while this build ran (a `git checkout`?); "
-                f"{self.lock.path.name} was left as it is. Run `flexforge build` again: finished "
-                "images are cached"
-            )
-        self.lock.save(sync_folder=sync_folder)
-
-    def _abandon(
-        self,
-        staged: dict[str, tuple[Path, str, str]],
-        replaced: dict[str, LockEntry | None],
-        reason: str,
-        *,
-        reasons: dict[str, str] | None = None,
-    ) -> None:
-        """Undo what a failed lock write or rename would leave unrecorded, and fail those assets."""
-        for temp, _, _ in staged.values():
-            temp.unlink(missing_ok=True)
-        for asset_id, old in replaced.items():
-            if old is None:
-                self.lock.entries.pop(asset_id, None)
-            else:
-                self.lock.entries[asset_id] = old
-            why = (reasons or {}).get(asset_id, reason)
-            self._fail(asset_id, f"not recorded: {why}", fatal=reasons is None)
-        if reasons is None:
-            self.stop_reason = self.stop_reason or reason
+    def _flushed(self, result: Flushed) -> None:
+        """Fail what a lock write or a rename could not record; stop if the lock is unwritable."""
+        for asset_id, why in result.failed.items():
+            self._fail(asset_id, f"not recorded: {why}", fatal=result.fatal)
+        if result.stop is not None:
+            self.stop_reason = self.stop_reason or result.stop
 
     def _output_path(self, asset: Asset) -> Path:
         """Where the output goes, checked as if validation had just run: a folder swapped for a
@@ -813,8 +742,8 @@ class Builder:
                 # Made in this build, an upstream output is read from the object cache (its file
                 # is renamed into place only with the next lock write); else from its file.
                 cached = self.store.object_path(digest)
-                path = cached if upstream.id in self.made_here else root / upstream.out
-                if not upstream.written and upstream.id not in self.made_here:
+                path = cached if upstream.id in self.recorder.made_here else root / upstream.out
+                if not upstream.written and upstream.id not in self.recorder.made_here:
                     path = self._kept(upstream, digest)
             # Checked again here, confinement too: the file or a folder on its way may have been
             # swapped (for a link out of the root) since the manifest was validated.
@@ -888,19 +817,6 @@ async def _staged(stage: Callable[..., Path | None], *args: Any) -> Path | None:
 def _discard_staged(write: asyncio.Future[Path | None]) -> None:
     if not write.cancelled() and write.exception() is None and (staged := write.result()) is not None:
         staged.unlink(missing_ok=True)
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _oserror(exc: OSError) -> str:
-    where = f" ({exc.filename})" if exc.filename else ""
-    return f"cannot write: {exc.strerror or exc}{where}"
 
 
 def _verify(image: GeneratedImage, asset: Asset) -> None:

@@ -12,8 +12,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +37,7 @@ GIT_ENV = {
     "LC_ALL": "C",
 }
 GIT_COMMAND = ("git", "-c", "core.fsmonitor=false")
+_OBJECT_ID = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")  # SHA-1 or SHA-256 repositories
 # Each row: sha256, size, out, commit, seed, task_id, cost_usd, provider, asset id.
 Row = list[Any]
 
@@ -49,6 +52,8 @@ class History:
         self.head = head
         self._cache = cache
         self._index: dict[str, list[Row]] | None = None
+        self._by_sha: dict[str, list[Row]] | None = None  # for alternates, built on first need
+        self._outputs: set[tuple[str, str]] | None = None
         self._batch: subprocess.Popen[bytes] | None = None
         self._mutex = threading.Lock()
 
@@ -76,8 +81,23 @@ class History:
 
     def alternates(self, source: Source) -> list[Source]:
         """Other commits that recorded the same bytes (tried when one's tree lacks the file)."""
-        rows = (row for rows in self.index().values() for row in rows if row[0] == source.sha256)
-        return [s for s in map(_source, rows) if (s.commit, s.path) != (source.commit, source.path)]
+        if self._by_sha is None:
+            self._by_sha = {}
+            for rows in self.index().values():
+                for row in rows:
+                    self._by_sha.setdefault(row[0], []).append(row)
+        found = []
+        for row in self._by_sha.get(source.sha256, ()):
+            with contextlib.suppress(ValueError, TypeError):  # a damaged cache row
+                found.append(_source(row))
+        return [s for s in found if (s.commit, s.path) != (source.commit, source.path)]
+
+    def recorded_at(self, out: str, sha256: str) -> bool:
+        """Whether a committed lock recorded these bytes as the output at `out`: flexforge made
+        them, and git keeps them."""
+        if self._outputs is None:
+            self._outputs = {(row[2], row[0]) for rows in self.index().values() for row in rows}
+        return (out, sha256) in self._outputs
 
     def index(self) -> dict[str, list[Row]]:
         if self._index is None:
@@ -164,6 +184,72 @@ class History:
         found = self._object(f"{commit}:{path}", size)
         return found[1] if found is not None and len(found[1]) == size else None
 
+    def read_many(self, wanted: list[tuple[str, str, int]]) -> Iterator[bytes | None]:
+        """`read` for each (commit, out, size), in order, streamed: the blob ids come from one
+        `git ls-tree` per commit and the bytes from one `git cat-file --batch` pass fed by a
+        thread, so a thousand restores cost no tree walk and no round trip each. Stop early by
+        closing the iterator."""
+        oids = self._blob_ids(wanted)
+        asked = [oid for oid in oids if oid is not None]
+        if not asked:
+            yield from (None for _ in wanted)
+            return
+        try:
+            batch = self._spawn("--batch", "--buffer")
+        except OSError:
+            yield from (None for _ in wanted)
+            return
+        assert batch.stdin is not None and batch.stdout is not None
+        feeder = threading.Thread(target=_feed, args=(batch.stdin, asked), daemon=True)
+        feeder.start()
+        broken = False
+        try:
+            for oid, (_, _, size) in zip(oids, wanted, strict=True):
+                if oid is None or broken:
+                    yield None
+                    continue
+                try:
+                    data = _next_blob(batch.stdout, size)
+                except (OSError, ValueError):
+                    broken = True  # git died or said something else: the rest are read one by one
+                    data = None
+                yield data
+        finally:
+            batch.kill()
+            batch.wait()
+            feeder.join()
+            batch.stdout.close()
+
+    def _blob_ids(self, wanted: list[tuple[str, str, int]]) -> list[str | None]:
+        """The object id of each (commit, out) that is a plain file in that commit's tree."""
+        paths: list[tuple[str, str] | None] = []
+        folders: dict[str, set[str]] = {}
+        for commit, out, _ in wanted:
+            if not _OBJECT_ID.match(commit) or "\n" in out:
+                paths.append(None)  # a cached row this code did not write: read one by one
+                continue
+            path = f"{self.prefix}/{out}" if self.prefix else out
+            paths.append((commit, path))
+            folders.setdefault(commit, set()).add(path.rpartition("/")[0])
+        trees = {commit: self._tree(commit, sorted(names)) for commit, names in folders.items()}
+        return [None if p is None else trees[p[0]].get(p[1]) for p in paths]
+
+    def _tree(self, commit: str, folders: list[str]) -> dict[str, str]:
+        """Repository path -> blob id of the plain files under `folders` in `commit` (links and
+        submodules left out: an output is never one); empty when git cannot say."""
+        spec = [f or "." for f in folders]
+        try:
+            raw = _git(self.toplevel, "--literal-pathspecs", "ls-tree", "-r", "-z", commit, "--", *spec)
+        except (OSError, subprocess.SubprocessError):
+            return {}
+        found = {}
+        for record in raw.split(b"\0"):
+            meta, _, path = record.partition(b"\t")
+            fields = meta.split()
+            if len(fields) == 3 and fields[0] in (b"100644", b"100755") and fields[1] == b"blob":
+                found[path.decode(errors="surrogateescape")] = fields[2].decode()
+        return found
+
     def blob(self, commit: str, repo_path: str, limit: int) -> bytes | None:
         """The bytes of repository-relative `repo_path` in `commit` (any commit, not only those
         that touched the lock), or None when it is missing, not a blob or bigger than `limit`."""
@@ -200,17 +286,20 @@ class History:
     def _process(self) -> subprocess.Popen[bytes] | None:
         if self._batch is None or self._batch.poll() is not None:
             try:
-                self._batch = subprocess.Popen(
-                    [*GIT_COMMAND, "cat-file", "--batch"],
-                    cwd=self.toplevel,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    env={**os.environ, **GIT_ENV},
-                )
+                self._batch = self._spawn("--batch")
             except OSError:
                 return None
         return self._batch
+
+    def _spawn(self, *options: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [*GIT_COMMAND, "cat-file", *options],
+            cwd=self.toplevel,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **GIT_ENV},
+        )
 
     def _stop(self) -> None:
         if self._batch is not None:
@@ -246,6 +335,33 @@ def _git(cwd: Path, *args: str) -> bytes:
 def _source(row: Row) -> Source:
     sha, size, out, commit, seed, task_id, cost, provider, origin = row
     return Source(GIT, sha, size, out, commit, seed, task_id, cost, provider, origin)
+
+
+def _feed(stdin: IO[bytes], oids: list[str]) -> None:
+    """Write every object id for `git cat-file --batch`, in a thread of its own: written all at
+    once by the reader, a full pipe each way would block both."""
+    try:
+        for oid in oids:
+            stdin.write(oid.encode() + b"\n")
+        stdin.close()
+    except OSError:
+        pass  # the reader stopped early and killed git
+
+
+def _next_blob(stream: IO[bytes], size: int) -> bytes | None:
+    """The next object `git cat-file --batch` answers with, if it is a blob of `size` bytes."""
+    header = stream.readline().split()
+    if len(header) != 3:
+        if len(header) == 2 and header[1] == b"missing":
+            return None
+        raise ValueError("git cat-file said something else")
+    kind, length = header[1], int(header[2])
+    if kind != b"blob" or length != size:
+        _skip(stream, length + 1)
+        return None
+    data = _read_exact(stream, length)
+    stream.read(1)  # the newline after each object
+    return data
 
 
 def _read_exact(stream: IO[bytes], length: int) -> bytes:

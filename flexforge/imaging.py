@@ -91,6 +91,70 @@ def check_reference(path: Path, *, decode: bool = False) -> str | None:
     return None
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"
+# (bit depth, colour type) pairs PNG defines, which Pillow opens (PngImagePlugin._MODES).
+_PNG_MODES = {(1, 0), (2, 0), (4, 0), (8, 0), (16, 0), (8, 2), (16, 2), (1, 3), (2, 3), (4, 3), (8, 3)}
+_PNG_MODES |= {(8, 4), (16, 4), (8, 6), (16, 6)}
+# Chunks Pillow reads before the pixels without any way to fail once they are this long and their
+# CRC holds; any other chunk there (iCCP, tEXt, ...) is left to Pillow itself.
+_PNG_PLAIN = {b"PLTE": 0, b"gAMA": 4, b"sRGB": 1, b"pHYs": 9, b"cHRM": 32}
+
+
+def png_size(head: bytes) -> tuple[int, int] | None:
+    """A PNG's width and height from its first bytes, when Pillow would open it and read that
+    same size: IHDR first and sound (length, CRC, mode, filter), then only plain chunks until
+    the first IDAT, all inside `head`. None when unsure: then Pillow reads the file."""
+    import zlib
+
+    if not head.startswith(PNG_MAGIC):
+        return None
+    pos, size = 8, None
+    while pos + 8 <= len(head):
+        length = int.from_bytes(head[pos : pos + 4], "big")
+        cid = head[pos + 4 : pos + 8]
+        if cid == b"IDAT":
+            return size
+        end = pos + 8 + length
+        if end + 4 > len(head) or zlib.crc32(head[pos + 4 : end]) != int.from_bytes(
+            head[end : end + 4], "big"
+        ):
+            return None
+        data = head[pos + 8 : end]
+        if size is None:
+            # Compression and filter method 0, interlace 0 or 1: what the standard defines.
+            sound = (
+                length == 13 and (data[8], data[9]) in _PNG_MODES and data[10:13] in (b"\0\0\0", b"\0\0\1")
+            )
+            if cid != b"IHDR" or not sound:
+                return None
+            size = int.from_bytes(data[0:4], "big"), int.from_bytes(data[4:8], "big")
+            if 0 in size:
+                return None
+        elif length < _PNG_PLAIN.get(cid, 2**32):
+            return None  # not a plain chunk, or too short for Pillow's reader of it
+        pos = end + 4
+    return None
+
+
+def png_reference_problem(head: bytes, tail: bytes, size: int) -> tuple[str | None, tuple[int, int]] | None:
+    """check_reference's answer (and the image's size) for a PNG from its first and last bytes
+    and its length, read once with its digest; None when only Pillow can tell."""
+    dims = png_size(head)
+    if dims is None:
+        return None
+    w, h = dims
+    if size > MAX_REFERENCE_BYTES:
+        return f"{size / 2**20:.1f} MB; the API takes at most 20 MB per image", dims
+    if w * h > 2 * MAX_OPEN_PIXELS:
+        return "declares an absurd pixel count (a decompression bomb?); the API takes at most 20 MP", dims
+    if w * h > MAX_REFERENCE_PIXELS:
+        return f"{w}x{h} is {w * h / 1e6:.1f} MP; the API takes at most 20 MP per image", dims
+    if not tail.endswith(PNG_END):
+        return "the PNG file is cut short (an interrupted download or copy?)", dims
+    return None, dims
+
+
 def _complete(path: Path, fmt: str, size: int) -> bool:
     """Whether the container ends where it says it does; formats without a cheap check pass."""
     with path.open("rb") as f:
@@ -98,7 +162,7 @@ def _complete(path: Path, fmt: str, size: int) -> bool:
         f.seek(max(0, size - 1024))
         tail = f.read()
     if fmt == "PNG":
-        return tail.endswith(b"IEND\xaeB`\x82")
+        return tail.endswith(PNG_END)
     if fmt == "JPEG":
         return b"\xff\xd9" in tail  # some writers put padding after the end marker
     if fmt == "WEBP":

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
 
-from flexforge.errors import UsageError, printable
+# The no-op path reads a folder knob before anything else loads: typing, collections.abc and the
+# error module (dataclasses, inspect) would cost it more than its own work.
+TYPE_CHECKING = False  # mypy reads this as True
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from flexforge.errors import UsageError
 
 # Longer than any wait anyone means (about 11.6 days); far below what would overflow a timer.
 MAX_SECONDS = 1_000_000.0
@@ -28,6 +33,8 @@ def _raw(name: str, environ: Mapping[str, str] | None) -> str | None:
 
 
 def _bad(name: str, raw: str, expected: str) -> UsageError:
+    from flexforge.errors import UsageError, printable
+
     shown = raw if len(raw) <= 40 else raw[:37] + "..."
     return UsageError(printable(f"{name}={shown!r} is not valid: expected {expected}"))
 

@@ -187,12 +187,11 @@ class Team:
     # -- after paying -------------------------------------------------------------------------
 
     async def push(self, key: str, data: bytes, record: KeyRecord) -> bool:
-        """Share a finished image: object first, then the key record naming it."""
+        """Share a finished image, with its key record (one write on S3)."""
         if self.remote.read_only:
             return False
         try:
-            sha = await asyncio.to_thread(self.remote.put, data)
-            await asyncio.to_thread(self.remote.put_key, key, sha, dataclasses.asdict(record))
+            await asyncio.to_thread(self.remote.put, key, data, dataclasses.asdict(record))
         except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
             self.log(f"could not push {key[:12]} to {self.remote.url} ({exc}); it stays local")
             return False

@@ -37,7 +37,8 @@ class LockChangedError(FlexforgeError):
     """The lock file changed on disk since this build read it (a `git checkout`, another tool)."""
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+def stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a file, or None: enough to see another program replace it."""
     try:
         st = os.stat(path)
     except OSError:
@@ -52,6 +53,23 @@ class Lock:
     _on_disk: bytes | None = None
     _stamp: tuple[int, int, int] | None = None  # of the file as last read or written here
     _stanzas: dict[str, tuple[tuple[Any, ...], str]] = field(default_factory=dict)
+
+    def set_entry(self, asset_id: str, entry: LockEntry) -> LockEntry | None:
+        """Record `entry` for `asset_id`; returns what it replaces (None: a new entry)."""
+        previous = self.entries.get(asset_id)
+        self.entries[asset_id] = entry
+        return previous
+
+    def drop(self, asset_id: str) -> LockEntry | None:
+        """Forget `asset_id`'s entry (an orphan, or a record undone); returns it, if any."""
+        return self.entries.pop(asset_id, None)
+
+    def put_back(self, asset_id: str, previous: LockEntry | None) -> None:
+        """Undo a `set_entry`: the entry it replaced, or none if it replaced none."""
+        if previous is None:
+            self.drop(asset_id)
+        else:
+            self.entries[asset_id] = previous
 
     def render(self) -> bytes:
         """The bytes of json.dumps(doc, indent=2, sort_keys=True), each stanza encoded once and
@@ -95,7 +113,7 @@ class Lock:
         data = self.render()
         if data == self._on_disk:
             return False
-        if _stamp(self.path) != self._stamp:
+        if stamp(self.path) != self._stamp:
             # Writing now would put this build's view over what another branch or tool wrote.
             raise LockChangedError(
                 f"{self.path.name} changed on disk while this build ran (a `git checkout`?); "
@@ -108,7 +126,7 @@ class Lock:
                 f.write(data)
             install(staged, self.path, durable=False)
         self._on_disk = data
-        self._stamp = _stamp(self.path)
+        self._stamp = stamp(self.path)
         return True
 
 
@@ -126,14 +144,15 @@ class _Bad(ValueError):
     """What is wrong with a lock, said for users."""
 
 
-def read_lock(path: Path) -> Lock:
-    """The lock next to the manifest; a missing file is an empty lock. Anything else that is not
-    a lock flexforge wrote (any JSON shape, a FIFO, a folder, a link, a huge file) is one clear
+def read_lock(path: Path, *, label: str | None = None, fix: str | None = None) -> Lock:
+    """The lock next to the manifest (or another one, named `label` in errors, whose `fix` says
+    what to do about a bad one); a missing file is an empty lock. Anything else that is not a
+    lock flexforge wrote (any JSON shape, a FIFO, a folder, a link, a huge file) is one clear
     error naming the file and the fix, never a hang or a crash."""
     from flexforge.fsutil import FileTooLarge, NotRegularFile, read_regular
 
-    label = path.name
-    fix = f"restore it with `git checkout {label}`, or delete it to rebuild from the cache"
+    label = label or path.name
+    fix = fix or f"restore it with `git checkout {label}`, or delete it to rebuild from the cache"
     try:
         raw = read_regular(path, MAX_LOCK_BYTES)
     except FileNotFoundError:
@@ -148,7 +167,7 @@ def read_lock(path: Path) -> Lock:
         raise FlexforgeError(
             f"cannot read {label}: {exc.strerror}; it should be flexforge's lock file"
         ) from None
-    return parse_lock(path, raw, label)
+    return parse_lock(path, raw, label, fix)
 
 
 def parse_lock(path: Path, raw: bytes, label: str, fix: str | None = None) -> Lock:
@@ -164,7 +183,7 @@ def parse_lock(path: Path, raw: bytes, label: str, fix: str | None = None) -> Lo
     except ValueError as exc:
         fix = fix or f"restore it with `git checkout {label}`, or delete it to rebuild from the cache"
         raise FlexforgeError(printable(f"{label}: not a valid flexforge lock: {exc}; {fix}")) from None
-    return Lock(path, entries, raw, _stamp(path))
+    return Lock(path, entries, raw, stamp(path))
 
 
 def parse_entries(raw: bytes) -> dict[str, LockEntry]:

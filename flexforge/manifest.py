@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flexforge import models
 from flexforge.confine import Resolver, extension_problem, output_problem, private_part
@@ -23,6 +23,9 @@ from flexforge.models import FLEX_MODEL
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
 from flexforge.rendition import RENDITION, describe, operations
 from flexforge.settings import Settings
+
+if TYPE_CHECKING:
+    from flexforge.reads import FileRead
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
 CACHE_VERSION = 5  # bump when what validation produces changes
@@ -36,6 +39,8 @@ MAX_PIXELS = models.MAX_PIXELS
 MAX_RENDITION_PIXELS = 40_000_000  # a delivered image, not a generation: the API's limit does not apply
 MAX_TEXT = 100_000  # characters of one prompt or path after vars: far past any real prompt
 KEY_LIKE = re.compile(r"(^|_|-)(api_?key|key|token|secret|password|authorization|x-key)$", re.I)
+# The last letter of every name KEY_LIKE matches (no case-insensitive twin of y, n, t or d exists).
+_KEY_ENDINGS = {"y", "n", "t", "d"}
 _VAR = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 
 
@@ -226,7 +231,10 @@ def _still_confined(root: Path, assets: Any) -> bool:
 def _write_cache(manifest: Manifest, fingerprint: str) -> None:
     from flexforge.fsutil import atomic_write
 
-    assets = [dataclasses.asdict(a) for a in manifest.assets.values()]
+    # Field by field, not dataclasses.asdict: that deep-copies every prompt and tuple on the way
+    # (a tenth of a cold plan at 1,000 assets), and json.dumps reads them where they are.
+    names = _ASSET_FIELDS
+    assets = [{name: getattr(a, name) for name in names} for a in manifest.assets.values()]
     doc = {"fingerprint": fingerprint, "assets": assets, "settings": manifest.settings.to_json()}
     data = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     target = Path(manifest_cache_file(manifest.path, "manifest"))
@@ -235,6 +243,9 @@ def _write_cache(manifest: Manifest, fingerprint: str) -> None:
         atomic_write(target, data.encode(), durable=False)
     except (OSError, ValueError):
         pass  # an unwritable cache folder: still works, only slower
+
+
+_ASSET_FIELDS = tuple(f.name for f in dataclasses.fields(Asset))
 
 
 def _asset_from_json(raw: dict[str, Any]) -> Asset:
@@ -297,7 +308,12 @@ def _mapping(value: Any) -> dict[str, Any]:
 def _looks_secret(name: object, value: object) -> bool:
     """A key-like field holding a string (`api_key: sk-...`); an asset or var named `token`
     is just a name (callers skip those sections), and `key: {prompt: ...}` holds no key."""
-    return isinstance(name, str) and bool(KEY_LIKE.search(name)) and isinstance(value, str | int)
+    return (
+        isinstance(name, str)
+        and isinstance(value, str | int)
+        and name[-1:].lower() in _KEY_ENDINGS  # most names end otherwise: no regex for them
+        and bool(KEY_LIKE.search(name))
+    )
 
 
 def _validate(path: Path, label: str, raw: bytes) -> Manifest:
@@ -333,6 +349,10 @@ class _Checker:
         self.invalid: set[tuple[str | int, ...]] = set()
         self.origins: dict[str, tuple[str, dict[str, str]]] = {}
         self.unwritten: set[str] = set()
+        # Reference files to read (digest and header in one pass) once every asset is checked:
+        # (where in the manifest, the reference as written, the file it leads to).
+        self.to_read: list[tuple[tuple[str | int, ...], str, str]] = []
+        self.ref_sizes: dict[str, tuple[int, int]] = {}  # reference as written -> its header's size
 
     def error(
         self,
@@ -370,22 +390,28 @@ class _Checker:
         return self._semantics(expansion.data)
 
     def _secrets(self, node: Any, path: tuple[str | int, ...]) -> None:
+        # Only containers are walked into: a scalar holds no key (most of a manifest's values).
         if isinstance(node, dict):
             for name, value in node.items():
-                if _looks_secret(name, value) and path != ("assets",) and path[:1] != ("vars",):
+                if isinstance(value, dict | list):
+                    self._secrets(value, (*path, name))
+                elif _looks_secret(name, value) and path != ("assets",) and path[:1] != ("vars",):
                     self.error(
                         (*path, name),
                         "API keys never live in the manifest: remove it and set BFL_API_KEY "
                         "(or COMETAPI_KEY) in the environment",
                         key=True,
                     )
-                else:
-                    self._secrets(value, (*path, name))
         elif isinstance(node, list):
             for i, value in enumerate(node):
-                self._secrets(value, (*path, i))
+                if isinstance(value, dict | list):
+                    self._secrets(value, (*path, i))
 
     def _schema(self, data: dict[str, Any]) -> None:
+        from flexforge.schema_check import accepts
+
+        if accepts(data):
+            return  # certainly valid: jsonschema would find nothing, ten times slower
         for err in _validator().iter_errors(data):
             path = tuple(err.absolute_path)
             self.invalid.add(path[:2])
@@ -440,6 +466,7 @@ class _Checker:
             asset = self._asset(asset_id, raw, defaults, variables, raw_assets)
             if asset is not None:
                 assets[asset_id] = asset
+        self._judge_references()
         self._size_renditions(assets)
         self._outputs(assets)
         self._reference_limits(assets)
@@ -602,7 +629,7 @@ class _Checker:
             font = text.get("font")
             if font is not None:
                 target = self._inside_root(font, (*here, "text", "font"), "font")
-                if target is not None and not target.is_file():
+                if target is not None and not os.path.isfile(target):
                     self.error((*here, "text", "font"), f"font {font!r} is not a file under the root")
                 elif target is not None:
                     references.append(font)
@@ -714,7 +741,7 @@ class _Checker:
                 if upstream is not None:
                     size = upstream.final_size or (upstream.width, upstream.height)
                 else:
-                    size = image_size(self.root / ref) or (0, 0)
+                    size = self.ref_sizes.get(ref) or image_size(self.root / ref) or (0, 0)
                 w, h = asset.reference_size(*size)
                 total += w * h
             if total > cap * 1_000_000:
@@ -736,7 +763,8 @@ class _Checker:
             )
         return (w, h)
 
-    def _inside_root(self, rel: str, path: tuple[str | int, ...], what: str) -> Path | None:
+    def _inside_root(self, rel: str, path: tuple[str | int, ...], what: str) -> str | None:
+        """The absolute path `rel` really leads to, or None after saying why it may not be used."""
         if "\0" in rel:
             self.error(path, f"{what} {rel!r} contains a NUL character")
             return None
@@ -750,10 +778,9 @@ class _Checker:
         if rel.startswith("/") or re.match(r"^[A-Za-z]:", rel):
             self.error(path, f"{what} {rel!r} is absolute; write it relative to the manifest's folder")
             return None
-        target = self.resolver.resolve(self.root / rel)
-        if not target.is_relative_to(self.resolver.root):
+        target = self.resolver.real(rel)
+        if target is None:
             self.error(path, f"{what} {rel!r} leaves the project root")
-            return None
         return target
 
     def _reference_file(self, ref: str, path: tuple[str | int, ...], all_assets: dict[str, Any]) -> None:
@@ -761,15 +788,40 @@ class _Checker:
         if target is None:
             return
         # Spelled any way ('a/../b', a link inside the root), a file is known by where it leads.
-        self.file_refs[path] = (ref, target.relative_to(self.resolver.root).as_posix())
-        if not target.is_file():
+        self.file_refs[path] = (ref, self.resolver.relative(target))
+        if not os.path.isfile(target):
             hint = difflib.get_close_matches(ref, list(all_assets), n=1)
             also = f" (did you mean asset {hint[0]!r}?)" if hint else ""
             self.error(path, f"reference {ref!r} is neither an asset id nor a file under the root{also}")
             return
-        from flexforge.imaging import check_reference
+        self.to_read.append((path, ref, target))
 
-        problem = check_reference(target)
+    def _judge_references(self) -> None:
+        """Every reference file read once, on all cores: its header judged here, its digest kept
+        for the plan that follows (flexforge.reads)."""
+        from flexforge import reads
+        from flexforge.imaging import MAX_REFERENCE_BYTES
+
+        options: reads.Options = {"ends": True, "max_size": MAX_REFERENCE_BYTES}
+        done = reads.read_all([(target, options) for _, _, target in self.to_read])
+        for (path, ref, target), read in zip(self.to_read, done, strict=True):
+            self._judge_reference(path, ref, target, read)
+        self.to_read.clear()
+
+    def _judge_reference(
+        self, path: tuple[str | int, ...], ref: str, target: str, read: FileRead | None
+    ) -> None:
+        """Why the file cannot be sent as a reference: from the bytes read with its digest for a
+        plain PNG, else from Pillow's reading of the file (the same answers, tests/test_imaging)."""
+        from flexforge.imaging import check_reference, png_reference_problem
+
+        fast = png_reference_problem(read.head, read.tail, read.size) if read is not None else None
+        if fast is None:
+            problem = check_reference(Path(target))
+        else:
+            problem, size = fast
+            if problem is None:  # a refused one is left out of the sum, as Pillow could not size it
+                self.ref_sizes[ref] = size
         if problem is not None:
             self.error(path, f"reference {ref!r}: {problem}")
 
@@ -781,7 +833,7 @@ class _Checker:
         target = self._inside_root(folder, where, "variants_dir")
         if target is None:
             return None
-        rel = target.relative_to(self.resolver.root).as_posix()
+        rel = self.resolver.relative(target)
         private = private_part(folder) or private_part(rel)
         if rel == ".":
             self.error(where, "variants_dir names the project root; name a folder (e.g. variants)")
@@ -795,7 +847,7 @@ class _Checker:
         target = self._inside_root(out, path, "out")
         if target is None:
             return out
-        rel = target.relative_to(self.resolver.root).as_posix()
+        rel = self.resolver.relative(target)
         private = private_part(out) or private_part(rel)
         if private is not None:
             self.error(path, f"out {out!r} is inside {private}/, which flexforge never writes")

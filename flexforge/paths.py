@@ -11,15 +11,19 @@ authenticated with a key that never leaves this machine (see `flexforge.records`
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from flexforge import knobs
 
+TYPE_CHECKING = False  # typing costs the no-op path an import (mypy reads this as True)
 if TYPE_CHECKING:  # pathlib costs the no-op path an import it otherwise never makes
     from pathlib import Path
+
+try:  # the built-in sha256: hashlib would load OpenSSL, a few ms of every no-op build
+    from _sha256 import sha256 as _sha256  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - a Python built without it (3.12 names it _sha2)
+    from hashlib import sha256 as _sha256
 
 APP = "flexforge"
 STATE_DIR = ".flexforge"
@@ -68,7 +72,7 @@ def project_cache_dir(root: str | Path) -> str:
     """The cache folder of the project whose root is `root`, by its real path: two checkouts
     never share derived state, and a project reached through a link is still one project."""
     real = os.path.realpath(root)
-    digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:32]
+    digest = _sha256(os.fsencode(real)).hexdigest()[:32]
     return os.path.join(user_cache_root(), "projects", digest)
 
 

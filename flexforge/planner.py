@@ -27,6 +27,7 @@ GENERATES = (CREATE, REGENERATE)
 RESTORES = (RESTORE, RENAME)
 RESUME = "resume: already paid"  # a reason: the journaled task is polled, not submitted again
 LFS_REASON = "a Git LFS pointer, not the image: run `git lfs pull`"
+STALE = "an older image of it in place"  # a reason: what a committed lock recorded there before
 HELD = (DRIFTED, CONFLICT)  # outputs flexforge found but does not own: a build leaves them
 
 
@@ -257,6 +258,12 @@ def decide(
     source = facts.sources.find(key.key, asset.out, current)
     if entry is not None and entry.key == key.key:
         if current.exists and (source is None or source.kind != IN_PLACE):
+            if source is not None and facts.sources.committed_output(asset.out, current.digest):
+                # An image flexforge made for an older lock of this project (committed, so git
+                # keeps it), left in place when only the lock moved on: replaced, not "edited".
+                return Step(
+                    action=RESTORE, reasons=[STALE], output_sha256=source.sha256, source=source, **base
+                )
             # Bytes nobody recorded for this key: a hand edit, never overwritten. Dependents are
             # planned from the lock's bytes until it is accepted.
             return Step(action=DRIFTED, reasons=_lfs(facts, asset), output_sha256=entry.sha256, **base)
@@ -371,6 +378,7 @@ def make_plan(
     check_options(manifest, options)
     selected = select(manifest, options.targets, options.tags)
     facts = Facts.gather(manifest, lock, store, generator, options, sources)
+    store.prefetch(_files_to_hash(manifest, lock, selected))
     steps = _steps(manifest, selected, facts)
     lost = _lost_candidates(steps, facts)
     if lost:  # rare: a pick or a missing output needs a candidate this machine cannot read
@@ -429,6 +437,19 @@ def _readable(facts: Facts, source: Source | None) -> bool:
     if source.kind == GIT:
         return facts.sources.read(source) is not None
     return True
+
+
+def _files_to_hash(manifest: Manifest, lock: Lock, selected: list[str]) -> list[tuple[str, int | None]]:
+    """The files the steps will hash, in the order they ask (reference files, then the output
+    when the lock's entry for it has its size: `Current.matches` hashes no other)."""
+    files: list[tuple[str, int | None]] = []
+    for asset_id in selected:
+        asset = manifest.assets[asset_id]
+        files += [(ref, None) for ref in asset.references if ref not in asset.asset_refs]
+        entry = lock.entries.get(asset_id)
+        if entry is not None and entry.out == asset.out:
+            files.append((asset.out, entry.size))
+    return files
 
 
 def _mark_resumes(steps: list[Step], store: Store, provider: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flexforge.errors import FlexforgeError
-from flexforge.fsutil import FileTooLarge, NotRegularFile, read_regular
+from flexforge.fsutil import FileTooLarge, NotRegularFile, fsync_dir, read_regular
 from flexforge.paths import DATA_DIR_ENV, user_data_root
 
 KEY_FILE = "machine.key"
@@ -43,20 +43,42 @@ def _key_at(path: Path) -> bytes:
         pass
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, secrets.token_hex(32).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _create_whole(path, secrets.token_hex(32).encode() + b"\n")
     except FileExistsError:
-        pass  # another flexforge made it just now
+        pass  # another flexforge (or thread) made it just now
     except OSError as exc:
         raise FlexforgeError(
             f"cannot create flexforge's machine key at {path}: {exc.strerror}; "
             f"set {DATA_DIR_ENV} to a writable folder"
         ) from None
     return _read_key(path)
+
+
+def _create_whole(path: Path, data: bytes) -> None:
+    """Create `path` holding `data`, or raise FileExistsError; never visible half-written. (An
+    O_EXCL create followed by the write let a second process or thread read an empty key in
+    between, and fail with "too short"; a fully written temp file linked in cannot be seen early.)"""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        _write_new(temp, data)
+        try:
+            os.link(temp, path)  # fails if a key is there: the first one made stays
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: create in place, as before
+            _write_new(path, data)
+    finally:
+        temp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_key(path: Path) -> bytes:

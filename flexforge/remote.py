@@ -8,9 +8,15 @@ records and leases are parsed strictly. Credentials come only from the backend's
 and config files, never from the manifest or the lock.
 
 Layout under the URL:
-    objects/<sha[:2]>/<sha>          image bytes, named by their sha256
-    keys/<content key>/<sha>         "this content key made this object" (a small JSON body)
+    images/<content key>/<sha>       the image that content key made, named by its sha256, with
+                                     its key record (provider, seed, task, cost) alongside: S3
+                                     user metadata on the same PUT, elsewhere `<sha>.json` beside it
     leases/<content key>.json        who is making that key now, and the task it submitted
+
+One write per image and one listing for the whole index: the listing of `images/` says which key
+made which object, and how big it is, so a plan, a push or a pull asks nothing per image before
+moving it. (Layout 1, before this one, kept `objects/` and `keys/` apart: two writes per image.
+Its folders are not read.)
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -132,19 +138,110 @@ class RemoteStore(Protocol):
     url: str
     read_only: bool
 
-    def has(self, sha256: str) -> bool: ...
-    def get(self, sha256: str) -> bytes | None: ...
-    def put(self, data: bytes) -> str: ...
-    def present(self, shas: Iterable[str]) -> set[str]: ...
-    def key_index(self) -> dict[str, str]: ...
+    def get(self, key: str, sha256: str) -> bytes | None: ...
+    def fetch(self, key: str, sha256: str) -> Fetched | None: ...
+    def put(self, key: str, data: bytes, record: dict[str, Any]) -> str: ...
+    def images(self) -> dict[str, tuple[str, int]]: ...
+    def held(self) -> set[tuple[str, str]]: ...
     def key_object(self, key: str) -> str | None: ...
-    def put_key(self, key: str, sha256: str, record: dict[str, Any]) -> None: ...
     def probe(self) -> str | None: ...
     def lease_acquire(self, lease: Lease) -> Lease | None: ...
     def lease_read(self, key: str) -> Lease | None: ...
     def lease_update(self, lease: Lease, **changes: Any) -> Lease | None: ...
     def lease_takeover(self, old: Lease, new: Lease) -> Lease | None: ...
     def lease_release(self, lease: Lease) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """An image read back whole and matching its sha256, with the key record its pusher sent
+    (untrusted: checked by whoever uses it; None when absent or not JSON)."""
+
+    data: bytes
+    record: dict[str, Any] | None
+
+
+# Which fields of a key record travel with the image: the sha256 and size are the object's own.
+RECORD_FIELDS = ("provider", "seed", "task_id", "cost_usd")
+RECORD_META = "flexforge-record"  # S3 user metadata: x-amz-meta-flexforge-record
+MAX_META_BYTES = 1800  # S3 allows 2 KB of user metadata per object
+
+
+def record_bytes(record: dict[str, Any]) -> bytes:
+    """The key record as it travels: compact ASCII JSON (an HTTP header value on S3)."""
+    body = {name: record.get(name) for name in RECORD_FIELDS}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+
+def parse_record(raw: bytes | str | None) -> dict[str, Any] | None:
+    if raw is None or len(raw) > MAX_RECORD_BYTES:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class Objects(Protocol):
+    """How one backend stores an image together with its key record."""
+
+    def put(self, path: str, data: bytes, record: bytes) -> None: ...
+    def get(self, path: str, limit: int) -> tuple[bytes, bytes | None] | None: ...
+
+
+class S3Objects:
+    """One PUT carrying the record as user metadata; one GET bringing both back."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+
+    def put(self, path: str, data: bytes, record: bytes) -> None:
+        bucket, key, _ = self.fs.split_path(path)
+        meta = {RECORD_META: record.decode("ascii")} if len(record) <= MAX_META_BYTES else {}
+        self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, Metadata=meta)
+
+    def get(self, path: str, limit: int) -> tuple[bytes, bytes | None] | None:
+        from fsspec.asyn import sync
+
+        bucket, key, _ = self.fs.split_path(path)
+
+        async def get() -> tuple[bytes, bytes | None] | None:
+            try:
+                # A Range, so that an object planted far bigger than any image is not sent whole.
+                out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{limit}")
+            except FileNotFoundError:
+                return None
+            data = await _read_capped(out["Body"], limit)
+            meta = (out.get("Metadata") or {}).get(RECORD_META)
+            return data, meta.encode("utf-8", "replace") if isinstance(meta, str) else None
+
+        result: tuple[bytes, bytes | None] | None = sync(self.fs.loop, get)
+        return result
+
+
+class SidecarObjects:
+    """Any other backend: the record in `<path>.json`, written first (so that the image, whose
+    name is what the index lists, never stands without it) and read with the image."""
+
+    def __init__(self, remote: FsspecRemote) -> None:
+        self.remote = remote
+
+    def put(self, path: str, data: bytes, record: bytes) -> None:
+        self.remote._put_whole(path + ".json", record)
+        self.remote._put_whole(path, data)
+
+    def get(self, path: str, limit: int) -> tuple[bytes, bytes | None] | None:
+        fs = self.remote.fs
+        try:
+            data = bytes(fs.cat_file(path, start=0, end=limit + 1))
+        except FileNotFoundError:
+            return None
+        try:
+            record: bytes | None = bytes(fs.cat_file(path + ".json", start=0, end=MAX_RECORD_BYTES + 1))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            record = None
+        return data, record
 
 
 class Conditional(Protocol):
@@ -194,9 +291,7 @@ class S3Conditional:
                 out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
             except FileNotFoundError:
                 return None
-            async with out["Body"] as body:
-                data = await body.read(MAX_RECORD_BYTES + 1)
-            return bytes(data), str(out.get("ETag", ""))
+            return await _read_capped(out["Body"], MAX_RECORD_BYTES), str(out.get("ETag", ""))
 
         result: tuple[bytes, str] | None = sync(self.fs.loop, get)
         return result
@@ -207,6 +302,22 @@ class S3Conditional:
 
     def delete(self, path: str, etag: str) -> bool:
         return self._call("delete_object", path, IfMatch=etag) is not None
+
+
+async def _read_capped(stream: Any, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of a response body (one more tells the caller it is too big).
+    aiobotocore's read(n) returns what has arrived so far, not n bytes: a lone read cut
+    bigger images short (regression: they read as damaged)."""
+    chunks: list[bytes] = []
+    got = 0
+    async with stream as body:
+        while got <= limit:
+            chunk = await body.read(limit + 1 - got)
+            if not chunk:
+                break
+            chunks.append(bytes(chunk))
+            got += len(chunk)
+    return b"".join(chunks)
 
 
 def _precondition_failed(exc: BaseException) -> bool:
@@ -324,12 +435,13 @@ class FsspecRemote:
         self.local = scheme in ("file", "local")
         factory = CONDITIONALS.get(scheme)
         self.conditional: Conditional | None = factory(fs) if factory is not None else None
+        self.objects: Objects = S3Objects(fs) if scheme in ("s3", "s3a") else SidecarObjects(self)
         self._probed: tuple[str | None] | None = None
 
     # -- paths --------------------------------------------------------------------------------
 
-    def _object(self, sha256: str) -> str:
-        return f"{self.root}/objects/{sha256[:2]}/{sha256}"
+    def _image(self, key: str, sha256: str) -> str:
+        return f"{self.root}/images/{key}/{sha256}"
 
     def _lease(self, key: str) -> str:
         return f"{self.root}/leases/{key}.json"
@@ -339,29 +451,33 @@ class FsspecRemote:
             # A bug, not a user error: every caller checks read_only first. Never write anyway.
             raise RemoteError(f"remote {self.url} is read-only; not writing {what}")
 
-    # -- objects ------------------------------------------------------------------------------
+    # -- images -------------------------------------------------------------------------------
 
-    def has(self, sha256: str) -> bool:
-        self.fs.invalidate_cache()  # another machine may have written it since we last looked
-        return bool(self.fs.exists(self._object(sha256)))
-
-    def get(self, sha256: str) -> bytes | None:
-        """The object's bytes if the remote holds it intact; None if absent, too big or damaged
-        (a damaged object is reported by the caller, and never deleted from a shared store)."""
-        if not _HEX64.fullmatch(sha256):
+    def fetch(self, key: str, sha256: str) -> Fetched | None:
+        """The image `key` made, if the remote holds it intact; None if absent, too big or
+        damaged (a damaged one is reported by the caller, and never deleted from a shared
+        store). Checked against its sha256 in memory, as read: never written anywhere first."""
+        if not (_HEX64.fullmatch(key) and _HEX64.fullmatch(sha256)):
             return None
-        try:
-            data = bytes(self.fs.cat_file(self._object(sha256), start=0, end=MAX_OBJECT_BYTES + 1))
-        except FileNotFoundError:
+        found = self.objects.get(self._image(key, sha256), MAX_OBJECT_BYTES)
+        if found is None:
             return None
+        data, record = found
         if len(data) > MAX_OBJECT_BYTES or hashlib.sha256(data).hexdigest() != sha256:
             return None
-        return data
+        return Fetched(data, parse_record(record))
 
-    def put(self, data: bytes) -> str:
+    def get(self, key: str, sha256: str) -> bytes | None:
+        fetched = self.fetch(key, sha256)
+        return None if fetched is None else fetched.data
+
+    def put(self, key: str, data: bytes, record: dict[str, Any]) -> str:
+        """Store the image `key` made, with its key record: one write on S3."""
         sha = hashlib.sha256(data).hexdigest()
-        self._write_guard(f"object {sha}")
-        self._put_whole(self._object(sha), data)
+        if not _HEX64.fullmatch(key):
+            raise RemoteError(f"not a content key: {key!r}")
+        self._write_guard(f"image {sha} of key {key}")
+        self.objects.put(self._image(key, sha), data, record_bytes(record))
         return sha
 
     def _put_whole(self, path: str, data: bytes) -> None:
@@ -381,45 +497,43 @@ class FsspecRemote:
                 os.unlink(temp)
             raise
 
-    def present(self, shas: Iterable[str]) -> set[str]:
-        """Which of these objects the remote holds, from one listing of `objects/`."""
-        wanted = set(shas)
-        return wanted & set(self.object_sizes()) if wanted else set()
-
-    def object_sizes(self) -> dict[str, int]:
-        """sha256 -> size of every object, from one listing."""
-        self.fs.invalidate_cache()
+    def images(self) -> dict[str, tuple[str, int]]:
+        """content key -> (sha256, size) of its image, from one listing of `images/` (the
+        listing is the index: a plan needs no read per asset). A key with several images (two
+        machines that both paid for it) maps to the smallest sha256, on every machine alike."""
+        self.fs.invalidate_cache()  # another machine may have written since we last looked
         try:
-            found = self.fs.find(f"{self.root}/objects", detail=True)
+            found = self.fs.find(f"{self.root}/images", detail=True)
         except FileNotFoundError:
             return {}
-        sizes = {}
+        index: dict[str, tuple[str, int]] = {}
         for name, info in found.items():
-            sha = str(name).rsplit("/", 1)[-1]
-            if _HEX64.fullmatch(sha) and isinstance(info.get("size"), int):
-                sizes[sha] = int(info["size"])
-        return sizes
+            parts = str(name).rsplit("/", 2)
+            size = info.get("size")
+            if len(parts) != 3 or not isinstance(size, int) or isinstance(size, bool):
+                continue
+            key, sha = parts[1], parts[2]
+            if _HEX64.fullmatch(key) and _HEX64.fullmatch(sha) and (key not in index or sha < index[key][0]):
+                index[key] = (sha, size)
+        return index
 
-    # -- key records: which object a content key made ----------------------------------------
-
-    def key_index(self) -> dict[str, str]:
-        """content key -> sha256 of its object, from one listing of `keys/` (names only: the
-        listing is the index, so a plan needs no read per asset)."""
+    def held(self) -> set[tuple[str, str]]:
+        """Every (content key, sha256) the remote holds, from the same one listing."""
         self.fs.invalidate_cache()
         try:
-            names = self.fs.find(f"{self.root}/keys")
+            names = self.fs.find(f"{self.root}/images")
         except FileNotFoundError:
-            return {}
-        index: dict[str, str] = {}
+            return set()
+        pairs = set()
         for name in names:
             parts = str(name).rsplit("/", 2)
             if len(parts) == 3 and _HEX64.fullmatch(parts[1]) and _HEX64.fullmatch(parts[2]):
-                index[parts[1]] = parts[2]
-        return index
+                pairs.add((parts[1], parts[2]))
+        return pairs
 
     def key_object(self, key: str) -> str | None:
-        """The object one content key made, from a listing of its folder alone."""
-        path = f"{self.root}/keys/{key}"
+        """The image one content key made, from a listing of its folder alone."""
+        path = f"{self.root}/images/{key}"
         self.fs.invalidate_cache(path)
         try:
             names = self.fs.ls(path, detail=False)
@@ -427,11 +541,6 @@ class FsspecRemote:
             return None
         shas = sorted(n for n in (str(n).rsplit("/", 1)[-1] for n in names) if _HEX64.fullmatch(n))
         return shas[0] if shas else None
-
-    def put_key(self, key: str, sha256: str, record: dict[str, Any]) -> None:
-        self._write_guard(f"key record {key}")
-        body = json.dumps({**record, "sha256": sha256}, sort_keys=True, allow_nan=False).encode()
-        self._put_whole(f"{self.root}/keys/{key}/{sha256}", body)
 
     # -- leases -------------------------------------------------------------------------------
 
@@ -548,46 +657,48 @@ class RemoteIndex:
     def __init__(self, remote: FsspecRemote, warn: Callable[[str], None]) -> None:
         self.remote = remote
         self.warn = warn
-        self._index: dict[str, str] | None = None
-        self._sizes: dict[str, int] = {}
+        self._index: dict[str, tuple[str, int]] | None = None
+        self._keys: dict[str, str] = {}  # sha256 -> a key whose image it is
+        self._told: dict[str, dict[str, Any] | None] = {}  # key -> the record fetched with it
 
     def record(self, key: str) -> tuple[str, int] | None:
-        """(sha256, size) of the object the remote holds for `key`: two listings (key records,
-        then objects with their sizes), made once; the rest comes with the object (details)."""
+        """(sha256, size) of the image the remote holds for `key`, from one listing made once."""
         if self._index is None:
             try:
-                self._index = self.remote.key_index()
-                self._sizes = self.remote.object_sizes() if self._index else {}
+                self._index = self.remote.images()
             except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
                 self.warn(f"remote {self.remote.url} cannot be listed ({exc}); planning without it")
                 self._index = {}
-        sha = self._index.get(key)
-        size = self._sizes.get(sha) if sha is not None else None
-        return None if sha is None or size is None else (sha, size)
+            self._keys = {sha: k for k, (sha, _) in self._index.items()}
+        return self._index.get(key)
 
     def details(self, key: str, sha256: str, size: int) -> KeyRecord | None:
-        """The key record another machine pushed with the object, if it is a sound one."""
+        """The key record another machine pushed with the image (fetched with it), if sound."""
+        raw = self._told.get(key)
+        if raw is None:
+            return None
         try:
-            raw = json.loads(self.remote.fs.cat_file(f"{self.remote.root}/keys/{key}/{sha256}"))
             record = KeyRecord(
-                sha256,
-                size,
-                raw["provider"],
-                raw["seed"],
-                raw.get("task_id"),
-                raw.get("cost_usd"),
+                sha256, size, raw["provider"], raw["seed"], raw.get("task_id"), raw.get("cost_usd")
             )
             record.check()
-        except Exception:  # missing, not JSON, wrong types: the record is only a nicety
+        except Exception:  # missing, wrong types: the record is only a nicety
             return None
         return record
 
     def fetch(self, sha256: str) -> bytes | None:
+        key = self._keys.get(sha256)
+        if key is None:
+            return None
         try:
-            return self.remote.get(sha256)
+            fetched = self.remote.fetch(key, sha256)
         except Exception as exc:  # each backend raises its own kinds (botocore, aiohttp, ...)
             self.warn(f"remote {self.remote.url}: cannot read object {sha256[:12]} ({exc})")
             return None
+        if fetched is None:
+            return None
+        self._told[key] = fetched.record
+        return fetched.data
 
 
 def configured_remote(setting: RemoteSetting | None) -> FsspecRemote | None:

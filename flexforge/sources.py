@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flexforge.errors import FlexforgeError
-from flexforge.fsutil import read_regular, sha256_bytes, stage_bytes
+from flexforge.fsutil import read_regular, sha256_bytes
 from flexforge.lockfile import Lock
 
 if TYPE_CHECKING:
@@ -172,6 +172,12 @@ class Sources:
                 return found or Source(REMOTE, sha, size)
         return found
 
+    def committed_output(self, out: str, sha256: str | None) -> bool:
+        """Whether git history records these bytes as the output at `out`: flexforge's own older
+        image, which the lock has moved past (`lock merge`, a lock taken from another branch)."""
+        history = self.history if sha256 is not None else None
+        return history is not None and sha256 is not None and history.recorded_at(out, sha256)
+
     def remote_details(self, source: Source, key: str) -> Source:
         """A remote source with what the machine that pushed it said of it (provider, seed, task,
         cost), when it said so soundly."""
@@ -200,16 +206,37 @@ class Sources:
                 return _with(source, kind=CACHE, path=None, commit=None)
         return next((s for s in known if s.kind == GIT), None)
 
-    def stage(self, source: Source, asset: Asset, dest: Path) -> tuple[Path | None, str | None]:
-        """A verified copy of the source's bytes staged beside `dest` for fsutil.install, or why
-        not: damaged, changed, or not the declared image (then the asset is generated)."""
+    def fetch(self, source: Source, asset: Asset) -> tuple[bytes | None, str | None]:
+        """The source's bytes, verified (their sha256, then the header of the declared image), or
+        why not: damaged, changed, or not the declared image (then the asset is generated)."""
         data = self._verified(source)
         if data is None:
             return None, "damaged or gone"
         problem = declared_problem(data, asset)
-        if problem is not None:
-            return None, problem
-        return stage_bytes(dest, data), None
+        return (None, problem) if problem is not None else (data, None)
+
+    def fetch_many(
+        self, wanted: list[tuple[Source, Asset]]
+    ) -> Generator[tuple[bytes | None, str | None], None, None]:
+        """`fetch` for each (source, asset), in order; git sources are streamed from one pass over
+        git's objects, and one that fails there is fetched again on its own (another commit that
+        recorded the same bytes may still have them)."""
+        history = self.history
+        at_once = [(s.commit, s.path, s.size) for s, _ in wanted if s.kind == GIT and s.commit and s.path]
+        stream = iter(history.read_many(at_once) if history is not None and at_once else ())
+        try:
+            for source, asset in wanted:
+                streamed = source.kind == GIT and source.commit and source.path
+                data = next(stream, None) if streamed else None
+                if data is None or sha256_bytes(data) != source.sha256:
+                    yield self.fetch(source, asset)
+                    continue
+                problem = declared_problem(data, asset)
+                yield (None, problem) if problem is not None else (data, None)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
 
     def cache(self, source: Source, asset: Asset) -> str | None:
         """Put the source's verified bytes in the object cache (an output kept there only), or
@@ -230,10 +257,12 @@ class Sources:
     def _verified(self, source: Source) -> bytes | None:
         """The source's bytes if their sha256 is the recorded one; for git, any commit that
         recorded the same bytes will do."""
-        candidates = [source]
-        if source.kind == GIT and self.history is not None:
-            candidates += self.history.alternates(source)
-        for candidate in candidates:
+        data = self.read(source)
+        if data is not None and sha256_bytes(data) == source.sha256:
+            return data
+        if source.kind != GIT or self.history is None:
+            return None
+        for candidate in self.history.alternates(source):  # only when the first is gone
             data = self.read(candidate)
             if data is not None and sha256_bytes(data) == source.sha256:
                 return data
@@ -308,5 +337,23 @@ def declared_problem(data: bytes, asset: Asset) -> str | None:
     from flexforge.imaging import header_problem
 
     width, height = asset.final_size or (asset.width, asset.height)
+    if asset.output_format == "png" and _png_header(data) == (width, height):
+        return None
     problem = header_problem(data, width, height, asset.output_format)
     return None if problem is None else f"not the declared image ({problem})"
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_header(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's first chunk, an IHDR whose CRC holds, as Pillow reads it,
+    without loading Pillow for each of a thousand restores; None for anything else (then Pillow
+    says what is wrong)."""
+    import zlib
+
+    if len(data) < 33 or data[:16] != _PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR":
+        return None
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")

@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, fields
 from functools import cache
@@ -279,18 +279,36 @@ class Store:
     def digest(self, rel: str) -> str | None:
         """sha256 of the file at root-relative `rel`, or None when it does not exist. Content
         decides freshness; the stat triple only spares re-reading unchanged files."""
+        from flexforge import reads
         from flexforge.fsutil import sha256_file
 
-        path = self.root / rel
-        stamp = file_stamp(str(path))
+        path = os.path.join(self.root, rel)
+        stamp = file_stamp(path)
         if stamp is None:
             return None
         cached = self._stat_cache().get(rel)
         if cached is not None and cached[:4] == stamp:
             return str(cached[4])
-        digest = sha256_file(path)
+        # Read already by this process (validation, or `prefetch`) while the file was as it is now.
+        digest = reads.digest(path, stamp) or sha256_file(path)
         self._remember(rel, stamp, digest)
         return digest
+
+    def prefetch(self, files: Iterable[tuple[str, int | None]]) -> None:
+        """Hash (root-relative file, expected size or None) on all cores before digest() asks for
+        them one by one: the files a plan is about to look at. A file the stat cache knows, or
+        whose size is not the expected one (only its size is compared), is not read."""
+        from flexforge import reads
+
+        known = self._stat_cache()
+        root = str(self.root)
+        jobs: list[tuple[str, reads.Options]] = []
+        for rel, size in files:
+            path = os.path.join(root, rel)
+            # Validation read the reference files already; digest() checks the stamp.
+            if rel not in known and not reads.started(path):
+                jobs.append((path, {"size": size}))
+        reads.read_all(jobs)
 
     def remember_written(self, rel: str, digest: str) -> None:
         stamp = file_stamp(str(self.root / rel))

@@ -24,6 +24,7 @@ MAX_DEPTH = 64
 MAX_BYTES = 16 * 1024 * 1024
 
 Path_ = tuple[str | int, ...]
+_STR = "tag:yaml.org,2002:str"
 
 
 @dataclass(slots=True)
@@ -77,6 +78,8 @@ class _Builder:
     def _scalar(self, node: yaml.Node, path: Path_) -> Any:
         """A scalar, refusing numbers no JSON (the lock, the content key, the API) can carry:
         .nan, .inf, 1.0e400, and integers longer than Python converts (4300 digits)."""
+        if node.tag == _STR:
+            return node.value  # what SafeConstructor makes of a string, without its bookkeeping
         try:
             value = self.scalars.construct_object(node)
         except ValueError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,21 +57,7 @@ def test_generated_projects_are_cached_by_their_parameters(tmp_path: Path) -> No
 
 def test_benchmark_smoke_run_prints_its_table(tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "run.py"),
-            "--smoke",
-            "--work-dir",
-            str(tmp_path / "work"),
-            "--json",
-            str(out_json),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,  # a hang must fail the test, not the CI job
-        check=False,
-    )
+    proc = _run_bench(tmp_path, "--json", str(out_json))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = proc.stdout
     headings = ("no-op (nothing changed)", "cold (no .flexforge/)", "cost (1 run)", "review pages")
@@ -81,3 +68,73 @@ def test_benchmark_smoke_run_prints_its_table(tmp_path: Path) -> None:
     for row in ("python -c pass", "floor script", "flexforge build", "python -m flexforge plan"):
         assert row in out, out
     assert out_json.exists()
+
+    # Run twice, compare: an earlier run whose makespan ratios were all far lower makes every
+    # makespan row of this one a regression (whatever the machine's load), and the flag fails it.
+    earlier = json.loads(out_json.read_text())
+    for row in earlier["results"]:
+        if "bound_s" in row:
+            row["bound_s"] = row["median_s"] * 1000
+    doctored = tmp_path / "earlier.json"
+    doctored.write_text(json.dumps(earlier))
+    again = _run_bench(
+        tmp_path, "--only", "makespan,pricing", "--compare", str(doctored), "--fail-on-regression"
+    )
+    assert again.returncode == 1, again.stdout[-4000:] + again.stderr[-4000:]
+    assert f"Compared with {doctored}" in again.stdout
+    assert "makespan: independent, --jobs 4 (N=10) / bound" in again.stdout
+    assert "REGRESSED" in again.stdout and "regressions beyond 10 %: makespan" in again.stdout
+    assert "pricing: worst |estimate - bill| / bill" in again.stdout
+
+
+def test_the_100k_project_fits_flexforges_limits_and_the_disk() -> None:
+    """Above 10,000 assets the no-op project has 16 x 16 references and short prompts: its
+    manifest must stay under the manifest size limit (a 100k manifest with the usual prompts
+    would not), and its references must not be 20 GB."""
+    from flexforge.yamlsource import MAX_BYTES
+
+    generate = _generate_module()
+    spec = generate.ProjectSpec.for_noop(100_000)
+    assert generate.ProjectSpec.for_noop(10_000) == generate.ProjectSpec(10_000)  # unchanged up to 10k
+    assert len(generate.manifest_text(spec, generate.plan_assets(spec)).encode()) < MAX_BYTES
+    usual = generate.ProjectSpec(100_000)
+    assert len(generate.manifest_text(usual, generate.plan_assets(usual)).encode()) > MAX_BYTES
+
+
+def test_a_small_reference_is_a_valid_png(tmp_path: Path) -> None:
+    from PIL import Image
+
+    generate = _generate_module()
+    generate.write_reference_png(tmp_path / "r.png", "seed", generate.SMALL_REF_SIDE)
+    with Image.open(tmp_path / "r.png") as img:
+        img.load()
+        assert img.size == (generate.SMALL_REF_SIDE, generate.SMALL_REF_SIDE)
+    assert (tmp_path / "r.png").stat().st_size < 1_000
+
+
+def test_compare_refuses_a_file_that_is_not_an_earlier_run_before_running_anything(tmp_path: Path) -> None:
+    bad = tmp_path / "old.json"
+    bad.write_text("[1, 2]")
+
+    proc = _run_bench(tmp_path, "--compare", str(bad))
+
+    assert proc.returncode == 2
+    assert f"--compare {bad}: no 'targets' list; give a file written by run.py --json" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "work").exists()
+
+
+def _run_bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--smoke",
+            "--work-dir",
+            str(tmp_path / "work"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang must fail the test, not the CI job
+        check=False,
+    )

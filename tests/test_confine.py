@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flexforge.confine import Resolver, output_problem, private_part
 
@@ -48,3 +50,41 @@ def test_an_avif_output_must_end_in_avif() -> None:
     assert extension_problem("assets/a.AVIF", "avif") is None
     assert extension_problem("assets/a.png", "avif") == "does not end in .avif but output_format is avif"
     assert extension_problem("assets/a.avif", "webp") == "does not end in .webp but output_format is webp"
+
+
+def _pathlib_inside(root: Path, rel: str) -> str | None:
+    """What Resolver.inside answered before it worked in strings: the reference it must match."""
+    real_root = root.resolve()
+    target = (root / rel).resolve()
+    return target.relative_to(real_root).as_posix() if target.is_relative_to(real_root) else None
+
+
+PARTS = ["refs", "a.png", "..", ".", "", "in-link", "out-link", "dir-link", "dangling", "loop", "new"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.sampled_from(PARTS), min_size=1, max_size=5), trailing=st.booleans())
+def test_the_string_resolver_leads_where_pathlib_leads(
+    tmp_path_factory: pytest.TempPathFactory, parts: list[str], trailing: bool
+) -> None:
+    base = tmp_path_factory.mktemp("tree")
+    root = base / "repo"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "a.png").write_bytes(b"x")
+    (base / "outside").mkdir()
+    (root / "in-link").symlink_to(root / "refs" / "a.png")
+    (root / "refs" / "out-link").symlink_to(base / "outside")
+    (root / "dir-link").symlink_to("refs")
+    (root / "refs" / "dangling").symlink_to("nowhere")
+    (root / "loop").symlink_to("loop")
+    rel = "/".join(parts) + ("/" if trailing else "")
+    resolver = Resolver(root)
+    try:
+        expected = _pathlib_inside(root, rel)
+    except RuntimeError:
+        # A link loop: pathlib raised (a traceback in validation); now it leads where the loop
+        # stands, which is no file: "neither an asset id nor a file under the root".
+        assert resolver.inside(rel) is None or not (root / rel).is_file()
+        return
+    assert resolver.inside(rel) == expected
+    assert resolver.inside(rel) == expected  # and again, from the folder cache

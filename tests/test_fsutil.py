@@ -19,6 +19,7 @@ from flexforge.fsutil import (
     sha256_file,
     stage_bytes,
     staging,
+    sync_files,
 )
 
 
@@ -80,3 +81,49 @@ def test_digests_agree_with_hashlib(tmp_path: Path) -> None:
     path = tmp_path / "blob"
     path.write_bytes(data)
     assert sha256_file(path) == sha256_bytes(data) == hashlib.sha256(data).hexdigest()
+
+
+def test_sync_files_takes_one_sync_per_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thousand restored outputs cost one syncfs, not a thousand fsyncs; a file gone meanwhile
+    is skipped (its rename says so)."""
+    from flexforge import fsutil
+
+    staged = [stage_bytes(tmp_path / f"o{i}.png", b"x" * i, durable=False) for i in range(5)]
+    calls: list[int] = []
+    real = fsutil._syncfs()
+    if real is None:
+        pytest.skip("no syncfs(2) on this platform")
+    monkeypatch.setattr(fsutil, "_syncfs", lambda: lambda fd: calls.append(fd) or real(fd))
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(-1))
+    sync_files([*staged, tmp_path / "gone.png"])
+    assert len(calls) == 1 and calls[0] >= 0
+
+
+def test_sync_files_falls_back_to_fsync_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flexforge import fsutil
+
+    staged = [stage_bytes(tmp_path / f"o{i}.png", b"x", durable=False) for i in range(3)]
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsutil, "_syncfs", lambda: None)  # macOS, or a libc without it
+    monkeypatch.setattr(os, "fsync", fsync)
+    sync_files(staged)
+    assert sorted(synced) == sorted(str(p) for p in staged)
+
+
+def test_a_staged_file_honours_the_umask_and_never_opens_what_is_there(tmp_path: Path) -> None:
+    """Outputs are committed and shared: 0666 less the umask, as any tool would write them."""
+    old = os.umask(0o027)
+    try:
+        staged = stage_bytes(tmp_path / "deep" / "er" / "out.png", b"x")  # folders made as needed
+    finally:
+        os.umask(old)
+    assert staged.stat().st_mode & 0o777 == 0o640
+    assert staged.name.startswith(".out.png.ff-") and staged.name.endswith(".tmp")
+    install(staged, tmp_path / "deep" / "er" / "out.png")
+    assert (tmp_path / "deep" / "er" / "out.png").read_bytes() == b"x"

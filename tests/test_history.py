@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -118,3 +119,41 @@ def test_paths_with_newlines_never_reach_the_batch_protocol(repo: Path) -> None:
     assert history is not None
     assert history.read(first, "assets/hero.png\nHEAD:flexforge.lock", 1) is None
     assert history.read(first, "assets/hero.png", 1) == b"x"  # the stream is still in step
+
+
+def test_read_many_streams_every_version_in_order(repo: Path, tmp_path: Path) -> None:
+    """One pass for many restores: each answer in the order asked, and what `read` would give
+    (the size the lock says, a missing path, a folder, a link, a commit that is not one: None)."""
+    project = repo / "site"
+    first = commit_version(project, "1" * 64, b"first image", "one")
+    (project / "assets/link.png").symlink_to("hero.png")
+    second = commit_version(project, "2" * 64, b"second image", "two")
+    history = History.open(project, project / "flexforge.lock", tmp_path / "cache")
+    assert history is not None
+    wanted = [
+        (second, "assets/hero.png", len(b"second image")),
+        (first, "assets/hero.png", len(b"first image")),
+        (first, "assets/hero.png", 3),  # not the recorded size
+        (first, "assets/none.png", 3),
+        (second, "assets", 4),  # a folder
+        (second, "assets/link.png", len("hero.png")),  # a link's blob is its target: never an output
+        ("f" * 40, "assets/hero.png", 11),  # no such commit
+        ("HEAD", "assets/hero.png", len(b"second image")),  # not an object id: read one by one
+        (first, "assets/hero.png", len(b"first image")),  # the same bytes twice
+    ]
+    got = list(history.read_many(wanted))
+    assert got == [b"second image", b"first image", None, None, None, None, None, None, b"first image"]
+    history.close()
+
+
+def test_read_many_stopped_early_leaves_no_git_running(repo: Path, tmp_path: Path) -> None:
+    first = commit_version(repo, "1" * 64, b"x" * 300_000, "big")  # more than a pipe holds
+    history = History.open(repo, repo / "flexforge.lock", None)
+    assert history is not None
+    stream = history.read_many([(first, "assets/hero.png", 300_000)] * 50)
+    assert next(stream) == b"x" * 300_000
+    stream.close()  # the reader stops: git and the thread feeding it are stopped too
+    children = subprocess.run(
+        ["ps", "-o", "args=", "--ppid", str(os.getpid())], capture_output=True, text=True
+    )
+    assert "cat-file --batch --buffer" not in children.stdout

@@ -95,3 +95,14 @@ def test_render_is_exactly_indented_sorted_json_however_entries_change(tmp_path:
     assert lock.render() == expected()
     del lock.entries["é-ü"]
     assert lock.render() == expected()
+
+
+def test_set_entry_drop_and_put_back_undo_each_other(tmp_path: Path) -> None:
+    lock = Lock(tmp_path / "flexforge.lock", {"a": entry()})
+    old = lock.set_entry("a", entry(seed=2))
+    assert old == entry() and lock.entries["a"].seed == 2
+    assert lock.set_entry("b", entry()) is None
+    lock.put_back("a", old)
+    lock.put_back("b", None)  # b had no entry before: it has none again
+    assert lock.entries == {"a": entry()}
+    assert lock.drop("a") == entry() and lock.drop("a") is None and lock.entries == {}

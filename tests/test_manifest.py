@@ -427,3 +427,17 @@ def test_two_manifests_in_one_folder_writing_the_same_path_is_an_error(project: 
     )
     project.write("ads.yaml", "version: 1\nassets:\n  hero: {prompt: c, out: ads/hero.png}\n")
     assert project.run("-f", "site.yaml", "validate").exit_code == 0
+
+
+def test_a_reference_that_is_a_link_loop_is_one_clear_line(project: Project) -> None:
+    # pathlib's resolve() raised RuntimeError here: validation ended in "internal error".
+    (project.root / "loop.png").symlink_to("loop.png")
+    project.manifest("""
+        version: 1
+        assets:
+          a: {prompt: x, references: [loop.png]}
+    """)
+    assert errors(project) == [
+        "flexforge.yaml:3:31: assets.a.references.0: reference 'loop.png' is neither an asset id "
+        "nor a file under the root"
+    ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,131 @@ def test_a_deleted_output_falls_through(built: Project) -> None:
     result = flexforge(built, "build", "--provider", "draft")
     assert result.returncode == 0
     assert "1 restored" in result.stderr
+
+
+def test_a_memo_that_does_not_parse_falls_through(built: Project) -> None:
+    """The memo is a cache: truncated, bit-flipped or planted bytes are only a memo that does not
+    match, never a traceback and never an answer."""
+    memo = Path(noop._memo_path(str(built.root / "flexforge.yaml")))
+    good = memo.read_bytes()
+    bad_memos = [
+        b"",
+        good[: len(good) // 2],
+        good[:-3],
+        good + b"\0" * 8,
+        good.replace(b"\n2 ", b"\n9 ", 1),
+        good.replace(b"flexforge-noop", b"flexforge-noop 3\n", 1),
+        b"flexforge-noop 5\n0.1.0\ndraft\n0\n2\n-1\n0\n2 9\n",
+        b"\xff" * 200,
+    ]
+    for data in bad_memos:
+        memo.write_bytes(data)
+        result = flexforge(built, "plan", "--provider", "draft", "-q")
+        assert "Traceback" not in result.stderr, data
+        assert result.returncode == 0, result.stderr
+    # The full command ran and wrote a good memo again; it answers.
+    assert memo.read_bytes().startswith(noop._MAGIC)
+    assert noop.answer(["-C", str(built.root), "-q", "build", "--provider", "draft"]) == 0
+
+
+def test_a_reference_swapped_with_its_old_mtime_falls_through(built: Project) -> None:
+    """Same size, mtime set back with `touch -r`: the inode and ctime still tell."""
+    ref = built.root / "ref.png"
+    before = ref.stat()
+    other = built.root / "other.png"
+    # Another colour whose PNG has the very same size (a solid colour compresses alike).
+    for blue in range(256):
+        if png(other, color=(200, 30, blue)).stat().st_size == before.st_size and blue != 30:
+            break
+    assert other.stat().st_size == before.st_size
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    other.replace(ref)
+    assert noop.answer(["-C", str(built.root), "plan", "--provider", "draft"]) is None
+    result = flexforge(built, "plan", "--provider", "draft")
+    assert "a  regenerate (references)" in result.stdout
+
+
+def test_a_manifest_edited_while_planning_is_not_vouched_for(built: Project) -> None:
+    """The memo vouches only for the bytes the plan read: stamps from before reading that no
+    longer match (the file was edited meanwhile) record nothing."""
+    manifest = str(built.root / "flexforge.yaml")
+    memo = Path(noop._memo_path(manifest))
+    memo.unlink()
+    lock = str(built.root / "flexforge.lock")
+    stale = noop.regular_stamp(manifest)
+    assert stale is not None
+    built.edit("second", "third")
+    stamps = {manifest: stale, lock: noop.regular_stamp(lock)}
+    noop.record(manifest, "draft", 2, ["assets/a.png"], ["Plan: ..."], read_stamps=stamps)
+    assert not memo.exists()
+    stamps[manifest] = noop.regular_stamp(manifest)
+    noop.record(manifest, "draft", 2, ["assets/a.png"], ["Plan: ..."], read_stamps=stamps)
+    assert memo.exists()
+
+
+def test_the_noop_answer_loads_no_module_it_does_not_need(built: Project) -> None:
+    """What makes the no-op fast is what it does not import: no json, hashlib, typing,
+    dataclasses (flexforge.errors), pathlib, click or yaml."""
+    code = (
+        "import sys\n"
+        "import flexforge\n"
+        "before = set(sys.modules)\n"
+        "from flexforge.noop import answer\n"
+        f"code = answer(['-C', {str(built.root)!r}, '-q', 'build', '--provider', 'draft'])\n"
+        "print(code, ' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    ).stdout.split()
+    assert out[0] == "0"
+    loaded = set(out[1:])
+    needless = {"json", "hashlib", "typing", "dataclasses", "pathlib", "collections", "click", "yaml"}
+    assert not loaded & {*needless, "flexforge.errors", "flexforge.cli"}
+
+
+def test_a_matrix_plan_answered_by_the_memo_prints_its_expansion(project: Project) -> None:
+    """`plan` shows which matrix made how many assets (under -q too); the memo's answer must be
+    the full command's, line for line."""
+    project.manifest("""
+        version: 1
+        defaults: {width: 64, height: 64}
+        assets:
+          ad-{product}-{channel}:
+            matrix: {product: [mug, bag], channel: [feed, story]}
+            prompt: "{product} for {channel}"
+            out: "ads/{product}-{channel}.png"
+          hero: {prompt: "a hero", seed: 3}
+    """)
+    assert project.build().exit_code == 0
+    memo = Path(noop._memo_path(str(project.root / "flexforge.yaml")))
+    for args in (["plan"], ["-q", "plan"], ["build"], ["-q", "build"]):
+        memo.unlink(missing_ok=True)
+        full = flexforge(project, *args, "--provider", "draft")
+        assert memo.exists(), args
+        answered = flexforge(project, *args, "--provider", "draft")
+        assert noop.answer(["-C", str(project.root), *args, "--provider", "draft"]) == 0
+        assert (answered.returncode, answered.stdout) == (full.returncode, full.stdout), args
+        if "plan" in args:
+            assert "  matrix ad-{product}-{channel} (line 4) -> 4 assets\n" in answered.stdout
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_an_answer_stdout_refuses_is_reported_not_a_traceback(built: Project) -> None:
+    """A full disk behind stdout: the memo's answer cannot be written, so the full command runs
+    and reports it in one line, exit 1, as it would have without a memo."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "flexforge", "-C", str(built.root), "plan", "--provider", "draft"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "No space left on device" in result.stderr

@@ -37,32 +37,67 @@ def remote_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"s3://{server.new_bucket()}/team/images"
 
 
-def test_objects_round_trip_content_addressed(remote_url: str) -> None:
+KEY = hashlib.sha256(b"a content key").hexdigest()
+RECORD = {"provider": "emulator", "seed": 7, "task_id": "t-1", "cost_usd": 0.03, "sha256": "x"}
+
+
+def test_images_round_trip_content_addressed_with_their_record(remote_url: str) -> None:
     remote = open_remote(remote_url)
     data = png()
-    sha = remote.put(data)
+    sha = remote.put(KEY, data, RECORD)
     assert sha == hashlib.sha256(data).hexdigest()
-    assert remote.has(sha)
-    assert remote.get(sha) == data
-    assert remote.present([sha, "0" * 64]) == {sha}
-    assert remote.get("0" * 64) is None
+    fetched = remote.fetch(KEY, sha)
+    assert fetched is not None and fetched.data == data
+    assert fetched.record == {"provider": "emulator", "seed": 7, "task_id": "t-1", "cost_usd": 0.03}
+    assert remote.held() == {(KEY, sha)}
+    assert remote.get(KEY, "0" * 64) is None
+    assert remote.get("0" * 64, sha) is None  # the same bytes under another key: not that key's
 
 
-def test_key_index_comes_from_one_listing(remote_url: str) -> None:
+def test_the_index_comes_from_one_listing(remote_url: str) -> None:
     remote = open_remote(remote_url)
-    shas = [remote.put(png((i, 0, 0))) for i in range(3)]
     keys = [hashlib.sha256(f"key{i}".encode()).hexdigest() for i in range(3)]
-    for key, sha in zip(keys, shas, strict=True):
-        remote.put_key(key, sha, {"seed": 1})
-    assert open_remote(remote_url).key_index() == dict(zip(keys, shas, strict=True))
+    shas = [remote.put(key, png((i, 0, 0)), RECORD) for i, key in enumerate(keys)]
+    sizes = [len(png((i, 0, 0))) for i in range(3)]
+    expected = {k: (s, n) for k, s, n in zip(keys, shas, sizes, strict=True)}
+    assert open_remote(remote_url).images() == expected
+    assert open_remote(remote_url).key_object(keys[1]) == shas[1]
+
+
+def test_a_key_with_two_images_maps_to_the_same_one_on_every_machine(remote_url: str) -> None:
+    remote = open_remote(remote_url)
+    shas = sorted(remote.put(KEY, png((i, 9, 9)), RECORD) for i in range(2))
+    assert remote.images()[KEY][0] == shas[0] == remote.key_object(KEY)
+
+
+def test_one_write_per_image_on_s3(s3_env: S3Server) -> None:
+    """A push wrote the image and then a key record naming it: two PUTs per image, half the
+    speed of `aws s3 sync` on the same server. The record now rides in the image's metadata."""
+    bucket = s3_env.new_bucket()
+    remote = open_remote(f"s3://{bucket}/team")
+    sha = remote.put(KEY, png(), RECORD)
+    assert list(s3_env.keys(bucket)) == [f"team/images/{KEY}/{sha}"]
+    fetched = remote.fetch(KEY, sha)
+    assert fetched is not None and fetched.record is not None and fetched.record["seed"] == 7
+
+
+def test_a_big_image_comes_back_whole(remote_url: str) -> None:
+    """The S3 body arrives in pieces: one read of it returned the first few and the image read
+    as damaged."""
+    import os
+
+    remote = open_remote(remote_url)
+    data = os.urandom(3 * 2**20)
+    sha = remote.put(KEY, data, RECORD)
+    assert remote.get(KEY, sha) == data
 
 
 def test_a_damaged_object_is_not_returned(remote_url: str) -> None:
     remote = open_remote(remote_url)
     data = png()
-    sha = remote.put(data)
-    write_behind_its_back(remote, remote._object(sha), data[:-10])  # damaged behind flexforge's back
-    assert remote.get(sha) is None
+    sha = remote.put(KEY, data, RECORD)
+    write_behind_its_back(remote, remote._image(KEY, sha), data[:-10])  # damaged behind flexforge's back
+    assert remote.get(KEY, sha) is None
 
 
 def test_an_oversized_object_is_refused_without_reading_it_all(
@@ -74,8 +109,21 @@ def test_an_oversized_object_is_refused_without_reading_it_all(
     remote = open_remote(remote_url)
     data = png()
     sha = hashlib.sha256(data).hexdigest()
-    write_behind_its_back(remote, remote._object(sha), data)
-    assert remote.get(sha) is None
+    write_behind_its_back(remote, remote._image(KEY, sha), data)
+    assert remote.get(KEY, sha) is None
+
+
+def test_a_hostile_record_reads_as_none_and_the_image_still_restores(remote_url: str) -> None:
+    remote = open_remote(remote_url)
+    data = png()
+    sha = remote.put(KEY, data, RECORD)
+    if remote.scheme == "file":
+        write_behind_its_back(remote, remote._image(KEY, sha) + ".json", b"[1, 2" + b" " * 100_000)
+    else:
+        bucket, key, _ = remote.fs.split_path(remote._image(KEY, sha))
+        remote.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, Metadata={"flexforge-record": "{"})
+    fetched = remote.fetch(KEY, sha)
+    assert fetched is not None and fetched.data == data and fetched.record is None
 
 
 def test_read_only_remote_is_never_written(remote_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,12 +131,10 @@ def test_read_only_remote_is_never_written(remote_url: str, monkeypatch: pytest.
     remote = open_remote(remote_url)
     assert remote.read_only
     with pytest.raises(RemoteError, match="read-only"):
-        remote.put(png())
-    with pytest.raises(RemoteError, match="read-only"):
-        remote.put_key("a" * 64, "b" * 64, {})
+        remote.put(KEY, png(), RECORD)
     assert remote.probe() == "the remote is read-only"
     monkeypatch.delenv("FLEXFORGE_REMOTE_READONLY")
-    assert open_remote(remote_url).key_index() == {}
+    assert open_remote(remote_url).images() == {}
 
 
 def write_behind_its_back(remote: FsspecRemote, path: str, data: bytes) -> None:
@@ -186,14 +232,14 @@ def test_backend_that_ignores_conditional_writes_is_refused_for_leasing(tmp_path
     remote.conditional = Ignoring(remote.fs)  # type: ignore[assignment]
     reason = remote.probe()
     assert reason is not None and "ignores conditional writes" in reason
-    sha = remote.put(png())
-    assert remote.get(sha) is not None  # objects still work
+    sha = remote.put(KEY, png(), RECORD)
+    assert remote.get(KEY, sha) is not None  # objects still work
 
 
 def test_unknown_scheme_stores_objects_but_refuses_leases(tmp_path: Path) -> None:
     remote = open_remote("memory://team/x")
-    sha = remote.put(png())
-    assert remote.get(sha) == png()
+    sha = remote.put(KEY, png(), RECORD)
+    assert remote.get(KEY, sha) == png()
     reason = remote.probe()
     assert reason is not None and "memory://" in reason
 

@@ -13,6 +13,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -87,12 +88,14 @@ def leases(url: str) -> list[dict[str, Any]]:
 def remote_objects(remote: FsspecRemote) -> dict[str, bytes]:
     remote.fs.invalidate_cache()
     try:
-        listed = remote.fs.find(f"{remote.root}/objects", detail=True)
+        listed = remote.fs.find(f"{remote.root}/images", detail=True)
     except FileNotFoundError:
         return {}
     found = {}
     for name in (n for n, info in listed.items() if info.get("type") == "file"):
         base = str(name).rsplit("/", 1)[-1]
+        if len(base) == 69 and base.endswith(".json"):
+            continue  # a folder's key record, beside its image
         if len(base) != 64:
             # A folder's temp file, left by a kill mid-write: never under an object's name, and
             # never read as one (flexforge reads only 64-hex names).
@@ -192,9 +195,9 @@ def test_a_tampered_remote_object_is_never_restored(
         maker, clone = copies(tmp_path, manifest(1), 2)
         assert maker.run("build", "--provider", "emulator").exit_code == 0
         remote = open_remote(remote_url)
-        (sha,) = outputs(maker).values()
+        ((key, sha),) = remote.held()
         # The object cut short and padded back to its length: the digest gives it away.
-        path = remote._object(sha)
+        path = remote._image(key, sha)
         remote.fs.pipe_file(path, bytes(remote.fs.cat_file(path))[:-20] + b"\0" * 20)
         result = clone.run("build", "--provider", "emulator")
         assert result.exit_code == 0, result.stderr
@@ -243,7 +246,8 @@ def test_pull_never_caches_an_object_that_fails_verification(
     assert maker.build().exit_code == 0
     remote = open_remote(remote_url)
     sha = outputs(maker)["a000"]
-    remote.fs.pipe_file(remote._object(sha), b"\x89PNG not really")
+    key = maker.lock()["assets"]["a000"]["key"]
+    remote.fs.pipe_file(remote._image(key, sha), b"\x89PNG not really")
     shutil.copy(maker.root / "flexforge.lock", clone.root / "flexforge.lock")
     pulled = clone.run("pull")
     assert pulled.exit_code == 1
@@ -276,7 +280,10 @@ def test_a_push_killed_midway_leaves_no_object_that_fails_verification(
         killed_mid_push += 0 < len(held) < 150
         for sha, data in held.items():
             assert hashlib.sha256(data).hexdigest() == sha
-        assert all(s in held for s in open_remote(remote_url).key_index().values())
+        # Every image listed comes back whole with its key record (written first on a folder).
+        for key, (sha, _) in open_remote(remote_url).images().items():
+            fetched = remote.fetch(key, sha)
+            assert fetched is not None and fetched.record is not None and sha in held
     assert killed_mid_push >= 1  # the kill did land during the push
     assert maker.run("push").exit_code == 0
     assert len(remote_objects(remote)) == 150
@@ -345,3 +352,48 @@ def test_a_polling_url_planted_in_a_lease_never_receives_the_key(
         listener.close()
     assert not any(SECRET in line for line in listener.seen)
     assert listener.seen == []
+
+
+@pytest.mark.parametrize("scheme", ["gs", "az"])
+def test_a_backend_with_no_proven_conditional_writes_shares_images_but_refuses_leases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    """gs:// and az:// have no server here to prove their conditional writes on, so flexforge
+    has no implementation it trusts for them: the probe refuses leasing, with a message, and
+    images still travel. The backend is a real fsspec filesystem registered for the scheme."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class Bucket(MemoryFileSystem):
+        protocol = (scheme,)
+        store: dict[str, Any] = {}  # noqa: RUF012 - fsspec's own class-level store, fresh per test
+        pseudo_dirs = [""]  # noqa: RUF012
+
+        def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+            # Honours create-only, as GCS (ifGenerationMatch=0) and Azure (If-None-Match) do:
+            # refused all the same, because flexforge has not proven it against the real thing.
+            if mode == "create" and self.exists(path):
+                raise FileExistsError(path)
+            super().pipe_file(path, value, mode=mode, **kwargs)
+
+    # fsspec's registry of drivers by scheme, restored after the test (register_implementation
+    # has no undo).
+    monkeypatch.setitem(sys.modules["fsspec.registry"]._registry, scheme, Bucket)
+    assert type(fsspec.filesystem(scheme)) is Bucket
+    monkeypatch.setenv("FLEXFORGE_REMOTE", f"{scheme}://team-bucket/flexforge")
+    with serve_builds(monkeypatch, latency=0.05) as emu:
+        maker, clone = copies(tmp_path, manifest(3), 2)
+        made = maker.run("build", "--provider", "emulator")
+        assert made.exit_code == 0, made.stderr
+        assert (
+            f"remote {scheme}://team-bucket/flexforge: no leases (flexforge does not know how to make "
+            f"conditional writes on {scheme}://"
+        ) in made.stderr
+        assert "images are still shared" in made.stderr
+        names = list(Bucket.store)
+        assert not [n for n in names if "/leases/" in n]  # not even the probe wrote one
+        assert len([n for n in names if "/images/" in n and not n.endswith(".json")]) == 3
+        restored = clone.run("build", "--provider", "emulator")
+        assert restored.exit_code == 0, restored.stderr
+        assert "3 restored" in restored.stderr
+        assert emu.stats()["submissions"] == 3

@@ -262,7 +262,7 @@ def test_a_failed_rename_keeps_its_entry_out_of_the_lock(
 ) -> None:
     """One failed output rename inside a coalesced lock write left lock entries whose files did
     not exist, each reported "generated"."""
-    from flexforge import engine
+    from flexforge import outputs
 
     project.manifest("""
         version: 1
@@ -271,21 +271,21 @@ def test_a_failed_rename_keeps_its_entry_out_of_the_lock(
           a: {prompt: "first", seed: 1}
           b: {prompt: "second", seed: 2}
     """)
-    real_install = engine.install
+    real_install = outputs.install
 
     def failing_install(staged: Path, path: Path, *, durable: bool = True) -> None:
         if path.name == "b.png":
             raise OSError(28, "No space left on device", str(path))
         real_install(staged, path, durable=durable)
 
-    monkeypatch.setattr(engine, "install", failing_install)
+    monkeypatch.setattr(outputs, "install", failing_install)
     result = project.build()
     assert result.exit_code == 1
     assert "b: not recorded: cannot write: No space left on device" in result.stderr
     assert set(project.lock()["assets"]) == {"a"}
     assert not (project.root / "assets/b.png").exists()
     assert not list((project.root / "assets").glob(".*.tmp"))
-    monkeypatch.setattr(engine, "install", real_install)
+    monkeypatch.setattr(outputs, "install", real_install)
     assert project.plan() == {"a": "none", "b": "restore"}  # paid once, kept in the cache
 
 

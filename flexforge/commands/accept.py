@@ -11,8 +11,8 @@ from flexforge.context import GlobalOptions, Project, choose_provider, open_proj
 from flexforge.errors import EXIT_OK, FlexforgeError, clip
 from flexforge.fsutil import FileTooLarge, read_regular
 from flexforge.imaging import ImageCheckError, lfs_pointer, verify_image
-from flexforge.lockfile import LockEntry
 from flexforge.options import PlanOptions
+from flexforge.outputs import Outputs
 from flexforge.planner import NONE, Facts, Step, step_for, unusable_output
 from flexforge.store import KeyRecord
 
@@ -49,26 +49,18 @@ def accept(opts: GlobalOptions, asset_id: str) -> int:
             return EXIT_OK
         sha = project.store.put_object(data)
         assert step.key is not None and step.seed is not None
-        adopted = LockEntry(
-            key=step.key.key,
-            parts=step.key.parts,
-            seed=step.seed,
-            model=asset.model,
-            generator=generator,
-            provider=entry.provider if entry else "accepted",
-            out=asset.out,
-            sha256=sha,
-            size=len(data),
-            task_id=entry.task_id if entry else None,
-            cost_usd=entry.cost_usd if entry else None,
+        # What the replaced entry said of who made and paid for the image stays with it.
+        provider, task_id, cost = (
+            (entry.provider, entry.task_id, entry.cost_usd) if entry else ("accepted", None, None)
         )
-        project.lock.entries[asset_id] = adopted
+        record = KeyRecord(sha, len(data), provider, step.seed, task_id, cost)
         # The accepted bytes now stand for this key: a later restore brings them back, not the old.
-        record = KeyRecord(sha, len(data), adopted.provider, adopted.seed, adopted.task_id, adopted.cost_usd)
-        project.store.put_key_record(adopted.key, record)
-        project.store.remember_written(asset.out, sha)
-        project.lock.save()
-        project.store.save()
+        project.store.put_key_record(step.key.key, record)
+        outputs = Outputs(project.lock, project.store)
+        outputs.record(asset, step.key, step.seed, generator, record)
+        flushed = outputs.close()
+        if flushed.failed:
+            raise FlexforgeError(f"{asset_id}: not accepted: {flushed.failed[asset_id]}")
     click.echo(
         f"{asset_id}: accepted {asset.out} ({len(data)} bytes, sha256 {sha[:12]}); "
         "assets built on it will regenerate"

@@ -62,14 +62,17 @@ def _remember_noop(project: Project, plan: Plan, *, by_default: bool) -> None:
         if step.asset.written:  # a candidate kept in the cache has no file to watch
             files[step.asset.out] = None
         files.update((ref, None) for ref in step.asset.references if ref not in step.asset.asset_refs)
+    always = matrix_lines(plan)  # print_plan shows these under -q too
+    basis = _price_basis(plan)
     noop.record(
         str(project.manifest.path),
-        str(project.lock_path),
         plan.provider,
         len(plan.steps),
         list(files),
-        summary_line(plan),
+        [*always, summary_line(plan), *([f"Estimated with {basis}."] if basis else [])],
         by_default=by_default,
+        read_stamps=project.read_stamps,
+        quiet_lines=len(always),
     )
 
 
@@ -133,7 +136,8 @@ def print_plan(plan: Plan, opts: GlobalOptions) -> None:
         if opts.color:
             padded = click.style(padded, fg=_colour(step.action))
         click.echo(f"  {MARKS[step.action]} {step.asset.id:<{width}}  {padded}  {step.asset.out}{cost}")
-    _print_matrices(plan)
+    for line in matrix_lines(plan):
+        click.echo(line)
     for orphan in plan.orphaned:
         click.echo(f"  - {orphan:<{width}}  orphaned (in the lock, not in the manifest; its file is kept)")
     if not opts.quiet:
@@ -153,14 +157,16 @@ def _price_basis(plan: Plan) -> str:
     return "; ".join(f"{model}: {price_basis(model, plan.provider)}" for model in paid)
 
 
-def _print_matrices(plan: Plan) -> None:
+def matrix_lines(plan: Plan) -> list[str]:
     """Which declaration made how many of the planned assets: the expansion, visible."""
     made: dict[str, list[int]] = {}
     for step in plan.steps:
         if step.asset.origin:
             made.setdefault(step.asset.origin.split(" ")[0], [step.asset.line, 0])[1] += 1
-    for template, (line, count) in made.items():
-        click.echo(f"  matrix {template} (line {line}) -> {plural(count, 'asset')}")
+    return [
+        f"  matrix {template} (line {line}) -> {plural(count, 'asset')}"
+        for template, (line, count) in made.items()
+    ]
 
 
 def _colour(action: str) -> str:

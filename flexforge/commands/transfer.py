@@ -37,13 +37,12 @@ def push(opts: GlobalOptions, jobs: int) -> int:
     project = open_project(opts)
     remote = _remote(project, writing=True)
     entries = dict(project.lock.entries)
-    held = remote.present(e.sha256 for e in entries.values())
-    index = remote.key_index()
-    work: list[tuple[str, LockEntry]] = [
-        (asset_id, e)
-        for asset_id, e in entries.items()
-        if e.sha256 not in held or index.get(e.key) != e.sha256
-    ]
+    held = remote.held()  # one listing, not a look per image
+    work: list[tuple[str, LockEntry]] = []
+    for asset_id, entry in entries.items():
+        if (entry.key, entry.sha256) not in held:
+            held.add((entry.key, entry.sha256))  # two assets of one key: one upload
+            work.append((asset_id, entry))
     missing: list[str] = []
 
     def upload(item: tuple[str, LockEntry]) -> None:
@@ -52,10 +51,7 @@ def push(opts: GlobalOptions, jobs: int) -> int:
         if data is None:
             missing.append(asset_id)
             return
-        if entry.sha256 not in held:
-            remote.put(data)
-        record = project.store.key_record(entry.key) or _record(entry)
-        remote.put_key(entry.key, entry.sha256, dataclasses.asdict(record))
+        remote.put(entry.key, data, dataclasses.asdict(_record(entry)))
 
     failed = _run(work, upload, jobs, "push", opts)
     done = len(work) - len(failed) - len(missing)
@@ -78,15 +74,15 @@ def pull(opts: GlobalOptions, jobs: int) -> int:
     store = project.store
     manifest = project.manifest
     entries = {a: e for a, e in project.lock.entries.items() if not store.has_object(e.sha256)}
-    held = remote.present(e.sha256 for e in entries.values())
-    work = [(a, e) for a, e in entries.items() if e.sha256 in held]
+    held = remote.held() if entries else set()  # one listing, not a look per image
+    work = [(a, e) for a, e in entries.items() if (e.key, e.sha256) in held]
     bad: list[str] = []
 
     def download(item: tuple[str, LockEntry]) -> None:
         from flexforge.imaging import ImageCheckError, verify_image
 
         asset_id, entry = item
-        data = remote.get(entry.sha256)  # None unless its sha256 matches
+        data = remote.get(entry.key, entry.sha256)  # None unless its sha256 matches
         asset = manifest.assets.get(asset_id)
         try:
             if data is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,8 +32,11 @@ class TaskContext(Protocol):
         """A paid submission is going on the wire: until `submitted`, the API may have created
         (and charged) a task whose id only its answer carries."""
 
-    def submitted(self, task_id: str, polling_url: str, cost_credits: float | None = None) -> None:
-        """Record a submitted task durably (fsynced) before it is waited on."""
+    def submitted(
+        self, task_id: str, polling_url: str, cost_credits: float | None = None
+    ) -> Awaitable[None] | None:
+        """Record a submitted task durably (fsynced) before it is waited on. What it returns, if
+        anything, finishes the record (off the event loop): the provider awaits it before polling."""
 
     def ready(self) -> None:
         """The task is done at the API; what is left (the download) no longer counts against

@@ -7,6 +7,8 @@ variables, else the defaults shown (seconds unless said otherwise):
 
     FLEXFORGE_POLL_INTERVAL       first wait between two polls of a task        0.5
     FLEXFORGE_POLL_MAX_INTERVAL   the wait grows 1.5x per poll up to this       5.0
+    FLEXFORGE_POLL_RATE           polls a second, all of a build's tasks         50
+                                  together (see flexforge/providers/_polling.py)
     FLEXFORGE_RETRY_BASE_DELAY    first backoff after a 429, 5xx, timeout, reset 0.5
     FLEXFORGE_RETRY_MAX_DELAY     longest backoff                                30
     FLEXFORGE_MAX_RETRIES         retries of one call or download (count)        5
@@ -43,9 +45,7 @@ import math
 import os
 import random
 import re
-import statistics
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -59,6 +59,7 @@ from flexforge.imaging import ImageCheckError, verify_image
 from flexforge.providers import GeneratedImage, JournalEntry, TaskContext
 from flexforge.providers._hosts import MIN_SECRET_LENGTH, KeyPolicy, UrlRefused
 from flexforge.providers._limiter import AdaptiveLimiter, Slot
+from flexforge.providers._polling import DEFAULT_POLL_RATE, PollTimer
 from flexforge.providers._wire import (
     FAILED,
     MODERATED,
@@ -109,12 +110,16 @@ class HttpSettings:
     rate_limit_timeout: float = 1800.0
     download_timeout: float = 120.0
     submit_replay: int = 0  # 0 or 1: replays of a submission that may have been charged
+    poll_rate: int = DEFAULT_POLL_RATE  # polls a second, all tasks together
 
     def __post_init__(self) -> None:
         # A NaN or zero deadline would fail (or never end) every download.
         if not (math.isfinite(self.download_timeout) and self.download_timeout > 0):
             got = self.download_timeout
             raise UsageError(f"FLEXFORGE_DOWNLOAD_TIMEOUT must be a number of seconds above 0, got {got}")
+        if self.poll_rate < 1:
+            got = self.poll_rate
+            raise UsageError(f"FLEXFORGE_POLL_RATE must be a number of polls a second, 1 or more, got {got}")
         if self.submit_replay not in (0, 1):
             raise UsageError(
                 f"FLEXFORGE_SUBMIT_REPLAY must be 0 or 1 (at most one replay), got {self.submit_replay}"
@@ -185,7 +190,7 @@ class FluxHttpProvider:
         self.limiter = AdaptiveLimiter(max_in_flight)
         self._submitting: set[asyncio.Future[None]] = set()
         self._stopping = False
-        self.polls = PollTimer()
+        self.polls = PollTimer(self.settings.poll_rate)
         self._key = api_key
         self.key_policy = KeyPolicy(self.base_url, dialect.domains, api_key)
         self._headers = {**dialect.auth_headers(api_key), "Accept": "application/json"}
@@ -457,6 +462,7 @@ class _TaskRun:
         self.task_id = ""
         self.polling_url = ""
         self.cost: float | None = None
+        self.submitted_at: float | None = None
 
     async def run(self) -> GeneratedImage:
         async with self.p.limiter.slot() as slot:
@@ -489,7 +495,7 @@ class _TaskRun:
             self.cost = None
         await self.p.submit_shielded(self._submit(slot))
         try:
-            return await self._wait()
+            return await self._wait(submitted_at=self.submitted_at)
         except _TaskNotFound:
             self.task.finished_task()
             raise self.p.error(
@@ -498,9 +504,13 @@ class _TaskRun:
             ) from None
 
     async def _submit(self, slot: Slot) -> None:
-        body = await asyncio.to_thread(build_body, self.request)
+        # Encoding references reads files: a worker thread. Without any, it is a dict: inline, as a
+        # trip through the thread pool (busy with downloads) would delay the submission.
+        request = self.request
+        body = await asyncio.to_thread(build_body, request) if request.references else build_body(request)
         url = f"{self.p.base_url}{self.p.dialect.route_prefix}/{route(self.request.model)}"
         response = await self._post_once(url, body, slot)
+        self.submitted_at = time.monotonic()  # what the timer measures durations from
         if not response.is_success:
             raise self.p.refusal(response, f"this {self.request.model} request")
         payload = _json_object(response)
@@ -532,7 +542,9 @@ class _TaskRun:
         self.task_id = task_id
         self.polling_url = polling_url
         self.cost = self._cost(payload.get("cost"), f"task {task_id}")
-        self.task.submitted(self.task_id, self.polling_url, self.cost)
+        recorded = self.task.submitted(self.task_id, self.polling_url, self.cost)
+        if recorded is not None:
+            await recorded
         self.p.limiter.succeeded()
 
     async def _post_once(self, url: str, body: dict[str, Any], slot: Slot) -> httpx.Response:
@@ -587,14 +599,26 @@ class _TaskRun:
             )
         return cost
 
-    async def _wait(self, *, journaled: bool = False) -> dict[str, Any]:
+    async def _wait(self, *, journaled: bool = False, submitted_at: float | None = None) -> dict[str, Any]:
         """Poll until the task is Ready; returns its `result`. A `journaled` task (an earlier
-        run's) whose poll is refused as unauthorised raises _KeyRefused, not a fatal error."""
+        run's) whose poll is refused as unauthorised raises _KeyRefused, not a fatal error.
+        A task `submitted_at` (monotonic) by this build is first looked at when the timer says
+        (see _polling), and teaches it how long tasks take; any other is looked at at once."""
         settings = self.p.settings
-        started = time.monotonic()
+        timer = self.p.polls
+        fresh = submitted_at is not None
+        started = submitted_at if submitted_at is not None else time.monotonic()
         deadline = started + settings.task_timeout
         interval = settings.poll_interval
+        not_before = 0.0  # a Retry-After from the last answer
+        pending: float | None = None  # elapsed time at the last Pending answer
+        looks = 0
         while True:
+            if fresh or looks:
+                await self._until_due(timer, started, interval, not_before, first=not looks)
+            await asyncio.sleep(timer.turn())
+            looked = time.monotonic() - started
+            looks += 1
             response = await self.p.call("GET", self.polling_url, phase="poll", log=self.log)
             if response.status_code == 404 and NOT_FOUND.lower() in response.text.lower():
                 raise _TaskNotFound
@@ -607,7 +631,8 @@ class _TaskRun:
             if status == READY:
                 result = payload.get("result")
                 if isinstance(result, dict) and isinstance(result.get("sample"), str):
-                    self.p.polls.finished(time.monotonic() - started)
+                    if fresh:
+                        timer.finished(pending, looked)
                     return result
                 self.log(f"task {self.task_id} is Ready without result.sample; polling again")
             elif status in MODERATED:
@@ -633,13 +658,26 @@ class _TaskRun:
                     f"task {self.task_id} still not ready after {settings.task_timeout:.0f}s "
                     f"(last status {status!r}); the next build polls it again without paying"
                 )
-            wait = self.p.polls.wait(time.monotonic() - started, interval)
+            pending = looked if status == PENDING else pending
             asked = self.p.retry_after(response, ceiling=settings.poll_max_interval)
-            await asyncio.sleep(wait if asked is None else max(wait, asked))
+            not_before = 0.0 if asked is None else time.monotonic() + asked
             # Poll at the base rate while a task is young (most finish within seconds, and every
             # late look adds to the build's makespan); back off only for slow ones.
             if time.monotonic() - started > STEADY_POLLING:
                 interval = min(interval * 1.5, settings.poll_max_interval)
+
+    @staticmethod
+    async def _until_due(
+        timer: PollTimer, started: float, interval: float, not_before: float, *, first: bool
+    ) -> None:
+        """Sleep until the timer says to look (again, if it learns something meanwhile), and
+        never before the last answer's Retry-After."""
+        while True:
+            now = time.monotonic()
+            wait = max(timer.wait(now - started, interval, first=first), not_before - now)
+            first = False
+            if wait <= 0 or not await timer.sleep(wait):
+                return
 
     def _moderated(self, status: str, details: object) -> ProviderError:
         reasons = moderation_reasons(details)
@@ -726,33 +764,6 @@ def key_from_env(name: str, what: str) -> str:
         f"{name} is not set: export your {what} (or {name}_FILE, a file holding it), "
         "or build offline with --provider draft (or --provider emulator)"
     )
-
-
-class PollTimer:
-    """When to look at a task again. Tasks of one run take much the same time, so once a few
-    have finished, polls start a little before the next is likely done and come finely until
-    it is, instead of landing up to a whole interval late. The estimate is what polling saw, so
-    starting early lets it learn the true duration rather than its own lateness."""
-
-    WINDOW = 2.0  # seconds past the expected duration to keep polling finely
-
-    def __init__(self) -> None:
-        self._durations: deque[float] = deque(maxlen=64)
-
-    def finished(self, duration: float) -> None:
-        self._durations.append(duration)
-
-    def wait(self, elapsed: float, interval: float) -> float:
-        if len(self._durations) < 3:
-            return interval
-        expected = statistics.median(self._durations)
-        fine = min(interval, max(0.05, expected * 0.1))
-        start = expected * 0.7
-        if elapsed < start:
-            return max(0.01, min(interval, start - elapsed))
-        if elapsed < expected + self.WINDOW:
-            return fine
-        return interval
 
 
 class _TooLarge(Exception):

@@ -41,6 +41,7 @@ FAST = HttpSettings(
     http_timeout=10.0,
     task_timeout=10.0,
     rate_limit_timeout=30.0,
+    poll_rate=1000,  # the bound on polls a second is for real APIs; tested in test_polling.py
 )
 
 
@@ -175,6 +176,7 @@ FAST_ENV = {
     "FLEXFORGE_POLL_MAX_INTERVAL": "0.1",
     "FLEXFORGE_RETRY_BASE_DELAY": "0.01",
     "FLEXFORGE_RETRY_MAX_DELAY": "0.05",
+    "FLEXFORGE_POLL_RATE": "1000",
 }
 
 

@@ -53,8 +53,12 @@ class S3Server:
 
 @contextmanager
 def running_s3() -> Iterator[S3Server]:
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    # One log line per request, on the server's own CPU, which both sides of a benchmark share.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

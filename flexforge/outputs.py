@@ -1,0 +1,224 @@
+"""Recording outputs: the one transaction that puts an asset's bytes at its output path and its
+entry in the lock, in an order a crash cannot turn into a lock naming a file that is not there.
+
+The engine (generated, rendered and restored images) and `accept` call the same `record`; this
+module alone stages and renames outputs, decides when the lock is written and what is fsynced
+first, and keeps the stat cache in step with what it wrote. See docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flexforge.fsutil import fsync_dir, install, remove_stale_temps, stage_bytes, sync_files
+from flexforge.keys import ContentKey
+from flexforge.lockfile import Lock, LockChangedError, LockEntry, stamp
+from flexforge.manifest import Asset
+from flexforge.store import KeyRecord, Store
+
+LOCK_SAVE_INTERVAL = 0.25  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    temp: Path
+    rel: str  # root-relative output path
+    sha256: str
+    durable: bool  # fsynced when staged
+
+
+@dataclass(slots=True)
+class Flushed:
+    """What one flush could not record: each asset with why, whether that stops the build
+    (`fatal`: the lock itself could not be written), and a reason to stop starting new work."""
+
+    failed: dict[str, str] = field(default_factory=dict)
+    fatal: bool = False
+    stop: str | None = None
+
+
+class Outputs:
+    """Outputs recorded since the last lock write, and the writes that make them true together:
+    the lock first (its bytes fsynced), then the renames back to back, then one fsync per folder.
+    A kill before the renames leaves files and lock as they were; after them, in step."""
+
+    def __init__(
+        self,
+        lock: Lock,
+        store: Store,
+        *,
+        watch: tuple[Path, str] | None = None,
+        on_flushed: Callable[[Flushed], None] | None = None,
+    ) -> None:
+        self.lock = lock
+        self.store = store
+        self._watch = watch  # the manifest and its label: no lock is written over a changed one
+        self._watch_stamp = stamp(watch[0]) if watch is not None else None
+        self._on_flushed = on_flushed
+        self._staged: dict[str, _Staged] = {}
+        # What the lock said of each asset recorded since the last write, put back if its
+        # rename fails: the lock never names a file that is not there.
+        self._replaced: dict[str, LockEntry | None] = {}
+        self.made_here: set[str] = set()  # assets whose output this run wrote
+        self._saved_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @staticmethod
+    def stage(dest: Path, data: bytes, *, durable: bool = True) -> Path:
+        """`data` written beside `dest`, for `record` to rename into place with the next lock
+        write. Not `durable`: fsynced at that write instead, together with the others (bytes that
+        are free to fetch again, such as a restore: a thousand cost one sync, not a thousand).
+        Safe to call from worker threads."""
+        return stage_bytes(dest, data, durable=durable)
+
+    def remove_stale_temps(self, outs: list[str]) -> None:
+        """A build killed mid-write leaves a temp file beside an output or the lock, in folders
+        users commit: removed before this one stages anything."""
+        folders: dict[Path, set[str]] = {self.lock.path.parent: {self.lock.path.name}}
+        for out in outs:
+            path = self.store.root / out
+            folders.setdefault(path.parent, set()).add(path.name)
+        for folder, names in folders.items():
+            remove_stale_temps(folder, names)
+
+    def record(
+        self,
+        asset: Asset,
+        key: ContentKey,
+        seed: int,
+        generator: str,
+        record: KeyRecord,
+        staged: Path | None = None,
+        *,
+        durable: bool = True,
+        urgent: bool = True,
+    ) -> None:
+        """`asset`'s output is now `record.sha256` (`record.size` bytes), made for `key`: staged at
+        `staged` by `stage`, or already at its output path (None). `urgent` asks for a lock write
+        soon (a paid image); otherwise it goes with the next write or the last (a restore: a
+        build killed before then restores it again, for free)."""
+        entry = LockEntry(
+            key=key.key,
+            parts=key.parts,
+            seed=seed,
+            model=asset.model,
+            generator=generator,
+            provider=record.provider,
+            out=asset.out,
+            sha256=record.sha256,
+            size=record.size,
+            task_id=record.task_id,
+            cost_usd=record.cost_usd,
+        )
+        previous = self.lock.set_entry(asset.id, entry)
+        self._replaced.setdefault(asset.id, previous)
+        if staged is not None:
+            self._staged[asset.id] = _Staged(staged, asset.out, record.sha256, durable)
+            self.made_here.add(asset.id)
+        elif asset.written:
+            self.store.remember_written(asset.out, record.sha256)
+        else:  # a candidate kept in the cache only: dependents read it there
+            self.made_here.add(asset.id)
+        if urgent:
+            self._flush_soon()
+
+    def drop(self, asset_id: str) -> None:
+        """Forget an asset the manifest no longer has (written with the next flush)."""
+        self.lock.drop(asset_id)
+
+    def _flush_soon(self) -> None:
+        """Flush at most a few times a second: rewriting a 10,000-entry lock after every draft
+        render would make a build quadratic. What finished since the last write is already in the
+        object cache, so an interrupted build restores it for free. Outside an event loop (a
+        command such as `accept`), the caller flushes."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        now = time.monotonic()
+        if now - self._saved_at >= LOCK_SAVE_INTERVAL:
+            self.flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(LOCK_SAVE_INTERVAL - (now - self._saved_at), self.flush)
+
+    def flush(self) -> Flushed:
+        """Write the lock, then rename the outputs it describes into place; only the renames
+        themselves are in between. Outputs staged without fsync are made durable first, at once:
+        a lock naming bytes that a power cut then loses would read as a hand edit."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        staged, self._staged = self._staged, {}
+        replaced, self._replaced = self._replaced, {}
+        result = Flushed()
+        try:
+            sync_files([s.temp for s in staged.values() if not s.durable])
+            self._save_lock(sync_folder=False)
+        except (LockChangedError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, LockChangedError) else oserror(exc)
+            for s in staged.values():
+                s.temp.unlink(missing_ok=True)
+            self._put_back(replaced)
+            result = Flushed(dict.fromkeys(replaced, reason), fatal=True, stop=reason)
+            return self._report(result)
+        self._saved_at = time.monotonic()
+        # Renames only, back to back, so the gap between the lock and its files stays a few
+        # microseconds; each folder (the lock's too) is made durable once afterwards.
+        folders = {self.lock.path.parent}
+        for asset_id, s in staged.items():
+            path = self.store.root / s.rel
+            try:
+                install(s.temp, path, durable=False)
+            except OSError as exc:
+                result.failed[asset_id] = oserror(exc)
+                s.temp.unlink(missing_ok=True)
+                continue
+            folders.add(path.parent)
+        for folder in folders:
+            fsync_dir(folder)
+        for asset_id, s in staged.items():
+            if asset_id not in result.failed:
+                self.store.remember_written(s.rel, s.sha256)
+        if result.failed:
+            # The lock already names these files: put their old entries back. Their images stay
+            # cached (or in git) for the next build.
+            self._put_back({a: replaced.get(a) for a in result.failed})
+            try:
+                self._save_lock()
+            except (LockChangedError, OSError) as exc:
+                result.stop = f"cannot write {self.lock.path.name}: {exc}"
+        return self._report(result)
+
+    def close(self) -> Flushed:
+        """The last flush, and the stat cache saved with what was written."""
+        result = self.flush()
+        self.store.save()
+        return result
+
+    def _report(self, result: Flushed) -> Flushed:
+        if self._on_flushed is not None and (result.failed or result.stop):
+            self._on_flushed(result)
+        return result
+
+    def _put_back(self, replaced: dict[str, LockEntry | None]) -> None:
+        for asset_id, previous in replaced.items():
+            self.lock.put_back(asset_id, previous)
+
+    def _save_lock(self, *, sync_folder: bool = True) -> None:
+        if self._watch is not None and stamp(self._watch[0]) != self._watch_stamp:
+            raise LockChangedError(
+                f"{self._watch[1]} changed on disk while this build ran (a `git checkout`?); "
+                f"{self.lock.path.name} was left as it is. Run `flexforge build` again: finished "
+                "images are cached"
+            )
+        self.lock.save(sync_folder=sync_folder)
+
+
+def oserror(exc: OSError) -> str:
+    """A failed write, for users: what went wrong and where."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"cannot write: {exc.strerror or exc}{where}"

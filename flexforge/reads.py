@@ -1,0 +1,134 @@
+"""Input files read once per process: sha256 and first bytes in one pass, on a small thread pool.
+
+A cold plan reads every reference and output (1,000 assets: 2,000 files, 200 MB). hashlib
+releases the GIL while it hashes, so a pool hashes on every core while the main thread goes on
+validating and planning; and a reference's header is checked from the bytes read for its digest
+instead of opening it again. A digest is reused only for a file whose stamp (inode, size, mtime,
+ctime) is the one it was read under, as `Store`'s stat cache does across processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypedDict
+
+from flexforge.fsutil import CHUNK, open_regular
+
+HEAD = 1024  # enough for a PNG's header chunks; a longer header is read by Pillow itself
+TAIL = 16  # a PNG's IEND chunk, the end check_reference looks at
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+Stamp = tuple[int, int, int, int]
+
+
+class Options(TypedDict, total=False):
+    ends: bool
+    max_size: int | None
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FileRead:
+    stamp: Stamp  # noop.file_stamp's (inode, size, mtime_ns, ctime_ns), taken before reading
+    sha256: str
+    head: bytes = b""  # the first HEAD bytes, when asked for
+    tail: bytes = b""  # the last TAIL bytes, when asked for
+
+    @property
+    def size(self) -> int:
+        return self.stamp[1]
+
+
+# Every read this process started, by path: a later digest() of the same unchanged file waits for
+# it instead of reading the file again.
+_reads: dict[str, Future[FileRead | None]] = {}
+
+
+_local = threading.local()
+
+
+def _buffer() -> memoryview:
+    """This thread's read buffer: a fresh one per file costs more (page faults) than the read."""
+    buffer: memoryview | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        buffer = _local.buffer = memoryview(bytearray(CHUNK))
+    return buffer
+
+
+def read_file(
+    path: str, *, ends: bool = False, max_size: int | None = None, size: int | None = None
+) -> FileRead | None:
+    """One pass over the plain file at `path` (a link to one is followed: callers confine it):
+    its digest, and with `ends` its first and last bytes. None, unread, when it is larger than
+    `max_size` or not `size` bytes long. Raises OSError (fsutil.NotRegularFile for a FIFO...)."""
+    fd = open_regular(path, follow=True)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if (max_size is not None and st.st_size > max_size) or (size is not None and st.st_size != size):
+            return None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        digest = hashlib.sha256()
+        buffer = _buffer()
+        head = last = b""
+        while n := f.readinto(buffer):
+            block = buffer[:n]
+            digest.update(block)
+            if ends:
+                head = head or bytes(block[:HEAD])
+                last = (last + bytes(block[-TAIL:]))[-TAIL:]
+    tail = last if ends else b""
+    return FileRead(stamp, digest.hexdigest(), head, tail)
+
+
+def read_all(jobs: Sequence[tuple[str, Options]]) -> list[FileRead | None]:
+    """Read every (path, read_file options) on all cores at once, and wait for them all; None for
+    a file that could not be read. The caller waits rather than working meanwhile: a thread that
+    must win the GIL back from a busy main thread after each read and each hash would wait up
+    to sys.getswitchinterval() (5 ms) every time."""
+    if len(jobs) <= 1 or WORKERS == 1:
+        done = []
+        for path, options in jobs:
+            read: Future[FileRead | None] = Future()
+            read.set_result(_read_or_none(path, options))
+            _reads[path] = read
+            done.append(read.result())
+        return done
+    executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="flexforge-read")
+    try:
+        futures = []
+        for path, options in jobs:
+            future = executor.submit(_read_or_none, path, options)
+            _reads[path] = future
+            futures.append(future)
+        return [future.result() for future in futures]
+    finally:
+        # On the way out of an error or Ctrl-C, reads not yet begun are dropped.
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_or_none(path: str, options: Options) -> FileRead | None:
+    try:
+        return read_file(path, **options)
+    except (OSError, ValueError):
+        return None  # the caller asks again the slow way, which says why
+
+
+def started(path: str) -> bool:
+    """Whether this process has read (or is reading) `path` already."""
+    return path in _reads
+
+
+def digest(path: str, stamp: list[int]) -> str | None:
+    """The sha256 this process read for `path` while it had exactly `stamp`, if any."""
+    future = _reads.get(path)
+    if future is None or not future.done() or future.cancelled() or future.exception() is not None:
+        return None
+    read = future.result()
+    if read is None or list(read.stamp) != stamp:
+        return None
+    return read.sha256

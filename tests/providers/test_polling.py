@@ -1,0 +1,129 @@
+"""When tasks are polled: learnt from finished tasks, woken by the first one, bounded in polls a second."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+
+import pytest
+
+from flexforge.errors import UsageError
+from flexforge.providers import _polling
+from flexforge.providers._http import HttpSettings
+from flexforge.providers._polling import PollTimer
+from tests.support.emulator import EmulatorFactory, RecordingTask, bfl, image_request, run
+
+INTERVAL = 0.5
+
+
+def test_before_any_task_finished_the_first_look_falls_within_the_first_interval() -> None:
+    timer = PollTimer()
+
+    firsts = [timer.wait(0.0, INTERVAL, first=True) for _ in range(200)]
+
+    assert all(0.0 <= wait <= INTERVAL for wait in firsts)
+    assert len({round(wait, 3) for wait in firsts}) > 20  # spread: the wave is sampled finely
+    assert timer.wait(0.3, INTERVAL) == INTERVAL  # later looks: the plain interval
+
+
+def test_a_finished_task_tells_the_others_when_to_look() -> None:
+    timer = PollTimer()
+    timer.finished(0.9, 1.0)  # last seen Pending at 0.9 s, Ready at 1.0 s
+    fine = timer.fine()
+
+    assert fine == pytest.approx(0.02)  # a fiftieth of the expected second
+    assert timer.wait(0.0, INTERVAL, first=True) == pytest.approx(0.9)  # sleep until just before due
+    assert timer.wait(0.5, INTERVAL) == pytest.approx(0.4)
+    assert timer.wait(0.95, INTERVAL) == pytest.approx(fine)  # near due: finely
+    assert timer.wait(1.5, INTERVAL) == INTERVAL  # past every duration seen: back to the interval
+
+
+def test_fine_looks_are_never_closer_than_the_minimum_nor_wider_than_the_interval() -> None:
+    quick, slow = PollTimer(), PollTimer()
+    quick.finished(0.05, 0.1)
+    slow.finished(590.0, 600.0)
+
+    assert quick.fine() == _polling.MIN_FINE
+    assert slow.wait(595.0, INTERVAL) == INTERVAL
+
+
+def test_tasks_ready_at_the_first_look_move_the_estimate_earlier() -> None:
+    timer = PollTimer()
+    timer.finished(0.9, 1.0)
+    first = timer.wait(0.0, INTERVAL, first=True)
+
+    for _ in range(10):  # tasks got faster: every first look finds them Ready
+        timer.finished(None, first)
+
+    assert timer.wait(0.0, INTERVAL, first=True) < first
+
+
+def test_a_look_made_late_by_a_busy_machine_does_not_push_the_estimate_later() -> None:
+    timer = PollTimer()
+    timer.finished(0.9, 1.0)
+    before = timer.wait(0.0, INTERVAL, first=True)
+
+    for _ in range(10):
+        timer.finished(None, 5.0)  # the first look came 4 s late (the loop was starved)
+
+    assert timer.wait(0.0, INTERVAL, first=True) <= before
+
+
+def test_the_first_finished_task_wakes_tasks_sleeping_a_whole_interval() -> None:
+    async def scenario() -> bool:
+        timer = PollTimer()
+        sleeping = asyncio.ensure_future(timer.sleep(3600.0))
+        await asyncio.sleep(0)
+        timer.finished(0.9, 1.0)
+        return await asyncio.wait_for(sleeping, timeout=60)
+
+    assert run(scenario()) is True
+
+
+def test_a_sleep_that_runs_out_says_it_was_not_woken() -> None:
+    assert run(PollTimer().sleep(0.001)) is False
+
+
+def test_polls_are_bounded_per_second_for_all_tasks_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(_polling, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    timer = PollTimer(rate=10)
+
+    burst = [timer.turn() for _ in range(10)]
+    owed = [timer.turn() for _ in range(20)]  # asked in the same instant
+    now[0] += 5.0  # a quiet spell refills the bucket, but only up to one burst
+    after_quiet = [timer.turn() for _ in range(12)]
+
+    assert burst == [0.0] * 10  # a wave of tasks due at once goes out together
+    assert owed == pytest.approx([(i + 1) / 10 for i in range(20)])  # then 10 a second, in order
+    assert after_quiet[:10] == [0.0] * 10 and after_quiet[10] > 0
+
+
+def test_the_poll_rate_must_be_at_least_one_poll_a_second() -> None:
+    with pytest.raises(UsageError, match="FLEXFORGE_POLL_RATE"):
+        HttpSettings(poll_rate=0)
+    assert HttpSettings.from_env({"FLEXFORGE_POLL_RATE": "7"}).poll_rate == 7
+
+
+def test_tasks_after_the_first_are_polled_a_few_times_not_every_interval(
+    emulator_factory: EmulatorFactory,
+) -> None:
+    # Each task takes 0.2 s; polled every 10 ms that is ~20 looks a task. Learnt, a handful.
+    emu = emulator_factory(latency=0.2)
+    provider = bfl(emu, poll_interval=0.01, poll_max_interval=0.05)
+
+    async def build() -> list[int]:
+        looks = []
+        try:
+            for i in range(8):
+                before = emu.stats()["polls"]
+                await provider.generate(image_request(seed=i), RecordingTask())
+                looks.append(emu.stats()["polls"] - before)
+        finally:
+            await provider.aclose()
+        return looks
+
+    looks = run(build())
+
+    assert sum(looks[3:]) / len(looks[3:]) <= 6, looks
+    assert min(looks) >= 1

@@ -1,0 +1,211 @@
+"""Outputs: the one transaction that records an asset's bytes and its lock entry together."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from flexforge import outputs as outputs_module
+from flexforge.keys import content_key
+from flexforge.lockfile import Lock, read_lock
+from flexforge.manifest import Asset, Manifest, load_manifest
+from flexforge.outputs import Outputs
+from flexforge.store import KeyRecord, Store
+
+MANIFEST = """
+version: 1
+defaults: {width: 64, height: 64}
+assets:
+  a: {prompt: "first", seed: 1}
+  b: {prompt: "second", seed: 2}
+"""
+
+
+class Project:
+    def __init__(self, root: Path) -> None:
+        (root / "flexforge.yaml").write_text(MANIFEST)
+        self.root = root
+        self.manifest: Manifest = load_manifest(root / "flexforge.yaml")
+        self.store = Store(root / ".flexforge", cache_dir=root / "user-cache")
+        self.lock = read_lock(root / "flexforge.lock")
+
+    def asset(self, asset_id: str) -> Asset:
+        return self.manifest.assets[asset_id]
+
+    def outputs(self, **kwargs: object) -> Outputs:
+        return Outputs(self.lock, self.store, **kwargs)  # type: ignore[arg-type]
+
+    def record(
+        self, outputs: Outputs, asset_id: str, data: bytes, *, durable: bool = True, **kw: bool
+    ) -> str:
+        """Stage `data` as `asset_id`'s output and record it; its sha256."""
+        asset = self.asset(asset_id)
+        sha = hashlib.sha256(data).hexdigest()
+        staged = outputs.stage(self.root / asset.out, data, durable=durable)
+        made = KeyRecord(sha, len(data), "draft", asset.seed or 0)
+        key = content_key(asset, "draft", asset.seed or 0, [])
+        outputs.record(asset, key, asset.seed or 0, "draft", made, staged, durable=durable, **kw)
+        return sha
+
+    def on_disk(self) -> dict[str, str]:
+        """Asset id -> sha256, as the lock file on disk says."""
+        doc = json.loads((self.root / "flexforge.lock").read_text())
+        return {k: v["sha256"] for k, v in doc["assets"].items()}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(tmp_path)
+
+
+def temps(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.ff-*.tmp"))
+
+
+def test_an_output_appears_only_with_the_lock_write_that_names_it(project: Project) -> None:
+    outputs = project.outputs()
+    sha = project.record(outputs, "a", b"image a")
+    out = project.root / project.asset("a").out
+    assert not out.exists() and not (project.root / "flexforge.lock").exists()  # outside a loop: no flush yet
+    assert outputs.flush().failed == {}
+    assert out.read_bytes() == b"image a"
+    assert project.on_disk() == {"a": sha}
+    assert outputs.made_here == {"a"}
+    assert temps(project.root) == []
+
+
+def test_what_it_wrote_is_known_without_hashing_again(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outputs = project.outputs()
+    sha = project.record(outputs, "a", b"image a")
+    outputs.close()
+
+    def no_hashing(path: Path) -> str:
+        raise AssertionError(f"{path} hashed again")
+
+    monkeypatch.setattr("flexforge.fsutil.sha256_file", no_hashing)
+    again = Store(project.root / ".flexforge", cache_dir=project.root / "user-cache")  # saved by close()
+    assert again.digest(project.asset("a").out) == sha
+
+
+def test_a_failed_rename_puts_the_old_entry_back_and_fails_only_that_asset(project: Project) -> None:
+    outputs = project.outputs()
+    old = project.record(outputs, "b", b"old b")
+    outputs.flush()
+    first = project.record(outputs, "a", b"image a")
+    project.record(outputs, "b", b"new b")
+    # A folder where b's file goes: the rename fails, as on a full disk or a read-only folder.
+    out_b = project.root / project.asset("b").out
+    out_b.unlink()
+    out_b.mkdir()
+    (out_b / "keep").write_text("x")
+    result = outputs.flush()
+    assert list(result.failed) == ["b"] and "cannot write" in result.failed["b"]
+    assert not result.fatal and result.stop is None
+    assert project.on_disk() == {"a": first, "b": old}  # b's entry as it was: its file is not there
+    assert project.lock.entries["b"].sha256 == old
+    assert (project.root / project.asset("a").out).read_bytes() == b"image a"
+    assert temps(project.root) == []
+
+
+def test_no_lock_is_written_over_one_that_changed_on_disk(project: Project) -> None:
+    failures = []
+    outputs = project.outputs(on_flushed=failures.append)
+    project.record(outputs, "a", b"image a")
+    other = '{"_generated": "the other branch", "assets": {}, "version": 1}\n'
+    (project.root / "flexforge.lock").write_text(other)  # a `git checkout` meanwhile
+    result = outputs.flush()
+    assert result.fatal and "changed on disk" in (result.stop or "") and list(result.failed) == ["a"]
+    assert failures == [result]
+    assert (project.root / "flexforge.lock").read_text() == other
+    assert not (project.root / project.asset("a").out).exists()
+    assert "a" not in project.lock.entries and temps(project.root) == []
+
+
+def test_no_lock_is_written_over_a_manifest_that_changed(project: Project) -> None:
+    outputs = project.outputs(watch=(project.manifest.path, "flexforge.yaml"))
+    project.record(outputs, "a", b"image a")
+    (project.root / "flexforge.yaml").write_text(MANIFEST + "# edited\n")
+    result = outputs.flush()
+    assert result.fatal and (result.stop or "").startswith("flexforge.yaml changed on disk")
+    assert not (project.root / "flexforge.lock").exists()
+
+
+def test_bytes_staged_without_fsync_are_synced_before_the_lock_names_them(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_sync, real_save = outputs_module.sync_files, Lock.save
+
+    def sync_files(paths: list[Path]) -> None:
+        events.append("sync " + ",".join(sorted(p.name.split(".ff-")[0] for p in paths)))
+        real_sync(paths)
+
+    def save(self: Lock, *, sync_folder: bool = True) -> bool:
+        events.append("lock")
+        return real_save(self, sync_folder=sync_folder)
+
+    monkeypatch.setattr(outputs_module, "sync_files", sync_files)
+    monkeypatch.setattr(Lock, "save", save)
+    outputs = project.outputs()
+    project.record(outputs, "a", b"restored a", durable=False)
+    project.record(outputs, "b", b"paid b", durable=True)  # fsynced when staged: not again
+    outputs.flush()
+    assert events == ["sync .a.png", "lock"]
+
+
+def test_only_urgent_records_write_the_lock_during_a_build(project: Project) -> None:
+    async def build() -> list[dict[str, str]]:
+        outputs = project.outputs()
+        seen = []
+        project.record(outputs, "a", b"restored a", durable=False, urgent=False)
+        await asyncio.sleep(0.3)  # longer than the lock-write interval
+        seen.append(project.on_disk() if (project.root / "flexforge.lock").exists() else {})
+        project.record(outputs, "b", b"paid b", urgent=True)
+        seen.append(project.on_disk())
+        return seen
+
+    seen = asyncio.run(build())
+    assert seen[0] == {}  # a restore waits for the next write: a kill restores it again, free
+    assert set(seen[1]) == {"a", "b"}  # and goes with the first urgent one
+
+
+def test_an_output_already_in_place_is_recorded_without_staging(project: Project) -> None:
+    asset = project.asset("a")
+    out = project.root / asset.out
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"agency image")
+    sha = hashlib.sha256(b"agency image").hexdigest()
+    outputs = project.outputs()
+    made = KeyRecord(sha, len(b"agency image"), "accepted", 1)
+    outputs.record(asset, content_key(asset, "draft", 1, []), 1, "draft", made)
+    outputs.close()
+    assert project.on_disk() == {"a": sha} and outputs.made_here == set()
+    assert read_lock(project.root / "flexforge.lock").entries["a"].provider == "accepted"
+
+
+def test_drop_forgets_an_orphan_at_the_next_write(project: Project) -> None:
+    outputs = project.outputs()
+    project.record(outputs, "a", b"image a")
+    project.record(outputs, "b", b"image b")
+    outputs.flush()
+    outputs.drop("b")
+    outputs.flush()
+    assert list(project.on_disk()) == ["a"]
+
+
+def test_stale_temps_beside_outputs_and_the_lock_are_removed(project: Project) -> None:
+    outputs = project.outputs()
+    out = project.root / project.asset("a").out
+    outputs.stage(out, b"killed mid-write")  # what a killed build leaves
+    outputs.stage(project.root / "flexforge.lock", b"{}")
+    mine = project.root / "assets" / ".a.png.backup.tmp"  # a user's own file: kept
+    mine.write_text("x")
+    assert len(temps(project.root)) == 2
+    outputs.remove_stale_temps([project.asset("a").out])
+    assert temps(project.root) == [] and mine.exists()
