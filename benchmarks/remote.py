@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -29,6 +31,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))  # benchmarks/emulated.py
 
 from tests.support.s3 import S3Server, running_s3  # noqa: E402
 
@@ -181,17 +184,20 @@ def shard_row(
     remote: bool = True,
 ) -> dict[str, Any]:
     """N runners at once; with `remote`, through one team remote (leases, pushes) and a fan-in;
-    without, each on its own (the reference: what the remote costs)."""
-    from flexforge.emulator.testing import running_emulator
+    without, each on its own (the reference: what the remote costs). The emulator runs in a
+    process of its own: in this one it would share a GIL with moto's server."""
+    from emulated import emulator_process
+
+    from flexforge.emulator.server import client_env
 
     text = manifest(n)
-    with running_emulator(
-        latency=latency, max_in_flight=shards * jobs, accepted_keys=("bench-key-0123456789",)
-    ) as emu:
+    key = "bench-key-0123456789"
+    knobs = ["--latency", str(latency), "--max-in-flight", str(shards * jobs), "--key", key, "--seed", "0"]
+    log = work / f"emulator{'' if remote else '-alone'}.log"
+    with emulator_process([sys.executable, "-m", "flexforge"], knobs, log, base_env) as url:
         env = {
             **base_env,
-            **emu.env(),
-            "BFL_API_KEY": "bench-key-0123456789",
+            **client_env(url, key),
             "FLEXFORGE_REMOTE": f"s3://{server.new_bucket()}/ci" if remote else "none",
             "FLEXFORGE_POLL_INTERVAL": "0.05",
             "FLEXFORGE_POLL_MAX_INTERVAL": "0.2",
@@ -203,6 +209,7 @@ def shard_row(
             (root / "flexforge.yaml").write_text(text)
             runners.append(root)
         started = time.perf_counter()
+        children, ours = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF)
         procs = [
             subprocess.Popen(
                 [
@@ -233,27 +240,59 @@ def shard_row(
             if proc.returncode != 0:
                 raise SystemExit(f"shard build failed:\n{err}")
         makespan = max(ends)
-        submissions = emu.stats()["submissions"]
+        runners_cpu = _cpu(resource.RUSAGE_CHILDREN) - children
+        moto_cpu = _cpu(resource.RUSAGE_SELF) - ours  # moto's server is a thread of this process
+        submissions = _submissions(url)
         fan_in_s = 0.0
         if remote:
             fan_in = work / "fan-in"
             fan_in.mkdir()
             (fan_in / "flexforge.yaml").write_text(text)
             fan_in_s = flexforge(fan_in, "build", "--provider", "emulator", "--frozen", env=env)
-            assert emu.stats()["submissions"] == submissions, "the fan-in made an API call"
+            assert _submissions(url) == submissions, "the fan-in made an API call"
+        before_emulator = _cpu(resource.RUSAGE_CHILDREN)
+    emulator_cpu = _cpu(resource.RUSAGE_CHILDREN) - before_emulator  # reaped as the block ended
     import math
 
     bound = math.ceil(n / (shards * jobs)) * latency
+    # The bound counts the API's latency only, as if each runner had a machine of its own. Here
+    # the runners, the emulator and moto share this machine's cores: no schedule can finish
+    # before the CPU they used, spread over every core, has been spent.
+    cpu = runners_cpu + emulator_cpu + moto_cpu
+    cores = os.cpu_count() or 1
+    floor = max(bound, cpu / cores)
     return {
         "row": f"{shards}-shard build, {n} assets, {'one team remote' if remote else 'no remote'}",
         "makespan_s": round(makespan, 2),
         "bound_s": round(bound, 2),
         "ratio": round(makespan / bound, 2),
+        "cpu_s": {
+            "runners": round(runners_cpu, 2),
+            "emulator": round(emulator_cpu, 2),
+            "moto": round(moto_cpu, 2),
+        },
+        "machine_bound_s": round(floor, 2),
+        "ratio_machine": round(makespan / floor, 2),
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "per_shard_s": [round(e, 2) for e in ends],
         "submissions": submissions,
         "fan_in_frozen_s": round(fan_in_s, 2),
         "setting": f"emulator latency {latency}s, --jobs {jobs} per runner",
     }
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _submissions(url: str) -> int:
+    from emulated import emulator_call
+
+    stats = emulator_call(url, "GET", "/_emulator/stats")
+    if stats is None:
+        raise SystemExit(f"the emulator at {url} did not answer its stats")
+    return int(stats["submissions"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.objects, args.assets, args.repeat, args.latency = 20, 20, 1, 0.05
     only = set(args.only.split(","))
+    # moto's server logs each request (werkzeug): thousands of lines written on the timed path.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     rows: list[dict[str, Any]] = []
     with running_s3() as server, tempfile.TemporaryDirectory(prefix="flexforge-remote-bench-") as tmp:
         work = Path(tmp) if args.work_dir is None else args.work_dir.resolve()

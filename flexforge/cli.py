@@ -232,9 +232,18 @@ def cli() -> None:
     help="The flexforge action the workflows pin (default: $FLEXFORGE_ACTION, or where pip got flexforge).",
 )
 @click.option("--force", is_flag=True, help="Rewrite workflows that are already there.")
+@click.option(
+    "--shards",
+    type=click.IntRange(min=2, max=64),
+    default=None,
+    metavar="N",
+    help="The build workflow runs N `build --shard` runners and a fan-in (needs a team remote).",
+)
 @global_options
 @handle_errors
-def init(target: Path | None, workflows_only: bool, action: str | None, force: bool) -> int:
+def init(
+    target: Path | None, workflows_only: bool, action: str | None, force: bool, shards: int | None
+) -> int:
     """Write a starter manifest, .flexforge/.gitignore and the GitHub workflows (at the git root)."""
     from flexforge.commands.init import init as run
 
@@ -246,6 +255,7 @@ def init(target: Path | None, workflows_only: bool, action: str | None, force: b
         workflows_only=workflows_only,
         action=action,
         force=force,
+        shards=shards or 0,
     )
 
 
@@ -560,6 +570,12 @@ def _flag(ctx: click.Context, param: click.Parameter, value: str | None) -> bool
 )
 @click.option("--args", "args", envvar="FLEXFORGE_CI_ARGS", default="", help="More `build` arguments.")
 @click.option(
+    "--shard-locks",
+    envvar="FLEXFORGE_CI_SHARD_LOCKS",
+    default="",
+    help="build: merge the *.lock files under this folder (shard runners' locks) first.",
+)
+@click.option(
     "--out-dir",
     envvar="FLEXFORGE_CI_OUT_DIR",
     default="flexforge-ci",
@@ -590,6 +606,7 @@ def ci_run(
     comment: bool,
     summary: bool,
     args: str,
+    shard_locks: str,
     out_dir: Path,
     previews: bool,
     publish: str,
@@ -611,6 +628,7 @@ def ci_run(
         comment=comment,
         summary=summary,
         args=extra,
+        shard_locks=Path(shard_locks) if shard_locks.strip() else None,
         out_dir=out_dir,
         token=os.environ.get("FLEXFORGE_CI_TOKEN", ""),
         publish=publish,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ from flexforge.store import Store
 
 if TYPE_CHECKING:
     from flexforge.remote import FsspecRemote
+
+_REMOTE_ENV = "FLEXFORGE_REMOTE"  # flexforge.remote.REMOTE_ENV, without importing it (tests agree)
 
 
 @dataclass(slots=True)
@@ -77,6 +80,8 @@ class Project:
     @functools.cached_property
     def remote(self) -> FsspecRemote | None:
         """The team remote (`settings: remote:` or $FLEXFORGE_REMOTE), opened once."""
+        if self.manifest.settings.remote is None and _REMOTE_ENV not in os.environ:
+            return None  # no remote named: spare a plan the import of sockets and fsspec glue
         from flexforge.remote import configured_remote
 
         return configured_remote(self.manifest.settings.remote)

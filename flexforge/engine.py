@@ -252,9 +252,13 @@ class _Slot:
         self._held = False
 
     async def __aenter__(self) -> _Slot:
-        await self._semaphore.acquire()
-        self._held = True
+        await self.take()
         return self
+
+    async def take(self) -> None:
+        if not self._held:
+            await self._semaphore.acquire()
+            self._held = True
 
     async def __aexit__(self, *exc: object) -> None:
         self.release()
@@ -291,6 +295,7 @@ class Builder:
         self.stop_reason: str | None = None
         self.committed_usd = 0.0  # spent plus reserved, for --max-cost
         self.slots = asyncio.Semaphore(max(1, min(options.jobs, provider.max_in_flight)))
+        self.ahead = asyncio.Semaphore(max(1, min(options.jobs, provider.max_in_flight)))
         self.tasks: dict[str, asyncio.Task[str | None]] = {}
         self.estimates = {s.asset.id: s.estimated_cost_usd for s in plan.steps}
         self.facts = plan.facts
@@ -495,12 +500,27 @@ class Builder:
             request = await asyncio.to_thread(self._request, asset, seed, digests)
         else:
             request = self._request(asset, seed, digests)
-        async with _Slot(self.slots) as slot:
+        fresh = asset.id in self.plan_options.replace
+        slot = _Slot(self.slots)
+        # With a team remote, the lease is taken before a --jobs place: its round trips to the
+        # store overlap with the tasks in flight instead of holding up each submission (and a
+        # wait for another runner's lease holds no place). At most `jobs` leases wait ahead.
+        async with self.ahead:
+            claim = await self._claim(key.key, asset.id) if not fresh else None
+            try:
+                await slot.take()
+            except asyncio.CancelledError:
+                if self.team is not None:
+                    self.team.release_now(key.key)
+                raise
+        async with slot:
             if self.stop_reason is not None:
+                await self._release(key.key, keep_task=True)
                 self._record(Outcome(asset.id, SKIPPED, f"not started: {self.stop_reason}"))
                 return None
             limit = self.options.max_cost_usd
             if limit is not None and self.committed_usd + estimate > limit + 1e-9:
+                await self._release(key.key, keep_task=True)
                 self._record(
                     Outcome(
                         asset.id,
@@ -512,8 +532,6 @@ class Builder:
                 return None
             self.committed_usd += estimate
             self.reporter.asset_started(asset.id, step.action)
-            fresh = asset.id in self.plan_options.replace
-            claim = await self._claim(key.key, asset.id) if not fresh else None
             shared = await self._from_remote(claim, asset, key.key)
             record = _TaskRecord(
                 self.store,

@@ -62,7 +62,9 @@ def expand(
                 raw = _sized(raw, data, presets, here, report)
             assets[asset_id] = raw
             continue
-        spots = _under(doc.positions, here)  # once per template: copied to each cell below
+        # Once per template: copied to each cell below. Not its `matrix:` (no cell has one, and
+        # copying a 100-value axis into each of 1,000 cells made a big matrix quadratic).
+        spots = [spot for spot in _under(doc.positions, here) if spot[0][:1] != ("matrix",)]
         for cell_id, cell, values in _cells(str(asset_id), raw, axes, here, report):
             if cell_id in assets or cell_id in raw_assets:
                 report(here, f"the matrix makes {cell_id!r}, which another asset already declares", key=True)

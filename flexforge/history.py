@@ -23,7 +23,7 @@ from flexforge.fsutil import atomic_write
 from flexforge.lockfile import parse_entries
 from flexforge.sources import GIT, Source
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: rows only for files their commit holds
 MAX_LOCK_BYTES = 64 * 2**20  # an old lock bigger than this is skipped, not read
 # Distinct lock versions read when an index is first built, newest first: a long history must not
 # make one plan read gigabytes of old JSON. What is older simply is not a source.
@@ -148,9 +148,39 @@ class History:
             for asset_id, e in sorted(entries.items()):
                 row = [e.sha256, e.size, e.out, commit, e.seed, e.task_id, e.cost_usd, e.provider, asset_id]
                 fresh.setdefault(e.key, []).append(row)
+        fresh = self._held(fresh)
         for key, rows in fresh.items():  # newer commits first, then what was known before
             index[key] = rows + index.get(key, [])
         return index, seen
+
+    def _held(self, rows_by_key: dict[str, list[Row]]) -> dict[str, list[Row]]:
+        """Only the rows whose commit holds a file of the recorded size at the recorded path: a
+        lock also names outputs nobody committed (gitignored, or kept in the cache), and a plan
+        must not promise a free restore the build then pays for. One `git cat-file
+        --batch-check` pass answers them all; no git at all keeps nothing."""
+        rows = [row for rows in rows_by_key.values() for row in rows if _askable(row)]
+        names = "".join(f"{row[3]}:{self._repo_path(row[2])}\n" for row in rows)
+        try:
+            answer = subprocess.run(
+                [*GIT_COMMAND, "cat-file", "--batch-check=%(objecttype) %(objectsize)"],
+                cwd=self.toplevel,
+                input=names.encode(),
+                capture_output=True,
+                env={**os.environ, **GIT_ENV},
+                timeout=300,
+                check=True,
+            ).stdout.decode(errors="replace")
+        except (OSError, subprocess.SubprocessError):
+            return {}
+        lines = answer.splitlines()
+        if len(lines) != len(rows):
+            return {}
+        held = {id(row) for row, line in zip(rows, lines, strict=True) if line == f"blob {row[1]}"}
+        kept = {key: [row for row in rows if id(row) in held] for key, rows in rows_by_key.items()}
+        return {key: rows for key, rows in kept.items() if rows}
+
+    def _repo_path(self, out: str) -> str:
+        return f"{self.prefix}/{out}" if self.prefix else out
 
     def _is_ancestor(self, commit: str) -> bool:
         try:
@@ -181,8 +211,7 @@ class History:
         the caller checks their sha256."""
         if "\n" in out or "\n" in commit:
             return None
-        path = f"{self.prefix}/{out}" if self.prefix else out
-        found = self._object(f"{commit}:{path}", size)
+        found = self._object(f"{commit}:{self._repo_path(out)}", size)
         return found[1] if found is not None and len(found[1]) == size else None
 
     def read_many(self, wanted: list[tuple[str, str, int]]) -> Iterator[bytes | None]:
@@ -233,7 +262,7 @@ class History:
             if not _OBJECT_ID.match(commit) or "\n" in out:
                 paths.append(None)  # a cached row this code did not write: read one by one
                 continue
-            path = f"{self.prefix}/{out}" if self.prefix else out
+            path = self._repo_path(out)
             paths.append((commit, path))
             by_commit.setdefault(commit, set()).add(path)
         trees = {
@@ -347,6 +376,13 @@ def _git(cwd: Path, *args: str) -> bytes:
         env={**os.environ, **GIT_ENV},
         timeout=300,
     ).stdout
+
+
+def _askable(row: Row) -> bool:
+    """A row git can be asked about on one line of --batch-check: a damaged lock's odd path or
+    size is not asked (and so not kept)."""
+    out, size = row[2], row[1]
+    return isinstance(out, str) and "\n" not in out and isinstance(size, int) and size >= 0
 
 
 def _source(row: Row) -> Source:

@@ -13,7 +13,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -22,6 +22,7 @@ from flexforge.fsutil import CHUNK, open_regular
 HEAD = 1024  # enough for a PNG's header chunks; a longer header is read by Pillow itself
 TAIL = 16  # a PNG's IEND chunk, the end check_reference looks at
 WORKERS = max(1, min(4, os.cpu_count() or 1))
+BATCHES = 4  # per worker: small enough to even out, few enough to cost nothing
 
 Stamp = tuple[int, int, int, int]
 
@@ -44,9 +45,9 @@ class FileRead:
         return self.stamp[1]
 
 
-# Every read this process started, by path: a later digest() of the same unchanged file waits for
-# it instead of reading the file again.
-_reads: dict[str, Future[FileRead | None]] = {}
+# Every read this process made, by path (None: it failed): a later digest() of the same unchanged
+# file takes it instead of reading the file again.
+_reads: dict[str, FileRead | None] = {}
 
 
 _local = threading.local()
@@ -89,46 +90,46 @@ def read_all(jobs: Sequence[tuple[str, Options]]) -> list[FileRead | None]:
     """Read every (path, read_file options) on all cores at once, and wait for them all; None for
     a file that could not be read. The caller waits rather than working meanwhile: a thread that
     must win the GIL back from a busy main thread after each read and each hash would wait up
-    to sys.getswitchinterval() (5 ms) every time."""
-    if len(jobs) <= 1 or WORKERS == 1:
-        done = []
-        for path, options in jobs:
-            read: Future[FileRead | None] = Future()
-            read.set_result(_read_or_none(path, options))
-            _reads[path] = read
-            done.append(read.result())
-        return done
-    executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="flexforge-read")
-    try:
-        futures = []
-        for path, options in jobs:
-            future = executor.submit(_read_or_none, path, options)
-            _reads[path] = future
-            futures.append(future)
-        return [future.result() for future in futures]
-    finally:
-        # On the way out of an error or Ctrl-C, reads not yet begun are dropped.
-        executor.shutdown(wait=True, cancel_futures=True)
+    to sys.getswitchinterval() (5 ms) every time. Files go to the workers in a few batches, not
+    one by one: a future per file costs a third of what hashing it does."""
+    if len(jobs) < 2 * WORKERS or WORKERS == 1:
+        done = _read_batch(jobs)
+    else:
+        count = WORKERS * BATCHES
+        executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="flexforge-read")
+        try:
+            # Dealt round-robin, so that each batch gets its share of large and small files.
+            batches = [executor.submit(_read_batch, jobs[i::count]) for i in range(count)]
+            parts = [batch.result() for batch in batches]
+        finally:
+            # On the way out of an error or Ctrl-C, batches not yet begun are dropped.
+            executor.shutdown(wait=True, cancel_futures=True)
+        done = [None] * len(jobs)
+        for i, part in enumerate(parts):
+            done[i::count] = part
+    for (path, _), read in zip(jobs, done, strict=True):
+        _reads[path] = read
+    return done
 
 
-def _read_or_none(path: str, options: Options) -> FileRead | None:
-    try:
-        return read_file(path, **options)
-    except (OSError, ValueError):
-        return None  # the caller asks again the slow way, which says why
+def _read_batch(jobs: Sequence[tuple[str, Options]]) -> list[FileRead | None]:
+    done: list[FileRead | None] = []
+    for path, options in jobs:
+        try:
+            done.append(read_file(path, **options))
+        except (OSError, ValueError):
+            done.append(None)  # the caller asks again the slow way, which says why
+    return done
 
 
 def started(path: str) -> bool:
-    """Whether this process has read (or is reading) `path` already."""
+    """Whether this process has read `path` already (digest() then checks it is unchanged)."""
     return path in _reads
 
 
 def digest(path: str, stamp: list[int]) -> str | None:
     """The sha256 this process read for `path` while it had exactly `stamp`, if any."""
-    future = _reads.get(path)
-    if future is None or not future.done() or future.cancelled() or future.exception() is not None:
-        return None
-    read = future.result()
+    read = _reads.get(path)
     if read is None or list(read.stamp) != stamp:
         return None
     return read.sha256

@@ -29,6 +29,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,25 +192,66 @@ class Objects(Protocol):
 
 
 class S3Objects:
-    """One PUT carrying the record as user metadata; one GET bringing both back."""
+    """One PUT carrying the record as user metadata; one GET bringing both back. Through
+    botocore's own client, on the caller's thread, when it can be made with s3fs's settings:
+    a transfer then costs one thread and no hop through s3fs's event loop, which matters when
+    a push or pull runs hundreds of them (regression: `pull` at 1.7x `aws s3 sync`)."""
+
+    POOL = 64  # connections: as many as `--jobs` threads can use at once
 
     def __init__(self, fs: Any) -> None:
         self.fs = fs
+        self._client: Any = None
+        self._made = threading.Lock()
+
+    def _botocore(self) -> Any:
+        """A botocore S3 client configured as s3fs configures its own, or None (then s3fs's)."""
+        with self._made:
+            if self._client is None:
+                try:
+                    self._client = _botocore_client(self.fs, self.POOL)
+                except Exception:  # an option botocore does not take: s3fs's own path still works
+                    self._client = False
+        return self._client or None
 
     def put(self, path: str, data: bytes, record: bytes) -> None:
         bucket, key, _ = self.fs.split_path(path)
         meta = {RECORD_META: record.decode("ascii")} if len(record) <= MAX_META_BYTES else {}
-        self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, Metadata=meta)
+        client = self._botocore()
+        if client is not None:
+            client.put_object(Bucket=bucket, Key=key, Body=data, Metadata=meta)
+        else:
+            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, Metadata=meta)
 
     def get(self, path: str, limit: int) -> tuple[bytes, bytes | None] | None:
-        from fsspec.asyn import sync
-
         bucket, key, _ = self.fs.split_path(path)
+        # A Range, so that an object planted far bigger than any image is not sent whole.
+        span = f"bytes=0-{limit}"
+        client = self._botocore()
+        if client is None:
+            return self._get_s3fs(bucket, key, span, limit)
+        try:
+            out = client.get_object(Bucket=bucket, Key=key, Range=span)
+        except client.exceptions.NoSuchKey:
+            return None
+        except Exception as exc:
+            if _status(exc) in (404, 416):  # 416: an empty object asked for a range
+                return None
+            raise
+        body = out["Body"]
+        try:
+            data = bytes(body.read(limit + 1))  # urllib3 reads until that many bytes, or the end
+        finally:
+            body.close()
+        meta = (out.get("Metadata") or {}).get(RECORD_META)
+        return data, meta.encode("utf-8", "replace") if isinstance(meta, str) else None
+
+    def _get_s3fs(self, bucket: str, key: str, span: str, limit: int) -> tuple[bytes, bytes | None] | None:
+        from fsspec.asyn import sync
 
         async def get() -> tuple[bytes, bytes | None] | None:
             try:
-                # A Range, so that an object planted far bigger than any image is not sent whole.
-                out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{limit}")
+                out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, Range=span)
             except FileNotFoundError:
                 return None
             data = await _read_capped(out["Body"], limit)
@@ -218,6 +260,44 @@ class S3Objects:
 
         result: tuple[bytes, bytes | None] | None = sync(self.fs.loop, get)
         return result
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    status = (
+        response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
+    )
+    return status if isinstance(status, int) else None
+
+
+def _botocore_client(fs: Any, pool: int) -> Any:
+    """botocore's S3 client with the settings s3fs gives its own (s3fs.S3FileSystem.set_session):
+    the same credentials chain, endpoint, profile, client and config options."""
+    import botocore.session
+    from botocore.config import Config
+
+    client_kwargs = dict(fs.client_kwargs)
+    init = {
+        "aws_access_key_id": fs.key,
+        "aws_secret_access_key": fs.secret,
+        "aws_session_token": fs.token,
+        "endpoint_url": fs.endpoint_url,
+    }
+    init = {k: v for k, v in init.items() if v is not None and v != client_kwargs.get(k)}
+    if "use_ssl" not in client_kwargs:
+        init["use_ssl"] = fs.use_ssl
+    prepare = getattr(fs, "_prepare_config_kwargs", None)
+    config = dict(prepare() if callable(prepare) else fs.config_kwargs)
+    config["max_pool_connections"] = max(int(config.get("max_pool_connections") or 0), pool)
+    if fs.anon:
+        from botocore import UNSIGNED
+
+        for name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
+            init.pop(name, None)
+            client_kwargs.pop(name, None)
+        config["signature_version"] = UNSIGNED
+    session = botocore.session.Session(**fs.kwargs)
+    return session.create_client("s3", config=Config(**config), **init, **client_kwargs)
 
 
 class SidecarObjects:

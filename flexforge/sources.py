@@ -330,27 +330,13 @@ def _key_record(store: Store, key: str) -> Source | None:
 
 def declared_problem(data: bytes, asset: Asset) -> str | None:
     """Why `data` is not an image of the asset's declared format and size, by its header only
-    (no planted file is ever decoded in full), or None."""
-    from flexforge.imaging import header_problem
+    (no planted file is ever decoded in full), or None. A plain PNG of the declared size is read
+    without loading Pillow for each of a thousand restores (imaging.png_size: only where Pillow
+    would read the same); anything else is Pillow's to judge."""
+    from flexforge.imaging import header_problem, png_size
 
     width, height = asset.final_size or (asset.width, asset.height)
-    if asset.output_format == "png" and _png_header(data) == (width, height):
+    if asset.output_format == "png" and png_size(data) == (width, height):
         return None
     problem = header_problem(data, width, height, asset.output_format)
     return None if problem is None else f"not the declared image ({problem})"
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _png_header(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG's first chunk, an IHDR whose CRC holds, as Pillow reads it,
-    without loading Pillow for each of a thousand restores; None for anything else (then Pillow
-    says what is wrong)."""
-    import zlib
-
-    if len(data) < 33 or data[:16] != _PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR":
-        return None
-    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
-        return None
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")

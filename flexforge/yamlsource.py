@@ -8,6 +8,7 @@ ourselves instead of calling `yaml.safe_load`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +110,7 @@ class _Builder:
                 continue
             if isinstance(key_node, yaml.ScalarNode):
                 self._spend(len(key_node.value))
-                key = self.scalars.construct_object(key_node)
+                key = key_node.value if key_node.tag == _STR else self.scalars.construct_object(key_node)
             else:
                 key = None
             if not isinstance(key, str | int | float | bool) or key is None:
@@ -192,6 +193,8 @@ def parse_yaml(raw: bytes) -> YamlDocument:
 def _may_nest_deeply(text: str) -> bool:
     """A cheap over-estimate of nesting: open brackets so far (quotes ignored), plus each line's
     indentation and `- ` items. Passing it only means the slower, safe loader is used."""
+    if _nesting_bound(text) <= MAX_DEPTH:
+        return False  # the whole file's bound is low: no line can pass the limit
     depth = 0
     for line in text.splitlines():
         stripped = line.lstrip(" ")
@@ -206,6 +209,24 @@ def _may_nest_deeply(text: str) -> bool:
         if peak + stripped.count("- ") + (len(line) - len(stripped)) // 2 > MAX_DEPTH:
             return True
     return False
+
+
+_INDENT = re.compile(r"^ *", re.M)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_AS_SQUARE = str.maketrans("{}", "[]")
+
+
+def _nesting_bound(text: str) -> int:
+    """At least what _may_nest_deeply's line-by-line count reaches on any line, in C-speed passes:
+    the deepest bracket nesting (pairs peeled innermost first; unclosed ones all counted), every
+    `- ` in the file, and the deepest indentation."""
+    brackets = _NOT_BRACKET.sub("", text).translate(_AS_SQUARE)
+    depth = 0
+    while "[]" in brackets and depth <= MAX_DEPTH:
+        brackets = brackets.replace("[]", "")
+        depth += 1
+    indent = max(map(len, _INDENT.findall(text)), default=0)
+    return depth + brackets.count("[") + text.count("- ") + indent // 2
 
 
 def _yaml_problem(doc: YamlDocument, exc: yaml.MarkedYAMLError, text: str) -> None:

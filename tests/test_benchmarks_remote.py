@@ -26,5 +26,9 @@ def test_remote_benchmark_smoke_prints_every_row(tmp_path: Path) -> None:
         "4-shard build, 20 assets, one team remote",
         "4-shard build, 20 assets, no remote",
     }
-    assert rows["4-shard build, 20 assets, one team remote"]["submissions"] == 20
+    shards = rows["4-shard build, 20 assets, one team remote"]
+    assert shards["submissions"] == 20
+    # The bound this machine allows: the API's latency, or the CPU all processes used over its cores.
+    assert shards["machine_bound_s"] >= shards["bound_s"]
+    assert set(shards["cpu_s"]) == {"runners", "emulator", "moto"} and shards["cpu_s"]["runners"] > 0
     assert "Team remote benchmarks" in proc.stdout

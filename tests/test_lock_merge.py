@@ -273,3 +273,31 @@ def test_four_shards_on_separate_clones_then_lock_merge_and_a_frozen_build_pay_n
             assert hashlib.sha256(fan_in.read(entry["out"])).hexdigest() == entry["sha256"]
         plan = fan_in.run("plan", "--provider", "emulator", "--json")
         assert {a["action"] for a in plan.json()["assets"]} == {"none"}
+
+
+def test_after_a_merge_an_older_committed_image_is_restored_over_but_a_hand_edit_stays_drifted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, origin: Path
+) -> None:
+    """The lock moved on (merged), the files did not: what an older committed lock recorded at
+    a path is flexforge's own image and git keeps it, so a restore replaces it; bytes no lock
+    ever recorded are a hand edit, and stay."""
+    from tests.helpers import png
+
+    monkeypatch.setenv("FLEXFORGE_REMOTE", f"file://{tmp_path / 'team-remote'}")
+    dev = clone(origin, tmp_path / "developer")
+    dev.manifest(MANIFEST)
+    (dev.root / ".gitignore").write_text(".flexforge/\n")
+    assert dev.build().exit_code == 0
+    commit_all(dev, "images")
+    dev.edit('icon: {prompt: "an icon", seed: 3}', 'icon: {prompt: "an icon", seed: 30}')
+    dev.edit('badge: {prompt: "a badge", seed: 4}', 'badge: {prompt: "a badge", seed: 40}')
+    commit_all(dev, "new seeds")
+    runner = clone(origin, tmp_path / "runner")
+    assert runner.build().exit_code == 0  # pushes the new icon and badge to the remote
+    fan_in = clone(origin, tmp_path / "fan-in")
+    png(fan_in.root / "assets" / "badge.png", color=(1, 2, 3))  # edited by hand before the merge
+    code, err = merge(fan_in, runner.root / "flexforge.lock")
+    assert code == 0 and "Merged 2 entries" in err, err
+    plan = fan_in.plan()
+    assert plan["icon"] == "restore" and plan["badge"] == "drifted", plan
+    assert plan["hero"] == "none"

@@ -205,3 +205,27 @@ def test_a_matrix_too_big_is_refused_without_expanding_it(tmp_path: Path) -> Non
     )
     errors = _errors(project)
     assert any("the matrix makes 64000000 assets; at most 100000" in e for e in errors)
+
+
+def test_a_big_matrix_copies_its_template_positions_once_per_cell_not_its_axes() -> None:
+    """Each cell gets the template's positions (errors point at the matrix), but not those of a
+    long `matrix:` axis it does not have: that made a 100 x 10 matrix quadratic."""
+    from flexforge.expand import expand
+    from flexforge.yamlsource import parse_yaml
+
+    products = "\n".join(f"        p{i:03d}: {{name: Product {i}}}" for i in range(100))
+    text = (
+        "version: 1\nassets:\n  ad-{product}-{channel}:\n    matrix:\n      product:\n"
+        f"{products}\n      channel: [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9]\n"
+        '    prompt: "{product.name} on {channel}"\n'
+    )
+    doc = parse_yaml(text.encode())
+    before = len(doc.positions)
+    expansion = expand(doc.data, doc, lambda *args, **kwargs: None)
+    assert len(expansion.data["assets"]) == 1000
+    # Per cell: its id's key and value and its prompt's, a handful; the 100-value axis stays put.
+    assert len(doc.positions) - before <= 1000 * 6
+    assert (
+        doc.key_where(("assets", "ad-p042-c7", "prompt"))[0]
+        == text.splitlines().index('    prompt: "{product.name} on {channel}"') + 1
+    )

@@ -215,3 +215,26 @@ def test_a_fresh_clone_brings_every_reverted_output_back_from_history_free(
     assert {p.name: p.read_bytes() for p in (fresh.root / "assets").iterdir()} == v1
     assert not list(fresh.root.rglob("*.ff-*.tmp"))
     assert_matches_manifest(fresh)
+
+
+def test_a_lock_naming_uncommitted_outputs_never_promises_a_free_restore_from_git(
+    tmp_path: Path, emu: RunningEmulator
+) -> None:
+    """Outputs gitignored: the committed lock names bytes no commit holds. A fresh clone's plan
+    says they are made again (and what that costs), never `restore (git ...)` that the build
+    would then pay for; the build pays exactly what the plan said."""
+    team = Team(tmp_path, emu)
+    alice = team.clone("alice")
+    alice.manifest(MANIFEST)
+    (alice.root / ".gitignore").write_text("assets/\n")
+    built, paid = team.build(alice)
+    assert built.exit_code == 0 and paid == 4, built.stderr
+    commit(alice, "outputs not committed", push="main")
+    fresh = team.clone("fresh")
+    planned = plan(fresh)
+    assert not [a for a in planned.values() if "git" in a], planned
+    assert all(a.startswith(("create", "regenerate")) for a in planned.values()), planned
+    estimate = fresh.run("plan", "--json").json()
+    result, paid = team.build(fresh)
+    assert result.exit_code == 0, result.stderr
+    assert paid == sum(1 for a in estimate["assets"] if a["action"] != "none") == 4

@@ -49,7 +49,11 @@ def test_a_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
     assert done == [[None, None]]
 
 
-def test_reading_on_the_pool_gives_what_reading_one_by_one_gives(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_reading_on_the_pool_gives_what_reading_one_by_one_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    monkeypatch.setattr(reads, "WORKERS", workers)
     paths = []
     for i in range(40):
         path = tmp_path / f"f{i}.bin"

@@ -95,3 +95,24 @@ def test_soak_reports_an_asset_paid_twice_in_one_run(monkeypatch: pytest.MonkeyP
     args = ["--assets", "3", "--fault-rate", "1.0", "--fault-task-rate", "1.0", "--size", "64"]
     result = soak.run([*args, "--replay", "--max-runs", "1"])
     assert any("paid tasks (at most 1)" in p for p in result.problems), soak.summary(result)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
+def test_the_soak_measures_the_builds_own_peak_not_its_parents() -> None:
+    """wait4's ru_maxrss counted the pytest worker's memory at the fork (500 MiB after a browser
+    test) as the build's: the soak's RSS bound failed on a build that used 70 MiB."""
+    import subprocess
+    import time
+
+    soak = script("soak")
+    ballast = bytearray(300 * 2**20)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1  # resident, not just reserved
+    child = "import time; x = bytearray(20 * 2**20); time.sleep(0.4)"
+    proc = subprocess.Popen([sys.executable, "-c", child])
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, soak._vm_hwm_kib(proc.pid))
+        time.sleep(0.02)
+    assert 20 * 1024 < peak < 200 * 1024
+    assert len(ballast) == 300 * 2**20

@@ -330,3 +330,22 @@ def test_bad_remote_knobs_are_refused(monkeypatch: pytest.MonkeyPatch, name: str
     with pytest.raises(RemoteError, match=name):
         open_remote("memory://x")
         lease_ttl()
+
+
+def test_s3_images_travel_through_s3fs_when_botocore_cannot_be_configured(
+    s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bulk path is botocore's client made with s3fs's settings; an option it does not take
+    falls back to s3fs's own calls rather than failing the transfer."""
+    import flexforge.remote
+
+    def refuse(fs: object, pool: int) -> object:
+        raise TypeError("an option botocore does not take")
+
+    monkeypatch.setattr(flexforge.remote, "_botocore_client", refuse)
+    remote = open_remote(f"s3://{s3_env.new_bucket()}/team")
+    data = png()
+    sha = remote.put(KEY, data, RECORD)
+    fetched = remote.fetch(KEY, sha)
+    assert fetched is not None and fetched.data == data and fetched.record is not None
+    assert remote.get(KEY, "0" * 64) is None

@@ -56,7 +56,12 @@ def test_a_lock_timeout_that_is_not_a_number_is_a_usage_error(
 
 @pytest.mark.parametrize(
     ("name", "raw"),
-    [("FLEXFORGE_POLL_INTERVAL", "0"), ("FLEXFORGE_HTTP_TIMEOUT", "nan"), ("FLEXFORGE_MAX_RETRIES", "2.5")],
+    [
+        ("FLEXFORGE_POLL_INTERVAL", "0"),
+        ("FLEXFORGE_HTTP_TIMEOUT", "nan"),
+        ("FLEXFORGE_MAX_RETRIES", "2.5"),
+        ("FLEXFORGE_POLL_RATE", "1e9"),
+    ],
 )
 def test_a_bad_provider_knob_stops_the_build_before_any_submission(
     project: Project, monkeypatch: pytest.MonkeyPatch, name: str, raw: str

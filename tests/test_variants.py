@@ -275,3 +275,6 @@ def test_a_file_planted_at_a_cached_candidates_path_is_never_taken_for_it(tmp_pa
     assert f"thumbs/{lock['hero--2']['sha256']}.webp" in html
     planted = _sha(project, "variants/hero/2.png")
     assert planted not in html and not (out / "images" / f"{planted}.png").exists()
+    result = project.run("accept", "hero--2")
+    assert result.exit_code == 1 and "hero--2 is a candidate kept in the cache" in result.stderr
+    assert _lock(project)["hero--2"] == lock["hero--2"]

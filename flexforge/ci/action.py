@@ -38,6 +38,7 @@ class Inputs:
     comment: bool = True
     summary: bool = True
     args: list[str] = field(default_factory=list)
+    shard_locks: Path | None = None  # build: merge the shard runners' locks under it first
     out_dir: Path = Path("flexforge-ci")
     token: str = ""
     publish: str = "none"  # build: none | push | pull-request
@@ -122,13 +123,35 @@ def _annotate_stale(runner: Runner, plan: Plan, manifest_file: str) -> None:
 
 
 def _build(opts: GlobalOptions, inputs: Inputs, provider: str, runner: Runner) -> int:
-    args = [sys.executable, "-m", "flexforge", "build", "--provider", provider]
-    if opts.file:
-        args += ["-f", opts.file]
+    project = ["-f", opts.file] if opts.file else []
+    if inputs.shard_locks is not None:
+        merge = ["lock", "merge", "--provider", provider, *project, *_locks(inputs)]
+        code = _relay(opts, runner, "flexforge lock merge", merge)
+        if code != EXIT_OK:
+            return code
+    args = ["build", "--provider", provider, *project]
     if inputs.max_cost is not None:
         args += ["--max-cost", repr(inputs.max_cost)]
-    args += inputs.args
-    with runner.group("flexforge build"), runner.untrusted():
+    return _relay(opts, runner, "flexforge build", args + inputs.args)
+
+
+def _locks(inputs: Inputs) -> list[str]:
+    """The shard locks to merge: every *.lock under the folder (one artifact per runner)."""
+    folder = inputs.shard_locks
+    assert folder is not None
+    found = sorted(str(p) for p in folder.rglob("*.lock") if p.is_file()) if folder.is_dir() else []
+    if not found:
+        raise UsageError(
+            f"shard-locks {folder}: no *.lock file there; download the shard runners' lock artifacts "
+            "into that folder first"
+        )
+    return found
+
+
+def _relay(opts: GlobalOptions, runner: Runner, title: str, command: list[str]) -> int:
+    """Run `flexforge COMMAND...` in the project, its output relayed to the log in one group."""
+    args = [sys.executable, "-m", "flexforge", *command]
+    with runner.group(title), runner.untrusted():
         # Relayed line by line: the log shows progress while a long build runs.
         with subprocess.Popen(
             args,
@@ -237,6 +260,8 @@ def run(opts: GlobalOptions, inputs: Inputs, runner: Runner) -> int:
     if any(a == "--provider" or a.startswith("--provider=") for a in inputs.args):
         # The paid-build guard below reads the provider input; extra arguments must not change it.
         raise UsageError("pass the provider as the action's `provider` input, not in `args`")
+    if inputs.shard_locks is not None and inputs.command != "build":
+        raise UsageError(f"shard-locks is for the build command (the fan-in), not {inputs.command}")
     if inputs.command == "build" and inputs.provider:
         refuse_untrusted_build(runner, event, choose_provider(inputs.provider)[0])
     cwd = opts.cwd()

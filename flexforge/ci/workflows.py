@@ -113,10 +113,20 @@ def _yaml_scalar_safe(value: str, what: str) -> str:
     return value
 
 
-def render(kind: str, place: Placement, action: str) -> str:
-    text = (TEMPLATES / WORKFLOWS[kind]).read_text(encoding="utf-8")
+SHARDED_BUILD = "build-shards.yml"  # the build workflow as N runners and a fan-in (init --shards N)
+MAX_SHARDS = 64
+
+
+def render(kind: str, place: Placement, action: str, shards: int = 0) -> str:
+    """One workflow for one project; with `shards`, the build runs on that many runners."""
+    sharded = kind == "build" and shards > 1
+    if shards and not 2 <= shards <= MAX_SHARDS:
+        raise UsageError(f"--shards {shards}: give 2 to {MAX_SHARDS} runners (or leave it out for one)")
+    text = (TEMPLATES / (SHARDED_BUILD if sharded else WORKFLOWS[kind])).read_text(encoding="utf-8")
     wd = _yaml_scalar_safe(place.working_directory, "project folder")
     values = {
+        "__SHARDS__": str(shards),
+        "__MATRIX__": ", ".join(str(i) for i in range(1, shards + 1)),
         "__ACTION__": check_action(action),
         "__WORKING_DIRECTORY__": wd,
         "__PATHS__": "**" if wd == "." else f"{wd}/**",
@@ -131,7 +141,9 @@ def render(kind: str, place: Placement, action: str) -> str:
     return text
 
 
-def write_workflows(project: Path, action: str, *, force: bool = False) -> tuple[Placement, list[Path]]:
+def write_workflows(
+    project: Path, action: str, *, force: bool = False, shards: int = 0
+) -> tuple[Placement, list[Path]]:
     """Write the missing workflows (all of them with force); the paths written."""
     from flexforge.fsutil import atomic_write
 
@@ -141,6 +153,6 @@ def write_workflows(project: Path, action: str, *, force: bool = False) -> tuple
         path = place.path(kind)
         if path.exists() and not force:
             continue
-        atomic_write(path, render(kind, place, action).encode(), durable=False)
+        atomic_write(path, render(kind, place, action, shards).encode(), durable=False)
         written.append(path)
     return place, written

@@ -22,6 +22,11 @@ MAX_ACCEPTED_BYTES = 256 * 2**20  # a link to /dev/zero stops here
 def accept(opts: GlobalOptions, asset_id: str) -> int:
     project = open_project(opts)
     asset = project.manifest.require(asset_id)
+    if not asset.written:
+        raise FlexforgeError(
+            f"{asset_id} is a candidate kept in the cache, never read from {clip(asset.out, 120)}; "
+            "set `settings: variants_dir:` to write and commit candidates, then accept edits to them"
+        )
     # The lock is read under the build lock: a build running now may be about to rewrite it.
     with project.store.build_lock():
         path = project.manifest.root / asset.out

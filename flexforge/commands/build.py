@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from flexforge.signals import StopSignals
 
 LOCK_TIMEOUT_ENV = "FLEXFORGE_LOCK_TIMEOUT"
+WORKER_THREADS_MAX = 32
 
 
 def build(
@@ -220,7 +221,12 @@ def _team(project: Project, reporter: Reporter, paying: bool) -> Team | None:
 
 async def _run(builder: Builder, provider: Provider, stop: StopSignals, credits_needed: float) -> BuildResult:
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
+    # Worker threads mostly wait (fsyncs, the team remote's round trips): with asyncio's default
+    # of cores + 4, a few slow remote calls held up every other task's journal and image writes.
+    workers = min(WORKER_THREADS_MAX, 8 + 2 * builder.options.jobs)
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, "flexforge-io"))
     main = asyncio.current_task()
     if main is not None:
         stop.attach(main)

@@ -24,6 +24,7 @@ def init(
     workflows_only: bool = False,
     action: str | None = None,
     force: bool = False,
+    shards: int = 0,
 ) -> int:
     from flexforge.ci.workflows import action_reference, write_workflows
 
@@ -54,7 +55,7 @@ def init(
             "(or set FLEXFORGE_ACTION)"
         )
     else:
-        place, paths = write_workflows(directory, reference, force=force)
+        place, paths = write_workflows(directory, reference, force=force, shards=shards)
         written += [
             str(p.relative_to(directory.resolve())) if p.is_relative_to(directory.resolve()) else str(p)
             for p in paths

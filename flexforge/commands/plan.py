@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from flexforge.context import GlobalOptions, Project, choose_provider, open_project
-from flexforge.credits import CreditCheck
 from flexforge.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
 from flexforge.options import PlanOptions
 from flexforge.planner import (
@@ -26,6 +25,9 @@ from flexforge.planner import (
 )
 from flexforge.settings import PROVIDER_ENV
 from flexforge.text import plural
+
+if TYPE_CHECKING:  # the balance check imports the pricing tables: only `--check-credits` needs them
+    from flexforge.credits import CreditCheck
 
 MARKS = {
     CREATE: "+",
@@ -149,11 +151,13 @@ def print_plan(plan: Plan, opts: GlobalOptions) -> None:
 
 def _price_basis(plan: Plan) -> str:
     """How the estimates were made, when the provider does not bill by BFL's table."""
+    paid = sorted({s.asset.model for s in plan.steps if s.estimated_cost_usd})
+    if not paid:
+        return ""  # nothing to pay: the pricing tables need not even be read
     from flexforge.pricing import PER_REQUEST_PROVIDERS, price_basis
 
     if plan.provider not in PER_REQUEST_PROVIDERS:
         return ""
-    paid = sorted({s.asset.model for s in plan.steps if s.estimated_cost_usd})
     return "; ".join(f"{model}: {price_basis(model, plan.provider)}" for model in paid)
 
 

@@ -75,7 +75,13 @@ def pull(opts: GlobalOptions, jobs: int) -> int:
     manifest = project.manifest
     entries = {a: e for a, e in project.lock.entries.items() if not store.has_object(e.sha256)}
     held = remote.held() if entries else set()  # one listing, not a look per image
-    work = [(a, e) for a, e in entries.items() if (e.key, e.sha256) in held]
+    work: list[tuple[str, LockEntry]] = []
+    seen: set[str] = set()
+    for asset_id, entry in entries.items():
+        if (entry.key, entry.sha256) in held and entry.sha256 not in seen:
+            seen.add(entry.sha256)  # two assets of one image: one download
+            work.append((asset_id, entry))
+    absent = sum((e.key, e.sha256) not in held for e in entries.values())
     bad: list[str] = []
 
     def download(item: tuple[str, LockEntry]) -> None:
@@ -92,13 +98,13 @@ def pull(opts: GlobalOptions, jobs: int) -> int:
         except ImageCheckError as exc:
             bad.append(f"{asset_id}: {exc}")
             return
+        # The object alone: the lock names its key, and a build finds a lock entry's image in
+        # the cache by its digest (a key record per image would double the files written).
         store.put_object(data)
-        store.put_key_record(entry.key, _record(entry))
 
     failed = _run(work, download, jobs, "pull", opts)
     done = len(work) - len(failed) - len(bad)
     if not opts.quiet:
-        absent = len(entries) - len(work)
         click.echo(
             f"Pulled {done} image{'s' if done != 1 else ''} from {remote.url} "
             f"({len(project.lock.entries) - len(entries)} already here, {absent} not in the remote).",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -316,3 +317,49 @@ def test_a_committed_rename_reads_as_flexforge_diff_would(actions: Actions) -> N
         ("brand-mark", "renamed", "from logo")
     ]
     assert "renamed (from logo" in actions.github.writes()[0].body["body"]
+
+
+def test_the_fan_in_merges_the_shard_runners_locks_then_restores_every_image_frozen(
+    actions: Actions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from flexforge.cli import cli
+
+    monkeypatch.setenv("FLEXFORGE_REMOTE", f"file://{tmp_path / 'team-remote'}")
+    actions.repo.edit("A flat logo", "A flat logo, in red")
+    actions.repo.edit("seed: 1", "seed: 5")  # a new hero, and so a new square made from it
+    sha = actions.repo.commit("new images")
+    locks = tmp_path / "flexforge-shard-locks"
+    for i in (1, 2):  # two runners, each on its own checkout, as the matrix jobs are
+        runner = tmp_path / f"runner-{i}"
+        shutil.copytree(actions.repo.project, runner, ignore=shutil.ignore_patterns(".flexforge"))
+        built = CliRunner().invoke(
+            cli, ["-C", str(runner), "build", "--provider", "draft", "--shard", f"{i}/2"]
+        )
+        assert built.exit_code == 0, built.output
+        (locks / f"flexforge-lock-site-{i}").mkdir(parents=True)  # as download-artifact lays them out
+        shutil.copy(runner / "flexforge.lock", locks / f"flexforge-lock-site-{i}" / "flexforge.lock")
+    actions.event("push", {"before": sha}, sha)
+    result = actions.run("run", "--command", "build", "--shard-locks", str(locks), "--args", "--frozen")
+    assert result.exit_code == 0, result.output
+    assert "::group::flexforge lock merge" in result.output
+    assert "Merged 3 entries from 2 files" in result.output
+    # The new hero comes from the remote (the draft renderer drew the same logo and square).
+    assert "hero: restored (from remote, no API call)" in result.output and "0 generated" in result.output
+    assert actions.outputs()["changes"] == "false"
+    lock = json.loads((actions.repo.project / "flexforge.lock").read_text())["assets"]
+    for entry in lock.values():
+        data = (actions.repo.project / entry["out"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+
+
+def test_shard_locks_must_be_there_and_only_for_a_build(actions: Actions, tmp_path: Path) -> None:
+    empty = tmp_path / "nothing-downloaded"
+    empty.mkdir()
+    result = actions.run("run", "--command", "build", "--shard-locks", str(empty))
+    assert result.exit_code == 2 and "no *.lock file there" in result.output
+    result = actions.run("run", "--command", "plan", "--shard-locks", str(empty))
+    assert result.exit_code == 2 and "shard-locks is for the build command" in result.output

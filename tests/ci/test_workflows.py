@@ -42,12 +42,17 @@ def workflows(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     folder.mkdir(parents=True)
     for kind in WORKFLOWS:
         (folder / f"flexforge-{kind}.yml").write_text(render(kind, request.param, ACTION))
+    (folder / "flexforge-build-sharded.yml").write_text(render("build", request.param, ACTION, SHARDS))
     return folder
+
+
+SHARDS = 4  # `init --shards 4`: the build as four runners and a fan-in
 
 
 def _docs() -> list[tuple[str, str]]:
     texts = [("action.yml", (ROOT / "action.yml").read_text())]
     texts += [(kind, render(kind, place, ACTION)) for kind in WORKFLOWS for place in PLACES]
+    texts += [("build --shards", render("build", place, ACTION, SHARDS)) for place in PLACES]
     return texts
 
 
@@ -105,15 +110,15 @@ def test_no_expression_reaches_a_shell_script() -> None:
             assert "${{" not in step.get("run", ""), f"{name}: {step.get('name')}"
 
 
-def _jobs(kind: str, place: Placement) -> tuple[dict[str, Any], dict[str, Any]]:
-    doc = yaml.safe_load(render(kind, place, ACTION))
+def _jobs(kind: str, place: Placement, shards: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    doc = yaml.safe_load(render(kind, place, ACTION, shards))
     return doc, doc["jobs"]
 
 
 @pytest.mark.parametrize("place", PLACES)
 def test_least_privilege_concurrency_and_no_persisted_credentials(place: Placement) -> None:
-    for kind in WORKFLOWS:
-        doc, jobs = _jobs(kind, place)
+    for kind, shards in [*((k, 0) for k in WORKFLOWS), ("build", SHARDS)]:
+        doc, jobs = _jobs(kind, place, shards)
         assert doc["permissions"] == {}, kind
         for job in jobs.values():
             assert job["permissions"] and job["timeout-minutes"] <= 120
@@ -161,3 +166,43 @@ def test_the_action_saves_its_cache_even_when_cancelled() -> None:
     assert "hashFiles(" in restore["with"]["key"] and ".lock" in restore["with"]["key"]
     install = next(s for s in doc["runs"]["steps"] if "pip install" in s.get("run", ""))
     assert '"$GITHUB_ACTION_PATH"' in install["run"]
+
+
+@pytest.mark.parametrize("place", PLACES, ids=["root", "subfolder"])
+def test_the_sharded_build_runs_n_runners_through_the_remote_then_one_fan_in(place: Placement) -> None:
+    doc, jobs = _jobs("build", place, SHARDS)
+    assert set(doc[True]) == {"push", "workflow_dispatch"}
+    assert doc["concurrency"]["cancel-in-progress"] is False
+    shard, fan_in = jobs["shard"], jobs["fan-in"]
+    assert shard["strategy"]["matrix"]["shard"] == [1, 2, 3, 4]
+    assert shard["strategy"]["fail-fast"] is False  # a failed runner leaves the others' paid tasks alone
+    assert shard["permissions"] == {"contents": "read"}
+    build = next(s for s in shard["steps"] if s.get("uses") == ACTION)
+    assert build["with"]["command"] == "build" and build["with"]["max-cost"]
+    assert build["with"]["args"] == "--shard ${{ matrix.shard }}/4"
+    assert build["with"]["working-directory"] == place.working_directory
+    assert build["env"]["BFL_API_KEY"] == "${{ secrets.BFL_API_KEY }}"
+    assert build["env"]["FLEXFORGE_REMOTE_WRITE"] == "1"
+    upload = next(s for s in shard["steps"] if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert upload["with"]["path"] == f"{place.working_directory}/flexforge.lock"
+    assert upload["with"]["name"].startswith(f"flexforge-lock-{place.slug}-")
+    # The fan-in: after every runner, their locks merged, every image from the remote, no key.
+    assert fan_in["needs"] == "shard"
+    download = next(s for s in fan_in["steps"] if s.get("uses", "").startswith("actions/download-artifact@"))
+    assert download["with"]["pattern"] == f"flexforge-lock-{place.slug}-*"
+    final = next(s for s in fan_in["steps"] if s.get("uses") == ACTION)
+    assert final["with"]["shard-locks"] == download["with"]["path"]
+    assert final["with"]["args"] == "--frozen" and final["with"]["publish"] == "push"
+    assert "BFL_API_KEY" not in final.get("env", {})
+    assert "secrets.BFL_API_KEY" not in yaml.safe_dump(fan_in)
+
+
+def test_init_writes_the_sharded_build_when_asked(tmp_path: Path) -> None:
+    from tests.helpers import Project
+
+    project = Project(tmp_path / "site")
+    result = project.run("init", "--action", ACTION, "--shards", "3")
+    assert result.exit_code == 0, result.stderr
+    doc = yaml.safe_load((project.root / ".github" / "workflows" / "flexforge-build.yml").read_text())
+    assert doc["jobs"]["shard"]["strategy"]["matrix"]["shard"] == [1, 2, 3]
+    assert project.run("init", "--workflows-only", "--action", ACTION, "--shards", "1").exit_code == 2
