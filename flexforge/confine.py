@@ -7,6 +7,7 @@ write, because a repository's folders can be swapped for links after (or without
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -40,14 +41,20 @@ class Resolver:
         path = os.path.join(self._root, rel)
         folder, name = os.path.split(path)
         if name in ("", ".", ".."):
-            target = os.path.realpath(path)
+            target = _real_folder(path)
+            if not target:
+                return None
         else:
             real = self._real_folders.get(folder)
             if real is None:
-                real = self._real_folders[folder] = os.path.realpath(folder)
+                real = self._real_folders[folder] = _real_folder(folder)
+            if not real:
+                return None
             target = os.path.join(real, name)
             if os.path.islink(target):
-                target = os.path.realpath(target)
+                target = _real_folder(target)
+                if not target:
+                    return None
         root = self._root
         if target != root and not target.startswith(root.rstrip("/") + "/"):
             return None
@@ -61,6 +68,17 @@ class Resolver:
     def relative(self, target: str) -> str:
         """A path real() gave, root-relative."""
         return "." if target == self._root else target[len(self._root.rstrip("/")) + 1 :]
+
+
+def _real_folder(folder: str) -> str:
+    """The folder's real path; "" when a link loop stands on the way. realpath() alone stops at
+    the loop and goes on from there ('loop/../a' to 'a'), a path the system itself refuses to
+    walk (ELOOP): the file at the end is not what the manifest names. A folder not made yet
+    (an output's) is resolved as far as it exists."""
+    try:
+        return os.path.realpath(folder, strict=True)
+    except OSError as exc:
+        return "" if exc.errno == errno.ELOOP else os.path.realpath(folder)
 
 
 def private_part(rel: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import hashlib
 import json
 import os
@@ -780,7 +781,7 @@ class _Checker:
             return None
         target = self.resolver.real(rel)
         if target is None:
-            self.error(path, f"{what} {rel!r} leaves the project root")
+            self.error(path, f"{what} {rel!r} {_why_outside(self.resolver.root / rel)}")
         return target
 
     def _reference_file(self, ref: str, path: tuple[str | int, ...], all_assets: dict[str, Any]) -> None:
@@ -949,3 +950,13 @@ def _var_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _why_outside(path: Path) -> str:
+    """Why the resolver refused a path: a loop of links (the system cannot walk it) or a way out."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "goes round a loop of symbolic links; point it at a real file"
+    return "leaves the project root"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,12 @@ def test_the_string_resolver_leads_where_pathlib_leads(
     rel = "/".join(parts) + ("/" if trailing else "")
     resolver = Resolver(root)
     try:
+        os.stat(root / rel)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the system refuses the path: so does the resolver
+            assert resolver.inside(rel) is None
+            return
+    try:
         expected = _pathlib_inside(root, rel)
     except RuntimeError:
         # A link loop: pathlib raised (a traceback in validation); now it leads where the loop
@@ -88,3 +96,17 @@ def test_the_string_resolver_leads_where_pathlib_leads(
         return
     assert resolver.inside(rel) == expected
     assert resolver.inside(rel) == expected  # and again, from the folder cache
+
+
+def test_a_path_through_a_link_loop_leads_nowhere(tmp_path: Path) -> None:
+    """'loop/../in-link' cannot be opened (ELOOP); realpath alone went past the loop and named
+    the file behind in-link, so validation accepted a reference no read could follow."""
+    root = tmp_path / "repo"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "a.png").write_bytes(b"x")
+    (root / "in-link").symlink_to(root / "refs" / "a.png")
+    (root / "loop").symlink_to("loop")
+    resolver = Resolver(root)
+    assert resolver.inside("loop/../in-link") is None
+    assert resolver.inside("in-link") == "refs/a.png"
+    assert resolver.inside("new/out.png") == "new/out.png"  # a folder not made yet still resolves

@@ -438,6 +438,6 @@ def test_a_reference_that_is_a_link_loop_is_one_clear_line(project: Project) -> 
           a: {prompt: x, references: [loop.png]}
     """)
     assert errors(project) == [
-        "flexforge.yaml:3:31: assets.a.references.0: reference 'loop.png' is neither an asset id "
-        "nor a file under the root"
+        "flexforge.yaml:3:31: assets.a.references.0: reference 'loop.png' goes round a loop of "
+        "symbolic links; point it at a real file"
     ]
