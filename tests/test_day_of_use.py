@@ -183,7 +183,11 @@ def test_a_git_source_that_fails_its_check_falls_back_to_generating(project: Pro
     subprocess.run([*git, "init", "-q"], check=True)
     hero = project.root / "assets/hero.png"
     good = hero.read_bytes()
-    png(hero, size=(128, 128), color=(5, 5, 5))  # the commit holds other bytes than its lock says
+    # The commit holds other bytes than its lock says, of the same size (a file of another size
+    # is not indexed as a source at all, so the plan would not promise it).
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0xFF
+    hero.write_bytes(bytes(damaged))
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", "lock and file disagree"], check=True)
     hero.unlink()
