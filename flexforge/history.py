@@ -159,10 +159,32 @@ class History:
         must not promise a free restore the build then pays for. One `git cat-file
         --batch-check` pass answers them all; no git at all keeps nothing."""
         rows = [row for rows in rows_by_key.values() for row in rows if _askable(row)]
+        by_commit: dict[str, list[Row]] = {}
+        for row in rows:
+            by_commit.setdefault(row[3], []).append(row)
+        held: set[int] = set()
+        # A commit with many outputs is listed once (`ls-tree -r -l`): asked one path at a time,
+        # git walks the commit's tree again for each, a third of a second per 2,000 rows.
+        for commit, commit_rows in by_commit.items():
+            if len(commit_rows) >= LIST_TREE_FROM and _OBJECT_ID.match(commit):
+                folders = sorted({self._repo_path(row[2]).rpartition("/")[0] for row in commit_rows})
+                sizes = self._sizes(commit, folders)
+                held |= {id(row) for row in commit_rows if sizes.get(self._repo_path(row[2])) == row[1]}
+        rest = [
+            row for row in rows if len(by_commit[row[3]]) < LIST_TREE_FROM or not _OBJECT_ID.match(row[3])
+        ]
+        held |= self._held_one_by_one(rest)
+        kept = {key: [row for row in rows if id(row) in held] for key, rows in rows_by_key.items()}
+        return {key: rows for key, rows in kept.items() if rows}
+
+    def _held_one_by_one(self, rows: list[Row]) -> set[int]:
+        """id() of the rows whose commit holds the file, asked through one --batch-check pass."""
+        if not rows:
+            return set()
         names = "".join(f"{row[3]}:{self._repo_path(row[2])}\n" for row in rows)
         try:
             answer = subprocess.run(
-                [*GIT_COMMAND, "cat-file", "--batch-check=%(objecttype) %(objectsize)"],
+                [*GIT_COMMAND, "cat-file", "--buffer", "--batch-check=%(objecttype) %(objectsize)"],
                 cwd=self.toplevel,
                 input=names.encode(),
                 capture_output=True,
@@ -171,13 +193,11 @@ class History:
                 check=True,
             ).stdout.decode(errors="replace")
         except (OSError, subprocess.SubprocessError):
-            return {}
+            return set()
         lines = answer.splitlines()
         if len(lines) != len(rows):
-            return {}
-        held = {id(row) for row, line in zip(rows, lines, strict=True) if line == f"blob {row[1]}"}
-        kept = {key: [row for row in rows if id(row) in held] for key, rows in rows_by_key.items()}
-        return {key: rows for key, rows in kept.items() if rows}
+            return set()
+        return {id(row) for row, line in zip(rows, lines, strict=True) if line == f"blob {row[1]}"}
 
     def _repo_path(self, out: str) -> str:
         return f"{self.prefix}/{out}" if self.prefix else out
@@ -280,20 +300,28 @@ class History:
                 names.append(f"{p[0]}:{p[1]}")
         return names
 
+    def _sizes(self, commit: str, folders: list[str]) -> dict[str, int]:
+        """Repository path -> size of the plain files under `folders` in `commit`."""
+        return {path: size for path, (_, size) in self._listing(commit, folders).items()}
+
     def _tree(self, commit: str, folders: list[str]) -> dict[str, str]:
-        """Repository path -> blob id of the plain files under `folders` in `commit` (links and
-        submodules left out: an output is never one); empty when git cannot say."""
+        """Repository path -> blob id of the plain files under `folders` in `commit`."""
+        return {path: blob for path, (blob, _) in self._listing(commit, folders).items()}
+
+    def _listing(self, commit: str, folders: list[str]) -> dict[str, tuple[str, int]]:
+        """Repository path -> (blob id, size) of the plain files under `folders` in `commit`
+        (links and submodules left out: an output is never one); empty when git cannot say."""
         spec = [f or "." for f in folders]
         try:
-            raw = _git(self.toplevel, "--literal-pathspecs", "ls-tree", "-r", "-z", commit, "--", *spec)
+            raw = _git(self.toplevel, "--literal-pathspecs", "ls-tree", "-r", "-l", "-z", commit, "--", *spec)
         except (OSError, subprocess.SubprocessError):
             return {}
         found = {}
         for record in raw.split(b"\0"):
             meta, _, path = record.partition(b"\t")
             fields = meta.split()
-            if len(fields) == 3 and fields[0] in (b"100644", b"100755") and fields[1] == b"blob":
-                found[path.decode(errors="surrogateescape")] = fields[2].decode()
+            if len(fields) == 4 and fields[0] in (b"100644", b"100755") and fields[1] == b"blob":
+                found[path.decode(errors="surrogateescape")] = (fields[2].decode(), int(fields[3]))
         return found
 
     def blob(self, commit: str, repo_path: str, limit: int) -> bytes | None:

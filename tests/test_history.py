@@ -168,3 +168,41 @@ def test_read_many_stopped_early_leaves_no_git_running(repo: Path, tmp_path: Pat
         ["ps", "-o", "args=", "--ppid", str(os.getpid())], capture_output=True, text=True
     )
     assert "cat-file --batch --buffer" not in children.stdout
+
+
+def test_a_lock_version_with_many_outputs_keeps_only_the_files_its_commit_holds(
+    repo: Path, tmp_path: Path
+) -> None:
+    """Listed once per commit (ls-tree -l) rather than asked one path at a time: the same answer,
+    a file missing or of another size is no source."""
+    from flexforge.history import LIST_TREE_FROM
+
+    (repo / "assets").mkdir()
+    (repo / ".gitignore").write_text("assets/ignored-*\n")
+    entries = {}
+    for i in range(LIST_TREE_FROM + 2):
+        name = f"ignored-{i}.png" if i < 2 else f"a{i}.png"
+        data = f"image {i}".encode()
+        (repo / "assets" / name).write_bytes(data)
+        size = len(data) + (1 if i == 2 else 0)  # the lock says another size than the commit holds
+        entries[f"a{i}"] = LockEntry(
+            f"{i:064x}",
+            {},
+            1,
+            "flux-2-flex",
+            "flux",
+            "bfl",
+            f"assets/{name}",
+            hashlib.sha256(data).hexdigest(),
+            size,
+            None,
+            None,
+        )
+    (repo / "flexforge.lock").write_bytes(Lock(repo / "flexforge.lock", entries).render())
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "many outputs, two ignored")
+    history = History.open(repo, repo / "flexforge.lock", tmp_path / "cache")
+    assert history is not None
+    found = {i for i in range(LIST_TREE_FROM + 2) if history.lookup(f"{i:064x}")}
+    assert found == set(range(3, LIST_TREE_FROM + 2))
+    history.close()
