@@ -299,9 +299,8 @@ def _summarise(
     if not opts.quiet or result.failures:
         click.echo(f"Build: {', '.join(counts)} in {seconds:.1f}s{money}.", err=True)
     if result.maybe_charged:
-        n = len(result.maybe_charged)
         click.echo(
-            f"{n} submission{'s' if n != 1 else ''} may have been charged with no answer "
+            f"{plural(len(result.maybe_charged), 'submission')} may have been charged with no answer "
             f"(worst case ${result.maybe_charged_usd:.2f}): "
             f"{', '.join(sorted({a for a, _ in result.maybe_charged}))}; check the account",
             err=True,

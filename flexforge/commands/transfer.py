@@ -12,6 +12,7 @@ import click
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_ERROR, EXIT_OK, FlexforgeError
 from flexforge.store import KeyRecord
+from flexforge.text import plural
 
 if TYPE_CHECKING:
     from flexforge.lockfile import LockEntry
@@ -55,15 +56,9 @@ def push(opts: GlobalOptions, jobs: int) -> int:
 
     failed = _run(work, upload, jobs, "push", opts)
     done = len(work) - len(failed) - len(missing)
-    if not opts.quiet:
-        click.echo(
-            f"Pushed {done} image{'s' if done != 1 else ''} to {remote.url} "
-            f"({len(entries) - len(work)} already there).",
-            err=True,
-        )
-    for asset_id in missing:
-        click.echo(f"  not pushed: {asset_id}: its image is neither in place nor in the cache", err=True)
-    return EXIT_ERROR if failed or missing else EXIT_OK
+    summary = f"Pushed {plural(done, 'image')} to {remote.url} ({len(entries) - len(work)} already there)."
+    notes = [f"not pushed: {a}: its image is neither in place nor in the cache" for a in missing]
+    return _report(opts, summary, notes, failed=bool(failed))
 
 
 def pull(opts: GlobalOptions, jobs: int) -> int:
@@ -104,15 +99,20 @@ def pull(opts: GlobalOptions, jobs: int) -> int:
 
     failed = _run(work, download, jobs, "pull", opts)
     done = len(work) - len(failed) - len(bad)
+    summary = (
+        f"Pulled {plural(done, 'image')} from {remote.url} "
+        f"({len(project.lock.entries) - len(entries)} already here, {absent} not in the remote)."
+    )
+    return _report(opts, summary, [f"not pulled: {line}" for line in bad], failed=bool(failed))
+
+
+def _report(opts: GlobalOptions, summary: str, notes: list[str], *, failed: bool) -> int:
+    """A transfer's summary line (unless quiet), then each image it left out; exit 1 if any."""
     if not opts.quiet:
-        click.echo(
-            f"Pulled {done} image{'s' if done != 1 else ''} from {remote.url} "
-            f"({len(project.lock.entries) - len(entries)} already here, {absent} not in the remote).",
-            err=True,
-        )
-    for line in bad:
-        click.echo(f"  not pulled: {line}", err=True)
-    return EXIT_ERROR if failed or bad else EXIT_OK
+        click.echo(summary, err=True)
+    for note in notes:
+        click.echo(f"  {note}", err=True)
+    return EXIT_ERROR if failed or notes else EXIT_OK
 
 
 def _local_bytes(project: Project, entry: LockEntry) -> bytes | None:
