@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +67,7 @@ def running_azurite() -> Iterator[AzureServer]:
         if os.environ.get("FLEXFORGE_REQUIRE_EMULATORS"):
             pytest.fail(message)
         pytest.skip(message)
+    home = tempfile.mkdtemp(prefix="azurite-")  # its working folder: nothing lands in the checkout
     proc = subprocess.Popen(
         [
             *command,
@@ -79,6 +81,7 @@ def running_azurite() -> Iterator[AzureServer]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        cwd=home,
     )
     assert proc.stdout is not None
     seen: list[str] = []
@@ -104,6 +107,7 @@ def running_azurite() -> Iterator[AzureServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
