@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flexforge import gitblobs
 from flexforge.fsutil import fsync_dir, install, remove_stale_temps, stage_bytes, sync_files
 from flexforge.keys import ContentKey
 from flexforge.lockfile import Lock, LockChangedError, LockEntry, stamp
@@ -66,14 +67,17 @@ class Outputs:
         self.made_here: set[str] = set()  # assets whose output this run wrote
         self._saved_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._blobs: dict[Path, str] = {}  # staged file -> git blob id of its bytes
+        gitblobs.learn({a: e.git_blobs for a, e in lock.entries.items()})
 
-    @staticmethod
-    def stage(dest: Path, data: bytes, *, durable: bool = True) -> Path:
+    def stage(self, dest: Path, data: bytes, *, durable: bool = True) -> Path:
         """`data` written beside `dest`, for `record` to rename into place with the next lock
         write. Not `durable`: fsynced at that write instead, together with the others (bytes that
         are free to fetch again, such as a restore: a thousand cost one sync, not a thousand).
         Safe to call from worker threads."""
-        return stage_bytes(dest, data, durable=durable)
+        staged = stage_bytes(dest, data, durable=durable)
+        self._blobs[staged] = gitblobs.blob_id(data)  # one dict store: safe across threads
+        return staged
 
     def remove_stale_temps(self, outs: list[str]) -> None:
         """A build killed mid-write leaves a temp file beside an output or the lock, in folders
@@ -101,6 +105,8 @@ class Outputs:
         `staged` by `stage`, or already at its output path (None). `urgent` asks for a lock write
         soon (a paid image); otherwise it goes with the next write or the last (a restore: a
         build killed before then restores it again, for free)."""
+        if staged is not None and (blob := self._blobs.pop(staged, None)) is not None:
+            gitblobs.note(record.sha256, blob)
         entry = LockEntry(
             key=key.key,
             parts=key.parts,
@@ -113,6 +119,7 @@ class Outputs:
             size=record.size,
             task_id=record.task_id,
             cost_usd=record.cost_usd,
+            git_blobs=gitblobs.pairs_for([record.sha256, *key.files]) or None,
         )
         previous = self.lock.set_entry(asset.id, entry)
         self._replaced.setdefault(asset.id, previous)
