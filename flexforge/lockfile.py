@@ -105,6 +105,10 @@ class Lock:
         self._stanzas[asset_id] = (values, text)
         return text
 
+    def changed_on_disk(self) -> bool:
+        """Whether another program replaced the file since this lock last read or wrote it."""
+        return stamp(self.path) != self._stamp
+
     def save(self, *, sync_folder: bool = True) -> bool:
         """Write the lock if its bytes would change; a no-op build leaves the file untouched.
         Without `sync_folder` the bytes are fsynced but not the folder entry: the caller renames
@@ -113,7 +117,7 @@ class Lock:
         data = self.render()
         if data == self._on_disk:
             return False
-        if stamp(self.path) != self._stamp:
+        if self.changed_on_disk():
             # Writing now would put this build's view over what another branch or tool wrote.
             raise LockChangedError(
                 f"{self.path.name} changed on disk while this build ran (a `git checkout`?); "

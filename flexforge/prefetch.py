@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from flexforge.fsutil import is_temp
 from flexforge.manifest import Asset
 from flexforge.planner import Step
 from flexforge.sources import GIT, Source, Sources
@@ -116,5 +117,6 @@ class GitPrefetch:
 
 
 def _discard(fetched: Fetched | None) -> None:
-    if isinstance(fetched, tuple) and fetched[0] is not None:
+    """Remove a staged temp file; an output written in place stays (the intent record lists it)."""
+    if isinstance(fetched, tuple) and fetched[0] is not None and is_temp(fetched[0]):
         fetched[0].unlink(missing_ok=True)
