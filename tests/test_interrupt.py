@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.helpers import Project
-from tests.support.spawn import spawn_flexforge
+from tests.support.spawn import spawn_flexforge, wait_for
 
 N = 30
 
@@ -76,3 +80,92 @@ def test_interrupted_build_keeps_finished_work(project: Project, sig: signal.Sig
     assert not regenerated, f"finished assets made again: {sorted(regenerated)}"
     assert len(project.lock()["assets"]) == N
     assert project.plan() == {f"a{i}": "none" for i in range(N)}
+
+
+# git, except that the restore pass's stream (`cat-file --batch --buffer`) hands over COUNT
+# objects and then stalls until flexforge dies: a build caught mid-restore at a known point.
+STALLING_GIT = """#!{python}
+import os, subprocess, sys, time
+REAL = {real!r}
+args = sys.argv[1:]
+if not ("cat-file" in args and "--batch" in args and "--buffer" in args):
+    os.execv(REAL, [REAL, *args])
+git = subprocess.Popen([REAL, *args], stdout=subprocess.PIPE)
+out = sys.stdout.buffer
+for _ in range({count}):
+    header = git.stdout.readline()
+    if not header:
+        break
+    out.write(header)
+    fields = header.split()
+    if len(fields) == 3:
+        out.write(git.stdout.read(int(fields[2]) + 1))
+    out.flush()
+open({marker!r}, "w").close()
+parent = os.getppid()
+while os.getppid() == parent:
+    time.sleep(0.02)
+git.kill()
+"""
+
+
+def git(root: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+def stalling_git(folder: Path, count: int) -> tuple[dict[str, str], Path]:
+    """An environment whose `git` stalls the restore stream after `count` objects, and the
+    file it creates when it does."""
+    folder.mkdir()
+    marker = folder / "stalled"
+    script = folder / "git"
+    real = shutil.which("git")
+    assert real is not None
+    script.write_text(STALLING_GIT.format(python=sys.executable, real=real, count=count, marker=str(marker)))
+    script.chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}, marker
+
+
+def test_a_restore_pass_killed_midway_is_restored_again_never_reported_drifted(
+    project: Project, tmp_path: Path
+) -> None:
+    n, stall_after = 24, 8
+    assets = "".join(f"  a{i}: {{prompt: 'poster {i}', seed: {i + 1}}}\n" for i in range(n))
+    project.manifest(f"version: 1\ndefaults: {{width: 64, height: 64}}\nassets:\n{assets}")
+    assert project.build().exit_code == 0
+    root, folder = project.root, project.root / "assets"
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "built")
+    lock = (root / "flexforge.lock").read_bytes()
+    # A fresh checkout without its outputs and no local state: every one comes back from git,
+    # written in place (no temp file, no rename) under the intent record.
+    for path in folder.iterdir():
+        path.unlink()
+    shutil.rmtree(root / ".flexforge")
+    env, marker = stalling_git(tmp_path / "bin", stall_after)
+    proc = spawn_flexforge("-C", str(root), "build", "--provider", "draft", env=env)
+    wait_for(lambda: marker.exists() and len(list(folder.iterdir())) >= stall_after, "a stalled restore")
+    proc.kill()  # SIGKILL: no clean-up of any kind
+    proc.communicate(timeout=60)
+    written = sorted(folder.iterdir())
+    assert stall_after <= len(written) < n, "killed too late to prove anything"
+    assert (root / "flexforge.lock").read_bytes() == lock  # restores wait for the lock write
+    assert (root / ".flexforge" / "writing.json").is_file()
+    # A power cut would tear a file mid-write: neither the lock's bytes nor anyone's edit.
+    torn = written[0]
+    os.truncate(torn, torn.stat().st_size // 2)
+
+    result = project.run("plan", "--json", "--provider", "draft")
+    plan = {a["id"]: (a["action"], a["reasons"]) for a in result.json()["assets"]}
+    assert plan[torn.stem] == ("restore", ["interrupted restore"])
+    assert {action for action, _ in plan.values()} == {"none", "restore"}, plan
+    assert sum(action == "none" for action, _ in plan.values()) == len(written) - 1
+
+    rebuilt = project.build()
+    assert rebuilt.exit_code == 0 and "0 generated" in rebuilt.stderr, rebuilt.stderr
+    assert git(root, "status", "--porcelain", "--", "assets", "flexforge.lock") == ""
+    assert not (root / ".flexforge" / "writing.json").exists()
+    assert not list(root.rglob("*.ff-*.tmp"))
+    assert set(project.plan().values()) == {"none"}
