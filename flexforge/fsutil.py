@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -72,31 +73,37 @@ def replacing(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
     install(staged, path, durable=durable)
 
 
-def overwrite(path: Path, data: bytes) -> None:
+def overwrite(path: Path, data: bytes, *, folder: int | None = None) -> None:
     """`data` written over the plain file at `path` in place, without fsync, the file made if
     missing (its folders too). Not atomic: a kill leaves the file torn, so callers record their
     intent first (flexforge/outputs.py). Over an existing file of the same inode this is a copy
     into the page cache: no new inode, no directory entry, no freed blocks, five to ten times
     cheaper than a new file and a rename. Never through a final link (O_NOFOLLOW, and the inode
     checked against lstat), never into a FIFO or device; a file with other hard links is replaced
-    by a new one, so that the other names keep their bytes (as git's checkout does)."""
+    by a new one, so that the other names keep their bytes (as git's checkout does). With
+    `folder` (a descriptor from `open_folder` on `path`'s folder) the file is named relative to
+    it: a folder on the way swapped for a link since then changes nothing."""
+    name: str | Path = path.name if folder is not None else path
     try:
-        before: os.stat_result | None = os.lstat(path)
+        before: os.stat_result | None = os.lstat(name, dir_fd=folder)
     except FileNotFoundError:
         before = None
     if before is not None:
         _refuse_special(before.st_mode, path)
         if before.st_nlink > 1:
-            os.unlink(path)
+            os.unlink(name, dir_fd=folder)
             before = None
     flags = os.O_WRONLY | os.O_CLOEXEC | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
+    if before is None:
+        flags |= os.O_CREAT | os.O_EXCL
     try:
-        fd = os.open(path, flags if before is not None else flags | os.O_CREAT | os.O_EXCL, 0o666)
-    except FileNotFoundError:
-        if before is not None:
-            raise
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            fd = os.open(name, flags, 0o666, dir_fd=folder)
+        except FileNotFoundError:
+            if before is not None or folder is not None:
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(name, flags, 0o666)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # a link put there since the lstat
             raise NotRegularFile(exc.errno, "is a symbolic link", str(path)) from None
@@ -113,6 +120,37 @@ def overwrite(path: Path, data: bytes) -> None:
             os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
+
+
+_FOLDER = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC
+
+
+def open_folder(root: Path, parts: tuple[str, ...]) -> int | None:
+    """A descriptor on the folder `root/parts...`, walked from `root` one component at a time
+    without following any link (made where missing), for `overwrite(folder=...)`; None where
+    the system cannot name files relative to a folder (then paths are used). NotRegularFile
+    when a component is a link or not a folder."""
+    if os.open not in os.supports_dir_fd or not _NOFOLLOW:
+        return None
+    fd = os.open(root, _FOLDER)
+    try:
+        for part in parts:
+            try:
+                inner = os.open(part, _FOLDER | _NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                inner = os.open(part, _FOLDER | _NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise NotRegularFile(exc.errno, "is a symbolic link or not a folder", part) from None
+                raise
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _refuse_special(mode: int, path: Path) -> None:

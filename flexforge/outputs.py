@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,9 +21,11 @@ from pathlib import Path
 
 from flexforge.errors import FlexforgeError
 from flexforge.fsutil import (
+    NotRegularFile,
     fsync_dir,
     install,
     is_temp,
+    open_folder,
     overwrite,
     remove_stale_temps,
     stage_bytes,
@@ -83,6 +88,8 @@ class Outputs:
         self._writing: dict[str, list[int] | None] | None = None
         self._in_place: frozenset[str] = frozenset()  # outputs this run may write in place
         self._settled: set[str] = set()  # written in place, and named by a lock write since
+        self._folders: dict[Path, int | None] = {}  # output folders opened for in-place writes
+        self._folders_mutex = threading.Lock()
 
     @staticmethod
     def stage(dest: Path, data: bytes, *, durable: bool = True) -> Path:
@@ -119,9 +126,24 @@ class Outputs:
         checkout` meanwhile they are staged, and the lock write then refuses them), else staged
         beside it without fsync. Returns what `record` takes. Safe to call from worker threads."""
         if out in self._in_place and not self._switched():
-            overwrite(dest, data)
+            overwrite(dest, data, folder=self._folder(dest.parent))
             return dest
         return self.stage(dest, data, durable=False)
+
+    def _folder(self, folder: Path) -> int | None:
+        """A descriptor on `folder` as it really is now (checked to be inside the project root),
+        opened once without following links: writes through it stay inside the root even if a
+        folder on the way is swapped for a link later in the build."""
+        with self._folders_mutex:
+            if folder in self._folders:
+                return self._folders[folder]
+            root = os.path.realpath(self.store.root)
+            rel = os.path.relpath(os.path.realpath(folder), root)
+            if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+                raise NotRegularFile(errno.EXDEV, "leads outside the project root", str(folder))
+            parts = () if rel == os.curdir else tuple(rel.split(os.sep))
+            fd = self._folders[folder] = open_folder(Path(root), parts)
+            return fd
 
     def _switched(self) -> bool:
         """Whether the manifest or the lock changed on disk since this build read them."""
@@ -257,6 +279,11 @@ class Outputs:
         result = self.flush()
         self._forget_settled()
         self.store.save()
+        with self._folders_mutex:
+            for fd in self._folders.values():
+                if fd is not None:
+                    os.close(fd)
+            self._folders.clear()
         return result
 
     def _forget_settled(self) -> None:

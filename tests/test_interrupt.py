@@ -83,7 +83,8 @@ def test_interrupted_build_keeps_finished_work(project: Project, sig: signal.Sig
 
 
 # git, except that the restore pass's stream (`cat-file --batch --buffer`) hands over COUNT
-# objects and then stalls until flexforge dies: a build caught mid-restore at a known point.
+# objects, then stalls until flexforge dies or the file GO appears: a build caught mid-restore at
+# a known point.
 STALLING_GIT = """#!{python}
 import os, subprocess, sys, time
 REAL = {real!r}
@@ -103,8 +104,11 @@ for _ in range({count}):
     out.flush()
 open({marker!r}, "w").close()
 parent = os.getppid()
-while os.getppid() == parent:
+while os.getppid() == parent and not os.path.exists({go!r}):
     time.sleep(0.02)
+while os.getppid() == parent and (chunk := git.stdout.read1(65536)):
+    out.write(chunk)
+    out.flush()
 git.kill()
 """
 
@@ -115,35 +119,46 @@ def git(root: Path, *args: str) -> str:
 
 
 def stalling_git(folder: Path, count: int) -> tuple[dict[str, str], Path]:
-    """An environment whose `git` stalls the restore stream after `count` objects, and the
-    file it creates when it does."""
+    """An environment whose `git` stalls the restore stream after `count` objects (until
+    `folder/go` exists), and the file it creates when it stalls."""
     folder.mkdir()
     marker = folder / "stalled"
     script = folder / "git"
     real = shutil.which("git")
     assert real is not None
-    script.write_text(STALLING_GIT.format(python=sys.executable, real=real, count=count, marker=str(marker)))
+    script.write_text(
+        STALLING_GIT.format(
+            python=sys.executable, real=real, count=count, marker=str(marker), go=str(folder / "go")
+        )
+    )
     script.chmod(0o755)
     return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}, marker
+
+
+def committed_project(project: Project, n: int) -> None:
+    """n built and committed outputs, then deleted with the local state: a fresh checkout
+    without its outputs, where every one comes back from git history."""
+    assets = "".join(f"  a{i}: {{prompt: 'poster {i}', seed: {i + 1}}}\n" for i in range(n))
+    project.manifest(f"version: 1\ndefaults: {{width: 64, height: 64}}\nassets:\n{assets}")
+    assert project.build().exit_code == 0
+    root = project.root
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "built")
+    for path in (root / "assets").iterdir():
+        path.unlink()
+    shutil.rmtree(root / ".flexforge")
 
 
 def test_a_restore_pass_killed_midway_is_restored_again_never_reported_drifted(
     project: Project, tmp_path: Path
 ) -> None:
     n, stall_after = 24, 8
-    assets = "".join(f"  a{i}: {{prompt: 'poster {i}', seed: {i + 1}}}\n" for i in range(n))
-    project.manifest(f"version: 1\ndefaults: {{width: 64, height: 64}}\nassets:\n{assets}")
-    assert project.build().exit_code == 0
+    committed_project(project, n)
     root, folder = project.root, project.root / "assets"
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "built")
     lock = (root / "flexforge.lock").read_bytes()
-    # A fresh checkout without its outputs and no local state: every one comes back from git,
-    # written in place (no temp file, no rename) under the intent record.
-    for path in folder.iterdir():
-        path.unlink()
-    shutil.rmtree(root / ".flexforge")
+    # Every output comes back from git, written in place (no temp file, no rename) under the
+    # intent record.
     env, marker = stalling_git(tmp_path / "bin", stall_after)
     proc = spawn_flexforge("-C", str(root), "build", "--provider", "draft", env=env)
     wait_for(lambda: marker.exists() and len(list(folder.iterdir())) >= stall_after, "a stalled restore")
@@ -169,3 +184,26 @@ def test_a_restore_pass_killed_midway_is_restored_again_never_reported_drifted(
     assert not (root / ".flexforge" / "writing.json").exists()
     assert not list(root.rglob("*.ff-*.tmp"))
     assert set(project.plan().values()) == {"none"}
+
+
+def test_an_output_folder_swapped_for_a_link_mid_restore_sends_nothing_outside(
+    project: Project, tmp_path: Path
+) -> None:
+    n, stall_after = 24, 8
+    committed_project(project, n)
+    root, folder = project.root, project.root / "assets"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a20.png").write_bytes(b"precious, not flexforge's")
+    env, marker = stalling_git(tmp_path / "bin", stall_after)
+    proc = spawn_flexforge("-C", str(root), "build", "--provider", "draft", env=env)
+    wait_for(lambda: marker.exists() and len(list(folder.iterdir())) >= stall_after, "a stalled restore")
+    # Mid-build, after every check on the folder: the folder moved away and a link out put there.
+    folder.rename(root / "moved")
+    folder.symlink_to(outside, target_is_directory=True)
+    (tmp_path / "bin" / "go").touch()
+    proc.communicate(timeout=120)
+    assert sorted(p.name for p in outside.iterdir()) == ["a20.png"]
+    assert (outside / "a20.png").read_bytes() == b"precious, not flexforge's"
+    # What was restored went where the checks saw the folder: inside the project.
+    assert len(list((root / "moved").glob("*.png"))) == n
