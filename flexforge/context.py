@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flexforge import gitblobs
 from flexforge.errors import UsageError
 from flexforge.lockfile import Lock, read_lock
 from flexforge.manifest import Manifest, display_path, find_manifest, load_manifest
@@ -44,6 +45,7 @@ class GlobalOptions:
 
     def load_manifest(self) -> Manifest:
         path = self.manifest_path()
+        gitblobs.configure(path.parent, Path(lock_path_for(str(path))))
         return load_manifest(path, display_path(path, self.cwd()))
 
 

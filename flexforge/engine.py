@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from flexforge import gitblobs
 from flexforge.confine import Resolver, output_problem
 from flexforge.errors import FlexforgeError, ProviderError
 from flexforge.fsutil import is_temp
@@ -777,6 +778,7 @@ class Builder:
                 )
             if problem is not None:
                 raise ProviderError(f"reference {ref!r}: {problem}")
+            _check_digest(ref, path, digest)
             if asset.reference_max_mp is not None:
                 path = self._scaled_reference(path, asset.reference_max_mp)
             refs.append(ReferenceInput(ref, path, digest))
@@ -804,6 +806,23 @@ class Builder:
         from flexforge.planner import estimate_asset
 
         return estimate_asset(asset, self.plan.manifest, self.plan.provider)
+
+
+def _check_digest(ref: str, path: Path, digest: str) -> None:
+    """The key was computed from `digest`: never send (or cache an image made from) other bytes.
+    A plan may have taken the digest from git's index and the lock (flexforge.gitblobs)."""
+    try:
+        sha256, blob = gitblobs.file_ids(path)
+    except OSError as exc:
+        raise ProviderError(f"reference {ref!r} cannot be read: {exc.strerror or exc}") from None
+    if sha256 != digest:
+        raise ProviderError(
+            f"reference {ref!r} is not the file this plan keyed (sha256 {sha256[:12]}, planned "
+            f"{digest[:12]}): it changed during the build, or a hand-edited flexforge.lock pairs its "
+            "git blob with another digest; run `flexforge build` again (delete the lock entry's "
+            "git_blobs if this repeats)"
+        )
+    gitblobs.note(sha256, blob)
 
 
 async def _staged_from(

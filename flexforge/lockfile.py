@@ -31,6 +31,9 @@ class LockEntry:
     size: int
     task_id: str | None = None
     cost_usd: float | None = None
+    # git blob id -> sha256 of the same bytes, for the output and the reference files: a fresh
+    # clone takes these digests from git's index instead of hashing (flexforge.gitblobs).
+    git_blobs: dict[str, str] | None = None
 
 
 class LockChangedError(FlexforgeError):
@@ -92,8 +95,11 @@ class Lock:
         cached = self._stanzas.get(asset_id)
         if cached is not None and cached[0] == values:
             return cached[1]
+        fields = dict(zip(_FIELDS, values, strict=True))
+        if fields["git_blobs"] is None:  # a lock from before them keeps its bytes
+            del fields["git_blobs"]
         body = json.dumps(
-            dict(zip(_FIELDS, values, strict=True)),
+            fields,
             indent=2,
             sort_keys=True,
             ensure_ascii=False,
@@ -237,6 +243,8 @@ def _shown(value: object) -> str:
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_BLOB = re.compile(r"^[0-9a-f]{40}$")
+MAX_BLOBS = 64  # an output and its references (a model takes at most ten)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _TYPES: dict[str, tuple[type, ...]] = {
     "key": (str,),
@@ -286,4 +294,13 @@ def _entry(name: str, body: Any) -> LockEntry:
     cost = values["cost_usd"]
     if cost is not None and not (math.isfinite(cost) and 0 <= cost <= MAX_SIZE):
         raise _Bad(f"{where}.cost_usd {_shown(cost)} is not an amount of money")
+    blobs = body.get("git_blobs")
+    if blobs is not None:
+        if not (
+            isinstance(blobs, dict)
+            and len(blobs) <= MAX_BLOBS
+            and all(_BLOB.match(k) and isinstance(v, str) and _HEX64.match(v) for k, v in blobs.items())
+        ):
+            raise _Bad(f"{where}.git_blobs must map git blob ids to sha256 digests")
+        values["git_blobs"] = blobs
     return LockEntry(**values)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flexforge import gitblobs
 from flexforge.errors import FlexforgeError
 from flexforge.fsutil import (
     NotRegularFile,
@@ -90,14 +91,17 @@ class Outputs:
         self._settled: set[str] = set()  # written in place, and named by a lock write since
         self._folders: dict[Path, int | None] = {}  # output folders opened for in-place writes
         self._folders_mutex = threading.Lock()
+        self._blobs: dict[Path, str] = {}  # staged file -> git blob id of its bytes
+        gitblobs.learn({a: e.git_blobs for a, e in lock.entries.items()})
 
-    @staticmethod
-    def stage(dest: Path, data: bytes, *, durable: bool = True) -> Path:
+    def stage(self, dest: Path, data: bytes, *, durable: bool = True) -> Path:
         """`data` written beside `dest`, for `record` to rename into place with the next lock
         write. Not `durable`: fsynced at that write instead, together with the others (bytes that
         are free to fetch again, such as a restore: a thousand cost one sync, not a thousand).
         Safe to call from worker threads."""
-        return stage_bytes(dest, data, durable=durable)
+        staged = stage_bytes(dest, data, durable=durable)
+        self._blobs[staged] = gitblobs.blob_id(data)  # one dict store: safe across threads
+        return staged
 
     def intend(self, outs: Iterable[str]) -> None:
         """Say which outputs this run may write in place: restores, whose bytes are free to fetch
@@ -127,6 +131,7 @@ class Outputs:
         beside it without fsync. Returns what `record` takes. Safe to call from worker threads."""
         if out in self._in_place and not self._switched():
             overwrite(dest, data, folder=self._folder(dest.parent))
+            self._blobs[dest] = gitblobs.blob_id(data)
             return dest
         return self.stage(dest, data, durable=False)
 
@@ -173,9 +178,11 @@ class Outputs:
         urgent: bool = True,
     ) -> None:
         """`asset`'s output is now `record.sha256` (`record.size` bytes), made for `key`: staged at
-        `staged` by `stage` or `restore`, or already at its output path (None). `urgent` asks for a lock write
-        soon (a paid image); otherwise it goes with the next write or the last (a restore: a
+        `staged` by `stage` or `restore`, or already at its output path (None). `urgent` asks for
+        a lock write soon (a paid image); otherwise it goes with the next write or the last (a restore: a
         build killed before then restores it again, for free)."""
+        if staged is not None and (blob := self._blobs.pop(staged, None)) is not None:
+            gitblobs.note(record.sha256, blob)
         entry = LockEntry(
             key=key.key,
             parts=key.parts,
@@ -188,6 +195,7 @@ class Outputs:
             size=record.size,
             task_id=record.task_id,
             cost_usd=record.cost_usd,
+            git_blobs=gitblobs.pairs_for([record.sha256, *key.files]) or None,
         )
         previous = self.lock.set_entry(asset.id, entry)
         self._replaced.setdefault(asset.id, previous)

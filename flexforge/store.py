@@ -291,7 +291,10 @@ class Store:
         if cached is not None and cached[:4] == stamp:
             return str(cached[4])
         # Read already by this process (validation, or `prefetch`) while the file was as it is now.
-        digest = reads.digest(path, stamp) or sha256_file(path)
+        read = reads.digest(path, stamp)
+        if read is not None and read.from_git:
+            return read.sha256  # the lock's word: good for this run, never cached (gitblobs)
+        digest = read.sha256 if read is not None else sha256_file(path)
         self._remember(rel, stamp, digest)
         return digest
 
