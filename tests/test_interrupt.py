@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Project
+from tests.support.mounts import fill, tmpfs
 from tests.support.spawn import spawn_flexforge, wait_for
 
 N = 30
@@ -207,3 +208,50 @@ def test_an_output_folder_swapped_for_a_link_mid_restore_sends_nothing_outside(
     assert (outside / "a20.png").read_bytes() == b"precious, not flexforge's"
     # What was restored went where the checks saw the folder: inside the project.
     assert len(list((root / "moved").glob("*.png"))) == n
+
+
+def test_a_disk_that_fills_mid_restore_leaves_nothing_drifted_and_the_next_build_restores_free(
+    tmp_path: Path,
+) -> None:
+    """Reverted prompts restore bigger images over smaller ones, on a disk that fills halfway:
+    some files end torn, the lock keeps its old entries for them. Neither the reverted nor the
+    un-reverted manifest ever calls them edited by hand, and once there is room one build
+    restores everything from git history."""
+    n = 12
+    origin = Project(tmp_path / "origin")
+    big = "".join(f"  a{i}: {{prompt: 'poster {i}', seed: {i + 1}}}\n" for i in range(n))
+    origin.manifest(f"version: 1\ndefaults: {{width: 512, height: 512}}\nassets:\n{big}")
+    assert origin.build().exit_code == 0
+    git(origin.root, "init", "-q", "-b", "main")
+    commit = ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qam"]
+    git(origin.root, "add", "-A")
+    git(origin.root, *commit, "big")
+    v1 = (origin.root / "flexforge.yaml").read_text()
+    small = v1.replace("width: 512, height: 512", "width: 64, height: 64")
+    (origin.root / "flexforge.yaml").write_text(small)
+    assert origin.build().exit_code == 0
+    git(origin.root, *commit, "small")
+    (origin.root / "flexforge.yaml").write_text(v1)
+    git(origin.root, *commit, "back to big")
+    with tmpfs(tmp_path / "disk", size="4m") as disk:
+        git(tmp_path, "clone", "-q", "--no-local", str(origin.root), str(disk / "clone"))
+        clone = Project(disk / "clone")
+        fill(disk)
+        filler = disk / "filler"
+        os.truncate(filler, filler.stat().st_size - 160 * 1024)  # room for a few restores
+        full = clone.build()
+        assert full.exit_code == 1 and "No space left on device" in full.stderr, full.stderr
+        assert "Traceback" not in full.stderr and not list(clone.root.rglob("*.ff-*.tmp"))
+        assert (clone.root / ".flexforge" / "writing.json").is_file()
+        plan = clone.plan()
+        assert set(plan.values()) <= {"none", "restore"}, plan
+        # The prompts put back as the lock has them: the torn files are the lock's key's outputs
+        # now, and still restored, not `drifted`.
+        (clone.root / "flexforge.yaml").write_text(small)
+        plan = clone.plan()
+        assert set(plan.values()) <= {"none", "restore"} and "restore" in plan.values(), plan
+        filler.unlink()
+        rebuilt = clone.build()
+        assert rebuilt.exit_code == 0 and "0 generated" in rebuilt.stderr, rebuilt.stderr
+        assert git(clone.root, "status", "--porcelain", "--", "assets", "flexforge.lock") == ""
+        assert not (clone.root / ".flexforge" / "writing.json").exists()
