@@ -72,7 +72,9 @@ class _Known:
         self.mutex = threading.Lock()
         self.root: str | None = None
         self.lock_path: Path | None = None
-        self.loaded = False
+        self.ready = threading.Event()  # pairs and clean are final
+        self.loading = False  # a thread (or a caller) is reading them
+        self.lock: Lock | None = None  # as read for its pairs, handed on to take_lock()
         self.pairs: dict[str, str] = {}  # blob id -> sha256, from the lock
         self.clean: dict[str, tuple[str, Stat]] = {}  # absolute path -> git's blob id and stat
         self.blob_of: dict[str, str] = {}  # sha256 -> blob id, of bytes seen or vouched for
@@ -81,33 +83,52 @@ class _Known:
 _known = _Known()
 
 
-def configure(root: Path, lock_path: Path) -> None:
-    """The project this process plans: nothing is read until a digest is asked for."""
-    with _known.mutex:
-        _known.root = os.path.realpath(root)
-        _known.lock_path = lock_path
-        _known.loaded = False
-        _known.pairs, _known.clean, _known.blob_of = {}, {}, {}
+def configure(root: Path, lock_path: Path, *, early: bool = False) -> None:
+    """The project this process plans. With `early` (a cold start: no stat cache), git's index
+    and the lock are read now, on a thread, while the manifest is parsed; else only when a
+    digest is first asked for (a warm plan may ask for none)."""
+    global _known
+    _known = k = _Known()
+    k.root = os.path.realpath(root)
+    k.lock_path = lock_path
+    if early:
+        k.loading = True
+        threading.Thread(target=_load, args=(k,), name="flexforge-gitblobs", daemon=True).start()
 
 
 def known(path: str, stamp: Stat) -> str | None:
     """The sha256 of the file at absolute `path` (a realpath), now with `stamp` (inode, size,
     mtime_ns, ctime_ns), if git's index and the lock vouch for it; else None: hash it."""
     k = _known
-    with k.mutex:
-        if k.root is None:
-            return None
-        if not k.loaded:
+    if k.root is None:
+        return None
+    if not k.ready.is_set():
+        with k.mutex:
+            first = not k.loading
+            k.loading = True
+        if first:
             _load(k)
-        listed = k.clean.get(path)
-        # The stat git recorded with the blob id is the file's now: the same bytes.
-        if listed is None or listed[1] != stamp:
-            return None
-        blob = listed[0]
-        sha256 = k.pairs.get(blob)
-        if sha256 is not None:
-            k.blob_of.setdefault(sha256, blob)
-        return sha256
+        k.ready.wait()
+    listed = k.clean.get(path)
+    # The stat git recorded with the blob id is the file's now: the same bytes.
+    if listed is None or listed[1] != stamp:
+        return None
+    blob = listed[0]
+    sha256 = k.pairs.get(blob)
+    if sha256 is not None:
+        k.blob_of.setdefault(sha256, blob)
+    return sha256
+
+
+def take_lock(path: Path) -> Lock | None:
+    """The lock at `path` as read here for its pairs, if it is still that file: read once."""
+    from flexforge.lockfile import stamp
+
+    k = _known
+    if k.lock_path != path or not k.ready.is_set() or k.lock is None:
+        return None
+    lock, k.lock = k.lock, None
+    return lock if lock._stamp is not None and stamp(path) == lock._stamp else None
 
 
 def note(sha256: str, blob: str) -> None:
@@ -135,20 +156,21 @@ def learn(entries: Mapping[str, Mapping[str, str] | None]) -> None:
 
 
 def _load(k: _Known) -> None:
-    """Ask git which tracked files under the root are clean, and read the lock's pairs."""
-    k.loaded = True
-    assert k.root is not None and k.lock_path is not None
-    from flexforge.lockfile import read_lock
-
+    """Read the lock's pairs, and ask git which tracked files under the root it vouches for."""
     try:
+        from flexforge.lockfile import read_lock
+
+        assert k.root is not None and k.lock_path is not None
         lock = read_lock(k.lock_path)
+        k.lock = lock
+        pairs = {blob: sha for e in lock.entries.values() for blob, sha in (e.git_blobs or {}).items()}
+        if pairs:  # else nothing could match: spare git
+            k.clean = _index_entries(k.root)
+            k.pairs = pairs
     except Exception:  # a bad lock is reported when the command reads it for real
-        return
-    pairs = {blob: sha for e in lock.entries.values() for blob, sha in (e.git_blobs or {}).items()}
-    if not pairs:
-        return  # nothing to match: spare the two git processes
-    k.pairs = pairs
-    k.clean = _index_entries(k.root)
+        pass
+    finally:
+        k.ready.set()
 
 
 # `git ls-files -z -s -t --debug`: each file's tag, mode, blob id, stage and path, then the stat
