@@ -151,18 +151,26 @@ def committed_project(project: Project, n: int) -> None:
     shutil.rmtree(root / ".flexforge")
 
 
+def stalled_restore(project: Project, tmp_path: Path, n: int, stall_after: int) -> subprocess.Popen[str]:
+    """A build of `committed_project`, its restore pass stalled once `stall_after` outputs are
+    written (`tmp_path/bin/go` lets it go on)."""
+    committed_project(project, n)
+    folder = project.root / "assets"
+    env, marker = stalling_git(tmp_path / "bin", stall_after)
+    proc = spawn_flexforge("-C", str(project.root), "build", "--provider", "draft", env=env)
+    wait_for(lambda: marker.exists() and len(list(folder.iterdir())) >= stall_after, "a stalled restore")
+    return proc
+
+
 def test_a_restore_pass_killed_midway_is_restored_again_never_reported_drifted(
     project: Project, tmp_path: Path
 ) -> None:
     n, stall_after = 24, 8
-    committed_project(project, n)
-    root, folder = project.root, project.root / "assets"
-    lock = (root / "flexforge.lock").read_bytes()
     # Every output comes back from git, written in place (no temp file, no rename) under the
     # intent record.
-    env, marker = stalling_git(tmp_path / "bin", stall_after)
-    proc = spawn_flexforge("-C", str(root), "build", "--provider", "draft", env=env)
-    wait_for(lambda: marker.exists() and len(list(folder.iterdir())) >= stall_after, "a stalled restore")
+    proc = stalled_restore(project, tmp_path, n, stall_after)
+    root, folder = project.root, project.root / "assets"
+    lock = git(root, "show", "HEAD:flexforge.lock").encode()
     proc.kill()  # SIGKILL: no clean-up of any kind
     proc.communicate(timeout=60)
     written = sorted(folder.iterdir())
@@ -191,14 +199,11 @@ def test_an_output_folder_swapped_for_a_link_mid_restore_sends_nothing_outside(
     project: Project, tmp_path: Path
 ) -> None:
     n, stall_after = 24, 8
-    committed_project(project, n)
-    root, folder = project.root, project.root / "assets"
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "a20.png").write_bytes(b"precious, not flexforge's")
-    env, marker = stalling_git(tmp_path / "bin", stall_after)
-    proc = spawn_flexforge("-C", str(root), "build", "--provider", "draft", env=env)
-    wait_for(lambda: marker.exists() and len(list(folder.iterdir())) >= stall_after, "a stalled restore")
+    proc = stalled_restore(project, tmp_path, n, stall_after)
+    root, folder = project.root, project.root / "assets"
     # Mid-build, after every check on the folder: the folder moved away and a link out put there.
     folder.rename(root / "moved")
     folder.symlink_to(outside, target_is_directory=True)
