@@ -90,17 +90,23 @@ class PollTimer:
 
     # -- scheduling ------------------------------------------------------------------------------
 
-    def wait(self, elapsed: float, interval: float, *, first: bool = False) -> float:
+    def wait(
+        self, elapsed: float, interval: float, *, first: bool = False, last: float | None = None
+    ) -> float:
         """Seconds until a task `elapsed` seconds old should be looked at; `first` for a newly
-        submitted task's first look."""
+        submitted task's first look, `last` the elapsed time of its latest look. The schedule is
+        reckoned from that look: a task woken because the estimate moved, which has not been
+        looked at since it became likely due, looks now, however old it is."""
         if not self._highs:
-            return random.uniform(0.0, interval) if first else interval
+            return random.uniform(0.0, interval) if first else _after(last, interval, elapsed)
         fine = min(interval, self.fine())
         if elapsed < self._first_look:
             return self._first_look - elapsed
-        if elapsed < max(self._highs) + fine:
-            return fine
-        return interval
+        if last is not None and last < self._first_look:
+            return 0.0
+        if (elapsed if last is None else last) < max(self._highs) + fine:
+            return _after(last, fine, elapsed)
+        return _after(last, interval, elapsed)
 
     async def sleep(self, delay: float) -> bool:
         """Sleep `delay` seconds; True if woken early because the estimate moved."""
@@ -127,6 +133,11 @@ class PollTimer:
         self._filled = now
         self._tokens -= 1.0  # below zero: owed, and paid back by waiting
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+def _after(last: float | None, step: float, elapsed: float) -> float:
+    """Seconds until `step` after the latest look (or from now, when there was none)."""
+    return step if last is None else max(0.0, last + step - elapsed)
 
 
 def _settle(future: asyncio.Future[bool], value: bool) -> None:

@@ -116,6 +116,18 @@ def test_the_first_finished_task_wakes_tasks_sleeping_a_whole_interval() -> None
     assert run(scenario()) is True
 
 
+def test_a_task_woken_after_it_became_due_looks_at_once_however_old() -> None:
+    # The first wave: a task submitted a little before the first one seen Ready was last looked
+    # at long before it was due; woken, it must look now, not an interval later because it is
+    # already older than any duration seen.
+    timer = PollTimer()
+    timer.finished(0.5, 1.0)
+
+    assert timer.wait(1.3, INTERVAL, last=0.6) == 0.0
+    assert timer.wait(1.3, INTERVAL, last=1.2) == pytest.approx(0.4)  # looked at since: as scheduled
+    assert timer.wait(0.98, INTERVAL, last=0.97) == pytest.approx(timer.fine() - 0.01)
+
+
 def test_a_sleep_that_runs_out_says_it_was_not_woken() -> None:
     assert run(PollTimer().sleep(0.001)) is False
 
