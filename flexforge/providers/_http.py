@@ -51,13 +51,12 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
-import httpx
-
 from flexforge import __version__
 from flexforge.errors import FlexforgeError, ProviderError, UsageError
 from flexforge.imaging import ImageCheckError, verify_image
 from flexforge.providers import GeneratedImage, JournalEntry, TaskContext
 from flexforge.providers._hosts import MIN_SECRET_LENGTH, KeyPolicy, UrlRefused
+from flexforge.providers._httpx import httpx
 from flexforge.providers._limiter import AdaptiveLimiter, Slot
 from flexforge.providers._polling import DEFAULT_POLL_RATE, PollTimer
 from flexforge.providers._wire import (
