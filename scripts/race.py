@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,17 @@ def race(args: argparse.Namespace, backend: str, number: int, work: Path, server
     }
 
 
+@contextlib.contextmanager
+def _environ(changes: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def start_machine(root: Path, manifest_text: str, env: dict[str, str]) -> subprocess.Popen[str]:
     """A project copy of its own, building against the emulator as another machine would."""
     root.mkdir(parents=True)
@@ -131,6 +143,20 @@ def start_machine(root: Path, manifest_text: str, env: dict[str, str]) -> subpro
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def run_backend(args: argparse.Namespace, backend: str, server: Any, work: Path) -> dict[str, int]:
+    total = {"races": 0, "keys": 0, "paid": 0, "duplicates": 0, "failed": 0, "leases_left": 0, "killed": 0}
+    started = time.monotonic()
+    for number in range(args.races):
+        result = race(args, backend, number, work, server)
+        total["races"] += 1
+        total["keys"] += args.keys
+        for name, value in result.items():
+            total[name] += value
+        print(f"{backend} race {number}: {result}", flush=True)
+    total["seconds"] = round(time.monotonic() - started)
+    return total
 
 
 def main() -> int:
@@ -148,28 +174,12 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="flexforge-race-"))
         servers = {b: stack.enter_context(SERVERS[b]()) for b in backends if b in SERVERS}
-        for server in servers.values():
-            os.environ.update(server.env())  # this process looks at the remote too
         for backend in backends:
-            total = {
-                "races": 0,
-                "keys": 0,
-                "paid": 0,
-                "duplicates": 0,
-                "failed": 0,
-                "leases_left": 0,
-                "killed": 0,
-            }
-            started = time.monotonic()
-            for number in range(args.races):
-                result = race(args, backend, number, Path(tmp), servers.get(backend))
-                total["races"] += 1
-                total["keys"] += args.keys
-                for name, value in result.items():
-                    total[name] += value
-                print(f"{backend} race {number}: {result}", flush=True)
-            total["seconds"] = round(time.monotonic() - started)
-            totals[backend] = total
+            server = servers.get(backend)
+            # Only this backend's variables, here (this process looks at the remote too) and in
+            # the runners: another's (FSSPEC_GS_*) would change how flexforge opens S3.
+            with _environ(server.env() if server is not None else {}):
+                totals[backend] = run_backend(args, backend, server, Path(tmp))
     print(json.dumps(totals, indent=2))
     return 0 if all(t["duplicates"] == 0 and t["failed"] == 0 for t in totals.values()) else 1
 
