@@ -701,15 +701,24 @@ class AzureConditional:
         return result
 
     def read(self, path: str) -> tuple[bytes, str] | None:
-        from azure.core.exceptions import ResourceNotFoundError
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         async def read() -> tuple[bytes, str] | None:
+            blob = self._blob(path)
             try:
-                stream = await self._blob(path).download_blob(offset=0, length=MAX_RECORD_BYTES + 1)
-                data = await stream.readall()
+                # A range, so that a lease planted far bigger than any lease is not sent whole.
+                stream = await blob.download_blob(offset=0, length=MAX_RECORD_BYTES + 1)
             except ResourceNotFoundError:
                 return None
-            return bytes(data), str(stream.properties.etag)
+            except HttpResponseError as exc:
+                if exc.status_code != 416:  # an empty blob asked for a range (regression: a
+                    raise  # planted empty lease stopped every build that met it)
+                try:
+                    stream = await blob.download_blob()
+                except ResourceNotFoundError:
+                    return None
+            data = await stream.readall()
+            return bytes(data[: MAX_RECORD_BYTES + 1]), str(stream.properties.etag)
 
         result: tuple[bytes, str] | None = self._run(read)
         return result
@@ -984,8 +993,9 @@ class FsspecRemote:
         if found is None:
             return None
         data, etag = found
-        if data == RELEASED:
-            return None  # released: lease_acquire takes it
+        if data == RELEASED and getattr(self.conditional, "RELEASES_BY_OVERWRITE", False):
+            return None  # released: lease_acquire takes it (elsewhere a planted marker reads as
+            # an expired lease, taken over: read as none, claim would retry its create for ever)
         parsed = Lease.parse(key, data, etag) if len(data) <= MAX_RECORD_BYTES else None
         return parsed or Lease(key=key, holder="?", expires_at=0.0, etag=etag)
 

@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from flexforge.remote import (
+    MAX_RECORD_BYTES,
+    RELEASED,
     FsspecRemote,
     Lease,
     RemoteError,
@@ -230,6 +232,37 @@ def test_hostile_lease_fields_are_refused(remote_url: str) -> None:
     write_behind_its_back(remote, remote._lease(key), good.to_json())
     seen = remote.lease_read(key)
     assert seen is not None and seen.task_id is None and not seen.live()
+
+
+@pytest.mark.parametrize("size", [0, 2 * 2**20])
+def test_an_empty_or_oversized_lease_reads_as_expired_without_reading_it_all(
+    remote_url: str, size: int
+) -> None:
+    remote = open_remote(remote_url)
+    key = "3" * 64
+    write_behind_its_back(remote, remote._lease(key), b"{" * size)
+    assert remote.conditional is not None
+    found = remote.conditional.read(remote._lease(key))
+    assert found is not None and len(found[0]) <= MAX_RECORD_BYTES + 1  # capped, not 2 MB
+    seen = remote.lease_read(key)
+    assert seen is not None and not seen.live()
+    assert remote.lease_takeover(seen, lease(key)) is not None
+
+
+def test_a_planted_released_marker_never_blocks_a_key(remote_url: str) -> None:
+    """The marker a GCS release leaves, planted on any backend: the key can still be leased
+    (regression: read as no lease on S3, the claim retried its create-only write for ever)."""
+    remote = open_remote(remote_url)
+    key = "4" * 64
+    write_behind_its_back(remote, remote._lease(key), RELEASED)
+    got = remote.lease_acquire(lease(key))
+    if got is None:  # not a backend that releases by overwriting: an expired lease, taken over
+        seen = remote.lease_read(key)
+        assert seen is not None and not seen.live()
+        got = remote.lease_takeover(seen, lease(key))
+    assert got is not None
+    assert remote.lease_acquire(lease(key)) is None  # and now it is held
+    assert remote.lease_read(key).holder == got.holder  # type: ignore[union-attr]
 
 
 def test_backend_that_ignores_conditional_writes_is_refused_for_leasing(tmp_path: Path) -> None:
