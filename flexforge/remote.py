@@ -559,7 +559,19 @@ def _temp_name(path: str) -> str:
 RELEASED = b'{"released":true,"version":1}'
 
 
-class GCSConditional:
+class _OnFs:
+    """A backend's conditional writes through the remote's fsspec filesystem (opened on first
+    use), with that driver's own client, credentials and event loop."""
+
+    def __init__(self, remote: FsspecRemote) -> None:
+        self.remote = remote
+
+    @property
+    def fs(self) -> Any:
+        return self.remote.fs
+
+
+class GCSConditional(_OnFs):
     """Google Cloud Storage, through gcsfs's own HTTP session and credentials: `ifGenerationMatch=0`
     to create, `ifGenerationMatch=<generation>` to swap; the version is the object's generation.
     Uploads are multipart, as gcsfs's own are (the emulator honours preconditions only there).
@@ -570,14 +582,6 @@ class GCSConditional:
     taken over like an expired lease. One marker object stays per content key ever leased."""
 
     RELEASES_BY_OVERWRITE = True
-    BOUNDARY = "flexforge-lease-boundary"
-
-    def __init__(self, remote: FsspecRemote) -> None:
-        self.remote = remote
-
-    @property
-    def fs(self) -> Any:
-        return self.remote.fs
 
     def _split(self, path: str) -> tuple[str, str]:
         bucket, key, _ = self.fs.split_path(path)
@@ -590,13 +594,16 @@ class GCSConditional:
 
         bucket, key = self._split(path)
         meta = json.dumps({"name": key, "contentType": "application/json"})
+        # A fresh boundary: a lease carries text from the manifest and the API, which could
+        # otherwise end the part early.
+        boundary = f"flexforge-{secrets.token_hex(16)}"
         body = (
             (
-                f"--{self.BOUNDARY}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{meta}\r\n"
-                f"--{self.BOUNDARY}\r\nContent-Type: application/json\r\n\r\n"
+                f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{meta}\r\n"
+                f"--{boundary}\r\nContent-Type: application/json\r\n\r\n"
             ).encode()
             + data
-            + f"\r\n--{self.BOUNDARY}--".encode()
+            + f"\r\n--{boundary}--".encode()
         )
 
         async def upload() -> str | None:
@@ -606,7 +613,7 @@ class GCSConditional:
                     f"{self.fs._location}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
                     uploadType="multipart",
                     ifGenerationMatch=generation,
-                    headers={"Content-Type": f'multipart/related; boundary="{self.BOUNDARY}"'},
+                    headers={"Content-Type": f'multipart/related; boundary="{boundary}"'},
                     data=body,
                     json_out=True,
                 )
@@ -665,18 +672,11 @@ class GCSConditional:
         return self.swap(path, RELEASED, etag) is not None
 
 
-class AzureConditional:
+class AzureConditional(_OnFs):
     """Azure Blob Storage, through adlfs's own azure-storage-blob client (its credentials and
     event loop): `If-None-Match: *` to create, `If-Match: <ETag>` to swap and to delete."""
 
     RELEASES_BY_OVERWRITE = False
-
-    def __init__(self, remote: FsspecRemote) -> None:
-        self.remote = remote
-
-    @property
-    def fs(self) -> Any:
-        return self.remote.fs
 
     def _blob(self, path: str) -> Any:
         container, key, _ = self.fs.split_path(path)

@@ -138,19 +138,24 @@ def test_two_runners_racing_on_the_same_50_keys_pay_each_key_once(
         assert leases(remote_url) == []
 
 
+def killed_once_leases_name_tasks(project: Project, remote_url: str, tasks: int) -> None:
+    """A runner SIGKILLed once `tasks` of its leases name the task it submitted."""
+    proc = spawn(project, "build", "--provider", "emulator", "--jobs", "8")
+    wait_for(
+        lambda: len([x for x in leases(remote_url) if x.get("task_id")]) == tasks,
+        "every lease to name its task",
+        timeout=60,
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
 def test_a_runner_killed_after_submitting_is_finished_by_another_without_paying_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remote_url: str
 ) -> None:
     with serve_builds(monkeypatch, latency=4.0) as emu:
         first, second = copies(tmp_path, manifest(6, seeded=False), 2)
-        proc = spawn(first, "build", "--provider", "emulator", "--jobs", "8")
-        wait_for(
-            lambda: len([x for x in leases(remote_url) if x.get("task_id")]) == 6,
-            "every lease to name its task",
-            timeout=60,
-        )
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        killed_once_leases_name_tasks(first, remote_url, 6)
         assert emu.stats()["submissions"] == 6
         # Another machine: no journal, no seeds, only the remote's leases.
         code, err = finish(spawn(second, "build", "--provider", "emulator"))
@@ -170,14 +175,7 @@ def test_expired_leases_of_a_killed_runner_are_taken_over_once_by_two_racing_run
     monkeypatch.setenv("FLEXFORGE_LEASE_TTL", "2")
     with serve_builds(monkeypatch, latency=4.0) as emu:
         first, *others = copies(tmp_path, manifest(6, seeded=False), 3)
-        proc = spawn(first, "build", "--provider", "emulator", "--jobs", "8")
-        wait_for(
-            lambda: len([x for x in leases(remote_url) if x.get("task_id")]) == 6,
-            "every lease to name its task",
-            timeout=60,
-        )
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        killed_once_leases_name_tasks(first, remote_url, 6)
         wait_for(lambda: all(x["expires_at"] < time.time() for x in leases(remote_url)), "expiry", 30)
         results = [finish(r) for r in [spawn(p, "build", "--provider", "emulator") for p in others]]
         assert [code for code, _ in results] == [0, 0], results

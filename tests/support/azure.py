@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.spawn import stop
+
 AZURITE = Path(__file__).parent / "azurite" / "node_modules" / ".bin" / "azurite-blob"
 # Azurite's one account: a well-known development key, printed in Azure's own documentation.
 ACCOUNT = "devstoreaccount1"
@@ -101,12 +103,7 @@ def running_azurite() -> Iterator[AzureServer]:
     try:
         yield AzureServer(endpoint)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.spawn import stop
+
 
 @dataclass(frozen=True, slots=True)
 class GCSServer:
@@ -112,12 +114,7 @@ def running_fake_gcs() -> Iterator[GCSServer]:
             _wait_ready(server.endpoint, proc)
             yield server
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 @contextmanager
