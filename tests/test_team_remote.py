@@ -23,7 +23,7 @@ from flexforge.remote import RELEASED, FsspecRemote, open_remote
 from tests.helpers import Project
 from tests.support.azure import AzureServer, azure_env, azure_server
 from tests.support.emulator import serve_builds
-from tests.support.gcs import GCSServer, gcs_env, gcs_server, running_ignoring_gcs
+from tests.support.gcs import GCSServer, gcs_env, gcs_server, running_ignoring_gcs, use_gcs
 from tests.support.s3 import S3Server, s3_env, s3_server
 from tests.support.spawn import spawn_flexforge, wait_for
 
@@ -396,8 +396,7 @@ def test_a_gcs_server_that_ignores_generation_match_shares_images_but_refuses_le
     """gcp-storage-emulator, a real GCS JSON API server, accepts `ifGenerationMatch=0` twice: the
     probe finds it out, leasing is refused with a message, and images still travel."""
     with running_ignoring_gcs() as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
+        use_gcs(server, monkeypatch)
         url = f"gs://{server.new_bucket()}/flexforge"
         monkeypatch.setenv("FLEXFORGE_REMOTE", url)
         with serve_builds(monkeypatch, latency=0.05) as emu:

@@ -142,8 +142,18 @@ def gcs_server() -> Iterator[GCSServer]:
         yield server
 
 
+def use_gcs(server: GCSServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point this process and the flexforge processes it starts at `server`."""
+    import fsspec.config
+
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    # fsspec read FSSPEC_* once, when it was imported: give this process the same settings (else
+    # gcsfs looks for credentials everywhere first, 3 s per filesystem opened).
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon", "project": "flexforge-test"})
+
+
 @pytest.fixture
 def gcs_env(gcs_server: GCSServer, monkeypatch: pytest.MonkeyPatch) -> GCSServer:
-    for name, value in gcs_server.env().items():
-        monkeypatch.setenv(name, value)
+    use_gcs(gcs_server, monkeypatch)
     return gcs_server
