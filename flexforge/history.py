@@ -16,6 +16,7 @@ import re
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -168,15 +169,21 @@ class History:
         held: set[int] = set()
         # A commit with many outputs is listed once (`ls-tree -r -l`): asked one path at a time,
         # git walks the commit's tree again for each, a third of a second per 2,000 rows.
-        for commit, commit_rows in by_commit.items():
-            if len(commit_rows) >= LIST_TREE_FROM and _OBJECT_ID.match(commit):
-                folders = sorted({self._repo_path(row[2]).rpartition("/")[0] for row in commit_rows})
-                sizes = self._sizes(commit, folders)
-                held |= {id(row) for row in commit_rows if sizes.get(self._repo_path(row[2])) == row[1]}
-        rest = [
-            row for row in rows if len(by_commit[row[3]]) < LIST_TREE_FROM or not _OBJECT_ID.match(row[3])
-        ]
-        held |= self._held_one_by_one(rest)
+        listed = {
+            commit: sorted({self._repo_path(row[2]).rpartition("/")[0] for row in commit_rows})
+            for commit, commit_rows in by_commit.items()
+            if len(commit_rows) >= LIST_TREE_FROM and _OBJECT_ID.match(commit)
+        }
+        rest = [row for row in rows if row[3] not in listed]
+        # The listings and the one-by-one pass are separate git processes: run side by side.
+        with ThreadPoolExecutor(max(1, min(4, len(listed) + 1))) as pool:
+            one_by_one = pool.submit(self._held_one_by_one, rest)
+            sizes = dict(zip(listed, pool.map(lambda c: self._sizes(c, listed[c]), listed), strict=True))
+            held |= one_by_one.result()
+        for commit, commit_sizes in sizes.items():
+            held |= {
+                id(row) for row in by_commit[commit] if commit_sizes.get(self._repo_path(row[2])) == row[1]
+            }
         kept = {key: [row for row in rows if id(row) in held] for key, rows in rows_by_key.items()}
         return {key: rows for key, rows in kept.items() if rows}
 
