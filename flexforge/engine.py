@@ -62,6 +62,8 @@ HELD_DETAIL = {
     CONFLICT: "a file flexforge did not make is at its output path; left alone "
     "(`flexforge accept {id}` adopts it, `build --replace {id}` overwrites it)",
 }
+# Steps that read no input's bytes: their upstream restores need not go into the object cache.
+_READS_NO_INPUT = (*RESTORES, NONE, *HELD, BLOCKED)
 CLAIM_ATTEMPTS = 4  # a lease's remote calls that fail (a 500 from the store) are tried again
 
 
@@ -303,8 +305,14 @@ class Builder:
         self.facts = plan.facts
         self.planned = {s.asset.id: s for s in plan.steps}
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())  # names this build in the ledger
-        # Restored outputs that others build on go into the object cache, where _request reads them.
+        # Restored outputs that others build on go into the object cache, where _request reads
+        # them: at once for a dependent planned to be made; else (a thousand restores, whose
+        # dependents are restored too) only one staged in a temp file, as its output file does
+        # not hold its bytes until the next lock write. One written in place is read from there.
         self.referenced = {r for s in plan.steps for r in s.asset.asset_refs}
+        self.read_here = {
+            r for s in plan.steps if s.action not in _READS_NO_INPUT for r in s.asset.asset_refs
+        }
         self.resolver = Resolver(plan.manifest.root)
         watch = (plan.manifest.path, plan.manifest.label)
         self.recorder = Outputs(lock, store, watch=watch, on_flushed=self._flushed)
@@ -415,7 +423,8 @@ class Builder:
             upstream = self.plan.manifest.assets[first]
             digest = (step.reference_digests or [None] * (index + 1))[index]
             made_here = upstream.id in self.recorder.made_here and digest is not None
-            path = self.store.object_path(digest) if made_here and digest else root / upstream.out
+            cached = made_here and digest is not None and self.store.has_object(digest)
+            path = self.store.object_path(digest) if cached and digest else root / upstream.out
             if not upstream.written and digest is not None and not made_here:
                 path = await asyncio.to_thread(self._kept, upstream, digest)
         self.reporter.asset_started(asset.id, step.action)
@@ -484,9 +493,10 @@ class Builder:
     def _stage_restored(self, asset: Asset, data: bytes, dest: Path | None = None) -> Path:
         """Verified restored bytes staged at the asset's output, without fsync; cached too if
         others build on them (they read their inputs from the cache)."""
-        if asset.id in self.referenced:
+        written = self.recorder.restore(asset.out, dest or self._output_path(asset), data)
+        if asset.id in self.read_here or (asset.id in self.referenced and is_temp(written)):
             self.store.put_object(data)  # a no-op when cached already
-        return self.recorder.restore(asset.out, dest or self._output_path(asset), data)
+        return written
 
     def _record_of(self, source: Source, seed: int) -> KeyRecord:
         provider = source.provider or self.provider.name
@@ -762,9 +772,11 @@ class Builder:
             path = root / ref
             if upstream is not None:
                 # Made in this build, an upstream output is read from the object cache (its file
-                # is renamed into place only with the next lock write); else from its file.
+                # is renamed into place only with the next lock write); else, or when restored in
+                # place and not cached, from its file (its digest is checked below).
                 cached = self.store.object_path(digest)
-                path = cached if upstream.id in self.recorder.made_here else root / upstream.out
+                made_here = upstream.id in self.recorder.made_here and self.store.has_object(digest)
+                path = cached if made_here else root / upstream.out
                 if not upstream.written and upstream.id not in self.recorder.made_here:
                     path = self._kept(upstream, digest)
             # Checked again here, confinement too: the file or a folder on its way may have been
