@@ -91,6 +91,10 @@ class Outputs:
         self._settled: set[str] = set()  # written in place, and named by a lock write since
         self._folders: dict[Path, int | None] = {}  # output folders opened for in-place writes
         self._folders_mutex = threading.Lock()
+        # Held by each in-place write, and by `close` while it shortens the intent record: a
+        # worker still writing when the build stops finishes first, or stages instead.
+        self._in_place_mutex = threading.Lock()
+        self._closed = False
         self._blobs: dict[Path, str] = {}  # staged file -> git blob id of its bytes
         gitblobs.learn({a: e.git_blobs for a, e in lock.entries.items()})
 
@@ -129,10 +133,13 @@ class Outputs:
         listed it and the manifest and lock are still those this build read (after a `git
         checkout` meanwhile they are staged, and the lock write then refuses them), else staged
         beside it without fsync. Returns what `record` takes. Safe to call from worker threads."""
-        if out in self._in_place and not self._switched():
-            overwrite(dest, data, folder=self._folder(dest.parent))
-            self._blobs[dest] = gitblobs.blob_id(data)
-            return dest
+        if out in self._in_place:
+            blob = gitblobs.blob_id(data)
+            with self._in_place_mutex:
+                if not self._closed and not self._switched():
+                    overwrite(dest, data, folder=self._folder(dest.parent))
+                    self._blobs[dest] = blob
+                    return dest
         return self.stage(dest, data, durable=False)
 
     def _folder(self, folder: Path) -> int | None:
@@ -285,6 +292,8 @@ class Outputs:
     def close(self) -> Flushed:
         """The last flush, and the stat cache saved with what was written."""
         result = self.flush()
+        with self._in_place_mutex:
+            self._closed = True
         self._forget_settled()
         self.store.save()
         with self._folders_mutex:
