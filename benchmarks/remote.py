@@ -43,14 +43,29 @@ def manifest(n: int, size: int = 64) -> str:
 
 
 def flexforge(root: Path, *args: str, env: dict[str, str]) -> float:
+    return flexforge_timed(root, *args, env=env)[0]
+
+
+def flexforge_timed(root: Path, *args: str, env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU (user + sys) of one flexforge process."""
+    wall, cpu, code, err = timed([sys.executable, "-m", "flexforge", "-C", str(root), *args], env)
+    if code != 0:
+        raise SystemExit(f"flexforge {' '.join(args)} failed:\n{err}")
+    return wall, cpu
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
+    """Wall time, CPU (user + sys, from the process's own rusage: what the load does not
+    inflate), exit status and stderr of one process."""
     started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "flexforge", "-C", str(root), *args], env=env, capture_output=True, text=True
-    )
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"flexforge {' '.join(args)} failed:\n{proc.stderr}")
-    return elapsed
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    return elapsed, usage.ru_utime + usage.ru_stime, proc.returncode, text
 
 
 def aws_cli() -> list[str] | None:
@@ -75,19 +90,18 @@ def aws_config(work: Path) -> Path:
     return path
 
 
-def sync(src: str, dst: str, env: dict[str, str], server: S3Server) -> float:
-    """The reference: `aws s3 sync`, else the same with boto3 on 10 threads (aws's default)."""
+def sync(src: str, dst: str, env: dict[str, str], server: S3Server) -> tuple[float, float | None]:
+    """The reference: `aws s3 sync` (wall time and CPU), else the same with boto3 on 10 threads
+    (aws's default; wall time only, in this process)."""
     cli = aws_cli()
-    started = time.perf_counter()
     if cli is not None:
-        proc = subprocess.run(
-            [*cli, "s3", "sync", src, dst, "--only-show-errors"], env=env, capture_output=True
-        )
-        if proc.returncode != 0:
-            raise SystemExit(f"aws s3 sync failed: {proc.stderr.decode()}")
-    else:
-        _boto_sync(src, dst, server)
-    return time.perf_counter() - started
+        wall, cpu, code, err = timed([*cli, "s3", "sync", src, dst, "--only-show-errors"], env)
+        if code != 0:
+            raise SystemExit(f"aws s3 sync failed: {err}")
+        return wall, cpu
+    started = time.perf_counter()
+    _boto_sync(src, dst, server)
+    return time.perf_counter() - started, None
 
 
 def _boto_sync(src: str, dst: str, server: S3Server) -> None:
@@ -135,21 +149,27 @@ def transfer_rows(
     base_env = {**base_env, "AWS_CONFIG_FILE": str(aws_config(work))}
     jobs = ("--jobs", str(JOBS))
     samples: dict[str, list[float]] = {"push": [], "aws push": [], "pull": [], "aws pull": []}
+    cpu: dict[str, list[float | None]] = {name: [] for name in samples}
+
+    def note(name: str, measured: tuple[float, float | None]) -> None:
+        samples[name].append(measured[0])
+        cpu[name].append(measured[1])
+
     for r in range(repeat):
         ours, theirs = server.new_bucket(), server.new_bucket()
         env = {**base_env, "FLEXFORGE_REMOTE": f"s3://{ours}/team"}
         # Interleaved, so that load from elsewhere hits both alike.
-        samples["push"].append(flexforge(maker, "push", *jobs, env=env))
-        samples["aws push"].append(sync(str(objects), f"s3://{theirs}/team/objects", base_env, server))
+        note("push", flexforge_timed(maker, "push", *jobs, env=env))
+        note("aws push", sync(str(objects), f"s3://{theirs}/team/objects", base_env, server))
         clone = work / f"clone-{r}"
         clone.mkdir()
         shutil.copy(maker / "flexforge.yaml", clone)
         shutil.copy(maker / "flexforge.lock", clone)
-        samples["pull"].append(flexforge(clone, "pull", *jobs, env=env))
+        note("pull", flexforge_timed(clone, "pull", *jobs, env=env))
         pulled = sum(1 for p in (clone / ".flexforge" / "objects").rglob("*") if p.is_file())
         assert pulled == n, f"pulled {pulled} of {n}"
         target = work / f"aws-{r}"
-        samples["aws pull"].append(sync(f"s3://{theirs}/team/objects", str(target), base_env, server))
+        note("aws pull", sync(f"s3://{theirs}/team/objects", str(target), base_env, server))
     reference = "aws s3 sync" if aws_cli() else "boto3 10-thread sync (aws CLI not installed)"
     rows = []
     for verb in ("push", "pull"):
@@ -163,6 +183,8 @@ def transfer_rows(
                 "reference_s": round(theirs_s, 3),
                 "ratio": round(ours_s / theirs_s, 2),
                 "min_ratio": round(min(samples[verb]) / min(samples[f"aws {verb}"]), 2),
+                # CPU of each process (the S3 server's is neither's): what the load does not inflate.
+                **_cpu_ratio(cpu[verb], cpu[f"aws {verb}"]),
                 "target": "<= 1.0x",
                 "concurrency": f"{JOBS} at once on both sides (--jobs; max_concurrent_requests)",
                 "samples": samples[verb],
@@ -170,6 +192,18 @@ def transfer_rows(
             }
         )
     return rows
+
+
+def _cpu_ratio(ours: list[float | None], theirs: list[float | None]) -> dict[str, Any]:
+    if any(c is None for c in ours + theirs) or not ours:
+        return {}
+    mine = statistics.median(c for c in ours if c is not None)
+    reference = statistics.median(c for c in theirs if c is not None)
+    return {
+        "cpu_s": round(mine, 3),
+        "reference_cpu_s": round(reference, 3),
+        "cpu_ratio": round(mine / reference, 2),
+    }
 
 
 def shard_row(

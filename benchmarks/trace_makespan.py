@@ -24,6 +24,7 @@ from typing import Any
 
 from generate import DEFAULT_WORK_DIR, ProjectSpec, ensure_project, fresh_copy, quiet_env
 
+import flexforge.draft  # noqa: F401  (the emulator's renderer, loaded as in a long-running emulator)
 from flexforge.emulator import app as emulator_app
 from flexforge.emulator.testing import running_emulator
 

@@ -236,10 +236,11 @@ def _index_entries(root: str) -> dict[str, tuple[str, Stat]]:
 
 
 def backfill(lock: Lock, steps: Sequence[Step], root: Path) -> int:
-    """Give the lock entries of up-to-date assets that have no `git_blobs` theirs, read from the
-    files (one pass each, on all cores): a lock written before git_blobs existed gains them at
-    the first build, so that fresh clones from then on hash nothing. Returns how many entries
-    changed; outside a git work tree, none (no clone would use them)."""
+    """Complete the `git_blobs` of up-to-date assets' lock entries, read from the files (one pass
+    each, on all cores): a lock written before git_blobs existed, or an entry recorded while a
+    reference's blob id was unknown (restored on a machine that had hashed it), gains them at the
+    next build, so that fresh clones from then on hash nothing. Returns how many entries changed;
+    outside a git work tree, none (no clone would use them)."""
     from flexforge.planner import NONE
 
     todo = [
@@ -249,8 +250,8 @@ def backfill(lock: Lock, steps: Sequence[Step], root: Path) -> int:
         and s.key is not None
         and s.asset.written
         and (entry := lock.entries.get(s.asset.id)) is not None
-        and entry.git_blobs is None
         and entry.out == s.asset.out
+        and not {entry.sha256, *s.key.files} <= set((entry.git_blobs or {}).values())
     ]
     if not todo or not _in_work_tree(root):
         return 0
@@ -262,8 +263,8 @@ def backfill(lock: Lock, steps: Sequence[Step], root: Path) -> int:
     paths = sorted(wanted)
 
     def ids(rel: str) -> tuple[str, str] | None:
-        try:
-            return file_ids(root / rel, follow=False)
+        try:  # a reference may be a link inside the root (validation confined it)
+            return file_ids(root / rel)
         except OSError:
             return None
 

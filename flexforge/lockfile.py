@@ -126,7 +126,11 @@ class Lock:
         Without `sync_folder` the bytes are fsynced but not the folder entry: the caller renames
         outputs in right after, then fsyncs the folders (a folder fsync here, between the lock
         and its files, took milliseconds a kill could land in)."""
-        data = self.render()
+        return self.write(self.render(), sync_folder=sync_folder)
+
+    def write(self, data: bytes, *, sync_folder: bool = True) -> bool:
+        """`save` of bytes rendered earlier (`render`, on the thread that changes the entries):
+        the file work alone, which a worker thread may do while the entries change again."""
         if data == self._on_disk:
             return False
         if self.changed_on_disk():

@@ -10,6 +10,7 @@ step with what it wrote. See docs/reliability.md.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import os
@@ -48,6 +49,17 @@ class _Staged:
     sha256: str
     durable: bool  # fsynced when staged
     in_place: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """One lock write: the outputs it renames into place, the entries they replaced (put back if
+    it fails), the lock's bytes as rendered when it began, and a reason not to write at all."""
+
+    staged: dict[str, _Staged]
+    replaced: dict[str, LockEntry | None]
+    data: bytes
+    problem: LockChangedError | None = None
 
 
 @dataclass(slots=True)
@@ -97,6 +109,10 @@ class Outputs:
         self._closed = False
         self._blobs: dict[Path, str] = {}  # staged file -> git blob id of its bytes
         gitblobs.learn({a: e.git_blobs for a, e in lock.entries.items()})
+        # In a build, the file work of a lock write (fsyncs, renames) runs on a thread of its
+        # own, one write at a time, while the event loop goes on polling and submitting.
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflight: tuple[concurrent.futures.Future[dict[str, str]], _Batch] | None = None
 
     def stage(self, dest: Path, data: bytes, *, durable: bool = True) -> Path:
         """`data` written beside `dest`, for `record` to rename into place with the next lock
@@ -225,16 +241,51 @@ class Outputs:
         """Flush at most a few times a second: rewriting a 10,000-entry lock after every draft
         render would make a build quadratic. What finished since the last write is already in the
         object cache, so an interrupted build restores it for free. Outside an event loop (a
-        command such as `accept`), the caller flushes."""
+        command such as `accept`), the caller flushes. In a build the flush's file work goes to
+        a thread (see _start): fsyncs on the event loop held up every task's polls and
+        submissions, tens of milliseconds a few times a second on a busy disk."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        now = time.monotonic()
-        if now - self._saved_at >= LOCK_SAVE_INTERVAL:
-            self.flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(LOCK_SAVE_INTERVAL - (now - self._saved_at), self.flush)
+        if self._timer is not None or self._inflight is not None:
+            return  # a write is due, or under way (the next follows it: see _written)
+        wait = LOCK_SAVE_INTERVAL - (time.monotonic() - self._saved_at)
+        if wait <= 0:
+            self._start(loop)
+        else:
+            self._timer = loop.call_later(wait, self._start, loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Begin a flush: what it writes is settled here, on the loop (the staged outputs, the
+        lock's bytes); the writes themselves, in flush's order, on the writer thread."""
+        self._timer = None
+        batch = self._take()
+        self._saved_at = time.monotonic()
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, "flexforge-lock")
+        future = self._writer.submit(self._write, batch)
+        self._inflight = (future, batch)
+        future.add_done_callback(lambda _: _call_soon(loop, self._written, future))
+
+    def _written(self, future: concurrent.futures.Future[dict[str, str]]) -> None:
+        """Back on the loop: the write's outcome recorded, and the next write started if more
+        was recorded meanwhile."""
+        if self._inflight is None or self._inflight[0] is not future:
+            return  # already settled (close waited for it)
+        batch = self._inflight[1]
+        self._inflight = None
+        self._settle(batch, future)
+        if self._staged or self._replaced:
+            self._flush_soon()
+
+    async def idle(self) -> None:
+        """Until no lock write is under way on the writer thread (one due later may follow)."""
+        while self._inflight is not None:
+            future = self._inflight[0]
+            with contextlib.suppress(Exception):  # settled, and reported, by _written
+                await asyncio.wrap_future(future)
+            await asyncio.sleep(0)
 
     def flush(self) -> Flushed:
         """Write the lock, then rename the outputs it describes into place; only the renames
@@ -243,38 +294,80 @@ class Outputs:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._wait_for_writer()
+        batch = self._take()
+        self._saved_at = time.monotonic()
+        future: concurrent.futures.Future[dict[str, str]] = concurrent.futures.Future()
+        try:
+            future.set_result(self._write(batch))
+        except (LockChangedError, OSError) as exc:
+            future.set_exception(exc)
+        return self._settle(batch, future)
+
+    def _wait_for_writer(self) -> None:
+        """Let a lock write under way on the writer thread finish, and settle it here."""
+        if self._inflight is None:
+            return
+        future, batch = self._inflight
+        self._inflight = None
+        concurrent.futures.wait([future])
+        self._settle(batch, future)
+
+    def _take(self) -> _Batch:
+        """What the next write covers, taken out of the pending state (the lock's bytes too: an
+        orphan dropped changes them with nothing staged)."""
         staged, self._staged = self._staged, {}
         replaced, self._replaced = self._replaced, {}
-        result = Flushed()
+        problem: LockChangedError | None = None
         try:
-            sync_files([s.temp for s in staged.values() if not s.durable])
-            self._save_lock(sync_folder=False)
-        except (LockChangedError, OSError) as exc:
-            reason = str(exc) if isinstance(exc, LockChangedError) else oserror(exc)
-            for s in staged.values():
-                if not s.in_place:  # what was written in place stays listed in the intent record
-                    s.temp.unlink(missing_ok=True)
-            self._put_back(replaced)
-            result = Flushed(dict.fromkeys(replaced, reason), fatal=True, stop=reason)
-            return self._report(result)
-        self._saved_at = time.monotonic()
-        # Renames only, back to back, so the gap between the lock and its files stays a few
-        # microseconds; each folder (the lock's too) is made durable once afterwards.
+            self._check_watch()
+        except LockChangedError as exc:
+            problem = exc
+        return _Batch(staged, replaced, self.lock.render(), problem)
+
+    def _write(self, batch: _Batch) -> dict[str, str]:
+        """The file work of one flush (any thread): non-durable outputs synced, the lock's bytes
+        written and fsynced, then the renames back to back, so the gap between the lock and its
+        files stays a few microseconds; each folder (the lock's too) is made durable once
+        afterwards. Returns the assets whose rename failed, with why."""
+        if batch.problem is not None:
+            raise batch.problem
+        sync_files([s.temp for s in batch.staged.values() if not s.durable])
+        self.lock.write(batch.data, sync_folder=False)
+        failed: dict[str, str] = {}
         folders = {self.lock.path.parent}
-        for asset_id, s in staged.items():
-            if s.in_place:
+        for asset_id, s in batch.staged.items():
+            if s.in_place:  # written at its path already, under the intent record
                 continue
             path = self.store.root / s.rel
             try:
                 install(s.temp, path, durable=False)
             except OSError as exc:
-                result.failed[asset_id] = oserror(exc)
+                failed[asset_id] = oserror(exc)
                 s.temp.unlink(missing_ok=True)
                 continue
             folders.add(path.parent)
         for folder in folders:
             fsync_dir(folder)
-        for asset_id, s in staged.items():
+        return failed
+
+    def _settle(self, batch: _Batch, future: concurrent.futures.Future[dict[str, str]]) -> Flushed:
+        """On the thread that owns the lock's entries: what a write did, recorded and reported."""
+        exc = future.exception()
+        if exc is not None:
+            if isinstance(exc, OSError):
+                reason = oserror(exc)
+            elif isinstance(exc, LockChangedError):
+                reason = str(exc)
+            else:  # a bug: the lock is not known to be written, so nothing counts as recorded
+                reason = f"internal error writing {self.lock.path.name}: {type(exc).__name__}: {exc}"
+            for s in batch.staged.values():
+                if not s.in_place:  # what was written in place stays listed in the intent record
+                    s.temp.unlink(missing_ok=True)
+            self._put_back(batch.replaced)
+            return self._report(Flushed(dict.fromkeys(batch.replaced, reason), fatal=True, stop=reason))
+        result = Flushed(future.result())
+        for asset_id, s in batch.staged.items():
             if asset_id not in result.failed:
                 self.store.remember_written(s.rel, s.sha256)
                 if s.in_place:
@@ -282,7 +375,7 @@ class Outputs:
         if result.failed:
             # The lock already names these files: put their old entries back. Their images stay
             # cached (or in git) for the next build.
-            self._put_back({a: replaced.get(a) for a in result.failed})
+            self._put_back({a: batch.replaced.get(a) for a in result.failed})
             try:
                 self._save_lock()
             except (LockChangedError, OSError) as exc:
@@ -290,8 +383,12 @@ class Outputs:
         return self._report(result)
 
     def close(self) -> Flushed:
-        """The last flush, and the stat cache saved with what was written."""
+        """The last flush (after the one under way, if any), and the stat cache saved with what
+        was written."""
         result = self.flush()
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
         with self._in_place_mutex:
             self._closed = True
         self._forget_settled()
@@ -334,13 +431,23 @@ class Outputs:
             self.lock.put_back(asset_id, previous)
 
     def _save_lock(self, *, sync_folder: bool = True) -> None:
+        self._check_watch()
+        self.lock.save(sync_folder=sync_folder)
+
+    def _check_watch(self) -> None:
         if self._watch is not None and stamp(self._watch[0]) != self._watch_stamp:
             raise LockChangedError(
                 f"{self._watch[1]} changed on disk while this build ran (a `git checkout`?); "
                 f"{self.lock.path.name} was left as it is. Run `flexforge build` again: finished "
                 "images are cached"
             )
-        self.lock.save(sync_folder=sync_folder)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
+    """From the writer thread: `callback` on the loop, unless the loop is gone (the build's
+    close already settled that write itself)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
 
 
 def oserror(exc: OSError) -> str:

@@ -239,6 +239,13 @@ def decide(
         renamed, seed = _rename_of(asset, facts, known)
     key = content_key(asset, generator, seed, known) if seed is not None and complete else None
     base: dict[str, Any] = {"asset": asset, "seed": seed, "key": key, "reference_digests": digests}
+    unchanged = key is not None and entry is not None and entry.key == key.key and entry.out == asset.out
+    if unchanged and asset.written and asset.id not in facts.options.replace:
+        assert entry is not None
+        if current.size == entry.size and current.matches(entry.sha256, entry.size):  # a plain file
+            # Up to date, the common case: the file was read for its digest (now, or under the
+            # stamp the stat cache holds), so it is readable; _unusable need not ask again.
+            return Step(action=NONE, output_sha256=entry.sha256, **base)
     unusable = _unusable(facts.store, asset.out, current)
     if unusable is not None:
         return Step(action=BLOCKED, reasons=[unusable], **{**base, "key": None})
@@ -261,7 +268,6 @@ def decide(
         if asset.id in facts.needed:
             return Step(action=REGENERATE, reasons=["missing"], **base)
         return Step(action=NONE, output_sha256=entry.sha256, **base)
-    unchanged = entry is not None and entry.key == key.key and entry.out == asset.out
     if unchanged and entry is not None and current.matches(entry.sha256, entry.size):
         return Step(action=NONE, output_sha256=entry.sha256, **base)
     source = facts.sources.find(key.key, asset.out, current)

@@ -193,41 +193,46 @@ class Objects(Protocol):
 
 class S3Objects:
     """One PUT carrying the record as user metadata; one GET bringing both back. Through
-    botocore's own client, on the caller's thread, when it can be made with s3fs's settings:
-    a transfer then costs one thread and no hop through s3fs's event loop, which matters when
-    a push or pull runs hundreds of them (regression: `pull` at 1.7x `aws s3 sync`)."""
+    botocore's own client, on the caller's thread: a transfer then costs one thread and no hop
+    through s3fs's event loop, which matters when a push or pull runs hundreds of them
+    (regression: `pull` at 1.7x `aws s3 sync`). The client is made with s3fs's settings, or,
+    when nothing configures s3fs (no fsspec config), with botocore's alone, s3fs's defaults
+    spelled out: then s3fs is never imported (a quarter of a second of CPU on each push/pull)."""
 
     POOL = 64  # connections: as many as `--jobs` threads can use at once
 
-    def __init__(self, fs: Any) -> None:
-        self.fs = fs
+    def __init__(self, remote: FsspecRemote) -> None:
+        self.remote = remote
         self._client: Any = None
         self._made = threading.Lock()
 
-    def _botocore(self) -> Any:
-        """A botocore S3 client configured as s3fs configures its own, or None (then s3fs's)."""
+    def botocore(self) -> Any:
+        """A botocore S3 client, or None (then s3fs's own calls)."""
         with self._made:
             if self._client is None:
                 try:
-                    self._client = _botocore_client(self.fs, self.POOL)
+                    if self.remote.plain_s3:
+                        self._client = _botocore_client(None, self.POOL)
+                    else:
+                        self._client = _botocore_client(self.remote.fs, self.POOL)
                 except Exception:  # an option botocore does not take: s3fs's own path still works
                     self._client = False
         return self._client or None
 
     def put(self, path: str, data: bytes, record: bytes) -> None:
-        bucket, key, _ = self.fs.split_path(path)
+        bucket, key = _split_s3(path)
         meta = {RECORD_META: record.decode("ascii")} if len(record) <= MAX_META_BYTES else {}
-        client = self._botocore()
+        client = self.botocore()
         if client is not None:
             client.put_object(Bucket=bucket, Key=key, Body=data, Metadata=meta)
         else:
-            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, Metadata=meta)
+            self.remote.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, Metadata=meta)
 
     def get(self, path: str, limit: int) -> tuple[bytes, bytes | None] | None:
-        bucket, key, _ = self.fs.split_path(path)
+        bucket, key = _split_s3(path)
         # A Range, so that an object planted far bigger than any image is not sent whole.
         span = f"bytes=0-{limit}"
-        client = self._botocore()
+        client = self.botocore()
         if client is None:
             return self._get_s3fs(bucket, key, span, limit)
         try:
@@ -246,20 +251,52 @@ class S3Objects:
         meta = (out.get("Metadata") or {}).get(RECORD_META)
         return data, meta.encode("utf-8", "replace") if isinstance(meta, str) else None
 
+    def listing(self, prefix: str) -> list[tuple[str, int]] | None:
+        """(name, size) of every object under `prefix` (bucket/path), paged by botocore; None
+        when there is no client of botocore's own (then s3fs lists)."""
+        client = self.botocore()
+        if client is None:
+            return None
+        bucket, key = _split_s3(prefix)
+        found: list[tuple[str, int]] = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key + "/"):
+            for item in page.get("Contents") or ():
+                found.append((f"{bucket}/{item['Key']}", item.get("Size")))
+        return found
+
     def _get_s3fs(self, bucket: str, key: str, span: str, limit: int) -> tuple[bytes, bytes | None] | None:
         from fsspec.asyn import sync
 
+        fs = self.remote.fs
+
         async def get() -> tuple[bytes, bytes | None] | None:
             try:
-                out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, Range=span)
+                out = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=span)
             except FileNotFoundError:
                 return None
             data = await _read_capped(out["Body"], limit)
             meta = (out.get("Metadata") or {}).get(RECORD_META)
             return data, meta.encode("utf-8", "replace") if isinstance(meta, str) else None
 
-        result: tuple[bytes, bytes | None] | None = sync(self.fs.loop, get)
+        result: tuple[bytes, bytes | None] | None = sync(fs.loop, get)
         return result
+
+
+def _split_s3(path: str) -> tuple[str, str]:
+    """bucket, key of `bucket/key...` (flexforge's own paths: no version ids, no scheme)."""
+    bucket, _, key = path.partition("/")
+    return bucket, key
+
+
+def plain_s3_environment(environ: Any = None) -> bool:
+    """Whether nothing could configure s3fs beyond botocore's own chain (AWS_* variables,
+    ~/.aws): no FSSPEC_* variable and no fsspec config folder. Then botocore alone, given
+    s3fs's defaults, makes the client s3fs would."""
+    environ = os.environ if environ is None else environ
+    if any(name.startswith("FSSPEC_") for name in environ):
+        return False
+    folder = environ.get("FSSPEC_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".config", "fsspec")
+    return not os.path.isdir(folder)
 
 
 def _status(exc: BaseException) -> int | None:
@@ -270,12 +307,20 @@ def _status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
+# s3fs's defaults (S3FileSystem): what a client of botocore's alone is given to match it.
+S3FS_DEFAULTS = {"connect_timeout": 5, "read_timeout": 15}
+
+
 def _botocore_client(fs: Any, pool: int) -> Any:
     """botocore's S3 client with the settings s3fs gives its own (s3fs.S3FileSystem.set_session):
-    the same credentials chain, endpoint, profile, client and config options."""
+    the same credentials chain, endpoint, profile, client and config options; with `fs` None,
+    s3fs's defaults (nothing configures it: see plain_s3_environment)."""
     import botocore.session
     from botocore.config import Config
 
+    if fs is None:
+        config: dict[str, Any] = {**S3FS_DEFAULTS, "max_pool_connections": pool}
+        return botocore.session.Session().create_client("s3", config=Config(**config), use_ssl=True)
     client_kwargs = dict(fs.client_kwargs)
     init = {
         "aws_access_key_id": fs.key,
@@ -335,24 +380,29 @@ class Conditional(Protocol):
 
 
 class S3Conditional:
-    """S3 (and what speaks it: moto, MinIO, R2): `If-None-Match: *` and `If-Match` on PUT."""
+    """S3 (and what speaks it: moto, MinIO, R2): `If-None-Match: *` and `If-Match` on PUT.
+    Through the remote's botocore client when it has one (a lease's round trips are most of a
+    team build's store calls), else s3fs's."""
 
-    def __init__(self, fs: Any) -> None:
-        self.fs = fs
+    def __init__(self, remote: FsspecRemote) -> None:
+        self.remote = remote
 
-    def _split(self, path: str) -> tuple[str, str]:
-        bucket, key, _ = self.fs.split_path(path)
-        return str(bucket), str(key)
+    def _client(self) -> Any:
+        return self.remote.s3.botocore() if self.remote.s3 is not None else None
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any] | None:
         """Call S3 directly; None when a condition failed (412, or 409 for a concurrent write)."""
-        bucket, key = self._split(path)
+        bucket, key = _split_s3(path)
+        client = self._client()
         try:
-            out: dict[str, Any] = self.fs.call_s3(method, Bucket=bucket, Key=key, **kwargs)
+            if client is not None:
+                out: dict[str, Any] = getattr(client, method)(Bucket=bucket, Key=key, **kwargs)
+            else:
+                out = self.remote.fs.call_s3(method, Bucket=bucket, Key=key, **kwargs)
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            if _precondition_failed(exc):
+        except Exception as exc:
+            if _status(exc) == 404 or _precondition_failed(exc):
                 return None
             raise
         return out
@@ -362,18 +412,36 @@ class S3Conditional:
         return None if out is None else str(out.get("ETag", ""))
 
     def read(self, path: str) -> tuple[bytes, str] | None:
+        bucket, key = _split_s3(path)
+        client = self._client()
+        if client is None:
+            return self._read_s3fs(bucket, key)
+        try:
+            out = client.get_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if _status(exc) == 404:
+                return None
+            raise
+        body = out["Body"]
+        try:
+            data = bytes(body.read(MAX_RECORD_BYTES + 1))
+        finally:
+            body.close()
+        return data, str(out.get("ETag", ""))
+
+    def _read_s3fs(self, bucket: str, key: str) -> tuple[bytes, str] | None:
         from fsspec.asyn import sync
 
-        bucket, key = self._split(path)
+        fs = self.remote.fs
 
         async def get() -> tuple[bytes, str] | None:
             try:
-                out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+                out = await fs._call_s3("get_object", Bucket=bucket, Key=key)
             except FileNotFoundError:
                 return None
             return await _read_capped(out["Body"], MAX_RECORD_BYTES), str(out.get("ETag", ""))
 
-        result: tuple[bytes, str] | None = sync(self.fs.loop, get)
+        result: tuple[bytes, str] | None = sync(fs.loop, get)
         return result
 
     def swap(self, path: str, data: bytes, etag: str) -> str | None:
@@ -401,7 +469,8 @@ async def _read_capped(stream: Any, limit: int) -> bytes:
 
 
 def _precondition_failed(exc: BaseException) -> bool:
-    cause = exc.__cause__ or exc.__context__
+    """A refused condition, from botocore (its ClientError) or s3fs (an OSError around one)."""
+    cause = exc if isinstance(getattr(exc, "response", None), dict) else exc.__cause__ or exc.__context__
     response = getattr(cause, "response", None)
     if isinstance(response, dict):
         code = str(response.get("Error", {}).get("Code", ""))
@@ -415,8 +484,8 @@ class LocalConditional:
     OS lock on a sidecar file around read-compare-rename for compare-and-swap. The version is
     the sha256 of the content, which is unique because every lease carries a fresh nonce."""
 
-    def __init__(self, fs: Any) -> None:
-        self.fs = fs
+    def __init__(self, remote: FsspecRemote) -> None:
+        self.remote = remote
 
     @staticmethod
     def _etag(data: bytes) -> str:
@@ -505,18 +574,35 @@ class FsspecRemote:
         self.url = url
         self.read_only = read_only
         scheme = urlsplit(url).scheme or "file"
-        if fs is None:
+        s3 = scheme in ("s3", "s3a")
+        # S3 with nothing configuring s3fs: images and listings go through botocore alone, and
+        # s3fs is opened only if something needs it (leases, a fallback).
+        self.plain_s3 = s3 and fs is None and plain_s3_environment()
+        if self.plain_s3:
+            root = url.split("://", 1)[1].split("?", 1)[0]
+        elif fs is None:
             fs, root = _open_fs(url, scheme)
         else:
             root = url.split("://", 1)[-1]
-        self.fs = fs
+        self._fs = fs
         self.scheme = scheme
         self.root = root.rstrip("/")
         self.local = scheme in ("file", "local")
         factory = CONDITIONALS.get(scheme)
-        self.conditional: Conditional | None = factory(fs) if factory is not None else None
-        self.objects: Objects = S3Objects(fs) if scheme in ("s3", "s3a") else SidecarObjects(self)
+        self.conditional: Conditional | None = factory(self) if factory is not None else None
+        self.s3: S3Objects | None = S3Objects(self) if s3 else None
+        self.objects: Objects = self.s3 if self.s3 is not None else SidecarObjects(self)
         self._probed: tuple[str | None] | None = None
+        self._opening = threading.Lock()
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem, opened on first use (see plain_s3)."""
+        if self._fs is None:
+            with self._opening:
+                if self._fs is None:
+                    self._fs = _open_fs(self.url, self.scheme)[0]
+        return self._fs
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -581,15 +667,9 @@ class FsspecRemote:
         """content key -> (sha256, size) of its image, from one listing of `images/` (the
         listing is the index: a plan needs no read per asset). A key with several images (two
         machines that both paid for it) maps to the smallest sha256, on every machine alike."""
-        self.fs.invalidate_cache()  # another machine may have written since we last looked
-        try:
-            found = self.fs.find(f"{self.root}/images", detail=True)
-        except FileNotFoundError:
-            return {}
         index: dict[str, tuple[str, int]] = {}
-        for name, info in found.items():
+        for name, size in self._listing():
             parts = str(name).rsplit("/", 2)
-            size = info.get("size")
             if len(parts) != 3 or not isinstance(size, int) or isinstance(size, bool):
                 continue
             key, sha = parts[1], parts[2]
@@ -599,26 +679,47 @@ class FsspecRemote:
 
     def held(self) -> set[tuple[str, str]]:
         """Every (content key, sha256) the remote holds, from the same one listing."""
-        self.fs.invalidate_cache()
-        try:
-            names = self.fs.find(f"{self.root}/images")
-        except FileNotFoundError:
-            return set()
         pairs = set()
-        for name in names:
+        for name, _ in self._listing():
             parts = str(name).rsplit("/", 2)
             if len(parts) == 3 and _HEX64.fullmatch(parts[1]) and _HEX64.fullmatch(parts[2]):
                 pairs.add((parts[1], parts[2]))
         return pairs
 
+    def _remove(self, path: str) -> None:
+        client = self.s3.botocore() if self.s3 is not None else None
+        if client is not None:
+            client.delete_object(Bucket=_split_s3(path)[0], Key=_split_s3(path)[1])
+        else:
+            self.fs.rm_file(path)
+
+    def _listing(self) -> list[tuple[str, Any]]:
+        """(name, size) of everything under `images/`, listed now (another machine may have
+        written since the last look): S3's own paged listing when botocore's client serves,
+        else fsspec's."""
+        listed = self.s3.listing(f"{self.root}/images") if self.s3 is not None else None
+        if listed is not None:
+            return listed
+        self.fs.invalidate_cache()
+        try:
+            found = self.fs.find(f"{self.root}/images", detail=True)
+        except FileNotFoundError:
+            return []
+        return [(str(name), info.get("size")) for name, info in found.items()]
+
     def key_object(self, key: str) -> str | None:
         """The image one content key made, from a listing of its folder alone."""
         path = f"{self.root}/images/{key}"
-        self.fs.invalidate_cache(path)
-        try:
-            names = self.fs.ls(path, detail=False)
-        except FileNotFoundError:
-            return None
+        names: list[str] | None = None
+        if self.s3 is not None:
+            listed = self.s3.listing(path)
+            names = None if listed is None else [name for name, _ in listed]
+        if names is None:
+            self.fs.invalidate_cache(path)
+            try:
+                names = [str(n) for n in self.fs.ls(path, detail=False)]
+            except FileNotFoundError:
+                return None
         shas = sorted(n for n in (str(n).rsplit("/", 1)[-1] for n in names) if _HEX64.fullmatch(n))
         return shas[0] if shas else None
 
@@ -646,7 +747,7 @@ class FsspecRemote:
             elif second is not None:
                 reason = f"{self.url} ignores conditional writes (If-None-Match: * was accepted twice)"
             with contextlib.suppress(Exception):
-                self.fs.rm_file(path)
+                self._remove(path)
         self._probed = (reason,)
         return reason
 

@@ -189,6 +189,9 @@ class Store:
         self._stats_dirty = False
         self._ready = False
         self._checked_dirs: set[tuple[str, ...]] = set()
+        # The stamp each file had when digest() answered for it: what a no-op memo may vouch for
+        # (a stamp taken later could belong to bytes the plan never saw).
+        self.observed: dict[str, list[int]] = {}
 
     # -- paths: nothing inside the state folder may be a link ------------------------------------
 
@@ -287,6 +290,7 @@ class Store:
         stamp = file_stamp(path)
         if stamp is None:
             return None
+        self.observed[rel] = stamp
         cached = self._stat_cache().get(rel)
         if cached is not None and cached[:4] == stamp:
             return str(cached[4])

@@ -191,3 +191,15 @@ def test_git_blobs_outside_a_git_work_tree_are_not_added_by_a_no_op_build(tmp_pa
     (project.root / "flexforge.lock").write_text(text)
     assert project.build().exit_code == 0
     assert (project.root / "flexforge.lock").read_text() == text
+
+
+def test_build_completes_an_entry_recorded_without_its_references_blob_ids(tmp_path: Path) -> None:
+    """A restore on a machine that had hashed a reference records only the output's pair."""
+    origin = built(tmp_path)
+    lock_path = origin.root / "flexforge.lock"
+    doc = json.loads(lock_path.read_text())
+    ref_blob = gitblobs.blob_id(origin.read("refs/a.png"))
+    del doc["assets"]["hero"]["git_blobs"][ref_blob]
+    lock_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    assert origin.build().exit_code == 0
+    assert ref_blob in origin.lock()["assets"]["hero"]["git_blobs"]

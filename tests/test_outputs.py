@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -141,18 +142,18 @@ def test_bytes_staged_without_fsync_are_synced_before_the_lock_names_them(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events: list[str] = []
-    real_sync, real_save = outputs_module.sync_files, Lock.save
+    real_sync, real_write = outputs_module.sync_files, Lock.write
 
     def sync_files(paths: list[Path]) -> None:
         events.append("sync " + ",".join(sorted(p.name.split(".ff-")[0] for p in paths)))
         real_sync(paths)
 
-    def save(self: Lock, *, sync_folder: bool = True) -> bool:
+    def write(self: Lock, data: bytes, *, sync_folder: bool = True) -> bool:
         events.append("lock")
-        return real_save(self, sync_folder=sync_folder)
+        return real_write(self, data, sync_folder=sync_folder)
 
     monkeypatch.setattr(outputs_module, "sync_files", sync_files)
-    monkeypatch.setattr(Lock, "save", save)
+    monkeypatch.setattr(Lock, "write", write)
     outputs = project.outputs()
     project.record(outputs, "a", b"restored a", durable=False)
     project.record(outputs, "b", b"paid b", durable=True)  # fsynced when staged: not again
@@ -168,12 +169,93 @@ def test_only_urgent_records_write_the_lock_during_a_build(project: Project) -> 
         await asyncio.sleep(0.3)  # longer than the lock-write interval
         seen.append(project.on_disk() if (project.root / "flexforge.lock").exists() else {})
         project.record(outputs, "b", b"paid b", urgent=True)
+        await outputs.idle()  # the write runs on the writer thread, the loop free meanwhile
         seen.append(project.on_disk())
         return seen
 
     seen = asyncio.run(build())
     assert seen[0] == {}  # a restore waits for the next write: a kill restores it again, free
     assert set(seen[1]) == {"a", "b"}  # and goes with the first urgent one
+
+
+def _blocked_lock_writes(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[str]]:
+    """Lock writes that wait for the returned event; the thread each ran on, listed."""
+    release, threads = threading.Event(), []
+    real_write = Lock.write
+
+    def write(self: Lock, data: bytes, *, sync_folder: bool = True) -> bool:
+        threads.append(threading.current_thread().name)
+        assert release.wait(60)
+        return real_write(self, data, sync_folder=sync_folder)
+
+    monkeypatch.setattr(Lock, "write", write)
+    return release, threads
+
+
+def test_a_lock_write_under_way_does_not_hold_up_the_build(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release, threads = _blocked_lock_writes(monkeypatch)
+
+    async def build() -> tuple[bool, dict[str, str], dict[str, str]]:
+        outputs = project.outputs()
+        project.record(outputs, "a", b"paid a", urgent=True)  # starts a write, which blocks
+        for _ in range(5):
+            await asyncio.sleep(0)  # the loop runs on meanwhile
+        project.record(outputs, "b", b"paid b", urgent=True)  # waits for the write under way
+        stuck = not (project.root / "flexforge.lock").exists()
+        release.set()
+        await outputs.idle()
+        first = project.on_disk()
+        outputs.close()
+        return stuck, first, project.on_disk()
+
+    stuck, first, last = asyncio.run(build())
+
+    assert stuck  # the loop went on while the lock write was blocked
+    assert "b" not in first or first == last  # b went with the next write, never half
+    assert set(last) == {"a", "b"}
+    assert threads and all(name.startswith("flexforge-lock") for name in threads[:1])
+    assert (project.root / "assets" / "a.png").read_bytes() == b"paid a"
+
+
+def test_closing_waits_for_the_lock_write_under_way_then_writes_the_rest(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release, _ = _blocked_lock_writes(monkeypatch)
+
+    async def build() -> dict[str, str]:
+        outputs = project.outputs()
+        project.record(outputs, "a", b"paid a", urgent=True)
+        project.record(outputs, "b", b"restored b", durable=False, urgent=False)
+        threading.Timer(0.05, release.set).start()  # close() blocks until the write is done
+        outputs.close()
+        return project.on_disk()
+
+    assert set(asyncio.run(build())) == {"a", "b"}
+    assert (project.root / "assets" / "b.png").read_bytes() == b"restored b"
+
+
+def test_a_lock_write_that_fails_on_the_writer_thread_fails_its_assets(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: Lock, data: bytes, *, sync_folder: bool = True) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Lock, "write", refuse)
+    reported: list[outputs_module.Flushed] = []
+
+    async def build() -> None:
+        outputs = project.outputs(on_flushed=reported.append)
+        project.record(outputs, "a", b"paid a", urgent=True)
+        await outputs.idle()
+
+    asyncio.run(build())
+
+    assert len(reported) == 1 and reported[0].fatal and "No space left" in str(reported[0].stop)
+    assert set(reported[0].failed) == {"a"}
+    assert not (project.root / "assets" / "a.png").exists()  # never in place without the lock naming it
+    assert "a" not in project.lock.entries  # put back as it was
 
 
 def test_an_output_already_in_place_is_recorded_without_staging(project: Project) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import time
 from pathlib import Path
 
@@ -29,11 +30,15 @@ def png(color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(params=["file", "s3"])
-def remote_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(params=["file", "s3", "s3 configured through fsspec"])
+def remote_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "file":
         return f"file://{tmp_path / 'share'}"
     server: S3Server = request.getfixturevalue("s3_env")
+    if request.param != "s3":
+        # fsspec's own configuration (FSSPEC_<PROTOCOL>_<OPTION>): s3fs is opened with it, and
+        # botocore's client is made from s3fs's settings.
+        monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", server.endpoint)
     return f"s3://{server.new_bucket()}/team/images"
 
 
@@ -349,3 +354,38 @@ def test_s3_images_travel_through_s3fs_when_botocore_cannot_be_configured(
     fetched = remote.fetch(KEY, sha)
     assert fetched is not None and fetched.data == data and fetched.record is not None
     assert remote.get(KEY, "0" * 64) is None
+
+
+def test_s3_images_listings_and_leases_need_no_s3fs_when_nothing_configures_it(s3_env: S3Server) -> None:
+    """botocore alone, with s3fs's defaults, when no fsspec config could change what s3fs would
+    do: push and pull then skip s3fs's import (a quarter of a second of CPU each)."""
+    import subprocess
+    import sys
+
+    bucket = s3_env.new_bucket()
+    script = f"""
+import sys
+from flexforge.remote import Lease, holder_id, open_remote
+remote = open_remote("s3://{bucket}/team")
+sha = remote.put({KEY!r}, {png()!r}, {RECORD!r})
+assert remote.held() == {{({KEY!r}, sha)}}, remote.held()
+assert remote.images() == {{{KEY!r}: (sha, {len(png())})}}
+assert remote.key_object({KEY!r}) == sha
+fetched = remote.fetch({KEY!r}, sha)
+assert fetched is not None and fetched.record["seed"] == 7
+assert remote.probe() is None
+lease = remote.lease_acquire(Lease(key={KEY!r}, holder=holder_id(), expires_at=2e9))
+assert lease is not None and remote.lease_acquire(lease) is None
+assert remote.lease_update(lease, task_id="t-9").task_id == "t-9"
+assert remote.lease_update(lease, task_id="t-10") is None  # the version moved on
+print("s3fs" in sys.modules, "aiobotocore" in sys.modules)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
+
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+    assert sorted(s3_env.keys(bucket)) == [
+        f"team/images/{KEY}/{hashlib.sha256(png()).hexdigest()}",
+        f"team/leases/{KEY}.json",
+    ]

@@ -6,9 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from flexforge.errors import FlexforgeError
+from flexforge.providers._httpx import httpx
 
 API_VERSION = "2022-11-28"
 MAX_PAGES = 50  # 5,000 comments: a pull request with more is not worth walking

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_plus
 
-import httpx
+from flexforge.providers._httpx import httpx
 
 # Shorter "keys" are placeholders (the emulator's dummy key) that ordinary URLs may well contain.
 MIN_SECRET_LENGTH = 12

@@ -51,13 +51,12 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
-import httpx
-
 from flexforge import __version__
 from flexforge.errors import FlexforgeError, ProviderError, UsageError
 from flexforge.imaging import ImageCheckError, verify_image
 from flexforge.providers import GeneratedImage, JournalEntry, TaskContext
 from flexforge.providers._hosts import MIN_SECRET_LENGTH, KeyPolicy, UrlRefused
+from flexforge.providers._httpx import httpx
 from flexforge.providers._limiter import AdaptiveLimiter, Slot
 from flexforge.providers._polling import DEFAULT_POLL_RATE, PollTimer
 from flexforge.providers._wire import (
@@ -194,13 +193,16 @@ class FluxHttpProvider:
         self._key = api_key
         self.key_policy = KeyPolicy(self.base_url, dialect.domains, api_key)
         self._headers = {**dialect.auth_headers(api_key), "Accept": "application/json"}
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.settings.http_timeout, connect=min(10.0, self.settings.http_timeout)),
-            # Polls are short: a few connections serve many tasks, and httpcore scans its whole
-            # pool on every request, so a large pool costs more CPU than it saves in waiting.
-            limits=httpx.Limits(max_connections=POOL_CONNECTIONS),
-            headers={"User-Agent": f"flexforge/{__version__}"},
-        )
+        timeout = httpx.Timeout(self.settings.http_timeout, connect=min(10.0, self.settings.http_timeout))
+        # Polls are short: a few connections serve many tasks, and httpcore scans its whole
+        # pool on every request, so a large pool costs more CPU than it saves in waiting.
+        limits = httpx.Limits(max_connections=POOL_CONNECTIONS)
+        agent = {"User-Agent": f"flexforge/{__version__}"}
+        self._client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=agent)
+        # Images come through a pool of their own: a wave of downloads (large, slow, from a
+        # storage host) must not take every connection while Ready tasks wait to be seen and
+        # freed places to be refilled, which is what the makespan is made of.
+        self._downloads = httpx.AsyncClient(timeout=timeout, limits=limits, headers=agent)
 
     async def generate(self, request: ImageRequest, task: TaskContext) -> GeneratedImage:
         return await _TaskRun(self, request, task).run()
@@ -212,6 +214,7 @@ class FluxHttpProvider:
             # task the API created (and charged) is resumed by the next build, not paid again.
             await asyncio.wait(set(self._submitting), timeout=self.settings.http_timeout)
         await self._client.aclose()
+        await self._downloads.aclose()
 
     async def credits(self) -> float | None:
         """The account's balance in credits (1 credit = US$0.01), or None when the service
@@ -356,7 +359,8 @@ class FluxHttpProvider:
         phase: Phase,
     ) -> httpx.Response:
         """One exchange, its answer read whole but bounded in size and in total time."""
-        request = self._client.build_request(method, url, json=body, headers=headers)
+        client = self._downloads if phase == "download" else self._client
+        request = client.build_request(method, url, json=body, headers=headers)
         limit = MAX_IMAGE_BYTES if phase == "download" else MAX_ANSWER_BYTES
         settings = self.settings
         deadline = settings.download_timeout if phase == "download" else settings.http_timeout
@@ -370,16 +374,18 @@ class FluxHttpProvider:
                             window.reschedule(asyncio.get_running_loop().time() + deadline)
 
                     request.extensions["trace"] = trace
-                response = await self._send(request, follow=phase == "download")
+                response = await self._send(client, request, follow=phase == "download")
                 return await _read_bounded(response, limit)
         except TimeoutError:
             raise httpx.ReadTimeout(f"no complete answer within {deadline:g}s", request=request) from None
 
-    async def _send(self, request: httpx.Request, *, follow: bool) -> httpx.Response:
+    async def _send(
+        self, client: httpx.AsyncClient, request: httpx.Request, *, follow: bool
+    ) -> httpx.Response:
         """Send, following at most MAX_REDIRECTS redirects when `follow` without reading their
         bodies (httpx would read each one whole)."""
         for _ in range(MAX_REDIRECTS + 1):
-            response = await self._client.send(request, stream=True)
+            response = await client.send(request, stream=True)
             if not follow or response.next_request is None:
                 return response
             await response.aclose()
@@ -613,9 +619,11 @@ class _TaskRun:
         not_before = 0.0  # a Retry-After from the last answer
         pending: float | None = None  # elapsed time at the last Pending answer
         looks = 0
+        looked = 0.0  # elapsed time at the last look
         while True:
             if fresh or looks:
-                await self._until_due(timer, started, interval, not_before, first=not looks)
+                last = looked if looks else None
+                await self._until_due(timer, started, interval, not_before, first=not looks, last=last)
             await asyncio.sleep(timer.turn())
             looked = time.monotonic() - started
             looks += 1
@@ -668,13 +676,19 @@ class _TaskRun:
 
     @staticmethod
     async def _until_due(
-        timer: PollTimer, started: float, interval: float, not_before: float, *, first: bool
+        timer: PollTimer,
+        started: float,
+        interval: float,
+        not_before: float,
+        *,
+        first: bool,
+        last: float | None,
     ) -> None:
         """Sleep until the timer says to look (again, if it learns something meanwhile), and
         never before the last answer's Retry-After."""
         while True:
             now = time.monotonic()
-            wait = max(timer.wait(now - started, interval, first=first), not_before - now)
+            wait = max(timer.wait(now - started, interval, first=first, last=last), not_before - now)
             first = False
             if wait <= 0 or not await timer.sleep(wait):
                 return

@@ -6,9 +6,8 @@ makespan (a `--jobs` place stays taken until the build sees Ready). So:
 - Before any task has finished, each task is looked at every poll interval, its first look at
   a random moment within the first interval: together the first wave's tasks sample it finely,
   and the first Ready seen tells every other task (sleeping ones are woken) when to look.
-- From then on a task sleeps until just before it is likely due (the median elapsed time at
-  which finished tasks were last seen Pending), then looks every `fine` seconds (a fiftieth of
-  the expected duration, at least 10 ms, at most the poll interval) until the latest duration
+- From then on a task sleeps until it is likely due, then looks every `fine` seconds (a fiftieth
+  of the expected duration, at least 10 ms, at most the poll interval) until the latest duration
   seen, then at the poll interval again (backing off for slow tasks, as the caller does).
 - Whatever the schedule asks, all the build's tasks together make on average at most `rate`
   polls a second, in bursts of at most `rate` (FLEXFORGE_POLL_RATE, default 50: about what BFL's
@@ -16,8 +15,15 @@ makespan (a `--jobs` place stays taken until the build sees Ready). So:
   and a Retry-After on an answer is honoured by the caller before any look at that task.
 
 Durations are learnt from both sides: the elapsed time of a task's last Pending look (a lower
-bound) and of its Ready look (an upper bound). Looking first at the lower bounds keeps the
-estimate honest when tasks get faster; the fine looks after it keep lateness to `fine`.
+bound) and of its Ready look (an upper bound). When tasks take much the same time, a tight lower
+bound (the upper quartile of the lower ones) sits below a tight upper bound (the lower quartile
+of the upper ones), and the first look goes halfway between: each look either finds the task
+Ready or narrows the bracket, so within a few tasks they are seen about `fine` after they are
+due, with one or two looks each (the rate bound below leaves about two a task when 24 one-second
+tasks are in flight, so looks spent early are looks missing late). When durations vary more than
+that, the brackets overlap and the first look is at the median lower bound, as cautious as
+before. A task found Ready at its first look adds a lower bound a little before that look, so
+the estimate keeps moving earlier when tasks get faster.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ DEFAULT_POLL_RATE = 50  # polls a second, for all of a build's tasks together
 FINE_FRACTION = 0.02  # of the expected duration: the step between looks near it
 MIN_FINE = 0.01  # seconds
 HISTORY = 32  # finished tasks the estimate is drawn from
+TIGHT = 0.25  # the quartile of the bounds that makes the bracket: one in four may be an outlier
 
 
 class PollTimer:
@@ -52,17 +59,29 @@ class PollTimer:
         and last seen Pending at `pending`. None: its first look was already Ready, which says
         only that the first look is late enough; the next tasks look a little earlier than it,
         lest the estimate stay late when tasks get faster. (Not earlier than the Ready look
-        itself: a look made late by a busy machine must not push the estimate later.)"""
+        itself: a look made late by a busy machine must not push the estimate later; for the same
+        reason its upper bound is taken as the moment the look was due.)"""
         fine = self.fine(ready)
+        high = ready
         if pending is None:
-            pending = (min(ready, self._first_look) if self._highs else ready) - 2 * fine
-        low = pending
-        self._lows.append(max(0.0, min(low, ready)))
-        self._highs.append(ready)
+            if self._highs:
+                fine = self.fine()
+                high = min(ready, self._first_look + fine)
+            pending = high - 2 * fine
+        self._lows.append(max(0.0, min(pending, high)))
+        self._highs.append(high)
         before = self._first_look
-        self._first_look = _median(self._lows)
+        self._first_look = self._due()
         if not before or self._first_look < before - self.fine():
             self._wake()  # the first estimate, or a much earlier one: sleepers look again
+
+    def _due(self) -> float:
+        """The elapsed time of a new task's first look (see the module's docstring)."""
+        low = _quantile(self._lows, 1.0 - TIGHT)
+        high = _quantile(self._highs, TIGHT)
+        if high <= low:  # durations vary more than the looks resolve
+            return _median(self._lows)
+        return (low + high) / 2
 
     def fine(self, expected: float | None = None) -> float:
         if expected is None:
@@ -71,17 +90,23 @@ class PollTimer:
 
     # -- scheduling ------------------------------------------------------------------------------
 
-    def wait(self, elapsed: float, interval: float, *, first: bool = False) -> float:
+    def wait(
+        self, elapsed: float, interval: float, *, first: bool = False, last: float | None = None
+    ) -> float:
         """Seconds until a task `elapsed` seconds old should be looked at; `first` for a newly
-        submitted task's first look."""
+        submitted task's first look, `last` the elapsed time of its latest look. The schedule is
+        reckoned from that look: a task woken because the estimate moved, which has not been
+        looked at since it became likely due, looks now, however old it is."""
         if not self._highs:
-            return random.uniform(0.0, interval) if first else interval
+            return random.uniform(0.0, interval) if first else _after(last, interval, elapsed)
         fine = min(interval, self.fine())
         if elapsed < self._first_look:
             return self._first_look - elapsed
-        if elapsed < max(self._highs) + fine:
-            return fine
-        return interval
+        if last is not None and last < self._first_look:
+            return 0.0
+        if (elapsed if last is None else last) < max(self._highs) + fine:
+            return _after(last, fine, elapsed)
+        return _after(last, interval, elapsed)
 
     async def sleep(self, delay: float) -> bool:
         """Sleep `delay` seconds; True if woken early because the estimate moved."""
@@ -110,9 +135,20 @@ class PollTimer:
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
+def _after(last: float | None, step: float, elapsed: float) -> float:
+    """Seconds until `step` after the latest look (or from now, when there was none)."""
+    return step if last is None else max(0.0, last + step - elapsed)
+
+
 def _settle(future: asyncio.Future[bool], value: bool) -> None:
     if not future.done():
         future.set_result(value)
+
+
+def _quantile(values: deque[float], q: float) -> float:
+    """The q-quantile by nearest rank (no interpolation: a bound actually seen)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def _median(values: deque[float]) -> float:

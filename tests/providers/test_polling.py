@@ -32,10 +32,46 @@ def test_a_finished_task_tells_the_others_when_to_look() -> None:
     fine = timer.fine()
 
     assert fine == pytest.approx(0.02)  # a fiftieth of the expected second
-    assert timer.wait(0.0, INTERVAL, first=True) == pytest.approx(0.9)  # sleep until just before due
-    assert timer.wait(0.5, INTERVAL) == pytest.approx(0.4)
+    # Sleep until halfway between the last Pending and the Ready look: each look narrows it.
+    assert timer.wait(0.0, INTERVAL, first=True) == pytest.approx(0.95)
+    assert timer.wait(0.5, INTERVAL) == pytest.approx(0.45)
     assert timer.wait(0.95, INTERVAL) == pytest.approx(fine)  # near due: finely
     assert timer.wait(1.5, INTERVAL) == INTERVAL  # past every duration seen: back to the interval
+
+
+def _poll_like_a_task(timer: PollTimer, duration: float) -> tuple[int, float]:
+    """Look at a task that is Ready `duration` s after submission when the timer says to, as
+    _TaskRun._wait does but on a simulated clock: (looks made, lateness of the Ready look)."""
+    elapsed = timer.wait(0.0, INTERVAL, first=True)
+    looks, pending = 1, None
+    while elapsed < duration:
+        pending = elapsed
+        elapsed += timer.wait(elapsed, INTERVAL)
+        looks += 1
+    timer.finished(pending, elapsed)
+    return looks, elapsed - duration
+
+
+def test_tasks_of_one_duration_are_soon_seen_ready_within_a_fine_step_in_two_looks() -> None:
+    timer = PollTimer()
+    timer.finished(0.55, 1.2)  # a first wave polled coarsely: a wide bracket
+
+    seen = [_poll_like_a_task(timer, 1.0) for _ in range(40)]
+
+    settled = seen[10:]
+    assert max(late for _, late in settled) <= 1.05 * timer.fine(), seen  # fine: learnt, ~20 ms
+    assert sum(looks for looks, _ in settled) / len(settled) <= 2.0, seen
+
+
+def test_tasks_whose_durations_vary_widely_are_first_looked_at_the_median_lower_bound() -> None:
+    timer = PollTimer()
+    for k in range(12):  # 0.5 s and 1.5 s tasks, alternately, each seen within a fine step
+        duration = 0.5 if k % 2 else 1.5
+        timer.finished(duration - 0.01, duration + 0.01)
+
+    # The brackets overlap: no single due time; looking from the median lower bound wastes no
+    # look on the slow half and is late by at most a fine step for it.
+    assert timer.wait(0.0, INTERVAL, first=True) == pytest.approx((0.49 + 1.49) / 2)
 
 
 def test_fine_looks_are_never_closer_than_the_minimum_nor_wider_than_the_interval() -> None:
@@ -78,6 +114,18 @@ def test_the_first_finished_task_wakes_tasks_sleeping_a_whole_interval() -> None
         return await asyncio.wait_for(sleeping, timeout=60)
 
     assert run(scenario()) is True
+
+
+def test_a_task_woken_after_it_became_due_looks_at_once_however_old() -> None:
+    # The first wave: a task submitted a little before the first one seen Ready was last looked
+    # at long before it was due; woken, it must look now, not an interval later because it is
+    # already older than any duration seen.
+    timer = PollTimer()
+    timer.finished(0.5, 1.0)
+
+    assert timer.wait(1.3, INTERVAL, last=0.6) == 0.0
+    assert timer.wait(1.3, INTERVAL, last=1.2) == pytest.approx(0.4)  # looked at since: as scheduled
+    assert timer.wait(0.98, INTERVAL, last=0.97) == pytest.approx(timer.fine() - 0.01)
 
 
 def test_a_sleep_that_runs_out_says_it_was_not_woken() -> None:
