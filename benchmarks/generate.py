@@ -311,13 +311,15 @@ def quiet_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def flexforge_build(root: Path, *, jobs: int = 2, manifest: Path | None = None) -> None:
+def flexforge_build(
+    root: Path, *, jobs: int = 2, manifest: Path | None = None, env: dict[str, str] | None = None
+) -> None:
     """`flexforge build --provider draft` in `root` (of `manifest` when given); raise on failure."""
     cmd = [*flexforge_command(), "-C", str(root), "-q"]
     if manifest is not None:
         cmd += ["-f", str(manifest)]
     cmd += ["build", "--provider", "draft", "--jobs", str(jobs)]
-    result = subprocess.run(cmd, env=quiet_env(), capture_output=True, text=True, check=False)
+    result = subprocess.run(cmd, env=quiet_env(env), capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
 
@@ -417,7 +419,17 @@ GIT_IDENTITY = ["-c", "user.name=flexforge-bench", "-c", "user.email=bench@local
 
 
 def ensure_git_repo(root: Path) -> None:
-    """Commit the built project (manifest, lock, references, outputs) so it can be cloned."""
+    """Commit the built project (manifest, lock, references, outputs) so it can be cloned, with
+    the lock's git_blobs: a lock built before they existed gains them at the first build in a git
+    work tree (flexforge.gitblobs), as a user's does, and that build is committed too."""
+    _commit_project(root)
+    if b'"git_blobs"' not in (root / "flexforge.lock").read_bytes():
+        with tempfile.TemporaryDirectory() as cache:  # no no-op memo: the build must plan
+            flexforge_build(root, env={"FLEXFORGE_CACHE_DIR": cache})
+        _commit_project(root)
+
+
+def _commit_project(root: Path) -> None:
     if (root / ".git").exists():
         status = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--", "flexforge.lock", "assets", "refs"],

@@ -8,15 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flexforge import gitblobs
 from flexforge.errors import UsageError
 from flexforge.lockfile import Lock, read_lock
 from flexforge.manifest import Manifest, display_path, find_manifest, load_manifest
 from flexforge.noop import regular_stamp
-from flexforge.paths import lock_path_for
+from flexforge.paths import lock_path_for, project_cache_dir
 from flexforge.providers import DEFAULT_PROVIDER, GENERATORS
 from flexforge.settings import PROVIDER_ENV, Settings, effective
 from flexforge.sources import Sources
-from flexforge.store import Store
+from flexforge.store import STAT_CACHE, Store
 
 if TYPE_CHECKING:
     from flexforge.remote import FsspecRemote
@@ -44,6 +45,10 @@ class GlobalOptions:
 
     def load_manifest(self) -> Manifest:
         path = self.manifest_path()
+        # Cold (no stat cache: a fresh clone, a CI runner): git's index and the lock are read
+        # on a thread while the manifest is parsed, for the digests they vouch for.
+        cold = not os.path.exists(os.path.join(project_cache_dir(path.parent), STAT_CACHE))
+        gitblobs.configure(path.parent, Path(lock_path_for(str(path))), early=cold)
         return load_manifest(path, display_path(path, self.cwd()))
 
 
@@ -90,7 +95,7 @@ class Project:
     def lock(self) -> Lock:
         if self._lock is None:
             self.read_stamps[str(self.lock_path)] = regular_stamp(str(self.lock_path))
-            self._lock = read_lock(self.lock_path)
+            self._lock = gitblobs.take_lock(self.lock_path) or read_lock(self.lock_path)
         return self._lock
 
 

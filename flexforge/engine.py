@@ -16,8 +16,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from flexforge import gitblobs
 from flexforge.confine import Resolver, output_problem
 from flexforge.errors import FlexforgeError, ProviderError
+from flexforge.fsutil import is_temp
 from flexforge.keys import content_key
 from flexforge.leases import Claim, Team
 from flexforge.lockfile import Lock
@@ -43,7 +45,7 @@ from flexforge.progress import Reporter
 from flexforge.providers import GeneratedImage, Provider, TaskContext
 from flexforge.records import RecordError
 from flexforge.request import ImageRequest, ReferenceInput
-from flexforge.sources import IN_PLACE, REMOTE, Nowhere, Source, declared_problem
+from flexforge.sources import IN_PLACE, REMOTE, WORKING_TREE, Nowhere, Source, declared_problem
 from flexforge.store import JournalEntry, KeyRecord, LedgerEntry, Store
 
 # Outcomes of one asset in a build.
@@ -319,7 +321,9 @@ class Builder:
             self.recorder.drop(orphan)
         self.recorder.remove_stale_temps([step.asset.out for step in self.plan.steps])
         try:
-            self.prefetch.start([s for s in self.plan.steps if s.action in RESTORES and s.asset.written])
+            restores = [s for s in self.plan.steps if s.action in RESTORES and s.asset.written]
+            self.recorder.intend(_in_place(restores))
+            self.prefetch.start(restores)
             loop = asyncio.get_running_loop()
             for step in self.plan.steps:
                 self.available[step.asset.id] = loop.create_future()
@@ -500,7 +504,7 @@ class Builder:
         others build on them (they read their inputs from the cache)."""
         if asset.id in self.referenced:
             self.store.put_object(data)  # a no-op when cached already
-        return self.recorder.stage(dest or self._output_path(asset), data, durable=False)
+        return self.recorder.restore(asset.out, dest or self._output_path(asset), data)
 
     def _record_of(self, source: Source, seed: int) -> KeyRecord:
         provider = source.provider or self.provider.name
@@ -800,6 +804,7 @@ class Builder:
                 )
             if problem is not None:
                 raise ProviderError(f"reference {ref!r}: {problem}")
+            _check_digest(ref, path, digest)
             if asset.reference_max_mp is not None:
                 path = self._scaled_reference(path, asset.reference_max_mp)
             refs.append(ReferenceInput(ref, path, digest))
@@ -827,6 +832,23 @@ class Builder:
         from flexforge.planner import estimate_asset
 
         return estimate_asset(asset, self.plan.manifest, self.plan.provider)
+
+
+def _check_digest(ref: str, path: Path, digest: str) -> None:
+    """The key was computed from `digest`: never send (or cache an image made from) other bytes.
+    A plan may have taken the digest from git's index and the lock (flexforge.gitblobs)."""
+    try:
+        sha256, blob = gitblobs.file_ids(path)
+    except OSError as exc:
+        raise ProviderError(f"reference {ref!r} cannot be read: {exc.strerror or exc}") from None
+    if sha256 != digest:
+        raise ProviderError(
+            f"reference {ref!r} is not the file this plan keyed (sha256 {sha256[:12]}, planned "
+            f"{digest[:12]}): it changed during the build, or a hand-edited flexforge.lock pairs its "
+            "git blob with another digest; run `flexforge build` again (delete the lock entry's "
+            "git_blobs if this repeats)"
+        )
+    gitblobs.note(sha256, blob)
 
 
 async def _staged_from(
@@ -859,8 +881,21 @@ async def _staged(stage: Callable[..., Path | None], *args: Any) -> Path | None:
 
 
 def _discard_staged(write: asyncio.Future[Path | None]) -> None:
-    if not write.cancelled() and write.exception() is None and (staged := write.result()) is not None:
+    done = not write.cancelled() and write.exception() is None
+    # An output written in place stays: the intent record lists it.
+    if done and (staged := write.result()) is not None and is_temp(staged):
         staged.unlink(missing_ok=True)
+
+
+def _in_place(restores: list[Step]) -> list[str]:
+    """The outputs of `restores` that may be written in place: not already in place, and not a
+    file another restore of this plan reads its bytes from (a swap of two outputs' paths)."""
+    read = {s.source.path for s in restores if s.source is not None and s.source.kind == WORKING_TREE}
+    return [
+        s.asset.out
+        for s in restores
+        if s.source is not None and s.source.kind != IN_PLACE and s.asset.out not in read
+    ]
 
 
 def _verify(image: GeneratedImage, asset: Asset) -> None:

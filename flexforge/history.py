@@ -57,6 +57,9 @@ class History:
         self._outputs: set[tuple[str, str]] | None = None
         self._batch: subprocess.Popen[bytes] | None = None
         self._mutex = threading.Lock()
+        # Commit -> (folders, what `ls-tree` listed under them): checking an index's rows lists
+        # the commit a restore pass then reads from; a fresh clone need not ask git twice.
+        self._listings: dict[str, tuple[frozenset[str], dict[str, tuple[str, int]]]] = {}
 
     @classmethod
     def open(cls, root: Path, lock_path: Path, cache_dir: Path | None) -> History | None:
@@ -311,6 +314,9 @@ class History:
     def _listing(self, commit: str, folders: list[str]) -> dict[str, tuple[str, int]]:
         """Repository path -> (blob id, size) of the plain files under `folders` in `commit`
         (links and submodules left out: an output is never one); empty when git cannot say."""
+        known = self._listings.get(commit)
+        if known is not None and ("" in known[0] or known[0].issuperset(folders)):
+            return known[1]
         spec = [f or "." for f in folders]
         try:
             raw = _git(self.toplevel, "--literal-pathspecs", "ls-tree", "-r", "-l", "-z", commit, "--", *spec)
@@ -322,6 +328,7 @@ class History:
             fields = meta.split()
             if len(fields) == 4 and fields[0] in (b"100644", b"100755") and fields[1] == b"blob":
                 found[path.decode(errors="surrogateescape")] = (fields[2].decode(), int(fields[3]))
+        self._listings[commit] = (frozenset(folders), found)
         return found
 
     def blob(self, commit: str, repo_path: str, limit: int) -> bytes | None:

@@ -41,6 +41,12 @@ class ContentKey:
             )
         return self._parts
 
+    @property
+    def files(self) -> list[str]:
+        """The sha256 of each reference file (not asset references), in manifest order."""
+        files: list[str] = self._inputs["files"]
+        return files
+
     def changed_parts(self, old_parts: dict[str, str]) -> list[str]:
         return changed(self.parts, old_parts)
 

@@ -83,13 +83,15 @@ def record(
     by_default: bool = False,
     read_stamps: Mapping[str, list[int] | None],
     quiet_lines: int = 0,
+    observed: Mapping[str, list[int]] | None = None,
 ) -> None:
     """Remember that this manifest, lock and provider planned as nothing to do.
 
     `plan_lines` is what `plan` printed, of which the first `quiet_lines` also under -q (a
     matrix's expansion). `read_stamps` holds the manifest's and the lock's stamps (by path) taken
     before the plan read them: if either changed since, the plan answered for other bytes and
-    nothing is recorded."""
+    nothing is recorded. `observed` holds the stamp each file had when the plan read its
+    digest (by root-relative path); a file the plan did not read is stamped now."""
     from flexforge import __version__
 
     root = os.path.dirname(manifest)
@@ -102,8 +104,9 @@ def record(
             return
         numbers.append(_PACK(*before))
         names.append(os.fsencode(os.path.relpath(path, root)))
+    seen = observed or {}
     for rel in files:
-        stamp = file_stamp(os.path.join(root, rel))
+        stamp = seen.get(rel) or file_stamp(os.path.join(root, rel))
         name = os.fsencode(rel)
         if stamp is None or b"\0" in name or not all(n in _INT64 for n in stamp):
             return  # an inode past 2**63 (some network file systems): this project goes without

@@ -2,8 +2,9 @@
 entry in the lock, in an order a crash cannot turn into a lock naming a file that is not there.
 
 The engine (generated, rendered and restored images) and `accept` call the same `record`; this
-module alone stages and renames outputs, decides when the lock is written and what is fsynced
-first, and keeps the stat cache in step with what it wrote. See docs/reliability.md.
+module alone stages and renames outputs (or, for restores, writes them in place under an intent
+record), decides when the lock is written and what is fsynced first, and keeps the stat cache in
+step with what it wrote. See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -11,15 +12,31 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flexforge.fsutil import fsync_dir, install, remove_stale_temps, stage_bytes, sync_files
+from flexforge import gitblobs
+from flexforge.errors import FlexforgeError
+from flexforge.fsutil import (
+    NotRegularFile,
+    fsync_dir,
+    install,
+    is_temp,
+    open_folder,
+    overwrite,
+    remove_stale_temps,
+    stage_bytes,
+    sync_files,
+)
 from flexforge.keys import ContentKey
 from flexforge.lockfile import Lock, LockChangedError, LockEntry, stamp
 from flexforge.manifest import Asset
+from flexforge.noop import file_stamp
 from flexforge.store import KeyRecord, Store
 
 LOCK_SAVE_INTERVAL = 0.25  # seconds
@@ -27,10 +44,11 @@ LOCK_SAVE_INTERVAL = 0.25  # seconds
 
 @dataclass(frozen=True, slots=True)
 class _Staged:
-    temp: Path
+    temp: Path  # a temp file beside the output, or the output itself when written in place
     rel: str  # root-relative output path
     sha256: str
     durable: bool  # fsynced when staged
+    in_place: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +97,79 @@ class Outputs:
         self.made_here: set[str] = set()  # assets whose output this run wrote
         self._saved_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # The intent record (out -> stamp before any in-place write), as written by `intend`.
+        self._writing: dict[str, list[int] | None] | None = None
+        self._in_place: frozenset[str] = frozenset()  # outputs this run may write in place
+        self._settled: set[str] = set()  # written in place, and named by a lock write since
+        self._folders: dict[Path, int | None] = {}  # output folders opened for in-place writes
+        self._folders_mutex = threading.Lock()
+        self._blobs: dict[Path, str] = {}  # staged file -> git blob id of its bytes
+        gitblobs.learn({a: e.git_blobs for a, e in lock.entries.items()})
         # In a build, the file work of a lock write (fsyncs, renames) runs on a thread of its
         # own, one write at a time, while the event loop goes on polling and submitting.
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
-        self._writing: tuple[concurrent.futures.Future[dict[str, str]], _Batch] | None = None
+        self._inflight: tuple[concurrent.futures.Future[dict[str, str]], _Batch] | None = None
 
-    @staticmethod
-    def stage(dest: Path, data: bytes, *, durable: bool = True) -> Path:
+    def stage(self, dest: Path, data: bytes, *, durable: bool = True) -> Path:
         """`data` written beside `dest`, for `record` to rename into place with the next lock
         write. Not `durable`: fsynced at that write instead, together with the others (bytes that
         are free to fetch again, such as a restore: a thousand cost one sync, not a thousand).
         Safe to call from worker threads."""
-        return stage_bytes(dest, data, durable=durable)
+        staged = stage_bytes(dest, data, durable=durable)
+        self._blobs[staged] = gitblobs.blob_id(data)  # one dict store: safe across threads
+        return staged
+
+    def intend(self, outs: Iterable[str]) -> None:
+        """Say which outputs this run may write in place: restores, whose bytes are free to fetch
+        again. Recorded with each file's stamp and fsynced before the first is touched, so that
+        a kill mid-write leaves a torn file the next plan restores again instead of calling it
+        edited by hand. Entries of an earlier interrupted run keep their first stamp. A record
+        that cannot be written (a full disk) leaves every output to a temp file and a rename."""
+        wanted = list(dict.fromkeys(outs))
+        if not wanted:
+            return
+        root = self.store.root
+        try:
+            previous = self.store.writing()
+            record = {o: b for o, b in previous.items() if file_stamp(str(root / o)) != b}
+            for out in wanted:
+                record.setdefault(out, file_stamp(str(root / out)))
+            self.store.set_writing(record)
+        except (OSError, FlexforgeError):
+            return
+        self._writing = record
+        self._in_place = frozenset(wanted)
+
+    def restore(self, out: str, dest: Path, data: bytes) -> Path:
+        """Restored bytes for the output `out` at `dest`: written there in place when `intend`
+        listed it and the manifest and lock are still those this build read (after a `git
+        checkout` meanwhile they are staged, and the lock write then refuses them), else staged
+        beside it without fsync. Returns what `record` takes. Safe to call from worker threads."""
+        if out in self._in_place and not self._switched():
+            overwrite(dest, data, folder=self._folder(dest.parent))
+            self._blobs[dest] = gitblobs.blob_id(data)
+            return dest
+        return self.stage(dest, data, durable=False)
+
+    def _folder(self, folder: Path) -> int | None:
+        """A descriptor on `folder` as it really is now (checked to be inside the project root),
+        opened once without following links: writes through it stay inside the root even if a
+        folder on the way is swapped for a link later in the build."""
+        with self._folders_mutex:
+            if folder in self._folders:
+                return self._folders[folder]
+            root = os.path.realpath(self.store.root)
+            rel = os.path.relpath(os.path.realpath(folder), root)
+            if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+                raise NotRegularFile(errno.EXDEV, "leads outside the project root", str(folder))
+            parts = () if rel == os.curdir else tuple(rel.split(os.sep))
+            fd = self._folders[folder] = open_folder(Path(root), parts)
+            return fd
+
+    def _switched(self) -> bool:
+        """Whether the manifest or the lock changed on disk since this build read them."""
+        watched = self._watch is not None and stamp(self._watch[0]) != self._watch_stamp
+        return watched or self.lock.changed_on_disk()
 
     def remove_stale_temps(self, outs: list[str]) -> None:
         """A build killed mid-write leaves a temp file beside an output or the lock, in folders
@@ -115,9 +194,11 @@ class Outputs:
         urgent: bool = True,
     ) -> None:
         """`asset`'s output is now `record.sha256` (`record.size` bytes), made for `key`: staged at
-        `staged` by `stage`, or already at its output path (None). `urgent` asks for a lock write
-        soon (a paid image); otherwise it goes with the next write or the last (a restore: a
+        `staged` by `stage` or `restore`, or already at its output path (None). `urgent` asks for
+        a lock write soon (a paid image); otherwise it goes with the next write or the last (a restore: a
         build killed before then restores it again, for free)."""
+        if staged is not None and (blob := self._blobs.pop(staged, None)) is not None:
+            gitblobs.note(record.sha256, blob)
         entry = LockEntry(
             key=key.key,
             parts=key.parts,
@@ -130,11 +211,13 @@ class Outputs:
             size=record.size,
             task_id=record.task_id,
             cost_usd=record.cost_usd,
+            git_blobs=gitblobs.pairs_for([record.sha256, *key.files]) or None,
         )
         previous = self.lock.set_entry(asset.id, entry)
         self._replaced.setdefault(asset.id, previous)
         if staged is not None:
-            self._staged[asset.id] = _Staged(staged, asset.out, record.sha256, durable)
+            in_place = not is_temp(staged)
+            self._staged[asset.id] = _Staged(staged, asset.out, record.sha256, durable, in_place)
             self.made_here.add(asset.id)
         elif asset.written:
             self.store.remember_written(asset.out, record.sha256)
@@ -158,7 +241,7 @@ class Outputs:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if self._timer is not None or self._writing is not None:
+        if self._timer is not None or self._inflight is not None:
             return  # a write is due, or under way (the next follows it: see _written)
         wait = LOCK_SAVE_INTERVAL - (time.monotonic() - self._saved_at)
         if wait <= 0:
@@ -175,24 +258,24 @@ class Outputs:
         if self._writer is None:
             self._writer = concurrent.futures.ThreadPoolExecutor(1, "flexforge-lock")
         future = self._writer.submit(self._write, batch)
-        self._writing = (future, batch)
+        self._inflight = (future, batch)
         future.add_done_callback(lambda _: _call_soon(loop, self._written, future))
 
     def _written(self, future: concurrent.futures.Future[dict[str, str]]) -> None:
         """Back on the loop: the write's outcome recorded, and the next write started if more
         was recorded meanwhile."""
-        if self._writing is None or self._writing[0] is not future:
+        if self._inflight is None or self._inflight[0] is not future:
             return  # already settled (close waited for it)
-        batch = self._writing[1]
-        self._writing = None
+        batch = self._inflight[1]
+        self._inflight = None
         self._settle(batch, future)
         if self._staged or self._replaced:
             self._flush_soon()
 
     async def idle(self) -> None:
         """Until no lock write is under way on the writer thread (one due later may follow)."""
-        while self._writing is not None:
-            future = self._writing[0]
+        while self._inflight is not None:
+            future = self._inflight[0]
             with contextlib.suppress(Exception):  # settled, and reported, by _written
                 await asyncio.wrap_future(future)
             await asyncio.sleep(0)
@@ -216,10 +299,10 @@ class Outputs:
 
     def _wait_for_writer(self) -> None:
         """Let a lock write under way on the writer thread finish, and settle it here."""
-        if self._writing is None:
+        if self._inflight is None:
             return
-        future, batch = self._writing
-        self._writing = None
+        future, batch = self._inflight
+        self._inflight = None
         concurrent.futures.wait([future])
         self._settle(batch, future)
 
@@ -247,6 +330,8 @@ class Outputs:
         failed: dict[str, str] = {}
         folders = {self.lock.path.parent}
         for asset_id, s in batch.staged.items():
+            if s.in_place:  # written at its path already, under the intent record
+                continue
             path = self.store.root / s.rel
             try:
                 install(s.temp, path, durable=False)
@@ -270,13 +355,16 @@ class Outputs:
             else:  # a bug: the lock is not known to be written, so nothing counts as recorded
                 reason = f"internal error writing {self.lock.path.name}: {type(exc).__name__}: {exc}"
             for s in batch.staged.values():
-                s.temp.unlink(missing_ok=True)
+                if not s.in_place:  # what was written in place stays listed in the intent record
+                    s.temp.unlink(missing_ok=True)
             self._put_back(batch.replaced)
             return self._report(Flushed(dict.fromkeys(batch.replaced, reason), fatal=True, stop=reason))
         result = Flushed(future.result())
         for asset_id, s in batch.staged.items():
             if asset_id not in result.failed:
                 self.store.remember_written(s.rel, s.sha256)
+                if s.in_place:
+                    self._settled.add(s.rel)
         if result.failed:
             # The lock already names these files: put their old entries back. Their images stay
             # cached (or in git) for the next build.
@@ -294,8 +382,35 @@ class Outputs:
         if self._writer is not None:
             self._writer.shutdown()
             self._writer = None
+        self._forget_settled()
         self.store.save()
+        with self._folders_mutex:
+            for fd in self._folders.values():
+                if fd is not None:
+                    os.close(fd)
+            self._folders.clear()
         return result
+
+    def _forget_settled(self) -> None:
+        """Shorten the intent record to the outputs still not in step with the lock: written in
+        place and never named by a lock write (a failed one), or left torn by an earlier run
+        this one did not restore. Removed when none are left."""
+        record = self._writing if self._writing is not None else self.store.writing()
+        if not record:
+            return
+        by_out = {e.out: e for e in self.lock.entries.values()}
+        left: dict[str, list[int] | None] = {}
+        for out, before in record.items():
+            if out in self._settled or file_stamp(str(self.store.root / out)) == before:
+                continue  # named by the lock now, or never touched
+            entry = by_out.get(out)
+            if entry is not None and self.store.digest(out) == entry.sha256:
+                continue
+            left[out] = before
+        if left != record:
+            # Kept when that fails: the next build finds the same files and shortens it then.
+            with contextlib.suppress(OSError, FlexforgeError):
+                self.store.set_writing(left)
 
     def _report(self, result: Flushed) -> Flushed:
         if self._on_flushed is not None and (result.failed or result.stop):

@@ -28,6 +28,7 @@ RESTORES = (RESTORE, RENAME)
 RESUME = "resume: already paid"  # a reason: the journaled task is polled, not submitted again
 LFS_REASON = "a Git LFS pointer, not the image: run `git lfs pull`"
 STALE = "an older image of it in place"  # a reason: what a committed lock recorded there before
+INTERRUPTED = "interrupted restore"  # a reason: a build was killed while writing it in place
 HELD = (DRIFTED, CONFLICT)  # outputs flexforge found but does not own: a build leaves them
 
 
@@ -65,6 +66,9 @@ class Facts:
     _by_request: dict[tuple[tuple[str, str], ...], list[str]] | None = None
     # Candidates kept in the cache whose bytes this plan needs and no source holds: made again.
     needed: set[str] = field(default_factory=set)
+    # Outputs a killed build was writing in place (Store.interrupted_writes): flexforge's own
+    # unfinished bytes, planned as if absent, never `drifted` or `conflict`.
+    interrupted: frozenset[str] = frozenset()
 
     def orphans_by_request(self) -> dict[tuple[tuple[str, str], ...], list[str]]:
         """Orphaned entries by their key parts, seed aside (see _rename_of)."""
@@ -86,7 +90,9 @@ class Facts:
     ) -> Facts:
         orphans = {k: e for k, e in lock.entries.items() if k not in manifest.assets}
         sources = sources if sources is not None else Sources(lock, store)
-        return cls(lock, store, generator, options, sources, orphans, store.pinned_seeds())
+        facts = cls(lock, store, generator, options, sources, orphans, store.pinned_seeds())
+        facts.interrupted = store.interrupted_writes()
+        return facts
 
 
 @dataclass(slots=True)
@@ -233,14 +239,24 @@ def decide(
         renamed, seed = _rename_of(asset, facts, known)
     key = content_key(asset, generator, seed, known) if seed is not None and complete else None
     base: dict[str, Any] = {"asset": asset, "seed": seed, "key": key, "reference_digests": digests}
+    unchanged = key is not None and entry is not None and entry.key == key.key and entry.out == asset.out
+    if unchanged and asset.written and asset.id not in facts.options.replace:
+        assert entry is not None
+        if current.size == entry.size and current.matches(entry.sha256, entry.size):  # a plain file
+            # Up to date, the common case: the file was read for its digest (now, or under the
+            # stamp the stat cache holds), so it is readable; _unusable need not ask again.
+            return Step(action=NONE, output_sha256=entry.sha256, **base)
     unusable = _unusable(facts.store, asset.out, current)
     if unusable is not None:
         return Step(action=BLOCKED, reasons=[unusable], **{**base, "key": None})
+    # Bytes a killed build left half written are nobody's edit: the file counts as absent.
+    torn = asset.out in facts.interrupted
+    present = current.exists and not torn
     if asset.id in facts.options.replace:
         return Step(action=REGENERATE, reasons=["replace"], **base)
     if key is None:
         if entry is None:
-            if current.exists:
+            if present:
                 return Step(action=CONFLICT, output_sha256=current.digest, **base)
             return Step(action=CREATE, **base)
         reasons = changed(known_parts(asset, generator, seed, digests), entry.parts)
@@ -252,12 +268,11 @@ def decide(
         if asset.id in facts.needed:
             return Step(action=REGENERATE, reasons=["missing"], **base)
         return Step(action=NONE, output_sha256=entry.sha256, **base)
-    unchanged = entry is not None and entry.key == key.key and entry.out == asset.out
     if unchanged and entry is not None and current.matches(entry.sha256, entry.size):
         return Step(action=NONE, output_sha256=entry.sha256, **base)
     source = facts.sources.find(key.key, asset.out, current)
     if entry is not None and entry.key == key.key:
-        if current.exists and (source is None or source.kind != IN_PLACE):
+        if present and (source is None or source.kind != IN_PLACE):
             if source is not None and facts.sources.committed_output(asset.out, current.digest):
                 # An image flexforge made for an older lock of this project (committed, so git
                 # keeps it), left in place when only the lock moved on: replaced, not "edited".
@@ -270,7 +285,7 @@ def decide(
         if source is not None:
             return Step(
                 action=RESTORE,
-                reasons=[_absent(entry, asset)],
+                reasons=[INTERRUPTED if torn else _absent(entry, asset)],
                 output_sha256=source.sha256,
                 source=source,
                 **base,
@@ -278,7 +293,7 @@ def decide(
         return Step(action=REGENERATE, reasons=["missing"], **base)
     reasons = changed(key.parts, entry.parts) if entry is not None else []
     owned = entry is not None and entry.out == asset.out
-    if current.exists and not owned and (source is None or source.kind != IN_PLACE):
+    if present and not owned and (source is None or source.kind != IN_PLACE):
         # A file flexforge never made for this asset (an agency's image): never overwritten.
         return Step(action=CONFLICT, reasons=_lfs(facts, asset), output_sha256=current.digest, **base)
     if source is not None:

@@ -10,12 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from flexforge.fsutil import is_temp
 from flexforge.manifest import Asset
 from flexforge.planner import Step
 from flexforge.sources import GIT, Source, Sources
+
+# Restores woken together: each wake of the event loop from this thread costs a write to its
+# self-pipe and a GIL hand-off (0.1 ms each, 67 ms for 816 restores one by one), and a loop woken
+# that often keeps the GIL busy while this thread waits for it after every system call. Woken
+# when this many have arrived, or this long after the last wake, and at the end.
+WAKE_BATCH = 64
+WAKE_AFTER = 0.02  # seconds
 
 # (staged file, None) or (None, why not); an exception is what staging raised (a full disk).
 Fetched = tuple[Path | None, str | None] | BaseException
@@ -31,6 +40,7 @@ class GitPrefetch:
         self._wanted: dict[str, tuple[Source, asyncio.Future[None]]] = {}
         self._arrived: list[str] = []  # handed over, their restores not yet woken
         self._wake_pending = False
+        self._woken_at = 0.0
         self._stopped = False
         self._worker: asyncio.Future[None] | None = None
 
@@ -77,18 +87,27 @@ class GitPrefetch:
         finally:
             for asset_id in self._wanted.keys() - done:  # not fetched: each restore asks on its own
                 self._hand_over(asset_id, None, loop)
+            self._hand_over(None, None, loop)  # wake whatever still waits
 
-    def _hand_over(self, asset_id: str, fetched: Fetched | None, loop: asyncio.AbstractEventLoop) -> bool:
-        """Give a result to the restore waiting for it; False once the build has stopped."""
+    def _hand_over(
+        self, asset_id: str | None, fetched: Fetched | None, loop: asyncio.AbstractEventLoop
+    ) -> bool:
+        """Give a result to the restore waiting for it (None: wake what has arrived); False once
+        the build has stopped."""
         with self._mutex:
             if self._stopped:
                 _discard(fetched)
                 return False
-            self._ready[asset_id] = fetched
-            self._arrived.append(asset_id)
-            if self._wake_pending:
+            if asset_id is not None:
+                self._ready[asset_id] = fetched
+                self._arrived.append(asset_id)
+            if self._wake_pending or not self._arrived:
                 return True  # the loop has yet to wake the restores: this one goes with them
+            now = time.monotonic()
+            if asset_id is not None and len(self._arrived) < WAKE_BATCH and now - self._woken_at < WAKE_AFTER:
+                return True  # woken with the next ones, or at the end
             self._wake_pending = True
+            self._woken_at = now
         try:
             loop.call_soon_threadsafe(self._wake)
         except RuntimeError:  # the loop is closed: close() removes what was staged
@@ -116,5 +135,6 @@ class GitPrefetch:
 
 
 def _discard(fetched: Fetched | None) -> None:
-    if isinstance(fetched, tuple) and fetched[0] is not None:
+    """Remove a staged temp file; an output written in place stays (the intent record lists it)."""
+    if isinstance(fetched, tuple) and fetched[0] is not None and is_temp(fetched[0]):
         fetched[0].unlink(missing_ok=True)

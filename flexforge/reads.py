@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypedDict
 
+from flexforge import gitblobs
 from flexforge.fsutil import CHUNK, open_regular
 
 HEAD = 1024  # enough for a PNG's header chunks; a longer header is read by Pillow itself
@@ -39,6 +40,7 @@ class FileRead:
     sha256: str
     head: bytes = b""  # the first HEAD bytes, when asked for
     tail: bytes = b""  # the last TAIL bytes, when asked for
+    from_git: bool = False  # the digest is git's index and the lock's word, not a hash (gitblobs)
 
     @property
     def size(self) -> int:
@@ -73,6 +75,13 @@ def read_file(
         if (max_size is not None and st.st_size > max_size) or (size is not None and st.st_size != size):
             return None
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        vouched = gitblobs.known(path, stamp)
+        if vouched is not None:
+            head = tail = b""
+            if ends:
+                head = os.pread(fd, HEAD, 0)
+                tail = os.pread(fd, TAIL, max(0, st.st_size - TAIL))
+            return FileRead(stamp, vouched, head, tail, from_git=True)
         digest = hashlib.sha256()
         buffer = _buffer()
         head = last = b""
@@ -127,9 +136,9 @@ def started(path: str) -> bool:
     return path in _reads
 
 
-def digest(path: str, stamp: list[int]) -> str | None:
-    """The sha256 this process read for `path` while it had exactly `stamp`, if any."""
+def digest(path: str, stamp: list[int]) -> FileRead | None:
+    """What this process read for `path` while it had exactly `stamp`, if anything."""
     read = _reads.get(path)
     if read is None or list(read.stamp) != stamp:
         return None
-    return read.sha256
+    return read

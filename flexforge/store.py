@@ -42,6 +42,7 @@ from flexforge.records import RecordError, seal, unseal
 
 GITIGNORE = "# Local state of flexforge: caches and in-flight task records. Never commit.\n*\n"
 STAT_CACHE = "stat-cache.json"
+WRITING = "writing.json"  # outputs a build is writing in place (flexforge/outputs.py)
 SET_ASIDE = "set-aside"
 RECORD_LIMIT = 64 * 1024  # a record is a few hundred bytes
 STATE_FILE_LIMIT = 256 * 1024 * 1024  # seeds, ledger, stat cache of a 100,000-asset project fit well
@@ -188,6 +189,9 @@ class Store:
         self._stats_dirty = False
         self._ready = False
         self._checked_dirs: set[tuple[str, ...]] = set()
+        # The stamp each file had when digest() answered for it: what a no-op memo may vouch for
+        # (a stamp taken later could belong to bytes the plan never saw).
+        self.observed: dict[str, list[int]] = {}
 
     # -- paths: nothing inside the state folder may be a link ------------------------------------
 
@@ -286,11 +290,15 @@ class Store:
         stamp = file_stamp(path)
         if stamp is None:
             return None
+        self.observed[rel] = stamp
         cached = self._stat_cache().get(rel)
         if cached is not None and cached[:4] == stamp:
             return str(cached[4])
         # Read already by this process (validation, or `prefetch`) while the file was as it is now.
-        digest = reads.digest(path, stamp) or sha256_file(path)
+        read = reads.digest(path, stamp)
+        if read is not None and read.from_git:
+            return read.sha256  # the lock's word: good for this run, never cached (gitblobs)
+        digest = read.sha256 if read is not None else sha256_file(path)
         self._remember(rel, stamp, digest)
         return digest
 
@@ -437,6 +445,49 @@ class Store:
         seeds = self.pinned_seeds()
         seeds[asset_id] = seed
         atomic_write(self._path("seeds.json"), seal("seeds", "", dict(seeds)))
+
+    # -- outputs being written in place (flexforge/outputs.py) ----------------------------------
+
+    def writing(self) -> dict[str, list[int] | None]:
+        """The outputs a build said it would write in place, each with its stamp from before
+        (None: no file then); {} when there is no record, or none sealed on this machine."""
+        try:
+            raw = read_regular(self._path(WRITING), STATE_FILE_LIMIT)
+            body = unseal("writing", "", raw)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        except (RecordError, OSError, FlexforgeError) as exc:
+            self._untrusted("writing", self.dir / WRITING, str(getattr(exc, "strerror", None) or exc))
+            return {}
+        outs = body.get("outs")
+        if not isinstance(outs, dict):
+            return {}
+        return {
+            out: before
+            for out, before in outs.items()
+            if before is None
+            or (isinstance(before, list) and len(before) == 4 and all(type(n) is int for n in before))
+        }
+
+    def set_writing(self, outs: dict[str, list[int] | None]) -> None:
+        """Record (fsynced, with its folder) the outputs about to be written in place, or remove
+        the record when there are none left. A record whose removal a power cut loses only
+        names files that match the lock, which planning then finds up to date."""
+        path = self._path(WRITING)
+        if not outs:
+            path.unlink(missing_ok=True)
+            return
+        self.ensure()
+        atomic_write(path, seal("writing", "", {"outs": outs}))
+
+    def interrupted_writes(self) -> frozenset[str]:
+        """Outputs whose in-place write a build began and never recorded in the lock: changed
+        since their stamp in the record (torn, or holding the new bytes), so neither a hand edit
+        nor a stranger's file. Planning treats them as absent and restores them again."""
+        recorded = self.writing()
+        return frozenset(
+            out for out, before in recorded.items() if file_stamp(str(self.root / out)) != before
+        )
 
     # -- journal of submitted paid tasks ---------------------------------------------------------
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from flexforge.errors import FlexforgeError
 from flexforge.fsutil import atomic_write
 from flexforge.imaging import MAX_REFERENCE_PIXELS
 
@@ -55,7 +56,8 @@ class Thumbs:
             return path
         thumb = _thumb(_open(load()))
         atomic_write(path, _webp(thumb), durable=False)
-        self._write_phash(sha256, thumb)
+        if has_imagehash():  # a by-product for a later diff: without the extra, that diff says so
+            self._write_phash(sha256, thumb)
         self.made += 1
         return path
 
@@ -73,8 +75,7 @@ class Thumbs:
         return self._write_phash(sha256, _thumb(_open(load())))
 
     def _write_phash(self, sha256: str, thumb: Image) -> str:
-        import imagehash
-
+        imagehash = require_imagehash()
         text = str(imagehash.phash(thumb))
         atomic_write(self._path(sha256, PHASH_SUFFIX), text.encode(), durable=False)
         return text
@@ -99,10 +100,29 @@ class Thumbs:
         return path
 
 
+def has_imagehash() -> bool:
+    try:
+        import imagehash  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_imagehash() -> Any:
+    """imagehash, or an error saying how to install it (the `review` extra)."""
+    try:
+        import imagehash
+    except ImportError:
+        raise FlexforgeError(
+            "flexforge diff measures how far images moved with imagehash, which is not installed: "
+            "pip install 'flexforge[review]'"
+        ) from None
+    return imagehash
+
+
 def distance(phash_a: str, phash_b: str) -> int:
     """Hamming distance of two perceptual hashes: 0 same picture, 64 unrelated (~32 random)."""
-    import imagehash
-
+    imagehash = require_imagehash()
     return int(imagehash.hex_to_hash(phash_a) - imagehash.hex_to_hash(phash_b))
 
 

@@ -29,6 +29,7 @@ MAX_BYTES = 16 * 1024 * 1024
 
 Path_ = tuple[str | int, ...]
 _STR = "tag:yaml.org,2002:str"
+_SCALAR = yaml.ScalarNode
 
 
 @dataclass(slots=True)
@@ -104,6 +105,7 @@ class _Builder:
     def _mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict[str, Any]:
         result: dict[str, Any] = {}
         seen: dict[str, int] = {}
+        positions = self.doc.positions
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 self._problem(key_node, path, "merge keys (<<) are not supported; repeat the values")
@@ -124,10 +126,20 @@ class _Builder:
                     key_node, child, f"duplicate key {shown!r} (first defined on line {seen[name]})"
                 )
                 continue
-            seen[name] = key_node.start_mark.line + 1
             mark = key_node.start_mark
-            self.doc.positions[(*child, "<key>")] = (mark.line + 1, mark.column + 1)
-            result[name] = self.build(value_node, child, depth + 1)
+            seen[name] = mark.line + 1
+            positions[(*child, "<key>")] = (mark.line + 1, mark.column + 1)
+            if value_node.__class__ is not _SCALAR or value_node.tag != _STR or depth >= MAX_DEPTH:
+                result[name] = self.build(value_node, child, depth + 1)
+                continue
+            # build() for a plain string, inline: most values of a big manifest are one.
+            self.nodes += 1
+            if self.nodes > self.max_nodes:
+                raise _TooBig(f"more than {self.max_nodes} values (an alias bomb?); split the manifest")
+            mark = value_node.start_mark
+            positions.setdefault(child, (mark.line + 1, mark.column + 1))
+            self._spend(len(value_node.value))
+            result[name] = value_node.value
         return result
 
     def _problem(self, node: yaml.Node, path: Path_, message: str) -> None:

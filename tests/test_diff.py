@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.helpers import Project, png
 from tests.support.kit import commit, git
@@ -221,3 +224,17 @@ def test_before_image_missing_from_its_commit_comes_from_an_older_one(kit: Proje
     assert row["change"] == "regenerated"
     assert row["before"]["image"] is True  # read from the first commit, through git history
     assert row["distance"] is not None
+
+
+def test_diff_without_the_review_extra_says_how_to_install_it(
+    kit: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """imagehash (and its 180 MB of scipy and numpy) is the `review` extra: a CI runner that
+    only builds and checks does not install it."""
+    monkeypatch.setitem(sys.modules, "imagehash", None)  # what `import` finds when not installed
+    kit.edit("seed: 3002", "seed: 3003")
+    assert kit.build().exit_code == 0
+    result = kit.run("diff", "HEAD")
+    assert result.exit_code != 0
+    assert "pip install 'flexforge[review]'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -13,6 +13,8 @@ from flexforge.fsutil import (
     NotRegularFile,
     atomic_write,
     install,
+    is_temp,
+    overwrite,
     read_regular,
     remove_stale_temps,
     sha256_bytes,
@@ -127,3 +129,51 @@ def test_a_staged_file_honours_the_umask_and_never_opens_what_is_there(tmp_path:
     assert staged.name.startswith(".out.png.ff-") and staged.name.endswith(".tmp")
     install(staged, tmp_path / "deep" / "er" / "out.png")
     assert (tmp_path / "deep" / "er" / "out.png").read_bytes() == b"x"
+
+
+def test_overwrite_writes_in_place_shorter_or_longer_and_makes_missing_folders(tmp_path: Path) -> None:
+    path = tmp_path / "assets" / "a.png"
+    overwrite(path, b"first version, long")  # folders made
+    inode = path.stat().st_ino
+    overwrite(path, b"short")
+    assert path.read_bytes() == b"short" and path.stat().st_ino == inode  # the same file, truncated
+    overwrite(path, b"a longer second version")
+    assert path.read_bytes() == b"a longer second version" and path.stat().st_ino == inode
+    assert not is_temp(path) and list(path.parent.iterdir()) == [path]
+
+
+def test_overwrite_never_writes_through_a_link_planted_at_the_path(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    path = tmp_path / "assets" / "a.png"
+    path.parent.mkdir()
+    path.symlink_to(outside)
+    with pytest.raises(NotRegularFile, match="symbolic link"):
+        overwrite(path, b"restored")
+    dangling = tmp_path / "assets" / "b.png"
+    dangling.symlink_to(tmp_path / "new-file-outside")
+    with pytest.raises(NotRegularFile, match="symbolic link"):
+        overwrite(dangling, b"restored")
+    assert outside.read_bytes() == b"precious" and not (tmp_path / "new-file-outside").exists()
+    assert path.is_symlink() and dangling.is_symlink()
+
+
+def test_overwrite_refuses_a_fifo_without_blocking_and_a_folder(tmp_path: Path) -> None:
+    fifo = tmp_path / "a.png"
+    os.mkfifo(fifo)
+    with pytest.raises(NotRegularFile, match="not a plain file"):
+        overwrite(fifo, b"restored")  # no reader: an open for writing would block forever
+    folder = tmp_path / "b.png"
+    folder.mkdir()
+    with pytest.raises(NotRegularFile):
+        overwrite(folder, b"restored")
+
+
+def test_overwrite_leaves_the_other_names_of_a_hard_linked_file_alone(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    path.write_bytes(b"shared bytes")
+    other = tmp_path / "elsewhere.png"
+    os.link(path, other)
+    overwrite(path, b"restored")
+    assert path.read_bytes() == b"restored" and other.read_bytes() == b"shared bytes"
+    assert path.stat().st_nlink == 1 and other.stat().st_nlink == 1

@@ -7,7 +7,10 @@ import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests.helpers import Project, png
 
@@ -203,3 +206,13 @@ def test_gallery_cards_carry_their_matrix_cell_and_tags(tmp_path: Path) -> None:
         assert f"thumbs/{lock[f'hero-midnight--{k}']['sha256']}.webp" in html
     avif = lock["post-harvest-email-header"]["sha256"]
     assert (out / "images" / f"{avif}.avif").is_file()
+
+
+def test_gallery_works_without_the_review_extra(
+    kit: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "imagehash", None)  # what `import` finds when not installed
+    out = tmp_path / "site"
+    result = kit.run("gallery", "--provider", "draft", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert _made(result.stdout) == (len(kit.lock()["assets"]), 0)

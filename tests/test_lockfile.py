@@ -81,7 +81,12 @@ def test_render_is_exactly_indented_sorted_json_however_entries_change(tmp_path:
             "_generated": json.loads(lock.render())["_generated"],
             "version": 1,
             "assets": {
-                k: {f: getattr(e, f) for f in e.__dataclass_fields__} for k, e in lock.entries.items()
+                k: {
+                    f: getattr(e, f)
+                    for f in e.__dataclass_fields__
+                    if f != "git_blobs" or e.git_blobs is not None  # absent, not null, when unknown
+                }
+                for k, e in lock.entries.items()
             },
         }
         return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
@@ -93,6 +98,10 @@ def test_render_is_exactly_indented_sorted_json_however_entries_change(tmp_path:
     lock.entries["b"] = entry(seed=9, parts={"prompt": "y", "seed": "9"})
     lock.entries["a"] = entry(size=0)
     assert lock.render() == expected()
+    lock.entries["a"] = entry(git_blobs={"1" * 40: "2" * 64})
+    assert lock.render() == expected()
+    parsed = parse_entries(Lock(tmp_path / "x.lock", {"a": lock.entries["a"]}).render())
+    assert parsed["a"].git_blobs == {"1" * 40: "2" * 64}
     del lock.entries["é-ü"]
     assert lock.render() == expected()
 
@@ -106,3 +115,35 @@ def test_set_entry_drop_and_put_back_undo_each_other(tmp_path: Path) -> None:
     lock.put_back("b", None)  # b had no entry before: it has none again
     assert lock.entries == {"a": entry()}
     assert lock.drop("a") == entry() and lock.drop("a") is None and lock.entries == {}
+
+
+def test_stanzas_are_rendered_byte_for_byte_as_json_indents_them() -> None:
+    import json
+    import random
+
+    from flexforge.lockfile import indented
+
+    rng = random.Random(7)
+
+    def value(depth: int) -> object:
+        kind = rng.randrange(9 if depth < 3 else 6)
+        if kind == 0:
+            return None
+        if kind == 1:
+            return rng.choice([True, False])
+        if kind == 2:
+            return rng.randrange(-(2**40), 2**40)
+        if kind == 3:
+            return rng.choice([0.0, 0.1, 1e-7, 3.0e21, -2.5, 0.30000000000000004])
+        if kind in (4, 5):
+            return "".join(rng.choice('ab"\\\n\té€😀\x00/') for _ in range(rng.randrange(6)))
+        if kind in (6, 7):
+            return {f"k{rng.randrange(20)}é": value(depth + 1) for _ in range(rng.randrange(4))}
+        return [value(depth + 1) for _ in range(rng.randrange(4))]
+
+    for _ in range(500):
+        doc = {f"f{i}": value(0) for i in range(rng.randrange(6))}
+        expected = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        assert indented(doc) == expected
+    with pytest.raises(ValueError):
+        indented({"cost_usd": float("nan")})

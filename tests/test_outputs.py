@@ -14,6 +14,7 @@ from flexforge import outputs as outputs_module
 from flexforge.keys import content_key
 from flexforge.lockfile import Lock, read_lock
 from flexforge.manifest import Asset, Manifest, load_manifest
+from flexforge.noop import file_stamp
 from flexforge.outputs import Outputs
 from flexforge.store import KeyRecord, Store
 
@@ -291,3 +292,74 @@ def test_stale_temps_beside_outputs_and_the_lock_are_removed(project: Project) -
     assert len(temps(project.root)) == 2
     outputs.remove_stale_temps([project.asset("a").out])
     assert temps(project.root) == [] and mine.exists()
+
+
+def restored(project: Project, outputs: Outputs, asset_id: str, data: bytes) -> Path:
+    """`data` restored as `asset_id`'s output through `Outputs.restore`, and recorded."""
+    asset = project.asset(asset_id)
+    written = outputs.restore(asset.out, project.root / asset.out, data)
+    made = KeyRecord(hashlib.sha256(data).hexdigest(), len(data), "draft", asset.seed or 0)
+    key = content_key(asset, "draft", asset.seed or 0, [])
+    outputs.record(asset, key, asset.seed or 0, "draft", made, written, durable=False, urgent=False)
+    return written
+
+
+def test_restores_are_written_in_place_listed_first_and_forgotten_once_the_lock_names_them(
+    project: Project,
+) -> None:
+    outputs = project.outputs()
+    out_a, out_b = project.asset("a").out, project.asset("b").out
+    (project.root / out_b).parent.mkdir(parents=True)
+    (project.root / out_b).write_bytes(b"older b, a longer file")
+    outputs.intend([out_a, out_b])
+    listed = Store(project.root / ".flexforge").writing()
+    assert listed[out_a] is None and listed[out_b] == file_stamp(str(project.root / out_b))
+    assert restored(project, outputs, "a", b"restored a") == project.root / out_a
+    restored(project, outputs, "b", b"restored b")
+    # In place at once (no temp file, no rename), while the lock does not name them yet.
+    assert (project.root / out_b).read_bytes() == b"restored b" and temps(project.root) == []
+    assert not (project.root / "flexforge.lock").exists()
+    outputs.close()
+    assert set(project.on_disk()) == {"a", "b"}
+    assert not (project.root / ".flexforge" / "writing.json").exists()
+    assert project.store.interrupted_writes() == frozenset()
+
+
+def test_a_restore_killed_before_its_lock_write_is_interrupted_not_edited(project: Project) -> None:
+    outputs = project.outputs()
+    out_a, out_b = project.asset("a").out, project.asset("b").out
+    outputs.intend([out_a, out_b])
+    restored(project, outputs, "a", b"restored a")
+    # Killed here: no flush. b was listed but never touched, so it is nobody's concern.
+    again = Store(project.root / ".flexforge", cache_dir=project.root / "user-cache")
+    assert again.interrupted_writes() == {out_a}
+    # The next run's close keeps what is still out of step with the lock, and only that.
+    Outputs(read_lock(project.root / "flexforge.lock"), again).close()
+    assert set(again.writing()) == {out_a}
+
+
+def test_an_intent_record_not_sealed_on_this_machine_is_ignored(project: Project) -> None:
+    # A repository can commit .flexforge/writing.json naming a file it wants overwritten.
+    state = project.root / ".flexforge"
+    state.mkdir()
+    (state / "writing.json").write_text('{"v": 1, "mac": "0", "body": {"outs": {"assets/a.png": null}}}')
+    (project.root / "assets").mkdir()
+    (project.root / "assets/a.png").write_bytes(b"an agency's image")
+    warnings: list[str] = []
+    store = Store(state, cache_dir=project.root / "user-cache", warn=warnings.append)
+    assert store.interrupted_writes() == frozenset()
+    assert warnings and "writing.json" in warnings[0]
+
+
+def test_after_a_checkout_meanwhile_restores_are_staged_not_written_in_place(project: Project) -> None:
+    outputs = project.outputs(watch=(project.manifest.path, "flexforge.yaml"))
+    out = project.asset("a").out
+    (project.root / out).parent.mkdir(parents=True)
+    (project.root / out).write_bytes(b"the other branch's a")
+    outputs.intend([out])
+    (project.root / "flexforge.yaml").write_text(MANIFEST + "# the other branch\n")
+    written = restored(project, outputs, "a", b"restored a")
+    assert written != project.root / out and (project.root / out).read_bytes() == b"the other branch's a"
+    result = outputs.close()
+    assert result.fatal and temps(project.root) == []
+    assert (project.root / out).read_bytes() == b"the other branch's a"

@@ -326,3 +326,28 @@ def test_stale_temp_files_are_removed_only_when_flexforge_named_them(project: Pr
     project.edit("one", "two")
     assert project.build().exit_code == 0
     assert mine.read_text() == "the user's own"
+
+
+def test_a_committed_intent_record_never_has_a_file_overwritten_as_an_interrupted_restore(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`.flexforge/writing.json` names outputs a killed build was writing in place, which the next
+    plan restores over without asking. A clone that commits one (sealed on the attacker's own
+    machine) naming an agency's file and a hand-edited output gets neither overwritten."""
+    from flexforge.store import Store
+
+    project.manifest(TWO_ASSETS)
+    assert project.build().exit_code == 0
+    project.edit("  b: {", "  logo: {prompt: 'logo', seed: 3}\n  b: {")
+    agency = png(project.root / "assets/logo.png", color=(1, 2, 3)).read_bytes()
+    edited = png(project.root / "assets/a.png", color=(9, 9, 9)).read_bytes()
+    Store(project.root / ".flexforge").set_writing({"assets/logo.png": None, "assets/a.png": None})
+    commit_everything(project)
+    another_machine(monkeypatch, tmp_path)
+    victim = clone(project, tmp_path)
+    plan = victim.plan()
+    assert (plan["a"], plan["logo"]) == ("drifted", "conflict"), plan
+    result = victim.build()
+    assert "Traceback" not in result.stderr
+    assert (victim.root / "assets/logo.png").read_bytes() == agency
+    assert (victim.root / "assets/a.png").read_bytes() == edited

@@ -7,6 +7,7 @@ import secrets
 
 import click
 
+from flexforge import gitblobs
 from flexforge.context import GlobalOptions, Project, choose_provider, open_project
 from flexforge.errors import EXIT_OK, FlexforgeError, clip
 from flexforge.fsutil import FileTooLarge, read_regular
@@ -48,6 +49,7 @@ def accept(opts: GlobalOptions, asset_id: str) -> int:
             click.echo(f"{asset_id}: {asset.out} already matches the lock; nothing to accept")
             return EXIT_OK
         sha = project.store.put_object(data)
+        gitblobs.note(sha, gitblobs.blob_id(data))
         assert step.key is not None and step.seed is not None
         # What the replaced entry said of who made and paid for the image stays with it.
         provider, task_id, cost = (

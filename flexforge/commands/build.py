@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from flexforge import knobs
+from flexforge import gitblobs, knobs
 from flexforge.commands.plan import compute_plan, print_plan
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_ERROR, EXIT_OK, FlexforgeError
@@ -70,7 +70,15 @@ def build(
         if frozen:
             _check_frozen(plan)
         _check_budget(plan, options)
+        # Not under --frozen, which checks a checkout and writes nothing.
+        filled = (
+            0
+            if frozen or read_only is not None
+            else gitblobs.backfill(project.lock, plan.steps, project.manifest.root)
+        )
         if not plan.has_changes:
+            if filled:
+                project.lock.save()
             if not opts.quiet:
                 click.echo(f"Up to date: {plural(len(plan.steps), 'asset')}.")
             return EXIT_OK

@@ -35,7 +35,7 @@ from flexforge.report import (
     compare,
 )
 from flexforge.store import Store
-from flexforge.thumbs import DerivedImageError, Thumbs, distance
+from flexforge.thumbs import DerivedImageError, Thumbs, distance, require_imagehash
 
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # a lock or manifest larger than this is not one
 MARKS = {"added": "+", "removed": "-", "regenerated": "~", "renamed": ">", "restored": "<", "edited": "!"}
@@ -45,6 +45,7 @@ _VAR = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 def diff(opts: GlobalOptions, revs: tuple[str, ...], html: Path | None, as_json: bool) -> int:
     if len(revs) > 2:
         raise UsageError("diff takes at most two revisions: flexforge diff [BASE [HEAD]]")
+    require_imagehash()  # before any work: the `review` extra may not be installed
     manifest = opts.manifest_path()
     root = manifest.parent
     store = Store(root / STATE_DIR)

@@ -75,6 +75,7 @@ def _remember_noop(project: Project, plan: Plan, *, by_default: bool) -> None:
         by_default=by_default,
         read_stamps=project.read_stamps,
         quiet_lines=len(always),
+        observed=project.store.observed,
     )
 
 

@@ -1,0 +1,205 @@
+"""Digests a fresh clone takes from git's index and the lock's git_blobs instead of hashing, and
+what they may never do: hide an edit, or let a lying lock have an image paid or cached under a
+key its bytes do not have."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flexforge import gitblobs, reads
+from flexforge.emulator.testing import RunningEmulator
+from tests.helpers import Project, png
+from tests.support.emulator import serve_builds
+
+MANIFEST = """\
+version: 1
+settings:
+  provider: {provider}
+defaults: {{width: 256, height: 256}}
+assets:
+  hero:
+    prompt: "A poster from image 1"
+    references: [refs/a.png]
+  side:
+    prompt: "A side panel from image 1"
+    references: [refs/b.png]
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.fixture(autouse=True)
+def identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{name}_NAME", "t")
+        monkeypatch.setenv(f"GIT_{name}_EMAIL", "t@example.com")
+
+
+def built(tmp_path: Path, provider: str = "draft") -> Project:
+    """A project built and committed, references and outputs tracked."""
+    project = Project(tmp_path / "origin")
+    project.manifest(MANIFEST.format(provider=provider))
+    png(project.root / "refs/a.png", color=(200, 30, 30))
+    png(project.root / "refs/b.png", color=(30, 200, 30))
+    git(project.root, "init", "-q", "-b", "main")
+    result = project.run("build") if provider != "draft" else project.build()
+    assert result.exit_code == 0, result.stderr
+    git(project.root, "add", "-A")
+    git(project.root, "commit", "-qm", "built")
+    return project
+
+
+def clone(origin: Project, where: Path) -> Project:
+    # --no-local: a pack and a freshly written index, as a CI runner's checkout leaves them
+    git(origin.root.parent, "clone", "-q", "--no-local", str(origin.root), str(where))
+    # A file written in the clock tick git wrote its index in is "racy": hashed (by git, and
+    # here) whatever the index says. A real clone writes most files ticks before its index; this
+    # tiny one may not, so the index is written again a tick later, as `git status` would.
+    time.sleep(0.05)
+    git(where, "update-index", "-q", "--really-refresh")
+    return Project(where)
+
+
+def vouched() -> set[str]:
+    """Files this process took digests of from git rather than reading them."""
+    return {os.path.basename(p) for p, r in reads._reads.items() if r is not None and r.from_git}
+
+
+@pytest.fixture
+def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
+    with serve_builds(monkeypatch) as emulator:
+        yield emulator
+
+
+def test_blob_id_is_what_git_names_the_same_bytes(tmp_path: Path) -> None:
+    for data in (b"", b"hello\n", os.urandom(70_000)):
+        path = tmp_path / "f"
+        path.write_bytes(data)
+        named = subprocess.run(["git", "hash-object", str(path)], capture_output=True, text=True, check=True)
+        assert gitblobs.blob_id(data) == named.stdout.strip()
+        assert gitblobs.file_ids(path) == (hashlib.sha256(data).hexdigest(), named.stdout.strip())
+
+
+def test_every_lock_entry_records_the_git_blobs_of_its_output_and_references(tmp_path: Path) -> None:
+    project = built(tmp_path)
+    for asset_id, ref in (("hero", "refs/a.png"), ("side", "refs/b.png")):
+        entry = project.lock()["assets"][asset_id]
+        out = project.read(entry["out"])
+        assert entry["git_blobs"] == {
+            gitblobs.blob_id(out): entry["sha256"],
+            gitblobs.blob_id(project.read(ref)): hashlib.sha256(project.read(ref)).hexdigest(),
+        }
+
+
+def test_a_fresh_clone_plans_without_reading_its_references_or_outputs(tmp_path: Path) -> None:
+    origin = built(tmp_path)
+    copy = clone(origin, tmp_path / "runner")
+    reads._reads.clear()
+    assert set(copy.plan().values()) == {"none"}
+    assert {"a.png", "b.png", "hero.png", "side.png"} <= vouched()
+
+
+def test_a_reference_edited_after_the_clone_is_hashed_and_seen(tmp_path: Path) -> None:
+    origin = built(tmp_path)
+    copy = clone(origin, tmp_path / "runner")
+    png(copy.root / "refs/a.png", color=(201, 30, 30))  # other bytes, same size
+    reads._reads.clear()
+    assert copy.plan() == {"hero": "regenerate", "side": "none"}
+    assert "a.png" not in vouched()
+
+
+def test_a_reference_changed_and_staged_is_not_vouched_for(tmp_path: Path) -> None:
+    """git's index then agrees with the file, under a blob id the lock never paired."""
+    origin = built(tmp_path)
+    copy = clone(origin, tmp_path / "runner")
+    png(copy.root / "refs/b.png", color=(30, 201, 30))
+    git(copy.root, "add", "refs/b.png")
+    reads._reads.clear()
+    assert copy.plan() == {"hero": "none", "side": "regenerate"}
+    assert "b.png" not in vouched()
+
+
+def test_a_file_marked_assume_unchanged_is_hashed(tmp_path: Path) -> None:
+    origin = built(tmp_path)
+    copy = clone(origin, tmp_path / "runner")
+    git(copy.root, "update-index", "--assume-unchanged", "refs/a.png")
+    png(copy.root / "refs/a.png", color=(201, 30, 30))
+    reads._reads.clear()
+    assert copy.plan()["hero"] == "regenerate"
+
+
+def test_a_lock_that_pairs_a_blob_with_another_digest_never_has_it_paid_for(
+    tmp_path: Path, emu: RunningEmulator
+) -> None:
+    """A hand-edited (or hostile) lock says refs/a.png's blob has refs/b.png's sha256: the plan
+    keys hero from the lie, but the bytes are hashed before anything is sent, so nothing is
+    paid, nothing is cached under the wrong key, and the error names the lock."""
+    origin = built(tmp_path, provider="emulator")
+    lock_path = origin.root / "flexforge.lock"
+    doc = json.loads(lock_path.read_text())
+    a_blob = gitblobs.blob_id(origin.read("refs/a.png"))
+    b_sha = hashlib.sha256(origin.read("refs/b.png")).hexdigest()
+    doc["assets"]["hero"]["git_blobs"][a_blob] = b_sha
+    lock_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    git(origin.root, "commit", "-qam", "a lying lock")
+    copy = clone(origin, tmp_path / "runner")
+    before = int(emu.stats()["submissions"])
+    result = copy.run("build")
+    assert int(emu.stats()["submissions"]) == before
+    assert result.exit_code != 0
+    assert "refs/a.png" in result.stderr and "git_blobs" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_build_adds_git_blobs_to_a_lock_written_before_them_but_frozen_does_not(tmp_path: Path) -> None:
+    origin = built(tmp_path)
+    lock_path = origin.root / "flexforge.lock"
+    doc = json.loads(lock_path.read_text())
+    for entry in doc["assets"].values():
+        del entry["git_blobs"]
+    old = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    lock_path.write_text(old)
+    assert origin.build("--frozen").exit_code == 0
+    assert lock_path.read_text() == old
+    result = origin.build()
+    assert result.exit_code == 0, result.stderr
+    assert all(e["git_blobs"] for e in origin.lock()["assets"].values())
+
+
+def test_git_blobs_outside_a_git_work_tree_are_not_added_by_a_no_op_build(tmp_path: Path) -> None:
+    project = Project(tmp_path / "plain")
+    project.manifest(MANIFEST.format(provider="draft"))
+    png(project.root / "refs/a.png")
+    png(project.root / "refs/b.png", color=(1, 2, 3))
+    assert project.build().exit_code == 0
+    doc = json.loads((project.root / "flexforge.lock").read_text())
+    for entry in doc["assets"].values():
+        del entry["git_blobs"]
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    (project.root / "flexforge.lock").write_text(text)
+    assert project.build().exit_code == 0
+    assert (project.root / "flexforge.lock").read_text() == text
+
+
+def test_build_completes_an_entry_recorded_without_its_references_blob_ids(tmp_path: Path) -> None:
+    """A restore on a machine that had hashed a reference records only the output's pair."""
+    origin = built(tmp_path)
+    lock_path = origin.root / "flexforge.lock"
+    doc = json.loads(lock_path.read_text())
+    ref_blob = gitblobs.blob_id(origin.read("refs/a.png"))
+    del doc["assets"]["hero"]["git_blobs"][ref_blob]
+    lock_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    assert origin.build().exit_code == 0
+    assert ref_blob in origin.lock()["assets"]["hero"]["git_blobs"]
