@@ -74,7 +74,7 @@ class Project:
         sources = Sources(
             self.lock,
             self.store,
-            lambda: History.open(manifest.root, self.lock_path, default_cache_dir()),
+            lambda: History.open(manifest.root, self.lock_path, default_cache_dir(), self.lock),
         )
         if self.remote is not None:
             from flexforge.remote import RemoteIndex

@@ -62,6 +62,8 @@ HELD_DETAIL = {
     CONFLICT: "a file flexforge did not make is at its output path; left alone "
     "(`flexforge accept {id}` adopts it, `build --replace {id}` overwrites it)",
 }
+# Steps that read no input's bytes: their upstream restores need not go into the object cache.
+_READS_NO_INPUT = (*RESTORES, NONE, *HELD, BLOCKED)
 CLAIM_ATTEMPTS = 4  # a lease's remote calls that fail (a 500 from the store) are tried again
 
 
@@ -299,12 +301,23 @@ class Builder:
         self.slots = asyncio.Semaphore(max(1, min(options.jobs, provider.max_in_flight)))
         self.ahead = asyncio.Semaphore(max(1, min(options.jobs, provider.max_in_flight)))
         self.tasks: dict[str, asyncio.Task[str | None]] = {}
+        # Each asset's output digest (None: failed or skipped) as soon as dependents may use it:
+        # a generated image once it and its key record are in the cache, before its output
+        # file, ledger line and journal removal (a chain waited on those, link after link).
+        self.available: dict[str, asyncio.Future[str | None]] = {}
+        self.cached_here: set[str] = set()  # generated this run; its bytes are in the cache
         self.estimates = {s.asset.id: s.estimated_cost_usd for s in plan.steps}
         self.facts = plan.facts
         self.planned = {s.asset.id: s for s in plan.steps}
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())  # names this build in the ledger
-        # Restored outputs that others build on go into the object cache, where _request reads them.
+        # Restored outputs that others build on go into the object cache, where _request reads
+        # them: at once for a dependent planned to be made; else (a thousand restores, whose
+        # dependents are restored too) only one staged in a temp file, as its output file does
+        # not hold its bytes until the next lock write. One written in place is read from there.
         self.referenced = {r for s in plan.steps for r in s.asset.asset_refs}
+        self.read_here = {
+            r for s in plan.steps if s.action not in _READS_NO_INPUT for r in s.asset.asset_refs
+        }
         self.resolver = Resolver(plan.manifest.root)
         watch = (plan.manifest.path, plan.manifest.label)
         self.recorder = Outputs(lock, store, watch=watch, on_flushed=self._flushed)
@@ -319,6 +332,9 @@ class Builder:
             restores = [s for s in self.plan.steps if s.action in RESTORES and s.asset.written]
             self.recorder.intend(_in_place(restores))
             self.prefetch.start(restores)
+            loop = asyncio.get_running_loop()
+            for step in self.plan.steps:
+                self.available[step.asset.id] = loop.create_future()
             for step in self.plan.steps:
                 self.tasks[step.asset.id] = asyncio.create_task(self._run_step(step))
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
@@ -338,12 +354,12 @@ class Builder:
 
     async def _run_step(self, step: Step) -> str | None:
         asset = step.asset
-        for upstream in asset.asset_refs:
-            if await self.tasks[upstream] is None:
-                self._record(Outcome(asset.id, SKIPPED, f"needs {upstream}, which failed"))
-                return None
         try:
-            return await self._build(asset)
+            for upstream in asset.asset_refs:
+                if await self.available[upstream] is None:
+                    self._record(Outcome(asset.id, SKIPPED, f"needs {upstream}, which failed"))
+                    return None
+            return self._make_available(asset.id, await self._build(asset))
         except ProviderError as exc:
             self._fail(asset.id, str(exc), fatal=exc.fatal)
         except OSError as exc:  # a full disk, a read-only folder, a name too long...
@@ -352,7 +368,16 @@ class Builder:
             self._fail(asset.id, str(exc), fatal=True)
         except Exception as exc:  # a bug must fail its asset loudly, not vanish in gather()
             self._fail(asset.id, f"internal error: {type(exc).__name__}: {exc}", fatal=False)
+        finally:
+            self._make_available(asset.id, None)  # failed or stopped, unless said before
         return None
+
+    def _make_available(self, asset_id: str, sha256: str | None) -> str | None:
+        """Let dependents go on with `asset_id`'s output (the first word counts)."""
+        future = self.available.get(asset_id)
+        if future is not None and not future.done():
+            future.set_result(sha256)
+        return sha256
 
     def _fail(self, asset_id: str, reason: str, *, fatal: bool) -> None:
         self._record(Outcome(asset_id, FAILED, reason))
@@ -414,8 +439,11 @@ class Builder:
         if first in asset.asset_refs:
             upstream = self.plan.manifest.assets[first]
             digest = (step.reference_digests or [None] * (index + 1))[index]
-            made_here = upstream.id in self.recorder.made_here and digest is not None
-            path = self.store.object_path(digest) if made_here and digest else root / upstream.out
+            here = upstream.id in self.recorder.made_here or upstream.id in self.cached_here
+            made_here = here and digest is not None
+            # Restored in place and not cached (nothing was planned to build on it): its file.
+            cached = made_here and digest is not None and self.store.has_object(digest)
+            path = self.store.object_path(digest) if cached and digest else root / upstream.out
             if not upstream.written and digest is not None and not made_here:
                 path = await asyncio.to_thread(self._kept, upstream, digest)
         self.reporter.asset_started(asset.id, step.action)
@@ -484,9 +512,10 @@ class Builder:
     def _stage_restored(self, asset: Asset, data: bytes, dest: Path | None = None) -> Path:
         """Verified restored bytes staged at the asset's output, without fsync; cached too if
         others build on them (they read their inputs from the cache)."""
-        if asset.id in self.referenced:
+        written = self.recorder.restore(asset.out, dest or self._output_path(asset), data)
+        if asset.id in self.read_here or (asset.id in self.referenced and is_temp(written)):
             self.store.put_object(data)  # a no-op when cached already
-        return self.recorder.restore(asset.out, dest or self._output_path(asset), data)
+        return written
 
     def _record_of(self, source: Source, seed: int) -> KeyRecord:
         provider = source.provider or self.provider.name
@@ -597,6 +626,13 @@ class Builder:
         # Its fsyncs off the event loop, where they would hold up every other task's polls.
         await asyncio.to_thread(self.store.put_key_record, key.key, made, durable=paid)
         record.settled = True
+        if asset.id in self.referenced:
+            # In the cache with its key record: a restart restores it for free, so dependents
+            # read it from there and start now; its output file, ledger line and journal
+            # removal follow meanwhile. A failure among those fails this asset only.
+            self.cached_here.add(asset.id)
+            self._output(asset.id, sha)
+            self._make_available(asset.id, sha)
         staged = None
         if asset.written:  # else a candidate kept in the cache only: dependents read it there
             staged = await _staged(self.recorder.stage, self._output_path(asset), image.data)
@@ -762,10 +798,12 @@ class Builder:
             path = root / ref
             if upstream is not None:
                 # Made in this build, an upstream output is read from the object cache (its file
-                # is renamed into place only with the next lock write); else from its file.
+                # is renamed into place only with the next lock write); else, or when restored in
+                # place and not cached, from its file (its digest is checked below).
                 cached = self.store.object_path(digest)
-                path = cached if upstream.id in self.recorder.made_here else root / upstream.out
-                if not upstream.written and upstream.id not in self.recorder.made_here:
+                here = upstream.id in self.recorder.made_here or upstream.id in self.cached_here
+                path = cached if here and self.store.has_object(digest) else root / upstream.out
+                if not upstream.written and not here:
                     path = self._kept(upstream, digest)
             # Checked again here, confinement too: the file or a folder on its way may have been
             # swapped (for a link out of the root) since the manifest was validated.

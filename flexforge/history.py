@@ -16,11 +16,12 @@ import re
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
 from flexforge.fsutil import atomic_write
-from flexforge.lockfile import parse_entries
+from flexforge.lockfile import Lock, parse_entries
 from flexforge.sources import GIT, Source
 
 INDEX_VERSION = 2  # 2: rows only for files their commit holds
@@ -46,8 +47,17 @@ Row = list[Any]
 class History:
     """The lock's history in one git repository, seen from one project folder inside it."""
 
-    def __init__(self, toplevel: Path, prefix: str, lock_rel: str, head: str, cache: Path | None) -> None:
+    def __init__(
+        self,
+        toplevel: Path,
+        prefix: str,
+        lock_rel: str,
+        head: str,
+        cache: Path | None,
+        current: Lock | None = None,
+    ) -> None:
         self.toplevel = toplevel
+        self._current = current  # the working lock: a version with its bytes is not parsed again
         self.prefix = prefix  # the project folder, relative to the repository's top
         self.lock_rel = lock_rel
         self.head = head
@@ -62,8 +72,11 @@ class History:
         self._listings: dict[str, tuple[frozenset[str], dict[str, tuple[str, int]]]] = {}
 
     @classmethod
-    def open(cls, root: Path, lock_path: Path, cache_dir: Path | None) -> History | None:
-        """The history of the repository holding `root`, or None (no git, no commit yet)."""
+    def open(
+        cls, root: Path, lock_path: Path, cache_dir: Path | None, current: Lock | None = None
+    ) -> History | None:
+        """The history of the repository holding `root`, or None (no git, no commit yet);
+        `current`, the working lock, spares parsing a committed version with the same bytes."""
         try:
             out = _git(root, "rev-parse", "--show-toplevel", "HEAD").decode().split("\n")
             toplevel = Path(out[0]).resolve()
@@ -73,7 +86,7 @@ class History:
             return None
         name = hashlib.sha256(f"{toplevel}\0{lock_rel}".encode()).hexdigest()[:32]
         cache = cache_dir / f"{name}.json" if cache_dir is not None else None
-        return cls(toplevel, "" if prefix == "." else prefix, lock_rel, out[1].strip(), cache)
+        return cls(toplevel, "" if prefix == "." else prefix, lock_rel, out[1].strip(), cache, current)
 
     def lookup(self, key: str) -> list[Source]:
         """Every committed record of bytes made for `key`, newest commit first."""
@@ -145,7 +158,8 @@ class History:
             seen.append(oid)
             added += 1
             try:
-                entries = parse_entries(raw)
+                known = self._current.entries_of(raw) if self._current is not None else None
+                entries = known if known is not None else parse_entries(raw)
             except ValueError:
                 continue  # a broken lock in some old commit: that commit has nothing to give
             for asset_id, e in sorted(entries.items()):
@@ -168,15 +182,21 @@ class History:
         held: set[int] = set()
         # A commit with many outputs is listed once (`ls-tree -r -l`): asked one path at a time,
         # git walks the commit's tree again for each, a third of a second per 2,000 rows.
-        for commit, commit_rows in by_commit.items():
-            if len(commit_rows) >= LIST_TREE_FROM and _OBJECT_ID.match(commit):
-                folders = sorted({self._repo_path(row[2]).rpartition("/")[0] for row in commit_rows})
-                sizes = self._sizes(commit, folders)
-                held |= {id(row) for row in commit_rows if sizes.get(self._repo_path(row[2])) == row[1]}
-        rest = [
-            row for row in rows if len(by_commit[row[3]]) < LIST_TREE_FROM or not _OBJECT_ID.match(row[3])
-        ]
-        held |= self._held_one_by_one(rest)
+        listed = {
+            commit: sorted({self._repo_path(row[2]).rpartition("/")[0] for row in commit_rows})
+            for commit, commit_rows in by_commit.items()
+            if len(commit_rows) >= LIST_TREE_FROM and _OBJECT_ID.match(commit)
+        }
+        rest = [row for row in rows if row[3] not in listed]
+        # The listings and the one-by-one pass are separate git processes: run side by side.
+        with ThreadPoolExecutor(max(1, min(4, len(listed) + 1))) as pool:
+            one_by_one = pool.submit(self._held_one_by_one, rest)
+            sizes = dict(zip(listed, pool.map(lambda c: self._sizes(c, listed[c]), listed), strict=True))
+            held |= one_by_one.result()
+        for commit, commit_sizes in sizes.items():
+            held |= {
+                id(row) for row in by_commit[commit] if commit_sizes.get(self._repo_path(row[2])) == row[1]
+            }
         kept = {key: [row for row in rows if id(row) in held] for key, rows in rows_by_key.items()}
         return {key: rows for key, rows in kept.items() if rows}
 

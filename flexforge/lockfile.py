@@ -56,6 +56,18 @@ class Lock:
     _on_disk: bytes | None = None
     _stamp: tuple[int, int, int] | None = None  # of the file as last read or written here
     _stanzas: dict[str, tuple[tuple[Any, ...], str]] = field(default_factory=dict)
+    # The bytes last read or written here and the entries they hold, as one value (other threads
+    # read it): git history finds the same bytes in HEAD's lock and need not parse them again.
+    _read: tuple[bytes, dict[str, LockEntry]] | None = None
+
+    def __post_init__(self) -> None:
+        if self._on_disk is not None:
+            self._read = (self._on_disk, dict(self.entries))
+
+    def entries_of(self, raw: bytes) -> dict[str, LockEntry] | None:
+        """The entries of `raw` if they are the bytes this lock last read or wrote, else None."""
+        read = self._read
+        return dict(read[1]) if read is not None and read[0] == raw else None
 
     def set_entry(self, asset_id: str, entry: LockEntry) -> LockEntry | None:
         """Record `entry` for `asset_id`; returns what it replaces (None: a new entry)."""
@@ -134,6 +146,7 @@ class Lock:
                 f.write(data)
             install(staged, self.path, durable=False)
         self._on_disk = data
+        self._read = (data, dict(self.entries))
         self._stamp = stamp(self.path)
         return True
 

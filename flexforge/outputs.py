@@ -103,6 +103,10 @@ class Outputs:
         self._settled: set[str] = set()  # written in place, and named by a lock write since
         self._folders: dict[Path, int | None] = {}  # output folders opened for in-place writes
         self._folders_mutex = threading.Lock()
+        # Held by each in-place write, and by `close` while it shortens the intent record: a
+        # worker still writing when the build stops finishes first, or stages instead.
+        self._in_place_mutex = threading.Lock()
+        self._closed = False
         self._blobs: dict[Path, str] = {}  # staged file -> git blob id of its bytes
         gitblobs.learn({a: e.git_blobs for a, e in lock.entries.items()})
         # In a build, the file work of a lock write (fsyncs, renames) runs on a thread of its
@@ -145,10 +149,13 @@ class Outputs:
         listed it and the manifest and lock are still those this build read (after a `git
         checkout` meanwhile they are staged, and the lock write then refuses them), else staged
         beside it without fsync. Returns what `record` takes. Safe to call from worker threads."""
-        if out in self._in_place and not self._switched():
-            overwrite(dest, data, folder=self._folder(dest.parent))
-            self._blobs[dest] = gitblobs.blob_id(data)
-            return dest
+        if out in self._in_place:
+            blob = gitblobs.blob_id(data)
+            with self._in_place_mutex:
+                if not self._closed and not self._switched():
+                    overwrite(dest, data, folder=self._folder(dest.parent))
+                    self._blobs[dest] = blob
+                    return dest
         return self.stage(dest, data, durable=False)
 
     def _folder(self, folder: Path) -> int | None:
@@ -382,6 +389,8 @@ class Outputs:
         if self._writer is not None:
             self._writer.shutdown()
             self._writer = None
+        with self._in_place_mutex:
+            self._closed = True
         self._forget_settled()
         self.store.save()
         with self._folders_mutex:

@@ -189,6 +189,10 @@ class Store:
         self._stats_dirty = False
         self._ready = False
         self._checked_dirs: set[tuple[str, ...]] = set()
+        # State folders found missing when first asked (a fresh clone has none), until this store
+        # writes anything: a plan asks for a thousand keys and objects there, where one stat
+        # answers for all of them.
+        self._missing: dict[str, bool] = {}
         # The stamp each file had when digest() answered for it: what a no-op memo may vouch for
         # (a stamp taken later could belong to bytes the plan never saw).
         self.observed: dict[str, list[int]] = {}
@@ -342,7 +346,15 @@ class Store:
     def object_path(self, sha256: str) -> Path:
         return self._path("objects", sha256[:2], sha256)
 
+    def _none_yet(self, folder: str) -> bool:
+        missing = self._missing.get(folder)
+        if missing is None:
+            missing = self._missing[folder] = not os.path.lexists(self.dir / folder)
+        return missing
+
     def has_object(self, sha256: str) -> bool:
+        if self._none_yet("objects"):
+            return False
         try:
             path = self.object_path(sha256)
         except FlexforgeError:
@@ -353,6 +365,7 @@ class Store:
         """Cache `data`. Not fsynced unless `durable` (a paid image, whose journal entry goes
         next): the rest can be rebuilt, and restores check the digest first."""
         self.ensure()
+        self._missing.clear()
         digest = sha256_bytes(data)
         path = self.object_path(digest)
         if not self.has_object(digest):
@@ -402,11 +415,12 @@ class Store:
 
     def _write_record(self, kind: str, path: Path, name: str, record: Any, *, durable: bool) -> None:
         self.ensure()
+        self._missing.clear()
         atomic_write(path, seal(kind, name, asdict(record)), durable=durable)
 
     def key_record(self, key: str) -> KeyRecord | None:
         """What the object cache holds for a content key, if its object is still there."""
-        if not HEX64.match(key):
+        if not HEX64.match(key) or self._none_yet("keys"):
             return None
         try:
             path = self._path("keys", f"{key}.json")

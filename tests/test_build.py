@@ -353,3 +353,44 @@ def test_nothing_is_written_through_a_link_out_of_the_root(project: Project) -> 
     project.edit("one", "two")
     result = project.run("validate")
     assert result.exit_code == 1 and "out 'assets/a.png' leaves the project root" in result.stderr
+
+
+def test_a_dependent_made_after_all_reads_an_upstream_restored_in_place_and_not_cached(
+    project: Project,
+) -> None:
+    """A thousand restores whose dependents are restores too cache nothing; when a dependent's
+    own copy then proves damaged and it is made after all, it reads its input from the file the
+    restore wrote in place (checked against its digest)."""
+    import hashlib
+    import shutil
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@e", *args], cwd=project.root, check=True
+        )
+
+    project.manifest("""
+        version: 1
+        defaults: {width: 64, height: 64}
+        assets:
+          a0: {prompt: "base", seed: 1}
+          a1: {prompt: "made from a0", seed: 2, references: [a0]}
+          a2: {prompt: "other", seed: 3}
+    """)
+    assert project.build().exit_code == 0
+    lock = project.lock()
+    # A lock naming other bytes (same size) for a1: its copy in git fails verification.
+    lock["assets"]["a1"]["sha256"] = hashlib.sha256(b"not a1").hexdigest()
+    (project.root / "flexforge.lock").write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "built")
+    for path in (project.root / "assets").iterdir():
+        path.unlink()
+    shutil.rmtree(project.root / ".flexforge")
+    assert project.plan() == {"a0": "restore", "a1": "restore", "a2": "restore"}
+    result = project.build()
+    assert result.exit_code == 0, result.stderr
+    assert "a1: the copy from git" in result.stderr and "1 generated, 2 restored" in result.stderr
+    assert set(project.plan().values()) == {"none"}

@@ -206,3 +206,24 @@ def test_a_lock_version_with_many_outputs_keeps_only_the_files_its_commit_holds(
     found = {i for i in range(LIST_TREE_FROM + 2) if history.lookup(f"{i:064x}")}
     assert found == set(range(3, LIST_TREE_FROM + 2))
     history.close()
+
+
+def test_the_working_locks_bytes_are_not_parsed_again_nor_its_unsaved_entries_indexed(
+    repo: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from flexforge.lockfile import read_lock
+
+    commit_version(repo, "1" * 64, b"first image", "one")
+    commit_version(repo, "2" * 64, b"second image", "two")
+    lock = read_lock(repo / "flexforge.lock")  # the same bytes as HEAD's
+    # Changed in memory by a build, not saved: history must still say what the commit holds.
+    lock.set_entry("hero", replace(lock.entries["hero"], key="3" * 64))
+    plain = History.open(repo, repo / "flexforge.lock", None)
+    reusing = History.open(repo, repo / "flexforge.lock", None, lock)
+    assert plain is not None and reusing is not None
+    assert reusing.index() == plain.index()
+    assert [s.sha256 for s in reusing.lookup("2" * 64)] == [hashlib.sha256(b"second image").hexdigest()]
+    assert reusing.lookup("3" * 64) == []
+    assert lock.entries_of(b"other bytes") is None

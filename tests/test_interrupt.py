@@ -260,3 +260,30 @@ def test_a_disk_that_fills_mid_restore_leaves_nothing_drifted_and_the_next_build
         assert rebuilt.exit_code == 0 and "0 generated" in rebuilt.stderr, rebuilt.stderr
         assert git(clone.root, "status", "--porcelain", "--", "assets", "flexforge.lock") == ""
         assert not (clone.root / ".flexforge" / "writing.json").exists()
+
+
+def test_a_restore_pass_stopped_by_sigterm_records_what_it_wrote_and_nothing_after(
+    project: Project, tmp_path: Path
+) -> None:
+    """SIGTERM mid-restore, git's stream then going on: exit 143, no temp file left, every file
+    there matches the lock, nothing drifted, and the next build finishes the rest free. (That the
+    streaming thread writes nothing in place after the last lock write: test_outputs.py.)"""
+    n, stall_after = 24, 8
+    proc = stalled_restore(project, tmp_path, n, stall_after)
+    root = project.root
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # the build has stopped and written its lock; then git's stream goes on
+    (tmp_path / "bin" / "go").touch()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert not list(root.rglob("*.ff-*.tmp"))
+    recorded = {a for a, e in project.lock()["assets"].items() if (root / e["out"]).is_file()}
+    for asset_id in recorded:
+        entry = project.lock()["assets"][asset_id]
+        assert hashlib.sha256((root / entry["out"]).read_bytes()).hexdigest() == entry["sha256"]
+    assert len(list((root / "assets").iterdir())) < n  # stopped before the end
+    assert {action for action in project.plan().values()} <= {"none", "restore"}
+    rebuilt = project.build()
+    assert rebuilt.exit_code == 0 and "0 generated" in rebuilt.stderr, rebuilt.stderr
+    assert git(root, "status", "--porcelain", "--", "assets", "flexforge.lock") == ""
+    assert not (root / ".flexforge" / "writing.json").exists()

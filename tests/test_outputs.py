@@ -363,3 +363,18 @@ def test_after_a_checkout_meanwhile_restores_are_staged_not_written_in_place(pro
     result = outputs.close()
     assert result.fatal and temps(project.root) == []
     assert (project.root / out).read_bytes() == b"the other branch's a"
+
+
+def test_a_restore_arriving_after_close_is_staged_never_written_in_place(project: Project) -> None:
+    # A worker thread still streaming when the build stops: the record was shortened at close,
+    # so an in-place write then would be a change no record names.
+    outputs = project.outputs()
+    out = project.asset("a").out
+    (project.root / out).parent.mkdir(parents=True)
+    (project.root / out).write_bytes(b"the lock's a")
+    outputs.intend([out])
+    outputs.close()
+    assert not (project.root / ".flexforge" / "writing.json").exists()
+    late = outputs.restore(out, project.root / out, b"restored a")
+    assert late != project.root / out and (project.root / out).read_bytes() == b"the lock's a"
+    late.unlink()
