@@ -31,9 +31,9 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from flexforge.errors import FlexforgeError, UsageError
@@ -44,6 +44,8 @@ READONLY_ENV = "FLEXFORGE_REMOTE_READONLY"
 REMOTE_ENV = "FLEXFORGE_REMOTE"
 WRITE_ENV = "FLEXFORGE_REMOTE_WRITE"
 LEASE_TTL_ENV = "FLEXFORGE_LEASE_TTL"
+LEASE_TIMEOUT_ENV = "FLEXFORGE_LEASE_TIMEOUT"
+DEFAULT_LEASE_TIMEOUT = 30.0  # seconds for one lease call on gs:// or az:// (S3: botocore's own)
 DEFAULT_LEASE_TTL = 120.0  # seconds; a live holder renews at a third of it
 MAX_OBJECT_BYTES = 64 * 2**20  # far above any FLUX.2 image; a bigger answer is refused unread
 MAX_RECORD_BYTES = 64 * 2**10
@@ -557,6 +559,7 @@ def _temp_name(path: str) -> str:
 # (it names no key), read as no lease at all, and replaced by the next acquirer with a
 # compare-and-swap on its generation.
 RELEASED = b'{"released":true,"version":1}'
+_T = TypeVar("_T")
 
 
 class _OnFs:
@@ -569,6 +572,25 @@ class _OnFs:
     @property
     def fs(self) -> Any:
         return self.remote.fs
+
+    def _run(self, make: Callable[[], Awaitable[_T]]) -> _T:
+        """Run one lease call on the driver's loop, cancelled after $FLEXFORGE_LEASE_TIMEOUT
+        seconds: the drivers wait up to 300 s a try and try again (regression: a runner waited
+        on one unanswered Azure upload for over ten minutes)."""
+        import asyncio
+
+        from fsspec.asyn import sync
+
+        limit = lease_timeout()
+
+        async def bounded() -> _T:
+            try:
+                return await asyncio.wait_for(make(), limit)
+            except TimeoutError:
+                raise RemoteError(f"remote {self.remote.url}: no answer in {limit:g} s") from None
+
+        result: _T = sync(self.fs.loop, bounded)
+        return result
 
 
 class GCSConditional(_OnFs):
@@ -589,8 +611,6 @@ class GCSConditional(_OnFs):
 
     def _upload(self, path: str, data: bytes, generation: str) -> str | None:
         from urllib.parse import quote
-
-        from fsspec.asyn import sync
 
         bucket, key = self._split(path)
         meta = json.dumps({"name": key, "contentType": "application/json"}, allow_nan=False)
@@ -621,7 +641,7 @@ class GCSConditional(_OnFs):
                 return None
             return str(out.get("generation") or "") or None
 
-        result: str | None = sync(self.fs.loop, upload)
+        result = self._run(upload)
         self.fs.invalidate_cache(path)
         return result
 
@@ -629,8 +649,6 @@ class GCSConditional(_OnFs):
         return self._upload(path, data, "0")
 
     def read(self, path: str) -> tuple[bytes, str] | None:
-        from fsspec.asyn import sync
-
         bucket, key = self._split(path)
 
         async def get() -> tuple[bytes, str] | None:
@@ -660,8 +678,7 @@ class GCSConditional(_OnFs):
                     return await get()
             return bytes(body[: MAX_RECORD_BYTES + 1]), str(generation)
 
-        result: tuple[bytes, str] | None = sync(self.fs.loop, get)
-        return result
+        return self._run(get)
 
     def swap(self, path: str, data: bytes, etag: str) -> str | None:
         if not etag.isdigit() or etag == "0":
@@ -682,11 +699,6 @@ class AzureConditional(_OnFs):
         container, key, _ = self.fs.split_path(path)
         return self.fs.service_client.get_blob_client(container, key)
 
-    def _run(self, make: Callable[[], Any]) -> Any:
-        from fsspec.asyn import sync
-
-        return sync(self.fs.loop, make)
-
     def create(self, path: str, data: bytes) -> str | None:
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 
@@ -697,8 +709,7 @@ class AzureConditional(_OnFs):
                 return None
             return str(out["etag"])
 
-        result: str | None = self._run(create)
-        return result
+        return self._run(create)
 
     def read(self, path: str) -> tuple[bytes, str] | None:
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -720,8 +731,7 @@ class AzureConditional(_OnFs):
             data = await stream.readall()
             return bytes(data[: MAX_RECORD_BYTES + 1]), str(stream.properties.etag)
 
-        result: tuple[bytes, str] | None = self._run(read)
-        return result
+        return self._run(read)
 
     def swap(self, path: str, data: bytes, etag: str) -> str | None:
         from azure.core import MatchConditions
@@ -736,8 +746,7 @@ class AzureConditional(_OnFs):
                 return None
             return str(out["etag"])
 
-        result: str | None = self._run(swap)
-        return result
+        return self._run(swap)
 
     def delete(self, path: str, etag: str) -> bool:
         from azure.core import MatchConditions
@@ -750,8 +759,7 @@ class AzureConditional(_OnFs):
                 return False
             return True
 
-        result: bool = self._run(delete)
-        return result
+        return self._run(delete)
 
 
 # URL scheme -> how that backend does conditional writes. A scheme not here still stores
@@ -953,10 +961,12 @@ class FsspecRemote:
         """Create-only twice on a fresh name (the second must be refused), then a compare-and-swap
         from a version the object never had (refused too), and one from its own (accepted)."""
         assert self.conditional is not None
+        first = self.conditional.create(path, b"{}")
+        if first is None:
+            return "a create-only write on a fresh name was refused"
+        # Removed afterwards only once made: a store that did not answer the create is not
+        # asked again (a plain delete has no timeout of flexforge's; the drivers wait 300 s).
         try:
-            first = self.conditional.create(path, b"{}")
-            if first is None:
-                return "a create-only write on a fresh name was refused"
             if self.conditional.create(path, b"{}") is not None:
                 return f"{self.url} ignores conditional writes (a create-only write was accepted twice)"
             stale = _stale_version(first)
@@ -1070,6 +1080,10 @@ def env_seconds(name: str, default: float, low: float, high: float) -> float:
 
 def lease_ttl() -> float:
     return env_seconds(LEASE_TTL_ENV, DEFAULT_LEASE_TTL, 1.0, 86400.0)
+
+
+def lease_timeout() -> float:
+    return env_seconds(LEASE_TIMEOUT_ENV, DEFAULT_LEASE_TIMEOUT, 0.1, 3600.0)
 
 
 class RemoteIndex:

@@ -265,6 +265,61 @@ def test_a_planted_released_marker_never_blocks_a_key(remote_url: str) -> None:
     assert remote.lease_read(key).holder == got.holder  # type: ignore[union-attr]
 
 
+class _Silent:
+    """A loopback server that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize("scheme", ["gs", "az"])
+def test_a_lease_call_the_store_never_answers_is_given_up(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a runner waited on one unanswered Azure upload for over ten minutes (the
+    drivers wait 300 s a try, and try again). Now each lease call is cancelled after
+    $FLEXFORGE_LEASE_TIMEOUT and fails with one line; the build's probe reads that as "no
+    leases", and a claim tries again, then goes on without."""
+    from tests.support.azure import AzureServer
+    from tests.support.gcs import GCSServer, use_gcs
+
+    silent = _Silent()
+    try:
+        endpoint = f"http://127.0.0.1:{silent.port}"
+        if scheme == "gs":
+            use_gcs(GCSServer(endpoint), monkeypatch)
+        else:
+            for name, value in AzureServer(endpoint).env().items():
+                monkeypatch.setenv(name, value)
+        monkeypatch.setenv("FLEXFORGE_LEASE_TIMEOUT", "0.5")
+        remote = open_remote(f"{scheme}://team/x")
+        with pytest.raises(RemoteError, match=r"no answer in 0\.5 s"):
+            remote.probe()
+        with pytest.raises(RemoteError, match="no answer"):
+            remote.lease_read("5" * 64)
+    finally:
+        silent.close()
+
+
 def test_backend_that_ignores_conditional_writes_is_refused_for_leasing(tmp_path: Path) -> None:
     class Ignoring:
         def __init__(self, fs: object) -> None:
@@ -376,15 +431,21 @@ def test_a_remote_setting_is_checked_by_the_manifest_schema(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("FLEXFORGE_REMOTE_READONLY", "maybe"), ("FLEXFORGE_LEASE_TTL", "nan")]
+    ("name", "value"),
+    [
+        ("FLEXFORGE_REMOTE_READONLY", "maybe"),
+        ("FLEXFORGE_LEASE_TTL", "nan"),
+        ("FLEXFORGE_LEASE_TIMEOUT", "0"),
+    ],
 )
 def test_bad_remote_knobs_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
-    from flexforge.remote import lease_ttl
+    from flexforge.remote import lease_timeout, lease_ttl
 
     monkeypatch.setenv(name, value)
     with pytest.raises(RemoteError, match=name):
         open_remote("memory://x")
         lease_ttl()
+        lease_timeout()
 
 
 def test_s3_images_travel_through_s3fs_when_botocore_cannot_be_configured(
