@@ -201,6 +201,8 @@ def load_prior(folder: str, provider: str) -> float | None:
 
 def save_prior(folder: str, provider: str, seconds: float) -> None:
     """Keep what this build learnt for the next (best effort: a cache, never an error)."""
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_PRIOR):
+        return
     path = os.path.join(folder, PRIOR_FILE)
     try:
         with open(path, "rb") as f:
@@ -214,7 +216,7 @@ def save_prior(folder: str, provider: str, seconds: float) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
         with open(temp, "w") as f:
-            json.dump(known, f, sort_keys=True)
+            json.dump(known, f, sort_keys=True, allow_nan=False)
         os.replace(temp, path)
     except OSError:
         with contextlib.suppress(OSError):
