@@ -301,6 +301,11 @@ class Builder:
         self.slots = asyncio.Semaphore(max(1, min(options.jobs, provider.max_in_flight)))
         self.ahead = asyncio.Semaphore(max(1, min(options.jobs, provider.max_in_flight)))
         self.tasks: dict[str, asyncio.Task[str | None]] = {}
+        # Each asset's output digest (None: failed or skipped) as soon as dependents may use it:
+        # a generated image once it and its key record are in the cache, before its output
+        # file, ledger line and journal removal (a chain waited on those, link after link).
+        self.available: dict[str, asyncio.Future[str | None]] = {}
+        self.cached_here: set[str] = set()  # generated this run; its bytes are in the cache
         self.estimates = {s.asset.id: s.estimated_cost_usd for s in plan.steps}
         self.facts = plan.facts
         self.planned = {s.asset.id: s for s in plan.steps}
@@ -327,6 +332,9 @@ class Builder:
             restores = [s for s in self.plan.steps if s.action in RESTORES and s.asset.written]
             self.recorder.intend(_in_place(restores))
             self.prefetch.start(restores)
+            loop = asyncio.get_running_loop()
+            for step in self.plan.steps:
+                self.available[step.asset.id] = loop.create_future()
             for step in self.plan.steps:
                 self.tasks[step.asset.id] = asyncio.create_task(self._run_step(step))
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
@@ -346,12 +354,12 @@ class Builder:
 
     async def _run_step(self, step: Step) -> str | None:
         asset = step.asset
-        for upstream in asset.asset_refs:
-            if await self.tasks[upstream] is None:
-                self._record(Outcome(asset.id, SKIPPED, f"needs {upstream}, which failed"))
-                return None
         try:
-            return await self._build(asset)
+            for upstream in asset.asset_refs:
+                if await self.available[upstream] is None:
+                    self._record(Outcome(asset.id, SKIPPED, f"needs {upstream}, which failed"))
+                    return None
+            return self._make_available(asset.id, await self._build(asset))
         except ProviderError as exc:
             self._fail(asset.id, str(exc), fatal=exc.fatal)
         except OSError as exc:  # a full disk, a read-only folder, a name too long...
@@ -360,7 +368,16 @@ class Builder:
             self._fail(asset.id, str(exc), fatal=True)
         except Exception as exc:  # a bug must fail its asset loudly, not vanish in gather()
             self._fail(asset.id, f"internal error: {type(exc).__name__}: {exc}", fatal=False)
+        finally:
+            self._make_available(asset.id, None)  # failed or stopped, unless said before
         return None
+
+    def _make_available(self, asset_id: str, sha256: str | None) -> str | None:
+        """Let dependents go on with `asset_id`'s output (the first word counts)."""
+        future = self.available.get(asset_id)
+        if future is not None and not future.done():
+            future.set_result(sha256)
+        return sha256
 
     def _fail(self, asset_id: str, reason: str, *, fatal: bool) -> None:
         self._record(Outcome(asset_id, FAILED, reason))
@@ -422,7 +439,9 @@ class Builder:
         if first in asset.asset_refs:
             upstream = self.plan.manifest.assets[first]
             digest = (step.reference_digests or [None] * (index + 1))[index]
-            made_here = upstream.id in self.recorder.made_here and digest is not None
+            here = upstream.id in self.recorder.made_here or upstream.id in self.cached_here
+            made_here = here and digest is not None
+            # Restored in place and not cached (nothing was planned to build on it): its file.
             cached = made_here and digest is not None and self.store.has_object(digest)
             path = self.store.object_path(digest) if cached and digest else root / upstream.out
             if not upstream.written and digest is not None and not made_here:
@@ -607,6 +626,13 @@ class Builder:
         # Its fsyncs off the event loop, where they would hold up every other task's polls.
         await asyncio.to_thread(self.store.put_key_record, key.key, made, durable=paid)
         record.settled = True
+        if asset.id in self.referenced:
+            # In the cache with its key record: a restart restores it for free, so dependents
+            # read it from there and start now; its output file, ledger line and journal
+            # removal follow meanwhile. A failure among those fails this asset only.
+            self.cached_here.add(asset.id)
+            self._output(asset.id, sha)
+            self._make_available(asset.id, sha)
         staged = None
         if asset.written:  # else a candidate kept in the cache only: dependents read it there
             staged = await _staged(self.recorder.stage, self._output_path(asset), image.data)
@@ -775,9 +801,9 @@ class Builder:
                 # is renamed into place only with the next lock write); else, or when restored in
                 # place and not cached, from its file (its digest is checked below).
                 cached = self.store.object_path(digest)
-                made_here = upstream.id in self.recorder.made_here and self.store.has_object(digest)
-                path = cached if made_here else root / upstream.out
-                if not upstream.written and upstream.id not in self.recorder.made_here:
+                here = upstream.id in self.recorder.made_here or upstream.id in self.cached_here
+                path = cached if here and self.store.has_object(digest) else root / upstream.out
+                if not upstream.written and not here:
                     path = self._kept(upstream, digest)
             # Checked again here, confinement too: the file or a folder on its way may have been
             # swapped (for a link out of the root) since the manifest was validated.

@@ -553,6 +553,207 @@ def _temp_name(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+# What a released lease becomes on a backend that releases by overwriting (GCS): not a lease
+# (it names no key), read as no lease at all, and replaced by the next acquirer with a
+# compare-and-swap on its generation.
+RELEASED = b'{"released":true,"version":1}'
+
+
+class _OnFs:
+    """A backend's conditional writes through the remote's fsspec filesystem (opened on first
+    use), with that driver's own client, credentials and event loop."""
+
+    def __init__(self, remote: FsspecRemote) -> None:
+        self.remote = remote
+
+    @property
+    def fs(self) -> Any:
+        return self.remote.fs
+
+
+class GCSConditional(_OnFs):
+    """Google Cloud Storage, through gcsfs's own HTTP session and credentials: `ifGenerationMatch=0`
+    to create, `ifGenerationMatch=<generation>` to swap; the version is the object's generation.
+    Uploads are multipart, as gcsfs's own are (the emulator honours preconditions only there).
+
+    A lease is released by a compare-and-swap to `RELEASED`, not by a delete: a conditional
+    upload is the one precondition proven here against a server (fake-gcs-server ignores
+    `ifGenerationMatch` on DELETE, so a conditional delete could not be tested), and the marker is
+    taken over like an expired lease. One marker object stays per content key ever leased."""
+
+    RELEASES_BY_OVERWRITE = True
+
+    def _split(self, path: str) -> tuple[str, str]:
+        bucket, key, _ = self.fs.split_path(path)
+        return str(bucket), str(key)
+
+    def _upload(self, path: str, data: bytes, generation: str) -> str | None:
+        from urllib.parse import quote
+
+        from fsspec.asyn import sync
+
+        bucket, key = self._split(path)
+        meta = json.dumps({"name": key, "contentType": "application/json"})
+        # A fresh boundary: a lease carries text from the manifest and the API, which could
+        # otherwise end the part early.
+        boundary = f"flexforge-{secrets.token_hex(16)}"
+        body = (
+            (
+                f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{meta}\r\n"
+                f"--{boundary}\r\nContent-Type: application/json\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--".encode()
+        )
+
+        async def upload() -> str | None:
+            try:
+                out = await self.fs._call(
+                    "POST",
+                    f"{self.fs._location}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
+                    uploadType="multipart",
+                    ifGenerationMatch=generation,
+                    headers={"Content-Type": f'multipart/related; boundary="{boundary}"'},
+                    data=body,
+                    json_out=True,
+                )
+            except (FileExistsError, FileNotFoundError):  # gcsfs's 412 and 404
+                return None
+            return str(out.get("generation") or "") or None
+
+        result: str | None = sync(self.fs.loop, upload)
+        self.fs.invalidate_cache(path)
+        return result
+
+    def create(self, path: str, data: bytes) -> str | None:
+        return self._upload(path, data, "0")
+
+    def read(self, path: str) -> tuple[bytes, str] | None:
+        from fsspec.asyn import sync
+
+        bucket, key = self._split(path)
+
+        async def get() -> tuple[bytes, str] | None:
+            # A Range, so that a lease planted far bigger than any lease is not sent whole.
+            span = {"Range": f"bytes=0-{MAX_RECORD_BYTES}"}
+            try:
+                headers, body = await self.fs._call(
+                    "GET", "b/{}/o/{}", bucket, key, alt="media", headers=span
+                )
+            except FileNotFoundError:
+                return None
+            except Exception as exc:
+                if getattr(exc, "code", None) != 416:  # an empty object asked for a range
+                    raise
+                headers, body = await self.fs._call("GET", "b/{}/o/{}", bucket, key, alt="media")
+            generation = headers.get("x-goog-generation")
+            if not generation:
+                # No generation with the bytes: ask for it, then for the bytes of exactly that
+                # generation (gone meanwhile: replaced, so read again).
+                try:
+                    info = await self.fs._call("GET", "b/{}/o/{}", bucket, key, json_out=True)
+                    generation = str(info["generation"])
+                    _, body = await self.fs._call(
+                        "GET", "b/{}/o/{}", bucket, key, alt="media", generation=generation
+                    )
+                except FileNotFoundError:
+                    return await get()
+            return bytes(body[: MAX_RECORD_BYTES + 1]), str(generation)
+
+        result: tuple[bytes, str] | None = sync(self.fs.loop, get)
+        return result
+
+    def swap(self, path: str, data: bytes, etag: str) -> str | None:
+        if not etag.isdigit() or etag == "0":
+            return None  # not a generation GCS gave; 0 would mean create-only
+        return self._upload(path, data, etag)
+
+    def delete(self, path: str, etag: str) -> bool:
+        return self.swap(path, RELEASED, etag) is not None
+
+
+class AzureConditional(_OnFs):
+    """Azure Blob Storage, through adlfs's own azure-storage-blob client (its credentials and
+    event loop): `If-None-Match: *` to create, `If-Match: <ETag>` to swap and to delete."""
+
+    RELEASES_BY_OVERWRITE = False
+
+    def _blob(self, path: str) -> Any:
+        container, key, _ = self.fs.split_path(path)
+        return self.fs.service_client.get_blob_client(container, key)
+
+    def _run(self, make: Callable[[], Any]) -> Any:
+        from fsspec.asyn import sync
+
+        return sync(self.fs.loop, make)
+
+    def create(self, path: str, data: bytes) -> str | None:
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        async def create() -> str | None:
+            try:
+                out = await self._blob(path).upload_blob(data, overwrite=False)
+            except (ResourceExistsError, ResourceModifiedError):  # 409 BlobAlreadyExists, or 412
+                return None
+            return str(out["etag"])
+
+        result: str | None = self._run(create)
+        return result
+
+    def read(self, path: str) -> tuple[bytes, str] | None:
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        async def read() -> tuple[bytes, str] | None:
+            blob = self._blob(path)
+            try:
+                # A range, so that a lease planted far bigger than any lease is not sent whole.
+                stream = await blob.download_blob(offset=0, length=MAX_RECORD_BYTES + 1)
+            except ResourceNotFoundError:
+                return None
+            except HttpResponseError as exc:
+                if exc.status_code != 416:  # an empty blob asked for a range (regression: a
+                    raise  # planted empty lease stopped every build that met it)
+                try:
+                    stream = await blob.download_blob()
+                except ResourceNotFoundError:
+                    return None
+            data = await stream.readall()
+            return bytes(data[: MAX_RECORD_BYTES + 1]), str(stream.properties.etag)
+
+        result: tuple[bytes, str] | None = self._run(read)
+        return result
+
+    def swap(self, path: str, data: bytes, etag: str) -> str | None:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        async def swap() -> str | None:
+            try:
+                out = await self._blob(path).upload_blob(
+                    data, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+            except (ResourceModifiedError, ResourceNotFoundError):
+                return None
+            return str(out["etag"])
+
+        result: str | None = self._run(swap)
+        return result
+
+    def delete(self, path: str, etag: str) -> bool:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        async def delete() -> bool:
+            try:
+                await self._blob(path).delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+            except (ResourceModifiedError, ResourceNotFoundError):
+                return False
+            return True
+
+        result: bool = self._run(delete)
+        return result
+
+
 # URL scheme -> how that backend does conditional writes. A scheme not here still stores
 # objects; leasing is refused for it with a clear message.
 CONDITIONALS: dict[str, Callable[[Any], Conditional]] = {
@@ -560,6 +761,11 @@ CONDITIONALS: dict[str, Callable[[Any], Conditional]] = {
     "s3a": S3Conditional,
     "file": LocalConditional,
     "local": LocalConditional,
+    "gs": GCSConditional,
+    "gcs": GCSConditional,
+    "az": AzureConditional,
+    "abfs": AzureConditional,
+    "abfss": AzureConditional,
 }
 
 
@@ -739,22 +945,44 @@ class FsspecRemote:
                 f"(it does on {', '.join(sorted(k + '://' for k in CONDITIONALS))})"
             )
         else:
-            path = f"{self.root}/leases/probe-{secrets.token_hex(8)}.json"
-            first = self.conditional.create(path, b"{}")
-            second = self.conditional.create(path, b"{}") if first is not None else None
-            if first is None:
-                reason = "a create-only write on a fresh name was refused"
-            elif second is not None:
-                reason = f"{self.url} ignores conditional writes (If-None-Match: * was accepted twice)"
-            with contextlib.suppress(Exception):
-                self._remove(path)
+            reason = self._probe_writes(f"{self.root}/leases/probe-{secrets.token_hex(8)}.json")
         self._probed = (reason,)
         return reason
 
+    def _probe_writes(self, path: str) -> str | None:
+        """Create-only twice on a fresh name (the second must be refused), then a compare-and-swap
+        from a version the object never had (refused too), and one from its own (accepted)."""
+        assert self.conditional is not None
+        try:
+            first = self.conditional.create(path, b"{}")
+            if first is None:
+                return "a create-only write on a fresh name was refused"
+            if self.conditional.create(path, b"{}") is not None:
+                return f"{self.url} ignores conditional writes (a create-only write was accepted twice)"
+            stale = _stale_version(first)
+            if self.conditional.swap(path, b'{"probe":1}', stale) is not None:
+                return (
+                    f"{self.url} ignores conditional writes "
+                    "(a compare-and-swap on a stale version was accepted)"
+                )
+            if self.conditional.swap(path, b'{"probe":2}', first) is None:
+                return "a compare-and-swap on the current version was refused"
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                self._remove(path)
+
     def lease_acquire(self, lease: Lease) -> Lease | None:
+        """Create the lease on a key nobody holds: create-only, or over a released marker (on a
+        backend that releases by overwriting) by compare-and-swap on the marker's version."""
         self._write_guard(f"lease {lease.key}")
         assert self.conditional is not None
-        etag = self.conditional.create(self._lease(lease.key), lease.to_json())
+        path = self._lease(lease.key)
+        etag = self.conditional.create(path, lease.to_json())
+        if etag is None and getattr(self.conditional, "RELEASES_BY_OVERWRITE", False):
+            found = self.conditional.read(path)
+            if found is not None and found[0] == RELEASED:
+                etag = self.conditional.swap(path, lease.to_json(), found[1])
         return None if etag is None else dataclasses.replace(lease, etag=etag)
 
     def lease_read(self, key: str) -> Lease | None:
@@ -765,6 +993,9 @@ class FsspecRemote:
         if found is None:
             return None
         data, etag = found
+        if data == RELEASED and getattr(self.conditional, "RELEASES_BY_OVERWRITE", False):
+            return None  # released: lease_acquire takes it (elsewhere a planted marker reads as
+            # an expired lease, taken over: read as none, claim would retry its create for ever)
         parsed = Lease.parse(key, data, etag) if len(data) <= MAX_RECORD_BYTES else None
         return parsed or Lease(key=key, holder="?", expires_at=0.0, etag=etag)
 
@@ -787,6 +1018,16 @@ class FsspecRemote:
         self._write_guard(f"lease {lease.key}")
         assert self.conditional is not None
         self.conditional.delete(self._lease(lease.key), lease.etag)
+
+
+def _stale_version(version: str) -> str:
+    """A version of the same form as `version` that the object never had."""
+    if version.isdigit():  # a GCS generation
+        return str(int(version) + 1)
+    quoted = version.startswith('"')
+    core = version.strip('"')
+    changed = ("1" if core[:1] != "1" else "2") + core[1:] if core else "stale"
+    return f'"{changed}"' if quoted else changed
 
 
 def _open_fs(url: str, scheme: str) -> tuple[Any, str]:

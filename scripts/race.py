@@ -1,11 +1,12 @@
 """Races on a team remote, counted: R races of M runners building the same K new keys at once.
 
 Each race: M copies of one project (as M machines would have them, no shared local state), one
-emulator as the API, one fresh remote (a folder, or a bucket on moto's S3 server); all runners
+emulator as the API, one fresh remote (a folder, or a bucket on moto's S3 server, on
+fake-gcs-server, or a container on Azurite, all on loopback); all runners
 start together with `--jobs 8`. Counted afterwards: paid submissions at the emulator, duplicates
 (submissions beyond one per key), runners that failed, and leases left behind.
 
-    python scripts/race.py --races 10 --keys 50 --runners 2 --backend file,s3
+    python scripts/race.py --races 10 --keys 50 --runners 2 --backend file,s3,gcs,azure
     python scripts/race.py --kill            # one runner SIGKILLed once its tasks are leased
 """
 
@@ -21,13 +22,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flexforge.emulator.testing import running_emulator
-from flexforge.remote import open_remote
+from flexforge.remote import RELEASED, open_remote
+from tests.support.azure import running_azurite
+from tests.support.gcs import running_fake_gcs
 from tests.support.s3 import running_s3
+
+# The server each backend races on, started once for all its races.
+SERVERS = {"s3": running_s3, "gcs": running_fake_gcs, "azure": running_azurite}
 
 KEY = "race-key-0123456789abcdef"
 
@@ -51,20 +59,30 @@ def leases(url: str) -> list[dict[str, object]]:
     for name in names:
         if str(name).endswith(".json") and "/probe-" not in str(name):
             with contextlib.suppress(FileNotFoundError, ValueError):  # released while we look
-                found.append(json.loads(remote.fs.cat_file(name)))
+                data = bytes(remote.fs.cat_file(name))
+                if data != RELEASED:  # a released lease on gs:// (remote.GCSConditional)
+                    found.append(json.loads(data))
     return found
 
 
-def race(args: argparse.Namespace, backend: str, number: int, work: Path, s3: object) -> dict[str, int]:
-    url = f"file://{work / f'remote-{backend}-{number}'}"
+def new_url(backend: str, server: Any, work: Path, number: int) -> str:
     if backend == "s3":
-        url = f"s3://{s3.new_bucket()}/race"  # type: ignore[attr-defined]
+        return f"s3://{server.new_bucket()}/race"
+    if backend == "gcs":
+        return f"gs://{server.new_bucket()}/race"
+    if backend == "azure":
+        return f"az://{server.new_container()}/race"
+    return f"file://{work / f'remote-{backend}-{number}'}"
+
+
+def race(args: argparse.Namespace, backend: str, number: int, work: Path, server: Any) -> dict[str, int]:
+    url = new_url(backend, server, work, number)
     rnd = random.Random(number)
     with running_emulator(latency=rnd.uniform(0.05, 0.4), accepted_keys=(KEY,), max_in_flight=64) as emu:
         env = {
             **os.environ,
             **emu.env(),
-            **(s3.env() if s3 is not None else {}),  # type: ignore[attr-defined]
+            **(server.env() if server is not None else {}),
             "BFL_API_KEY": KEY,
             "FLEXFORGE_REMOTE": url,
             "FLEXFORGE_LEASE_POLL": "0.05",
@@ -103,6 +121,17 @@ def race(args: argparse.Namespace, backend: str, number: int, work: Path, s3: ob
     }
 
 
+@contextlib.contextmanager
+def _environ(changes: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def start_machine(root: Path, manifest_text: str, env: dict[str, str]) -> subprocess.Popen[str]:
     """A project copy of its own, building against the emulator as another machine would."""
     root.mkdir(parents=True)
@@ -116,6 +145,20 @@ def start_machine(root: Path, manifest_text: str, env: dict[str, str]) -> subpro
     )
 
 
+def run_backend(args: argparse.Namespace, backend: str, server: Any, work: Path) -> dict[str, int]:
+    total = {"races": 0, "keys": 0, "paid": 0, "duplicates": 0, "failed": 0, "leases_left": 0, "killed": 0}
+    started = time.monotonic()
+    for number in range(args.races):
+        result = race(args, backend, number, work, server)
+        total["races"] += 1
+        total["keys"] += args.keys
+        for name, value in result.items():
+            total[name] += value
+        print(f"{backend} race {number}: {result}", flush=True)
+    total["seconds"] = round(time.monotonic() - started)
+    return total
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -127,28 +170,16 @@ def main() -> int:
     parser.add_argument("--kill", action="store_true")
     args = parser.parse_args()
     totals: dict[str, dict[str, int]] = {}
-    with running_s3() as s3, tempfile.TemporaryDirectory(prefix="flexforge-race-") as tmp:
-        os.environ.update(s3.env())  # this process looks at the remote too
-        for backend in args.backend.split(","):
-            total = {
-                "races": 0,
-                "keys": 0,
-                "paid": 0,
-                "duplicates": 0,
-                "failed": 0,
-                "leases_left": 0,
-                "killed": 0,
-            }
-            started = time.monotonic()
-            for number in range(args.races):
-                result = race(args, backend, number, Path(tmp), s3 if backend == "s3" else None)
-                total["races"] += 1
-                total["keys"] += args.keys
-                for name, value in result.items():
-                    total[name] += value
-                print(f"{backend} race {number}: {result}", flush=True)
-            total["seconds"] = round(time.monotonic() - started)
-            totals[backend] = total
+    backends = args.backend.split(",")
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="flexforge-race-"))
+        servers = {b: stack.enter_context(SERVERS[b]()) for b in backends if b in SERVERS}
+        for backend in backends:
+            server = servers.get(backend)
+            # Only this backend's variables, here (this process looks at the remote too) and in
+            # the runners: another's (FSSPEC_GS_*) would change how flexforge opens S3.
+            with _environ(server.env() if server is not None else {}):
+                totals[backend] = run_backend(args, backend, server, Path(tmp))
     print(json.dumps(totals, indent=2))
     return 0 if all(t["duplicates"] == 0 and t["failed"] == 0 for t in totals.values()) else 1
 

@@ -218,3 +218,37 @@ def test_ctrl_c_keeps_the_journal_and_the_next_build_resumes(
         assert len(list(journal.glob("*.json"))) == 3
         assert build(project).exit_code == 0
         assert emu.stats()["submissions"] == 3
+
+
+def test_a_chains_next_link_is_submitted_while_its_upstreams_bookkeeping_goes_on(
+    project: Project, emu: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once an image and its key record are in the cache (a restart restores it for free), the
+    next link starts: it does not wait for the upstream's output file, ledger line and journal
+    removal. The upstream's ledger write here waits until the next link has been submitted;
+    had the link waited for it, neither would go on."""
+    from flexforge.store import Store
+
+    manifest(project, 2, chain_every=2)  # a1 is made from a0's image
+    real_append = Store.ledger_append
+    seen: dict[str, int] = {}
+
+    def append(self: Store, entry: object) -> None:
+        asset = getattr(entry, "asset", "")
+        if asset == "a0":
+            deadline = time.monotonic() + 60  # a guard against a hang, not a timing
+            while emu.stats()["submissions"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen[asset] = emu.stats()["submissions"]
+        real_append(self, entry)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "ledger_append", append)
+    result = build(project)
+
+    assert result.exit_code == 0, result.stderr
+    assert seen == {"a0": 2}  # a1 was submitted while a0's ledger line waited
+    ledger = (project.root / ".flexforge/ledger.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["body"]["asset"] for line in ledger) == ["a0", "a1"]
+    assert set(project.lock()["assets"]) == {"a0", "a1"}
+    assert (project.root / project.lock()["assets"]["a0"]["out"]).exists()
+    assert emu.stats()["duplicates"] == 0

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -13,15 +14,19 @@ import pytest
 from PIL import Image
 
 from flexforge.remote import (
+    MAX_RECORD_BYTES,
+    RELEASED,
     FsspecRemote,
     Lease,
     RemoteError,
     holder_id,
     open_remote,
 )
+from tests.support.azure import AzureServer, azure_env, azure_server
+from tests.support.gcs import GCSServer, gcs_env, gcs_server
 from tests.support.s3 import S3Server, s3_env, s3_server
 
-__all__ = ["s3_env", "s3_server"]
+__all__ = ["azure_env", "azure_server", "gcs_env", "gcs_server", "s3_env", "s3_server"]
 
 
 def png(color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -30,10 +35,16 @@ def png(color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(params=["file", "s3", "s3 configured through fsspec"])
+@pytest.fixture(params=["file", "s3", "s3 configured through fsspec", "gcs", "azure"])
 def remote_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "file":
         return f"file://{tmp_path / 'share'}"
+    if request.param == "gcs":
+        gcs: GCSServer = request.getfixturevalue("gcs_env")
+        return f"gs://{gcs.new_bucket()}/team/images"
+    if request.param == "azure":
+        azure: AzureServer = request.getfixturevalue("azure_env")
+        return f"az://{azure.new_container()}/team/images"
     server: S3Server = request.getfixturevalue("s3_env")
     if request.param != "s3":
         # fsspec's own configuration (FSSPEC_<PROTOCOL>_<OPTION>): s3fs is opened with it, and
@@ -122,7 +133,7 @@ def test_a_hostile_record_reads_as_none_and_the_image_still_restores(remote_url:
     remote = open_remote(remote_url)
     data = png()
     sha = remote.put(KEY, data, RECORD)
-    if remote.scheme == "file":
+    if remote.scheme != "s3":  # the record in a sidecar object beside the image
         write_behind_its_back(remote, remote._image(KEY, sha) + ".json", b"[1, 2" + b" " * 100_000)
     else:
         bucket, key, _ = remote.fs.split_path(remote._image(KEY, sha))
@@ -223,6 +234,37 @@ def test_hostile_lease_fields_are_refused(remote_url: str) -> None:
     assert seen is not None and seen.task_id is None and not seen.live()
 
 
+@pytest.mark.parametrize("size", [0, 2 * 2**20])
+def test_an_empty_or_oversized_lease_reads_as_expired_without_reading_it_all(
+    remote_url: str, size: int
+) -> None:
+    remote = open_remote(remote_url)
+    key = "3" * 64
+    write_behind_its_back(remote, remote._lease(key), b"{" * size)
+    assert remote.conditional is not None
+    found = remote.conditional.read(remote._lease(key))
+    assert found is not None and len(found[0]) <= MAX_RECORD_BYTES + 1  # capped, not 2 MB
+    seen = remote.lease_read(key)
+    assert seen is not None and not seen.live()
+    assert remote.lease_takeover(seen, lease(key)) is not None
+
+
+def test_a_planted_released_marker_never_blocks_a_key(remote_url: str) -> None:
+    """The marker a GCS release leaves, planted on any backend: the key can still be leased
+    (regression: read as no lease on S3, the claim retried its create-only write for ever)."""
+    remote = open_remote(remote_url)
+    key = "4" * 64
+    write_behind_its_back(remote, remote._lease(key), RELEASED)
+    got = remote.lease_acquire(lease(key))
+    if got is None:  # not a backend that releases by overwriting: an expired lease, taken over
+        seen = remote.lease_read(key)
+        assert seen is not None and not seen.live()
+        got = remote.lease_takeover(seen, lease(key))
+    assert got is not None
+    assert remote.lease_acquire(lease(key)) is None  # and now it is held
+    assert remote.lease_read(key).holder == got.holder  # type: ignore[union-attr]
+
+
 def test_backend_that_ignores_conditional_writes_is_refused_for_leasing(tmp_path: Path) -> None:
     class Ignoring:
         def __init__(self, fs: object) -> None:
@@ -256,9 +298,17 @@ def test_credentials_in_the_url_are_refused() -> None:
         open_remote("bucket/x")
 
 
-def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(RemoteError, match=r"flexforge\[gcs\]"):
-        open_remote("gs://bucket/x")
+@pytest.mark.parametrize(
+    ("url", "module", "extra"), [("gs://b/x", "gcsfs", "gcs"), ("az://c/x", "adlfs", "azure")]
+)
+def test_missing_driver_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, url: str, module: str, extra: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it fails
+    # fsspec keeps each driver class once imported: forget it for this test.
+    monkeypatch.delitem(sys.modules["fsspec.registry"]._registry, url.split(":")[0], raising=False)
+    with pytest.raises(RemoteError, match=rf"flexforge\[{extra}\]"):
+        open_remote(url)
 
 
 def test_the_project_names_its_remote_in_its_settings(

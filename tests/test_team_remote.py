@@ -13,26 +13,33 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flexforge.remote import FsspecRemote, open_remote
+from flexforge.remote import RELEASED, FsspecRemote, open_remote
 from tests.helpers import Project
+from tests.support.azure import AzureServer, azure_env, azure_server
 from tests.support.emulator import serve_builds
+from tests.support.gcs import GCSServer, gcs_env, gcs_server, running_ignoring_gcs
 from tests.support.s3 import S3Server, s3_env, s3_server
 from tests.support.spawn import spawn_flexforge, wait_for
 
-__all__ = ["s3_env", "s3_server"]
+__all__ = ["azure_env", "azure_server", "gcs_env", "gcs_server", "s3_env", "s3_server"]
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", "s3", "gcs", "azure"])
 def remote_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "file":
         url = f"file://{tmp_path / 'team-share'}"
+    elif request.param == "gcs":
+        gcs: GCSServer = request.getfixturevalue("gcs_env")
+        url = f"gs://{gcs.new_bucket()}/flexforge"
+    elif request.param == "azure":
+        azure: AzureServer = request.getfixturevalue("azure_env")
+        url = f"az://{azure.new_container()}/flexforge"
     else:
         server: S3Server = request.getfixturevalue("s3_env")
         url = f"s3://{server.new_bucket()}/flexforge"
@@ -81,7 +88,9 @@ def leases(url: str) -> list[dict[str, Any]]:
     for name in names:
         if str(name).endswith(".json") and "/probe-" not in str(name):
             with contextlib.suppress(FileNotFoundError):
-                found.append(json.loads(remote.fs.cat_file(name)))
+                data = bytes(remote.fs.cat_file(name))
+                if data != RELEASED:  # a released lease on gs://: no lease (remote.GCSConditional)
+                    found.append(json.loads(data))
     return found
 
 
@@ -118,6 +127,7 @@ def test_two_runners_racing_on_the_same_50_keys_pay_each_key_once(
         runs = [spawn(p, "build", "--provider", "emulator", "--jobs", "8") for p in (a, b)]
         results = [finish(r) for r in runs]
         assert [code for code, _ in results] == [0, 0], results
+        assert not [err for _, err in results if "no leases" in err]  # the probe let leasing on
         assert emu.stats()["submissions"] == 50
         assert outputs(a) == outputs(b)
         assert len(outputs(a)) == 50
@@ -128,19 +138,24 @@ def test_two_runners_racing_on_the_same_50_keys_pay_each_key_once(
         assert leases(remote_url) == []
 
 
+def killed_once_leases_name_tasks(project: Project, remote_url: str, tasks: int) -> None:
+    """A runner SIGKILLed once `tasks` of its leases name the task it submitted."""
+    proc = spawn(project, "build", "--provider", "emulator", "--jobs", "8")
+    wait_for(
+        lambda: len([x for x in leases(remote_url) if x.get("task_id")]) == tasks,
+        "every lease to name its task",
+        timeout=60,
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
 def test_a_runner_killed_after_submitting_is_finished_by_another_without_paying_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remote_url: str
 ) -> None:
     with serve_builds(monkeypatch, latency=4.0) as emu:
         first, second = copies(tmp_path, manifest(6, seeded=False), 2)
-        proc = spawn(first, "build", "--provider", "emulator", "--jobs", "8")
-        wait_for(
-            lambda: len([x for x in leases(remote_url) if x.get("task_id")]) == 6,
-            "every lease to name its task",
-            timeout=60,
-        )
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        killed_once_leases_name_tasks(first, remote_url, 6)
         assert emu.stats()["submissions"] == 6
         # Another machine: no journal, no seeds, only the remote's leases.
         code, err = finish(spawn(second, "build", "--provider", "emulator"))
@@ -149,6 +164,27 @@ def test_a_runner_killed_after_submitting_is_finished_by_another_without_paying_
         assert "another runner" in err
         assert len(outputs(second)) == 6
         assert leases(remote_url) == []  # the dead runner's leases are cleared once pushed
+
+
+def test_expired_leases_of_a_killed_runner_are_taken_over_once_by_two_racing_runners(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remote_url: str
+) -> None:
+    """The holder dies and its leases expire: two runners started together race to take each one
+    over (compare-and-swap on its version); the winner resumes the task the lease names, the
+    loser follows it, and nobody pays again."""
+    monkeypatch.setenv("FLEXFORGE_LEASE_TTL", "2")
+    with serve_builds(monkeypatch, latency=4.0) as emu:
+        first, *others = copies(tmp_path, manifest(6, seeded=False), 3)
+        killed_once_leases_name_tasks(first, remote_url, 6)
+        wait_for(lambda: all(x["expires_at"] < time.time() for x in leases(remote_url)), "expiry", 30)
+        results = [finish(r) for r in [spawn(p, "build", "--provider", "emulator") for p in others]]
+        assert [code for code, _ in results] == [0, 0], results
+        errs = "".join(err for _, err in results)
+        assert "no leases" not in errs
+        assert errs.count("took over an expired lease") >= 1
+        assert emu.stats()["submissions"] == 6
+        assert outputs(others[0]) == outputs(others[1]) and len(outputs(others[0])) == 6
+        assert leases(remote_url) == []
 
 
 def test_a_read_only_remote_is_used_for_restores_and_never_written(
@@ -354,46 +390,30 @@ def test_a_polling_url_planted_in_a_lease_never_receives_the_key(
     assert listener.seen == []
 
 
-@pytest.mark.parametrize("scheme", ["gs", "az"])
-def test_a_backend_with_no_proven_conditional_writes_shares_images_but_refuses_leases(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheme: str
+def test_a_gcs_server_that_ignores_generation_match_shares_images_but_refuses_leases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """gs:// and az:// have no server here to prove their conditional writes on, so flexforge
-    has no implementation it trusts for them: the probe refuses leasing, with a message, and
-    images still travel. The backend is a real fsspec filesystem registered for the scheme."""
-    import fsspec
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    class Bucket(MemoryFileSystem):
-        protocol = (scheme,)
-        store: dict[str, Any] = {}  # noqa: RUF012 - fsspec's own class-level store, fresh per test
-        pseudo_dirs = [""]  # noqa: RUF012
-
-        def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
-            # Honours create-only, as GCS (ifGenerationMatch=0) and Azure (If-None-Match) do:
-            # refused all the same, because flexforge has not proven it against the real thing.
-            if mode == "create" and self.exists(path):
-                raise FileExistsError(path)
-            super().pipe_file(path, value, mode=mode, **kwargs)
-
-    # fsspec's registry of drivers by scheme, restored after the test (register_implementation
-    # has no undo).
-    monkeypatch.setitem(sys.modules["fsspec.registry"]._registry, scheme, Bucket)
-    assert type(fsspec.filesystem(scheme)) is Bucket
-    monkeypatch.setenv("FLEXFORGE_REMOTE", f"{scheme}://team-bucket/flexforge")
-    with serve_builds(monkeypatch, latency=0.05) as emu:
-        maker, clone = copies(tmp_path, manifest(3), 2)
-        made = maker.run("build", "--provider", "emulator")
-        assert made.exit_code == 0, made.stderr
-        assert (
-            f"remote {scheme}://team-bucket/flexforge: no leases (flexforge does not know how to make "
-            f"conditional writes on {scheme}://"
-        ) in made.stderr
-        assert "images are still shared" in made.stderr
-        names = list(Bucket.store)
-        assert not [n for n in names if "/leases/" in n]  # not even the probe wrote one
-        assert len([n for n in names if "/images/" in n and not n.endswith(".json")]) == 3
-        restored = clone.run("build", "--provider", "emulator")
-        assert restored.exit_code == 0, restored.stderr
-        assert "3 restored" in restored.stderr
-        assert emu.stats()["submissions"] == 3
+    """gcp-storage-emulator, a real GCS JSON API server, accepts `ifGenerationMatch=0` twice: the
+    probe finds it out, leasing is refused with a message, and images still travel."""
+    with running_ignoring_gcs() as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        url = f"gs://{server.new_bucket()}/flexforge"
+        monkeypatch.setenv("FLEXFORGE_REMOTE", url)
+        with serve_builds(monkeypatch, latency=0.05) as emu:
+            maker, clone = copies(tmp_path, manifest(3), 2)
+            made = maker.run("build", "--provider", "emulator")
+            assert made.exit_code == 0, made.stderr
+            assert (
+                f"remote {url}: no leases ({url} ignores conditional writes (a create-only write was "
+                "accepted twice)); images are still shared"
+            ) in made.stderr
+            remote = open_remote(url)
+            remote.fs.invalidate_cache()
+            names = [str(n) for n in remote.fs.find(remote.root)]
+            assert not [n for n in names if "/leases/" in n]  # the probe cleaned up after itself
+            assert len([n for n in names if "/images/" in n and not n.endswith(".json")]) == 3
+            restored = clone.run("build", "--provider", "emulator")
+            assert restored.exit_code == 0, restored.stderr
+            assert "3 restored" in restored.stderr
+            assert emu.stats()["submissions"] == 3

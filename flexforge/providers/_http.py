@@ -58,7 +58,7 @@ from flexforge.providers import GeneratedImage, JournalEntry, TaskContext
 from flexforge.providers._hosts import MIN_SECRET_LENGTH, KeyPolicy, UrlRefused
 from flexforge.providers._httpx import httpx
 from flexforge.providers._limiter import AdaptiveLimiter, Slot
-from flexforge.providers._polling import DEFAULT_POLL_RATE, PollTimer
+from flexforge.providers._polling import DEFAULT_POLL_RATE, PollTimer, load_prior, save_prior
 from flexforge.providers._wire import (
     FAILED,
     MODERATED,
@@ -189,7 +189,9 @@ class FluxHttpProvider:
         self.limiter = AdaptiveLimiter(max_in_flight)
         self._submitting: set[asyncio.Future[None]] = set()
         self._stopping = False
-        self.polls = PollTimer(self.settings.poll_rate)
+        self._durations = _cache_folder()
+        prior = load_prior(self._durations, name) if self._durations is not None else None
+        self.polls = PollTimer(self.settings.poll_rate, prior)
         self._key = api_key
         self.key_policy = KeyPolicy(self.base_url, dialect.domains, api_key)
         self._headers = {**dialect.auth_headers(api_key), "Accept": "application/json"}
@@ -214,6 +216,9 @@ class FluxHttpProvider:
             # task the API created (and charged) is resumed by the next build, not paid again.
             await asyncio.wait(set(self._submitting), timeout=self.settings.http_timeout)
         await self._client.aclose()
+        learnt = self.polls.expected()
+        if learnt is not None and self._durations is not None:
+            save_prior(self._durations, self.name, learnt)
         await self._downloads.aclose()
 
     async def credits(self) -> float | None:
@@ -754,6 +759,16 @@ class _TaskRun:
                 raise self.p.error(
                     f"task {self.task_id} expired (Task not found) before its image could be downloaded"
                 ) from None
+
+
+def _cache_folder() -> str | None:
+    """The user cache, where learnt task durations are kept; None when it cannot be named."""
+    from flexforge.paths import user_cache_root
+
+    try:
+        return user_cache_root()
+    except (FlexforgeError, OSError):
+        return None
 
 
 def key_from_env(name: str, what: str) -> str:

@@ -14,6 +14,13 @@ makespan (a `--jobs` place stays taken until the build sees Ready). So:
   own sample code, polling each task every 0.5 s, makes with the account's 24 tasks in flight),
   and a Retry-After on an answer is honoured by the caller before any look at that task.
 
+A build starts knowing nothing of this run's tasks, and its first wave (or a chain's first link)
+used to be looked at only every poll interval, late by up to that much. So the duration learnt
+by the last build against the same provider is kept in the user cache (`task-durations.json`) and
+given to the next one as a prior: until a task of its own has finished, a task is first looked at
+just before that duration, then every `fine` step to a quarter past it, then at the interval.
+A wrong prior costs a few looks, then this build's own tasks take over.
+
 Durations are learnt from both sides: the elapsed time of a task's last Pending look (a lower
 bound) and of its Ready look (an upper bound). When tasks take much the same time, a tight lower
 bound (the upper quartile of the lower ones) sits below a tight upper bound (the lower quartile
@@ -29,6 +36,10 @@ the estimate keeps moving earlier when tasks get faster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import math
+import os
 import random
 import time
 from collections import deque
@@ -37,14 +48,18 @@ DEFAULT_POLL_RATE = 50  # polls a second, for all of a build's tasks together
 FINE_FRACTION = 0.02  # of the expected duration: the step between looks near it
 MIN_FINE = 0.01  # seconds
 HISTORY = 32  # finished tasks the estimate is drawn from
+PRIOR_FILE = "task-durations.json"  # in the user cache: provider -> seconds its tasks took
+PRIOR_SPAN = 1.25  # with a prior only, fine looks run to this multiple of it
+MAX_PRIOR = 3600.0
 TIGHT = 0.25  # the quartile of the bounds that makes the bracket: one in four may be an outlier
 
 
 class PollTimer:
     """Shared by every task of one provider (one build)."""
 
-    def __init__(self, rate: int = DEFAULT_POLL_RATE) -> None:
+    def __init__(self, rate: int = DEFAULT_POLL_RATE, prior: float | None = None) -> None:
         self.rate = max(1, rate)
+        self.prior = prior  # seconds the last build's tasks took (see the module's docstring)
         self._lows: deque[float] = deque(maxlen=HISTORY)  # elapsed at a finished task's last Pending
         self._highs: deque[float] = deque(maxlen=HISTORY)  # elapsed at its Ready look
         self._tokens = float(self.rate)  # polls that may start now (see turn)
@@ -83,6 +98,10 @@ class PollTimer:
             return _median(self._lows)
         return (low + high) / 2
 
+    def expected(self) -> float | None:
+        """The duration this build's tasks took (the median Ready look), once one finished."""
+        return _median(self._highs) if self._highs else None
+
     def fine(self, expected: float | None = None) -> float:
         if expected is None:
             expected = _median(self._highs) if self._highs else 0.0
@@ -98,7 +117,17 @@ class PollTimer:
         reckoned from that look: a task woken because the estimate moved, which has not been
         looked at since it became likely due, looks now, however old it is."""
         if not self._highs:
-            return random.uniform(0.0, interval) if first else _after(last, interval, elapsed)
+            if self.prior is None:
+                return random.uniform(0.0, interval) if first else _after(last, interval, elapsed)
+            fine = min(interval, self.fine(self.prior))
+            due = self.prior - fine
+            if elapsed < due:
+                return due - elapsed
+            if last is not None and last < due:
+                return 0.0
+            if (elapsed if last is None else last) < self.prior * PRIOR_SPAN:
+                return _after(last, fine, elapsed)
+            return _after(last, interval, elapsed)
         fine = min(interval, self.fine())
         if elapsed < self._first_look:
             return self._first_look - elapsed
@@ -155,3 +184,38 @@ def _median(values: deque[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def load_prior(folder: str, provider: str) -> float | None:
+    """The duration the last build against `provider` learnt, if the cache has a sane one."""
+    try:
+        with open(os.path.join(folder, PRIOR_FILE), "rb") as f:
+            known = json.loads(f.read(65536))
+    except (OSError, ValueError):
+        return None
+    value = known.get(provider) if isinstance(known, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and 0 < value <= MAX_PRIOR else None
+
+
+def save_prior(folder: str, provider: str, seconds: float) -> None:
+    """Keep what this build learnt for the next (best effort: a cache, never an error)."""
+    path = os.path.join(folder, PRIOR_FILE)
+    try:
+        with open(path, "rb") as f:
+            known = json.loads(f.read(65536))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    known[provider] = round(seconds, 4)
+    temp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(temp, "w") as f:
+            json.dump(known, f, sort_keys=True)
+        os.replace(temp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import types
+from pathlib import Path
 
 import pytest
 
@@ -175,3 +176,45 @@ def test_tasks_after_the_first_are_polled_a_few_times_not_every_interval(
 
     assert sum(looks[3:]) / len(looks[3:]) <= 6, looks
     assert min(looks) >= 1
+
+
+def test_with_the_last_builds_duration_the_first_task_is_looked_at_just_before_it() -> None:
+    timer = PollTimer(prior=1.0)
+    fine = timer.fine(1.0)
+
+    assert timer.wait(0.0, INTERVAL, first=True) == pytest.approx(1.0 - fine)  # no random sampling
+    assert timer.wait(0.99, INTERVAL, last=1.0 - fine) == pytest.approx(fine - 0.01)  # then finely
+    assert timer.wait(1.3, INTERVAL, last=1.29) == pytest.approx(INTERVAL - 0.01)  # a wrong prior: back off
+    timer.finished(1.9, 2.0)  # this build's own tasks take over at once
+    assert timer.wait(0.0, INTERVAL, first=True) == pytest.approx(1.95)
+
+
+def test_learnt_durations_are_kept_per_provider_and_a_garbled_file_is_ignored(tmp_path: Path) -> None:
+    folder = str(tmp_path / "cache")
+    assert _polling.load_prior(folder, "bfl") is None
+    _polling.save_prior(folder, "bfl", 12.5)
+    _polling.save_prior(folder, "emulator", 1.0)
+
+    assert _polling.load_prior(folder, "bfl") == 12.5
+    assert _polling.load_prior(folder, "emulator") == 1.0
+    for garbage in ('{"bfl": "soon"}', '{"bfl": -1}', '{"bfl": 1e999}', "[1]", "\xff"):
+        (tmp_path / "cache" / _polling.PRIOR_FILE).write_text(garbage)
+        assert _polling.load_prior(folder, "bfl") is None, garbage
+
+
+def test_a_build_leaves_its_task_duration_for_the_next_one(emulator_factory: EmulatorFactory) -> None:
+    emu = emulator_factory(latency=0.2)
+    first = bfl(emu, poll_interval=0.05)
+    assert first.polls.prior is None
+
+    async def one(provider: object) -> None:
+        try:
+            await provider.generate(image_request(seed=1), RecordingTask())  # type: ignore[attr-defined]
+        finally:
+            await provider.aclose()  # type: ignore[attr-defined]
+
+    run(one(first))
+    second = bfl(emu, poll_interval=0.05)
+
+    assert second.polls.prior is not None and 0.15 <= second.polls.prior <= 1.0
+    run(one(second))
