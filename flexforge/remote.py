@@ -593,7 +593,7 @@ class GCSConditional(_OnFs):
         from fsspec.asyn import sync
 
         bucket, key = self._split(path)
-        meta = json.dumps({"name": key, "contentType": "application/json"})
+        meta = json.dumps({"name": key, "contentType": "application/json"}, allow_nan=False)
         # A fresh boundary: a lease carries text from the manifest and the API, which could
         # otherwise end the part early.
         boundary = f"flexforge-{secrets.token_hex(16)}"
