@@ -36,7 +36,6 @@ the estimate keeps moving earlier when tasks get faster.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -203,21 +202,24 @@ def save_prior(folder: str, provider: str, seconds: float) -> None:
     """Keep what this build learnt for the next (best effort: a cache, never an error)."""
     if not (math.isfinite(seconds) and 0 < seconds <= MAX_PRIOR):
         return
+    from pathlib import Path
+
+    from flexforge.fsutil import atomic_write, read_regular
+
     path = os.path.join(folder, PRIOR_FILE)
     try:
-        with open(path, "rb") as f:
-            known = json.loads(f.read(65536))
-        if not isinstance(known, dict):
-            known = {}
+        doc = json.loads(read_regular(path, 65536))
     except (OSError, ValueError):
-        known = {}
+        doc = {}
+    known = {
+        k: v
+        for k, v in (doc.items() if isinstance(doc, dict) else ())
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
     known[provider] = round(seconds, 4)
-    temp = f"{path}.{os.getpid()}.tmp"
     try:
-        os.makedirs(folder, exist_ok=True)
-        with open(temp, "w") as f:
-            json.dump(known, f, sort_keys=True, allow_nan=False)
-        os.replace(temp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+        os.makedirs(folder, exist_ok=True, mode=0o700)
+        data = json.dumps(known, sort_keys=True, allow_nan=False).encode()
+        atomic_write(Path(path), data, durable=False)
+    except (OSError, ValueError):
+        pass  # only a cache
