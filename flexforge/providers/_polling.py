@@ -200,6 +200,8 @@ def load_prior(folder: str, provider: str) -> float | None:
 
 def save_prior(folder: str, provider: str, seconds: float) -> None:
     """Keep what this build learnt for the next (best effort: a cache, never an error)."""
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_PRIOR):
+        return
     from pathlib import Path
 
     from flexforge.fsutil import atomic_write, read_regular
