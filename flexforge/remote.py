@@ -292,10 +292,11 @@ def _split_s3(path: str) -> tuple[str, str]:
 
 def plain_s3_environment(environ: Any = None) -> bool:
     """Whether nothing could configure s3fs beyond botocore's own chain (AWS_* variables,
-    ~/.aws): no FSSPEC_* variable and no fsspec config folder. Then botocore alone, given
-    s3fs's defaults, makes the client s3fs would."""
+    ~/.aws): no FSSPEC_S3* variable (fsspec reads FSSPEC_<PROTOCOL> and FSSPEC_<PROTOCOL>_<ARG>;
+    a gs:// or az:// setting says nothing of S3) and no fsspec config folder. Then botocore
+    alone, given s3fs's defaults, makes the client s3fs would."""
     environ = os.environ if environ is None else environ
-    if any(name.startswith("FSSPEC_") for name in environ):
+    if any(name.split("_")[1] in ("S3", "S3A") for name in environ if name.startswith("FSSPEC_")):
         return False
     folder = environ.get("FSSPEC_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".config", "fsspec")
     return not os.path.isdir(folder)

@@ -500,3 +500,17 @@ print("s3fs" in sys.modules, "aiobotocore" in sys.modules)
         f"team/images/{KEY}/{hashlib.sha256(png()).hexdigest()}",
         f"team/leases/{KEY}.json",
     ]
+
+
+def test_only_fsspec_settings_for_s3_turn_off_the_botocore_only_path(tmp_path: Path) -> None:
+    """A gs:// setting (FSSPEC_GS_*) says nothing of S3; FSSPEC_S3 and FSSPEC_S3_* do."""
+    from flexforge.remote import plain_s3_environment
+
+    base = {"FSSPEC_CONFIG_DIR": str(tmp_path / "none")}
+    assert plain_s3_environment(base)
+    assert plain_s3_environment({**base, "FSSPEC_GS_ENDPOINT_URL": "http://127.0.0.1:1"})
+    assert not plain_s3_environment({**base, "FSSPEC_S3_ENDPOINT_URL": "http://127.0.0.1:1"})
+    assert not plain_s3_environment({**base, "FSSPEC_S3": "{}"})
+    assert not plain_s3_environment({**base, "FSSPEC_S3A_ANON": "true"})
+    (tmp_path / "none").mkdir()
+    assert not plain_s3_environment(base)
