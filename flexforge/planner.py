@@ -243,8 +243,9 @@ def decide(
     if unchanged and asset.written and asset.id not in facts.options.replace:
         assert entry is not None
         if current.size == entry.size and current.matches(entry.sha256, entry.size):  # a plain file
-            # Up to date, the common case: the file was read for its digest (now, or under the
-            # stamp the stat cache holds), so it is readable; _unusable need not ask again.
+            # Up to date, the one place that says so for a written output: its digest was read
+            # (now, or under the stamp the stat cache holds), so it is readable and _unusable
+            # need not ask; anything else at that path is not a plain file of the lock's size.
             return Step(action=NONE, output_sha256=entry.sha256, **base)
     unusable = _unusable(facts.store, asset.out, current)
     if unusable is not None:
@@ -267,8 +268,6 @@ def decide(
         # only when that needs them and no source holds them (_lost_candidates).
         if asset.id in facts.needed:
             return Step(action=REGENERATE, reasons=["missing"], **base)
-        return Step(action=NONE, output_sha256=entry.sha256, **base)
-    if unchanged and entry is not None and current.matches(entry.sha256, entry.size):
         return Step(action=NONE, output_sha256=entry.sha256, **base)
     source = facts.sources.find(key.key, asset.out, current)
     if entry is not None and entry.key == key.key:

@@ -8,6 +8,7 @@ repository: a committed thumbnail could show another picture than the image it s
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -100,7 +101,9 @@ class Thumbs:
         return path
 
 
+@functools.cache
 def has_imagehash() -> bool:
+    """Asked once per thumbnail: a missing package is looked for once, not a thousand times."""
     try:
         import imagehash  # noqa: F401
     except ImportError:

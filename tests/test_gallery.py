@@ -209,9 +209,13 @@ def test_gallery_cards_carry_their_matrix_cell_and_tags(tmp_path: Path) -> None:
 
 
 def test_gallery_works_without_the_review_extra(
-    kit: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kit: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
+    from flexforge.thumbs import has_imagehash
+
     monkeypatch.setitem(sys.modules, "imagehash", None)  # what `import` finds when not installed
+    has_imagehash.cache_clear()  # asked once per process: ask again without the package
+    request.addfinalizer(has_imagehash.cache_clear)
     out = tmp_path / "site"
     result = kit.run("gallery", "--provider", "draft", "--out", str(out))
     assert result.exit_code == 0, result.stderr

@@ -147,3 +147,24 @@ def test_stanzas_are_rendered_byte_for_byte_as_json_indents_them() -> None:
         assert indented(doc) == expected
     with pytest.raises(ValueError):
         indented({"cost_usd": float("nan")})
+
+
+@pytest.mark.parametrize(
+    "blobs",
+    [
+        ["1" * 40],
+        {"not-a-blob-id": "2" * 64},
+        {"1" * 40: "short"},
+        {"1" * 40: 7},
+        {f"{i:040x}": "2" * 64 for i in range(65)},
+    ],
+    ids=["a list", "bad blob id", "bad digest", "a number", "65 pairs"],
+)
+def test_git_blobs_of_any_other_shape_are_refused_with_one_message(tmp_path: Path, blobs: object) -> None:
+    """A committed lock's git_blobs decide which digests a fresh clone does not hash: only
+    blob id -> sha256 pairs, a few per entry, are taken."""
+    lock = Lock(tmp_path / "x.lock", {"a": entry()})
+    doc = json.loads(lock.render())
+    doc["assets"]["a"]["git_blobs"] = blobs
+    with pytest.raises(ValueError, match=r"assets\.a\.git_blobs must map git blob ids to sha256 digests"):
+        parse_entries(json.dumps(doc).encode())
