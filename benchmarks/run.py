@@ -1275,6 +1275,23 @@ def priced_build(tools: Tools, root: Path, env: dict[str, str]) -> tuple[float, 
     return estimate, float(stats.get("charged_credits", 0.0)) / 100
 
 
+def _copy_unbuilt(example: Path, dest: Path) -> None:
+    """The example as committed: the files git tracks, not what a build left there (the README's
+    first command builds launch-kit in place: its outputs would be files nobody recorded, conflicts).
+    Outside a git checkout, everything but the lock, the state folder and the outputs' folders."""
+    listed = subprocess.run(["git", "-C", str(example), "ls-files", "-z", "--", "."], capture_output=True)
+    names = [os.fsdecode(n) for n in listed.stdout.split(b"\0") if n]
+    if listed.returncode != 0 or not names:
+        ignore = shutil.ignore_patterns(".flexforge", "flexforge.lock", "assets", "site", "social")
+        shutil.copytree(example, dest, ignore=ignore)
+        return
+    for rel in names:
+        if rel == "flexforge.lock" or rel.startswith(".flexforge/"):
+            continue  # priced from nothing: every asset planned and billed
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(example / rel, dest / rel)
+
+
 def pricing_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
     if not tools.emulator:
         print(f"pricing: skipped: {tools.emulator_note}", flush=True)
@@ -1286,9 +1303,7 @@ def pricing_section(args: argparse.Namespace, tools: Tools) -> list[Probe]:
     projects: list[tuple[str, Path]] = []
     for example in examples:
         dest = work / example.name
-        shutil.copytree(
-            example, dest, ignore=shutil.ignore_patterns(".flexforge", "flexforge.lock", "assets")
-        )
+        _copy_unbuilt(example, dest)
         projects.append((f"examples/{example.name}", dest))
     mix = work / "random-mix"
     random_priced_project(mix, args.pricing_size, seed=1)

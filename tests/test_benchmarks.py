@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -138,3 +140,30 @@ def _run_bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=300,  # a hang must fail the test, not the CI job
         check=False,
     )
+
+
+def test_pricing_copies_an_example_as_committed_not_as_the_readme_built_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's first command builds launch-kit in place; the tests (its second) then price
+    the examples from nothing. Outputs left in gitignored folders must not come along: they
+    would be files nobody recorded (conflicts), and the smoke run failed on them."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("flexforge_bench_run", REPO / "benchmarks" / "run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "flexforge_bench_run", run)
+    spec.loader.exec_module(run)
+    example = tmp_path / "repo" / "kit"
+    (example / "brand").mkdir(parents=True)
+    (example / "flexforge.yaml").write_text("version: 1\n")
+    (example / "brand" / "logo.png").write_bytes(b"logo")
+    (example / ".gitignore").write_text("/site/\n/flexforge.lock\n")
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    subprocess.run(["git", "-C", str(tmp_path / "repo"), "add", "-A"], check=True)
+    (example / "site" / "img").mkdir(parents=True)
+    (example / "site" / "img" / "shelf.webp").write_bytes(b"built")
+    (example / "flexforge.lock").write_text("{}")
+    run._copy_unbuilt(example, tmp_path / "copy")
+    copied = sorted(p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*"))
+    assert copied == [".gitignore", "brand", "brand/logo.png", "flexforge.yaml"]
