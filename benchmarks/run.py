@@ -1501,6 +1501,12 @@ def targets(probes: Sequence[Probe], args: argparse.Namespace) -> list[Target]:
             ratio(get("flexforge plan, fresh clone", 1000), get("sha256sum (same files)", 1000)),
             1.5,
         ),
+        # Issue 15: against what Python itself hashes (hashlib, SHA extensions), not sha256sum.
+        Target(
+            "cold plan 1k / python hashlib",
+            ratio(get("flexforge plan, fresh clone", 1000), get("python hashlib (same files)", 1000)),
+            1.5,
+        ),
         Target(
             f"makespan {args.independent} independent, --jobs {args.jobs} / bound",
             independent.median / independent.extra["bound_s"]

@@ -62,14 +62,11 @@ def expand(
                 raw = _sized(raw, data, presets, here, report)
             assets[asset_id] = raw
             continue
-        # Once per template: copied to each cell below. Not its `matrix:` (no cell has one, and
-        # copying a 100-value axis into each of 1,000 cells made a big matrix quadratic).
-        spots = [spot for spot in _under(doc.positions, here) if spot[0][:1] != ("matrix",)]
         for cell_id, cell, values in _cells(str(asset_id), raw, axes, here, report):
             if cell_id in assets or cell_id in raw_assets:
                 report(here, f"the matrix makes {cell_id!r}, which another asset already declares", key=True)
                 continue
-            doc.positions.update(_moved(spots, ("assets", cell_id)))
+            doc.place(("assets", cell_id), like=here)
             assets[cell_id] = _sized(cell, data, presets, ("assets", cell_id), report)
             out.origins[cell_id] = (str(asset_id), values)
     out.data["assets"] = _with_candidates(assets, data, doc, variants_dir, out.unwritten)
@@ -119,14 +116,13 @@ def _with_candidates(
         fmt = raw.get("output_format", defaults.get("output_format", "png"))
         ext = EXTENSIONS.get(str(fmt), "png")
         here: Path_ = ("assets", asset_id)
-        spots = _under(doc.positions, here)
         for k in range(1, count + 1):
             cid = candidate_id(asset_id, k)
             cell = {key: v for key, v in raw.items() if key not in ("variants", "pick", "out", "tags")}
             if isinstance(raw.get("seed"), int):
                 cell["seed"] = raw["seed"] + k - 1
             cell["out"] = f"{folder}/{asset_id}/{k}.{ext}"
-            doc.positions.update(_moved(spots, ("assets", cid)))
+            doc.place(("assets", cid), like=here)
             result[cid] = cell
             if not written:
                 unwritten.add(cid)
@@ -367,17 +363,6 @@ def _fill_tree(
     if isinstance(node, list):
         return [_fill_tree(v, scope, (*path, i), problems) for i, v in enumerate(node)]
     return node
-
-
-def _under(positions: dict[Path_, tuple[int, int]], old: Path_) -> list[tuple[Path_, tuple[int, int]]]:
-    """The positions under `old`, relative to it (read once per template: a matrix of 1,000
-    cells must not scan every position 1,000 times)."""
-    n = len(old)
-    return [(p[n:], at) for p, at in positions.items() if p[:n] == old]
-
-
-def _moved(spots: list[tuple[Path_, tuple[int, int]]], new: Path_) -> dict[Path_, tuple[int, int]]:
-    return {(*new, *rest): at for rest, at in spots}
 
 
 # -- presets -------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
+import struct
 import subprocess
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -96,9 +96,37 @@ def configure(root: Path, lock_path: Path, *, early: bool = False) -> None:
         threading.Thread(target=_load, args=(k,), name="flexforge-gitblobs", daemon=True).start()
 
 
+def vouching() -> bool:
+    """Whether git's index and the lock may vouch for files here (a git work tree whose lock
+    records blob ids): then most files of a fresh clone need no hashing."""
+    k = _ready()
+    return k is not None and bool(k.clean) and bool(k.pairs)
+
+
 def known(path: str, stamp: Stat) -> str | None:
     """The sha256 of the file at absolute `path` (a realpath), now with `stamp` (inode, size,
     mtime_ns, ctime_ns), if git's index and the lock vouch for it; else None: hash it."""
+    k = _ready()
+    if k is None:
+        return None
+    listed = k.clean.get(path)
+    # The stat git recorded with the blob id is the file's now: the same bytes. git keeps the
+    # inode and size in 32 bits, and compares them so.
+    if listed is None:
+        return None
+    ino, size, mtime, ctime = stamp
+    if listed[1] != (ino & _LOW32, size & _LOW32, mtime, ctime):
+        return None
+    blob = listed[0]
+    sha256 = k.pairs.get(blob)
+    if sha256 is not None:
+        k.blob_of.setdefault(sha256, blob)
+    return sha256
+
+
+def _ready() -> _Known | None:
+    """What this process knows, once read (now, unless a thread is at it); None when no project
+    was configured."""
     k = _known
     if k.root is None:
         return None
@@ -109,15 +137,7 @@ def known(path: str, stamp: Stat) -> str | None:
         if first:
             _load(k)
         k.ready.wait()
-    listed = k.clean.get(path)
-    # The stat git recorded with the blob id is the file's now: the same bytes.
-    if listed is None or listed[1] != stamp:
-        return None
-    blob = listed[0]
-    sha256 = k.pairs.get(blob)
-    if sha256 is not None:
-        k.blob_of.setdefault(sha256, blob)
-    return sha256
+    return k
 
 
 def take_lock(path: Path) -> Lock | None:
@@ -173,66 +193,119 @@ def _load(k: _Known) -> None:
         k.ready.set()
 
 
-# `git ls-files -z -s -t --debug`: each file's tag, mode, blob id, stage and path, then the stat
-# data git recorded for it when it last found the file's bytes to be that blob.
-_ENTRY = re.compile(
-    rb"(?P<tag>\S+) (?P<mode>\d+) (?P<blob>[0-9a-f]+) (?P<stage>\d+)\t(?P<path>[^\0]*)\0"
-    rb"  ctime: (?P<cs>\d+):(?P<cn>\d+)\n  mtime: (?P<ms>\d+):(?P<mn>\d+)\n"
-    rb"  dev: \d+\tino: (?P<ino>\d+)\n  uid: \d+\tgid: \d+\n  size: (?P<size>\d+)\tflags: [0-9a-f]+\n"
-)
-
-
 def _index_entries(root: str) -> dict[str, tuple[str, Stat]]:
     """Absolute path -> (blob id, the stat git recorded) of every plain file under `root` in
     git's index whose stat git took after the file was last written (so the stat vouches for
-    the blob); empty outside a git work tree or when git fails.
+    the blob); empty outside a git work tree, when git fails, or for an index this module does
+    not read (a split index, a SHA-256 repository): then every file is hashed.
 
     Not `git diff-files`: in a fresh clone most files were written in the second git wrote its
     index, which git (comparing seconds) cannot tell from a later edit, so it hashes them all
     again with its collision-detecting SHA-1, slower than hashing them here. The stat data
-    compared in nanoseconds (`known`) says the same for a file written before the index."""
+    compared in nanoseconds (`known`) says the same for a file written before the index. Nor
+    `git ls-files --debug`, whose text takes longer to read than the index itself, whose format
+    (gitformat-index(5)) has been stable for fifteen years."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
     try:
         where = subprocess.run(
-            ["git", "rev-parse", "--path-format=absolute", "--git-path", "index"],
+            [*_REV_PARSE, "--git-path", "index", "--show-prefix", "--show-object-format"],
             cwd=root,
             env=env,
             capture_output=True,
             timeout=GIT_TIMEOUT,
         )
-        index = os.fsdecode(where.stdout.strip())
-        if where.returncode != 0 or not index:
+        lines = os.fsdecode(where.stdout).split("\n")
+        if where.returncode != 0 or len(lines) < 3 or lines[2] != "sha1":
             return {}
-        before = os.stat(index).st_mtime_ns
-        # -t tags each file: "H" is a plain tracked file; assume-unchanged ("h") and
-        # skip-worktree ("S") files may differ from the index without git knowing.
-        listed = subprocess.run(
-            ["git", "ls-files", "-z", "-s", "-t", "--debug", "--", "."],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            timeout=GIT_TIMEOUT,
-        )
-        if listed.returncode != 0 or os.stat(index).st_mtime_ns != before:
-            return {}  # rewritten meanwhile: the listing may mix two indexes
+        with open(lines[0], "rb") as f:
+            written = os.fstat(f.fileno()).st_mtime_ns
+            data = f.read(MAX_INDEX_BYTES + 1)
     except (OSError, subprocess.TimeoutExpired):
         return {}
+    if len(data) > MAX_INDEX_BYTES:
+        return {}
+    prefix = os.fsencode(lines[1])
     entries: dict[str, tuple[str, Stat]] = {}
-    for m in _ENTRY.finditer(listed.stdout):
-        if m["tag"] != b"H" or m["stage"] != b"0" or m["mode"] not in (b"100644", b"100755"):
-            continue
-        mtime = int(m["ms"]) * 10**9 + int(m["mn"])
-        # Written in the clock tick git wrote the index in (or later): the same stat could follow
-        # another write in that tick, so git itself ("racy" entries) and this module hash it.
-        if mtime >= before:
-            continue
-        try:
-            rel = os.fsdecode(m["path"])
-        except UnicodeDecodeError:
-            continue
-        stat = (int(m["ino"]), int(m["size"]), mtime, int(m["cs"]) * 10**9 + int(m["cn"]))
-        entries[os.path.join(root, rel)] = (m["blob"].decode("ascii"), stat)
+    for rel, blob, stat in read_index(data, written):
+        if rel.startswith(prefix):
+            try:
+                entries[os.path.join(root, rel[len(prefix) :].decode())] = (blob, stat)
+            except UnicodeDecodeError:
+                continue
     return entries
+
+
+_REV_PARSE = ("git", "rev-parse", "--path-format=absolute")
+MAX_INDEX_BYTES = 512 * 2**20
+_LOW32 = 2**32 - 1
+# ctime s, ns, mtime s, ns, dev, ino, mode, uid, gid, size (all 32 bits), blob id, flags
+_ENTRY = struct.Struct(">10I20sH")
+_PLAIN = (0o100644, 0o100755)
+_ASSUME_VALID, _EXTENDED, _STAGE = 0x8000, 0x4000, 0x3000
+_SKIP_WORKTREE, _INTENT_TO_ADD = 0x4000, 0x2000
+
+
+def read_index(data: bytes, written: int) -> list[tuple[bytes, str, Stat]]:
+    """(path from the work tree's top, blob id, stat) of each plain file at stage 0 that git's
+    index (`data`, last written at `written` ns) vouches for: not assume-unchanged,
+    skip-worktree or intent-to-add, and not written in the clock tick the index was (git's
+    "racy" entries: the same stat could follow another write in that tick). None at all from
+    an index this reader does not know (a split index, a damaged file)."""
+    if len(data) < 32 or data[:4] != b"DIRC":
+        return []
+    if hashlib.sha1(data[:-20], usedforsecurity=False).digest() not in (data[-20:], bytes(20)):
+        return []  # torn or damaged (twenty zeros: written with index.skipHash)
+    version, count = struct.unpack_from(">II", data, 4)
+    if version not in (2, 3, 4):
+        return []
+    found: list[tuple[bytes, str, Stat]] = []
+    offset, name, end = 12, b"", len(data) - 20
+    unpack = _ENTRY.unpack_from
+    try:
+        for _ in range(count):
+            cs, cn, ms, mn, _dev, ino, mode, _uid, _gid, size, blob, flags = unpack(data, offset)
+            start = offset + _ENTRY.size
+            extended = 0
+            if flags & _EXTENDED:
+                (extended,) = struct.unpack_from(">H", data, start)
+                start += 2
+            if version == 4:  # the path is the last one's less N bytes, plus these
+                strip, start = _varint(data, start)
+                stop = data.index(b"\0", start)
+                name = name[: len(name) - strip] + data[start:stop]
+                offset = stop + 1
+            else:  # NUL-padded to a multiple of eight bytes
+                stop = data.index(b"\0", start)
+                name = data[start:stop]
+                offset += (stop - offset + 8) & ~7
+            if offset > end:
+                return []
+            mtime = ms * 10**9 + mn
+            if (
+                mode in _PLAIN
+                and not flags & (_ASSUME_VALID | _STAGE)
+                and not extended & (_SKIP_WORKTREE | _INTENT_TO_ADD)
+                and mtime < written
+            ):
+                found.append((name, blob.hex(), (ino, size, mtime, cs * 10**9 + cn)))
+        while offset + 8 <= end:  # extensions: a split index keeps its entries elsewhere
+            if data[offset : offset + 4] == b"link":
+                return []
+            offset += 8 + struct.unpack_from(">I", data, offset + 4)[0]
+    except (struct.error, ValueError, IndexError):
+        return []
+    return found
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """git's offset varint (varint.c) at `at`: (value, where the next field starts)."""
+    byte = data[at]
+    value = byte & 0x7F
+    while byte & 0x80:
+        at += 1
+        byte = data[at]
+        value = ((value + 1) << 7) | (byte & 0x7F)
+    return value, at + 1
 
 
 def backfill(lock: Lock, steps: Sequence[Step], root: Path) -> int:

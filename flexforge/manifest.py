@@ -329,7 +329,7 @@ def _validate(path: Path, label: str, raw: bytes) -> Manifest:
     # Duplicate keys leave a document to check further; a syntax error leaves none.
     manifest = checker.check() if doc.data is not None else None
     if checker.diagnostics:
-        raise ManifestError(checker.diagnostics)
+        raise ManifestError(list(checker.diagnostics))
     assert manifest is not None
     return manifest
 
@@ -342,7 +342,9 @@ class _Checker:
         self.label = label
         self.root = path.parent
         self.doc = doc
-        self.diagnostics: list[Diagnostic] = []
+        # In the order found, each once: a dict, as 60,000 duplicate keys made a list's
+        # membership test quadratic.
+        self.diagnostics: dict[Diagnostic, None] = {}
         # where in the manifest -> (the reference as written, the root-relative file it leads to)
         self.file_refs: dict[tuple[str | int, ...], tuple[str, str]] = {}
         self.resolver = Resolver(self.root)
@@ -367,8 +369,7 @@ class _Checker:
             at = self.doc.key_where(path) if key else self.doc.where(path)
         dotted = ".".join(str(p) for p in path)
         diag = Diagnostic(self.label, at[0], at[1], dotted, message)
-        if diag not in self.diagnostics:
-            self.diagnostics.append(diag)
+        self.diagnostics.setdefault(diag)
 
     # -- structure -------------------------------------------------------------------------------
 

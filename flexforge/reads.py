@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,16 +64,37 @@ def _buffer() -> memoryview:
     return buffer
 
 
+class NotVouched(Exception):
+    """read_file(hashing=False) met a file git's index does not vouch for."""
+
+
 def read_file(
-    path: str, *, ends: bool = False, max_size: int | None = None, size: int | None = None
+    path: str,
+    *,
+    ends: bool = False,
+    max_size: int | None = None,
+    size: int | None = None,
+    hashing: bool = True,
 ) -> FileRead | None:
     """One pass over the plain file at `path` (a link to one is followed: callers confine it):
     its digest, and with `ends` its first and last bytes. None, unread, when it is larger than
-    `max_size` or not `size` bytes long. Raises OSError (fsutil.NotRegularFile for a FIFO...)."""
+    `max_size` or not `size` bytes long. Raises OSError (fsutil.NotRegularFile for a FIFO...),
+    or NotVouched without `hashing` when the digest would have to be computed."""
+    if not ends:  # a digest git's index may vouch for without opening the file
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            if _refused(st.st_size, max_size, size):
+                return None
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            vouched = gitblobs.known(path, stamp)
+            if vouched is not None:
+                return FileRead(stamp, vouched, from_git=True)
+            if not hashing:
+                raise NotVouched(path)
     fd = open_regular(path, follow=True)
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
-        if (max_size is not None and st.st_size > max_size) or (size is not None and st.st_size != size):
+        if _refused(st.st_size, max_size, size):
             return None
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         vouched = gitblobs.known(path, stamp)
@@ -82,17 +104,26 @@ def read_file(
                 head = os.pread(fd, HEAD, 0)
                 tail = os.pread(fd, TAIL, max(0, st.st_size - TAIL))
             return FileRead(stamp, vouched, head, tail, from_git=True)
+        if not hashing:
+            raise NotVouched(path)
         digest = hashlib.sha256()
         buffer = _buffer()
         head = last = b""
-        while n := f.readinto(buffer):
-            block = buffer[:n]
-            digest.update(block)
-            if ends:
-                head = head or bytes(block[:HEAD])
-                last = (last + bytes(block[-TAIL:]))[-TAIL:]
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            while n := f.readinto(buffer):
+                block = buffer[:n]
+                digest.update(block)
+                if ends:
+                    head = head or bytes(block[:HEAD])
+                    last = (last + bytes(block[-TAIL:]))[-TAIL:]
+    finally:
+        os.close(fd)
     tail = last if ends else b""
     return FileRead(stamp, digest.hexdigest(), head, tail)
+
+
+def _refused(actual: int, max_size: int | None, size: int | None) -> bool:
+    return (max_size is not None and actual > max_size) or (size is not None and actual != size)
 
 
 def read_all(jobs: Sequence[tuple[str, Options]]) -> list[FileRead | None]:
@@ -100,24 +131,41 @@ def read_all(jobs: Sequence[tuple[str, Options]]) -> list[FileRead | None]:
     a file that could not be read. The caller waits rather than working meanwhile: a thread that
     must win the GIL back from a busy main thread after each read and each hash would wait up
     to sys.getswitchinterval() (5 ms) every time. Files go to the workers in a few batches, not
-    one by one: a future per file costs a third of what hashing it does."""
-    if len(jobs) < 2 * WORKERS or WORKERS == 1:
-        done = _read_batch(jobs)
+    one by one: a future per file costs a third of what hashing it does.
+
+    Files git's index vouches for (most of a fresh clone's) are taken here first: with nothing
+    to hash, workers would only pass the GIL around, at twice the cost."""
+    done: list[FileRead | None] = [None] * len(jobs)
+    todo = list(range(len(jobs)))
+    if jobs and gitblobs.vouching():
+        todo = []
+        for i, (path, options) in enumerate(jobs):
+            try:
+                done[i] = read_file(path, **options, hashing=False)
+            except NotVouched:
+                todo.append(i)
+            except (OSError, ValueError):
+                pass  # the caller asks again the slow way, which says why
+    rest = [jobs[i] for i in todo]
+    if len(rest) < 2 * WORKERS or WORKERS == 1:
+        read = _read_batch(rest)
     else:
         count = WORKERS * BATCHES
         executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="flexforge-read")
         try:
             # Dealt round-robin, so that each batch gets its share of large and small files.
-            batches = [executor.submit(_read_batch, jobs[i::count]) for i in range(count)]
+            batches = [executor.submit(_read_batch, rest[i::count]) for i in range(count)]
             parts = [batch.result() for batch in batches]
         finally:
             # On the way out of an error or Ctrl-C, batches not yet begun are dropped.
             executor.shutdown(wait=True, cancel_futures=True)
-        done = [None] * len(jobs)
+        read = [None] * len(rest)
         for i, part in enumerate(parts):
-            done[i::count] = part
-    for (path, _), read in zip(jobs, done, strict=True):
-        _reads[path] = read
+            read[i::count] = part
+    for i, got in zip(todo, read, strict=True):
+        done[i] = got
+    for (path, _), got in zip(jobs, done, strict=True):
+        _reads[path] = got
     return done
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 try:  # the C loader is several times faster on big manifests
-    from yaml import CSafeLoader as _Loader
+    from yaml import CSafeLoader as _CLoader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+    from yaml import SafeLoader as _CLoader  # type: ignore[assignment]
 
 # Generous for any hand-written manifest, small enough to refuse alias bombs at once; a large
 # file may hold one value for every NODE_BYTES of its text (100,000 assets are ~700,000 values in
@@ -29,6 +29,8 @@ MAX_BYTES = 16 * 1024 * 1024
 
 Path_ = tuple[str | int, ...]
 _STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_MERGE = "tag:yaml.org,2002:merge"
 _SCALAR = yaml.ScalarNode
 
 
@@ -43,19 +45,84 @@ class YamlProblem:
 @dataclass(slots=True)
 class YamlDocument:
     data: Any
-    # Where each value (and each mapping key, under path + ("<key>",)) starts, 1-based.
-    positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    # The composed nodes: where a value or key stands is read from their marks only when a
+    # message or an asset's line asks (most paths of a valid manifest are never asked about).
+    root: yaml.Node | None = None
     problems: list[YamlProblem] = field(default_factory=list)
+    # Paths that stand for others (a matrix cell for its template, a candidate for its asset):
+    # new prefix -> the prefix it was made from, so that errors point where it was written.
+    moved: dict[Path_, Path_] = field(default_factory=dict)
+    _children: dict[int, dict[str, tuple[yaml.Node, yaml.Node]]] = field(default_factory=dict)
 
     def where(self, path: Path_) -> tuple[int, int]:
         """The position of `path`, or of its nearest ancestor that has one."""
-        while path not in self.positions and path:
-            path = path[:-1]
-        return self.positions.get(path, (1, 1))
+        return _position(self._walk(path)[1])
 
     def key_where(self, path: Path_) -> tuple[int, int]:
         """The position of the key naming `path` (better than its value for 'unknown key')."""
-        return self.positions.get((*path, "<key>"), self.where(path))
+        key, node, found = self._walk(path)
+        return _position(key if found and key is not None else node)
+
+    def place(self, new: Path_, like: Path_) -> None:
+        """Say that `new` (and all under it) was written at `like`."""
+        self.moved[new] = like
+
+    def _walk(self, path: Path_) -> tuple[yaml.Node | None, yaml.Node | None, bool]:
+        """(the key naming the deepest node found along `path`, that node, whether it is the
+        whole path's)."""
+        path = self._unmoved(path)
+        node, key = self.root, None
+        for part in path:
+            child = self._child(node, part)
+            if child is None:
+                return key, node, False
+            key, node = child
+        return key, node, True
+
+    def _unmoved(self, path: Path_) -> Path_:
+        for _ in range(8):  # a candidate of a matrix cell is moved twice; never a loop
+            like = self.moved.get(path[:2])
+            if like is None:
+                break
+            path = (*like, *path[2:])
+        return path
+
+    def _child(self, node: yaml.Node | None, part: str | int) -> tuple[yaml.Node | None, yaml.Node] | None:
+        if isinstance(node, yaml.SequenceNode):
+            ok = isinstance(part, int) and not isinstance(part, bool) and 0 <= part < len(node.value)
+            return (None, node.value[part]) if ok else None
+        if not isinstance(node, yaml.MappingNode) or not isinstance(part, str):
+            return None
+        return self.children(node).get(part)
+
+    def children(self, node: yaml.MappingNode) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """A mapping's (key, value) nodes by the name _Builder gives the key, the first of equal
+        ones; made once per mapping (a thousand duplicates ask a thousand times)."""
+        children = self._children.get(id(node))
+        if children is None:
+            children = self._children[id(node)] = _named_children(node)
+        return children
+
+
+def _named_children(node: yaml.MappingNode) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    named: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    constructor = yaml.constructor.SafeConstructor()
+    for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE:
+            continue
+        try:
+            name = key.value if key.tag == _STR else constructor.construct_object(key)
+        except (ValueError, yaml.YAMLError):
+            continue
+        if isinstance(name, str | int | float | bool):
+            named.setdefault(str(name), (key, value))
+    return named
+
+
+def _position(node: yaml.Node | None) -> tuple[int, int]:
+    if node is None:
+        return (1, 1)
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
 class _Builder:
@@ -72,8 +139,6 @@ class _Builder:
             raise _TooBig(f"more than {self.max_nodes} values (an alias bomb?); split the manifest")
         if depth > MAX_DEPTH:
             raise _TooBig(f"nested deeper than {MAX_DEPTH} levels")
-        mark = node.start_mark
-        self.doc.positions.setdefault(path, (mark.line + 1, mark.column + 1))
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
@@ -84,15 +149,18 @@ class _Builder:
     def _scalar(self, node: yaml.Node, path: Path_) -> Any:
         """A scalar, refusing numbers no JSON (the lock, the content key, the API) can carry:
         .nan, .inf, 1.0e400, and integers longer than Python converts (4300 digits)."""
-        if node.tag == _STR:
-            return node.value  # what SafeConstructor makes of a string, without its bookkeeping
+        tag, text = node.tag, node.value
+        if tag == _STR:
+            return text  # what SafeConstructor makes of a string, without its bookkeeping
+        if tag == _INT and text.isascii() and text.isdigit() and len(text) < 19 and text[:1] != "0":
+            return int(text)  # a plain decimal (seeds, sizes): what SafeConstructor makes of it
         try:
             value = self.scalars.construct_object(node)
         except ValueError:
             self._problem(node, path, "a number too long to use; write a smaller one")
             return None
         if isinstance(value, float) and not math.isfinite(value):
-            shown = str(node.value)[:40]
+            shown = str(text)[:40]
             self._problem(node, path, f"{shown} is not a finite number; write a number, or quote it as text")
             return None
         return value
@@ -104,14 +172,14 @@ class _Builder:
 
     def _mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict[str, Any]:
         result: dict[str, Any] = {}
-        seen: dict[str, int] = {}
-        positions = self.doc.positions
         for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
+            if key_node.tag == _MERGE:
                 self._problem(key_node, path, "merge keys (<<) are not supported; repeat the values")
                 continue
             if isinstance(key_node, yaml.ScalarNode):
-                self._spend(len(key_node.value))
+                self.text_left -= len(key_node.value)
+                if self.text_left < 0:  # keys are quoted in messages: spent before any is made
+                    self._spend(0)
                 key = key_node.value if key_node.tag == _STR else self.scalars.construct_object(key_node)
             else:
                 key = None
@@ -119,32 +187,50 @@ class _Builder:
                 self._problem(key_node, path, "a mapping key must be a plain string")
                 continue
             name = str(key)
-            child = (*path, name)
-            if name in seen:
-                shown = name if len(name) <= 60 else name[:57] + "..."
-                self._problem(
-                    key_node, child, f"duplicate key {shown!r} (first defined on line {seen[name]})"
-                )
+            if name in result:
+                self._duplicate(name, node, key_node, path)
                 continue
-            mark = key_node.start_mark
-            seen[name] = mark.line + 1
-            positions[(*child, "<key>")] = (mark.line + 1, mark.column + 1)
             if value_node.__class__ is not _SCALAR or value_node.tag != _STR or depth >= MAX_DEPTH:
-                result[name] = self.build(value_node, child, depth + 1)
+                result[name] = self.build(value_node, (*path, name), depth + 1)
                 continue
             # build() for a plain string, inline: most values of a big manifest are one.
             self.nodes += 1
             if self.nodes > self.max_nodes:
                 raise _TooBig(f"more than {self.max_nodes} values (an alias bomb?); split the manifest")
-            mark = value_node.start_mark
-            positions.setdefault(child, (mark.line + 1, mark.column + 1))
-            self._spend(len(value_node.value))
+            self.text_left -= len(value_node.value)
             result[name] = value_node.value
+        self._spend(0)  # what the keys and strings above spent: no value is used before this
         return result
+
+    def _duplicate(self, name: str, node: yaml.MappingNode, key_node: yaml.Node, path: Path_) -> None:
+        first = self.doc.children(node)[name][0]
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        line = first.start_mark.line + 1
+        self._problem(key_node, (*path, name), f"duplicate key {shown!r} (first defined on line {line})")
 
     def _problem(self, node: yaml.Node, path: Path_, message: str) -> None:
         mark = node.start_mark
         self.doc.problems.append(YamlProblem(mark.line + 1, mark.column + 1, path, message))
+
+
+_TAGS: dict[str, str] = {}  # plain scalar -> its implicit tag (a function of its text alone)
+_TAGS_LIMIT = 4096
+
+
+class _Loader(_CLoader):
+    """The loader with each plain scalar's tag looked up once: a big manifest says `seed:`,
+    `prompt:` and `references:` a thousand times, and the resolver tries a list of regexes on
+    each (a tenth of composing it)."""
+
+    def resolve(self, kind: type[yaml.Node], value: str, implicit: tuple[bool, bool]) -> str:
+        if kind is not _SCALAR or not implicit[0] or len(value) > 64:
+            return str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
+        tag = _TAGS.get(value)
+        if tag is None:
+            tag = str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
+            if len(_TAGS) < _TAGS_LIMIT:
+                _TAGS[value] = tag
+        return tag
 
 
 class _TooBig(Exception):
@@ -192,6 +278,7 @@ def parse_yaml(raw: bytes) -> YamlDocument:
         return doc
     try:
         max_nodes = max(MAX_NODES, len(text) // NODE_BYTES)
+        doc.root = node
         doc.data = _Builder(doc, 4 * len(text) + 65536, max_nodes).build(node, (), 0)
     except _TooBig as exc:
         doc.problems.append(YamlProblem(1, 1, (), str(exc)))

@@ -203,3 +203,92 @@ def test_build_completes_an_entry_recorded_without_its_references_blob_ids(tmp_p
     lock_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     assert origin.build().exit_code == 0
     assert ref_blob in origin.lock()["assets"]["hero"]["git_blobs"]
+
+
+# -- reading git's index -----------------------------------------------------------------------
+
+
+def _listed_by_git(root: Path) -> dict[bytes, tuple[str, tuple[int, int, int, int]]]:
+    """What `git ls-files -s --debug` says of each stage-0 plain file, to check read_index by."""
+    import re
+
+    # -v: assume-unchanged files are tagged "h"; skip-worktree ones are "S" either way
+    out = subprocess.run(["git", "ls-files", "-z", "-s", "-v", "--debug"], cwd=root, capture_output=True)
+    entry = re.compile(
+        rb"(\S+) (\d+) ([0-9a-f]+) (\d+)\t([^\0]*)\0  ctime: (\d+):(\d+)\n  mtime: (\d+):(\d+)\n"
+        rb"  dev: \d+\tino: (\d+)\n  uid: \d+\tgid: \d+\n  size: (\d+)\tflags: ([0-9a-f]+)\n"
+    )
+    intent_to_add = 1 << 29  # git's CE_INTENT_TO_ADD, in the flags --debug prints
+    found = {}
+    for tag, mode, blob, stage, path, cs, cn, ms, mn, ino, size, flags in entry.findall(out.stdout):
+        plain = mode in (b"100644", b"100755") and not int(flags, 16) & intent_to_add
+        if tag == b"H" and stage == b"0" and plain:
+            stat = (int(ino), int(size), int(ms) * 10**9 + int(mn), int(cs) * 10**9 + int(cn))
+            found[path] = (blob.decode(), stat)
+    return found
+
+
+def _odd_repository(root: Path) -> None:
+    """Files of every kind an index holds: nested, long, non-ASCII and executable names, a link,
+    an assume-unchanged file, a skip-worktree file and an intent-to-add one."""
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    for rel in ["a.txt", "dir/b.txt", "dir/sub/c.txt", "é/ünï.txt", "x" * 200 + ".txt", "run.sh"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+    (root / "run.sh").chmod(0o755)
+    (root / "link").symlink_to("a.txt")
+    (root / "assumed.txt").write_text("assumed")
+    (root / "skipped.txt").write_text("skipped")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "files")
+    (root / "intended.txt").write_text("later")
+    git(root, "add", "-N", "intended.txt")
+    git(root, "update-index", "--assume-unchanged", "assumed.txt")
+    git(root, "update-index", "--skip-worktree", "skipped.txt")
+    time.sleep(0.05)  # so that no file shares the index's clock tick
+    git(root, "update-index", "-q", "--really-refresh")
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_read_index_agrees_with_git_for_each_index_version(tmp_path: Path, version: int) -> None:
+    root = tmp_path / "repo"
+    _odd_repository(root)
+    git(root, "update-index", "--index-version", str(version))
+    index = root / ".git/index"
+    got = {
+        p: (blob, stat) for p, blob, stat in gitblobs.read_index(index.read_bytes(), index.stat().st_mtime_ns)
+    }
+    assert got == _listed_by_git(root)
+    assert b"dir/sub/c.txt" in got and "é/ünï.txt".encode() in got and b"run.sh" in got
+    assert not {b"link", b"assumed.txt", b"skipped.txt", b"intended.txt"} & set(got)
+
+
+def test_read_index_vouches_for_nothing_in_a_split_or_damaged_index(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    _odd_repository(root)
+    index = root / ".git/index"
+    data = index.read_bytes()
+    assert gitblobs.read_index(data, index.stat().st_mtime_ns)
+    flipped = bytearray(data)
+    flipped[100] ^= 1
+    assert gitblobs.read_index(bytes(flipped), index.stat().st_mtime_ns) == []
+    assert gitblobs.read_index(data[: len(data) // 2], index.stat().st_mtime_ns) == []
+    git(root, "update-index", "--split-index")
+    assert gitblobs.read_index(index.read_bytes(), index.stat().st_mtime_ns) == []
+
+
+def test_read_index_leaves_files_written_in_the_index_clock_tick_to_hashing(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    _odd_repository(root)
+    index = root / ".git/index"
+    stamps = [stat[2] for _, _, stat in gitblobs.read_index(index.read_bytes(), index.stat().st_mtime_ns)]
+    assert stamps
+    assert gitblobs.read_index(index.read_bytes(), min(stamps)) == []
+
+
+def test_a_project_in_a_subfolder_is_vouched_for_by_its_own_paths(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    _odd_repository(root)
+    entries = gitblobs._index_entries(os.path.realpath(root / "dir"))
+    assert set(entries) == {os.path.realpath(root / "dir/b.txt"), os.path.realpath(root / "dir/sub/c.txt")}

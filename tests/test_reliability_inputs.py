@@ -124,6 +124,15 @@ def test_aliased_duplicate_keys_are_refused_within_a_memory_budget(project: Proj
     assert len(stderr) < 100_000  # messages quote a name, they do not reproduce it
 
 
+def test_many_duplicate_keys_in_one_mapping_are_reported_within_a_cpu_budget(project: Project) -> None:
+    """Regression: each duplicate key's message names the line of the first, found by indexing
+    the mapping's keys; indexing it again for each of 60,000 duplicates was quadratic (hours)."""
+    keys = ", ".join(["k: 1"] * 60_000)
+    project.write("flexforge.yaml", f"version: 1\nassets: {{a: {{prompt: x}}}}\ny: {{{keys}}}\n")
+    stderr = assert_refused(confined(project.root, "validate", cpu_s=20), "duplicate key 'k'")
+    assert "first defined on line 3" in stderr
+
+
 def test_vars_amplified_across_a_structured_prompt_are_refused(project: Project) -> None:
     """Regression (fixed in 657d207): the fb90bd8 limit (manifest.MAX_TEXT) applies to each string on its
     own: a 64 KB var in 2,000 subjects of a structured prompt still makes a 128 MB prompt from a 140 KB

@@ -155,3 +155,30 @@ def test_the_limiter_blocks_above_its_limit_and_survives_cancelled_waiters() -> 
         assert limiter.in_use == 2
 
     run(scenario())
+
+
+def test_a_provider_reads_the_ca_bundle_once_for_both_of_its_pools(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each httpx client made its own TLS context, reading the CA bundle again (~20 ms of every
+    build's start-up). The API pool and the download pool share one, verified as httpx would."""
+    import ssl
+
+    loads: list[object] = []
+    real = ssl.SSLContext.load_verify_locations
+
+    def counted(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        loads.append(args or kwargs)
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    provider = BflProvider.for_emulator()
+    try:
+        assert len(loads) == 1
+        assert (
+            provider._client._transport._pool._ssl_context
+            is provider._downloads._transport._pool._ssl_context
+        )  # type: ignore[attr-defined]
+        assert provider._client._transport._pool._ssl_context.verify_mode == ssl.CERT_REQUIRED  # type: ignore[attr-defined]
+    finally:
+        run(provider.aclose())
