@@ -41,6 +41,7 @@ byte a second never trips). Numbers the API sends (cost) count only when they ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import random
@@ -84,6 +85,7 @@ _UNAVAILABLE = re.compile(r"unavailable|overload|capacity|maintenance|try again|
 _URL_REFUSED = frozenset({401, 403, 404, 410})
 MAX_SAFETY_TOLERANCE = 5
 POOL_CONNECTIONS = 12
+SUBMISSIONS_FIRST = 0.25  # seconds a download may wait for submissions on the wire (above)
 STEADY_POLLING = 30.0  # seconds of polling at the base interval before backing off
 # A 4 MP image is at most 16 MiB as raw RGBA; no encoded one comes near four times that.
 MAX_IMAGE_BYTES = 64 * 2**20
@@ -188,6 +190,7 @@ class FluxHttpProvider:
         self.settings = settings if settings is not None else HttpSettings.from_env()
         self.limiter = AdaptiveLimiter(max_in_flight)
         self._submitting: set[asyncio.Future[None]] = set()
+        self._quiet: list[asyncio.Future[None]] = []  # downloads waiting for no submission on the wire
         self._stopping = False
         self._durations = _cache_folder()
         prior = load_prior(self._durations, name) if self._durations is not None else None
@@ -250,8 +253,31 @@ class FluxHttpProvider:
         task.add_done_callback(self._submitted)
         await asyncio.shield(task)
 
+    async def after_submissions(self) -> None:
+        """Wait, at most SUBMISSIONS_FIRST seconds, for the submissions on the wire to be
+        answered. A task seen Ready frees its place at once, and the next task's submission
+        starts the next second of the makespan: a wave of downloads (and the writes after them)
+        taking the CPU and the API's attention at that moment made those submissions several
+        times slower. The images are not needed before the end; the downloads wait."""
+        await asyncio.sleep(0)  # the task that takes the freed place starts its submission
+        if not self._submitting:
+            return
+        quiet = asyncio.get_running_loop().create_future()
+        self._quiet.append(quiet)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(quiet, SUBMISSIONS_FIRST)
+        finally:
+            if quiet in self._quiet:
+                self._quiet.remove(quiet)
+
     def _submitted(self, task: asyncio.Future[None]) -> None:
         self._submitting.discard(task)
+        if not self._submitting:
+            waiting, self._quiet = self._quiet, []
+            for quiet in waiting:
+                if not quiet.done():
+                    quiet.set_result(None)
         if not task.cancelled():
             # Seen here, an error of a submission whose asset stopped waiting (the build was
             # stopped) is not reported again as "exception never retrieved".
@@ -483,6 +509,7 @@ class _TaskRun:
         async with self.p.limiter.slot() as slot:
             result = await self._result(slot)
         self.task.ready()
+        await self.p.after_submissions()
         return await self._download(result)
 
     async def _result(self, slot: Slot) -> dict[str, Any]:

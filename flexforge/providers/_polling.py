@@ -8,7 +8,9 @@ makespan (a `--jobs` place stays taken until the build sees Ready). So:
   and the first Ready seen tells every other task (sleeping ones are woken) when to look.
 - From then on a task sleeps until it is likely due, then looks every `fine` seconds (a fiftieth
   of the expected duration, at least 10 ms, at most the poll interval) until the latest duration
-  seen, then at the poll interval again (backing off for slow tasks, as the caller does).
+  seen, then at the poll interval again (backing off for slow tasks, as the caller does). A task
+  still Pending at the first look, made in the middle of a tight bracket (below), is looked at
+  next at the bracket's top, when that comes sooner than a fine step.
 - Whatever the schedule asks, all the build's tasks together make on average at most `rate`
   polls a second, in bursts of at most `rate` (FLEXFORGE_POLL_RATE, default 50: about what BFL's
   own sample code, polling each task every 0.5 s, makes with the account's 24 tasks in flight),
@@ -44,7 +46,7 @@ import time
 from collections import deque
 
 DEFAULT_POLL_RATE = 50  # polls a second, for all of a build's tasks together
-FINE_FRACTION = 0.02  # of the expected duration: the step between looks near it
+FINE_FRACTION = 0.01  # of the expected duration: the step between looks near it
 MIN_FINE = 0.01  # seconds
 HISTORY = 32  # finished tasks the estimate is drawn from
 PRIOR_FILE = "task-durations.json"  # in the user cache: provider -> seconds its tasks took
@@ -65,6 +67,7 @@ class PollTimer:
         self._filled = time.monotonic()
         self._sleepers: set[asyncio.Future[bool]] = set()
         self._first_look = 0.0  # elapsed time of a new task's first look, once something finished
+        self._top = 0.0  # the bracket's top, when it is one: a task looked at before is due by then
 
     # -- learning --------------------------------------------------------------------------------
 
@@ -94,7 +97,9 @@ class PollTimer:
         low = _quantile(self._lows, 1.0 - TIGHT)
         high = _quantile(self._highs, TIGHT)
         if high <= low:  # durations vary more than the looks resolve
+            self._top = 0.0
             return _median(self._lows)
+        self._top = high
         return (low + high) / 2
 
     def expected(self) -> float | None:
@@ -132,6 +137,10 @@ class PollTimer:
             return self._first_look - elapsed
         if last is not None and last < self._first_look:
             return 0.0
+        if last is not None and last < self._top:
+            # Pending at the bracket's middle: most tasks are Ready by its top, sooner than a
+            # fine step (a look there finds them, instead of one a whole step late).
+            return _after(last, min(fine, self._top - last), elapsed)
         if (elapsed if last is None else last) < max(self._highs) + fine:
             return _after(last, fine, elapsed)
         return _after(last, interval, elapsed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ def test_a_finished_task_tells_the_others_when_to_look() -> None:
     timer.finished(0.9, 1.0)  # last seen Pending at 0.9 s, Ready at 1.0 s
     fine = timer.fine()
 
-    assert fine == pytest.approx(0.02)  # a fiftieth of the expected second
+    assert fine == pytest.approx(0.01)  # a hundredth of the expected second
     # Sleep until halfway between the last Pending and the Ready look: each look narrows it.
     assert timer.wait(0.0, INTERVAL, first=True) == pytest.approx(0.95)
     assert timer.wait(0.5, INTERVAL) == pytest.approx(0.45)
@@ -62,6 +63,17 @@ def test_tasks_of_one_duration_are_soon_seen_ready_within_a_fine_step_in_two_loo
     settled = seen[10:]
     assert max(late for _, late in settled) <= 1.05 * timer.fine(), seen  # fine: learnt, ~20 ms
     assert sum(looks for looks, _ in settled) / len(settled) <= 2.0, seen
+
+
+def test_a_task_pending_in_the_middle_of_a_tight_bracket_is_looked_at_at_its_top() -> None:
+    """Last seen Pending at 0.995 s and Ready at 1.0 s: a look halfway that finds the task
+    Pending is followed by one at the bracket's top, not a whole fine step later."""
+    timer = PollTimer()
+    timer.finished(0.995, 1.0)
+
+    assert timer.wait(0.0, INTERVAL, first=True) == pytest.approx(0.9975)
+    assert timer.wait(0.9975, INTERVAL, last=0.9975) == pytest.approx(0.0025)
+    assert timer.wait(1.0, INTERVAL, last=1.0) == pytest.approx(timer.fine())  # past it: finely
 
 
 def test_tasks_whose_durations_vary_widely_are_first_looked_at_the_median_lower_bound() -> None:
@@ -183,7 +195,7 @@ def test_with_the_last_builds_duration_the_first_task_is_looked_at_just_before_i
     fine = timer.fine(1.0)
 
     assert timer.wait(0.0, INTERVAL, first=True) == pytest.approx(1.0 - fine)  # no random sampling
-    assert timer.wait(0.99, INTERVAL, last=1.0 - fine) == pytest.approx(fine - 0.01)  # then finely
+    assert timer.wait(0.995, INTERVAL, last=1.0 - fine) == pytest.approx(fine - 0.005)  # then finely
     assert timer.wait(1.3, INTERVAL, last=1.29) == pytest.approx(INTERVAL - 0.01)  # a wrong prior: back off
     timer.finished(1.9, 2.0)  # this build's own tasks take over at once
     assert timer.wait(0.0, INTERVAL, first=True) == pytest.approx(1.95)
@@ -218,3 +230,44 @@ def test_a_build_leaves_its_task_duration_for_the_next_one(emulator_factory: Emu
 
     assert second.polls.prior is not None and 0.15 <= second.polls.prior <= 1.0
     run(one(second))
+
+
+def test_a_ready_tasks_download_waits_for_the_submission_that_took_its_place(
+    emulator_factory: EmulatorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The place a Ready task frees goes to the next submission, which starts the next stretch
+    of the makespan: the image's download waits until that submission is answered (a wave of
+    downloads made the submissions beside it several times slower), and only that long."""
+    from flexforge.providers.bfl import BflProvider
+    from tests.support.emulator import FAST, SECRET
+
+    emu = emulator_factory(latency=0.05)
+    provider = BflProvider(emu.url, SECRET, emulated=True, max_in_flight=1, settings=FAST)
+    events: list[tuple[str, str, str]] = []
+    real = provider.call
+
+    async def call(method: str, url: str, *, phase: str, **kwargs: Any) -> Any:
+        submits = sum(1 for e in events if e[:2] == ("submit", "start"))
+        events.append((phase, "start", str(submits)))
+        if phase == "submit" and submits == 1:
+            await asyncio.sleep(0.2)  # the second task's submission is slow to answer
+        response = await real(method, url, phase=phase, **kwargs)  # type: ignore[arg-type]
+        events.append((phase, "end", str(submits)))
+        return response
+
+    monkeypatch.setattr(provider, "call", call)
+
+    async def both() -> None:
+        try:
+            await asyncio.gather(
+                provider.generate(image_request(asset_id="a"), RecordingTask()),
+                provider.generate(image_request(asset_id="b"), RecordingTask()),
+            )
+        finally:
+            await provider.aclose()
+
+    asyncio.run(both())
+    steps = [e[:2] for e in events]
+    second_submit_end = steps.index(("submit", "end"), steps.index(("submit", "end")) + 1)
+    first_download = steps.index(("download", "start"))
+    assert first_download > second_submit_end, events

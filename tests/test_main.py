@@ -1,0 +1,48 @@
+"""`python -m flexforge`: how the process ends. It skips the interpreter's teardown once nothing
+is left running, and must lose neither output nor exit code by it."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from flexforge.__main__ import _leave
+from tests.helpers import Project
+from tests.support.spawn import run_flexforge
+
+
+def test_a_plans_whole_output_and_exit_code_reach_a_pipe(project: Project) -> None:
+    """Much more than a pipe's buffer, then os._exit: every byte was flushed first."""
+    assets = "".join(f'  a{i:04d}: {{prompt: "A poster, number {i}"}}\n' for i in range(600))
+    project.manifest("version: 1\nassets:\n" + assets)
+
+    done = run_flexforge("-C", str(project.root), "plan", "--json", "--provider", "draft")
+    changes = run_flexforge(
+        "-C", str(project.root), "plan", "--provider", "draft", "--detailed-exitcode", "-q"
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["assets"]) == 600
+    assert changes.returncode == 2, changes.stderr
+
+
+def test_a_thread_still_at_work_gets_the_normal_exit() -> None:
+    """A thread that is not a daemon may be writing something: Python's exit waits for it."""
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    try:
+        with pytest.raises(SystemExit) as raised:
+            _leave(SystemExit(3))
+        assert raised.value.code == 3
+    finally:
+        release.set()
+        worker.join()
+
+
+def test_an_exit_with_a_message_gets_the_normal_exit() -> None:
+    with pytest.raises(SystemExit) as raised:
+        _leave(SystemExit("usage: ..."))
+    assert raised.value.code == "usage: ..."
