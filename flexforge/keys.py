@@ -99,9 +99,12 @@ def known_parts(
     return _parts(asset.prompt, request_params(asset), seed, generator, asset.model, files, upstream)
 
 
+# json.dumps with these options, made once: dumps builds an encoder on every call otherwise.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _digest(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(value).encode()).hexdigest()
 
 
 def request_params(asset: Asset) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class Current:
         self._rel = rel
         self._size: int | None = None
         self._stat_done = False
+        self._stamp: list[int] | None = None  # a plain file's, for digest(): one stat for both
         self._digest: str | None = None
         self._hashed = False
 
@@ -76,17 +77,23 @@ class Current:
         if not self._stat_done:
             self._stat_done = True
             try:
-                st = os.stat(self._store.root / self._rel)
-                self._size = st.st_size if stat.S_ISREG(st.st_mode) else -1
+                st = os.stat(os.path.join(self._store.root, self._rel))
             except OSError:
                 self._size = None
+            else:
+                if stat.S_ISREG(st.st_mode):
+                    self._size = st.st_size
+                    self._stamp = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+                else:
+                    self._size = -1
         return self._size
 
     @property
     def digest(self) -> str | None:
         if not self._hashed:
             self._hashed = True
-            self._digest = self._store.digest(self._rel)
+            self.size  # noqa: B018 - the stamp the digest is read under
+            self._digest = self._store.digest(self._rel, self._stamp)
         return self._digest
 
     def matches(self, sha256: str, size: int) -> bool:

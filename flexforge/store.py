@@ -284,14 +284,16 @@ class Store:
             and not racy(entry, written)
         }
 
-    def digest(self, rel: str) -> str | None:
+    def digest(self, rel: str, stamp: list[int] | None = None) -> str | None:
         """sha256 of the file at root-relative `rel`, or None when it does not exist. Content
-        decides freshness; the stat triple only spares re-reading unchanged files."""
+        decides freshness; the stat triple only spares re-reading unchanged files. `stamp`: the
+        file's, taken by the caller just now."""
         from flexforge import reads
         from flexforge.fsutil import sha256_file
 
         path = os.path.join(self.root, rel)
-        stamp = file_stamp(path)
+        if stamp is None:
+            stamp = file_stamp(path)
         if stamp is None:
             return None
         self.observed[rel] = stamp
