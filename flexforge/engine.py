@@ -507,12 +507,15 @@ class Builder:
         data, problem = self.facts.sources.fetch(source, asset)
         if data is None:
             return None, problem
-        return self._stage_restored(asset, data, dest), None
+        return self._stage_restored(asset, data, dest=dest), None
 
-    def _stage_restored(self, asset: Asset, data: bytes, dest: Path | None = None) -> Path:
-        """Verified restored bytes staged at the asset's output, without fsync; cached too if
-        others build on them (they read their inputs from the cache)."""
-        written = self.recorder.restore(asset.out, dest or self._output_path(asset), data)
+    def _stage_restored(
+        self, asset: Asset, data: bytes, blob: str | None = None, dest: Path | None = None
+    ) -> Path:
+        """Verified restored bytes (whose git blob id is `blob`, when git named it) staged at the
+        asset's output, without fsync; cached too if others build on them (they read their
+        inputs from the cache)."""
+        written = self.recorder.restore(asset.out, dest or self._output_path(asset), data, blob)
         if asset.id in self.read_here or (asset.id in self.referenced and is_temp(written)):
             self.store.put_object(data)  # a no-op when cached already
         return written

@@ -257,11 +257,14 @@ class History:
         found = self._object(f"{commit}:{self._repo_path(out)}", size)
         return found[1] if found is not None and len(found[1]) == size else None
 
-    def read_many(self, wanted: list[tuple[str, str, int]]) -> Iterator[bytes | None]:
-        """`read` for each (commit, out, size), in order, streamed: the blob ids come from one
-        `git ls-tree` per commit and the bytes from one `git cat-file --batch` pass fed by a
-        thread, so a thousand restores cost no tree walk and no round trip each. Stop early by
-        closing the iterator."""
+    def read_many(self, wanted: list[tuple[str, str, int]]) -> Iterator[tuple[bytes, str] | None]:
+        """`read` for each (commit, out, size), in order, streamed, with git's blob id of the
+        bytes: the blob ids come from one `git ls-tree` per commit and the bytes from one `git
+        cat-file --batch` pass fed by a thread, so a thousand restores cost no tree walk and no
+        round trip each. Stop early by closing the iterator.
+
+        The blob id is the object's name in git's store, whose objects git checked against their
+        names when they arrived (index-pack): it need not be computed again."""
         names = self._blob_ids(wanted)
         asked = [name for name in names if name is not None]
         if not asked:
@@ -283,11 +286,11 @@ class History:
                     yield None
                     continue
                 try:
-                    data = _next_blob(batch.stdout, size)
+                    found = _next_blob(batch.stdout, size)
                 except (OSError, ValueError):
                     broken = True  # git died or said something else: the rest are read one by one
-                    data = None
-                yield data
+                    found = None
+                yield found
         finally:
             batch.kill()
             batch.wait()
@@ -465,13 +468,14 @@ def _widen(stream: IO[bytes]) -> None:
         fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)  # type: ignore[attr-defined,unused-ignore]
 
 
-def _next_blob(stream: IO[bytes], size: int) -> bytes | None:
-    """The next object `git cat-file --batch` answers with, if it is a blob of `size` bytes."""
+def _next_blob(stream: IO[bytes], size: int) -> tuple[bytes, str] | None:
+    """The next object `git cat-file --batch` answers with, if it is a blob of `size` bytes:
+    its bytes and its id."""
     line = stream.readline()
     if line.endswith((b" missing\n", b" ambiguous\n")):  # after a name that may hold spaces
         return None
     header = line.split()
-    if len(header) != 3:
+    if len(header) != 3 or not _OBJECT_ID.match(header[0].decode("ascii", "replace")):
         raise ValueError("git cat-file said something else")
     kind, length = header[1], int(header[2])
     if kind != b"blob" or length != size:
@@ -479,7 +483,7 @@ def _next_blob(stream: IO[bytes], size: int) -> bytes | None:
         return None
     data = _read_exact(stream, length)
     stream.read(1)  # the newline after each object
-    return data
+    return data, header[0].decode("ascii")
 
 
 def _read_exact(stream: IO[bytes], length: int) -> bytes:

@@ -114,13 +114,13 @@ class Outputs:
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._inflight: tuple[concurrent.futures.Future[dict[str, str]], _Batch] | None = None
 
-    def stage(self, dest: Path, data: bytes, *, durable: bool = True) -> Path:
+    def stage(self, dest: Path, data: bytes, *, durable: bool = True, blob: str | None = None) -> Path:
         """`data` written beside `dest`, for `record` to rename into place with the next lock
         write. Not `durable`: fsynced at that write instead, together with the others (bytes that
         are free to fetch again, such as a restore: a thousand cost one sync, not a thousand).
         Safe to call from worker threads."""
         staged = stage_bytes(dest, data, durable=durable)
-        self._blobs[staged] = gitblobs.blob_id(data)  # one dict store: safe across threads
+        self._blobs[staged] = blob or gitblobs.blob_id(data)  # one dict store: safe across threads
         return staged
 
     def intend(self, outs: Iterable[str]) -> None:
@@ -144,19 +144,20 @@ class Outputs:
         self._writing = record
         self._in_place = frozenset(wanted)
 
-    def restore(self, out: str, dest: Path, data: bytes) -> Path:
+    def restore(self, out: str, dest: Path, data: bytes, blob: str | None = None) -> Path:
         """Restored bytes for the output `out` at `dest`: written there in place when `intend`
         listed it and the manifest and lock are still those this build read (after a `git
         checkout` meanwhile they are staged, and the lock write then refuses them), else staged
-        beside it without fsync. Returns what `record` takes. Safe to call from worker threads."""
+        beside it without fsync. Returns what `record` takes. Safe to call from worker threads.
+        `blob`: the bytes' git blob id, when git named them (else computed here)."""
         if out in self._in_place:
-            blob = gitblobs.blob_id(data)
+            blob = blob or gitblobs.blob_id(data)
             with self._in_place_mutex:
                 if not self._closed and not self._switched():
                     overwrite(dest, data, folder=self._folder(dest.parent))
                     self._blobs[dest] = blob
                     return dest
-        return self.stage(dest, data, durable=False)
+        return self.stage(dest, data, durable=False, blob=blob)
 
     def _folder(self, folder: Path) -> int | None:
         """A descriptor on `folder` as it really is now (checked to be inside the project root),

@@ -28,7 +28,7 @@ WAKE_AFTER = 0.02  # seconds
 
 # (staged file, None) or (None, why not); an exception is what staging raised (a full disk).
 Fetched = tuple[Path | None, str | None] | BaseException
-Stage = Callable[[Asset, bytes], Path]
+Stage = Callable[[Asset, bytes, str | None], Path]  # the asset, its bytes, their git blob id if known
 
 
 class GitPrefetch:
@@ -73,11 +73,13 @@ class GitPrefetch:
         try:
             pairs = [(s.source, s.asset) for s in todo if s.source is not None]
             with contextlib.closing(self._sources.fetch_many(pairs)) as stream:
-                for step, (data, problem) in zip(todo, stream, strict=True):
+                for step, (data, problem, blob) in zip(todo, stream, strict=True):
                     fetched: Fetched
                     try:
                         fetched = (
-                            (self._stage(step.asset, data), None) if data is not None else (None, problem)
+                            (self._stage(step.asset, data, blob), None)
+                            if data is not None
+                            else (None, problem)
                         )
                     except Exception as exc:  # a full disk, an output path turned into a link
                         fetched = exc

@@ -224,22 +224,25 @@ class Sources:
 
     def fetch_many(
         self, wanted: list[tuple[Source, Asset]]
-    ) -> Generator[tuple[bytes | None, str | None], None, None]:
-        """`fetch` for each (source, asset), in order; git sources are streamed from one pass over
-        git's objects, and one that fails there is fetched again on its own (another commit that
-        recorded the same bytes may still have them)."""
+    ) -> Generator[tuple[bytes | None, str | None, str | None], None, None]:
+        """`fetch` for each (source, asset), in order, with the git blob id of the bytes when git
+        named it (else None); git sources are streamed from one pass over git's objects, and one
+        that fails there is fetched again on its own (another commit that recorded the same
+        bytes may still have them)."""
         history = self.history
         at_once = [(s.commit, s.path, s.size) for s, _ in wanted if s.kind == GIT and s.commit and s.path]
         stream = iter(history.read_many(at_once) if history is not None and at_once else ())
         try:
             for source, asset in wanted:
                 streamed = source.kind == GIT and source.commit and source.path
-                data = next(stream, None) if streamed else None
-                if data is None or sha256_bytes(data) != source.sha256:
-                    yield self.fetch(source, asset)
+                found = next(stream, None) if streamed else None
+                if found is None or sha256_bytes(found[0]) != source.sha256:
+                    yield (*self.fetch(source, asset), None)
                     continue
+                data, blob = found
                 problem = declared_problem(data, asset)
-                yield (None, problem) if problem is not None else (data, None)
+                # gitblobs pairs SHA-1 blob ids only (a SHA-256 repository's are longer)
+                yield (None, problem, None) if problem is not None else (data, None, _sha1_id(blob))
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
@@ -347,3 +350,7 @@ def declared_problem(data: bytes, asset: Asset) -> str | None:
         return None
     problem = header_problem(data, width, height, asset.output_format)
     return None if problem is None else f"not the declared image ({problem})"
+
+
+def _sha1_id(blob: str) -> str | None:
+    return blob if len(blob) == 40 else None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from flexforge.gitblobs import blob_id
 from flexforge.history import History
 from flexforge.lockfile import Lock, LockEntry
 
@@ -147,7 +148,10 @@ def test_read_many_streams_every_version_in_order(
         (first, "assets/no such.png", 3),  # a name with a space, missing
         (second, "assets/hero.png", len(b"second image")),  # still in step after all that
     ]
-    got = list(history.read_many(wanted))
+    streamed = list(history.read_many(wanted))
+    # Each with git's id of its bytes, what gitblobs.blob_id computes from them.
+    assert all(found is None or found[1] == blob_id(found[0]) for found in streamed)
+    got = [None if found is None else found[0] for found in streamed]
     first_image, second_image = b"first image", b"second image"
     # A link's blob is its target's name: ls-tree leaves it out, `commit:path` (as `read`) gives
     # those bytes, which the caller's sha256 check refuses.
@@ -162,7 +166,7 @@ def test_read_many_stopped_early_leaves_no_git_running(repo: Path, tmp_path: Pat
     history = History.open(repo, repo / "flexforge.lock", None)
     assert history is not None
     stream = history.read_many([(first, "assets/hero.png", 300_000)] * 50)
-    assert next(stream) == b"x" * 300_000
+    assert next(stream) == (b"x" * 300_000, blob_id(b"x" * 300_000))
     stream.close()  # the reader stops: git and the thread feeding it are stopped too
     children = subprocess.run(
         ["ps", "-o", "args=", "--ppid", str(os.getpid())], capture_output=True, text=True

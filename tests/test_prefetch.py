@@ -37,6 +37,7 @@ class Repo:
 
     def __init__(self, root: Path) -> None:
         root.mkdir()
+        self.blobs: list[str | None] = []  # the git blob id each staging was given
         git(root, "init", "-q", "-b", "main")
         assets = "".join(f"  a{i}: {{prompt: 'p{i}', seed: 1}}\n" for i in range(N))
         (root / "flexforge.yaml").write_text(
@@ -68,9 +69,12 @@ class Repo:
     def asset(self, asset_id: str) -> Asset:
         return self.manifest.assets[asset_id]
 
-    def stage(self, asset: Asset, data: bytes) -> Path:
+    def stage(self, asset: Asset, data: bytes, blob: str | None) -> Path:
         from flexforge.fsutil import stage_bytes
+        from flexforge.gitblobs import blob_id
 
+        assert blob == blob_id(data)  # git named the bytes it gave: no need to hash them again
+        self.blobs.append(blob)
         return stage_bytes(self.root / asset.out, data, durable=False)
 
 
@@ -97,6 +101,7 @@ def test_every_planned_restore_takes_its_verified_bytes(repo: Repo) -> None:
         return got
 
     assert asyncio.run(run()) == repo.data
+    assert len(repo.blobs) == len(repo.data)
     repo.sources.close()
 
 
@@ -142,7 +147,7 @@ def test_a_stopped_build_leaves_no_staged_file(repo: Repo) -> None:
 
 
 def test_a_staging_error_fails_that_restore(repo: Repo) -> None:
-    def full_disk(asset: Asset, data: bytes) -> Path:
+    def full_disk(asset: Asset, data: bytes, blob: str | None) -> Path:
         raise OSError(28, "No space left on device")
 
     async def run() -> None:

@@ -6,7 +6,7 @@ makespan (a `--jobs` place stays taken until the build sees Ready). So:
 - Before any task has finished, each task is looked at every poll interval, its first look at
   a random moment within the first interval: together the first wave's tasks sample it finely,
   and the first Ready seen tells every other task (sleeping ones are woken) when to look.
-- From then on a task sleeps until it is likely due, then looks every `fine` seconds (a fiftieth
+- From then on a task sleeps until it is likely due, then looks every `fine` seconds (a hundredth
   of the expected duration, at least 10 ms, at most the poll interval) until the latest duration
   seen, then at the poll interval again (backing off for slow tasks, as the caller does). A task
   still Pending at the first look, made in the middle of a tight bracket (below), is looked at
