@@ -125,6 +125,8 @@ MAX_PATH_BYTES = 1024
 def path_length_problem(rel: str) -> str | None:
     """Why a relative path is too long for the file systems a repository is checked out on."""
     encoded = rel.encode("utf-8", "surrogatepass")
+    if len(encoded) <= MAX_NAME_BYTES:
+        return None  # no name in it can be longer than the whole (most paths)
     if len(encoded) > MAX_PATH_BYTES:
         return f"is {len(encoded)} bytes long; paths may be at most {MAX_PATH_BYTES}"
     longest = max((len(part.encode("utf-8", "surrogatepass")) for part in rel.split("/")), default=0)
@@ -354,7 +356,9 @@ class _Checker:
         self.unwritten: set[str] = set()
         # Reference files to read (digest and header in one pass) once every asset is checked:
         # (where in the manifest, the reference as written, the file it leads to).
-        self.to_read: list[tuple[tuple[str | int, ...], str, str]] = []
+        # (where in the manifest, the reference as written, the file it leads to, asset ids a
+        # misspelt one may have meant).
+        self.to_read: list[tuple[tuple[str | int, ...], str, str, dict[str, Any]]] = []
         self.ref_sizes: dict[str, tuple[int, int]] = {}  # reference as written -> its header's size
 
     def error(
@@ -791,12 +795,7 @@ class _Checker:
             return
         # Spelled any way ('a/../b', a link inside the root), a file is known by where it leads.
         self.file_refs[path] = (ref, self.resolver.relative(target))
-        if not os.path.isfile(target):
-            hint = difflib.get_close_matches(ref, list(all_assets), n=1)
-            also = f" (did you mean asset {hint[0]!r}?)" if hint else ""
-            self.error(path, f"reference {ref!r} is neither an asset id nor a file under the root{also}")
-            return
-        self.to_read.append((path, ref, target))
+        self.to_read.append((path, ref, target, all_assets))  # a file? the read says (below)
 
     def _judge_references(self) -> None:
         """Every reference file read once, on all cores: its header judged here, its digest kept
@@ -805,8 +804,13 @@ class _Checker:
         from flexforge.imaging import MAX_REFERENCE_BYTES
 
         options: reads.Options = {"ends": True, "max_size": MAX_REFERENCE_BYTES}
-        done = reads.read_all([(target, options) for _, _, target in self.to_read])
-        for (path, ref, target), read in zip(self.to_read, done, strict=True):
+        done = reads.read_all([(target, options) for _, _, target, _ in self.to_read])
+        for (path, ref, target, all_assets), read in zip(self.to_read, done, strict=True):
+            if read is None and not os.path.isfile(target):  # asked only when the read failed
+                hint = difflib.get_close_matches(ref, list(all_assets), n=1)
+                also = f" (did you mean asset {hint[0]!r}?)" if hint else ""
+                self.error(path, f"reference {ref!r} is neither an asset id nor a file under the root{also}")
+                continue
             self._judge_reference(path, ref, target, read)
         self.to_read.clear()
 
