@@ -236,6 +236,7 @@ def _index_entries(root: str) -> dict[str, tuple[str, Stat]]:
 
 
 _REV_PARSE = ("git", "rev-parse", "--path-format=absolute")
+MAX_PATH_BYTES = 4096  # PATH_MAX: a longer name in an index is not one git wrote
 MAX_INDEX_BYTES = 512 * 2**20
 _LOW32 = 2**32 - 1
 # ctime s, ns, mtime s, ns, dev, ino, mode, uid, gid, size (all 32 bits), blob id, flags
@@ -274,6 +275,8 @@ def read_index(data: bytes, written: int) -> list[tuple[bytes, str, Stat]]:
                 stop = data.index(b"\0", start)
                 name = name[: len(name) - strip] + data[start:stop]
                 offset = stop + 1
+                if len(name) > MAX_PATH_BYTES:  # grown by every entry: git writes none so long
+                    return []
             else:  # NUL-padded to a multiple of eight bytes
                 stop = data.index(b"\0", start)
                 name = data[start:stop]

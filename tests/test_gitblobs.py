@@ -292,3 +292,20 @@ def test_a_project_in_a_subfolder_is_vouched_for_by_its_own_paths(tmp_path: Path
     _odd_repository(root)
     entries = gitblobs._index_entries(os.path.realpath(root / "dir"))
     assert set(entries) == {os.path.realpath(root / "dir/b.txt"), os.path.realpath(root / "dir/sub/c.txt")}
+
+
+def test_read_index_refuses_a_v4_index_whose_paths_only_grow(tmp_path: Path) -> None:
+    """Regression: a version 4 index names each path as the last one's plus a suffix; one made to
+    grow them without end (20,000 entries of 100 more bytes each) cost quadratic copying. A path
+    longer than PATH_MAX is no index git wrote: nothing is vouched for."""
+    import hashlib
+    import struct
+
+    entries = []
+    for _ in range(20_000):
+        fixed = struct.pack(">10I20sH", 1, 0, 1, 0, 0, 1, 0o100644, 0, 0, 1, bytes(20), 0)
+        entries.append(fixed + b"\x00" + b"a" * 100 + b"\x00")  # strip nothing, add 100 bytes
+    body = b"DIRC" + struct.pack(">II", 4, len(entries)) + b"".join(entries)
+    data = body + hashlib.sha1(body).digest()
+
+    assert gitblobs.read_index(data, 10**18) == []
