@@ -180,7 +180,11 @@ class _Builder:
                 self.text_left -= len(key_node.value)
                 if self.text_left < 0:  # keys are quoted in messages: spent before any is made
                     self._spend(0)
-                key = key_node.value if key_node.tag == _STR else self.scalars.construct_object(key_node)
+                try:
+                    key = key_node.value if key_node.tag == _STR else self.scalars.construct_object(key_node)
+                except ValueError:  # an int longer than Python converts, as for a value
+                    self._problem(key_node, path, "a number too long to use; write a smaller one")
+                    continue
             else:
                 key = None
             if not isinstance(key, str | int | float | bool) or key is None:

@@ -92,3 +92,12 @@ def test_an_alias_bomb_of_empty_lists_is_still_refused() -> None:
         text += f"l{level}: &l{level} [{', '.join(['*' + prev] * 10)}]\n"
     doc = parse_yaml(text.encode())
     assert any("alias bomb" in p.message for p in doc.problems)
+
+
+def test_a_key_that_is_a_number_too_long_is_a_problem_not_a_crash() -> None:
+    """`? 999...9` (5,000 digits) as a key: Python refuses to make that int; the manifest gets
+    a message at the key, as the same number as a value does."""
+    digits = "9" * 5000
+    doc = parse_yaml(f"version: 1\nextra:\n  ? {digits}\n  : 1\n".encode())
+    assert [(p.line, p.col) for p in doc.problems] == [(3, 5)]
+    assert "too long" in doc.problems[0].message
