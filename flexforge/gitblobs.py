@@ -244,6 +244,7 @@ _ENTRY = struct.Struct(">10I20sH")
 _PLAIN = (0o100644, 0o100755)
 _ASSUME_VALID, _EXTENDED, _STAGE = 0x8000, 0x4000, 0x3000
 _SKIP_WORKTREE, _INTENT_TO_ADD = 0x4000, 0x2000
+_EMPTY_BLOB = bytes.fromhex("e69de29bb2d1d6434b8b29ae775ad8c2e48c5391")  # git's only size-0 blob
 
 
 def read_index(data: bytes, written: int) -> list[tuple[bytes, str, Stat]]:
@@ -289,6 +290,7 @@ def read_index(data: bytes, written: int) -> list[tuple[bytes, str, Stat]]:
                 and not flags & (_ASSUME_VALID | _STAGE)
                 and not extended & (_SKIP_WORKTREE | _INTENT_TO_ADD)
                 and mtime < written
+                and (size or blob == _EMPTY_BLOB)  # size 0: smudged by git, "racily clean"
             ):
                 found.append((name, blob.hex(), (ino, size, mtime, cs * 10**9 + cn)))
         while offset + 8 <= end:  # extensions: a split index keeps its entries elsewhere

@@ -309,3 +309,32 @@ def test_read_index_refuses_a_v4_index_whose_paths_only_grow(tmp_path: Path) -> 
     data = body + hashlib.sha1(body).digest()
 
     assert gitblobs.read_index(data, 10**18) == []
+
+
+def test_an_entry_git_smudged_vouches_for_nothing_even_when_the_file_is_empty(tmp_path: Path) -> None:
+    """Regression: git zeroes the size of a "racily clean" entry whose file changed in the clock
+    tick of its stat (racy-git.txt), and from then on takes a size-0 entry of a non-empty blob
+    as changed. A file emptied in that tick keeps the other stat fields: the index's stat then
+    matches the file's, but the blob is the old bytes."""
+    import struct
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / "ref.png").write_bytes(b"the old bytes")
+    git(root, "add", "ref.png")
+    (root / "ref.png").write_bytes(b"")  # emptied just after git's stat...
+    st = os.stat(root / "ref.png")
+    index = root / ".git/index"
+    data = bytearray(index.read_bytes())
+    # ...in the same tick: the one entry as git's smudge leaves it (the stat then, size zeroed)
+    ctime, mtime = divmod(st.st_ctime_ns, 10**9), divmod(st.st_mtime_ns, 10**9)
+    struct.pack_into(">4I", data, 12, *ctime, *mtime)
+    struct.pack_into(">I", data, 12 + 20, st.st_ino & 0xFFFFFFFF)
+    struct.pack_into(">I", data, 12 + 36, 0)
+    data[-20:] = hashlib.sha1(bytes(data[:-20])).digest()
+    time.sleep(0.05)  # the index written in a later tick than the file
+    index.write_bytes(bytes(data))
+    assert subprocess.run(["git", "diff", "--quiet"], cwd=root).returncode == 1  # git: changed
+
+    assert os.path.realpath(root / "ref.png") not in gitblobs._index_entries(os.path.realpath(root))
