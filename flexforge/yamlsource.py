@@ -112,7 +112,7 @@ def _named_children(node: yaml.MappingNode) -> dict[str, tuple[yaml.Node, yaml.N
             continue
         try:
             name = key.value if key.tag == _STR else constructor.construct_object(key)
-        except (ValueError, yaml.YAMLError):
+        except (ValueError, yaml.YAMLError, *_UNMADE):
             continue
         if isinstance(name, str | int | float | bool):
             named.setdefault(str(name), (key, value))
@@ -159,6 +159,9 @@ class _Builder:
         except ValueError:
             self._problem(node, path, "a number too long to use; write a smaller one")
             return None
+        except _UNMADE:
+            self._unmade(node, path)
+            return None
         if isinstance(value, float) and not math.isfinite(value):
             shown = str(text)[:40]
             self._problem(node, path, f"{shown} is not a finite number; write a number, or quote it as text")
@@ -184,6 +187,9 @@ class _Builder:
                     key = key_node.value if key_node.tag == _STR else self.scalars.construct_object(key_node)
                 except ValueError:  # an int longer than Python converts, as for a value
                     self._problem(key_node, path, "a number too long to use; write a smaller one")
+                    continue
+                except _UNMADE:
+                    self._unmade(key_node, path)
                     continue
             else:
                 key = None
@@ -212,10 +218,19 @@ class _Builder:
         line = first.start_mark.line + 1
         self._problem(key_node, (*path, name), f"duplicate key {shown!r} (first defined on line {line})")
 
+    def _unmade(self, node: yaml.Node, path: Path_) -> None:
+        tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+        shown = str(node.value)[:40]
+        self._problem(node, path, f"{shown!r} is not a valid {tag}; remove the tag or quote the text")
+
     def _problem(self, node: yaml.Node, path: Path_, message: str) -> None:
         mark = node.start_mark
         self.doc.problems.append(YamlProblem(mark.line + 1, mark.column + 1, path, message))
 
+
+# What PyYAML's constructors raise for a tagged scalar they cannot make (`!!bool maybe`,
+# `!!timestamp soon`, an empty `!!int`) besides ValueError.
+_UNMADE = (KeyError, IndexError, AttributeError, TypeError)
 
 _TAGS: dict[str, str] = {}  # plain scalar -> its implicit tag (a function of its text alone)
 _TAGS_LIMIT = 4096

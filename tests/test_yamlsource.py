@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -101,3 +102,15 @@ def test_a_key_that_is_a_number_too_long_is_a_problem_not_a_crash() -> None:
     doc = parse_yaml(f"version: 1\nextra:\n  ? {digits}\n  : 1\n".encode())
     assert [(p.line, p.col) for p in doc.problems] == [(3, 5)]
     assert "too long" in doc.problems[0].message
+
+
+@pytest.mark.parametrize("tagged", ["!!timestamp soon", "!!bool maybe", '!!int ""', '!!float ""'])
+def test_a_tagged_scalar_its_tag_cannot_make_is_a_located_problem(tagged: str) -> None:
+    """Regression: `!!bool maybe`, `!!timestamp soon`, an empty `!!int` made PyYAML's constructor
+    fail with KeyError, AttributeError or IndexError: "internal error". As a value and as a key."""
+    doc = parse_yaml(f"version: 1\nvars:\n  brand: {tagged}\n".encode())
+    assert [(p.line, p.col, p.path) for p in doc.problems] == [(3, 10, ("vars", "brand"))]
+    assert tagged.split()[0] in doc.problems[0].message
+    doc = parse_yaml(f"version: 1\nvars:\n  ? {tagged}\n  : 1\n  brand: x\n".encode())
+    assert [(p.line, p.col) for p in doc.problems] == [(3, 5)]
+    assert doc.key_where(("vars", "brand")) == (5, 3)  # the mapping's keys named for a message
