@@ -217,7 +217,8 @@ def _index_entries(root: str) -> dict[str, tuple[str, Stat]]:
         lines = os.fsdecode(where.stdout).split("\n")
         if where.returncode != 0 or len(lines) < 3 or lines[2] != "sha1":
             return {}
-        with open(lines[0], "rb") as f:
+        # Never blocking on a FIFO, nor reading a device: git itself gave up on those in time.
+        with os.fdopen(open_regular(lines[0], follow=True), "rb") as f:
             written = os.fstat(f.fileno()).st_mtime_ns
             data = f.read(MAX_INDEX_BYTES + 1)
     except (OSError, subprocess.TimeoutExpired):

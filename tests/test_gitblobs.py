@@ -338,3 +338,23 @@ def test_an_entry_git_smudged_vouches_for_nothing_even_when_the_file_is_empty(tm
     assert subprocess.run(["git", "diff", "--quiet"], cwd=root).returncode == 1  # git: changed
 
     assert os.path.realpath(root / "ref.png") not in gitblobs._index_entries(os.path.realpath(root))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link-to-dev-zero"])
+def test_an_index_that_is_not_a_plain_file_vouches_for_nothing_without_blocking(
+    tmp_path: Path, kind: str
+) -> None:
+    """Regression: `.git/index` a FIFO (a repository unpacked from an archive) blocked the plan
+    forever in open(); `git ls-files` had given up after GIT_TIMEOUT. A link to /dev/zero read
+    512 MiB of zeros first. In a child process: a hang fails the test instead of the run."""
+    import sys
+
+    root = tmp_path / "repo"
+    _odd_repository(root)
+    index = root / ".git/index"
+    index.unlink()
+    os.mkfifo(index) if kind == "fifo" else index.symlink_to("/dev/zero")
+    code = f"from flexforge import gitblobs; print(gitblobs._index_entries({os.path.realpath(root)!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "{}"
