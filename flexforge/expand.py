@@ -17,8 +17,8 @@ from flexforge.yamlsource import YamlDocument
 Path_ = tuple[str | int, ...]
 Report = Callable[..., None]  # (path, message, key=False)
 
-ASSET_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-VALUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+ASSET_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*\Z")
+VALUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\Z")
 MAX_CELLS = 100_000
 _FRAGMENT = re.compile(r"\{@([A-Za-z0-9_-]+)\}")
 _TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?\}")

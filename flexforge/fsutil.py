@@ -20,7 +20,7 @@ from typing import BinaryIO
 CHUNK = 1 << 20
 TEMP_MARK = ".ff-"  # in every temp file's name, so that only flexforge's own are ever removed
 # The random part: 8 characters from [a-z0-9_] (hex now; mkstemp's alphabet in older temps).
-_TEMP_NAME = re.compile(r"^\.(.+)\.ff-[a-z0-9_]{8}\.tmp$")
+_TEMP_NAME = re.compile(r"^\.(.+)\.ff-[a-z0-9_]{8}\.tmp\Z")
 
 
 @contextmanager

@@ -39,7 +39,7 @@ GIT_ENV = {
 }
 GIT_COMMAND = ("git", "-c", "core.fsmonitor=false")
 LIST_TREE_FROM = 8  # wanted files in one commit from which one `git ls-tree` names them all
-_OBJECT_ID = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")  # SHA-1 or SHA-256 repositories
+_OBJECT_ID = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?\Z")  # SHA-1 or SHA-256 repositories
 # Each row: sha256, size, out, commit, seed, task_id, cost_usd, provider, asset id.
 Row = list[Any]
 

@@ -256,6 +256,10 @@ def parse_entries(raw: bytes) -> dict[str, LockEntry]:
     return {name: _entry(name, body) for name, body in assets.items()}
 
 
+def _where(name: str) -> str:
+    return f"assets.{_clip(name, 60)}"
+
+
 def _no_constant(name: str) -> Any:
     raise _Bad(f"{name} is not a number JSON allows")
 
@@ -276,10 +280,10 @@ def _shown(value: object) -> str:
     return _clip(repr(value), 60)
 
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_BLOB = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_BLOB = re.compile(r"^[0-9a-f]{40}\Z")
 MAX_BLOBS = 64  # an output and its references (a model takes at most ten)
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\Z")
 _TYPES: dict[str, tuple[type, ...]] = {
     "key": (str,),
     "parts": (dict,),
@@ -295,46 +299,55 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+# (field, the types it may have, may it be null): _TYPES, unpacked once for _entry's loop.
+_CHECKS = tuple((attr, types, type(None) in types) for attr, types in _TYPES.items())
+
+
 def _entry(name: str, body: Any) -> LockEntry:
     """One stanza, checked as strictly as schemas/lock-v1.schema.json (without loading jsonschema,
     which would cost a no-op build more than everything else it does), and a little more: every
-    value fits what flexforge writes (finite numbers in range, printable text)."""
+    value fits what flexforge writes (finite numbers in range, printable text). Every entry of
+    every lock a plan reads (this one, and old ones in git history) comes through here: the
+    checks are written out, where they are met, for speed; the messages are built only for a bad
+    value."""
     if not _NAME.match(name):
         raise _Bad(f"asset name {_shown(name)} is not an asset id")
-    where = f"assets.{_clip(name, 60)}"
     if not isinstance(body, dict):
-        raise _Bad(f"{where} is a JSON {_kind(body)}, not an object")
+        raise _Bad(f"{_where(name)} is a JSON {_kind(body)}, not an object")
     values: dict[str, Any] = {}
-    for attr, types in _TYPES.items():
+    for attr, types, nullable in _CHECKS:
         value = body.get(attr)
-        if attr not in body and type(None) not in types:
-            raise _Bad(f"{where}.{attr} is missing")
-        if not isinstance(value, types) or isinstance(value, bool):
-            raise _Bad(f"{where}.{attr}: {_shown(value)} is not a {_kind(types[0]())}")
-        if isinstance(value, str) and (len(value) > MAX_TEXT or not value.isprintable()):
-            raise _Bad(f"{where}.{attr} is not short printable text")
+        if value is None:
+            if not nullable:
+                if attr not in body:
+                    raise _Bad(f"{_where(name)}.{attr} is missing")
+                raise _Bad(f"{_where(name)}.{attr}: {_shown(value)} is not a {_kind(types[0]())}")
+        elif value.__class__ is bool or not isinstance(value, types):
+            raise _Bad(f"{_where(name)}.{attr}: {_shown(value)} is not a {_kind(types[0]())}")
+        elif value.__class__ is str and (len(value) > MAX_TEXT or not value.isprintable()):
+            raise _Bad(f"{_where(name)}.{attr} is not short printable text")
         values[attr] = value
-    if not (_HEX64.match(values["key"]) and _HEX64.match(values["sha256"])):
-        raise _Bad(f"{where}: key and sha256 must be 64 hex digits")
+    if not (_HEX64.fullmatch(values["key"]) and _HEX64.fullmatch(values["sha256"])):
+        raise _Bad(f"{_where(name)}: key and sha256 must be 64 hex digits")
     parts = values["parts"]
-    if len(parts) > 64 or not all(
-        isinstance(v, str) and len(v) <= MAX_TEXT and len(k) <= MAX_TEXT for k, v in parts.items()
-    ):
-        raise _Bad(f"{where}.parts must map a few names to short text")
+    if len(parts) > 64:
+        raise _Bad(f"{_where(name)}.parts must map a few names to short text")
+    for k, v in parts.items():
+        if v.__class__ is not str or len(v) > MAX_TEXT or len(k) > MAX_TEXT:
+            raise _Bad(f"{_where(name)}.parts must map a few names to short text")
     if not 0 <= values["seed"] <= MAX_SEED:
-        raise _Bad(f"{where}.seed {_shown(values['seed'])} is not from 0 to {MAX_SEED}")
+        raise _Bad(f"{_where(name)}.seed {_shown(values['seed'])} is not from 0 to {MAX_SEED}")
     if not 0 <= values["size"] <= MAX_SIZE:
-        raise _Bad(f"{where}.size {_shown(values['size'])} is out of range")
+        raise _Bad(f"{_where(name)}.size {_shown(values['size'])} is out of range")
     cost = values["cost_usd"]
     if cost is not None and not (math.isfinite(cost) and 0 <= cost <= MAX_SIZE):
-        raise _Bad(f"{where}.cost_usd {_shown(cost)} is not an amount of money")
+        raise _Bad(f"{_where(name)}.cost_usd {_shown(cost)} is not an amount of money")
     blobs = body.get("git_blobs")
     if blobs is not None:
-        if not (
-            isinstance(blobs, dict)
-            and len(blobs) <= MAX_BLOBS
-            and all(_BLOB.match(k) and isinstance(v, str) and _HEX64.match(v) for k, v in blobs.items())
-        ):
-            raise _Bad(f"{where}.git_blobs must map git blob ids to sha256 digests")
+        if not isinstance(blobs, dict) or len(blobs) > MAX_BLOBS:
+            raise _Bad(f"{_where(name)}.git_blobs must map git blob ids to sha256 digests")
+        for k, v in blobs.items():
+            if not (_BLOB.fullmatch(k) and v.__class__ is str and _HEX64.fullmatch(v)):
+                raise _Bad(f"{_where(name)}.git_blobs must map git blob ids to sha256 digests")
         values["git_blobs"] = blobs
     return LockEntry(**values)

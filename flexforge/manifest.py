@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from flexforge.reads import FileRead
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
-CACHE_VERSION = 5  # bump when what validation produces changes
+CACHE_VERSION = 6  # bump when what validation produces (or refuses) changes
 CACHE_LIMIT = 512 * 1024 * 1024
 
 # Knobs that only some models take: set on another asset itself they are an error, in `defaults`
@@ -773,6 +773,11 @@ class _Checker:
         """The absolute path `rel` really leads to, or None after saying why it may not be used."""
         if "\0" in rel:
             self.error(path, f"{what} {rel!r} contains a NUL character")
+            return None
+        if not rel.isprintable() and any(ord(c) < 32 or c == "\x7f" for c in rel):
+            # A committed file name with a line break breaks every tool that lists files.
+            # Not quoted back: the message would carry them into logs and CI annotations.
+            self.error(path, f"{what} contains a line break or control character; write it on one line")
             return None
         too_long = path_length_problem(rel)
         if too_long is not None:

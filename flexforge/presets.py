@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 CATALOG_PATH = Path(__file__).parent / "data" / "presets.json"
-SIZE = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
+SIZE = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})\Z")
 MAX_PIXELS = 2048 * 2048
 MAX_SIDE = 2048  # wrappers cap each side; the API documents 4 MP in total
 MIN_SIDE = 64

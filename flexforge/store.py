@@ -46,11 +46,11 @@ WRITING = "writing.json"  # outputs a build is writing in place (flexforge/outpu
 SET_ASIDE = "set-aside"
 RECORD_LIMIT = 64 * 1024  # a record is a few hundred bytes
 STATE_FILE_LIMIT = 256 * 1024 * 1024  # seeds, ledger, stat cache of a 100,000-asset project fit well
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-ASSET_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,127}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+ASSET_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,127}\Z")
 # What the BFL API and CometAPI hand out as task ids (UUIDs, hex); nothing a shell would expand.
-TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 MAX_URL = 2048
 
 R = TypeVar("R")

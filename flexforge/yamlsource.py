@@ -197,6 +197,14 @@ class _Builder:
                 self._problem(key_node, path, "a mapping key must be a plain string")
                 continue
             name = str(key)
+            if not name.isprintable() and _CONTROL.search(name):
+                # Every key is a name (an asset id, a var, a field): a line break in one passed
+                # the `$` of patterns checked with Python's re, and made an output file name.
+                # Not quoted back: the message would carry it into logs and CI annotations.
+                self._problem(
+                    key_node, path, "a key holds a line break or control character; write it on one line"
+                )
+                continue
             if name in result:
                 self._duplicate(name, node, key_node, path)
                 continue
@@ -330,6 +338,7 @@ def _may_nest_deeply(text: str) -> bool:
 
 
 _INDENT = re.compile(r"^ *", re.M)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _AS_SQUARE = str.maketrans("{}", "[]")
 

@@ -251,6 +251,56 @@ def test_paths_longer_than_file_systems_allow_are_located_errors_clipped(project
         assert max(len(line) for line in stderr.splitlines()) < 300
 
 
+def test_line_breaks_in_ids_and_paths_are_located_errors_not_file_names(project: Project) -> None:
+    """Regression: Python's `$` matches before a final line break, so the asset-id pattern took
+    "hero\n" and the build wrote an output named with a line break (left as a temp file). Keys
+    and paths holding line breaks or control characters are refused where they are written."""
+    project.manifest(
+        "version: 1\ndefaults: {width: 64, height: 64}\nassets:\n"
+        '  "hero\\n": {prompt: "x", seed: 1}\n'
+        '  side: {prompt: "x", seed: 1, out: "assets/a\\tb.png"}\n'
+        '  ref: {prompt: "x", seed: 1, references: ["refs/a\\nb.png"]}\n'
+    )
+    for command in (("validate",), ("build", "--provider", "draft")):
+        result = project.run(*command)
+        stderr = clean(result)
+        assert result.exit_code == 1
+        assert "flexforge.yaml:4:" in stderr and "a key holds a line break or control character" in stderr
+        assert "flexforge.yaml:5:" in stderr and "out contains a line break" in stderr
+        assert "flexforge.yaml:6:" in stderr and "reference contains a line break" in stderr
+    assert not (project.root / "assets").exists()
+
+
+def test_a_lock_review_or_journal_name_ending_in_a_line_break_is_refused() -> None:
+    """The same `$` let a committed lock's asset name or blob id, a pull request's review data
+    and a journal's task id end in a line break."""
+    from flexforge.ci import review
+    from flexforge.lockfile import parse_entries
+    from flexforge.store import TASK_ID
+
+    entry = {
+        "key": "1" * 64,
+        "parts": {},
+        "seed": 1,
+        "model": "m",
+        "generator": "draft",
+        "provider": "draft",
+        "out": "a.png",
+        "sha256": "2" * 64,
+        "size": 1,
+    }
+    with pytest.raises(ValueError, match="is not an asset id"):
+        parse_entries(json.dumps({"version": 1, "assets": {"hero\n": entry}}).encode())
+    with pytest.raises(ValueError, match="git_blobs"):
+        parse_entries(
+            json.dumps(
+                {"version": 1, "assets": {"hero": {**entry, "git_blobs": {"3" * 40 + "\n": "2" * 64}}}}
+            ).encode()
+        )
+    assert review._REPO.match("owner/repo\n") is None and review._SHA.match("f" * 40 + "\n") is None
+    assert TASK_ID.match("task\n") is None
+
+
 def test_a_manifest_path_longer_than_path_max_is_one_clipped_line(project: Project) -> None:
     result = run_flexforge("-C", str(project.root), "-f", "y" * 300, "validate")
     stderr = clean(result)

@@ -157,8 +157,10 @@ def test_stanzas_are_rendered_byte_for_byte_as_json_indents_them() -> None:
         {"1" * 40: "short"},
         {"1" * 40: 7},
         {f"{i:040x}": "2" * 64 for i in range(65)},
+        {"1" * 40 + "\n": "2" * 64},
+        {"1" * 40: "2" * 64 + "\n"},
     ],
-    ids=["a list", "bad blob id", "bad digest", "a number", "65 pairs"],
+    ids=["a list", "bad blob id", "bad digest", "a number", "65 pairs", "newline id", "newline digest"],
 )
 def test_git_blobs_of_any_other_shape_are_refused_with_one_message(tmp_path: Path, blobs: object) -> None:
     """A committed lock's git_blobs decide which digests a fresh clone does not hash: only

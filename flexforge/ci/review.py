@@ -22,9 +22,9 @@ PENDING = ("create", "regenerate", "restore", "drifted", "conflict", "rename")
 COMMITTED = ("added", "regenerated", "restored", "edited", "renamed", "removed")
 KINDS = (*PENDING, *COMMITTED, "orphaned")
 MAX_REVIEW_BYTES = 64 * 1024 * 1024
-_SHA = re.compile(r"^[0-9a-f]{40}$|^$")
-_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$|^$")
-_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_SHA = re.compile(r"^[0-9a-f]{40}\Z|^\Z")
+_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+\Z|^\Z")
+_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +160,8 @@ def _money(value: Any, name: str) -> float:
 
 def _url(value: Any) -> str:
     text = _text(value, "url")
-    if text and not re.match(r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/%-]*)?(#[A-Za-z0-9_-]*)?$", text):
+    if text and not re.match(
+        r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/%-]*)?(#[A-Za-z0-9_-]*)?\Z", text
+    ):
         raise FlexforgeError(f"review data: {text[:80]!r} is not a plain http(s) URL")
     return text

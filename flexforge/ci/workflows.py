@@ -15,9 +15,9 @@ from flexforge.errors import UsageError
 TEMPLATES = Path(__file__).parent.parent / "templates" / "github"
 WORKFLOWS = {"check": "check.yml", "comment": "comment.yml", "build": "build.yml"}
 ACTION_ENV = "FLEXFORGE_ACTION"
-_PINNED = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(/[A-Za-z0-9_./-]+)?@[0-9a-f]{40}$")
-_LOCAL = re.compile(r"^\./[A-Za-z0-9_./-]*$")
-_GITHUB_URL = re.compile(r"^(?:git\+)?https://github\.com/([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?)(?:\.git)?/?$")
+_PINNED = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(/[A-Za-z0-9_./-]+)?@[0-9a-f]{40}\Z")
+_LOCAL = re.compile(r"^\./[A-Za-z0-9_./-]*\Z")
+_GITHUB_URL = re.compile(r"^(?:git\+)?https://github\.com/([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?)(?:\.git)?/?\Z")
 _PLACEHOLDER = re.compile(r"__[A-Z_]+__")
 
 

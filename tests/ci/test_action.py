@@ -248,7 +248,8 @@ def test_a_manifest_cannot_issue_workflow_commands_through_the_log(actions: Acti
         result = actions.run("run", "--command", command)
         assert not [c for c in executed_commands(result.output) if "pwned" in c or "add-mask" in c]
     body = actions.github.writes()[0].body["body"]
-    assert "`evil`" in body and "pwned" not in body  # the thumbnail table shows no path
+    # The out path with line breaks is refused now (located, never quoted back), nowhere echoed.
+    assert "contains a line break or control character" in body and "pwned" not in body
 
 
 def test_a_comment_github_refuses_is_a_warning_not_a_failed_check(actions: Actions) -> None:
