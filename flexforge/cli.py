@@ -762,4 +762,14 @@ def _plan_options(
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="flexforge")
+    try:
+        cli.main(args=argv, prog_name="flexforge")
+    except BrokenPipeError:  # `flexforge --help | head -1`: click's own output, outside a command
+        sys.exit(_reader_went_away())
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT:
+            raise
+        # `flexforge --help > /dev/full`: what click writes (help, usage, version) before any
+        # command runs, whose own errors handle_errors words.
+        click.echo(printable(f"error: cannot write the output: {exc.strerror}"), err=True)
+        sys.exit(EXIT_ERROR)

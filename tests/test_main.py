@@ -4,13 +4,14 @@ is left running, and must lose neither output nor exit code by it."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 
 import pytest
 
 from flexforge.__main__ import _leave
 from tests.helpers import Project
-from tests.support.spawn import run_flexforge
+from tests.support.spawn import flexforge_argv, run_flexforge
 
 
 def test_a_plans_whole_output_and_exit_code_reach_a_pipe(project: Project) -> None:
@@ -46,3 +47,17 @@ def test_an_exit_with_a_message_gets_the_normal_exit() -> None:
     with pytest.raises(SystemExit) as raised:
         _leave(SystemExit("usage: ..."))
     assert raised.value.code == "usage: ..."
+
+
+@pytest.mark.parametrize("args", [("plan", "--help"), ("--version",), ("--help",)])
+def test_help_or_version_to_a_full_disk_is_one_line_not_a_traceback(args: tuple[str, ...]) -> None:
+    """Regression: what click writes before any command runs (help, usage, version) met a full
+    disk (`> /dev/full`) outside flexforge's error handling: a click traceback."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            flexforge_argv(*args), stdout=full, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == ["error: cannot write the output: No space left on device"]
