@@ -52,6 +52,12 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
+def has_control(text: str) -> bool:
+    """Whether `text` holds a control character (a line break, a tab, ESC): no name or path in a
+    manifest may, as it would end up in a file name, a log line or a CI annotation."""
+    return not text.isprintable() and any(ord(c) < 32 or c == "\x7f" for c in text)
+
+
 class ManifestError(FlexforgeError):
     """Every problem found in a manifest, reported at once."""
 

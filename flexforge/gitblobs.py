@@ -203,7 +203,7 @@ def _index_entries(root: str) -> dict[str, tuple[str, Stat]]:
     index, which git (comparing seconds) cannot tell from a later edit, so it hashes them all
     again with its collision-detecting SHA-1, slower than hashing them here. The stat data
     compared in nanoseconds (`known`) says the same for a file written before the index. Nor
-    `git ls-files --debug`, whose text takes longer to read than the index itself, whose format
+    `git ls-files --debug`: its text takes longer to read than the index itself, whose format
     (gitformat-index(5)) has been stable for fifteen years."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
     try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from flexforge import models
 from flexforge.confine import Resolver, extension_problem, output_problem, private_part
-from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageError, clip
+from flexforge.errors import Diagnostic, FlexforgeError, ManifestError, UsageError, clip, has_control
 from flexforge.imaging import API_FORMATS, EXTENSIONS, LOCAL_FORMATS
 from flexforge.models import FLEX_MODEL
 from flexforge.paths import MANIFEST_NAME, STATE_DIR, manifest_cache_file
@@ -355,7 +355,6 @@ class _Checker:
         self.origins: dict[str, tuple[str, dict[str, str]]] = {}
         self.unwritten: set[str] = set()
         # Reference files to read (digest and header in one pass) once every asset is checked:
-        # (where in the manifest, the reference as written, the file it leads to).
         # (where in the manifest, the reference as written, the file it leads to, asset ids a
         # misspelt one may have meant).
         self.to_read: list[tuple[tuple[str | int, ...], str, str, dict[str, Any]]] = []
@@ -774,7 +773,7 @@ class _Checker:
         if "\0" in rel:
             self.error(path, f"{what} {rel!r} contains a NUL character")
             return None
-        if not rel.isprintable() and any(ord(c) < 32 or c == "\x7f" for c in rel):
+        if has_control(rel):
             # A committed file name with a line break breaks every tool that lists files.
             # Not quoted back: the message would carry them into logs and CI annotations.
             self.error(path, f"{what} contains a line break or control character; write it on one line")

@@ -85,7 +85,7 @@ def read_file(
         if stat.S_ISREG(st.st_mode):
             if _refused(st.st_size, max_size, size):
                 return None
-            stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            stamp = _stamp(st)
             vouched = gitblobs.known(path, stamp)
             if vouched is not None:
                 return FileRead(stamp, vouched, from_git=True)
@@ -96,7 +96,7 @@ def read_file(
         st = os.fstat(fd)
         if _refused(st.st_size, max_size, size):
             return None
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        stamp = _stamp(st)
         vouched = gitblobs.known(path, stamp)
         if vouched is not None:
             head = tail = b""
@@ -120,6 +120,10 @@ def read_file(
         os.close(fd)
     tail = last if ends else b""
     return FileRead(stamp, digest.hexdigest(), head, tail)
+
+
+def _stamp(st: os.stat_result) -> Stamp:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _refused(actual: int, max_size: int | None, size: int | None) -> bool:

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from flexforge.errors import has_control
+
 try:  # the C loader is several times faster on big manifests
     from yaml import CSafeLoader as _CLoader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
@@ -154,13 +156,8 @@ class _Builder:
             return text  # what SafeConstructor makes of a string, without its bookkeeping
         if tag == _INT and text.isascii() and text.isdigit() and len(text) < 19 and text[:1] != "0":
             return int(text)  # a plain decimal (seeds, sizes): what SafeConstructor makes of it
-        try:
-            value = self.scalars.construct_object(node)
-        except ValueError:
-            self._problem(node, path, "a number too long to use; write a smaller one")
-            return None
-        except _UNMADE:
-            self._unmade(node, path)
+        value = self._construct(node, path)
+        if value is _UNBUILT:
             return None
         if isinstance(value, float) and not math.isfinite(value):
             shown = str(text)[:40]
@@ -183,13 +180,8 @@ class _Builder:
                 self.text_left -= len(key_node.value)
                 if self.text_left < 0:  # keys are quoted in messages: spent before any is made
                     self._spend(0)
-                try:
-                    key = key_node.value if key_node.tag == _STR else self.scalars.construct_object(key_node)
-                except ValueError:  # an int longer than Python converts, as for a value
-                    self._problem(key_node, path, "a number too long to use; write a smaller one")
-                    continue
-                except _UNMADE:
-                    self._unmade(key_node, path)
+                key = key_node.value if key_node.tag == _STR else self._construct(key_node, path)
+                if key is _UNBUILT:
                     continue
             else:
                 key = None
@@ -197,7 +189,7 @@ class _Builder:
                 self._problem(key_node, path, "a mapping key must be a plain string")
                 continue
             name = str(key)
-            if not name.isprintable() and _CONTROL.search(name):
+            if has_control(name):
                 # Every key is a name (an asset id, a var, a field): a line break in one passed
                 # the `$` of patterns checked with Python's re, and made an output file name.
                 # Not quoted back: the message would carry it into logs and CI annotations.
@@ -226,10 +218,18 @@ class _Builder:
         line = first.start_mark.line + 1
         self._problem(key_node, (*path, name), f"duplicate key {shown!r} (first defined on line {line})")
 
-    def _unmade(self, node: yaml.Node, path: Path_) -> None:
-        tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
-        shown = str(node.value)[:40]
-        self._problem(node, path, f"{shown!r} is not a valid {tag}; remove the tag or quote the text")
+    def _construct(self, node: yaml.Node, path: Path_) -> Any:
+        """What SafeConstructor makes of a scalar (a value or a key), or _UNBUILT after saying
+        why it cannot: an int longer than Python converts, a tagged scalar its tag cannot make."""
+        try:
+            return self.scalars.construct_object(node)
+        except ValueError:
+            self._problem(node, path, "a number too long to use; write a smaller one")
+        except _UNMADE:
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            shown = str(node.value)[:40]
+            self._problem(node, path, f"{shown!r} is not a valid {tag}; remove the tag or quote the text")
+        return _UNBUILT
 
     def _problem(self, node: yaml.Node, path: Path_, message: str) -> None:
         mark = node.start_mark
@@ -239,6 +239,7 @@ class _Builder:
 # What PyYAML's constructors raise for a tagged scalar they cannot make (`!!bool maybe`,
 # `!!timestamp soon`, an empty `!!int`) besides ValueError.
 _UNMADE = (KeyError, IndexError, AttributeError, TypeError)
+_UNBUILT = object()  # _Builder._construct's "said why not"
 
 _TAGS: dict[str, str] = {}  # plain scalar -> its implicit tag (a function of its text alone)
 _TAGS_LIMIT = 4096
@@ -338,7 +339,6 @@ def _may_nest_deeply(text: str) -> bool:
 
 
 _INDENT = re.compile(r"^ *", re.M)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _AS_SQUARE = str.maketrans("{}", "[]")
 
