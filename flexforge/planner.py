@@ -237,6 +237,8 @@ def decide(
     renamed: str | None = None
     if entry is None and seed is None and complete and asset.id not in facts.options.reseed:
         renamed, seed = _rename_of(asset, facts, known)
+        if seed is None:
+            seed = _committed_seed(asset, facts, known, current)
     key = content_key(asset, generator, seed, known) if seed is not None and complete else None
     base: dict[str, Any] = {"asset": asset, "seed": seed, "key": key, "reference_digests": digests}
     unchanged = key is not None and entry is not None and entry.key == key.key and entry.out == asset.out
@@ -334,6 +336,20 @@ def _rename_of(asset: Asset, facts: Facts, digests: list[str]) -> tuple[str | No
         if content_key(asset, generator, orphan.seed, digests).key == orphan.key:
             return old_id, orphan.seed
     return None, None
+
+
+def _committed_seed(asset: Asset, facts: Facts, digests: list[str], current: Current) -> int | None:
+    """The seed a committed lock pinned for exactly this request, when the working lock has no
+    entry for the asset: the other side of a merge drew it (`git checkout --ours flexforge.lock`
+    drops that entry, not the image), or the id was removed and added back. With it the asset
+    keeps its key and image, free, instead of a `conflict` or a new draw."""
+    generator = generator_of(asset, facts.generator)
+    size = current.size
+    in_place = current.digest if size is not None and size >= 0 else None
+    for key, seed in facts.sources.committed_seeds(asset.id, in_place):
+        if content_key(asset, generator, seed, digests).key == key:
+            return seed
+    return None
 
 
 def _unusable(store: Store, rel: str, current: Current) -> str | None:

@@ -185,6 +185,12 @@ class Sources:
         history = self.history if sha256 is not None else None
         return history is not None and sha256 is not None and history.recorded_at(out, sha256)
 
+    def committed_seeds(self, asset_id: str, sha256: str | None) -> list[tuple[str, int]]:
+        """(key, seed) pairs git history recorded for these bytes or this asset id (see
+        History.seeds_of); none without git."""
+        history = self.history
+        return history.seeds_of(asset_id, sha256) if history is not None else []
+
     def remote_details(self, source: Source, key: str) -> Source:
         """A remote source with what the machine that pushed it said of it (provider, seed, task,
         cost), when it said so soundly."""
