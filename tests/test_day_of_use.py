@@ -87,6 +87,15 @@ def test_explain_marks_only_the_parts_that_changed_and_shows_drift(project: Proj
     assert "hero: drifted" in text and "on disk   sha256" in text and "lock      sha256" in text
 
 
+def test_explain_of_a_drifted_asset_shows_the_digest_on_disk_against_the_locks(project: Project) -> None:
+    built(project)
+    edited = png(project.root / "assets/hero.png", size=(128, 128), color=(1, 1, 1))
+    text = project.run("explain", "hero").stdout
+    on_disk = hashlib.sha256(edited.read_bytes()).hexdigest()
+    assert f"on disk   sha256 {on_disk}" in text
+    assert f"lock      sha256 {project.lock()['assets']['hero']['sha256']}" in text
+
+
 def test_gc_lists_then_deletes_orphaned_outputs_and_unneeded_objects(project: Project) -> None:
     from flexforge.commands.gc import find
     from flexforge.context import GlobalOptions, open_project

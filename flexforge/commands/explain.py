@@ -31,7 +31,8 @@ def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
     if asset.tags:
         echo(f"  tags      {', '.join(asset.tags)}")
     if step.action == DRIFTED and entry is not None:
-        echo(f"  on disk   sha256 {step.output_sha256}")
+        # The step carries the lock's digest (dependents are planned from it): read the file's.
+        echo(f"  on disk   sha256 {plan.facts.store.digest(asset.out)}")
         echo(f"  lock      sha256 {entry.sha256}")
     seed_note = (
         "manifest"
