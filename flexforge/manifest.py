@@ -202,7 +202,7 @@ def _read_cache(path: Path, fingerprint: str, label: str) -> Manifest | None:
 
     try:
         doc = json.loads(read_regular(manifest_cache_file(path, "manifest"), CACHE_LIMIT))
-        if doc["fingerprint"] != fingerprint:
+        if doc["fingerprint"] != fingerprint or doc["siblings"] != _sibling_stamps(path):
             return None
         assets = {raw["id"]: _asset_from_json(raw) for raw in doc["assets"]}
         settings = Settings.from_data(doc["settings"])
@@ -238,7 +238,12 @@ def _write_cache(manifest: Manifest, fingerprint: str) -> None:
     # (a tenth of a cold plan at 1,000 assets), and json.dumps reads them where they are.
     names = _ASSET_FIELDS
     assets = [{name: getattr(a, name) for name in names} for a in manifest.assets.values()]
-    doc = {"fingerprint": fingerprint, "assets": assets, "settings": manifest.settings.to_json()}
+    doc = {
+        "fingerprint": fingerprint,
+        "siblings": _sibling_stamps(manifest.path),
+        "assets": assets,
+        "settings": manifest.settings.to_json(),
+    }
     data = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     target = Path(manifest_cache_file(manifest.path, "manifest"))
     try:
@@ -260,15 +265,32 @@ def _asset_from_json(raw: dict[str, Any]) -> Asset:
     return Asset(**raw)
 
 
+def sibling_manifests(path: Path) -> list[Path]:
+    """The other YAML files in the manifest's folder: any may be a manifest writing beside it."""
+    found = sorted([*path.parent.glob("*.yaml"), *path.parent.glob("*.yml")])
+    return [sibling for sibling in found if sibling.name != path.name]
+
+
+def _sibling_stamps(path: Path) -> list[list[Any]]:
+    """What tells the sibling manifests changed (name and stamp each): a manifest validated
+    before is validated again when one is added, edited or removed."""
+    from flexforge.noop import file_stamp
+
+    return [[s.name, file_stamp(str(s))] for s in sibling_manifests(path)]
+
+
 def _sibling_outputs(path: Path) -> dict[str, tuple[str, str]]:
-    """Output paths the other manifests in this folder write (out -> (file name, asset id)), read
-    leniently: a broken sibling is its own validation's business. Only literal `out:` values and
-    default paths are known; an `out` built from vars is skipped."""
+    """Output paths the other manifests in this folder write (folded as _folded compares them,
+    -> (file name, asset id)), read leniently: a broken sibling is its own validation's
+    business. Only literal `out:` values and default paths are known; an `out` built from vars
+    is skipped."""
+    import posixpath
+
     import yaml
 
     found: dict[str, tuple[str, str]] = {}
-    for sibling in sorted([*path.parent.glob("*.yaml"), *path.parent.glob("*.yml")]):
-        if sibling.name == path.name or not sibling.is_file() or sibling.is_symlink():
+    for sibling in sibling_manifests(path):
+        if not sibling.is_file() or sibling.is_symlink():
             continue
         try:
             if sibling.stat().st_size > 4 * 2**20 or b"assets:" not in sibling.read_bytes()[: 1 << 20]:
@@ -284,7 +306,7 @@ def _sibling_outputs(path: Path) -> dict[str, tuple[str, str]]:
             fmt = raw.get("output_format", fmt_default)
             out = raw.get("out", f"assets/{asset_id}.{EXTENSIONS.get(str(fmt), 'png')}")
             if isinstance(out, str) and "{" not in out:
-                found.setdefault(out.removeprefix("./"), (sibling.name, str(asset_id)))
+                found.setdefault(_folded(posixpath.normpath(out)), (sibling.name, str(asset_id)))
     return found
 
 
@@ -885,9 +907,10 @@ class _Checker:
                     "differ only by letter case or Unicode normalisation: on macOS and Windows they are "
                     "one file; rename one",
                 )
-        for out, (name, other_id) in _sibling_outputs(self.path).items():
-            if out in owners:
-                asset_id = owners[out]
+        for folded_out, (name, other_id) in _sibling_outputs(self.path).items():
+            if folded_out in folded:
+                asset_id = folded[folded_out].id
+                out = folded[folded_out].out
                 where = (
                     ("assets", asset_id, "out")
                     if "out" in _mapping(_mapping(_mapping(self.doc.data).get("assets")).get(asset_id))

@@ -429,6 +429,24 @@ def test_two_manifests_in_one_folder_writing_the_same_path_is_an_error(project: 
     assert project.run("-f", "site.yaml", "validate").exit_code == 0
 
 
+def test_a_manifest_validated_before_sees_a_sibling_added_later_writing_its_paths(project: Project) -> None:
+    """The validated-manifest cache and its unchanged bytes must not hide a manifest added beside
+    it since, writing one of its outputs (spelled another way: `./`, `..`, other letter case)."""
+    project.write(
+        "site.yaml", "version: 1\nassets:\n  hero: {prompt: a}\n  logo: {prompt: b, out: img/logo.png}\n"
+    )
+    assert project.run("-f", "site.yaml", "validate").exit_code == 0
+    project.write(
+        "ads.yaml",
+        "version: 1\nassets:\n  a: {prompt: c, out: ./assets/../assets/hero.png}\n"
+        "  b: {prompt: d, out: IMG/Logo.png}\n",
+    )
+    result = project.run("-f", "site.yaml", "validate")
+    assert result.exit_code == 1, result.stderr
+    assert "'assets/hero.png' is also written by asset 'a' of ads.yaml" in result.stderr
+    assert "'img/logo.png' is also written by asset 'b' of ads.yaml" in result.stderr
+
+
 def test_a_reference_that_is_a_link_loop_is_one_clear_line(project: Project) -> None:
     # pathlib's resolve() raised RuntimeError here: validation ended in "internal error".
     (project.root / "loop.png").symlink_to("loop.png")
