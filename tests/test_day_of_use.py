@@ -166,6 +166,23 @@ def test_lfs_pointer_output_is_reported_by_plan(project: Project) -> None:
     assert "Git LFS pointer" in result.stdout and "git lfs pull" in result.stdout
 
 
+def test_lfs_pointers_are_never_called_edited_by_hand_by_build_or_frozen(project: Project) -> None:
+    """A clone made without `git lfs`: build and `--frozen` say what plan says (a Git LFS pointer:
+    run `git lfs pull`), never "edited by hand", and the hint is not `accept`, which refuses it."""
+    built(project)
+    for name in ("hero", "card"):
+        Path(project.root / f"assets/{name}.png").write_text(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:" + "b" * 64 + "\nsize 1\n"
+        )
+    result = project.build()
+    assert result.exit_code == 0, result.stderr
+    assert "edited by hand" not in result.stderr and "git lfs pull" in result.stderr
+    result = project.build("--frozen")
+    assert result.exit_code == 1
+    hint = result.stderr.rsplit(").", 1)[-1]
+    assert "git lfs pull" in hint and "accept" not in hint, result.stderr
+
+
 def test_unreachable_emulator_is_named_with_its_url_and_a_hint(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
