@@ -9,13 +9,14 @@ Every source is verified before it counts (sha256, then an image of the declared
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flexforge.confine import Resolver, private_part
 from flexforge.errors import FlexforgeError
 from flexforge.fsutil import read_regular, sha256_bytes
 from flexforge.lockfile import Lock
@@ -129,6 +130,7 @@ class Sources:
         self._history_mutex = threading.Lock()
         self._by_key: dict[str, list[Source]] | None = None
         self.remote: RemoteIndex | None = None  # the team remote, when the project has one
+        self._resolver: Resolver | None = None  # for paths old locks record (_in_tree)
 
     def _lock_index(self) -> dict[str, list[Source]]:
         """Key -> what the lock (current and orphaned entries alike) records for it."""
@@ -208,7 +210,7 @@ class Sources:
                 return _with(source, kind=IN_PLACE, path=out, commit=None)
         for source in known:
             path = source.path
-            if path is None or path == out or not _is_safe(path) or (self.store.root / path).is_symlink():
+            if path is None or path == out or not self._in_tree(path):
                 continue
             if self.store.digest(path) == source.sha256:
                 return _with(source, kind=WORKING_TREE, commit=None)
@@ -218,6 +220,17 @@ class Sources:
             if source.kind != GIT and self.store.has_object(source.sha256):
                 return _with(source, kind=CACHE, path=None, commit=None)
         return next((s for s in known if s.kind == GIT), None)
+
+    def _in_tree(self, path: str) -> bool:
+        """Whether a path a lock records may be read in the working tree: relative, inside the
+        project, out of `.git/` and the state folder, and reached through no link at all (a
+        committed link, to a file or to a folder on the way, may lead anywhere on this machine)."""
+        parts = path.split("/")
+        if not path or path.startswith("/") or ".." in parts or private_part(path) is not None:
+            return False
+        if self._resolver is None:
+            self._resolver = Resolver(self.store.root)
+        return self._resolver.inside(path) == posixpath.normpath(path)
 
     def fetch(self, source: Source, asset: Asset) -> tuple[bytes | None, str | None]:
         """The source's bytes, verified (their sha256, then the header of the declared image), or
@@ -321,12 +334,6 @@ def _with(source: Source, **changes: Any) -> Source:
     from dataclasses import replace
 
     return replace(source, **changes)
-
-
-def _is_safe(path: str) -> bool:
-    """A path from history's lock: relative, inside the project, never into .git."""
-    parts = Path(path).parts
-    return bool(parts) and not Path(path).is_absolute() and ".." not in parts and ".git" not in parts
 
 
 def _key_record(store: Store, key: str) -> Source | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,25 @@ def test_a_link_at_an_old_output_path_is_never_read_through(project: Project, tm
     made = project.root / "img/hero.png"
     assert made.is_file() and not made.is_symlink()
     assert made.read_bytes() == outside.read_bytes()  # generated again (deterministic draft)
+
+
+def test_a_linked_folder_on_an_old_output_path_is_never_read_through(
+    project: Project, tmp_path: Path
+) -> None:
+    """A committed link to a folder outside the project, on the way to a path the lock records
+    (an orphaned entry naming `linked/hero.png`): that file is never hashed nor read, even
+    when it holds the recorded bytes; the asset is generated, and the plan says nothing of it."""
+    built(project)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    hero = project.root / "assets/hero.png"
+    (outside / "hero.png").write_bytes(hero.read_bytes())
+    (project.root / "linked").symlink_to(outside)
+    lock = project.lock()
+    lock["assets"]["old"] = {**lock["assets"]["hero"], "out": "linked/hero.png"}
+    (project.root / "flexforge.lock").write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    hero.unlink()
+    planned = project.run("plan").stdout
+    assert "linked/" not in planned and "hero  restore (cache)" in planned, planned
+    result = project.build()
+    assert result.exit_code == 0 and "linked/" not in result.stderr, result.stderr
