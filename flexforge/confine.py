@@ -38,27 +38,34 @@ class Resolver:
     def real(self, rel: str) -> str | None:
         """The absolute path root-relative `rel` really leads to, if inside the root, else None.
         resolve() in strings: a thousand Path objects cost more than the checks they carry."""
+        return self.locate(rel)[0]
+
+    def locate(self, rel: str) -> tuple[str | None, bool]:
+        """`real(rel)`, and whether `rel`'s own last name is a symbolic link (learnt on the
+        way: asking again would cost another lstat per file)."""
         path = os.path.join(self._root, rel)
         folder, name = os.path.split(path)
+        link = False
         if name in ("", ".", ".."):
             target = _real_folder(path)
             if not target:
-                return None
+                return None, link
         else:
             real = self._real_folders.get(folder)
             if real is None:
                 real = self._real_folders[folder] = _real_folder(folder)
             if not real:
-                return None
+                return None, link
             target = os.path.join(real, name)
             if os.path.islink(target):
+                link = True
                 target = _real_folder(target)
                 if not target:
-                    return None
+                    return None, link
         root = self._root
         if target != root and not target.startswith(root.rstrip("/") + "/"):
-            return None
-        return target
+            return None, link
+        return target, link
 
     def inside(self, rel: str) -> str | None:
         """Where root-relative `rel` really leads, root-relative; None if it leaves the root."""
@@ -105,12 +112,12 @@ def output_problem(resolver: Resolver, out: str, output_format: str) -> str | No
     wrong_type = extension_problem(out, output_format)
     if wrong_type is not None:
         return f"{out} {wrong_type}"
-    real = resolver.inside(out)
-    if real is None:
+    target, link = resolver.locate(out)
+    if target is None:
         return f"{out} leads outside the project root (a symbolic link?)"
-    private = private_part(out) or private_part(real)
+    private = private_part(out) or private_part(resolver.relative(target))
     if private is not None:
         return f"{out} is inside {private}/, which flexforge never writes"
-    if (resolver.root / real).is_symlink() or (resolver.root / out).is_symlink():
+    if link:
         return f"{out} is a symbolic link; flexforge writes outputs only as plain files"
     return None

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,9 +163,14 @@ def indented(value: Any, pad: str = "") -> str:
         if not value:
             return "{}"
         inner = pad + "  "
-        items = sorted(value.items())
         return (
-            "{\n" + ",\n".join(f"{inner}{_scalar(k)}: {indented(v, inner)}" for k, v in items) + f"\n{pad}}}"
+            "{\n"
+            + ",\n".join(
+                f"{inner}{_string(k) if type(k) is str else _scalar(k)}: "
+                + (_string(v) if type(v) is str else indented(v, inner))
+                for k, v in sorted(value.items())
+            )
+            + f"\n{pad}}}"
         )
     if isinstance(value, list | tuple):
         if not value:
@@ -175,6 +181,8 @@ def indented(value: Any, pad: str = "") -> str:
 
 
 _scalar = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+# What _scalar does for a str, without its Python-level dispatch (most of a lock is strings).
+_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 # Far above any real lock (a 10,000-asset lock is about 10 MB); a link to /dev/zero stops here.

@@ -45,6 +45,25 @@ def test_outputs_are_refused_through_links_and_outside(tmp_path: Path) -> None:
     assert output_problem(resolver, "assets/ok.jpeg", "jpeg") is None
 
 
+def test_an_output_whose_last_name_is_a_link_is_refused_even_through_a_folder_link(tmp_path: Path) -> None:
+    """The one lstat `locate` makes of the last name serves the link check: an output reached
+    through a folder link inside the root is allowed, its last name being a link is not, and a
+    link that dangles or loops is refused too."""
+    root = tmp_path / "repo"
+    (root / "assets").mkdir(parents=True)
+    (root / "assets/real.png").write_bytes(b"x")
+    (root / "pics").symlink_to(root / "assets", target_is_directory=True)
+    (root / "assets/link.png").symlink_to(root / "assets/real.png")
+    (root / "assets/dangling.png").symlink_to(root / "assets/gone.png")
+    (root / "assets/loop.png").symlink_to(root / "assets/loop.png")
+    resolver = Resolver(root)
+    assert output_problem(resolver, "pics/real.png", "png") is None
+    assert resolver.locate("pics/real.png") == (str(resolver.root / "assets/real.png"), False)
+    assert resolver.locate("pics/link.png") == (str(resolver.root / "assets/real.png"), True)
+    for out in ("pics/link.png", "assets/link.png", "assets/dangling.png", "assets/loop.png"):
+        assert output_problem(resolver, out, "png") is not None, out
+
+
 def test_an_avif_output_must_end_in_avif() -> None:
     from flexforge.confine import extension_problem
 
