@@ -265,3 +265,20 @@ def test_a_linked_folder_on_an_old_output_path_is_never_read_through(
     assert "linked/" not in planned and "hero  restore (cache)" in planned, planned
     result = project.build()
     assert result.exit_code == 0 and "linked/" not in result.stderr, result.stderr
+
+
+def test_status_columns_line_up_with_short_ids_and_long_orphans(project: Project) -> None:
+    project.manifest("""
+        version: 1
+        settings: {provider: draft}
+        defaults: {width: 64, height: 64}
+        assets:
+          a: {prompt: one}
+          a-much-longer-old-name: {prompt: two}
+    """)
+    assert project.build().exit_code == 0
+    project.edit("  a-much-longer-old-name: {prompt: two}\n", "")
+    lines = project.run("status").stdout.splitlines()
+    header, row, orphan = lines[0], lines[1], lines[2]
+    assert row.index("ok") == header.index("STATE")
+    assert orphan.index("orphaned") == header.index("STATE")
