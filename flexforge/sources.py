@@ -130,7 +130,7 @@ class Sources:
         self._history_mutex = threading.Lock()
         self._by_key: dict[str, list[Source]] | None = None
         self.remote: RemoteIndex | None = None  # the team remote, when the project has one
-        self._resolver: Resolver | None = None  # for paths old locks record (_in_tree)
+        self._resolver: Resolver | None = None  # for paths old locks record (in_tree)
 
     def _lock_index(self) -> dict[str, list[Source]]:
         """Key -> what the lock (current and orphaned entries alike) records for it."""
@@ -210,7 +210,7 @@ class Sources:
                 return _with(source, kind=IN_PLACE, path=out, commit=None)
         for source in known:
             path = source.path
-            if path is None or path == out or not self._in_tree(path):
+            if path is None or path == out or not self.in_tree(path):
                 continue
             if self.store.digest(path) == source.sha256:
                 return _with(source, kind=WORKING_TREE, commit=None)
@@ -221,7 +221,7 @@ class Sources:
                 return _with(source, kind=CACHE, path=None, commit=None)
         return next((s for s in known if s.kind == GIT), None)
 
-    def _in_tree(self, path: str) -> bool:
+    def in_tree(self, path: str) -> bool:
         """Whether a path a lock records may be read in the working tree: relative, inside the
         project, out of `.git/` and the state folder, and reached through no link at all (a
         committed link, to a file or to a folder on the way, may lead anywhere on this machine)."""

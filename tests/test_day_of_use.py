@@ -282,3 +282,21 @@ def test_status_columns_line_up_with_short_ids_and_long_orphans(project: Project
     header, row, orphan = lines[0], lines[1], lines[2]
     assert row.index("ok") == header.index("STATE")
     assert orphan.index("orphaned") == header.index("STATE")
+
+
+def test_gc_never_deletes_through_a_link_out_of_the_project(project: Project, tmp_path: Path) -> None:
+    """An orphaned lock entry naming `linked/keep.png`, where `linked` is a committed link to a
+    folder outside the project holding a file with the recorded bytes: not an orphaned output
+    of this project; `gc --yes` leaves it."""
+    built(project)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    keep = outside / "keep.png"
+    keep.write_bytes(project.read("assets/hero.png"))
+    (project.root / "linked").symlink_to(outside)
+    lock = project.lock()
+    lock["assets"]["old"] = {**lock["assets"]["hero"], "out": "linked/keep.png"}
+    (project.root / "flexforge.lock").write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    assert "linked/keep.png" not in project.run("gc").stdout
+    assert project.run("gc", "--yes").exit_code == 0
+    assert keep.exists()

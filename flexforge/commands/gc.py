@@ -66,7 +66,8 @@ def _orphaned_outputs(project: Project) -> list[str]:
         # the cache only since then.
         if asset is None or not asset.written:
             made.setdefault(entry.out, set()).add(entry.sha256)
-    history = project.sources().history
+    sources = project.sources()
+    history = sources.history
     if history is not None:
         for rows in history.index().values():
             for row in rows:
@@ -74,8 +75,8 @@ def _orphaned_outputs(project: Project) -> list[str]:
         history.close()
     found = []
     for out, shas in sorted(made.items()):
-        safe = not Path(out).is_absolute() and ".." not in Path(out).parts and ".git" not in Path(out).parts
-        if safe and out not in in_use and project.store.digest(out) in shas:
+        # Inside the project and reached through no link: a committed link may lead anywhere.
+        if out not in in_use and sources.in_tree(out) and project.store.digest(out) in shas:
             found.append(out)
     return found
 
