@@ -300,3 +300,13 @@ def test_gc_never_deletes_through_a_link_out_of_the_project(project: Project, tm
     assert "linked/keep.png" not in project.run("gc").stdout
     assert project.run("gc", "--yes").exit_code == 0
     assert keep.exists()
+
+
+def test_explain_of_a_conflict_shows_the_file_found_and_why_the_key_is_unknown(project: Project) -> None:
+    built(project)
+    agency = png(project.root / "assets/partner.png", size=(128, 128), color=(9, 99, 199))
+    project.edit("assets:\n", "assets:\n  partner: {prompt: a partner logo}\n")
+    text = project.run("explain", "partner").stdout
+    assert text.startswith("partner: conflict")
+    assert f"on disk   sha256 {hashlib.sha256(agency.read_bytes()).hexdigest()}" in text
+    assert "unknown until a seed is drawn" in text and "inputs are built" not in text, text
