@@ -65,6 +65,9 @@ class History:
         # A merge, rebase or cherry-pick in progress: the commits it brings in are history too
         # (a lock conflict resolved with `--ours` before committing names none of their images).
         self.tips = (head, *merging)
+        # A shallow clone's boundary (a digest of git's `shallow` file; "" when complete): made
+        # deeper, the same HEAD has more history, so an index cached for it is built again.
+        self.shallow = ""
         self._cache = cache
         self._index: dict[str, list[Row]] | None = None
         self._by_sha: dict[str, list[Row]] | None = None  # for alternates, built on first need
@@ -83,18 +86,22 @@ class History:
         """The history of the repository holding `root`, or None (no git, no commit yet);
         `current`, the working lock, spares parsing a committed version with the same bytes."""
         try:
-            said = _git(root, "rev-parse", "--show-toplevel", "--absolute-git-dir", "HEAD")
+            said = _git(
+                root, "rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-path", "shallow", "HEAD"
+            )
             out = said.decode().split("\n")
             toplevel = Path(out[0]).resolve()
             prefix = root.resolve().relative_to(toplevel).as_posix()
             lock_rel = lock_path.resolve().relative_to(toplevel).as_posix()
-            head = out[2].strip()
+            head = out[3].strip()
         except (OSError, subprocess.SubprocessError, ValueError, IndexError):
             return None
         name = hashlib.sha256(f"{toplevel}\0{lock_rel}".encode()).hexdigest()[:32]
         cache = cache_dir / f"{name}.json" if cache_dir is not None else None
         merging = _merging(Path(out[1]), head)
-        return cls(toplevel, "" if prefix == "." else prefix, lock_rel, head, cache, current, merging)
+        history = cls(toplevel, "" if prefix == "." else prefix, lock_rel, head, cache, current, merging)
+        history.shallow = _shallow(root / out[2])
+        return history
 
     def lookup(self, key: str) -> list[Source]:
         """Every committed record of bytes made for `key`, newest commit first."""
@@ -146,6 +153,8 @@ class History:
 
     def _load(self) -> dict[str, list[Row]]:
         cached = self._read_cache()
+        if cached is not None and cached.get("shallow", "") != self.shallow:
+            cached = None  # deepened (or made shallow): older commits the index never saw
         tips = " ".join(self.tips)  # what the index covers: HEAD and any commit being merged in
         if cached is not None and cached["head"] == tips:
             return dict(cached["keys"])
@@ -155,7 +164,8 @@ class History:
         if cached is not None and all(self._is_ancestor(c) for c in cached["head"].split()):
             since, index, seen = cached["head"].split(), dict(cached["keys"]), list(cached["blobs"])
         index, seen = self._extend(index, seen, since)
-        self._write_cache({"v": INDEX_VERSION, "head": tips, "keys": index, "blobs": seen})
+        doc = {"v": INDEX_VERSION, "head": tips, "shallow": self.shallow, "keys": index, "blobs": seen}
+        self._write_cache(doc)
         return index
 
     def _extend(
@@ -479,6 +489,19 @@ def _merging(git_dir: Path, head: str) -> tuple[str, ...]:
             continue
         found += [line for line in text.split() if _OBJECT_ID.match(line) and line != head]
     return tuple(dict.fromkeys(found))
+
+
+def _shallow(path: Path) -> str:
+    """A digest of git's `shallow` file (the commits a shallow clone's history stops at), or ""
+    when the repository is complete."""
+    from flexforge.fsutil import read_regular
+
+    try:
+        return hashlib.sha256(read_regular(path, 256 * 2**20)).hexdigest()
+    except FileNotFoundError:
+        return ""
+    except OSError:
+        return "unreadable"
 
 
 def _askable(row: Row) -> bool:
