@@ -310,3 +310,28 @@ def test_explain_of_a_conflict_shows_the_file_found_and_why_the_key_is_unknown(p
     assert text.startswith("partner: conflict")
     assert f"on disk   sha256 {hashlib.sha256(agency.read_bytes()).hexdigest()}" in text
     assert "unknown until a seed is drawn" in text and "inputs are built" not in text, text
+
+
+def test_renaming_two_assets_of_one_request_keeps_each_its_own_seed_and_image(project: Project) -> None:
+    """Two seedless assets asking the same thing differ by their drawn seeds; renamed together,
+    each new id takes one old entry's seed and image, never both the same one."""
+    project.manifest("""
+        version: 1
+        settings: {provider: draft}
+        defaults: {width: 64, height: 64}
+        assets:
+          hero-1: {prompt: "a poster"}
+          hero-2: {prompt: "a poster"}
+    """)
+    assert project.build().exit_code == 0
+    before = {i: project.read(f"assets/hero-{i}.png") for i in (1, 2)}
+    seeds = {i: project.lock()["assets"][f"hero-{i}"]["seed"] for i in (1, 2)}
+    assert before[1] != before[2]
+    project.write("flexforge.yaml", project.read("flexforge.yaml").decode().replace("hero-", "banner-"))
+    assert project.plan() == {"banner-1": "rename", "banner-2": "rename"}
+    explained = project.run("explain", "banner-2").stdout  # alone, it takes the same one
+    assert explained.startswith("banner-2: rename (from hero-2)"), explained
+    assert project.build().exit_code == 0
+    after = {i: project.read(f"assets/banner-{i}.png") for i in (1, 2)}
+    assert after == before
+    assert {i: project.lock()["assets"][f"banner-{i}"]["seed"] for i in (1, 2)} == seeds
