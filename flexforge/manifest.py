@@ -140,6 +140,13 @@ def _folded(rel: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", rel).casefold())
 
 
+def folded_path(rel: str) -> str:
+    """A root-relative path as sibling_outputs keys it: normalised, then _folded."""
+    import posixpath
+
+    return _folded(posixpath.normpath(rel))
+
+
 def display_path(path: Path, base: Path | None = None) -> str:
     """A path as users typed it: relative to where they run (or -C) when inside it."""
     base = base or Path.cwd()
@@ -279,12 +286,11 @@ def _sibling_stamps(path: Path) -> list[list[Any]]:
     return [[s.name, file_stamp(str(s))] for s in sibling_manifests(path)]
 
 
-def _sibling_outputs(path: Path) -> dict[str, tuple[str, str]]:
+def sibling_outputs(path: Path) -> dict[str, tuple[str, str]]:
     """Output paths the other manifests in this folder write (folded as _folded compares them,
     -> (file name, asset id)), read leniently: a broken sibling is its own validation's
     business. Only literal `out:` values and default paths are known; an `out` built from vars
     is skipped."""
-    import posixpath
 
     import yaml
 
@@ -306,7 +312,7 @@ def _sibling_outputs(path: Path) -> dict[str, tuple[str, str]]:
             fmt = raw.get("output_format", fmt_default)
             out = raw.get("out", f"assets/{asset_id}.{EXTENSIONS.get(str(fmt), 'png')}")
             if isinstance(out, str) and "{" not in out:
-                found.setdefault(_folded(posixpath.normpath(out)), (sibling.name, str(asset_id)))
+                found.setdefault(folded_path(out), (sibling.name, str(asset_id)))
     return found
 
 
@@ -907,7 +913,7 @@ class _Checker:
                     "differ only by letter case or Unicode normalisation: on macOS and Windows they are "
                     "one file; rename one",
                 )
-        for folded_out, (name, other_id) in _sibling_outputs(self.path).items():
+        for folded_out, (name, other_id) in sibling_outputs(self.path).items():
             if folded_out in folded:
                 asset_id = folded[folded_out].id
                 out = folded[folded_out].out

@@ -335,3 +335,26 @@ def test_renaming_two_assets_of_one_request_keeps_each_its_own_seed_and_image(pr
     after = {i: project.read(f"assets/banner-{i}.png") for i in (1, 2)}
     assert after == before
     assert {i: project.lock()["assets"][f"banner-{i}"]["seed"] for i in (1, 2)} == seeds
+
+
+def test_gc_never_collects_an_output_another_manifest_beside_it_writes(project: Project) -> None:
+    """A manifest split in two: `b` moved to ads.yaml keeps its file, which flexforge.yaml's
+    history recorded as its own output. It is ads.yaml's output now, not an orphan."""
+    built(project)
+    git = ["git", "-C", str(project.root), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    text = project.read("flexforge.yaml").decode()
+    card = '  card: {prompt: "A card from image 1", references: [hero]}\n'
+    project.write("flexforge.yaml", text.replace(card, ""))
+    project.write(
+        "ads.yaml",
+        "version: 1\nsettings: {provider: draft}\ndefaults: {width: 128, height: 128}\n"
+        "assets:\n  card: {prompt: a card}\n",
+    )
+    assert project.build().exit_code == 0
+    assert project.run("-f", "ads.yaml", "accept", "card").exit_code == 0
+    assert "assets/card.png" not in project.run("gc").stdout
+    project.run("gc", "--yes")
+    assert (project.root / "assets/card.png").exists()

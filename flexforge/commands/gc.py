@@ -15,6 +15,7 @@ import click
 
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_OK
+from flexforge.manifest import folded_path, sibling_outputs
 from flexforge.text import plural
 
 RECENT_DAYS = 14  # objects a build made this recently stay: a revert is likely soon after
@@ -73,10 +74,14 @@ def _orphaned_outputs(project: Project) -> list[str]:
             for row in rows:
                 made.setdefault(str(row[2]), set()).add(str(row[0]))
         history.close()
+    # Another manifest in the folder may write it now (an asset moved there): not an orphan.
+    beside = sibling_outputs(manifest.path)
     found = []
     for out, shas in sorted(made.items()):
+        if out in in_use or folded_path(out) in beside:
+            continue
         # Inside the project and reached through no link: a committed link may lead anywhere.
-        if out not in in_use and sources.in_tree(out) and project.store.digest(out) in shas:
+        if sources.in_tree(out) and project.store.digest(out) in shas:
             found.append(out)
     return found
 
