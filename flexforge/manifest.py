@@ -287,11 +287,9 @@ def _sibling_stamps(path: Path) -> list[list[Any]]:
 
 
 def sibling_outputs(path: Path) -> dict[str, tuple[str, str]]:
-    """Output paths the other manifests in this folder write (folded as _folded compares them,
-    -> (file name, asset id)), read leniently: a broken sibling is its own validation's
-    business. Only literal `out:` values and default paths are known; an `out` built from vars
-    is skipped."""
-
+    """Output paths the other manifests in this folder write (as folded_path keys them -> (file
+    name, asset id)), read leniently: a broken sibling is its own validation's business. Only
+    literal `out:` values and default paths are known; an `out` built from vars is skipped."""
     import yaml
 
     found: dict[str, tuple[str, str]] = {}
