@@ -29,6 +29,9 @@ MAX_LOCK_BYTES = 64 * 2**20  # an old lock bigger than this is skipped, not read
 # Distinct lock versions read when an index is first built, newest first: a long history must not
 # make one plan read gigabytes of old JSON. What is older simply is not a source.
 MAX_VERSIONS = 2000
+# And at most this many bytes of them: two thousand 64 MiB versions (a hostile history; they
+# compress to little in git) took minutes and gigabytes of memory per thousand MiB parsed.
+MAX_HISTORY_BYTES = 128 * 2**20
 # A repository is untrusted (docs/security.md): no prompt, no lock taken, no replace refs bending
 # what an object id means, and no fsmonitor hook a planted .git/config could name.
 GIT_ENV = {
@@ -181,14 +184,15 @@ class History:
             return index, seen
         known_blobs = set(seen)
         fresh: dict[str, list[Row]] = {}
-        added = 0
+        added = read = 0
         for commit in (c.decode() for c in commits):
-            if added >= MAX_VERSIONS:
+            if added >= MAX_VERSIONS or read >= MAX_HISTORY_BYTES:
                 break
             found = self._object(f"{commit}:{self.lock_rel}", MAX_LOCK_BYTES)
             if found is None or found[0] in known_blobs:
                 continue
             oid, raw = found
+            read += len(raw)
             known_blobs.add(oid)
             seen.append(oid)
             added += 1
