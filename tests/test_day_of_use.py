@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -358,3 +359,16 @@ def test_gc_never_collects_an_output_another_manifest_beside_it_writes(project: 
     assert "assets/card.png" not in project.run("gc").stdout
     project.run("gc", "--yes")
     assert (project.root / "assets/card.png").exists()
+
+
+def test_frozen_on_a_lost_output_points_at_build_not_at_a_git_checkout_that_cannot_work(
+    project: Project,
+) -> None:
+    """An output that no cache, commit or remote holds (a folder without git here): a committed
+    one would have been restored by the build itself, so `git checkout -- PATH` is no fix."""
+    built(project)
+    shutil.rmtree(project.root / "assets")
+    shutil.rmtree(project.root / ".flexforge")
+    result = project.build("--frozen")
+    assert result.exit_code == 1
+    assert "git checkout" not in result.stderr and "flexforge build" in result.stderr, result.stderr

@@ -155,7 +155,11 @@ def _frozen_hint(stale: list[Step]) -> str:
         )
     deleted = [s.asset.out for s in stale if s.reasons == ["missing"]]
     if len(deleted) == len(stale):
-        return f"A committed output was deleted: `git checkout -- {' '.join(deleted)}` brings it back."
+        # A deleted output that any commit, cache or remote holds was restored above, free.
+        return (
+            f"No commit, cache or remote holds {' '.join(deleted)}: run `flexforge build` to make "
+            "it again, and commit it."
+        )
     return "Run `flexforge build` and commit the result."
 
 
