@@ -366,7 +366,8 @@ def test_frozen_on_a_lost_output_points_at_build_not_at_a_git_checkout_that_cann
 ) -> None:
     """An output that no cache, commit or remote holds (a folder without git here): a committed
     one would have been restored by the build itself, so `git checkout -- PATH` is no fix."""
-    built(project)
+    project.manifest(MANIFEST.replace('  card: {prompt: "A card from image 1", references: [hero]}\n', ""))
+    assert project.build().exit_code == 0
     shutil.rmtree(project.root / "assets")
     shutil.rmtree(project.root / ".flexforge")
     result = project.build("--frozen")
