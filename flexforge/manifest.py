@@ -321,6 +321,24 @@ def _covering(final_size: str) -> tuple[int, int]:
     return max(64, -(-w // 16) * 16), max(64, -(-h // 16) * 16)
 
 
+# An asset's knobs whose refusal says all there is to say about them: the asset is checked as if
+# they were absent (its default applies), so its other errors come in the same run. Anything
+# else refused (the prompt, the model, a preset size, paths, references...) leaves the asset
+# unchecked, as what follows from it would only be errors of the error.
+_LEFT_OUT_ALONE = frozenset(
+    {"steps", "guidance", "safety_tolerance", "seed", "prompt_upsampling", "reference_max_mp"}
+    | {"tags", "max_cost_usd", "width", "height"}
+)
+
+
+def _refused(path: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """What a schema error at `path` takes out of the semantic checks: one of an asset's knobs
+    alone, else the whole entry of its section."""
+    if len(path) >= 3 and path[0] == "assets" and path[2] in _LEFT_OUT_ALONE:
+        return path[:3]
+    return path[:2]
+
+
 def _raw_refs(raw: Any, assets: dict[str, Any]) -> tuple[str, ...]:
     refs = _mapping(raw).get("references")
     return tuple(r for r in refs if isinstance(r, str) and r in assets) if isinstance(refs, list) else ()
@@ -445,12 +463,17 @@ class _Checker:
             return  # certainly valid: jsonschema would find nothing, ten times slower
         for err in _validator().iter_errors(data):
             path = tuple(err.absolute_path)
-            self.invalid.add(path[:2])
             if err.validator == "additionalProperties":
                 node = err.instance if isinstance(err.instance, dict) else {}
                 allowed = list(err.schema.get("properties", {}))
-                for name in node:
-                    if name in allowed or _looks_secret(name, node[name]):
+                unknown = [name for name in node if name not in allowed]
+                if path[:1] == ("assets",) and len(path) == 2:
+                    # A name with no meaning is only left out: the rest of the asset is checked.
+                    self.invalid.update((*path, name) for name in unknown)
+                else:
+                    self.invalid.add(path[:2])
+                for name in unknown:
+                    if _looks_secret(name, node[name]):
                         continue
                     hint = difflib.get_close_matches(name, allowed, n=1)
                     also = (
@@ -459,7 +482,9 @@ class _Checker:
                         else f"; expected one of: {', '.join(allowed)}"
                     )
                     self.error((*path, name), f"unknown key {name!r}{also}", key=True)
-            elif "propertyNames" in err.schema_path:
+                continue
+            self.invalid.add(_refused(path))
+            if "propertyNames" in err.schema_path:
                 bad = err.instance
                 self.invalid.add((*path, bad)[:2])
                 what = "asset id" if path[-1:] == ("assets",) else "name"
@@ -493,7 +518,14 @@ class _Checker:
         if not raw_assets and ("assets",) not in self.invalid:
             self.error(("assets",), "declare at least one asset")
         assets: dict[str, Asset] = {}
+        # Fields of an asset the schema refused on their own (_refused): checked without them.
+        left_out: dict[str | int, set[str | int]] = {}
+        for where in self.invalid:
+            if len(where) == 3 and where[0] == "assets":
+                left_out.setdefault(where[1], set()).add(where[2])
         for asset_id, raw in self._valid("assets", raw_assets).items():
+            if asset_id in left_out:
+                raw = {k: v for k, v in raw.items() if k not in left_out[asset_id]}
             asset = self._asset(asset_id, raw, defaults, variables, raw_assets)
             if asset is not None:
                 assets[asset_id] = asset

@@ -107,7 +107,31 @@ def test_every_error_is_reported_at_once_with_its_line(project: Project) -> None
         "flexforge.yaml:12:5: assets.pro.guidance: 'guidance' applies to flux-2-flex only, not flux-2-pro"
         in lines
     )
-    assert len(lines) == 4
+    # hero's refused steps and width do not hide the unknown var in its prompt.
+    assert any(
+        line.startswith("flexforge.yaml:6:13: assets.hero.prompt: unknown var {brnad}") for line in lines
+    )
+    assert len(lines) == 5
+
+
+def test_a_refused_knob_or_unknown_key_does_not_hide_the_rest_of_its_asset(project: Project) -> None:
+    """Every error at once: an asset whose `steps` the schema refused, with a misspelt key, still
+    has its prompt's vars and its references checked in the same run."""
+    project.manifest("""
+        version: 1
+        assets:
+          g:
+            prompt: "Hello {brnad}"
+            references: [nope]
+            steps: 80
+            stpes: 3
+          h: {prompt: x}
+    """)
+    text = "\n".join(errors(project))
+    assert "assets.g.steps: 80 is greater than the maximum of 50" in text
+    assert "assets.g.stpes: unknown key 'stpes' (did you mean 'steps'?)" in text
+    assert "assets.g.prompt: unknown var {brnad}" in text
+    assert "assets.g.references.0: reference 'nope' is neither an asset id nor a file" in text
 
 
 def test_semantic_errors_are_all_reported(project: Project) -> None:
