@@ -284,8 +284,10 @@ def decide(
                     action=RESTORE, reasons=[STALE], output_sha256=source.sha256, source=source, **base
                 )
             # Bytes nobody recorded for this key: a hand edit, never overwritten. Dependents are
-            # planned from the lock's bytes until it is accepted.
-            return Step(action=DRIFTED, reasons=_lfs(facts, asset), output_sha256=entry.sha256, **base)
+            # planned from the lock's bytes until it is accepted. At a path the output was just
+            # moved to, flexforge never wrote them (a designer's export already there): a conflict.
+            held = DRIFTED if entry.out == asset.out else CONFLICT
+            return Step(action=held, reasons=_lfs(facts, asset), output_sha256=entry.sha256, **base)
         if source is not None:
             return Step(
                 action=RESTORE,

@@ -373,3 +373,18 @@ def test_frozen_on_a_lost_output_points_at_build_not_at_a_git_checkout_that_cann
     result = project.build("--frozen")
     assert result.exit_code == 1
     assert "git checkout" not in result.stderr and "flexforge build" in result.stderr, result.stderr
+
+
+def test_moving_an_output_onto_a_file_flexforge_never_wrote_is_a_conflict_not_a_hand_edit(
+    project: Project,
+) -> None:
+    """`out:` moved to where a designer's export already sits: flexforge never wrote that file,
+    so it is a `conflict` (left alone, accept or --replace), never "edited by hand"."""
+    built(project)
+    export = png(project.root / "site/hero.png", size=(128, 128), color=(5, 5, 5))
+    data = export.read_bytes()
+    project.edit("'Brew bold'\"}", "'Brew bold'\", out: site/hero.png}")
+    assert project.plan()["hero"] == "conflict"
+    result = project.build()
+    assert "edited by hand" not in result.stderr and "conflict" in result.stderr, result.stderr
+    assert export.read_bytes() == data
