@@ -388,3 +388,27 @@ def test_moving_an_output_onto_a_file_flexforge_never_wrote_is_a_conflict_not_a_
     result = project.build()
     assert "edited by hand" not in result.stderr and "conflict" in result.stderr, result.stderr
     assert export.read_bytes() == data
+
+
+def test_renaming_a_variants_asset_keeps_every_candidate(project: Project) -> None:
+    """A `variants:` asset's candidates ask one request with distinct drawn seeds: renamed, each
+    new candidate takes its own old one's seed and image (before, all took the first's)."""
+    project.manifest("""
+        version: 1
+        settings: {provider: draft}
+        defaults: {width: 64, height: 64}
+        assets:
+          hero: {prompt: "a poster", variants: 3}
+    """)
+    assert project.build().exit_code == 0
+    before = {k: (v["seed"], v["sha256"]) for k, v in project.lock()["assets"].items()}
+    project.edit("  hero:", "  masthead:")
+    planned = project.run("plan", "--json").json()["assets"]
+    assert {a["id"]: a["reasons"] for a in planned if a["id"] != "masthead"} == {
+        f"masthead--{k}": [f"from hero--{k}"] for k in (1, 2, 3)
+    }
+    assert project.build().exit_code == 0
+    after = {
+        k.replace("masthead", "hero"): (v["seed"], v["sha256"]) for k, v in project.lock()["assets"].items()
+    }
+    assert after == before
