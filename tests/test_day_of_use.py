@@ -412,3 +412,30 @@ def test_renaming_a_variants_asset_keeps_every_candidate(project: Project) -> No
         k.replace("masthead", "hero"): (v["seed"], v["sha256"]) for k, v in project.lock()["assets"].items()
     }
     assert after == before
+
+
+def test_gc_deletes_only_images_whatever_an_old_lock_claims(project: Project) -> None:
+    """A committed lock version naming the manifest and README.md as outputs, with their bytes'
+    sha256 (a hostile history can claim anything): `gc --yes` deletes neither, since flexforge
+    writes only images."""
+    built(project)
+    (project.root / "README.md").write_text("# my project\n")
+    lock = project.lock()
+    for name in ("flexforge.yaml", "README.md"):
+        data = project.read(name)
+        lock["assets"][f"x-{name[:2].lower()}"] = {
+            **lock["assets"]["hero"],
+            "out": name,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        }
+    (project.root / "flexforge.lock").write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    git = ["git", "-C", str(project.root), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "sneaky"], check=True)
+    assert project.build().exit_code == 0  # drops the orphaned entries from the lock
+    listing = project.run("gc").stdout
+    assert "README.md" not in listing and "flexforge.yaml" not in listing, listing
+    project.run("gc", "--yes")
+    assert (project.root / "README.md").exists() and (project.root / "flexforge.yaml").exists()

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import click
 
+from flexforge.confine import extension_problem
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_OK
+from flexforge.imaging import EXTENSIONS
 from flexforge.manifest import folded_path, sibling_outputs
 from flexforge.text import plural
 
@@ -78,12 +80,19 @@ def _orphaned_outputs(project: Project) -> list[str]:
     beside = sibling_outputs(manifest.path)
     found = []
     for out, shas in sorted(made.items()):
-        if out in in_use or folded_path(out) in beside:
+        if out in in_use or folded_path(out) in beside or not _image_name(out):
             continue
         # Inside the project and reached through no link: a committed link may lead anywhere.
         if sources.in_tree(out) and project.store.digest(out) in shas:
             found.append(out)
     return found
+
+
+def _image_name(out: str) -> bool:
+    """Whether `out` is named as flexforge names its outputs (an image extension): a lock can
+    claim any file (an old one in a hostile history: the manifest, a README), gc deletes images
+    only."""
+    return any(extension_problem(out, fmt) is None for fmt in EXTENSIONS)
 
 
 def _unneeded_objects(project: Project, recent_days: float) -> list[Path]:
