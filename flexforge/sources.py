@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flexforge.confine import Resolver, private_part
+from flexforge.confine import Resolver
 from flexforge.errors import FlexforgeError
 from flexforge.fsutil import read_regular, sha256_bytes
 from flexforge.lockfile import Lock
@@ -225,12 +225,14 @@ class Sources:
         """Whether a path a lock records may be read in the working tree: relative, inside the
         project, out of `.git/` and the state folder, and reached through no link at all (a
         committed link, to a file or to a folder on the way, may lead anywhere on this machine)."""
-        parts = path.split("/")
-        if not path or path.startswith("/") or ".." in parts or private_part(path) is not None:
+        from flexforge.imagesource import confined
+
+        if not path or path.startswith("/") or ".." in path.split("/"):
             return False
         if self._resolver is None:
             self._resolver = Resolver(self.store.root)
-        return self._resolver.inside(path) == posixpath.normpath(path)
+        found = confined(self._resolver, path)  # inside, out of .git/ and .flexforge/
+        return found is not None and found == self._resolver.root / posixpath.normpath(path)
 
     def fetch(self, source: Source, asset: Asset) -> tuple[bytes | None, str | None]:
         """The source's bytes, verified (their sha256, then the header of the declared image), or
