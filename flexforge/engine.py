@@ -590,6 +590,9 @@ class Builder:
                 image = shared or await self.provider.generate(request, record)
                 await asyncio.to_thread(_verify, image, asset)
             except ProviderError:
+                # A submission that may have made a task failed through maybe_charged (and is
+                # counted there); any other failed one was refused or never arrived: nothing to warn of.
+                record.on_the_wire = False
                 self._unreserve(record, estimate)
                 if record.finished:
                     record.settled = True

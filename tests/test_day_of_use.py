@@ -201,6 +201,8 @@ def test_unreachable_emulator_is_named_with_its_url_and_a_hint(
     assert result.exit_code == 1
     assert f"cannot connect to the emulator at http://127.0.0.1:{port}" in result.stderr
     assert "`flexforge emulator` is running" in result.stderr and "Traceback" not in result.stderr
+    # Nothing reached it, so nothing can have been charged: no warning says otherwise.
+    assert "may have created and charged" not in result.stderr, result.stderr
 
 
 def test_a_git_source_that_fails_its_check_falls_back_to_generating(project: Project) -> None:
