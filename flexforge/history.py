@@ -134,6 +134,17 @@ class History:
             self._outputs = {(row[2], row[0]) for rows in self.index().values() for row in rows}
         return (out, sha256) in self._outputs
 
+    def at_tip(self, out: str, sha256: str) -> bool:
+        """Whether HEAD (or a commit being merged in) holds these bytes at `out`: the file in
+        place is the checkout's own, not one put back by hand (`git checkout HEAD~1 -- out`)."""
+        if "\n" in out:
+            return False
+        for tip in self.tips:
+            found = self._object(f"{tip}:{self._repo_path(out)}", MAX_LOCK_BYTES)
+            if found is not None and hashlib.sha256(found[1]).hexdigest() == sha256:
+                return True
+        return False
+
     def seeds_of(self, asset_id: str, sha256: str | None) -> list[tuple[str, int]]:
         """(key, seed) of every committed record of these bytes, then of every one made for
         `asset_id`: where an asset with no lock entry finds the seed a committed lock pinned

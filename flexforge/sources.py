@@ -182,10 +182,13 @@ class Sources:
         return found
 
     def committed_output(self, out: str, sha256: str | None) -> bool:
-        """Whether git history records these bytes as the output at `out`: flexforge's own older
-        image, which the lock has moved past (`lock merge`, a lock taken from another branch)."""
+        """Whether git history records these bytes as the output at `out`, and the checkout holds
+        them there: flexforge's own older image, which the lock has moved past (`lock merge`, a
+        lock taken from another branch), not one put back by hand."""
         history = self.history if sha256 is not None else None
-        return history is not None and sha256 is not None and history.recorded_at(out, sha256)
+        if history is None or sha256 is None:
+            return False
+        return history.recorded_at(out, sha256) and history.at_tip(out, sha256)
 
     def committed_seeds(self, asset_id: str, sha256: str | None) -> list[tuple[str, int]]:
         """(key, seed) pairs git history recorded for these bytes or this asset id (see
