@@ -301,3 +301,24 @@ def test_a_lock_taken_from_ours_and_committed_keeps_the_other_branchs_drawn_seed
     assert (result.exit_code, paid) == (0, 0), result.stderr
     assert_matches_manifest(bob)
     assert bob.lock()["assets"]["zz"]["seed"] == theirs["assets"]["zz"]["seed"]
+
+
+def test_a_lock_deleted_on_a_fresh_clone_is_rebuilt_from_the_committed_images_free(
+    tmp_path: Path, emu: RunningEmulator
+) -> None:
+    """A lock that cannot be read (a union merge made it invalid JSON) is deleted, as the error
+    says: every seedless asset takes back the seed its committed lock pinned, its image in place
+    is adopted, and no API call is made, on a clone with no .flexforge/ at all."""
+    team = Team(tmp_path, emu)
+    alice = team.clone("alice")
+    alice.manifest(MANIFEST)
+    assert team.build(alice)[1] == 4
+    commit(alice, "images", push="main")
+    fresh = team.clone("fresh")
+    (fresh.root / "flexforge.lock").unlink()
+    assert set(plan(fresh).values()) == {"restore (in place)"}, plan(fresh)
+    result, paid = team.build(fresh)
+    assert (result.exit_code, paid) == (0, 0), result.stderr
+    assert_matches_manifest(fresh)
+    seeds = {k: (v["seed"], v["sha256"]) for k, v in alice.lock()["assets"].items()}
+    assert {k: (v["seed"], v["sha256"]) for k, v in fresh.lock()["assets"].items()} == seeds
