@@ -713,7 +713,7 @@ def _transfer_jobs(func: F) -> F:
 @global_options
 @handle_errors
 def push(jobs: int) -> int:
-    """Upload the lock's images the team remote lacks (flexforge.toml [remote] or $FLEXFORGE_REMOTE)."""
+    """Upload the lock's images the team remote lacks (settings: remote, or $FLEXFORGE_REMOTE)."""
     from flexforge.commands.transfer import push as run
 
     return run(_opts(), jobs)

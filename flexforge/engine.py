@@ -32,6 +32,7 @@ from flexforge.planner import (
     DRIFTED,
     GENERATES,
     HELD,
+    LFS_REASON,
     NONE,
     REGENERATE,
     RESTORES,
@@ -404,7 +405,10 @@ class Builder:
             return None
         if step.action in HELD:
             self.held.add(asset.id)
-            self._record(Outcome(asset.id, step.action, HELD_DETAIL[step.action].format(id=asset.id)))
+            detail = HELD_DETAIL[step.action].format(id=asset.id)
+            if LFS_REASON in step.reasons:  # a clone made without `git lfs`: nobody's edit
+                detail = f"{LFS_REASON}; left alone"
+            self._record(Outcome(asset.id, step.action, detail))
             return self._output(asset.id, step.output_sha256)
         held_inputs = [r for r in asset.asset_refs if r in self.held]
         if held_inputs and step.action not in RESTORES:
@@ -586,6 +590,9 @@ class Builder:
                 image = shared or await self.provider.generate(request, record)
                 await asyncio.to_thread(_verify, image, asset)
             except ProviderError:
+                # A submission that may have made a task failed through maybe_charged (and is
+                # counted there); any other failed one was refused or never arrived: nothing to warn of.
+                record.on_the_wire = False
                 self._unreserve(record, estimate)
                 if record.finished:
                     record.settled = True

@@ -29,6 +29,9 @@ MAX_LOCK_BYTES = 64 * 2**20  # an old lock bigger than this is skipped, not read
 # Distinct lock versions read when an index is first built, newest first: a long history must not
 # make one plan read gigabytes of old JSON. What is older simply is not a source.
 MAX_VERSIONS = 2000
+# And at most this many bytes of them: two thousand 64 MiB versions (a hostile history; they
+# compress to little in git) took minutes and gigabytes of memory per thousand MiB parsed.
+MAX_HISTORY_BYTES = 128 * 2**20
 # A repository is untrusted (docs/security.md): no prompt, no lock taken, no replace refs bending
 # what an object id means, and no fsmonitor hook a planted .git/config could name.
 GIT_ENV = {
@@ -55,16 +58,24 @@ class History:
         head: str,
         cache: Path | None,
         current: Lock | None = None,
+        merging: tuple[str, ...] = (),
     ) -> None:
         self.toplevel = toplevel
         self._current = current  # the working lock: a version with its bytes is not parsed again
         self.prefix = prefix  # the project folder, relative to the repository's top
         self.lock_rel = lock_rel
         self.head = head
+        # A merge, rebase or cherry-pick in progress: the commits it brings in are history too
+        # (a lock conflict resolved with `--ours` before committing names none of their images).
+        self.tips = (head, *merging)
+        # A shallow clone's boundary (a digest of git's `shallow` file; "" when complete): made
+        # deeper, the same HEAD has more history, so an index cached for it is built again.
+        self.shallow = ""
         self._cache = cache
         self._index: dict[str, list[Row]] | None = None
         self._by_sha: dict[str, list[Row]] | None = None  # for alternates, built on first need
         self._outputs: set[tuple[str, str]] | None = None
+        self._seeds: dict[str, list[tuple[str, int]]] | None = None  # "id:"/"sha:" -> (key, seed)
         self._batch: subprocess.Popen[bytes] | None = None
         self._mutex = threading.Lock()
         # Commit -> (folders, what `ls-tree` listed under them): checking an index's rows lists
@@ -78,15 +89,22 @@ class History:
         """The history of the repository holding `root`, or None (no git, no commit yet);
         `current`, the working lock, spares parsing a committed version with the same bytes."""
         try:
-            out = _git(root, "rev-parse", "--show-toplevel", "HEAD").decode().split("\n")
+            said = _git(
+                root, "rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-path", "shallow", "HEAD"
+            )
+            out = said.decode().split("\n")
             toplevel = Path(out[0]).resolve()
             prefix = root.resolve().relative_to(toplevel).as_posix()
             lock_rel = lock_path.resolve().relative_to(toplevel).as_posix()
+            head = out[3].strip()
         except (OSError, subprocess.SubprocessError, ValueError, IndexError):
             return None
         name = hashlib.sha256(f"{toplevel}\0{lock_rel}".encode()).hexdigest()[:32]
         cache = cache_dir / f"{name}.json" if cache_dir is not None else None
-        return cls(toplevel, "" if prefix == "." else prefix, lock_rel, out[1].strip(), cache, current)
+        merging = _merging(Path(out[1]), head)
+        history = cls(toplevel, "" if prefix == "." else prefix, lock_rel, head, cache, current, merging)
+        history.shallow = _shallow(root / out[2])
+        return history
 
     def lookup(self, key: str) -> list[Source]:
         """Every committed record of bytes made for `key`, newest commit first."""
@@ -116,6 +134,32 @@ class History:
             self._outputs = {(row[2], row[0]) for rows in self.index().values() for row in rows}
         return (out, sha256) in self._outputs
 
+    def at_tip(self, out: str, sha256: str) -> bool:
+        """Whether HEAD (or a commit being merged in) holds these bytes at `out`: the file in
+        place is the checkout's own, not one put back by hand (`git checkout HEAD~1 -- out`)."""
+        if "\n" in out:
+            return False
+        for tip in self.tips:
+            found = self._object(f"{tip}:{self._repo_path(out)}", MAX_LOCK_BYTES)
+            if found is not None and hashlib.sha256(found[1]).hexdigest() == sha256:
+                return True
+        return False
+
+    def seeds_of(self, asset_id: str, sha256: str | None) -> list[tuple[str, int]]:
+        """(key, seed) of every committed record of these bytes, then of every one made for
+        `asset_id`: where an asset with no lock entry finds the seed a committed lock pinned
+        for it (the other side of a merge drew it; an id added back)."""
+        if self._seeds is None:
+            self._seeds = {}
+            for key, rows in self.index().items():
+                for row in rows:
+                    sha, seed, origin = row[0], row[4], row[8]
+                    if isinstance(seed, int) and not isinstance(seed, bool):
+                        self._seeds.setdefault(f"sha:{sha}", []).append((key, seed))
+                        self._seeds.setdefault(f"id:{origin}", []).append((key, seed))
+        found = self._seeds.get(f"sha:{sha256}", []) if sha256 is not None else []
+        return list(dict.fromkeys([*found, *self._seeds.get(f"id:{asset_id}", [])]))
+
     def index(self) -> dict[str, list[Row]]:
         if self._index is None:
             self._index = self._load()
@@ -123,37 +167,43 @@ class History:
 
     def _load(self) -> dict[str, list[Row]]:
         cached = self._read_cache()
-        if cached is not None and cached["head"] == self.head:
+        if cached is not None and cached.get("shallow", "") != self.shallow:
+            cached = None  # deepened (or made shallow): older commits the index never saw
+        tips = " ".join(self.tips)  # what the index covers: HEAD and any commit being merged in
+        if cached is not None and cached["head"] == tips:
             return dict(cached["keys"])
-        since: str | None = None
+        since: list[str] = []
         index: dict[str, list[Row]] = {}
         seen: list[str] = []
-        if cached is not None and self._is_ancestor(cached["head"]):
-            since, index, seen = cached["head"], dict(cached["keys"]), list(cached["blobs"])
+        if cached is not None and all(self._is_ancestor(c) for c in cached["head"].split()):
+            since, index, seen = cached["head"].split(), dict(cached["keys"]), list(cached["blobs"])
         index, seen = self._extend(index, seen, since)
-        self._write_cache({"v": INDEX_VERSION, "head": self.head, "keys": index, "blobs": seen})
+        doc = {"v": INDEX_VERSION, "head": tips, "shallow": self.shallow, "keys": index, "blobs": seen}
+        self._write_cache(doc)
         return index
 
     def _extend(
-        self, index: dict[str, list[Row]], seen: list[str], since: str | None
+        self, index: dict[str, list[Row]], seen: list[str], since: list[str]
     ) -> tuple[dict[str, list[Row]], list[str]]:
-        """Add every lock version committed after `since` (all, when None). --full-history
-        keeps side branches a merge threw away: their images are still in the repository."""
-        revs = ["HEAD", f"^{since}"] if since else ["HEAD"]
+        """Add every lock version committed after the commits `since` (all, when none).
+        --full-history keeps side branches a merge threw away: their images are still in the
+        repository."""
+        revs = [*self.tips, *(f"^{commit}" for commit in since)]
         try:
             commits = _git(self.toplevel, "rev-list", "--full-history", *revs, "--", self.lock_rel).split()
         except (OSError, subprocess.SubprocessError):
             return index, seen
         known_blobs = set(seen)
         fresh: dict[str, list[Row]] = {}
-        added = 0
+        added = read = 0
         for commit in (c.decode() for c in commits):
-            if added >= MAX_VERSIONS:
+            if added >= MAX_VERSIONS or read >= MAX_HISTORY_BYTES:
                 break
             found = self._object(f"{commit}:{self.lock_rel}", MAX_LOCK_BYTES)
             if found is None or found[0] in known_blobs:
                 continue
             oid, raw = found
+            read += len(raw)
             known_blobs.add(oid)
             seen.append(oid)
             added += 1
@@ -226,11 +276,16 @@ class History:
         return f"{self.prefix}/{out}" if self.prefix else out
 
     def _is_ancestor(self, commit: str) -> bool:
-        try:
-            _git(self.toplevel, "merge-base", "--is-ancestor", commit, "HEAD")
-        except (OSError, subprocess.SubprocessError):
+        """Whether `commit` is reachable from HEAD or a commit being merged in."""
+        if not _OBJECT_ID.match(commit):
             return False
-        return True
+        for tip in self.tips:
+            try:
+                _git(self.toplevel, "merge-base", "--is-ancestor", commit, tip)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            return True
+        return False
 
     def _read_cache(self) -> dict[str, Any] | None:
         if self._cache is None:
@@ -434,6 +489,34 @@ def _git(cwd: Path, *args: str) -> bytes:
         env={**os.environ, **GIT_ENV},
         timeout=300,
     ).stdout
+
+
+def _merging(git_dir: Path, head: str) -> tuple[str, ...]:
+    """The commits a merge, rebase or cherry-pick in progress brings in (git's MERGE_HEAD,
+    REBASE_HEAD, CHERRY_PICK_HEAD): object ids only, read without following links."""
+    from flexforge.fsutil import read_regular
+
+    found: list[str] = []
+    for name in ("MERGE_HEAD", "REBASE_HEAD", "CHERRY_PICK_HEAD"):
+        try:
+            text = read_regular(git_dir / name, 4096).decode("ascii")
+        except (OSError, UnicodeDecodeError):
+            continue
+        found += [line for line in text.split() if _OBJECT_ID.match(line) and line != head]
+    return tuple(dict.fromkeys(found))
+
+
+def _shallow(path: Path) -> str:
+    """A digest of git's `shallow` file (the commits a shallow clone's history stops at), or ""
+    when the repository is complete."""
+    from flexforge.fsutil import read_regular
+
+    try:
+        return hashlib.sha256(read_regular(path, 256 * 2**20)).hexdigest()
+    except FileNotFoundError:
+        return ""
+    except OSError:
+        return "unreadable"
 
 
 def _askable(row: Row) -> bool:

@@ -140,6 +140,13 @@ def _folded(rel: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", rel).casefold())
 
 
+def folded_path(rel: str) -> str:
+    """A root-relative path as sibling_outputs keys it: normalised, then _folded."""
+    import posixpath
+
+    return _folded(posixpath.normpath(rel))
+
+
 def display_path(path: Path, base: Path | None = None) -> str:
     """A path as users typed it: relative to where they run (or -C) when inside it."""
     base = base or Path.cwd()
@@ -202,7 +209,7 @@ def _read_cache(path: Path, fingerprint: str, label: str) -> Manifest | None:
 
     try:
         doc = json.loads(read_regular(manifest_cache_file(path, "manifest"), CACHE_LIMIT))
-        if doc["fingerprint"] != fingerprint:
+        if doc["fingerprint"] != fingerprint or doc["siblings"] != _sibling_stamps(path):
             return None
         assets = {raw["id"]: _asset_from_json(raw) for raw in doc["assets"]}
         settings = Settings.from_data(doc["settings"])
@@ -238,7 +245,12 @@ def _write_cache(manifest: Manifest, fingerprint: str) -> None:
     # (a tenth of a cold plan at 1,000 assets), and json.dumps reads them where they are.
     names = _ASSET_FIELDS
     assets = [{name: getattr(a, name) for name in names} for a in manifest.assets.values()]
-    doc = {"fingerprint": fingerprint, "assets": assets, "settings": manifest.settings.to_json()}
+    doc = {
+        "fingerprint": fingerprint,
+        "siblings": _sibling_stamps(manifest.path),
+        "assets": assets,
+        "settings": manifest.settings.to_json(),
+    }
     data = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     target = Path(manifest_cache_file(manifest.path, "manifest"))
     try:
@@ -260,15 +272,29 @@ def _asset_from_json(raw: dict[str, Any]) -> Asset:
     return Asset(**raw)
 
 
-def _sibling_outputs(path: Path) -> dict[str, tuple[str, str]]:
-    """Output paths the other manifests in this folder write (out -> (file name, asset id)), read
-    leniently: a broken sibling is its own validation's business. Only literal `out:` values and
-    default paths are known; an `out` built from vars is skipped."""
+def sibling_manifests(path: Path) -> list[Path]:
+    """The other YAML files in the manifest's folder: any may be a manifest writing beside it."""
+    found = sorted([*path.parent.glob("*.yaml"), *path.parent.glob("*.yml")])
+    return [sibling for sibling in found if sibling.name != path.name]
+
+
+def _sibling_stamps(path: Path) -> list[list[Any]]:
+    """What tells the sibling manifests changed (name and stamp each): a manifest validated
+    before is validated again when one is added, edited or removed."""
+    from flexforge.noop import file_stamp
+
+    return [[s.name, file_stamp(str(s))] for s in sibling_manifests(path)]
+
+
+def sibling_outputs(path: Path) -> dict[str, tuple[str, str]]:
+    """Output paths the other manifests in this folder write (as folded_path keys them -> (file
+    name, asset id)), read leniently: a broken sibling is its own validation's business. Only
+    literal `out:` values and default paths are known; an `out` built from vars is skipped."""
     import yaml
 
     found: dict[str, tuple[str, str]] = {}
-    for sibling in sorted([*path.parent.glob("*.yaml"), *path.parent.glob("*.yml")]):
-        if sibling.name == path.name or not sibling.is_file() or sibling.is_symlink():
+    for sibling in sibling_manifests(path):
+        if not sibling.is_file() or sibling.is_symlink():
             continue
         try:
             if sibling.stat().st_size > 4 * 2**20 or b"assets:" not in sibling.read_bytes()[: 1 << 20]:
@@ -284,7 +310,7 @@ def _sibling_outputs(path: Path) -> dict[str, tuple[str, str]]:
             fmt = raw.get("output_format", fmt_default)
             out = raw.get("out", f"assets/{asset_id}.{EXTENSIONS.get(str(fmt), 'png')}")
             if isinstance(out, str) and "{" not in out:
-                found.setdefault(out.removeprefix("./"), (sibling.name, str(asset_id)))
+                found.setdefault(folded_path(out), (sibling.name, str(asset_id)))
     return found
 
 
@@ -293,6 +319,24 @@ def _covering(final_size: str) -> tuple[int, int]:
     `final_size: 1080x1080` alone generates 1088x1088 and crops."""
     w, h = (int(n) for n in final_size.split("x"))
     return max(64, -(-w // 16) * 16), max(64, -(-h // 16) * 16)
+
+
+# An asset's knobs whose refusal says all there is to say about them: the asset is checked as if
+# they were absent (its default applies), so its other errors come in the same run. Anything
+# else refused (the prompt, the model, a preset size, paths, references...) leaves the asset
+# unchecked, as what follows from it would only be errors of the error.
+_LEFT_OUT_ALONE = frozenset(
+    {"steps", "guidance", "safety_tolerance", "seed", "prompt_upsampling", "reference_max_mp"}
+    | {"tags", "max_cost_usd", "width", "height"}
+)
+
+
+def _refused(path: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """What a schema error at `path` takes out of the semantic checks: one of an asset's knobs
+    alone, else the whole entry of its section."""
+    if len(path) >= 3 and path[0] == "assets" and path[2] in _LEFT_OUT_ALONE:
+        return path[:3]
+    return path[:2]
 
 
 def _raw_refs(raw: Any, assets: dict[str, Any]) -> tuple[str, ...]:
@@ -419,12 +463,17 @@ class _Checker:
             return  # certainly valid: jsonschema would find nothing, ten times slower
         for err in _validator().iter_errors(data):
             path = tuple(err.absolute_path)
-            self.invalid.add(path[:2])
             if err.validator == "additionalProperties":
                 node = err.instance if isinstance(err.instance, dict) else {}
                 allowed = list(err.schema.get("properties", {}))
-                for name in node:
-                    if name in allowed or _looks_secret(name, node[name]):
+                unknown = [name for name in node if name not in allowed]
+                if path[:1] == ("assets",) and len(path) == 2:
+                    # A name with no meaning is only left out: the rest of the asset is checked.
+                    self.invalid.update((*path, name) for name in unknown)
+                else:
+                    self.invalid.add(path[:2])
+                for name in unknown:
+                    if _looks_secret(name, node[name]):
                         continue
                     hint = difflib.get_close_matches(name, allowed, n=1)
                     also = (
@@ -433,7 +482,9 @@ class _Checker:
                         else f"; expected one of: {', '.join(allowed)}"
                     )
                     self.error((*path, name), f"unknown key {name!r}{also}", key=True)
-            elif "propertyNames" in err.schema_path:
+                continue
+            self.invalid.add(_refused(path))
+            if "propertyNames" in err.schema_path:
                 bad = err.instance
                 self.invalid.add((*path, bad)[:2])
                 what = "asset id" if path[-1:] == ("assets",) else "name"
@@ -467,7 +518,14 @@ class _Checker:
         if not raw_assets and ("assets",) not in self.invalid:
             self.error(("assets",), "declare at least one asset")
         assets: dict[str, Asset] = {}
+        # Fields of an asset the schema refused on their own (_refused): checked without them.
+        left_out: dict[str | int, set[str | int]] = {}
+        for where in self.invalid:
+            if len(where) == 3 and where[0] == "assets":
+                left_out.setdefault(where[1], set()).add(where[2])
         for asset_id, raw in self._valid("assets", raw_assets).items():
+            if asset_id in left_out:
+                raw = {k: v for k, v in raw.items() if k not in left_out[asset_id]}
             asset = self._asset(asset_id, raw, defaults, variables, raw_assets)
             if asset is not None:
                 assets[asset_id] = asset
@@ -885,9 +943,10 @@ class _Checker:
                     "differ only by letter case or Unicode normalisation: on macOS and Windows they are "
                     "one file; rename one",
                 )
-        for out, (name, other_id) in _sibling_outputs(self.path).items():
-            if out in owners:
-                asset_id = owners[out]
+        for folded_out, (name, other_id) in sibling_outputs(self.path).items():
+            if folded_out in folded:
+                asset_id = folded[folded_out].id
+                out = folded[folded_out].out
                 where = (
                     ("assets", asset_id, "out")
                     if "out" in _mapping(_mapping(_mapping(self.doc.data).get("assets")).get(asset_id))

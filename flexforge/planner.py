@@ -69,6 +69,9 @@ class Facts:
     # Outputs a killed build was writing in place (Store.interrupted_writes): flexforge's own
     # unfinished bytes, planned as if absent, never `drifted` or `conflict`.
     interrupted: frozenset[str] = frozenset()
+    # Orphaned entry -> the new id that took its seed (_rename_of): two assets asking the same
+    # thing, renamed together, must not both take one entry's seed and image.
+    renamed: dict[str, str] = field(default_factory=dict)
 
     def orphans_by_request(self) -> dict[tuple[tuple[str, str], ...], list[str]]:
         """Orphaned entries by their key parts, seed aside (see _rename_of)."""
@@ -237,6 +240,8 @@ def decide(
     renamed: str | None = None
     if entry is None and seed is None and complete and asset.id not in facts.options.reseed:
         renamed, seed = _rename_of(asset, facts, known)
+        if seed is None:
+            seed = _committed_seed(asset, facts, known, current)
     key = content_key(asset, generator, seed, known) if seed is not None and complete else None
     base: dict[str, Any] = {"asset": asset, "seed": seed, "key": key, "reference_digests": digests}
     unchanged = key is not None and entry is not None and entry.key == key.key and entry.out == asset.out
@@ -279,8 +284,10 @@ def decide(
                     action=RESTORE, reasons=[STALE], output_sha256=source.sha256, source=source, **base
                 )
             # Bytes nobody recorded for this key: a hand edit, never overwritten. Dependents are
-            # planned from the lock's bytes until it is accepted.
-            return Step(action=DRIFTED, reasons=_lfs(facts, asset), output_sha256=entry.sha256, **base)
+            # planned from the lock's bytes until it is accepted. At a path the output was just
+            # moved to, flexforge never wrote them (a designer's export already there): a conflict.
+            held = DRIFTED if entry.out == asset.out else CONFLICT
+            return Step(action=held, reasons=_lfs(facts, asset), output_sha256=entry.sha256, **base)
         if source is not None:
             return Step(
                 action=RESTORE,
@@ -329,11 +336,41 @@ def _rename_of(asset: Asset, facts: Facts, digests: list[str]) -> tuple[str | No
     parts, seed aside, so a thousand renames cost a thousand lookups, not a million keys."""
     generator = generator_of(asset, facts.generator)
     wanted = _seedless(known_parts(asset, generator, None, list(digests)))
-    for old_id in facts.orphans_by_request().get(wanted, ()):
+    candidates = facts.orphans_by_request().get(wanted, [])
+    if len(candidates) > 1:  # the same request under several ids: the likeliest old name first
+        candidates = sorted(candidates, key=lambda old_id: -_affinity(old_id, asset.id))
+    for old_id in candidates:
+        if facts.renamed.get(old_id, asset.id) != asset.id:
+            continue  # another new id of this plan took it
         orphan = facts.orphans[old_id]
         if content_key(asset, generator, orphan.seed, digests).key == orphan.key:
+            facts.renamed[old_id] = asset.id
             return old_id, orphan.seed
     return None, None
+
+
+def _affinity(old_id: str, new_id: str) -> int:
+    """How much of two ids is kept by a rename: their common prefix and suffix (`hero-2` ->
+    `banner-2`), so that which old entry a new id takes does not hang on what else is built."""
+
+    def common(a: str, b: str) -> int:
+        return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+    return min(common(old_id, new_id) + common(old_id[::-1], new_id[::-1]), len(old_id), len(new_id))
+
+
+def _committed_seed(asset: Asset, facts: Facts, digests: list[str], current: Current) -> int | None:
+    """The seed a committed lock pinned for exactly this request, when the working lock has no
+    entry for the asset: the other side of a merge drew it (`git checkout --ours flexforge.lock`
+    drops that entry, not the image), or the id was removed and added back. With it the asset
+    keeps its key and image, free, instead of a `conflict` or a new draw."""
+    generator = generator_of(asset, facts.generator)
+    size = current.size
+    in_place = current.digest if size is not None and size >= 0 else None
+    for key, seed in facts.sources.committed_seeds(asset.id, in_place):
+        if content_key(asset, generator, seed, digests).key == key:
+            return seed
+    return None
 
 
 def _unusable(store: Store, rel: str, current: Current) -> str | None:

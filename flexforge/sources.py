@@ -9,13 +9,14 @@ Every source is verified before it counts (sha256, then an image of the declared
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flexforge.confine import Resolver
 from flexforge.errors import FlexforgeError
 from flexforge.fsutil import read_regular, sha256_bytes
 from flexforge.lockfile import Lock
@@ -129,6 +130,7 @@ class Sources:
         self._history_mutex = threading.Lock()
         self._by_key: dict[str, list[Source]] | None = None
         self.remote: RemoteIndex | None = None  # the team remote, when the project has one
+        self._resolver: Resolver | None = None  # for paths old locks record (in_tree)
 
     def _lock_index(self) -> dict[str, list[Source]]:
         """Key -> what the lock (current and orphaned entries alike) records for it."""
@@ -180,10 +182,19 @@ class Sources:
         return found
 
     def committed_output(self, out: str, sha256: str | None) -> bool:
-        """Whether git history records these bytes as the output at `out`: flexforge's own older
-        image, which the lock has moved past (`lock merge`, a lock taken from another branch)."""
+        """Whether git history records these bytes as the output at `out`, and the checkout holds
+        them there: flexforge's own older image, which the lock has moved past (`lock merge`, a
+        lock taken from another branch), not one put back by hand."""
         history = self.history if sha256 is not None else None
-        return history is not None and sha256 is not None and history.recorded_at(out, sha256)
+        if history is None or sha256 is None:
+            return False
+        return history.recorded_at(out, sha256) and history.at_tip(out, sha256)
+
+    def committed_seeds(self, asset_id: str, sha256: str | None) -> list[tuple[str, int]]:
+        """(key, seed) pairs git history recorded for these bytes or this asset id (see
+        History.seeds_of); none without git."""
+        history = self.history
+        return history.seeds_of(asset_id, sha256) if history is not None else []
 
     def remote_details(self, source: Source, key: str) -> Source:
         """A remote source with what the machine that pushed it said of it (provider, seed, task,
@@ -202,7 +213,7 @@ class Sources:
                 return _with(source, kind=IN_PLACE, path=out, commit=None)
         for source in known:
             path = source.path
-            if path is None or path == out or not _is_safe(path) or (self.store.root / path).is_symlink():
+            if path is None or path == out or not self.in_tree(path):
                 continue
             if self.store.digest(path) == source.sha256:
                 return _with(source, kind=WORKING_TREE, commit=None)
@@ -212,6 +223,19 @@ class Sources:
             if source.kind != GIT and self.store.has_object(source.sha256):
                 return _with(source, kind=CACHE, path=None, commit=None)
         return next((s for s in known if s.kind == GIT), None)
+
+    def in_tree(self, path: str) -> bool:
+        """Whether a path a lock records may be read in the working tree: relative, inside the
+        project, out of `.git/` and the state folder, and reached through no link at all (a
+        committed link, to a file or to a folder on the way, may lead anywhere on this machine)."""
+        from flexforge.imagesource import confined
+
+        if not path or path.startswith("/") or ".." in path.split("/"):
+            return False
+        if self._resolver is None:
+            self._resolver = Resolver(self.store.root)
+        found = confined(self._resolver, path)  # inside, out of .git/ and .flexforge/
+        return found is not None and found == self._resolver.root / posixpath.normpath(path)
 
     def fetch(self, source: Source, asset: Asset) -> tuple[bytes | None, str | None]:
         """The source's bytes, verified (their sha256, then the header of the declared image), or
@@ -315,12 +339,6 @@ def _with(source: Source, **changes: Any) -> Source:
     from dataclasses import replace
 
     return replace(source, **changes)
-
-
-def _is_safe(path: str) -> bool:
-    """A path from history's lock: relative, inside the project, never into .git."""
-    parts = Path(path).parts
-    return bool(parts) and not Path(path).is_absolute() and ".." not in parts and ".git" not in parts
 
 
 def _key_record(store: Store, key: str) -> Source | None:

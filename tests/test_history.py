@@ -114,6 +114,39 @@ def test_shallow_clone_has_only_its_depth(repo: Path, tmp_path: Path) -> None:
     assert history.lookup("1" * 64) == [] and history.lookup("2" * 64)
 
 
+def test_a_shallow_clone_made_deeper_sees_the_history_it_fetched(repo: Path, tmp_path: Path) -> None:
+    """`git fetch --unshallow` leaves HEAD where it was: the index cached for that HEAD must not
+    go on hiding the older commits (a reverted prompt would be paid for again)."""
+    commit_version(repo, "1" * 64, b"old", "old")
+    commit_version(repo, "2" * 64, b"new", "new")
+    shallow = tmp_path / "shallow"
+    git(tmp_path, "clone", "-q", "--depth", "1", f"file://{repo}", str(shallow))
+    cache = tmp_path / "cache"
+    history = History.open(shallow, shallow / "flexforge.lock", cache)
+    assert history is not None and history.lookup("1" * 64) == []
+    git(shallow, "fetch", "-q", "--unshallow")
+    history = History.open(shallow, shallow / "flexforge.lock", cache)
+    assert history is not None and history.lookup("1" * 64), "the deepened history is not indexed"
+
+
+def test_a_history_of_huge_locks_is_read_only_up_to_a_byte_budget(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A committed history of many large lock versions (a hostile repository: each 64 MiB, two
+    thousand of them, compressing to little) must not make one plan parse gigabytes: older
+    versions past the budget simply are not sources."""
+    import flexforge.history
+
+    for i in range(1, 5):
+        commit_version(repo, str(i) * 64, b"image %d" % i, f"v{i}")
+    size = len((repo / "flexforge.lock").read_bytes())
+    monkeypatch.setattr(flexforge.history, "MAX_HISTORY_BYTES", 2 * size)
+    history = History.open(repo, repo / "flexforge.lock", None)
+    assert history is not None
+    assert history.lookup("4" * 64) and history.lookup("3" * 64)
+    assert history.lookup("2" * 64) == [] and history.lookup("1" * 64) == []
+
+
 def test_paths_with_newlines_never_reach_the_batch_protocol(repo: Path) -> None:
     first = commit_version(repo, "1" * 64, b"x", "one")
     history = History.open(repo, repo / "flexforge.lock", None)

@@ -107,7 +107,31 @@ def test_every_error_is_reported_at_once_with_its_line(project: Project) -> None
         "flexforge.yaml:12:5: assets.pro.guidance: 'guidance' applies to flux-2-flex only, not flux-2-pro"
         in lines
     )
-    assert len(lines) == 4
+    # hero's refused steps and width do not hide the unknown var in its prompt.
+    assert any(
+        line.startswith("flexforge.yaml:6:13: assets.hero.prompt: unknown var {brnad}") for line in lines
+    )
+    assert len(lines) == 5
+
+
+def test_a_refused_knob_or_unknown_key_does_not_hide_the_rest_of_its_asset(project: Project) -> None:
+    """Every error at once: an asset whose `steps` the schema refused, with a misspelt key, still
+    has its prompt's vars and its references checked in the same run."""
+    project.manifest("""
+        version: 1
+        assets:
+          g:
+            prompt: "Hello {brnad}"
+            references: [nope]
+            steps: 80
+            stpes: 3
+          h: {prompt: x}
+    """)
+    text = "\n".join(errors(project))
+    assert "assets.g.steps: 80 is greater than the maximum of 50" in text
+    assert "assets.g.stpes: unknown key 'stpes' (did you mean 'steps'?)" in text
+    assert "assets.g.prompt: unknown var {brnad}" in text
+    assert "assets.g.references.0: reference 'nope' is neither an asset id nor a file" in text
 
 
 def test_semantic_errors_are_all_reported(project: Project) -> None:
@@ -427,6 +451,24 @@ def test_two_manifests_in_one_folder_writing_the_same_path_is_an_error(project: 
     )
     project.write("ads.yaml", "version: 1\nassets:\n  hero: {prompt: c, out: ads/hero.png}\n")
     assert project.run("-f", "site.yaml", "validate").exit_code == 0
+
+
+def test_a_manifest_validated_before_sees_a_sibling_added_later_writing_its_paths(project: Project) -> None:
+    """The validated-manifest cache and its unchanged bytes must not hide a manifest added beside
+    it since, writing one of its outputs (spelled another way: `./`, `..`, other letter case)."""
+    project.write(
+        "site.yaml", "version: 1\nassets:\n  hero: {prompt: a}\n  logo: {prompt: b, out: img/logo.png}\n"
+    )
+    assert project.run("-f", "site.yaml", "validate").exit_code == 0
+    project.write(
+        "ads.yaml",
+        "version: 1\nassets:\n  a: {prompt: c, out: ./assets/../assets/hero.png}\n"
+        "  b: {prompt: d, out: IMG/Logo.png}\n",
+    )
+    result = project.run("-f", "site.yaml", "validate")
+    assert result.exit_code == 1, result.stderr
+    assert "'assets/hero.png' is also written by asset 'a' of ads.yaml" in result.stderr
+    assert "'img/logo.png' is also written by asset 'b' of ads.yaml" in result.stderr
 
 
 def test_a_reference_that_is_a_link_loop_is_one_clear_line(project: Project) -> None:

@@ -9,6 +9,7 @@ import hashlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,3 +239,65 @@ def test_a_lock_naming_uncommitted_outputs_never_promises_a_free_restore_from_gi
     result, paid = team.build(fresh)
     assert result.exit_code == 0, result.stderr
     assert paid == sum(1 for a in estimate["assets"] if a["action"] != "none") == 4
+
+
+def _merge_with_lock_conflict(team: Team) -> tuple[Project, dict[str, Any]]:
+    """Alice's branch changes a prompt and adds a seedless asset; Bob adds another on main.
+    Bob merges: the manifest (resolved keeping both) and the lock conflict. Returns Bob's clone
+    mid-merge, with Alice's lock."""
+    alice = team.clone("alice")
+    alice.manifest(MANIFEST)
+    assert team.build(alice)[1] == 4
+    commit(alice, "images", push="main")
+    bob = team.clone("bob")
+    git(alice.root, "checkout", "-qb", "alt")
+    alice.edit("'Brew bold'", "'Brew bolder'")
+    alice.write("flexforge.yaml", alice.read("flexforge.yaml").decode() + '  zz:\n    prompt: "From Alice"\n')
+    assert team.build(alice)[1] == 3  # hero, the banner built on it, zz
+    commit(alice, "bolder hero, zz", push="alt")
+    bob.write("flexforge.yaml", bob.read("flexforge.yaml").decode() + '  zy:\n    prompt: "From Bob"\n')
+    assert team.build(bob)[1] == 1
+    commit(bob, "zy")
+    git(bob.root, "fetch", "-q")
+    git(bob.root, "merge", "-q", "origin/alt", "-m", "merge")
+    conflicted = git(bob.root, "diff", "--name-only", "--diff-filter=U").split()
+    assert "flexforge.lock" in conflicted and "flexforge.yaml" in conflicted
+    merged = alice.read("flexforge.yaml").decode() + '  zy:\n    prompt: "From Bob"\n'
+    bob.write("flexforge.yaml", merged)
+    return bob, alice.lock()
+
+
+def test_a_lock_taken_from_ours_mid_merge_costs_nothing_for_the_other_branchs_images(
+    tmp_path: Path, emu: RunningEmulator
+) -> None:
+    """`git checkout --ours flexforge.lock` during the merge, then `build` before committing:
+    the images the merge brought in (a changed prompt, an asset the other branch added with a
+    seed it drew) are in place and in the merged branch's history: restored in place, free,
+    the drawn seed kept; never paid for again, never a `conflict`."""
+    team = Team(tmp_path, emu)
+    bob, theirs = _merge_with_lock_conflict(team)
+    git(bob.root, "checkout", "--ours", "flexforge.lock")
+    planned = plan(bob)
+    assert planned["hero"] == planned["banner"] == planned["zz"] == "restore (in place)", planned
+    result, paid = team.build(bob)
+    assert (result.exit_code, paid) == (0, 0), result.stderr
+    assert "conflict" not in result.stderr
+    assert_matches_manifest(bob)
+    assert bob.lock()["assets"]["zz"]["seed"] == theirs["assets"]["zz"]["seed"]
+
+
+def test_a_lock_taken_from_ours_and_committed_keeps_the_other_branchs_drawn_seeds(
+    tmp_path: Path, emu: RunningEmulator
+) -> None:
+    """The same merge committed before building: the seedless asset the other branch added
+    has no entry in the lock, but its committed bytes are in place and its seed is in history:
+    `restore (in place)`, not a `conflict` that no build clears."""
+    team = Team(tmp_path, emu)
+    bob, theirs = _merge_with_lock_conflict(team)
+    git(bob.root, "checkout", "--ours", "flexforge.lock")
+    commit(bob, "merge alt")
+    assert plan(bob)["zz"] == "restore (in place)"
+    result, paid = team.build(bob)
+    assert (result.exit_code, paid) == (0, 0), result.stderr
+    assert_matches_manifest(bob)
+    assert bob.lock()["assets"]["zz"]["seed"] == theirs["assets"]["zz"]["seed"]

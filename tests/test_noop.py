@@ -55,6 +55,15 @@ def test_a_changed_manifest_falls_through(built: Project) -> None:
     assert "b  regenerate (prompt)" in result.stdout
 
 
+def test_a_manifest_added_beside_it_falls_through(built: Project) -> None:
+    """Another manifest in the folder writing one of its outputs is a validation error of this
+    one too: the memo of an unchanged manifest must not answer "up to date" over it."""
+    built.write("ads.yaml", "version: 1\nassets:\n  a: {prompt: other}\n")
+    result = flexforge(built, "plan", "--provider", "draft")
+    assert result.returncode == 1
+    assert "'assets/a.png' is also written by asset 'a' of ads.yaml" in result.stderr
+
+
 def test_a_changed_reference_falls_through(built: Project) -> None:
     png(built.root / "ref.png", color=(0, 0, 255))
     result = flexforge(built, "plan", "--provider", "draft")

@@ -287,6 +287,34 @@ def test_an_older_image_put_back_by_hand_is_drifted_and_left_alone(project: Proj
     assert project.read("assets/a.png") == older
 
 
+def test_an_older_image_put_back_with_git_checkout_in_a_repository_is_drifted_and_left_alone(
+    project: Project,
+) -> None:
+    """The same, for real, in a git repository: `git checkout HEAD~1 -- assets/a.png` puts back
+    an image a committed lock recorded there. It is not what HEAD holds, so it is a choice made
+    by hand (drifted, left alone), not an older image the lock moved past (which a lock merge or
+    `git checkout --theirs flexforge.lock` leaves, and a build replaces)."""
+    git = ["git", "-C", str(project.root), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    project.manifest("""
+        version: 1
+        defaults: {width: 64, height: 64}
+        assets:
+          a: {prompt: "first version", seed: 1}
+    """)
+    assert project.build().exit_code == 0
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    older = project.read("assets/a.png")
+    project.edit("first version", "second version")
+    assert project.build().exit_code == 0
+    subprocess.run([*git, "commit", "-qam", "two"], check=True)
+    subprocess.run([*git, "checkout", "HEAD~1", "--", "assets/a.png"], check=True)
+    assert project.plan()["a"] == "drifted"
+    project.build()
+    assert project.read("assets/a.png") == older
+
+
 def test_an_unexpected_error_in_one_asset_fails_the_build(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:

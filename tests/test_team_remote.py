@@ -416,3 +416,46 @@ def test_a_gcs_server_that_ignores_generation_match_shares_images_but_refuses_le
             assert restored.exit_code == 0, restored.stderr
             assert "3 restored" in restored.stderr
             assert emu.stats()["submissions"] == 3
+
+
+def test_push_without_a_remote_says_where_the_manifest_names_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's way (`settings: remote: url:` in the manifest), not a flexforge.toml that
+    flexforge never reads."""
+    monkeypatch.delenv("FLEXFORGE_REMOTE", raising=False)
+    (project,) = copies(tmp_path, manifest(1), 1)
+    result = project.run("push")
+    assert result.exit_code == 1
+    assert "settings:" in result.stderr and "flexforge.toml" not in result.stderr, result.stderr
+    assert "flexforge.toml" not in project.run("push", "--help").stdout
+
+
+def test_push_reads_no_lock_path_outside_the_project_or_through_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A committed lock's entries naming `../outside.png` or a path through a link to a folder
+    outside, with the recorded bytes there: push reads neither (nothing of this machine goes to
+    the remote). Before, `../../dev/zero` filled memory the same way: it is left out here so
+    that a regression fails this test instead of the machine."""
+    monkeypatch.setenv("FLEXFORGE_REMOTE", "none")
+    (project,) = copies(tmp_path, manifest(1), 1)
+    assert project.build().exit_code == 0
+    shutil.rmtree(project.root / ".flexforge" / "objects")
+    secret = project.read("assets/a000.png")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.png").write_bytes(secret)
+    (tmp_path / "outside.png").write_bytes(secret)
+    (project.root / "linked").symlink_to(outside)
+    lock = project.lock()
+    entry = lock["assets"]["a000"]
+    for i, out in enumerate(["../outside.png", "linked/x.png"]):
+        lock["assets"][f"evil{i}"] = {**entry, "out": out, "key": f"{i + 1}" * 64}
+    (project.root / "flexforge.lock").write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    (project.root / "assets/a000.png").unlink()
+    monkeypatch.setenv("FLEXFORGE_REMOTE", f"file://{tmp_path / 'share'}")
+    result = project.run("push")
+    assert "Pushed 0 images" in result.stderr, result.stderr
+    for i in range(2):
+        assert f"not pushed: evil{i}" in result.stderr

@@ -15,7 +15,7 @@ from flexforge.commands.plan import compute_plan, print_plan
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_ERROR, EXIT_OK, FlexforgeError
 from flexforge.options import BuildFlags, BuildOptions, PlanOptions
-from flexforge.planner import CONFLICT, DRIFTED, GENERATES, HELD, Plan, Step
+from flexforge.planner import CONFLICT, DRIFTED, GENERATES, HELD, LFS_REASON, Plan, Step
 from flexforge.text import plural
 
 if TYPE_CHECKING:
@@ -145,6 +145,8 @@ def _check_frozen(plan: Plan) -> None:
 
 def _frozen_hint(stale: list[Step]) -> str:
     """The fix that fits what was found, most specific first."""
+    if any(LFS_REASON in s.reasons for s in stale):
+        return "Images are Git LFS pointers in this clone: run `git lfs pull`, then build again."
     held = [s.asset.id for s in stale if s.action in HELD]
     if held:
         return (
@@ -153,7 +155,11 @@ def _frozen_hint(stale: list[Step]) -> str:
         )
     deleted = [s.asset.out for s in stale if s.reasons == ["missing"]]
     if len(deleted) == len(stale):
-        return f"A committed output was deleted: `git checkout -- {' '.join(deleted)}` brings it back."
+        # A deleted output that any commit, cache or remote holds was restored above, free.
+        return (
+            f"No commit, cache or remote holds {' '.join(deleted)}: run `flexforge build` to make "
+            "it again, and commit it."
+        )
     return "Run `flexforge build` and commit the result."
 
 

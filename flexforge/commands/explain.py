@@ -11,7 +11,7 @@ from flexforge.context import GlobalOptions, open_project
 from flexforge.errors import EXIT_OK
 from flexforge.keys import PARTS, known_parts, request_params
 from flexforge.options import PlanOptions
-from flexforge.planner import DRIFTED, Step
+from flexforge.planner import DRIFTED, HELD, Step
 from flexforge.store import Store
 
 
@@ -30,8 +30,10 @@ def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
         echo(f"  matrix    {asset.origin} ({project.manifest.label}:{asset.line})")
     if asset.tags:
         echo(f"  tags      {', '.join(asset.tags)}")
+    if step.action in HELD:
+        # The step carries the lock's digest (dependents are planned from it): read the file's.
+        echo(f"  on disk   sha256 {plan.facts.store.digest(asset.out)}")
     if step.action == DRIFTED and entry is not None:
-        echo(f"  on disk   sha256 {step.output_sha256}")
         echo(f"  lock      sha256 {entry.sha256}")
     seed_note = (
         "manifest"
@@ -58,7 +60,8 @@ def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
         # An unknown part (an upstream output still to be made) is marked only as unknown.
         mark = "  " if old == new else ("? " if new == "?" else "* ")
         echo(f"    {mark}{part:<10} {old} -> {new}")
-    new_key = step.key.key if step.key else "unknown until its inputs are built"
+    waits_on = "a seed is drawn" if step.seed is None else "its inputs are built"
+    new_key = step.key.key if step.key else f"unknown until {waits_on}"
     echo(f"  key       {entry.key if entry else '-'} -> {new_key}")
     return EXIT_OK
 

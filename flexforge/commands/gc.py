@@ -13,8 +13,11 @@ from pathlib import Path
 
 import click
 
+from flexforge.confine import extension_problem
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_OK
+from flexforge.imaging import EXTENSIONS
+from flexforge.manifest import folded_path, sibling_outputs
 from flexforge.text import plural
 
 RECENT_DAYS = 14  # objects a build made this recently stay: a revert is likely soon after
@@ -66,18 +69,30 @@ def _orphaned_outputs(project: Project) -> list[str]:
         # the cache only since then.
         if asset is None or not asset.written:
             made.setdefault(entry.out, set()).add(entry.sha256)
-    history = project.sources().history
+    sources = project.sources()
+    history = sources.history
     if history is not None:
         for rows in history.index().values():
             for row in rows:
                 made.setdefault(str(row[2]), set()).add(str(row[0]))
         history.close()
+    # Another manifest in the folder may write it now (an asset moved there): not an orphan.
+    beside = sibling_outputs(manifest.path)
     found = []
     for out, shas in sorted(made.items()):
-        safe = not Path(out).is_absolute() and ".." not in Path(out).parts and ".git" not in Path(out).parts
-        if safe and out not in in_use and project.store.digest(out) in shas:
+        if out in in_use or folded_path(out) in beside or not _image_name(out):
+            continue
+        # Inside the project and reached through no link: a committed link may lead anywhere.
+        if sources.in_tree(out) and project.store.digest(out) in shas:
             found.append(out)
     return found
+
+
+def _image_name(out: str) -> bool:
+    """Whether `out` is named as flexforge names its outputs (an image extension): a lock can
+    claim any file (an old one in a hostile history: the manifest, a README), gc deletes images
+    only."""
+    return any(extension_problem(out, fmt) is None for fmt in EXTENSIONS)
 
 
 def _unneeded_objects(project: Project, recent_days: float) -> list[Path]:

@@ -54,6 +54,7 @@ def compute_plan(project: Project, options: PlanOptions, provider: str | None) -
 
 def _remember_noop(project: Project, plan: Plan, *, by_default: bool) -> None:
     from flexforge import noop
+    from flexforge.manifest import sibling_manifests
 
     try:
         project.store.ensure()  # refuses a state folder that is a link before writing into it
@@ -64,6 +65,11 @@ def _remember_noop(project: Project, plan: Plan, *, by_default: bool) -> None:
         if step.asset.written:  # a candidate kept in the cache has no file to watch
             files[step.asset.out] = None
         files.update((ref, None) for ref in step.asset.references if ref not in step.asset.asset_refs)
+    # A manifest added beside this one (its folder's stamp) or edited there may write one of
+    # these outputs: a validation error the memo must not answer over.
+    files["."] = None
+    root = project.manifest.root
+    files.update((s.relative_to(root).as_posix(), None) for s in sibling_manifests(project.manifest.path))
     always = matrix_lines(plan)  # print_plan shows these under -q too
     basis = _price_basis(plan)
     noop.record(

@@ -50,7 +50,7 @@ def status(
         }
         click.echo(json.dumps(doc, indent=2, allow_nan=False))
         return EXIT_OK
-    width = max((len(r["id"]) for r in rows), default=2)
+    width = max([len("ID"), *(len(r["id"]) for r in rows), *(len(o) for o in plan.orphaned)])
     click.echo(f"  {'ID':<{width}}  {'STATE':<10}  {'SEED':>10}  {'COST':>8}  {'PROVIDER':<9} OUT")
     for r in rows:
         state = "ok" if r["up_to_date"] else r["action"]

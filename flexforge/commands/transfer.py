@@ -11,6 +11,7 @@ import click
 
 from flexforge.context import GlobalOptions, Project, open_project
 from flexforge.errors import EXIT_ERROR, EXIT_OK, FlexforgeError
+from flexforge.sources import WORKING_TREE, Source, Sources
 from flexforge.store import KeyRecord
 from flexforge.text import plural
 
@@ -25,8 +26,8 @@ def _remote(project: Project, *, writing: bool) -> FsspecRemote:
     remote = project.remote
     if remote is None:
         raise FlexforgeError(
-            'no team remote: add [remote] url = "s3://bucket/prefix" to flexforge.toml beside the '
-            "manifest, or set FLEXFORGE_REMOTE"
+            "no team remote: add `settings: remote: url: s3://bucket/prefix` to the manifest, "
+            "or set FLEXFORGE_REMOTE"
         )
     if writing and remote.read_only:
         raise FlexforgeError(f"remote {remote.url} is read-only here; push from a trusted machine")
@@ -45,10 +46,11 @@ def push(opts: GlobalOptions, jobs: int) -> int:
             held.add((entry.key, entry.sha256))  # two assets of one key: one upload
             work.append((asset_id, entry))
     missing: list[str] = []
+    sources = Sources(project.lock, project.store)
 
     def upload(item: tuple[str, LockEntry]) -> None:
         asset_id, entry = item
-        data = _local_bytes(project, entry)
+        data = _local_bytes(project, entry, sources)
         if data is None:
             missing.append(asset_id)
             return
@@ -115,21 +117,19 @@ def _report(opts: GlobalOptions, summary: str, notes: list[str], *, failed: bool
     return EXIT_ERROR if failed or notes else EXIT_OK
 
 
-def _local_bytes(project: Project, entry: LockEntry) -> bytes | None:
-    """The entry's image from the cache, else from its output file if that still has its bytes."""
+def _local_bytes(project: Project, entry: LockEntry, sources: Sources) -> bytes | None:
+    """The entry's image from the cache, else from its output file if that still has its bytes:
+    a plain file inside the project, reached through no link (a committed lock names any path,
+    and a committed link could point anywhere on this machine), read no further than its size."""
     from flexforge.fsutil import sha256_bytes
 
     data = project.store.read_object(entry.sha256)
     if data is not None:
         return data
-    path = project.manifest.root / entry.out
-    if path.is_symlink():
-        return None  # a committed link could point anywhere on this machine
-    try:
-        data = path.read_bytes()
-    except OSError:
+    if not sources.in_tree(entry.out):
         return None
-    return data if sha256_bytes(data) == entry.sha256 else None
+    data = sources.read(Source(WORKING_TREE, entry.sha256, entry.size, entry.out))
+    return data if data is not None and sha256_bytes(data) == entry.sha256 else None
 
 
 def _record(entry: LockEntry) -> KeyRecord:
