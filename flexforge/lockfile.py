@@ -204,7 +204,7 @@ def read_lock(path: Path, *, label: str | None = None, fix: str | None = None) -
     from flexforge.fsutil import FileTooLarge, NotRegularFile, read_regular
 
     label = label or path.name
-    fix = fix or f"restore it with `git checkout {label}`, or delete it to rebuild from the cache"
+    fix = fix or _fix(label)
     try:
         raw = read_regular(path, MAX_LOCK_BYTES)
     except FileNotFoundError:
@@ -222,6 +222,13 @@ def read_lock(path: Path, *, label: str | None = None, fix: str | None = None) -
     return parse_lock(path, raw, label, fix)
 
 
+def _fix(label: str) -> str:
+    """What to do about a lock that cannot be read. From HEAD, not the index: a lock a merge
+    driver (`merge=union`) broke is already staged. Deleted, it is rebuilt from the images in
+    place, the cache and git history (planner._committed_seed), with no API call."""
+    return f"restore it with `git checkout HEAD -- {label}`, or delete it to rebuild it from the images"
+
+
 def parse_lock(path: Path, raw: bytes, label: str, fix: str | None = None) -> Lock:
     """A lock from its bytes (a file, or a blob of a past commit); `label` names it in errors,
     `fix` says what to do about a bad one."""
@@ -233,7 +240,7 @@ def parse_lock(path: Path, raw: bytes, label: str, fix: str | None = None) -> Lo
     try:
         entries = parse_entries(raw)
     except ValueError as exc:
-        fix = fix or f"restore it with `git checkout {label}`, or delete it to rebuild from the cache"
+        fix = fix or _fix(label)
         raise FlexforgeError(printable(f"{label}: not a valid flexforge lock: {exc}; {fix}")) from None
     return Lock(path, entries, raw, stamp(path))
 

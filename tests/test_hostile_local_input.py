@@ -25,7 +25,7 @@ TWO = """
       a: {prompt: "one", seed: 1}
       b: {prompt: "two", seed: 2, references: [a]}
 """
-LOCK_FIX = "restore it with `git checkout flexforge.lock`, or delete it to rebuild from the cache"
+LOCK_FIX = "restore it with `git checkout HEAD -- flexforge.lock`, or delete it to rebuild it from the images"
 COMMANDS = [("plan", "--provider", "draft"), ("status",), ("build", "--provider", "draft")]
 
 

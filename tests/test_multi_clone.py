@@ -301,3 +301,55 @@ def test_a_lock_taken_from_ours_and_committed_keeps_the_other_branchs_drawn_seed
     assert (result.exit_code, paid) == (0, 0), result.stderr
     assert_matches_manifest(bob)
     assert bob.lock()["assets"]["zz"]["seed"] == theirs["assets"]["zz"]["seed"]
+
+
+def test_a_lock_deleted_on_a_fresh_clone_is_rebuilt_from_the_committed_images_free(
+    tmp_path: Path, emu: RunningEmulator
+) -> None:
+    """A lock that cannot be read (a union merge made it invalid JSON) is deleted, as the error
+    says: every seedless asset takes back the seed its committed lock pinned, its image in place
+    is adopted, and no API call is made, on a clone with no .flexforge/ at all."""
+    team = Team(tmp_path, emu)
+    alice = team.clone("alice")
+    alice.manifest(MANIFEST)
+    assert team.build(alice)[1] == 4
+    commit(alice, "images", push="main")
+    fresh = team.clone("fresh")
+    (fresh.root / "flexforge.lock").unlink()
+    assert set(plan(fresh).values()) == {"restore (in place)"}, plan(fresh)
+    result, paid = team.build(fresh)
+    assert (result.exit_code, paid) == (0, 0), result.stderr
+    assert_matches_manifest(fresh)
+    seeds = {k: (v["seed"], v["sha256"]) for k, v in alice.lock()["assets"].items()}
+    assert {k: (v["seed"], v["sha256"]) for k, v in fresh.lock()["assets"].items()} == seeds
+
+
+def test_a_lock_a_union_merge_broke_is_rebuilt_free_once_deleted_as_the_error_says(
+    tmp_path: Path, emu: RunningEmulator
+) -> None:
+    """`flexforge.lock merge=union` in .gitattributes leaves an invalid lock, staged and even
+    committed by the merge: `git checkout` brings back no sound one, and the error says to delete
+    it. Deleted, it is rebuilt from the images in place and git history, with no API call."""
+    team = Team(tmp_path, emu)
+    alice = team.clone("alice")
+    alice.manifest(MANIFEST)
+    (alice.root / ".gitattributes").write_text("flexforge.lock merge=union\n")
+    assert team.build(alice)[1] == 4
+    commit(alice, "images", push="main")
+    # Two new assets far apart in the manifest, side by side in the sorted lock: a conflict there.
+    git(alice.root, "checkout", "-qb", "side")
+    alice.edit("assets:\n", 'assets:\n  zz1:\n    prompt: "one"\n')
+    assert team.build(alice)[1] == 1
+    commit(alice, "side")
+    git(alice.root, "checkout", "-q", "main")
+    alice.write("flexforge.yaml", alice.read("flexforge.yaml").decode() + '  zz2:\n    prompt: "two"\n')
+    assert team.build(alice)[1] == 1
+    commit(alice, "main")
+    git(alice.root, "merge", "-q", "side", "-m", "merge")
+    broken = alice.run("plan")
+    assert broken.exit_code == 1 and "not a valid flexforge lock" in broken.stderr, broken.stderr
+    assert "delete it to rebuild it from the images" in broken.stderr
+    (alice.root / "flexforge.lock").unlink()
+    result, paid = team.build(alice)
+    assert (result.exit_code, paid) == (0, 0), result.stderr
+    assert_matches_manifest(alice)
