@@ -334,6 +334,7 @@ def test_renaming_two_assets_of_one_request_keeps_each_its_own_seed_and_image(pr
     assert project.plan() == {"banner-1": "rename", "banner-2": "rename"}
     explained = project.run("explain", "banner-2").stdout  # alone, it takes the same one
     assert explained.startswith("banner-2: rename (from hero-2)"), explained
+    assert f"seed      {seeds[2]} (kept from hero-2, renamed)" in explained, explained
     assert project.build().exit_code == 0
     after = {i: project.read(f"assets/banner-{i}.png") for i in (1, 2)}
     assert after == before

@@ -317,6 +317,9 @@ def test_a_lock_deleted_on_a_fresh_clone_is_rebuilt_from_the_committed_images_fr
     fresh = team.clone("fresh")
     (fresh.root / "flexforge.lock").unlink()
     assert set(plan(fresh).values()) == {"restore (in place)"}, plan(fresh)
+    explained = fresh.run("explain", "hero").stdout
+    seed = alice.lock()["assets"]["hero"]["seed"]
+    assert f"seed      {seed} (pinned by a committed lock (git history))" in explained, explained
     result, paid = team.build(fresh)
     assert (result.exit_code, paid) == (0, 0), result.stderr
     assert_matches_manifest(fresh)

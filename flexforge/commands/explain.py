@@ -10,8 +10,9 @@ from flexforge.commands.plan import compute_plan
 from flexforge.context import GlobalOptions, open_project
 from flexforge.errors import EXIT_OK
 from flexforge.keys import PARTS, known_parts, request_params
+from flexforge.lockfile import LockEntry
 from flexforge.options import PlanOptions
-from flexforge.planner import DRIFTED, HELD, Step
+from flexforge.planner import DRIFTED, HELD, Facts, Step
 from flexforge.store import Store
 
 
@@ -35,12 +36,9 @@ def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
         echo(f"  on disk   sha256 {plan.facts.store.digest(asset.out)}")
     if step.action == DRIFTED and entry is not None:
         echo(f"  lock      sha256 {entry.sha256}")
-    seed_note = (
-        "manifest"
-        if asset.seed is not None
-        else ("pinned in the lock" if step.seed is not None else "drawn at build")
+    echo(
+        f"  seed      {step.seed if step.seed is not None else '-'} ({_seed_origin(step, entry, plan.facts)})"
     )
-    echo(f"  seed      {step.seed if step.seed is not None else '-'} ({seed_note})")
     echo("  params    " + json.dumps(request_params(asset), sort_keys=True, allow_nan=False))
     echo("  prompt    " + asset.prompt)
     used = _api_prompt(project.store, step.key.key if step.key else None, entry.key if entry else None)
@@ -64,6 +62,24 @@ def explain(opts: GlobalOptions, asset_id: str, provider: str | None) -> int:
     new_key = step.key.key if step.key else f"unknown until {waits_on}"
     echo(f"  key       {entry.key if entry else '-'} -> {new_key}")
     return EXIT_OK
+
+
+def _seed_origin(step: Step, entry: LockEntry | None, facts: Facts) -> str:
+    """Where the step's seed comes from, in the order the planner looks (resolve_seed, then a
+    renamed id's orphaned entry, then a committed lock in git history)."""
+    asset = step.asset
+    if asset.seed is not None:
+        return "manifest"
+    if step.seed is None:
+        return "drawn at build"
+    if entry is not None and entry.seed == step.seed:
+        return "pinned in the lock"
+    if facts.pinned.get(asset.id) == step.seed:
+        return "drawn by an earlier build that did not finish"
+    old = next((old for old, new in facts.renamed.items() if new == asset.id), None)
+    if old is not None:
+        return f"kept from {old}, renamed"
+    return "pinned by a committed lock (git history)"
 
 
 def _api_prompt(store: Store, *keys: str | None) -> str | None:
