@@ -103,6 +103,20 @@ def test_out_of_credits_stops_the_run_and_keeps_finished_work(
         assert len(re.findall(r"^  skipped: \S+: not started", result.stderr, re.M)) == 2
 
 
+def test_cost_reads_the_ledger_while_the_manifest_is_broken(project: Project, emu: RunningEmulator) -> None:
+    """Spend is asked about most mid-merge or mid-edit: a manifest that does not validate (here,
+    conflict markers) still lets `cost` say what the API billed."""
+    manifest(project, 2)
+    assert build(project).exit_code == 0
+    paid = project.run("cost", "--json").json()
+    assert paid["images"] == 2 and paid["total_usd"] > 0
+    project.write("flexforge.yaml", "<<<<<<< HEAD\nversion: 1\n=======\n>>>>>>> side\n")
+    assert project.run("validate").exit_code != 0
+    again = project.run("cost", "--json")
+    assert again.exit_code == 0, again.stderr
+    assert again.json() == paid
+
+
 def test_max_cost_never_starts_a_task_past_the_limit(project: Project, emu: RunningEmulator) -> None:
     manifest(project, 4)
     plan = project.run("plan", "--json", "--provider", "emulator").json()

@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 import click
 
-from flexforge.context import GlobalOptions, open_project
+from flexforge.context import GlobalOptions
 from flexforge.errors import EXIT_OK
-from flexforge.store import LedgerEntry
+from flexforge.paths import STATE_DIR
+from flexforge.store import LedgerEntry, Store
 from flexforge.text import plural
 
 GROUPS: dict[str, Callable[[LedgerEntry], str]] = {
@@ -34,8 +35,9 @@ def spend(entries: list[LedgerEntry], by: str) -> list[tuple[str, int, float]]:
 
 
 def cost(opts: GlobalOptions, by: str, *, as_json: bool) -> int:
-    project = open_project(opts)
-    entries = project.store.ledger()
+    # The ledger is the state folder's, beside the manifest: what was spent stays readable
+    # while the manifest is broken (mid-merge, mid-edit), which is when it is asked most.
+    entries = Store(opts.manifest_path().parent / STATE_DIR).ledger()
     total = round(sum(e.cost_usd for e in entries), 6)
     if as_json:
         doc = {
