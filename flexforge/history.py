@@ -216,9 +216,11 @@ class History:
                 row = [e.sha256, e.size, e.out, commit, e.seed, e.task_id, e.cost_usd, e.provider, asset_id]
                 fresh.setdefault(e.key, []).append(row)
         fresh = self._held(fresh)
-        for key, rows in fresh.items():  # newer commits first, then what was known before
-            index[key] = rows + index.get(key, [])
-        return index, seen
+        # Newer commits first, then what was known before, in rows and in keys alike: seeds_of
+        # answers in key order, and an extended index must give the newest seed first too.
+        merged = {key: rows + index.get(key, []) for key, rows in fresh.items()}
+        merged.update((key, rows) for key, rows in index.items() if key not in merged)
+        return merged, seen
 
     def _held(self, rows_by_key: dict[str, list[Row]]) -> dict[str, list[Row]]:
         """Only the rows whose commit holds a file of the recorded size at the recorded path: a
