@@ -442,3 +442,16 @@ def test_gc_deletes_only_images_whatever_an_old_lock_claims(project: Project) ->
     assert "README.md" not in listing and "flexforge.yaml" not in listing, listing
     project.run("gc", "--yes")
     assert (project.root / "README.md").exists() and (project.root / "flexforge.yaml").exists()
+
+
+@pytest.mark.parametrize("spelling", ["assets//hero.png", "assets/./hero.png", "./assets/hero.png"])
+def test_gc_never_collects_an_output_in_use_under_another_spelling(project: Project, spelling: str) -> None:
+    """A lock entry (a committed, maybe hostile lock) naming an output in use under another
+    spelling of its path, with its bytes: the same file, in use, never collected."""
+    built(project)
+    lock = project.lock()
+    lock["assets"]["old"] = {**lock["assets"]["hero"], "out": spelling}
+    (project.root / "flexforge.lock").write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    assert spelling not in project.run("gc").stdout
+    assert project.run("gc", "--yes").exit_code == 0
+    assert (project.root / "assets/hero.png").exists()
