@@ -292,3 +292,40 @@ def test_the_newest_committed_seed_comes_first_after_the_index_is_extended(
     assert extended is not None and fresh is not None
     assert fresh.seeds_of("hero", None)[0] == ("2" * 64, 2)
     assert extended.seeds_of("hero", None) == fresh.seeds_of("hero", None)
+
+
+def test_a_finished_rebase_leaves_the_history_whole(repo: Path, tmp_path: Path) -> None:
+    """git keeps REBASE_HEAD after a rebase that stopped is finished, naming a commit nothing
+    reaches, which `git gc` then prunes: not a rebase in progress, and not a reason to see no
+    history at all (every image in it would be paid for again)."""
+    first = commit_version(repo, "1" * 64, b"first image", "one")
+    (repo / "notes.txt").write_text("base\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "notes")
+    git(repo, "checkout", "-qb", "side")
+    (repo / "notes.txt").write_text("side\n")
+    git(repo, "commit", "-qam", "side notes")
+    git(repo, "checkout", "-q", "main")
+    (repo / "notes.txt").write_text("main\n")
+    git(repo, "commit", "-qam", "main notes")
+    git(repo, "checkout", "-q", "side")
+    assert subprocess.run(["git", "rebase", "main"], cwd=repo, capture_output=True).returncode != 0
+    during = History.open(repo, repo / "flexforge.lock", None)
+    assert during is not None and during.tips[1:] == ((repo / ".git/REBASE_HEAD").read_text().strip(),)
+    (repo / "notes.txt").write_text("both\n")
+    git(repo, "add", "notes.txt")
+    subprocess.run(
+        ["git", "rebase", "--continue"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "GIT_EDITOR": "true"},
+    )
+    assert (repo / ".git/REBASE_HEAD").exists()  # what git leaves behind
+    git(repo, "reflog", "expire", "--expire=now", "--all")
+    git(repo, "gc", "-q", "--prune=now")
+    history = History.open(repo, repo / "flexforge.lock", tmp_path / "cache")
+    assert history is not None
+    [source] = history.lookup("1" * 64)
+    assert source.commit == first
+    assert history.tips == (history.head,)  # no rebase in progress
