@@ -106,6 +106,9 @@ class Plan:
     steps: list[Step]
     orphaned: list[str]
     facts: Facts
+    # Orphaned entry -> the new id of this plan that carries its seed (a rename): the build
+    # drops that entry only once the new one is in the lock.
+    claimed: dict[str, str] = field(default_factory=dict)
 
     @property
     def estimated_cost_usd(self) -> float:
@@ -440,7 +443,23 @@ def make_plan(
         for step in steps:
             if step.action in GENERATES and RESUME not in step.reasons:  # a resumed task is paid
                 step.estimated_cost_usd = estimate_asset(step.asset, manifest, provider)
-    return Plan(manifest, provider, generator, steps, sorted(facts.orphans), facts)
+    claimed = _claimed(steps, facts)
+    orphaned = sorted(facts.orphans)
+    if options.targets or options.tags:
+        # A build of some assets drops only the entries its own renames take over: another
+        # orphan's seed belongs to a rename (or an id added back) built later.
+        orphaned = [old_id for old_id in orphaned if old_id in claimed]
+    return Plan(manifest, provider, generator, steps, orphaned, facts, claimed)
+
+
+def _claimed(steps: list[Step], facts: Facts) -> dict[str, str]:
+    """Orphaned entry -> the id of the step that takes its seed (_rename_of) or its image."""
+    claimed = dict(facts.renamed)
+    for step in steps:
+        origin = step.source.origin if step.source is not None else None
+        if step.action == RENAME and origin is not None and origin in facts.orphans:
+            claimed.setdefault(origin, step.asset.id)
+    return claimed
 
 
 def _steps(manifest: Manifest, selected: list[str], facts: Facts) -> list[Step]:
