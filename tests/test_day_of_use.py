@@ -497,3 +497,19 @@ def test_a_rename_left_as_a_conflict_keeps_its_old_entry_until_it_is_built(proje
     assert project.build().exit_code == 0
     assert project.read("assets/banner.png") == hero
     assert project.lock()["assets"]["banner"]["seed"] == seed
+
+
+def test_renames_whose_names_tell_nothing_pair_the_same_whatever_is_built_first(project: Project) -> None:
+    """`hero-a` and `hero-b` (one request, two drawn seeds) renamed `left` and `right`: nothing in
+    the names pairs them, so the new ids take the old entries in id order, and `explain right`
+    and `build right` say and do what the whole plan said, not take `hero-a`'s image."""
+    small(project, '  hero-a: {prompt: "a poster"}\n  hero-b: {prompt: "a poster"}\n')
+    images = {i: project.read(f"assets/hero-{i}.png") for i in "ab"}
+    text = project.read("flexforge.yaml").decode()
+    project.write("flexforge.yaml", text.replace("hero-a:", "left:").replace("hero-b:", "right:"))
+    planned = project.run("plan").stdout
+    assert "rename (from hero-a)" in planned.split("left")[1].split("\n")[0], planned
+    assert project.run("explain", "right").stdout.startswith("right: rename (from hero-b)")
+    assert project.build("right").exit_code == 0
+    assert project.build().exit_code == 0
+    assert (project.read("assets/left.png"), project.read("assets/right.png")) == (images["a"], images["b"])
