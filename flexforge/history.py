@@ -193,7 +193,10 @@ class History:
             commits = _git(self.toplevel, "rev-list", "--full-history", *revs, "--", self.lock_rel).split()
         except (OSError, subprocess.SubprocessError):
             return index, seen
-        known_blobs = set(seen)
+        # A version an earlier index read is read again when a newer commit brings it back (a
+        # revert): its keys are then the newest, and seeds_of gives the newest seed first.
+        indexed = set(seen)
+        known_blobs: set[str] = set()
         fresh: dict[str, list[Row]] = {}
         added = read = 0
         for commit in (c.decode() for c in commits):
@@ -205,7 +208,8 @@ class History:
             oid, raw = found
             read += len(raw)
             known_blobs.add(oid)
-            seen.append(oid)
+            if oid not in indexed:
+                seen.append(oid)
             added += 1
             try:
                 known = self._current.entries_of(raw) if self._current is not None else None

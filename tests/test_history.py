@@ -292,6 +292,9 @@ def test_the_newest_committed_seed_comes_first_after_the_index_is_extended(
     assert extended is not None and fresh is not None
     assert fresh.seeds_of("hero", None)[0] == ("2" * 64, 2)
     assert extended.seeds_of("hero", None) == fresh.seeds_of("hero", None)
+    commit_seed("1" * 64, 1, b"the image reseeded away")  # the reseed reverted: seed 1 again
+    extended = History.open(repo, repo / "flexforge.lock", cache)
+    assert extended is not None and extended.seeds_of("hero", None)[0] == ("1" * 64, 1)
 
 
 def test_a_finished_rebase_leaves_the_history_whole(repo: Path, tmp_path: Path) -> None:
