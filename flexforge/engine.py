@@ -327,7 +327,8 @@ class Builder:
 
     async def run(self) -> BuildResult:
         for orphan in self.plan.orphaned:
-            self.recorder.drop(orphan)
+            if orphan not in self.plan.claimed:
+                self.recorder.drop(orphan)
         self.recorder.remove_stale_temps([step.asset.out for step in self.plan.steps])
         try:
             restores = [s for s in self.plan.steps if s.action in RESTORES and s.asset.written]
@@ -342,6 +343,11 @@ class Builder:
         finally:
             for task in self.tasks.values():
                 task.cancel()
+            # A renamed id's old entry goes once the new id is in the lock: a build stopped
+            # before that (a budget, a failure, Ctrl-C) leaves the seed for the next one.
+            for old_id, new_id in self.plan.claimed.items():
+                if old_id in self.plan.orphaned and new_id in self.recorder.lock.entries:
+                    self.recorder.drop(old_id)
             if self.team is not None:
                 self.team.close()
             self.prefetch.close()

@@ -101,7 +101,7 @@ class History:
             return None
         name = hashlib.sha256(f"{toplevel}\0{lock_rel}".encode()).hexdigest()[:32]
         cache = cache_dir / f"{name}.json" if cache_dir is not None else None
-        merging = _merging(Path(out[1]), head)
+        merging = _merging(root, Path(out[1]), head)
         history = cls(toplevel, "" if prefix == "." else prefix, lock_rel, head, cache, current, merging)
         history.shallow = _shallow(root / out[2])
         return history
@@ -193,7 +193,10 @@ class History:
             commits = _git(self.toplevel, "rev-list", "--full-history", *revs, "--", self.lock_rel).split()
         except (OSError, subprocess.SubprocessError):
             return index, seen
-        known_blobs = set(seen)
+        # A version an earlier index read is read again when a newer commit brings it back (a
+        # revert): its keys are then the newest, and seeds_of gives the newest seed first.
+        indexed = set(seen)
+        known_blobs: set[str] = set()
         fresh: dict[str, list[Row]] = {}
         added = read = 0
         for commit in (c.decode() for c in commits):
@@ -205,7 +208,8 @@ class History:
             oid, raw = found
             read += len(raw)
             known_blobs.add(oid)
-            seen.append(oid)
+            if oid not in indexed:
+                seen.append(oid)
             added += 1
             try:
                 known = self._current.entries_of(raw) if self._current is not None else None
@@ -216,9 +220,11 @@ class History:
                 row = [e.sha256, e.size, e.out, commit, e.seed, e.task_id, e.cost_usd, e.provider, asset_id]
                 fresh.setdefault(e.key, []).append(row)
         fresh = self._held(fresh)
-        for key, rows in fresh.items():  # newer commits first, then what was known before
-            index[key] = rows + index.get(key, [])
-        return index, seen
+        # Newer commits first, then what was known before, in rows and in keys alike: seeds_of
+        # answers in key order, and an extended index must give the newest seed first too.
+        merged = {key: rows + index.get(key, []) for key, rows in fresh.items()}
+        merged.update((key, rows) for key, rows in index.items() if key not in merged)
+        return merged, seen
 
     def _held(self, rows_by_key: dict[str, list[Row]]) -> dict[str, list[Row]]:
         """Only the rows whose commit holds a file of the recorded size at the recorded path: a
@@ -491,19 +497,34 @@ def _git(cwd: Path, *args: str) -> bytes:
     ).stdout
 
 
-def _merging(git_dir: Path, head: str) -> tuple[str, ...]:
+def _merging(root: Path, git_dir: Path, head: str) -> tuple[str, ...]:
     """The commits a merge, rebase or cherry-pick in progress brings in (git's MERGE_HEAD,
-    REBASE_HEAD, CHERRY_PICK_HEAD): object ids only, read without following links."""
+    REBASE_HEAD, CHERRY_PICK_HEAD): object ids only, read without following links, and only
+    commits this repository has."""
     from flexforge.fsutil import read_regular
 
+    names = ["MERGE_HEAD", "CHERRY_PICK_HEAD"]
+    # git leaves REBASE_HEAD behind when a rebase that stopped is finished: it names a commit
+    # nothing reaches (and `git gc` prunes), so it counts only while the rebase is under way.
+    if any((git_dir / folder).is_dir() for folder in ("rebase-merge", "rebase-apply")):
+        names.append("REBASE_HEAD")
     found: list[str] = []
-    for name in ("MERGE_HEAD", "REBASE_HEAD", "CHERRY_PICK_HEAD"):
+    for name in names:
         try:
             text = read_regular(git_dir / name, 4096).decode("ascii")
         except (OSError, UnicodeDecodeError):
             continue
         found += [line for line in text.split() if _OBJECT_ID.match(line) and line != head]
-    return tuple(dict.fromkeys(found))
+    # A tip git cannot find would make every rev-list fail: no history at all, all of it paid for.
+    return tuple(commit for commit in dict.fromkeys(found) if _is_commit(root, commit))
+
+
+def _is_commit(root: Path, object_id: str) -> bool:
+    try:
+        _git(root, "cat-file", "-e", f"{object_id}^{{commit}}")
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
 
 
 def _shallow(path: Path) -> str:

@@ -72,6 +72,10 @@ class Facts:
     # Orphaned entry -> the new id that took its seed (_rename_of): two assets asking the same
     # thing, renamed together, must not both take one entry's seed and image.
     renamed: dict[str, str] = field(default_factory=dict)
+    # Seedless manifest ids with no lock entry, by what they ask (_peer_key), in id order: which
+    # of several equally likely old entries a new id takes is its rank here, the same whatever
+    # the plan selects (`build ID`, `explain ID`).
+    peers: dict[tuple[Any, ...], list[str]] = field(default_factory=dict)
 
     def orphans_by_request(self) -> dict[tuple[tuple[str, str], ...], list[str]]:
         """Orphaned entries by their key parts, seed aside (see _rename_of)."""
@@ -95,6 +99,11 @@ class Facts:
         sources = sources if sources is not None else Sources(lock, store)
         facts = cls(lock, store, generator, options, sources, orphans, store.pinned_seeds())
         facts.interrupted = store.interrupted_writes()
+        if orphans:
+            for asset_id in sorted(manifest.assets):
+                asset = manifest.assets[asset_id]
+                if asset.seed is None and asset_id not in lock.entries:
+                    facts.peers.setdefault(_peer_key(asset), []).append(asset_id)
         return facts
 
 
@@ -106,6 +115,9 @@ class Plan:
     steps: list[Step]
     orphaned: list[str]
     facts: Facts
+    # Orphaned entry -> the new id of this plan that carries its seed (a rename): the build
+    # drops that entry only once the new one is in the lock.
+    claimed: dict[str, str] = field(default_factory=dict)
 
     @property
     def estimated_cost_usd(self) -> float:
@@ -339,6 +351,12 @@ def _rename_of(asset: Asset, facts: Facts, digests: list[str]) -> tuple[str | No
     candidates = facts.orphans_by_request().get(wanted, [])
     if len(candidates) > 1:  # the same request under several ids: the likeliest old name first
         candidates = sorted(candidates, key=lambda old_id: -_affinity(old_id, asset.id))
+        best = _affinity(candidates[0], asset.id)
+        tied = [old_id for old_id in candidates if _affinity(old_id, asset.id) == best]
+        if len(tied) > 1:  # nothing in the names tells: the new ids take them in id order
+            peers = facts.peers.get(_peer_key(asset), [asset.id])
+            turn = peers.index(asset.id) % len(tied) if asset.id in peers else 0
+            candidates = [*tied[turn:], *tied[:turn], *candidates[len(tied) :]]
     for old_id in candidates:
         if facts.renamed.get(old_id, asset.id) != asset.id:
             continue  # another new id of this plan took it
@@ -347,6 +365,12 @@ def _rename_of(asset: Asset, facts: Facts, digests: list[str]) -> tuple[str | No
             facts.renamed[old_id] = asset.id
             return old_id, orphan.seed
     return None, None
+
+
+def _peer_key(asset: Asset) -> tuple[Any, ...]:
+    """What tells apart new ids that may be renames of one request, short of its key (which
+    needs the digests of its inputs): enough to rank them, the key still decides."""
+    return (asset.model, asset.prompt, asset.width, asset.height, asset.references, asset.rendition is None)
 
 
 def _affinity(old_id: str, new_id: str) -> int:
@@ -440,7 +464,23 @@ def make_plan(
         for step in steps:
             if step.action in GENERATES and RESUME not in step.reasons:  # a resumed task is paid
                 step.estimated_cost_usd = estimate_asset(step.asset, manifest, provider)
-    return Plan(manifest, provider, generator, steps, sorted(facts.orphans), facts)
+    claimed = _claimed(steps, facts)
+    orphaned = sorted(facts.orphans)
+    if options.targets or options.tags:
+        # A build of some assets drops only the entries its own renames take over: another
+        # orphan's seed belongs to a rename (or an id added back) built later.
+        orphaned = [old_id for old_id in orphaned if old_id in claimed]
+    return Plan(manifest, provider, generator, steps, orphaned, facts, claimed)
+
+
+def _claimed(steps: list[Step], facts: Facts) -> dict[str, str]:
+    """Orphaned entry -> the id of the step that takes its seed (_rename_of) or its image."""
+    claimed = dict(facts.renamed)
+    for step in steps:
+        origin = step.source.origin if step.source is not None else None
+        if step.action == RENAME and origin is not None and origin in facts.orphans:
+            claimed.setdefault(origin, step.asset.id)
+    return claimed
 
 
 def _steps(manifest: Manifest, selected: list[str], facts: Facts) -> list[Step]:

@@ -442,3 +442,74 @@ def test_gc_deletes_only_images_whatever_an_old_lock_claims(project: Project) ->
     assert "README.md" not in listing and "flexforge.yaml" not in listing, listing
     project.run("gc", "--yes")
     assert (project.root / "README.md").exists() and (project.root / "flexforge.yaml").exists()
+
+
+@pytest.mark.parametrize("spelling", ["assets//hero.png", "assets/./hero.png", "./assets/hero.png"])
+def test_gc_never_collects_an_output_in_use_under_another_spelling(project: Project, spelling: str) -> None:
+    """A lock entry (a committed, maybe hostile lock) naming an output in use under another
+    spelling of its path, with its bytes: the same file, in use, never collected."""
+    built(project)
+    lock = project.lock()
+    lock["assets"]["old"] = {**lock["assets"]["hero"], "out": spelling}
+    (project.root / "flexforge.lock").write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    assert spelling not in project.run("gc").stdout
+    assert project.run("gc", "--yes").exit_code == 0
+    assert (project.root / "assets/hero.png").exists()
+
+
+def small(project: Project, assets: str) -> None:
+    """A built draft project of 64x64 images with these `assets:` lines."""
+    head = "version: 1\nsettings: {provider: draft}\ndefaults: {width: 64, height: 64}\nassets:\n"
+    project.write("flexforge.yaml", head + assets)
+    assert project.build().exit_code == 0
+
+
+def test_building_one_renamed_asset_keeps_the_other_renames_seed_and_image(project: Project) -> None:
+    """Two assets renamed, one built alone (`build tile`): the other old entry is not dropped
+    with it, so `banner` still takes `hero`'s seed and image, free, instead of a new draw."""
+    small(project, '  hero: {prompt: "a poster"}\n  card: {prompt: "a card"}\n')
+    hero = project.read("assets/hero.png")
+    seed = project.lock()["assets"]["hero"]["seed"]
+    text = project.read("flexforge.yaml").decode()
+    project.write("flexforge.yaml", text.replace("hero:", "banner:").replace("card:", "tile:"))
+    assert project.plan() == {"banner": "rename", "tile": "rename"}
+    assert project.build("tile").exit_code == 0
+    assert project.plan() == {"banner": "rename", "tile": "none"}
+    assert project.build().exit_code == 0
+    assert project.read("assets/banner.png") == hero
+    assert project.lock()["assets"]["banner"]["seed"] == seed
+    assert set(project.lock()["assets"]) == {"banner", "tile"}
+
+
+def test_a_rename_left_as_a_conflict_keeps_its_old_entry_until_it_is_built(project: Project) -> None:
+    """`hero` renamed `banner`, where an agency's file already lies: the build leaves the
+    conflict, and keeps `hero`'s entry, so once the file is moved away the rename is free and
+    keeps its seed (the entry dropped at the start of the build made it a new, paid draw)."""
+    small(project, '  hero: {prompt: "a poster"}\n')
+    hero, seed = project.read("assets/hero.png"), project.lock()["assets"]["hero"]["seed"]
+    agency = png(project.root / "assets/banner.png", size=(64, 64), color=(9, 99, 199))
+    project.write("flexforge.yaml", project.read("flexforge.yaml").decode().replace("hero:", "banner:"))
+    assert project.plan() == {"banner": "conflict"}
+    project.build()
+    assert "hero" in project.lock()["assets"]
+    agency.rename(project.root / "agency.png")
+    assert project.plan() == {"banner": "rename"}
+    assert project.build().exit_code == 0
+    assert project.read("assets/banner.png") == hero
+    assert project.lock()["assets"]["banner"]["seed"] == seed
+
+
+def test_renames_whose_names_tell_nothing_pair_the_same_whatever_is_built_first(project: Project) -> None:
+    """`hero-a` and `hero-b` (one request, two drawn seeds) renamed `left` and `right`: nothing in
+    the names pairs them, so the new ids take the old entries in id order, and `explain right`
+    and `build right` say and do what the whole plan said, not take `hero-a`'s image."""
+    small(project, '  hero-a: {prompt: "a poster"}\n  hero-b: {prompt: "a poster"}\n')
+    images = {i: project.read(f"assets/hero-{i}.png") for i in "ab"}
+    text = project.read("flexforge.yaml").decode()
+    project.write("flexforge.yaml", text.replace("hero-a:", "left:").replace("hero-b:", "right:"))
+    planned = project.run("plan").stdout
+    assert "rename (from hero-a)" in planned.split("left")[1].split("\n")[0], planned
+    assert project.run("explain", "right").stdout.startswith("right: rename (from hero-b)")
+    assert project.build("right").exit_code == 0
+    assert project.build().exit_code == 0
+    assert (project.read("assets/left.png"), project.read("assets/right.png")) == (images["a"], images["b"])

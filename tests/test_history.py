@@ -264,3 +264,71 @@ def test_the_working_locks_bytes_are_not_parsed_again_nor_its_unsaved_entries_in
     assert [s.sha256 for s in reusing.lookup("2" * 64)] == [hashlib.sha256(b"second image").hexdigest()]
     assert reusing.lookup("3" * 64) == []
     assert lock.entries_of(b"other bytes") is None
+
+
+def test_the_newest_committed_seed_comes_first_after_the_index_is_extended(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A reseeded asset whose entry is later lost (lock deleted, `--ours`) takes back the seed
+    its newest commit pinned, not the one `--reseed` replaced: the same answer whether the
+    index was cached before the reseed (extended since) or built afresh."""
+
+    def commit_seed(key: str, seed: int, data: bytes) -> None:
+        (repo / "hero.png").write_bytes(data)
+        entry = LockEntry(
+            key, {}, seed, "flux-2-flex", "flux", "bfl", "hero.png", hashlib.sha256(data).hexdigest(),
+            len(data), "t-1", 0.03,
+        )  # fmt: skip
+        (repo / "flexforge.lock").write_bytes(Lock(repo / "flexforge.lock", {"hero": entry}).render())
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", f"seed {seed}")
+
+    commit_seed("1" * 64, 1, b"the image reseeded away")
+    cache = tmp_path / "cache"
+    History.open(repo, repo / "flexforge.lock", cache).index()  # type: ignore[union-attr]
+    commit_seed("2" * 64, 2, b"the approved image")
+    extended = History.open(repo, repo / "flexforge.lock", cache)
+    fresh = History.open(repo, repo / "flexforge.lock", None)
+    assert extended is not None and fresh is not None
+    assert fresh.seeds_of("hero", None)[0] == ("2" * 64, 2)
+    assert extended.seeds_of("hero", None) == fresh.seeds_of("hero", None)
+    commit_seed("1" * 64, 1, b"the image reseeded away")  # the reseed reverted: seed 1 again
+    extended = History.open(repo, repo / "flexforge.lock", cache)
+    assert extended is not None and extended.seeds_of("hero", None)[0] == ("1" * 64, 1)
+
+
+def test_a_finished_rebase_leaves_the_history_whole(repo: Path, tmp_path: Path) -> None:
+    """git keeps REBASE_HEAD after a rebase that stopped is finished, naming a commit nothing
+    reaches, which `git gc` then prunes: not a rebase in progress, and not a reason to see no
+    history at all (every image in it would be paid for again)."""
+    first = commit_version(repo, "1" * 64, b"first image", "one")
+    (repo / "notes.txt").write_text("base\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "notes")
+    git(repo, "checkout", "-qb", "side")
+    (repo / "notes.txt").write_text("side\n")
+    git(repo, "commit", "-qam", "side notes")
+    git(repo, "checkout", "-q", "main")
+    (repo / "notes.txt").write_text("main\n")
+    git(repo, "commit", "-qam", "main notes")
+    git(repo, "checkout", "-q", "side")
+    assert subprocess.run(["git", "rebase", "main"], cwd=repo, capture_output=True).returncode != 0
+    during = History.open(repo, repo / "flexforge.lock", None)
+    assert during is not None and during.tips[1:] == ((repo / ".git/REBASE_HEAD").read_text().strip(),)
+    (repo / "notes.txt").write_text("both\n")
+    git(repo, "add", "notes.txt")
+    subprocess.run(
+        ["git", "rebase", "--continue"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "GIT_EDITOR": "true"},
+    )
+    assert (repo / ".git/REBASE_HEAD").exists()  # what git leaves behind
+    git(repo, "reflog", "expire", "--expire=now", "--all")
+    git(repo, "gc", "-q", "--prune=now")
+    history = History.open(repo, repo / "flexforge.lock", tmp_path / "cache")
+    assert history is not None
+    [source] = history.lookup("1" * 64)
+    assert source.commit == first
+    assert history.tips == (history.head,)  # no rebase in progress

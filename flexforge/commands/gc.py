@@ -78,9 +78,12 @@ def _orphaned_outputs(project: Project) -> list[str]:
         history.close()
     # Another manifest in the folder may write it now (an asset moved there): not an orphan.
     beside = sibling_outputs(manifest.path)
+    # Compared as paths, not strings: a lock may spell a file in use another way (`a//b.png`,
+    # `./b.png`, another case on macOS), and that file is still in use.
+    in_use = {folded_path(out) for out in in_use}
     found = []
     for out, shas in sorted(made.items()):
-        if out in in_use or folded_path(out) in beside or not _image_name(out):
+        if folded_path(out) in in_use or folded_path(out) in beside or not _image_name(out):
             continue
         # Inside the project and reached through no link: a committed link may lead anywhere.
         if sources.in_tree(out) and project.store.digest(out) in shas:
