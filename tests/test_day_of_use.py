@@ -490,11 +490,14 @@ def test_a_rename_left_as_a_conflict_keeps_its_old_entry_until_it_is_built(proje
     agency = png(project.root / "assets/banner.png", size=(64, 64), color=(9, 99, 199))
     project.write("flexforge.yaml", project.read("flexforge.yaml").decode().replace("hero:", "banner:"))
     assert project.plan() == {"banner": "conflict"}
-    project.build()
+    held = project.build()
     assert "hero" in project.lock()["assets"]
+    assert "dropped from the lock" not in held.stderr, held.stderr  # the summary says what it did
     agency.rename(project.root / "agency.png")
     assert project.plan() == {"banner": "rename"}
-    assert project.build().exit_code == 0
+    renamed = project.build()
+    assert renamed.exit_code == 0
+    assert "1 orphaned entry dropped from the lock" in renamed.stderr, renamed.stderr
     assert project.read("assets/banner.png") == hero
     assert project.lock()["assets"]["banner"]["seed"] == seed
 

@@ -298,10 +298,10 @@ def _summarise(
     for kind in (DRIFTED, CONFLICT, FAILED, SKIPPED):
         if result.count(kind):
             counts.append(f"{result.count(kind)} {kind}")
-    if plan.orphaned:
-        counts.append(
-            f"{plural(len(plan.orphaned), 'orphaned entry', 'orphaned entries')} dropped from the lock"
-        )
+    # An entry a rename takes its seed from stays until the new id is in the lock (engine).
+    dropped = [o for o in plan.orphaned if o not in builder.recorder.lock.entries]
+    if dropped:
+        counts.append(f"{plural(len(dropped), 'orphaned entry', 'orphaned entries')} dropped from the lock")
     money = ""
     if plan.generator != "draft":
         money = f"; estimated ${result.estimated_cost_usd:.2f}, actual ${result.actual_cost_usd:.2f}"
