@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import re
 import subprocess
 import threading
@@ -24,7 +25,7 @@ from flexforge.fsutil import atomic_write
 from flexforge.lockfile import Lock, parse_entries
 from flexforge.sources import GIT, Source
 
-INDEX_VERSION = 2  # 2: rows only for files their commit holds
+INDEX_VERSION = 3  # 2: rows only for files their commit holds; 3: the project folder moved
 MAX_LOCK_BYTES = 64 * 2**20  # an old lock bigger than this is skipped, not read
 # Distinct lock versions read when an index is first built, newest first: a long history must not
 # make one plan read gigabytes of old JSON. What is older simply is not a source.
@@ -32,6 +33,8 @@ MAX_VERSIONS = 2000
 # And at most this many bytes of them: two thousand 64 MiB versions (a hostile history; they
 # compress to little in git) took minutes and gigabytes of memory per thousand MiB parsed.
 MAX_HISTORY_BYTES = 128 * 2**20
+# Moves of the project folder (`git mv site web`) followed back through history.
+MAX_MOVES = 16
 # A repository is untrusted (docs/security.md): no prompt, no lock taken, no replace refs bending
 # what an object id means, and no fsmonitor hook a planted .git/config could name.
 GIT_ENV = {
@@ -72,6 +75,9 @@ class History:
         # deeper, the same HEAD has more history, so an index cached for it is built again.
         self.shallow = ""
         self._cache = cache
+        # Commit -> the project folder then, for lock versions committed before the folder was
+        # moved (`git mv site web`): their outputs are read from where they were.
+        self._moved: dict[str, str] = {}
         self._index: dict[str, list[Row]] | None = None
         self._by_sha: dict[str, list[Row]] | None = None  # for alternates, built on first need
         self._outputs: set[tuple[str, str]] | None = None
@@ -170,6 +176,10 @@ class History:
         if cached is not None and cached.get("shallow", "") != self.shallow:
             cached = None  # deepened (or made shallow): older commits the index never saw
         tips = " ".join(self.tips)  # what the index covers: HEAD and any commit being merged in
+        if cached is not None:
+            moved = cached.get("moved", {})
+            if isinstance(moved, dict):
+                self._moved = {c: p for c, p in moved.items() if isinstance(c, str) and isinstance(p, str)}
         if cached is not None and cached["head"] == tips:
             return dict(cached["keys"])
         since: list[str] = []
@@ -178,7 +188,14 @@ class History:
         if cached is not None and all(self._is_ancestor(c) for c in cached["head"].split()):
             since, index, seen = cached["head"].split(), dict(cached["keys"]), list(cached["blobs"])
         index, seen = self._extend(index, seen, since)
-        doc = {"v": INDEX_VERSION, "head": tips, "shallow": self.shallow, "keys": index, "blobs": seen}
+        doc = {
+            "v": INDEX_VERSION,
+            "head": tips,
+            "shallow": self.shallow,
+            "keys": index,
+            "blobs": seen,
+            "moved": self._moved,
+        }
         self._write_cache(doc)
         return index
 
@@ -193,16 +210,19 @@ class History:
             commits = _git(self.toplevel, "rev-list", "--full-history", *revs, "--", self.lock_rel).split()
         except (OSError, subprocess.SubprocessError):
             return index, seen
+        passes = [([c.decode() for c in commits], self.lock_rel)]
+        if not since:  # an index extended was built after any move: its cache is named by the path
+            passes += self._before_moves(passes[0][0])
         # A version an earlier index read is read again when a newer commit brings it back (a
         # revert): its keys are then the newest, and seeds_of gives the newest seed first.
         indexed = set(seen)
         known_blobs: set[str] = set()
         fresh: dict[str, list[Row]] = {}
         added = read = 0
-        for commit in (c.decode() for c in commits):
+        for commit, lock_rel in ((c, rel) for found, rel in passes for c in found):
             if added >= MAX_VERSIONS or read >= MAX_HISTORY_BYTES:
                 break
-            found = self._object(f"{commit}:{self.lock_rel}", MAX_LOCK_BYTES)
+            found = self._object(f"{commit}:{lock_rel}", MAX_LOCK_BYTES)
             if found is None or found[0] in known_blobs:
                 continue
             oid, raw = found
@@ -211,6 +231,8 @@ class History:
             if oid not in indexed:
                 seen.append(oid)
             added += 1
+            if lock_rel != self.lock_rel:
+                self._moved[commit] = posixpath.dirname(lock_rel)
             try:
                 known = self._current.entries_of(raw) if self._current is not None else None
                 entries = known if known is not None else parse_entries(raw)
@@ -226,6 +248,31 @@ class History:
         merged.update((key, rows) for key, rows in index.items() if key not in merged)
         return merged, seen
 
+    def _before_moves(self, commits: list[str]) -> list[tuple[list[str], str]]:
+        """(commits, the lock's path in them) from before each move of the project folder, newest
+        first: the oldest commit of the lock at a path is asked whether it renamed the lock there
+        (git's rename detection), and if so, the history before it is listed at the old path."""
+        passes: list[tuple[list[str], str]] = []
+        lock_rel = self.lock_rel
+        for _ in range(MAX_MOVES):
+            if not commits:
+                break
+            oldest = commits[-1]
+            try:
+                said = _git(
+                    self.toplevel, "diff-tree", "-r", "-M", "--name-status", "-z", "--no-commit-id", oldest
+                )
+                old = _renamed_to(said.decode(errors="surrogateescape"), lock_rel)
+                if old is None:
+                    break
+                lock_rel = old
+                older = _git(self.toplevel, "rev-list", "--full-history", f"{oldest}^", "--", lock_rel)
+            except (OSError, subprocess.SubprocessError):
+                break
+            commits = [c.decode() for c in older.split()]
+            passes.append((commits, lock_rel))
+        return passes
+
     def _held(self, rows_by_key: dict[str, list[Row]]) -> dict[str, list[Row]]:
         """Only the rows whose commit holds a file of the recorded size at the recorded path: a
         lock also names outputs nobody committed (gitignored, or kept in the cache), and a plan
@@ -239,7 +286,7 @@ class History:
         # A commit with many outputs is listed once (`ls-tree -r -l`): asked one path at a time,
         # git walks the commit's tree again for each, a third of a second per 2,000 rows.
         listed = {
-            commit: sorted({self._repo_path(row[2]).rpartition("/")[0] for row in commit_rows})
+            commit: sorted({self._repo_path(row[2], commit).rpartition("/")[0] for row in commit_rows})
             for commit, commit_rows in by_commit.items()
             if len(commit_rows) >= LIST_TREE_FROM and _OBJECT_ID.match(commit)
         }
@@ -251,7 +298,9 @@ class History:
             held |= one_by_one.result()
         for commit, commit_sizes in sizes.items():
             held |= {
-                id(row) for row in by_commit[commit] if commit_sizes.get(self._repo_path(row[2])) == row[1]
+                id(row)
+                for row in by_commit[commit]
+                if commit_sizes.get(self._repo_path(row[2], commit)) == row[1]
             }
         kept = {key: [row for row in rows if id(row) in held] for key, rows in rows_by_key.items()}
         return {key: rows for key, rows in kept.items() if rows}
@@ -260,7 +309,7 @@ class History:
         """id() of the rows whose commit holds the file, asked through one --batch-check pass."""
         if not rows:
             return set()
-        names = "".join(f"{row[3]}:{self._repo_path(row[2])}\n" for row in rows)
+        names = "".join(f"{row[3]}:{self._repo_path(row[2], row[3])}\n" for row in rows)
         try:
             answer = subprocess.run(
                 [*GIT_COMMAND, "cat-file", "--buffer", "--batch-check=%(objecttype) %(objectsize)"],
@@ -278,8 +327,11 @@ class History:
             return set()
         return {id(row) for row, line in zip(rows, lines, strict=True) if line == f"blob {row[1]}"}
 
-    def _repo_path(self, out: str) -> str:
-        return f"{self.prefix}/{out}" if self.prefix else out
+    def _repo_path(self, out: str, commit: str | None = None) -> str:
+        """`out` (project-relative) as a path in the repository, in `commit` when given: the
+        project folder may have been elsewhere then."""
+        prefix = self._moved.get(commit, self.prefix) if commit is not None else self.prefix
+        return f"{prefix}/{out}" if prefix else out
 
     def _is_ancestor(self, commit: str) -> bool:
         """Whether `commit` is reachable from HEAD or a commit being merged in."""
@@ -315,7 +367,7 @@ class History:
         the caller checks their sha256."""
         if "\n" in out or "\n" in commit:
             return None
-        found = self._object(f"{commit}:{self._repo_path(out)}", size)
+        found = self._object(f"{commit}:{self._repo_path(out, commit)}", size)
         return found[1] if found is not None and len(found[1]) == size else None
 
     def read_many(self, wanted: list[tuple[str, str, int]]) -> Iterator[tuple[bytes, str] | None]:
@@ -369,7 +421,7 @@ class History:
             if not _OBJECT_ID.match(commit) or "\n" in out:
                 paths.append(None)  # a cached row this code did not write: read one by one
                 continue
-            path = self._repo_path(out)
+            path = self._repo_path(out, commit)
             paths.append((commit, path))
             by_commit.setdefault(commit, set()).add(path)
         trees = {
@@ -538,6 +590,22 @@ def _shallow(path: Path) -> str:
         return ""
     except OSError:
         return "unreadable"
+
+
+def _renamed_to(name_status: str, path: str) -> str | None:
+    """The path `git diff-tree -M --name-status -z` says was renamed to `path`, if any."""
+    fields = name_status.split("\0")
+    i = 0
+    while i + 1 < len(fields) and fields[i]:
+        status = fields[i]
+        if status[:1] in ("R", "C"):  # a rename or copy names two paths
+            if status[:1] == "R" and i + 2 < len(fields) and fields[i + 2] == path:
+                old = fields[i + 1]
+                return old if old != path and "\n" not in old else None
+            i += 3
+        else:
+            i += 2
+    return None
 
 
 def _askable(row: Row) -> bool:

@@ -332,3 +332,32 @@ def test_a_finished_rebase_leaves_the_history_whole(repo: Path, tmp_path: Path) 
     [source] = history.lookup("1" * 64)
     assert source.commit == first
     assert history.tips == (history.head,)  # no rebase in progress
+
+
+def test_lock_versions_from_before_the_project_folder_moved_are_still_history(
+    repo: Path, tmp_path: Path
+) -> None:
+    """`git mv site web`: the lock's history at `site/` is followed through the move (twice),
+    its outputs read from where they were then, and the index cached with where that was."""
+    first = commit_version(repo / "site", "1" * 64, b"first image", "one")
+    commit_version(repo / "site", "2" * 64, b"second image", "two")
+    git(repo, "mv", "site", "web")
+    git(repo, "commit", "-qm", "move")
+    git(repo, "mv", "web", "www")
+    git(repo, "commit", "-qm", "move again")
+    third = commit_version(repo / "www", "3" * 64, b"third image", "three")
+    project = repo / "www"
+    history = History.open(project, project / "flexforge.lock", tmp_path / "cache")
+    assert history is not None
+    [source] = history.lookup("1" * 64)
+    assert (source.commit, source.path) == (first, "assets/hero.png")
+    assert history.read(first, "assets/hero.png", len(b"first image")) == b"first image"
+    assert [data for data, _ in filter(None, history.read_many([(first, "assets/hero.png", 11)]))] == [
+        b"first image"
+    ]
+    assert history.lookup("3" * 64)[0].commit == third
+    history.close()
+    again = History.open(project, project / "flexforge.lock", tmp_path / "cache")  # from the cache
+    assert again is not None
+    assert again.read(again.lookup("1" * 64)[0].commit, "assets/hero.png", 11) == b"first image"
+    again.close()

@@ -218,6 +218,34 @@ def test_a_fresh_clone_brings_every_reverted_output_back_from_history_free(
     assert_matches_manifest(fresh)
 
 
+def test_a_project_folder_moved_in_its_repository_still_restores_from_before_the_move(
+    tmp_path: Path, emu: RunningEmulator
+) -> None:
+    """The project lived in `site/`, was built twice, then `git mv site web`: on a fresh clone a
+    revert to the first prompts restores from the commits before the move, free."""
+    team = Team(tmp_path, emu)
+    alice = team.clone("alice")
+    site = Project(alice.root / "site")
+    site.manifest(MANIFEST)
+    assert team.build(site)[1] == 4
+    commit(alice, "v1")
+    v1 = {p.name: p.read_bytes() for p in (site.root / "assets").iterdir()}
+    site.manifest((site.root / "flexforge.yaml").read_text().replace("Brew bold", "Brew bolder"))
+    assert team.build(site)[1] >= 1
+    commit(alice, "v2")
+    git(alice.root, "mv", "site", "web")
+    commit(alice, "move the project", push="main")
+    fresh = team.clone("fresh")
+    web = Project(fresh.root / "web")
+    web.manifest((web.root / "flexforge.yaml").read_text().replace("Brew bolder", "Brew bold"))
+    planned = plan(web)
+    assert planned["hero"].startswith("restore (git "), planned
+    result, paid = team.build(web)
+    assert (result.exit_code, paid) == (0, 0), result.stderr
+    assert {p.name: p.read_bytes() for p in (web.root / "assets").iterdir()} == v1
+    assert_matches_manifest(web)
+
+
 def test_a_lock_naming_uncommitted_outputs_never_promises_a_free_restore_from_git(
     tmp_path: Path, emu: RunningEmulator
 ) -> None:
