@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-from flexforge.fsutil import atomic_write
+from flexforge.fsutil import atomic_write, sha256_bytes
 from flexforge.lockfile import Lock, parse_entries
 from flexforge.sources import GIT, Source
 
@@ -81,7 +81,8 @@ class History:
         self._index: dict[str, list[Row]] | None = None
         self._by_sha: dict[str, list[Row]] | None = None  # for alternates, built on first need
         self._outputs: set[tuple[str, str]] | None = None
-        self._seeds: dict[str, list[tuple[str, int]]] | None = None  # "id:"/"sha:" -> (key, seed)
+        # sha256 -> (key, seed), asset id -> (key, seed): for seeds_of, built on first need
+        self._seeds: tuple[dict[str, list[tuple[str, int]]], dict[str, list[tuple[str, int]]]] | None = None
         self._batch: subprocess.Popen[bytes] | None = None
         self._mutex = threading.Lock()
         # Commit -> (folders, what `ls-tree` listed under them): checking an index's rows lists
@@ -147,7 +148,7 @@ class History:
             return False
         for tip in self.tips:
             found = self._object(f"{tip}:{self._repo_path(out)}", MAX_LOCK_BYTES)
-            if found is not None and hashlib.sha256(found[1]).hexdigest() == sha256:
+            if found is not None and sha256_bytes(found[1]) == sha256:
                 return True
         return False
 
@@ -156,15 +157,18 @@ class History:
         `asset_id`: where an asset with no lock entry finds the seed a committed lock pinned
         for it (the other side of a merge drew it; an id added back)."""
         if self._seeds is None:
-            self._seeds = {}
+            by_sha: dict[str, list[tuple[str, int]]] = {}
+            by_id: dict[str, list[tuple[str, int]]] = {}
             for key, rows in self.index().items():
                 for row in rows:
                     sha, seed, origin = row[0], row[4], row[8]
                     if isinstance(seed, int) and not isinstance(seed, bool):
-                        self._seeds.setdefault(f"sha:{sha}", []).append((key, seed))
-                        self._seeds.setdefault(f"id:{origin}", []).append((key, seed))
-        found = self._seeds.get(f"sha:{sha256}", []) if sha256 is not None else []
-        return list(dict.fromkeys([*found, *self._seeds.get(f"id:{asset_id}", [])]))
+                        by_sha.setdefault(sha, []).append((key, seed))
+                        by_id.setdefault(origin, []).append((key, seed))
+            self._seeds = (by_sha, by_id)
+        by_sha, by_id = self._seeds
+        found = by_sha.get(sha256, []) if sha256 is not None else []
+        return list(dict.fromkeys([*found, *by_id.get(asset_id, [])]))
 
     def index(self) -> dict[str, list[Row]]:
         if self._index is None:

@@ -45,14 +45,19 @@ def _memo_path(manifest: str) -> str:
     return os.path.join(project_cache_dir(folder), f"{name}.noop")
 
 
-def file_stamp(path: str) -> list[int] | None:
+def stamp_of(st: os.stat_result) -> list[int]:
     """What tells a file changed without reading it: inode, size, mtime and ctime (which no
     program can set back, unlike an mtime restored with `touch -r`)."""
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def file_stamp(path: str) -> list[int] | None:
+    """stamp_of the file at `path` (through links), or None when there is nothing."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return stamp_of(st)
 
 
 def regular_stamp(path: str) -> list[int] | None:
@@ -63,7 +68,7 @@ def regular_stamp(path: str) -> list[int] | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return stamp_of(st)
 
 
 def racy(stamp: list[int], recorded_at: int) -> bool:

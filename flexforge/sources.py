@@ -20,6 +20,7 @@ from flexforge.confine import Resolver
 from flexforge.errors import FlexforgeError
 from flexforge.fsutil import read_regular, sha256_bytes
 from flexforge.lockfile import Lock
+from flexforge.noop import stamp_of
 
 if TYPE_CHECKING:
     from flexforge.history import History
@@ -84,7 +85,7 @@ class Current:
             else:
                 if stat.S_ISREG(st.st_mode):
                     self._size = st.st_size
-                    self._stamp = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+                    self._stamp = stamp_of(st)
                 else:
                     self._size = -1
         return self._size

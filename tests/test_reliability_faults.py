@@ -267,16 +267,19 @@ def test_temp_files_left_by_a_killed_write_are_cleaned_up(project: Project, left
     assert not (project.root / leftover).exists()
 
 
+ONE_SEEDED_ASSET = """
+    version: 1
+    defaults: {width: 64, height: 64}
+    assets:
+      a: {prompt: "first version", seed: 1}
+"""
+
+
 def test_an_older_image_put_back_by_hand_is_drifted_and_left_alone(project: Project) -> None:
     """Regression (fixed in 657d207): planner.decide() now skips the drift check for any bytes in the
     object cache, so an older flexforge image put back by hand (git checkout of one file) is planned
     'restore (missing)' and overwritten; only bytes made for the *current* key should be exempt"""
-    project.manifest("""
-        version: 1
-        defaults: {width: 64, height: 64}
-        assets:
-          a: {prompt: "first version", seed: 1}
-    """)
+    project.manifest(ONE_SEEDED_ASSET)
     assert project.build().exit_code == 0
     older = project.read("assets/a.png")
     project.edit("first version", "second version")
@@ -295,12 +298,7 @@ def test_an_older_image_put_back_with_git_checkout_in_a_repository_is_drifted_an
     by hand (drifted, left alone), not an older image the lock moved past (which a lock merge or
     `git checkout --theirs flexforge.lock` leaves, and a build replaces)."""
     git = ["git", "-C", str(project.root), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    project.manifest("""
-        version: 1
-        defaults: {width: 64, height: 64}
-        assets:
-          a: {prompt: "first version", seed: 1}
-    """)
+    project.manifest(ONE_SEEDED_ASSET)
     assert project.build().exit_code == 0
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)

@@ -83,7 +83,8 @@ def _orphaned_outputs(project: Project) -> list[str]:
     in_use = {folded_path(out) for out in in_use}
     found = []
     for out, shas in sorted(made.items()):
-        if folded_path(out) in in_use or folded_path(out) in beside or not _image_name(out):
+        folded = folded_path(out)
+        if folded in in_use or folded in beside or not _image_name(out):
             continue
         # Inside the project and reached through no link: a committed link may lead anywhere.
         if sources.in_tree(out) and project.store.digest(out) in shas:
